@@ -1,0 +1,4 @@
+//! snn-runtime: everything generated code links against or is driven by — event-camera
+//! readers and framing, datasets and loaders, kernels, training and metrics.
+
+pub mod kernels;
