@@ -99,30 +99,30 @@ where
         }
     }
     let numeric = numerical_gradient(|xs| f(xs).map(|(loss, _)| loss), inputs, eps)?;
-    let mut report = GradcheckReport {
-        max_rel_error: 0.0,
-        input: 0,
-        index: Vec::new(),
-        analytic: 0.0,
-        numeric: 0.0,
-        tol,
-    };
+    let mut worst: Option<GradcheckReport> = None;
     for (k, (a, n)) in analytic.iter().zip(&numeric).enumerate() {
         for ((index, &a), &n) in a.indexed_iter().zip(n.iter()) {
             let err = relative_error(a, n);
-            if err > report.max_rel_error || report.index.is_empty() {
-                report = GradcheckReport {
+            if worst.as_ref().is_none_or(|w| err > w.max_rel_error) {
+                worst = Some(GradcheckReport {
                     max_rel_error: err,
                     input: k,
                     index: index.slice().to_vec(),
                     analytic: a,
                     numeric: n,
                     tol,
-                };
+                });
             }
         }
     }
-    Ok(report)
+    Ok(worst.unwrap_or(GradcheckReport {
+        max_rel_error: 0.0,
+        input: 0,
+        index: Vec::new(),
+        analytic: 0.0,
+        numeric: 0.0,
+        tol,
+    }))
 }
 
 #[cfg(test)]

@@ -5,4 +5,4 @@ pub mod error;
 pub mod finite_difference;
 pub mod reference;
 
-pub use error::KernelError;
+pub use error::{KernelError, KernelResult};

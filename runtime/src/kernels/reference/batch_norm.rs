@@ -4,7 +4,7 @@
 use ndarray::{Array1, Array2, ArrayD, ArrayView1, ArrayViewD, Axis, Ix1, NdFloat, Zip};
 
 use super::layout::AxisSplit;
-use super::reduce::count;
+use super::scalar::{constant, count};
 use super::shape::{check_axis, expect_shape, fixed_rank};
 use crate::kernels::error::{KernelError, KernelResult};
 
@@ -22,8 +22,8 @@ impl<A: NdFloat> BatchNormParams<A> {
     pub fn new(axis: usize) -> Self {
         Self {
             axis,
-            eps: count::<A>(1) / count::<A>(100_000),
-            momentum: count::<A>(1) / count::<A>(10),
+            eps: constant(1e-5),
+            momentum: constant(0.1),
         }
     }
 }
@@ -72,7 +72,7 @@ pub fn batch_norm_train<A: NdFloat>(
         ));
     }
     let (mean, var) = bn.batch_stats()?;
-    let y = bn.affine(&bn.normalized(&mean, &var), &gamma, &beta);
+    let y = affine(&bn.normalized(mean.view(), var.view()), gamma, beta);
     let m = count::<A>(bn.x.ncols());
     let unbiased = &var * (m / (m - A::one()));
     let blend = |running: &ArrayView1<'_, A>, batch: &Array1<A>| {
@@ -98,7 +98,7 @@ pub fn batch_norm_train_backward<A: NdFloat>(
     let bn = Channels::new(OP, x, params)?;
     let [gamma] = bn.per_channel([("gamma", gamma.view())])?;
     let (mean, var) = bn.batch_stats()?;
-    let xhat = bn.normalized(&mean, &var);
+    let xhat = bn.normalized(mean.view(), var.view());
     let dy = bn.output_gradient(dy)?;
     let m = count::<A>(bn.x.ncols());
     // dx = γ/(σ·M) · (M·dy − Σdy − x̂·Σ(dy·x̂)), per channel.
@@ -137,7 +137,7 @@ pub fn batch_norm_eval<A: NdFloat>(
         ("running mean", running_mean.view()),
         ("running var", running_var.view()),
     ])?;
-    let y = bn.affine(&bn.normalized(&mean, &var), &gamma, &beta);
+    let y = affine(&bn.normalized(mean, var), gamma, beta);
     bn.split.to_tensor(y)
 }
 
@@ -157,7 +157,7 @@ pub fn batch_norm_eval_backward<A: NdFloat>(
         ("running mean", running_mean.view()),
         ("running var", running_var.view()),
     ])?;
-    let xhat = bn.normalized(&mean, &var);
+    let xhat = bn.normalized(mean, var);
     let dy = bn.output_gradient(dy)?;
     let scale = Zip::from(&gamma)
         .and(&var)
@@ -236,26 +236,9 @@ impl<A: NdFloat> Channels<A> {
     }
 
     /// x̂ = (x − mean) / √(var + eps), per channel row.
-    fn normalized<S1, S2>(
-        &self,
-        mean: &ndarray::ArrayBase<S1, Ix1>,
-        var: &ndarray::ArrayBase<S2, Ix1>,
-    ) -> Array2<A>
-    where
-        S1: ndarray::Data<Elem = A>,
-        S2: ndarray::Data<Elem = A>,
-    {
+    fn normalized(&self, mean: ArrayView1<'_, A>, var: ArrayView1<'_, A>) -> Array2<A> {
         let inv_std = var.mapv(|v| (v + self.eps).sqrt().recip());
-        (&self.x - &mean.view().insert_axis(Axis(1))) * &inv_std.insert_axis(Axis(1))
-    }
-
-    fn affine(
-        &self,
-        xhat: &Array2<A>,
-        gamma: &ArrayView1<'_, A>,
-        beta: &ArrayView1<'_, A>,
-    ) -> Array2<A> {
-        xhat * &gamma.view().insert_axis(Axis(1)) + beta.view().insert_axis(Axis(1))
+        (&self.x - &mean.insert_axis(Axis(1))) * &inv_std.insert_axis(Axis(1))
     }
 
     fn output_gradient(&self, dy: ArrayViewD<'_, A>) -> KernelResult<Array2<A>> {
@@ -276,4 +259,13 @@ impl<A: NdFloat> Channels<A> {
             dbeta: dy.sum_axis(Axis(1)).into_dyn(),
         })
     }
+}
+
+/// y = γ·x̂ + β, per channel row.
+fn affine<A: NdFloat>(
+    xhat: &Array2<A>,
+    gamma: ArrayView1<'_, A>,
+    beta: ArrayView1<'_, A>,
+) -> Array2<A> {
+    xhat * &gamma.insert_axis(Axis(1)) + beta.insert_axis(Axis(1))
 }

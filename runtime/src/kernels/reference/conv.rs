@@ -41,8 +41,8 @@ pub fn conv2d<A: NdFloat>(
     params: Conv2dParams,
 ) -> KernelResult<ArrayD<A>> {
     const OP: &str = "conv2d";
-    let x = fixed_rank::<_, Ix4>(OP, "input", x)?;
     let g = Geometry::new(OP, x.shape(), w.shape(), params)?;
+    let x = fixed_rank::<_, Ix4>(OP, "input", x)?;
     let bias = bias
         .map(|b| {
             expect_shape(OP, "bias", b.shape(), &[g.out_channels])?;
@@ -71,8 +71,8 @@ pub fn conv2d_backward<A: NdFloat>(
     params: Conv2dParams,
 ) -> KernelResult<Conv2dGrads<A>> {
     const OP: &str = "conv2d_backward";
-    let x = fixed_rank::<_, Ix4>(OP, "input", x)?;
     let g = Geometry::new(OP, x.shape(), w.shape(), params)?;
+    let x = fixed_rank::<_, Ix4>(OP, "input", x)?;
     expect_shape(
         OP,
         "output gradient",

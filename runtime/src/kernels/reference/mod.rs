@@ -15,6 +15,7 @@ pub mod elementwise;
 mod layout;
 pub mod pool;
 pub mod reduce;
+mod scalar;
 pub mod shape;
 pub mod unary;
 

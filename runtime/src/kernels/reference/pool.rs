@@ -8,7 +8,8 @@ use ndarray::{
     SliceInfoElem, s,
 };
 
-use super::reduce::{count, first_argmax};
+use super::reduce::first_argmax;
+use super::scalar::count;
 use super::shape::{expect_shape, fixed_rank, window_count};
 use crate::kernels::error::{KernelError, KernelResult};
 

@@ -4,6 +4,7 @@
 use ndarray::{Array2, ArrayD, ArrayViewD, Axis, NdFloat};
 
 use super::layout::AxisSplit;
+use super::scalar::count;
 use super::shape::expect_shape;
 use crate::kernels::error::{KernelError, KernelResult};
 
@@ -95,12 +96,6 @@ fn row_argmax<A: NdFloat>(op: &'static str, m: &Array2<A>) -> KernelResult<Vec<(
             })
         })
         .collect()
-}
-
-/// An element count as a float; exact for any count a tensor in memory can have in f64.
-pub(crate) fn count<A: NdFloat>(n: usize) -> A {
-    // Float casts from usize cannot fail (they round), so the fallback is unreachable.
-    A::from(n).unwrap_or_else(A::nan)
 }
 
 #[cfg(test)]
