@@ -1,4 +1,5 @@
 //! snn-runtime: everything generated code links against or is driven by — event-camera
 //! readers and framing, datasets and loaders, kernels, training and metrics.
 
+pub mod events;
 pub mod kernels;

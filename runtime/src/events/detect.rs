@@ -1,0 +1,78 @@
+//! Format auto-detection and the one-call `read_events(path)` entry point.
+//! Magic bytes decide where a format has them; the extension decides for headerless N-MNIST files.
+
+use std::path::Path;
+
+use super::error::EventError;
+use super::io::map_file;
+use super::types::{ReadOptions, Recording};
+use super::{aedat2, aedat4, aedat31, nmnist, npy, npz};
+
+/// The event formats this crate reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Aedat2,
+    Aedat31,
+    Aedat4,
+    NMnist,
+    Npy,
+    Npz,
+}
+
+/// Detects the format of `bytes` (the start of the file is enough) read from `path`.
+pub fn detect_format(bytes: &[u8], path: &Path) -> Result<Format, EventError> {
+    const AER: &[u8] = b"#!AER-DAT";
+    if let Some(rest) = bytes.strip_prefix(AER) {
+        return match rest.first() {
+            Some(b'2') => Ok(Format::Aedat2),
+            Some(b'3') => Ok(Format::Aedat31),
+            Some(b'4') => Ok(Format::Aedat4),
+            _ => Err(EventError::UnsupportedVersion {
+                file: path.to_path_buf(),
+                offset: AER.len() as u64,
+                format: "AEDAT",
+                found: String::from_utf8_lossy(&rest[..rest.len().min(8)]).into_owned(),
+                supported: "2.0, 3.0, 3.1, 4.0",
+            }),
+        };
+    }
+    if bytes.starts_with(b"\x93NUMPY") {
+        return Ok(Format::Npy);
+    }
+    if bytes.starts_with(b"PK\x03\x04") || bytes.starts_with(b"PK\x05\x06") {
+        return Ok(Format::Npz);
+    }
+    let ext = path
+        .extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase());
+    match ext.as_deref() {
+        Some("bin" | "bs2") => Ok(Format::NMnist),
+        _ => Err(EventError::UnknownFormat {
+            file: path.to_path_buf(),
+            magic: bytes[..bytes.len().min(8)].to_vec(),
+        }),
+    }
+}
+
+/// Reads any supported event file, choosing the reader by magic bytes or extension.
+pub fn read_events(path: impl AsRef<Path>, opts: &ReadOptions) -> Result<Recording, EventError> {
+    let path = path.as_ref();
+    let bytes = map_file(path)?;
+    decode_as(detect_format(&bytes, path)?, &bytes, path, opts)
+}
+
+pub(crate) fn decode_as(
+    format: Format,
+    bytes: &[u8],
+    path: &Path,
+    opts: &ReadOptions,
+) -> Result<Recording, EventError> {
+    match format {
+        Format::Aedat2 => aedat2::decode(bytes, path, opts),
+        Format::Aedat31 => aedat31::decode(bytes, path, opts),
+        Format::Aedat4 => aedat4::decode(bytes, path, opts),
+        Format::NMnist => nmnist::decode(bytes, path, opts),
+        Format::Npy => npy::decode(bytes, path, opts),
+        Format::Npz => npz::decode(bytes, path, opts),
+    }
+}

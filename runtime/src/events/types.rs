@@ -1,0 +1,229 @@
+//! The structure-of-arrays `Events` container, read options and the per-read report.
+//! Also the checking sink every reader pushes through, so range and order rules live in one place.
+
+use std::path::Path;
+
+use super::error::EventError;
+
+/// Events as four parallel columns, in file order.
+///
+/// `t` is the timestamp exactly as stored (µs; absolute Unix time for AEDAT 4), `p` is 1 for ON
+/// and 0 for OFF, `x`/`y` are raw sensor coordinates with no flip. `width`/`height` are the
+/// sensor size when the file (or [`ReadOptions::sensor`]) declares it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Events {
+    pub t: Vec<i64>,
+    pub x: Vec<u16>,
+    pub y: Vec<u16>,
+    pub p: Vec<u8>,
+    pub width: Option<u16>,
+    pub height: Option<u16>,
+}
+
+/// One event as a tuple `(t, x, y, p)`, the order the golden values use.
+pub type Event = (i64, u16, u16, u8);
+
+impl Events {
+    /// An empty container for a sensor of the given size, if known.
+    pub fn new(sensor: Option<(u16, u16)>) -> Self {
+        Self {
+            width: sensor.map(|s| s.0),
+            height: sensor.map(|s| s.1),
+            ..Self::default()
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.t.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.t.is_empty()
+    }
+
+    pub fn sensor(&self) -> Option<(u16, u16)> {
+        Some((self.width?, self.height?))
+    }
+
+    pub fn push(&mut self, (t, x, y, p): Event) {
+        self.t.push(t);
+        self.x.push(x);
+        self.y.push(y);
+        self.p.push(p);
+    }
+
+    pub fn get(&self, i: usize) -> Option<Event> {
+        Some((*self.t.get(i)?, self.x[i], self.y[i], self.p[i]))
+    }
+
+    pub fn first(&self) -> Option<Event> {
+        self.get(0)
+    }
+
+    pub fn last(&self) -> Option<Event> {
+        self.get(self.len().checked_sub(1)?)
+    }
+
+    /// Number of ON events.
+    pub fn n_on(&self) -> usize {
+        self.p.iter().filter(|&&p| p != 0).count()
+    }
+
+    /// `t_last - t_first` in file order (0 when empty).
+    pub fn duration(&self) -> i64 {
+        match (self.t.first(), self.t.last()) {
+            (Some(a), Some(b)) => b.saturating_sub(*a),
+            _ => 0,
+        }
+    }
+
+    /// The events with `start <= t < end`, in file order; the sensor size carries over.
+    pub fn time_range(&self, start: i64, end: i64) -> Events {
+        let mut out = Events::new(self.sensor());
+        for i in 0..self.len() {
+            if (start..end).contains(&self.t[i]) {
+                out.push((self.t[i], self.x[i], self.y[i], self.p[i]));
+            }
+        }
+        out
+    }
+
+    fn reserve(&mut self, n: usize) {
+        self.t.reserve(n);
+        self.x.reserve(n);
+        self.y.reserve(n);
+        self.p.reserve(n);
+    }
+}
+
+/// What to do when a timestamp is smaller than the one before it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TimestampPolicy {
+    /// Fail with [`EventError::NonMonotonic`] (the default: every real file here is monotone).
+    #[default]
+    Error,
+    /// Keep the events in file order and count the decreases in [`ReadReport::non_monotonic`].
+    Allow,
+}
+
+/// Options shared by every reader.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ReadOptions {
+    pub timestamps: TimestampPolicy,
+    /// Sensor size `(width, height)` that replaces the one the file declares (or supplies one
+    /// where the format has none, e.g. `.npy`); coordinates are checked against it.
+    pub sensor: Option<(u16, u16)>,
+}
+
+/// What a reader skipped or tolerated besides the polarity events it returned.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReadReport {
+    /// IMU data: AEDAT 2.0 counts 32-bit IMU words (7 per IMU6 sample), AEDAT 3.1 and 4 count samples.
+    pub imu: u64,
+    /// APS (frame readout) words in AEDAT 2.0.
+    pub aps: u64,
+    /// Special / timestamp-reset events (AEDAT 2.0 and 3.1).
+    pub special: u64,
+    /// APS frames (AEDAT 3.1 frame events, AEDAT 4 `FRME` packets).
+    pub frames: u64,
+    /// Trigger events (AEDAT 4 `TRIG`).
+    pub triggers: u64,
+    /// Polarity events whose valid bit was cleared (AEDAT 3.1).
+    pub invalid: u64,
+    /// Events or packets of any other type.
+    pub other: u64,
+    /// Timestamp decreases seen under [`TimestampPolicy::Allow`].
+    pub non_monotonic: u64,
+}
+
+/// The result of reading one file.
+#[derive(Debug, Clone, Default)]
+pub struct Recording {
+    pub events: Events,
+    pub report: ReadReport,
+}
+
+/// Where readers push decoded events: applies the sensor bounds and the timestamp policy once
+/// for every format, so no reader can forget either.
+pub(crate) struct Sink<'a> {
+    rec: Recording,
+    file: &'a Path,
+    policy: TimestampPolicy,
+}
+
+impl<'a> Sink<'a> {
+    /// `declared` is the sensor size from the file header; `opts.sensor` overrides it.
+    pub(crate) fn new(file: &'a Path, opts: &ReadOptions, declared: Option<(u16, u16)>) -> Self {
+        Self {
+            rec: Recording {
+                events: Events::new(opts.sensor.or(declared)),
+                report: ReadReport::default(),
+            },
+            file,
+            policy: opts.timestamps,
+        }
+    }
+
+    /// Sets the sensor size once it is known (AEDAT 4 declares it per stream) unless overridden.
+    pub(crate) fn declare_sensor(&mut self, opts: &ReadOptions, declared: Option<(u16, u16)>) {
+        let s = opts.sensor.or(declared);
+        self.rec.events.width = s.map(|s| s.0);
+        self.rec.events.height = s.map(|s| s.1);
+    }
+
+    pub(crate) fn reserve(&mut self, n: usize) {
+        self.rec.events.reserve(n);
+    }
+
+    pub(crate) fn report(&mut self) -> &mut ReadReport {
+        &mut self.rec.report
+    }
+
+    /// Checks and stores one event read at file offset `offset`.
+    pub(crate) fn push(
+        &mut self,
+        offset: u64,
+        t: i64,
+        x: i64,
+        y: i64,
+        on: bool,
+    ) -> Result<(), EventError> {
+        let ev = &self.rec.events;
+        let (w, h) = (
+            ev.width.map_or(u16::MAX as i64 + 1, i64::from),
+            ev.height.map_or(u16::MAX as i64 + 1, i64::from),
+        );
+        if !(0..w).contains(&x) || !(0..h).contains(&y) {
+            return Err(EventError::OutOfRange {
+                file: self.file.to_path_buf(),
+                offset,
+                x,
+                y,
+                width: ev.width.unwrap_or(u16::MAX),
+                height: ev.height.unwrap_or(u16::MAX),
+            });
+        }
+        if let Some(&previous) = ev.t.last()
+            && t < previous
+        {
+            match self.policy {
+                TimestampPolicy::Error => {
+                    return Err(EventError::NonMonotonic {
+                        file: self.file.to_path_buf(),
+                        offset,
+                        previous,
+                        t,
+                    });
+                }
+                TimestampPolicy::Allow => self.rec.report.non_monotonic += 1,
+            }
+        }
+        // Both casts are exact: x and y were just checked against 0..=u16::MAX.
+        self.rec.events.push((t, x as u16, y as u16, u8::from(on)));
+        Ok(())
+    }
+
+    pub(crate) fn finish(self) -> Recording {
+        self.rec
+    }
+}
