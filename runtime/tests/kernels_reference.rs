@@ -122,10 +122,13 @@ fn conv2d_by_hand() {
         stride: (1, 1),
         padding: (1, 1),
     };
-    let same = conv2d(x.view(), ones.view(), None, same).expect("conv");
-    assert_eq!(same.shape(), &[1, 1, 3, 3]);
-    assert_eq!(same[[0, 0, 1, 1]], 45.0);
-    assert_eq!(same[[0, 0, 0, 0]], 12.0);
+    let y = conv2d(x.view(), ones.view(), None, same).expect("conv");
+    assert_eq!(y.shape(), &[1, 1, 3, 3]);
+    assert_eq!(y[[0, 0, 1, 1]], 45.0);
+    assert_eq!(y[[0, 0, 0, 0]], 12.0);
+    let zero_bias = ArrayD::zeros(IxDyn(&[1]));
+    let with_bias = conv2d(x.view(), ones.view(), Some(zero_bias.view()), same).expect("conv");
+    assert_eq!(with_bias, y);
 }
 
 #[test]
@@ -217,6 +220,11 @@ fn dense_by_hand() {
     let xt = x.t().to_owned();
     let y0 = dense(xt.view(), w.view(), Some(b.view()), 0).expect("dense axis 0");
     assert_close(&y0, &y.t().to_owned(), 0.0);
+
+    // A rank-1 input is a single vector; no bias means no offset.
+    let v = d(arr1(&[1.0, 2.0, 3.0]).into_dyn());
+    let yv = dense(v.view(), w.view(), None, 0).expect("dense rank 1");
+    assert_close(&yv, &d(arr1(&[-2.0, 4.0]).into_dyn()), 0.0);
 
     let dy = ArrayD::ones(IxDyn(&[2, 2]));
     let g = dense_backward(x.view(), w.view(), dy.view(), 1).expect("bwd");

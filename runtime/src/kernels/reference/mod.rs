@@ -16,7 +16,7 @@ mod layout;
 pub mod pool;
 pub mod reduce;
 mod scalar;
-pub mod shape;
+mod shape;
 pub mod unary;
 
 pub use batch_norm::{
