@@ -7,3 +7,5 @@ pub mod mlir;
 pub mod diag;
 pub mod syntax;
 pub mod ir;
+pub mod sema;
+pub mod cli;

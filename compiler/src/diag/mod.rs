@@ -173,8 +173,13 @@ pub struct Diagnostics {
 }
 
 impl Diagnostics {
+    /// Adds `d` unless the same message at the same place is already there (a definition
+    /// instantiated many times reports its error once).
     pub fn push(&mut self, d: Diagnostic) {
-        self.items.push(d);
+        let seen = self.items.iter().any(|o| o.code == d.code && o.message == d.message && o.primary_span() == d.primary_span());
+        if !seen {
+            self.items.push(d);
+        }
     }
 
     pub fn has_errors(&self) -> bool {
@@ -186,7 +191,9 @@ impl Diagnostics {
     }
 
     pub fn extend(&mut self, other: Diagnostics) {
-        self.items.extend(other.items);
+        for d in other.items {
+            self.push(d);
+        }
     }
 
     /// Renders every diagnostic as plain text, as terminals, pipes and snapshots all take it.

@@ -186,6 +186,8 @@ impl Scalar {
             (ScalarBinary::Add, Scalar::Const(z), _) if *z == 0.0 => b,
             (ScalarBinary::Add | ScalarBinary::Sub, _, Scalar::Const(z)) if *z == 0.0 => a,
             (ScalarBinary::Mul, Scalar::Const(o), _) if *o == 1.0 => b,
+            // Parameters such as `v_reset = 0` make whole terms vanish; keep the printed IR minimal.
+            (ScalarBinary::Mul, Scalar::Const(z), _) | (ScalarBinary::Mul, _, Scalar::Const(z)) if *z == 0.0 => Scalar::Const(0.0),
             (ScalarBinary::Mul | ScalarBinary::Div, _, Scalar::Const(o)) if *o == 1.0 => a,
             _ => Scalar::Binary(op, Box::new(a), Box::new(b)),
         }

@@ -111,6 +111,16 @@ pub enum NeuronStmt {
     Learn { name: Ident, init: Expr },
     /// `name = expr`: updates a state or defines a per-step local.
     Assign { target: Ident, value: Expr },
+    Require(Require),
+}
+
+/// `require cond, "message"`: a check on parameter values, evaluated when the definition is used.
+#[derive(Clone, Debug, Serialize)]
+pub struct Require {
+    pub cond: Expr,
+    pub message: Option<String>,
+    #[serde(skip)]
+    pub span: Span,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -169,6 +179,7 @@ pub struct Setting {
 
 #[derive(Clone, Debug, Serialize)]
 pub enum BodyStmt {
+    Require(Require),
     Let { name: Ident, flow: Flow },
     Flow(Flow),
 }

@@ -3,4 +3,4 @@
 pub mod ast;
 pub mod parser;
 
-pub use parser::parse;
+pub use parser::{parse, parse_expr};

@@ -38,6 +38,15 @@ pub fn parse(file: FileId, source: &str) -> Result<File, Diagnostic> {
     Ok(Builder { file }.file(root.into_inner()))
 }
 
+/// Parses a lone expression (command-line overrides).
+pub fn parse_expr(file: FileId, source: &str) -> Result<Expr, Diagnostic> {
+    let mut pairs = SnnParser::parse(Rule::expr_only, source).map_err(|e| syntax_error(file, source, e))?;
+    let expr = pairs.next().and_then(|p| p.into_inner().next()).ok_or_else(|| {
+        Diagnostic::error(ErrorCode::Syntax, "expected an expression").primary(Span::new(file, 0, source.len()), "here")
+    })?;
+    Ok(Builder { file }.expr(expr))
+}
+
 fn syntax_error(file: FileId, source: &str, err: pest::error::Error<Rule>) -> Diagnostic {
     use pest::error::{ErrorVariant, InputLocation};
     let (start, end) = match err.location {
@@ -68,10 +77,7 @@ fn syntax_error(file: FileId, source: &str, err: pest::error::Error<Rule>) -> Di
 fn syntax_help(source: &str, pos: usize) -> Option<String> {
     let before = source[..pos].trim_end();
     let word: String = source[pos..].chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
-    const KEYWORDS: [&str; 14] = [
-        "neuron", "surrogate", "attention", "block", "model", "import", "module", "let", "repeat",
-        "state", "learn", "train", "true", "false",
-    ];
+    const KEYWORDS: [&str; 10] = ["require", "import", "module", "let", "repeat", "state", "learn", "train", "true", "false"];
     if KEYWORDS.contains(&word.as_str()) && (before.ends_with("let") || before.ends_with('(') || before.ends_with(',')) {
         return Some(format!("`{word}` is a keyword and cannot be used as a name"));
     }
@@ -98,7 +104,8 @@ fn describe_expected(rules: &[Rule]) -> String {
 pub fn describe_rule(rule: Rule) -> &'static str {
     match rule {
         Rule::EOI => "end of file",
-        Rule::ident | Rule::name | Rule::value_ref | Rule::dotted | Rule::path => "a name",
+        Rule::expr_only => "an expression",
+        Rule::ident | Rule::path_seg | Rule::name | Rule::value_ref | Rule::dotted | Rule::path => "a name",
         Rule::expr | Rule::primary | Rule::quantity | Rule::number | Rule::call_expr | Rule::tuple
         | Rule::boolean | Rule::string => "an expression",
         Rule::neuron_def | Rule::surrogate_def | Rule::attention_def | Rule::block_def
@@ -111,6 +118,7 @@ pub fn describe_rule(rule: Rule) -> &'static str {
             "a neuron statement (`state`, `learn` or an assignment)"
         }
         Rule::input_stmt => "`input`",
+        Rule::require_stmt => "`require`",
         Rule::train_section => "`train`",
         Rule::setting => "a setting (`name = value`)",
         Rule::let_stmt | Rule::flow_stmt | Rule::body_stmt | Rule::model_stmt => "a statement",
@@ -231,6 +239,9 @@ impl Builder {
         let body = rest
             .into_iter()
             .map(|stmt| {
+                if stmt.as_rule() == Rule::require_stmt {
+                    return NeuronStmt::Require(self.require(stmt));
+                }
                 let rule = stmt.as_rule();
                 let mut inner = stmt.into_inner();
                 let target = self.ident(inner.next().expect("grammar: statement has a name"));
@@ -283,8 +294,17 @@ impl Builder {
         model
     }
 
+    fn require(&self, pair: Pair<Rule>) -> Require {
+        let span = self.span(&pair);
+        let mut inner = pair.into_inner();
+        let cond = self.expr(inner.next().expect("grammar: require has a condition"));
+        let message = inner.next().map(|s| unescape(s.into_inner().next().map_or("", |p| p.as_str())));
+        Require { cond, message, span }
+    }
+
     fn body_stmt(&self, pair: Pair<Rule>) -> BodyStmt {
         match pair.as_rule() {
+            Rule::require_stmt => BodyStmt::Require(self.require(pair)),
             Rule::let_stmt => {
                 let mut inner = pair.into_inner();
                 let name = self.ident(inner.next().expect("grammar: let has a name"));

@@ -1,0 +1,156 @@
+//! The `snnc` command line: `check`, `build --emit ...`, `explain`. Each command returns an exit
+//! code; diagnostics go to stderr, requested output to stdout or `-o`.
+
+use crate::diag::explain;
+use crate::ir::printer::print_graph;
+use crate::sema::{Compilation, Override, compile_path};
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "snnc", version, about = "Compiler for attention spiking neural networks (.snn)")]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Parse and check files; report every error found. Exit code 1 on errors.
+    Check {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Override a model parameter, e.g. `--set T=8 --set att=TCSA()`.
+        #[arg(long = "set", value_name = "NAME=EXPR", value_parser = parse_override)]
+        overrides: Vec<Override>,
+    },
+    /// Compile a file and emit a stage of the pipeline.
+    Build {
+        file: PathBuf,
+        /// Which stage to print.
+        #[arg(long, value_enum, default_value = "ir")]
+        emit: Emit,
+        /// Only this model (default: every model in the file).
+        #[arg(long)]
+        model: Option<String>,
+        #[arg(long = "set", value_name = "NAME=EXPR", value_parser = parse_override)]
+        overrides: Vec<Override>,
+        /// Write to this file instead of stdout.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+    /// Explain an error code, e.g. `snnc explain E0006`.
+    Explain { code: String },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Emit {
+    /// The syntax tree (JSON).
+    Ast,
+    /// The typed graph IR.
+    Ir,
+}
+
+fn parse_override(s: &str) -> Result<Override, String> {
+    let (name, value) = s.split_once('=').ok_or_else(|| format!("expected NAME=EXPR, found `{s}`"))?;
+    let name = name.trim();
+    if name.is_empty() || !name.chars().all(|c| c.is_alphanumeric() || c == '_') {
+        return Err(format!("`{name}` is not a parameter name"));
+    }
+    Ok((name.to_string(), value.trim().to_string()))
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { files, overrides } => {
+            let mut failed = false;
+            for file in &files {
+                let c = compile_path(file, &overrides);
+                report(&c);
+                if c.diags.has_errors() {
+                    failed = true;
+                } else {
+                    let models: Vec<String> = c.graphs.iter().map(|g| g.name.clone()).collect();
+                    eprintln!(
+                        "{}: ok ({} model{}{})",
+                        file.display(),
+                        models.len(),
+                        if models.len() == 1 { "" } else { "s" },
+                        if models.is_empty() { String::new() } else { format!(": {}", models.join(", ")) }
+                    );
+                }
+            }
+            if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+        }
+        Command::Build { file, emit, model, overrides, output } => {
+            let c = compile_path(&file, &overrides);
+            report(&c);
+            if c.diags.has_errors() {
+                return ExitCode::FAILURE;
+            }
+            let text = match emit {
+                Emit::Ast => {
+                    let ast = c.program.root.and_then(|r| c.program.files.get(&r)).map(|f| &f.ast);
+                    match serde_json::to_string_pretty(&ast) {
+                        Ok(s) => s + "\n",
+                        Err(e) => {
+                            eprintln!("error: cannot serialise the AST: {e}");
+                            return ExitCode::FAILURE;
+                        }
+                    }
+                }
+                Emit::Ir => {
+                    let graphs: Vec<_> = c.graphs.iter().filter(|g| model.as_ref().is_none_or(|m| *m == g.name)).collect();
+                    if graphs.is_empty() {
+                        let names: Vec<&str> = c.graphs.iter().map(|g| g.name.as_str()).collect();
+                        eprintln!(
+                            "error: no model {} in {} (models: {})",
+                            model.as_deref().map_or(String::new(), |m| format!("`{m}`")),
+                            file.display(),
+                            if names.is_empty() { "none".to_string() } else { names.join(", ") }
+                        );
+                        return ExitCode::FAILURE;
+                    }
+                    graphs.iter().map(|g| print_graph(g)).collect::<Vec<_>>().join("\n")
+                }
+            };
+            write_output(output.as_deref(), &text)
+        }
+        Command::Explain { code } => match explain(&code) {
+            Some(c) => {
+                println!("{}: {}\n\n{}", c.as_str(), c.title(), c.explanation());
+                ExitCode::SUCCESS
+            }
+            None => {
+                eprintln!("error: unknown error code `{code}` (codes look like E0006)");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn report(c: &Compilation) {
+    if !c.diags.items.is_empty() {
+        eprint!("{}", c.diags.render_plain(&c.program.sources));
+    }
+}
+
+/// Writes atomically (temp file + rename) so an interrupted run never leaves half a file.
+fn write_output(path: Option<&std::path::Path>, text: &str) -> ExitCode {
+    let Some(path) = path else {
+        print!("{text}");
+        return ExitCode::SUCCESS;
+    };
+    let tmp = path.with_extension("tmp-snnc");
+    let result = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, path));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            eprintln!("error: cannot write `{}`: {e}", path.display());
+            ExitCode::FAILURE
+        }
+    }
+}
