@@ -1,1 +1,282 @@
-//! placeholder
+//! Framing: hand-computed cases for each slicing mode, downsampling, denoising, count
+//! conservation on real N-MNIST samples, the paper's DVS128 Gesture shape, `.npy` and PNG output.
+
+use ndarray::{Array3, Array4, s};
+use snn_runtime::events::{
+    EventError, Events, FrameSpec, ReadOptions, Slicing, denoise, frame, load_frames_npy, nmnist,
+    render_frames_png, repeat_static, save_frames_npy,
+};
+
+use crate::common::example_data;
+use crate::fixtures;
+
+/// Six events on a 4 x 4 sensor, hand-placed.
+fn six() -> Events {
+    let mut ev = Events::new(Some((4, 4)));
+    for e in [
+        (100, 0, 0, 1),
+        (150, 1, 0, 0),
+        (250, 3, 3, 1),
+        (299, 3, 3, 1),
+        (300, 2, 1, 0),
+        (420, 0, 3, 1),
+    ] {
+        ev.push(e);
+    }
+    ev
+}
+
+/// Events per time step.
+fn per_step(f: &Array4<f32>) -> Vec<f32> {
+    f.outer_iter().map(|step| step.sum()).collect()
+}
+
+#[test]
+fn time_window_from_first_event() {
+    let f = frame(&six(), &FrameSpec::time_window(100, 3)).expect("frame");
+    assert_eq!(f.dim(), (3, 2, 4, 4));
+    // [100,200): e0 ON at (0,0), e1 OFF at (1,0); [200,300): e2, e3 ON at (3,3); [300,400): e4 OFF at (2,1).
+    let mut want = Array4::<f32>::zeros((3, 2, 4, 4));
+    want[[0, 1, 0, 0]] = 1.0;
+    want[[0, 0, 0, 1]] = 1.0;
+    want[[1, 1, 3, 3]] = 2.0;
+    want[[2, 0, 1, 2]] = 1.0;
+    assert_eq!(f, want);
+}
+
+#[test]
+fn time_window_with_explicit_start() {
+    let spec = FrameSpec {
+        slicing: Slicing::TimeWindow {
+            window_us: 100,
+            steps: 3,
+            start: Some(150),
+        },
+        ..FrameSpec::time_window(1, 1)
+    };
+    let f = frame(&six(), &spec).expect("frame");
+    // e0 precedes the start; [150,250): e1; [250,350): e2, e3, e4; [350,450): e5.
+    assert_eq!(per_step(&f), vec![1.0, 3.0, 1.0]);
+    assert_eq!(f[[2, 1, 3, 0]], 1.0);
+}
+
+#[test]
+fn event_count_slices() {
+    assert_eq!(
+        per_step(&frame(&six(), &FrameSpec::event_count(3)).expect("3")),
+        vec![2.0; 3]
+    );
+    // floor(i * 4 / 6) = 0,0,1,2,2,3.
+    let f = frame(&six(), &FrameSpec::event_count(4)).expect("4");
+    assert_eq!(per_step(&f), vec![2.0, 1.0, 2.0, 1.0]);
+    assert_eq!(f[[1, 1, 3, 3]], 1.0);
+    // More steps than events leaves empty steps but loses nothing.
+    assert_eq!(
+        frame(&six(), &FrameSpec::event_count(10))
+            .expect("10")
+            .sum(),
+        6.0
+    );
+}
+
+#[test]
+fn fixed_frame_count_splits_the_span() {
+    // Span 100..420 in 2 halves of 160 µs: [100,260) holds e0-e2, [260,420] e3-e5.
+    let f = frame(&six(), &FrameSpec::frame_count(2)).expect("frame");
+    assert_eq!(per_step(&f), vec![3.0, 3.0]);
+    assert_eq!(f[[1, 1, 3, 0]], 1.0, "t_max lands in the last frame");
+    // A zero-length recording puts everything in the first frame.
+    let mut one = Events::new(Some((4, 4)));
+    one.push((5, 1, 1, 1));
+    one.push((5, 2, 2, 0));
+    assert_eq!(
+        per_step(&frame(&one, &FrameSpec::frame_count(3)).expect("frame")),
+        vec![2.0, 0.0, 0.0]
+    );
+}
+
+#[test]
+fn downsampling_divides_coordinates_and_rounds_size_up() {
+    let f = frame(&six(), &FrameSpec::event_count(1).downsample(2)).expect("frame");
+    assert_eq!(f.dim(), (1, 2, 2, 2));
+    // ON: (0,0) -> (0,0); (3,3) x2 -> (1,1); (0,3) -> (0,1) i.e. y=1, x=0. OFF: (1,0) -> (0,0); (2,1) -> (1,0).
+    assert_eq!(
+        f.slice(s![0, 1, .., ..]),
+        ndarray::arr2(&[[1.0, 0.0], [1.0, 2.0]])
+    );
+    assert_eq!(
+        f.slice(s![0, 0, .., ..]),
+        ndarray::arr2(&[[1.0, 1.0], [0.0, 0.0]])
+    );
+    let odd = frame(
+        &fixtures::synthetic(50, 5, 7, 0, 1),
+        &FrameSpec::event_count(2).downsample(2),
+    )
+    .expect("odd");
+    assert_eq!(odd.dim(), (2, 2, 4, 3));
+    assert_eq!(odd.sum(), 50.0);
+}
+
+#[test]
+fn paper_reference_shape_for_dvs128_gesture() {
+    // T = 60 frames of 25 ms, 128 x 128 downsampled by 4 to 2 x 32 x 32.
+    let ev = fixtures::synthetic(20_000, 128, 128, 1_000_000, 100);
+    let f = frame(&ev, &FrameSpec::time_window(25_000, 60).downsample(4)).expect("frame");
+    assert_eq!(f.dim(), (60, 2, 32, 32));
+    // 1.5 s of frames cover events 0..15000 exactly (one every 100 µs).
+    assert_eq!(f.sum(), 15_000.0);
+    assert!(per_step(&f).iter().all(|&n| n == 250.0));
+}
+
+#[test]
+fn counts_are_conserved_on_real_nmnist_samples() {
+    for id in ["1", "500", "60001"] {
+        let ev = nmnist::read(
+            example_data().join(format!("nmnist/{id}.bs2")),
+            &ReadOptions::default(),
+        )
+        .expect(id)
+        .events;
+        let n = ev.len() as f32;
+        for spec in [
+            FrameSpec::event_count(7),
+            FrameSpec::frame_count(10),
+            FrameSpec::frame_count(10).downsample(3),
+        ] {
+            let f = frame(&ev, &spec).expect("frame");
+            assert_eq!(f.sum(), n, "{id} {spec:?}");
+            assert_eq!(
+                f.slice(s![.., 1, .., ..]).sum(),
+                ev.n_on() as f32,
+                "{id}: ON channel"
+            );
+        }
+        let f = frame(&ev, &FrameSpec::time_window(10_000, 20)).expect("frame");
+        let t0 = ev.t[0];
+        let in_range = ev.t.iter().filter(|&&t| t < t0 + 200_000).count();
+        assert_eq!(
+            f.sum(),
+            in_range as f32,
+            "{id}: events inside the 20 windows"
+        );
+    }
+}
+
+#[test]
+fn denoise_keeps_events_with_recent_neighbours() {
+    let mut ev = Events::new(Some((5, 5)));
+    for e in [
+        (0, 2, 2, 1),    // no earlier neighbour: dropped
+        (10, 3, 2, 1),   // (2,2) fired 10 µs ago: kept
+        (500, 0, 4, 0),  // isolated: dropped
+        (520, 2, 2, 0),  // (3,2) fired 510 µs ago, beyond 100: dropped
+        (530, 1, 3, 1),  // (2,2) fired 10 µs ago (diagonal): kept
+        (1000, 4, 0, 1), // isolated: dropped
+        (1001, 4, 0, 1), // same pixel does not count as a neighbour: dropped
+    ] {
+        ev.push(e);
+    }
+    let kept = denoise(&ev, 100).expect("denoise");
+    assert_eq!(kept.t, vec![10, 530]);
+    assert_eq!(kept.sensor(), Some((5, 5)));
+    let f = frame(&ev, &FrameSpec::event_count(1).denoise(100)).expect("frame");
+    assert_eq!(f.sum(), 2.0);
+    assert_eq!(f[[0, 1, 2, 3]], 1.0);
+}
+
+#[test]
+fn static_image_is_repeated() {
+    let img = Array3::from_shape_fn((2, 3, 4), |(c, y, x)| (c * 100 + y * 10 + x) as f32);
+    let f = repeat_static(img.view(), 5);
+    assert_eq!(f.dim(), (5, 2, 3, 4));
+    for t in 0..5 {
+        assert_eq!(f.slice(s![t, .., .., ..]), img);
+    }
+}
+
+#[test]
+fn spec_errors_are_reported() {
+    let mut unsized_ev = six();
+    unsized_ev.width = None;
+    let cases: [(Events, FrameSpec, &str); 6] = [
+        (
+            unsized_ev.clone(),
+            FrameSpec::event_count(1),
+            "sensor size unknown",
+        ),
+        (six(), FrameSpec::event_count(1).downsample(0), "downsample"),
+        (six(), FrameSpec::event_count(0), "time steps"),
+        (six(), FrameSpec::time_window(0, 3), "time window"),
+        (
+            six(),
+            FrameSpec::event_count(1).sensor(2, 2),
+            "outside the 2x2 sensor",
+        ),
+        (six(), FrameSpec::event_count(1).denoise(-1), "denoise"),
+    ];
+    for (ev, spec, needle) in cases {
+        let e = frame(&ev, &spec).expect_err(needle);
+        assert!(
+            matches!(e, EventError::Spec(_)) && e.to_string().contains(needle),
+            "{e}"
+        );
+    }
+    // Supplying the size makes the unsized events frameable.
+    assert_eq!(
+        frame(&unsized_ev, &FrameSpec::event_count(1).sensor(4, 4))
+            .expect("sized")
+            .sum(),
+        6.0
+    );
+}
+
+#[test]
+fn npy_round_trip_and_layout() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let path = tmp.path().join("frames.npy");
+    let f = frame(
+        &fixtures::synthetic(999, 34, 34, 0, 3),
+        &FrameSpec::event_count(6),
+    )
+    .expect("frame");
+    save_frames_npy(&f, &path).expect("save");
+    let bytes = std::fs::read(&path).expect("read");
+    let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    assert_eq!((10 + header_len) % 64, 0, "data starts 64-byte aligned");
+    assert!(
+        String::from_utf8_lossy(&bytes[10..10 + header_len]).contains("'shape': (6, 2, 34, 34)")
+    );
+    assert_eq!(bytes.len(), 10 + header_len + 6 * 2 * 34 * 34 * 4);
+    assert_eq!(load_frames_npy(&path).expect("load"), f);
+    // No temporary file is left behind.
+    assert_eq!(std::fs::read_dir(tmp.path()).expect("dir").count(), 1);
+}
+
+#[test]
+fn png_grid_colours() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let path = tmp.path().join("frames.png");
+    let mut f = Array4::<f32>::zeros((5, 2, 4, 4));
+    f[[0, 1, 0, 0]] = 3.0; // ON, step 0, top-left
+    f[[4, 0, 3, 3]] = 3.0; // OFF, step 4, bottom-right
+    render_frames_png(&f, &path).expect("render");
+    let decoder = png::Decoder::new(std::io::BufReader::new(
+        std::fs::File::open(&path).expect("open"),
+    ));
+    let mut reader = decoder.read_info().expect("png");
+    let mut buf = vec![0; reader.output_buffer_size().expect("size")];
+    let info = reader.next_frame(&mut buf).expect("frame");
+    // 5 steps -> 3 x 2 grid of 96 x 96 tiles (4 px scaled by 24) with 2 px gaps.
+    assert_eq!((info.width, info.height), (3 * 96 + 4, 2 * 96 + 2));
+    let px = |x: usize, y: usize| {
+        let i = (y * info.width as usize + x) * 3;
+        [buf[i], buf[i + 1], buf[i + 2]]
+    };
+    assert_eq!(px(0, 0), [255, 0, 0], "ON is red");
+    assert_eq!(px(30, 30), [0, 0, 0], "empty is black");
+    // Step 4 is row 1, column 1: its bottom-right pixel.
+    assert_eq!(px(98 + 95, 98 + 95), [0, 0, 255], "OFF is blue");
+    assert_eq!(px(96, 0), [48, 48, 48], "gap");
+    let e = render_frames_png(&Array4::zeros((2, 3, 4, 4)), &path).expect_err("3 channels");
+    assert!(e.to_string().contains("expected [T >= 1, 2"), "{e}");
+}

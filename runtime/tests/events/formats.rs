@@ -1,0 +1,153 @@
+//! Round-trips through synthetic files in each format (AEDAT 2.0/4.0, N-MNIST, .npy, .npz) and
+//! the shared reader behaviour: timestamp policy, sensor override, auto-detection.
+
+use snn_runtime::events::{
+    EventError, Format, ReadOptions, TimestampPolicy, aedat2, aedat4, detect_format, nmnist, npy,
+    npz, read_events,
+};
+
+use crate::common::example_data;
+use crate::fixtures;
+
+#[test]
+fn aedat2_round_trip_counts_imu_words() {
+    let ev = fixtures::synthetic(1_000, 240, 180, 100, 3);
+    let bytes = fixtures::aedat2(&ev, "eu.seebetter.ini.chips.davis.DAVIS240C", 10);
+    let rec = aedat2::from_bytes(&bytes, &ReadOptions::default()).expect("decode");
+    assert_eq!(rec.events, ev);
+    assert_eq!(rec.report.imu, 100);
+}
+
+#[test]
+fn aedat4_round_trip_every_compression() {
+    let ev = fixtures::synthetic(3_000, 346, 260, 1_589_163_147_368_868, 5);
+    for code in [0, 1, 3] {
+        for table in [false, true] {
+            let bytes = fixtures::aedat4(&ev, 512, code, table);
+            let rec = aedat4::from_bytes(&bytes, &ReadOptions::default())
+                .unwrap_or_else(|e| panic!("compression {code}, table {table}: {e}"));
+            assert_eq!(rec.events, ev, "compression {code}");
+            assert_eq!(rec.report.imu, 3 * 3_000usize.div_ceil(512) as u64);
+        }
+    }
+}
+
+#[test]
+fn bundled_aedat4_matches_shared_golden() {
+    let path = example_data().join("aedat4/aedat_crate_test_data.aedat4");
+    let rec = read_events(&path, &ReadOptions::default()).expect("bundled file");
+    assert_eq!((rec.events.len(), rec.events.n_on()), (78_830, 41_257));
+}
+
+#[test]
+fn nmnist_round_trip_and_detection() {
+    let ev = fixtures::synthetic(500, 34, 34, 0, 600);
+    let bytes =
+        nmnist::from_bytes(&fixtures::nmnist(&ev), &ReadOptions::default()).expect("decode");
+    assert_eq!(bytes.events, ev);
+    assert_eq!(
+        detect_format(&[7, 15, 0x80, 2, 0x8e], "a/1.bs2".as_ref()).expect("bs2"),
+        Format::NMnist
+    );
+    assert!(matches!(
+        detect_format(&[1, 2, 3], "a/b.dat".as_ref()),
+        Err(EventError::UnknownFormat { .. })
+    ));
+}
+
+#[test]
+fn npy_structured_mixed_endianness_and_padding() {
+    let ev = fixtures::synthetic(777, 1280, 720, -5, 11);
+    let rec = npy::from_bytes(
+        &fixtures::npy_structured(&ev),
+        &ReadOptions {
+            sensor: Some((1280, 720)),
+            ..Default::default()
+        },
+    )
+    .expect("decode");
+    assert_eq!(rec.events, ev);
+}
+
+#[test]
+fn npy_without_event_fields_is_a_clear_error() {
+    let bytes = fixtures::npy_column("<i8", [1, 2, 3].into_iter());
+    let msg = npy::from_bytes(&bytes, &ReadOptions::default())
+        .expect_err("plain array")
+        .to_string();
+    assert!(msg.contains("t, x, y, p"), "{msg}");
+}
+
+#[test]
+fn npz_columns_and_structured_stored_and_deflated() {
+    let ev = fixtures::synthetic(400, 128, 128, 1_000, 7);
+    let col = |ty: &str, v: Vec<i64>| fixtures::npy_column(ty, v.into_iter());
+    let columns = vec![
+        ("t.npy", col("<i8", ev.t.clone())),
+        (
+            "x.npy",
+            col("<u2", ev.x.iter().map(|&v| i64::from(v)).collect()),
+        ),
+        (
+            "y.npy",
+            col("<i2", ev.y.iter().map(|&v| i64::from(v)).collect()),
+        ),
+        (
+            "p.npy",
+            col("|b1", ev.p.iter().map(|&v| i64::from(v)).collect()),
+        ),
+    ];
+    let structured = vec![
+        ("meta.npy", col("<i4", vec![1, 2])),
+        ("events.npy", fixtures::npy_structured(&ev)),
+    ];
+    for deflate in [false, true] {
+        for members in [&columns, &structured] {
+            let bytes = fixtures::zip(members, deflate);
+            assert_eq!(
+                detect_format(&bytes, "e.npz".as_ref()).expect("detect"),
+                Format::Npz
+            );
+            let rec = npz::from_bytes(&bytes, &ReadOptions::default()).expect("decode");
+            assert_eq!(rec.events.t, ev.t);
+            assert_eq!(
+                (&rec.events.x, &rec.events.y, &rec.events.p),
+                (&ev.x, &ev.y, &ev.p)
+            );
+        }
+    }
+    let mut short = columns.clone();
+    short[3] = ("p.npy", col("|u1", vec![1; 399]));
+    let msg = npz::from_bytes(&fixtures::zip(&short, false), &ReadOptions::default())
+        .expect_err("lengths")
+        .to_string();
+    assert!(msg.contains("differ in length"), "{msg}");
+}
+
+#[test]
+fn timestamp_policy_error_or_count() {
+    let mut ev = fixtures::synthetic(50, 34, 34, 1_000, 10);
+    ev.t.swap(10, 11);
+    let bytes = fixtures::nmnist(&ev);
+    let err = nmnist::from_bytes(&bytes, &ReadOptions::default()).expect_err("backwards");
+    assert!(
+        matches!(
+            err,
+            EventError::NonMonotonic {
+                offset: 55,
+                previous: 1_110,
+                t: 1_100,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("TimestampPolicy::Allow"));
+    let allow = ReadOptions {
+        timestamps: TimestampPolicy::Allow,
+        ..Default::default()
+    };
+    let rec = nmnist::from_bytes(&bytes, &allow).expect("allowed");
+    assert_eq!(rec.report.non_monotonic, 1);
+    assert_eq!(rec.events.t, ev.t);
+}
