@@ -9,6 +9,7 @@ pub mod aedat2;
 pub mod aedat31;
 pub mod aedat4;
 mod cursor;
+pub mod dataset;
 mod detect;
 mod error;
 mod flatbuf;
@@ -21,6 +22,7 @@ pub mod npz;
 mod render;
 mod types;
 
+pub use dataset::{FrameCache, Sample, Split};
 pub use detect::{Format, detect_format, read_events};
 pub use error::EventError;
 pub use frame::{FrameSpec, Slicing, denoise, frame, repeat_static};

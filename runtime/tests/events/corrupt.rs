@@ -13,13 +13,11 @@ use crate::common::Rng;
 use crate::fixtures;
 
 type Reader = fn(&Path, &ReadOptions) -> Result<Recording, EventError>;
+type Decoder = fn(&[u8], &ReadOptions) -> Result<Recording, EventError>;
+/// A fixture: file name, valid bytes, path reader and byte decoder of its format.
+type Case = (&'static str, Vec<u8>, Reader, Decoder);
 
-fn readers() -> Vec<(
-    &'static str,
-    Vec<u8>,
-    Reader,
-    fn(&[u8], &ReadOptions) -> Result<Recording, EventError>,
-)> {
+fn readers() -> Vec<Case> {
     let ev = |w, h, t0| fixtures::synthetic(300, w, h, t0, 13);
     vec![
         (
@@ -310,11 +308,7 @@ fn bad_csv_lines_name_the_line() {
 #[test]
 fn random_and_mutated_inputs_never_panic() {
     let mut rng = Rng(0x5EED_CAFE_F00D_1234);
-    let mut cases: Vec<(
-        &str,
-        Vec<u8>,
-        fn(&[u8], &ReadOptions) -> Result<Recording, EventError>,
-    )> = readers()
+    let mut cases: Vec<(&str, Vec<u8>, Decoder)> = readers()
         .into_iter()
         .map(|(n, b, _, f)| (n, b, f))
         .collect();
