@@ -149,6 +149,19 @@ impl Diagnostic {
         }
     }
 
+    /// Re-anchors an error found inside a definition at the place that used it (when the two
+    /// differ), keeping the definition's location as a secondary label.
+    pub fn at_use(mut self, use_span: Span, what: &str) -> Self {
+        if self.labels.iter().any(|l| l.primary && l.span.file == use_span.file) {
+            return self;
+        }
+        for l in &mut self.labels {
+            l.primary = false;
+        }
+        self.labels.insert(0, Label { span: use_span, message: format!("{what} used here"), primary: true });
+        self
+    }
+
     pub fn primary_span(&self) -> Option<Span> {
         self.labels.iter().find(|l| l.primary).map(|l| l.span)
     }

@@ -224,7 +224,13 @@ impl<'p> Elaborator<'p> {
         let mut names: Vec<&str> = scope.values.keys().map(String::as_str).collect();
         names.extend(scope.consts.keys().map(String::as_str));
         let mut d = unknown_name(&name.name, name.span, names);
-        if scope.consts.contains_key(&name.name) {
+        let is_stage = LAYERS.contains(&name.name.as_str())
+            || self.program.scope(scope.file).is_some_and(|s| s.contains_key(&name.name));
+        if is_stage {
+            d = Diagnostic::error(ErrorCode::UnknownName, format!("`{}` is a layer, not a value", name.name))
+                .primary(name.span, "a dataflow cannot start from a layer")
+                .help(format!("did you forget `->` before `{}`?", name.name));
+        } else if scope.consts.contains_key(&name.name) {
             d = Diagnostic::error(ErrorCode::Type, format!("`{}` is a parameter, not a tensor", name.name))
                 .primary(name.span, "a dataflow starts from a tensor value")
                 .help("start from an input or a `let` value, e.g. `input -> ...` in a block");
@@ -544,7 +550,7 @@ impl<'p> Elaborator<'p> {
         let program = match instantiate_neuron(self.program, n, span) {
             Ok(p) => p,
             Err(d) => {
-                self.diags.push(d);
+                self.diags.push(d.at_use(span, &format!("neuron `{}`", n.name)));
                 return None;
             }
         };
@@ -755,13 +761,15 @@ impl<'p> Elaborator<'p> {
         };
         let mut current = x;
         let mut gate: Option<ValueId> = None;
-        for part in &parts {
+        for (i, part) in parts.iter().enumerate() {
             let w = self.gate(part, current, span)?;
             let Some(w) = w else { return Ok((None, None)) };
-            current = match self.push(Op::Binary(BinaryOp::Mul), vec![current, w], "gated", span, &[], false) {
+            // With membrane placement the last re-weighted current feeds nothing: skip it.
+            let last = i + 1 == parts.len();
+            current = if want_gate && last { current } else { match self.push(Op::Binary(BinaryOp::Mul), vec![current, w], "gated", span, &[], false) {
                 Some(c) => c,
                 None => return Ok((None, None)),
-            };
+            } };
             gate = match gate {
                 None => Some(w),
                 Some(g) => self.push(Op::Binary(BinaryOp::Mul), vec![g, w], "gate", span, &[], false),

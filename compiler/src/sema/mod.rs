@@ -49,8 +49,11 @@ pub fn compile_source(path: &Path, text: String, overrides: &[Override]) -> Comp
         check_definitions(&program, root, &mut diags);
         for index in 0..items {
             let def = DefId { file: root, index };
-            if let Some(crate::syntax::ast::Item::Model(_)) = program.item(def) {
-                let (graph, ds) = elaborate::Elaborator::new(&program).model(def, overrides);
+            if let Some(crate::syntax::ast::Item::Model(m)) = program.item(def) {
+                // An override applies to the models that declare it (a file may hold several).
+                let mine: Vec<(String, Value)> =
+                    overrides.iter().filter(|(n, _)| m.params.iter().any(|p| p.name.name == *n)).cloned().collect();
+                let (graph, ds) = elaborate::Elaborator::new(&program).model(def, &mine);
                 diags.extend(ds);
                 if let Some(g) = graph {
                     let problems = verify(&g);
@@ -70,12 +73,26 @@ pub fn compile_source(path: &Path, text: String, overrides: &[Override]) -> Comp
     Compilation { program, graphs, diags }
 }
 
+/// Models in `file` and whether any declares the parameter `name`.
+fn any_model_declares(program: &Program, file: crate::diag::FileId, name: &str) -> bool {
+    program.files.get(&file).is_some_and(|f| {
+        f.ast.items.iter().any(|i| matches!(i, crate::syntax::ast::Item::Model(m) if m.params.iter().any(|p| p.name.name == name)))
+    })
+}
+
 fn evaluate_overrides(program: &mut Program, root: crate::diag::FileId, overrides: &[Override], diags: &mut Diagnostics) -> Vec<(String, Value)> {
     let mut out = Vec::new();
     for (name, source) in overrides {
         let file = program.sources.add(format!("<--set {name}>"), source.clone());
         let parsed = crate::syntax::parse_expr(file, source);
         let empty = Default::default();
+        if !any_model_declares(program, root, name) {
+            diags.push(
+                Diagnostic::error(ErrorCode::Arity, format!("no model in `{}` has a parameter `{name}`", program.sources.path(root).display()))
+                    .help("`--set` overrides a model parameter such as `T` or `att`; see the model's header"),
+            );
+            continue;
+        }
         let env = value::ConstEnv { program, file: root, locals: &empty };
         match parsed.and_then(|e| env.eval(&e)) {
             Ok(v) => out.push((name.clone(), v)),
@@ -90,35 +107,45 @@ fn evaluate_overrides(program: &mut Program, root: crate::diag::FileId, override
 fn check_definitions(program: &Program, file: crate::diag::FileId, diags: &mut Diagnostics) {
     use crate::syntax::ast::Item;
     let Some(loaded) = program.files.get(&file) else { return };
-    for (index, item) in loaded.ast.items.iter().enumerate() {
-        let def = DefId { file, index };
-        let all_defaults = item.params().iter().all(|p| p.default.is_some());
-        if !all_defaults {
+    for item in &loaded.ast.items {
+        // Parameter types and defaults are checked for every definition, used or not.
+        let specs = match value::user_specs(item.params()) {
+            Ok(specs) => specs,
+            Err(d) => {
+                diags.push(d);
+                continue;
+            }
+        };
+        let mut locals = std::collections::HashMap::new();
+        let mut defaults_ok = true;
+        for spec in &specs {
+            let value::DefaultValue::Expr(e) = spec.default else { break };
+            let env = value::ConstEnv { program, file, locals: &locals };
+            match env.eval(e).and_then(|v| spec.ty.coerce(v, e.span, &format!("the default of `{}`", spec.name))) {
+                Ok(v) => {
+                    locals.insert(spec.name.to_string(), v);
+                }
+                Err(d) => {
+                    diags.push(d);
+                    defaults_ok = false;
+                    break;
+                }
+            }
+        }
+        if !defaults_ok || locals.len() != specs.len() {
             continue;
         }
-        let empty = Default::default();
-        let env = value::ConstEnv { program, file, locals: &empty };
         let span = item.name().span;
-        let call = crate::syntax::ast::Expr {
-            kind: crate::syntax::ast::ExprKind::Name(crate::syntax::ast::Path { segments: vec![item.name().clone()], span }),
-            span,
-        };
-        let result = match item {
-            Item::Neuron(_) => env.eval(&call).and_then(|v| match v {
-                Value::Neuron(b) => neuron::instantiate_neuron(program, &b, span).map(|_| ()),
-                _ => Ok(()),
-            }),
-            Item::Surrogate(_) => env.eval(&call).and_then(|v| match v {
-                Value::Surrogate(b) => neuron::instantiate_surrogate(program, &b, span).map(|_| ()),
-                _ => Ok(()),
-            }),
-            Item::Attention(_) => env.eval(&call).map(|_| ()),
-            Item::Block(_) | Item::Model(_) => Ok(()),
+        let bound = |def: DefId| value::Bound { def, name: item.name().name.clone(), args: specs.iter().filter_map(|s| locals.get(s.name).map(|v| (s.name.to_string(), v.clone()))).collect() };
+        let def = loaded.scope.get(&item.name().name).copied();
+        let result = match (item, def) {
+            (Item::Neuron(_), Some(def)) => neuron::instantiate_neuron(program, &bound(def), span).map(|_| ()),
+            (Item::Surrogate(_), Some(def)) => neuron::instantiate_surrogate(program, &bound(def), span).map(|_| ()),
+            _ => Ok(()),
         };
         if let Err(d) = result {
             diags.push(d);
         }
-        let _ = def;
     }
 }
 

@@ -264,7 +264,8 @@ impl ConstEnv<'_> {
                 let a = self.eval(lhs)?;
                 let b = self.eval(rhs)?;
                 binary(*op, a, b).map_err(|msg| {
-                    Diagnostic::error(ErrorCode::Type, msg)
+                    let code = if msg.contains("units do not match") { ErrorCode::Unit } else { ErrorCode::Type };
+                    Diagnostic::error(code, msg)
                         .primary(e.span, "in this expression")
                         .secondary(lhs.span, "left operand")
                         .secondary(rhs.span, "right operand")
@@ -320,6 +321,9 @@ impl ConstEnv<'_> {
             }
             return Ok(v);
         }
+        if let Some(v) = self.math(&dotted, &call.args, call.span)? {
+            return Ok(v);
+        }
         if ATTENTION_PRIMITIVES.contains(&dotted.as_str()) || dotted == "relu" {
             return self.primitive(&dotted, &call.args, call.span);
         }
@@ -338,6 +342,44 @@ impl ConstEnv<'_> {
         Err(d)
     }
 
+    /// Compile-time math on numbers (`-log(init_tau - 1.0)` in a `learn` initialiser).
+    fn math(&self, name: &str, args: &[ast::Arg], span: Span) -> Result<Option<Value>, Diagnostic> {
+        let arity = match name {
+            "exp" | "log" | "sqrt" | "abs" => 1,
+            "min" | "max" => 2,
+            _ => return Ok(None),
+        };
+        if args.len() != arity || args.iter().any(|a| a.name.is_some()) {
+            return Err(Diagnostic::error(ErrorCode::Arity, format!("`{name}` takes {arity} positional argument{}", if arity == 1 { "" } else { "s" }))
+                .primary(span, format!("found {}", args.len())));
+        }
+        let mut xs = Vec::with_capacity(arity);
+        for a in args {
+            let v = self.eval(&a.value)?;
+            let x = match v {
+                Value::Int(_) | Value::Float(_) => v.as_f64().unwrap_or(0.0),
+                other => {
+                    return Err(Diagnostic::error(ErrorCode::Type, format!("`{name}` takes numbers"))
+                        .primary(a.value.span, format!("found {} {}", article(other.kind()), other.kind())));
+                }
+            };
+            xs.push(x);
+        }
+        let y = match name {
+            "exp" => xs[0].exp(),
+            "log" => xs[0].ln(),
+            "sqrt" => xs[0].sqrt(),
+            "abs" => xs[0].abs(),
+            "min" => xs[0].min(xs[1]),
+            _ => xs[0].max(xs[1]),
+        };
+        if !y.is_finite() {
+            return Err(Diagnostic::error(ErrorCode::InvalidValue, format!("`{name}` of these arguments is not a finite number"))
+                .primary(span, "evaluates to NaN or infinity"));
+        }
+        Ok(Some(Value::Float(y)))
+    }
+
     /// A user definition named in an expression, configured with `args`.
     fn reference(&self, def: DefId, args: &[ast::Arg], span: Span) -> Result<Value, Diagnostic> {
         let item = self.program.item(def).ok_or_else(|| unknown_name("?", span, []))?;
@@ -353,7 +395,7 @@ impl ConstEnv<'_> {
             ast::Item::Attention(a) => {
                 let locals: HashMap<String, Value> = b.args.into_iter().collect();
                 let env = ConstEnv { program: self.program, file: def.file, locals: &locals };
-                match env.eval(&a.body)? {
+                match env.eval(&a.body).map_err(|d| d.at_use(span, &format!("attention `{}`", a.name.name)))? {
                     v @ Value::Attention(_) => v,
                     other => {
                         return Err(Diagnostic::error(ErrorCode::Type, format!("attention `{}` must evaluate to an attention module", a.name.name))

@@ -78,6 +78,9 @@ fn syntax_help(source: &str, pos: usize) -> Option<String> {
     let before = source[..pos].trim_end();
     let word: String = source[pos..].chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
     const KEYWORDS: [&str; 10] = ["require", "import", "module", "let", "repeat", "state", "learn", "train", "true", "false"];
+    if word == "import" && !before.is_empty() {
+        return Some("imports go at the top of the file, before any definition".into());
+    }
     if KEYWORDS.contains(&word.as_str()) && (before.ends_with("let") || before.ends_with('(') || before.ends_with(',')) {
         return Some(format!("`{word}` is a keyword and cannot be used as a name"));
     }
