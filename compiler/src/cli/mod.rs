@@ -9,7 +9,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "snnc", version, about = "Compiler for attention spiking neural networks (.snn)")]
+#[command(
+    name = "snnc",
+    version,
+    about = "Compiler for attention spiking neural networks (.snn)"
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -53,7 +57,9 @@ enum Emit {
 }
 
 fn parse_override(s: &str) -> Result<Override, String> {
-    let (name, value) = s.split_once('=').ok_or_else(|| format!("expected NAME=EXPR, found `{s}`"))?;
+    let (name, value) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected NAME=EXPR, found `{s}`"))?;
     let name = name.trim();
     if name.is_empty() || !name.chars().all(|c| c.is_alphanumeric() || c == '_') {
         return Err(format!("`{name}` is not a parameter name"));
@@ -78,13 +84,27 @@ pub fn main() -> ExitCode {
                         file.display(),
                         models.len(),
                         if models.len() == 1 { "" } else { "s" },
-                        if models.is_empty() { String::new() } else { format!(": {}", models.join(", ")) }
+                        if models.is_empty() {
+                            String::new()
+                        } else {
+                            format!(": {}", models.join(", "))
+                        }
                     );
                 }
             }
-            if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+            if failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
         }
-        Command::Build { file, emit, model, overrides, output } => {
+        Command::Build {
+            file,
+            emit,
+            model,
+            overrides,
+            output,
+        } => {
             let c = compile_path(&file, &overrides);
             report(&c);
             if c.diags.has_errors() {
@@ -92,7 +112,11 @@ pub fn main() -> ExitCode {
             }
             let text = match emit {
                 Emit::Ast => {
-                    let ast = c.program.root.and_then(|r| c.program.files.get(&r)).map(|f| &f.ast);
+                    let ast = c
+                        .program
+                        .root
+                        .and_then(|r| c.program.files.get(&r))
+                        .map(|f| &f.ast);
                     match serde_json::to_string_pretty(&ast) {
                         Ok(s) => s + "\n",
                         Err(e) => {
@@ -102,18 +126,30 @@ pub fn main() -> ExitCode {
                     }
                 }
                 Emit::Ir => {
-                    let graphs: Vec<_> = c.graphs.iter().filter(|g| model.as_ref().is_none_or(|m| *m == g.name)).collect();
+                    let graphs: Vec<_> = c
+                        .graphs
+                        .iter()
+                        .filter(|g| model.as_ref().is_none_or(|m| *m == g.name))
+                        .collect();
                     if graphs.is_empty() {
                         let names: Vec<&str> = c.graphs.iter().map(|g| g.name.as_str()).collect();
                         eprintln!(
                             "error: no model {} in {} (models: {})",
                             model.as_deref().map_or(String::new(), |m| format!("`{m}`")),
                             file.display(),
-                            if names.is_empty() { "none".to_string() } else { names.join(", ") }
+                            if names.is_empty() {
+                                "none".to_string()
+                            } else {
+                                names.join(", ")
+                            }
                         );
                         return ExitCode::FAILURE;
                     }
-                    graphs.iter().map(|g| print_graph(g)).collect::<Vec<_>>().join("\n")
+                    graphs
+                        .iter()
+                        .map(|g| print_graph(g))
+                        .collect::<Vec<_>>()
+                        .join("\n")
                 }
             };
             write_output(output.as_deref(), &text)

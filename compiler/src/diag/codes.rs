@@ -80,5 +80,8 @@ the list of settings (dataset, T, batch, epochs, optimizer, schedule, loss, seed
 
 /// The long explanation of a code like `E0006`, if it exists.
 pub fn explain(code: &str) -> Option<ErrorCode> {
-    ErrorCode::ALL.iter().copied().find(|c| c.as_str().eq_ignore_ascii_case(code))
+    ErrorCode::ALL
+        .iter()
+        .copied()
+        .find(|c| c.as_str().eq_ignore_ascii_case(code))
 }

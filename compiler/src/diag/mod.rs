@@ -34,7 +34,11 @@ impl Span {
         if self.file != other.file {
             return self;
         }
-        Span { file: self.file, start: self.start.min(other.start), end: self.end.max(other.end) }
+        Span {
+            file: self.file,
+            start: self.start.min(other.start),
+            end: self.end.max(other.end),
+        }
     }
 }
 
@@ -58,11 +62,17 @@ impl SourceMap {
     }
 
     pub fn text(&self, file: FileId) -> &str {
-        self.files.get(file.0).map(|f| f.source().as_str()).unwrap_or("")
+        self.files
+            .get(file.0)
+            .map(|f| f.source().as_str())
+            .unwrap_or("")
     }
 
     pub fn path(&self, file: FileId) -> &Path {
-        self.paths.get(file.0).map(PathBuf::as_path).unwrap_or(Path::new("<unknown>"))
+        self.paths
+            .get(file.0)
+            .map(PathBuf::as_path)
+            .unwrap_or(Path::new("<unknown>"))
     }
 
     /// Finds an already loaded file by path, so imports are read once.
@@ -76,7 +86,9 @@ impl SourceMap {
         let offset = offset.min(text.len());
         let before = &text[..offset];
         let line = before.matches('\n').count() + 1;
-        let col = before.rfind('\n').map_or(before.chars().count(), |nl| before[nl + 1..].chars().count()) + 1;
+        let col = before.rfind('\n').map_or(before.chars().count(), |nl| {
+            before[nl + 1..].chars().count()
+        }) + 1;
         (line, col)
     }
 }
@@ -118,16 +130,27 @@ impl Diagnostic {
     }
 
     pub fn warning(code: ErrorCode, message: impl Into<String>) -> Self {
-        Diagnostic { severity: Severity::Warning, ..Self::error(code, message) }
+        Diagnostic {
+            severity: Severity::Warning,
+            ..Self::error(code, message)
+        }
     }
 
     pub fn primary(mut self, span: Span, message: impl Into<String>) -> Self {
-        self.labels.push(Label { span, message: message.into(), primary: true });
+        self.labels.push(Label {
+            span,
+            message: message.into(),
+            primary: true,
+        });
         self
     }
 
     pub fn secondary(mut self, span: Span, message: impl Into<String>) -> Self {
-        self.labels.push(Label { span, message: message.into(), primary: false });
+        self.labels.push(Label {
+            span,
+            message: message.into(),
+            primary: false,
+        });
         self
     }
 
@@ -152,13 +175,24 @@ impl Diagnostic {
     /// Re-anchors an error found inside a definition at the place that used it (when the two
     /// differ), keeping the definition's location as a secondary label.
     pub fn at_use(mut self, use_span: Span, what: &str) -> Self {
-        if self.labels.iter().any(|l| l.primary && l.span.file == use_span.file) {
+        if self
+            .labels
+            .iter()
+            .any(|l| l.primary && l.span.file == use_span.file)
+        {
             return self;
         }
         for l in &mut self.labels {
             l.primary = false;
         }
-        self.labels.insert(0, Label { span: use_span, message: format!("{what} used here"), primary: true });
+        self.labels.insert(
+            0,
+            Label {
+                span: use_span,
+                message: format!("{what} used here"),
+                primary: true,
+            },
+        );
         self
     }
 
@@ -168,12 +202,20 @@ impl Diagnostic {
 }
 
 /// The candidate nearest to `unknown` by edit distance, if it is plausibly a typo.
-pub fn closest<'a>(unknown: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub fn closest<'a>(
+    unknown: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
     let limit = (unknown.chars().count() / 3).max(1) + usize::from(unknown.len() > 5);
     candidates
         .into_iter()
         .filter(|c| *c != unknown)
-        .map(|c| (strsim::damerau_levenshtein(&unknown.to_lowercase(), &c.to_lowercase()), c))
+        .map(|c| {
+            (
+                strsim::damerau_levenshtein(&unknown.to_lowercase(), &c.to_lowercase()),
+                c,
+            )
+        })
         .filter(|(d, _)| *d <= limit)
         .min_by_key(|(d, c)| (*d, *c))
         .map(|(_, c)| c)
@@ -189,7 +231,9 @@ impl Diagnostics {
     /// Adds `d` unless the same message at the same place is already there (a definition
     /// instantiated many times reports its error once).
     pub fn push(&mut self, d: Diagnostic) {
-        let seen = self.items.iter().any(|o| o.code == d.code && o.message == d.message && o.primary_span() == d.primary_span());
+        let seen = self.items.iter().any(|o| {
+            o.code == d.code && o.message == d.message && o.primary_span() == d.primary_span()
+        });
         if !seen {
             self.items.push(d);
         }
@@ -200,7 +244,10 @@ impl Diagnostics {
     }
 
     pub fn error_count(&self) -> usize {
-        self.items.iter().filter(|d| d.severity == Severity::Error).count()
+        self.items
+            .iter()
+            .filter(|d| d.severity == Severity::Error)
+            .count()
     }
 
     pub fn extend(&mut self, other: Diagnostics) {
@@ -221,7 +268,9 @@ impl Diagnostics {
         let errors = self.error_count();
         if errors > 0 {
             let plural = if errors == 1 { "" } else { "s" };
-            out.push_str(&format!("error: aborting due to {errors} previous error{plural}\n"));
+            out.push_str(&format!(
+                "error: aborting due to {errors} previous error{plural}\n"
+            ));
         }
         out
     }
@@ -236,17 +285,20 @@ fn to_codespan(d: &Diagnostic) -> CsDiagnostic<usize> {
     if let Some(help) = &d.help {
         notes.push(format!("help: {help}"));
     }
-    base.with_message(&d.message).with_code(d.code.as_str()).with_notes(notes).with_labels(
-        d.labels
-            .iter()
-            .map(|l| {
-                let label = if l.primary {
-                    CsLabel::primary(l.span.file.0, l.span.start..l.span.end)
-                } else {
-                    CsLabel::secondary(l.span.file.0, l.span.start..l.span.end)
-                };
-                label.with_message(&l.message)
-            })
-            .collect(),
-    )
+    base.with_message(&d.message)
+        .with_code(d.code.as_str())
+        .with_notes(notes)
+        .with_labels(
+            d.labels
+                .iter()
+                .map(|l| {
+                    let label = if l.primary {
+                        CsLabel::primary(l.span.file.0, l.span.start..l.span.end)
+                    } else {
+                        CsLabel::secondary(l.span.file.0, l.span.start..l.span.end)
+                    };
+                    label.with_message(&l.message)
+                })
+                .collect(),
+        )
 }

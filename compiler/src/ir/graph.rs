@@ -53,9 +53,19 @@ pub enum ScanEmit {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub enum InputSource {
     /// Event stream framed into T frames of `channels` polarities.
-    Events { channels: usize, height: usize, width: usize, framing: Framing, downsample: usize },
+    Events {
+        channels: usize,
+        height: usize,
+        width: usize,
+        framing: Framing,
+        downsample: usize,
+    },
     /// A static image fed at every time step.
-    Image { channels: usize, height: usize, width: usize },
+    Image {
+        channels: usize,
+        height: usize,
+        width: usize,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -70,24 +80,54 @@ pub enum Framing {
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub enum Op {
-    Input { name: String, source: InputSource },
+    Input {
+        name: String,
+        source: InputSource,
+    },
     /// 2-d convolution over H, W of each (T, B) slice; params: weight [O, C, kh, kw], bias [O]?
-    Conv2d { out_channels: usize, kernel: (usize, usize), stride: (usize, usize), padding: (usize, usize) },
+    Conv2d {
+        out_channels: usize,
+        kernel: (usize, usize),
+        stride: (usize, usize),
+        padding: (usize, usize),
+    },
     /// Contraction of `axis` with a weight [out, in]; params: weight, bias?
-    Dense { axis: Axis, out: usize },
-    Pool { kind: PoolKind, kernel: usize, stride: usize },
+    Dense {
+        axis: Axis,
+        out: usize,
+    },
+    Pool {
+        kind: PoolKind,
+        kernel: usize,
+        stride: usize,
+    },
     /// Normalises over every axis but `axis`; params: gamma, beta, running mean, running var.
-    BatchNorm { axis: Axis, eps: f64, momentum: f64 },
-    Dropout { p: f64 },
+    BatchNorm {
+        axis: Axis,
+        eps: f64,
+        momentum: f64,
+    },
+    Dropout {
+        p: f64,
+    },
     /// [T, B, C, H, W] → [T, B, N].
     Flatten,
-    Reduce { kind: ReduceKind, axes: Vec<Axis>, keepdim: bool },
-    Concat { axis: Axis },
+    Reduce {
+        kind: ReduceKind,
+        axes: Vec<Axis>,
+        keepdim: bool,
+    },
+    Concat {
+        axis: Axis,
+    },
     Unary(UnaryOp),
     Binary(BinaryOp),
     /// A neuron layer: runs `neuron` over T for every element. Inputs: current, and optionally a
     /// membrane gate (attention placed on the membrane). Params: the neuron's learnable scalars.
-    Scan { neuron: Box<NeuronProgram>, emit: ScanEmit },
+    Scan {
+        neuron: Box<NeuronProgram>,
+        emit: ScanEmit,
+    },
 }
 
 impl Op {
@@ -96,14 +136,29 @@ impl Op {
             Op::Input { .. } => "input",
             Op::Conv2d { .. } => "conv2d",
             Op::Dense { .. } => "dense",
-            Op::Pool { kind: PoolKind::Avg, .. } => "avg_pool",
-            Op::Pool { kind: PoolKind::Max, .. } => "max_pool",
+            Op::Pool {
+                kind: PoolKind::Avg,
+                ..
+            } => "avg_pool",
+            Op::Pool {
+                kind: PoolKind::Max,
+                ..
+            } => "max_pool",
             Op::BatchNorm { .. } => "batch_norm",
             Op::Dropout { .. } => "dropout",
             Op::Flatten => "flatten",
-            Op::Reduce { kind: ReduceKind::Mean, .. } => "reduce_mean",
-            Op::Reduce { kind: ReduceKind::Max, .. } => "reduce_max",
-            Op::Reduce { kind: ReduceKind::Sum, .. } => "reduce_sum",
+            Op::Reduce {
+                kind: ReduceKind::Mean,
+                ..
+            } => "reduce_mean",
+            Op::Reduce {
+                kind: ReduceKind::Max,
+                ..
+            } => "reduce_max",
+            Op::Reduce {
+                kind: ReduceKind::Sum,
+                ..
+            } => "reduce_sum",
             Op::Concat { .. } => "concat",
             Op::Unary(UnaryOp::Relu) => "relu",
             Op::Unary(UnaryOp::Sigmoid) => "sigmoid",
@@ -139,7 +194,9 @@ impl ParamRole {
 pub enum Init {
     Const(f64),
     /// Uniform in ±1/sqrt(fan_in) (PyTorch's default for conv and linear).
-    UniformFanIn { fan_in: usize },
+    UniformFanIn {
+        fan_in: usize,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -195,7 +252,11 @@ impl Graph {
     }
 
     pub fn inputs(&self) -> impl Iterator<Item = (ValueId, &Node)> {
-        self.nodes.iter().enumerate().filter(|(_, n)| matches!(n.op, Op::Input { .. })).map(|(i, n)| (ValueId(i), n))
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| matches!(n.op, Op::Input { .. }))
+            .map(|(i, n)| (ValueId(i), n))
     }
 
     pub fn add_param(&mut self, decl: ParamDecl) -> ParamId {
@@ -210,6 +271,10 @@ impl Graph {
 
     /// Number of trainable scalars.
     pub fn trainable_parameter_count(&self) -> usize {
-        self.params.iter().filter(|p| p.role.trainable()).map(|p| p.shape.iter().product::<usize>()).sum()
+        self.params
+            .iter()
+            .filter(|p| p.role.trainable())
+            .map(|p| p.shape.iter().product::<usize>())
+            .sum()
     }
 }

@@ -168,7 +168,10 @@ pub enum Scalar {
     /// `select(cond, a, b)`: a where cond ≠ 0, else b; gradient flows to the chosen branch only.
     Select(Box<Scalar>, Box<Scalar>, Box<Scalar>),
     /// Heaviside step `x >= 0` forward; the surrogate's derivative backward.
-    Fire { arg: Box<Scalar>, surrogate: usize },
+    Fire {
+        arg: Box<Scalar>,
+        surrogate: usize,
+    },
 }
 
 impl Scalar {
@@ -187,7 +190,11 @@ impl Scalar {
             (ScalarBinary::Add | ScalarBinary::Sub, _, Scalar::Const(z)) if *z == 0.0 => a,
             (ScalarBinary::Mul, Scalar::Const(o), _) if *o == 1.0 => b,
             // Parameters such as `v_reset = 0` make whole terms vanish; keep the printed IR minimal.
-            (ScalarBinary::Mul, Scalar::Const(z), _) | (ScalarBinary::Mul, _, Scalar::Const(z)) if *z == 0.0 => Scalar::Const(0.0),
+            (ScalarBinary::Mul, Scalar::Const(z), _) | (ScalarBinary::Mul, _, Scalar::Const(z))
+                if *z == 0.0 =>
+            {
+                Scalar::Const(0.0)
+            }
             (ScalarBinary::Mul | ScalarBinary::Div, _, Scalar::Const(o)) if *o == 1.0 => a,
             _ => Scalar::Binary(op, Box::new(a), Box::new(b)),
         }
@@ -277,9 +284,16 @@ impl ScalarPrinter<'_> {
         let p = self.program;
         match v {
             Var::Input => p.map_or("x", |_| "input").to_string(),
-            Var::State(i) => p.and_then(|p| p.states.get(i)).map_or(format!("s{i}"), |s| s.0.clone()),
-            Var::Learn(i) => p.and_then(|p| p.learns.get(i)).map_or(format!("l{i}"), |s| s.0.clone()),
-            Var::Local(i) => p.and_then(|p| p.locals.get(i)).cloned().unwrap_or(format!("t{i}")),
+            Var::State(i) => p
+                .and_then(|p| p.states.get(i))
+                .map_or(format!("s{i}"), |s| s.0.clone()),
+            Var::Learn(i) => p
+                .and_then(|p| p.learns.get(i))
+                .map_or(format!("l{i}"), |s| s.0.clone()),
+            Var::Local(i) => p
+                .and_then(|p| p.locals.get(i))
+                .cloned()
+                .unwrap_or(format!("t{i}")),
         }
     }
 
@@ -334,7 +348,8 @@ impl ScalarPrinter<'_> {
     }
 
     fn write_operand(&self, f: &mut fmt::Formatter<'_>, e: &Scalar) -> fmt::Result {
-        if matches!(e, Scalar::Binary(op, ..) if !matches!(op, ScalarBinary::Min | ScalarBinary::Max)) {
+        if matches!(e, Scalar::Binary(op, ..) if !matches!(op, ScalarBinary::Min | ScalarBinary::Max))
+        {
             write!(f, "(")?;
             self.write(f, e)?;
             write!(f, ")")

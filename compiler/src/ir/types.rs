@@ -57,7 +57,16 @@ impl TensorType {
 
     /// `[T, B, C, H, W]`.
     pub fn image(t: usize, c: usize, h: usize, w: usize, elem: Elem) -> Self {
-        Self::new(vec![(Axis::T, t), (Axis::B, 0), (Axis::C, c), (Axis::H, h), (Axis::W, w)], elem)
+        Self::new(
+            vec![
+                (Axis::T, t),
+                (Axis::B, 0),
+                (Axis::C, c),
+                (Axis::H, h),
+                (Axis::W, w),
+            ],
+            elem,
+        )
     }
 
     /// `[T, B, N]`.
@@ -91,7 +100,10 @@ impl TensorType {
     }
 
     pub fn with_elem(&self, elem: Elem) -> Self {
-        TensorType { dims: self.dims.clone(), elem }
+        TensorType {
+            dims: self.dims.clone(),
+            elem,
+        }
     }
 
     pub fn with_size(&self, axis: Axis, size: usize) -> Self {
@@ -106,7 +118,11 @@ impl TensorType {
 
     /// Elements per sample (all axes but B).
     pub fn numel_per_sample(&self) -> usize {
-        self.dims.iter().filter(|(a, _)| *a != Axis::B).map(|(_, s)| *s).product()
+        self.dims
+            .iter()
+            .filter(|(a, _)| *a != Axis::B)
+            .map(|(_, s)| *s)
+            .product()
     }
 
     /// Same axes and sizes, ignoring the element kind.
@@ -119,7 +135,13 @@ impl TensorType {
         let parts: Vec<String> = self
             .dims
             .iter()
-            .map(|(a, s)| if *a == Axis::B { "B".to_string() } else { format!("{}={s}", a.letter()) })
+            .map(|(a, s)| {
+                if *a == Axis::B {
+                    "B".to_string()
+                } else {
+                    format!("{}={s}", a.letter())
+                }
+            })
             .collect();
         format!("[{}]", parts.join(", "))
     }
@@ -134,7 +156,13 @@ impl fmt::Display for TensorType {
         let parts: Vec<String> = self
             .dims
             .iter()
-            .map(|(a, s)| if *a == Axis::B { "B".to_string() } else { format!("{}{s}", a.letter()) })
+            .map(|(a, s)| {
+                if *a == Axis::B {
+                    "B".to_string()
+                } else {
+                    format!("{}{s}", a.letter())
+                }
+            })
             .collect();
         write!(f, "{elem}<{}>", parts.join(" "))
     }

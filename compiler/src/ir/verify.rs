@@ -15,7 +15,10 @@ pub fn verify(g: &Graph) -> Vec<String> {
             errors.push(format!("{here}: duplicate value name"));
         }
         if let Some(bad) = node.inputs.iter().find(|v| v.0 >= i) {
-            errors.push(format!("{here}: operand {} is not defined before use", bad.0));
+            errors.push(format!(
+                "{here}: operand {} is not defined before use",
+                bad.0
+            ));
             continue;
         }
         if let Some(bad) = node.params.iter().find(|p| p.0 >= g.params.len()) {
@@ -33,9 +36,17 @@ pub fn verify(g: &Graph) -> Vec<String> {
         }
         let with_bias = param_layout(&node.op, &inputs, true);
         let without_bias = param_layout(&node.op, &inputs, false);
-        let actual: Vec<_> = node.params.iter().map(|p| (g.param(*p).shape.clone(), g.param(*p).role)).collect();
+        let actual: Vec<_> = node
+            .params
+            .iter()
+            .map(|p| (g.param(*p).shape.clone(), g.param(*p).role))
+            .collect();
         let fits = |layout: &[(String, Vec<usize>, ParamRole, Init)]| {
-            layout.len() == actual.len() && layout.iter().zip(&actual).all(|(l, a)| l.1 == a.0 && l.2 == a.1)
+            layout.len() == actual.len()
+                && layout
+                    .iter()
+                    .zip(&actual)
+                    .all(|(l, a)| l.1 == a.0 && l.2 == a.1)
         };
         if !fits(&with_bias) && !fits(&without_bias) {
             errors.push(format!("{here}: parameters {actual:?} do not match the op"));

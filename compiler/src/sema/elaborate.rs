@@ -17,8 +17,20 @@ type Flowing = Option<ValueId>;
 
 /// Builtin layers usable as stages.
 pub const LAYERS: &[&str] = &[
-    "conv", "linear", "pool.avg", "pool.max", "bn", "dropout", "flatten", "attend", "relu", "sigmoid",
-    "identity", "readout.rate", "readout.mean", "readout.membrane",
+    "conv",
+    "linear",
+    "pool.avg",
+    "pool.max",
+    "bn",
+    "dropout",
+    "flatten",
+    "attend",
+    "relu",
+    "sigmoid",
+    "identity",
+    "readout.rate",
+    "readout.mean",
+    "readout.membrane",
 ];
 
 struct Scope {
@@ -50,7 +62,11 @@ impl<'p> Elaborator<'p> {
     }
 
     /// Elaborates model `def` with `overrides` (name → expression source already evaluated).
-    pub fn model(mut self, def: DefId, overrides: &[(String, Value)]) -> (Option<Graph>, Diagnostics) {
+    pub fn model(
+        mut self,
+        def: DefId,
+        overrides: &[(String, Value)],
+    ) -> (Option<Graph>, Diagnostics) {
         let Some(ast::Item::Model(model)) = self.program.item(def) else {
             return (None, self.diags);
         };
@@ -65,9 +81,17 @@ impl<'p> Elaborator<'p> {
         self.graph.model_args = model
             .params
             .iter()
-            .filter_map(|p| consts.get(&p.name.name).map(|v| (p.name.name.clone(), v.to_string())))
+            .filter_map(|p| {
+                consts
+                    .get(&p.name.name)
+                    .map(|v| (p.name.name.clone(), v.to_string()))
+            })
             .collect();
-        let mut scope = Scope { file: def.file, consts, values: HashMap::new() };
+        let mut scope = Scope {
+            file: def.file,
+            consts,
+            values: HashMap::new(),
+        };
         for input in &model.inputs {
             let v = self.input(&scope, input);
             self.declare(&mut scope, &input.name, v);
@@ -81,7 +105,11 @@ impl<'p> Elaborator<'p> {
         }
         let output = self.body(&mut scope, &model.body, model.span, "model");
         if let Some(train) = &model.train {
-            let env = ConstEnv { program: self.program, file: def.file, locals: &scope.consts };
+            let env = ConstEnv {
+                program: self.program,
+                file: def.file,
+                locals: &scope.consts,
+            };
             match check_train(train, &env) {
                 Ok(settings) => self.graph.train = settings,
                 Err(ds) => ds.into_iter().for_each(|d| self.diags.push(d)),
@@ -106,29 +134,58 @@ impl<'p> Elaborator<'p> {
         (Some(self.graph), self.diags)
     }
 
-    fn model_args(&self, def: DefId, model: &ast::ModelDef, overrides: &[(String, Value)]) -> Result<HashMap<String, Value>, Diagnostic> {
+    fn model_args(
+        &self,
+        def: DefId,
+        model: &ast::ModelDef,
+        overrides: &[(String, Value)],
+    ) -> Result<HashMap<String, Value>, Diagnostic> {
         let specs = user_specs(&model.params)?;
         let empty = HashMap::new();
-        let env = ConstEnv { program: self.program, file: def.file, locals: &empty };
+        let env = ConstEnv {
+            program: self.program,
+            file: def.file,
+            locals: &empty,
+        };
         for (name, _) in overrides {
             if !specs.iter().any(|s| s.name == name) {
-                return Err(Diagnostic::error(ErrorCode::Arity, format!("model `{}` has no parameter `{name}`", model.name.name))
-                    .primary(model.name.span, "model declared here")
-                    .suggest(name, specs.iter().map(|s| s.name)));
+                return Err(Diagnostic::error(
+                    ErrorCode::Arity,
+                    format!("model `{}` has no parameter `{name}`", model.name.name),
+                )
+                .primary(model.name.span, "model declared here")
+                .suggest(name, specs.iter().map(|s| s.name)));
             }
         }
         let mut locals = HashMap::new();
         for spec in &specs {
-            let v = match (overrides.iter().find(|(n, _)| n == spec.name), &spec.default) {
-                (Some((_, v)), _) => spec.ty.coerce(v.clone(), model.name.span, &format!("`{}`", spec.name))?,
+            let v = match (
+                overrides.iter().find(|(n, _)| n == spec.name),
+                &spec.default,
+            ) {
+                (Some((_, v)), _) => {
+                    spec.ty
+                        .coerce(v.clone(), model.name.span, &format!("`{}`", spec.name))?
+                }
                 (None, DefaultValue::Expr(e)) => {
-                    let env = ConstEnv { program: self.program, file: def.file, locals: &locals };
-                    spec.ty.coerce(env.eval(e)?, e.span, &format!("`{}`", spec.name))?
+                    let env = ConstEnv {
+                        program: self.program,
+                        file: def.file,
+                        locals: &locals,
+                    };
+                    spec.ty
+                        .coerce(env.eval(e)?, e.span, &format!("`{}`", spec.name))?
                 }
                 (None, _) => {
-                    return Err(Diagnostic::error(ErrorCode::Arity, format!("model parameter `{}` has no default", spec.name))
-                        .primary(model.name.span, "in this model")
-                        .help(format!("give it a default, or pass `--set {}=<value>`", spec.name)));
+                    return Err(Diagnostic::error(
+                        ErrorCode::Arity,
+                        format!("model parameter `{}` has no default", spec.name),
+                    )
+                    .primary(model.name.span, "in this model")
+                    .help(format!(
+                        "give it a default, or pass `--set {}=<value>`",
+                        spec.name
+                    )));
                 }
             };
             locals.insert(spec.name.to_string(), v);
@@ -140,26 +197,38 @@ impl<'p> Elaborator<'p> {
     fn declare(&mut self, scope: &mut Scope, name: &ast::Ident, v: Flowing) {
         if let Some((_, first, _)) = scope.values.get(&name.name) {
             self.diags.push(
-                Diagnostic::error(ErrorCode::Duplicate, format!("`{}` is already bound", name.name))
-                    .primary(name.span, "bound again here")
-                    .secondary(*first, "first bound here")
-                    .help("values are immutable: pick a new name"),
+                Diagnostic::error(
+                    ErrorCode::Duplicate,
+                    format!("`{}` is already bound", name.name),
+                )
+                .primary(name.span, "bound again here")
+                .secondary(*first, "first bound here")
+                .help("values are immutable: pick a new name"),
             );
             return;
         }
         if scope.consts.contains_key(&name.name) {
             self.diags.push(
-                Diagnostic::error(ErrorCode::Duplicate, format!("`{}` is already a parameter", name.name))
-                    .primary(name.span, "shadows a parameter")
-                    .help("pick a different name for the value"),
+                Diagnostic::error(
+                    ErrorCode::Duplicate,
+                    format!("`{}` is already a parameter", name.name),
+                )
+                .primary(name.span, "shadows a parameter")
+                .help("pick a different name for the value"),
             );
             return;
         }
-        scope.values.insert(name.name.clone(), (v, name.span, false));
+        scope
+            .values
+            .insert(name.name.clone(), (v, name.span, false));
     }
 
     fn warn_unused(&mut self, scope: &Scope) {
-        let mut unused: Vec<_> = scope.values.iter().filter(|(n, (_, _, used))| !used && *n != "input").collect();
+        let mut unused: Vec<_> = scope
+            .values
+            .iter()
+            .filter(|(n, (_, _, used))| !used && *n != "input")
+            .collect();
         unused.sort_by_key(|(_, (_, s, _))| s.start);
         for (name, (_, span, _)) in unused {
             self.diags.push(
@@ -208,16 +277,24 @@ impl<'p> Elaborator<'p> {
         }
     }
 
-    fn value_ref(&mut self, scope: &mut Scope, name: &ast::Ident, binding: Option<&str>) -> Flowing {
+    fn value_ref(
+        &mut self,
+        scope: &mut Scope,
+        name: &ast::Ident,
+        binding: Option<&str>,
+    ) -> Flowing {
         if let Some(entry) = scope.values.get_mut(&name.name) {
             entry.2 = true;
             return entry.0;
         }
         if binding == Some(name.name.as_str()) {
             self.diags.push(
-                Diagnostic::error(ErrorCode::Cycle, format!("`{}` is defined in terms of itself", name.name))
-                    .primary(name.span, "used in its own definition")
-                    .help("dataflow is acyclic; recurrence over time belongs in a neuron's `state`"),
+                Diagnostic::error(
+                    ErrorCode::Cycle,
+                    format!("`{}` is defined in terms of itself", name.name),
+                )
+                .primary(name.span, "used in its own definition")
+                .help("dataflow is acyclic; recurrence over time belongs in a neuron's `state`"),
             );
             return None;
         }
@@ -225,15 +302,24 @@ impl<'p> Elaborator<'p> {
         names.extend(scope.consts.keys().map(String::as_str));
         let mut d = unknown_name(&name.name, name.span, names);
         let is_stage = LAYERS.contains(&name.name.as_str())
-            || self.program.scope(scope.file).is_some_and(|s| s.contains_key(&name.name));
+            || self
+                .program
+                .scope(scope.file)
+                .is_some_and(|s| s.contains_key(&name.name));
         if is_stage {
-            d = Diagnostic::error(ErrorCode::UnknownName, format!("`{}` is a layer, not a value", name.name))
-                .primary(name.span, "a dataflow cannot start from a layer")
-                .help(format!("did you forget `->` before `{}`?", name.name));
+            d = Diagnostic::error(
+                ErrorCode::UnknownName,
+                format!("`{}` is a layer, not a value", name.name),
+            )
+            .primary(name.span, "a dataflow cannot start from a layer")
+            .help(format!("did you forget `->` before `{}`?", name.name));
         } else if scope.consts.contains_key(&name.name) {
-            d = Diagnostic::error(ErrorCode::Type, format!("`{}` is a parameter, not a tensor", name.name))
-                .primary(name.span, "a dataflow starts from a tensor value")
-                .help("start from an input or a `let` value, e.g. `input -> ...` in a block");
+            d = Diagnostic::error(
+                ErrorCode::Type,
+                format!("`{}` is a parameter, not a tensor", name.name),
+            )
+            .primary(name.span, "a dataflow starts from a tensor value")
+            .help("start from an input or a `let` value, e.g. `input -> ...` in a block");
         }
         self.diags.push(d);
         None
@@ -252,10 +338,25 @@ impl<'p> Elaborator<'p> {
         if sources.iter().any(Option::is_none) {
             current = None;
         } else if sources.len() > 1 {
+            let term_span = |t: &FlowTerm| match t {
+                FlowTerm::Value(name) => name.span,
+                FlowTerm::Nested(inner) => inner.span,
+            };
+            let sum_span = match (flow.sources.first(), flow.sources.last()) {
+                (Some(a), Some(b)) => term_span(a).to(term_span(b)),
+                _ => flow.span,
+            };
             let mut acc = sources[0];
             for s in &sources[1..] {
                 acc = match (acc, s) {
-                    (Some(a), Some(b)) => self.push(Op::Binary(BinaryOp::Add), vec![a, *b], "add", flow.span, &[], false),
+                    (Some(a), Some(b)) => self.push(
+                        Op::Binary(BinaryOp::Add),
+                        vec![a, *b],
+                        "add",
+                        sum_span,
+                        &[],
+                        false,
+                    ),
                     _ => None,
                 };
             }
@@ -283,14 +384,31 @@ impl<'p> Elaborator<'p> {
         current
     }
 
-    fn repeat(&mut self, scope: &mut Scope, count: &ast::Expr, body: &[ast::Call], span: Span, x: ValueId) -> Flowing {
-        let env = ConstEnv { program: self.program, file: scope.file, locals: &scope.consts };
-        let n = match env.eval(count).and_then(|v| Ty::Int.coerce(v, count.span, "a repeat count")) {
+    fn repeat(
+        &mut self,
+        scope: &mut Scope,
+        count: &ast::Expr,
+        body: &[ast::Call],
+        span: Span,
+        x: ValueId,
+    ) -> Flowing {
+        let env = ConstEnv {
+            program: self.program,
+            file: scope.file,
+            locals: &scope.consts,
+        };
+        let n = match env
+            .eval(count)
+            .and_then(|v| Ty::Int.coerce(v, count.span, "a repeat count"))
+        {
             Ok(Value::Int(n)) if n >= 0 => n,
             Ok(v) => {
                 self.diags.push(
-                    Diagnostic::error(ErrorCode::InvalidValue, format!("a repeat count must be zero or more, found {v}"))
-                        .primary(count.span, "negative count"),
+                    Diagnostic::error(
+                        ErrorCode::InvalidValue,
+                        format!("a repeat count must be zero or more, found {v}"),
+                    )
+                    .primary(count.span, "negative count"),
                 );
                 return None;
             }
@@ -300,7 +418,13 @@ impl<'p> Elaborator<'p> {
             }
         };
         if n > 10_000 {
-            self.diags.push(Diagnostic::error(ErrorCode::InvalidValue, format!("repeat count {n} is too large")).primary(span, "at most 10000"));
+            self.diags.push(
+                Diagnostic::error(
+                    ErrorCode::InvalidValue,
+                    format!("repeat count {n} is too large"),
+                )
+                .primary(span, "at most 10000"),
+            );
             return None;
         }
         let mut current = Some(x);
@@ -314,7 +438,11 @@ impl<'p> Elaborator<'p> {
     }
 
     fn consts_env<'a>(&'a self, scope: &'a Scope) -> ConstEnv<'a> {
-        ConstEnv { program: self.program, file: scope.file, locals: &scope.consts }
+        ConstEnv {
+            program: self.program,
+            file: scope.file,
+            locals: &scope.consts,
+        }
     }
 
     /// Applies one stage (builtin layer, block, neuron, attention) to `x`.
@@ -322,8 +450,16 @@ impl<'p> Elaborator<'p> {
         let name = call.callee.dotted();
         let result = if let Some(v) = scope.consts.get(&name).cloned() {
             self.stage_value(scope, call, v, x)
-        } else if let Some(def) = self.program.scope(scope.file).and_then(|s| s.get(&name)).copied() {
-            match self.consts_env(scope).eval(&ast::Expr { kind: ast::ExprKind::Call(call.clone()), span: call.span }) {
+        } else if let Some(def) = self
+            .program
+            .scope(scope.file)
+            .and_then(|s| s.get(&name))
+            .copied()
+        {
+            match self.consts_env(scope).eval(&ast::Expr {
+                kind: ast::ExprKind::Call(call.clone()),
+                span: call.span,
+            }) {
                 Ok(v) => self.stage_value(scope, call, v, x),
                 Err(d) if matches!(self.program.item(def), Some(ast::Item::Model(_))) => Err(d),
                 Err(d) => Err(d),
@@ -355,16 +491,37 @@ impl<'p> Elaborator<'p> {
         }
     }
 
-    fn stage_value(&mut self, scope: &mut Scope, call: &ast::Call, v: Value, x: ValueId) -> Result<Flowing, Diagnostic> {
+    fn stage_value(
+        &mut self,
+        scope: &mut Scope,
+        call: &ast::Call,
+        v: Value,
+        x: ValueId,
+    ) -> Result<Flowing, Diagnostic> {
         match v {
             Value::Neuron(n) => Ok(self.neuron(&n, x, None, ScanEmit::Spikes, call.span)),
             Value::Block(b) => Ok(self.block(&b, x, call.span)),
             Value::Attention(a) => Ok(self.attend(&a, x, false, call.span)?.0),
             other => {
                 let _ = scope;
-                Err(Diagnostic::error(ErrorCode::Type, format!("{} {} cannot be used as a layer", article(other.kind()), other.kind()))
-                    .primary(call.span, format!("`{}` is {} {}", call.callee.dotted(), article(other.kind()), other.kind()))
-                    .help("stages are layers, blocks, neurons or attention modules"))
+                Err(Diagnostic::error(
+                    ErrorCode::Type,
+                    format!(
+                        "{} {} cannot be used as a layer",
+                        article(other.kind()),
+                        other.kind()
+                    ),
+                )
+                .primary(
+                    call.span,
+                    format!(
+                        "`{}` is {} {}",
+                        call.callee.dotted(),
+                        article(other.kind()),
+                        other.kind()
+                    ),
+                )
+                .help("stages are layers, blocks, neurons or attention modules"))
             }
         }
     }
@@ -377,16 +534,38 @@ impl<'p> Elaborator<'p> {
     }
 
     /// Adds a node with inferred type and fresh parameters; reports shape errors at `span`.
-    fn push(&mut self, op: Op, inputs: Vec<ValueId>, base: &str, span: Span, shared: &[ParamId], bias: bool) -> Flowing {
-        self.push_checked(op, inputs, base, span, shared, bias).map_err(|d| self.diags.push(d)).ok()
+    fn push(
+        &mut self,
+        op: Op,
+        inputs: Vec<ValueId>,
+        base: &str,
+        span: Span,
+        shared: &[ParamId],
+        bias: bool,
+    ) -> Flowing {
+        self.push_checked(op, inputs, base, span, shared, bias)
+            .map_err(|d| self.diags.push(d))
+            .ok()
     }
 
-    fn push_checked(&mut self, op: Op, inputs: Vec<ValueId>, base: &str, span: Span, shared: &[ParamId], bias: bool) -> Result<ValueId, Diagnostic> {
+    fn push_checked(
+        &mut self,
+        op: Op,
+        inputs: Vec<ValueId>,
+        base: &str,
+        span: Span,
+        shared: &[ParamId],
+        bias: bool,
+    ) -> Result<ValueId, Diagnostic> {
         let types: Vec<TensorType> = inputs.iter().map(|v| self.graph.ty(*v).clone()).collect();
         let types: Vec<&TensorType> = types.iter().collect();
         let ty = infer_type(&op, &types).map_err(|e| {
             let mut d = Diagnostic::error(
-                if e.message.contains("attention") { ErrorCode::AttentionDim } else { ErrorCode::Shape },
+                if e.message.contains("attention") {
+                    ErrorCode::AttentionDim
+                } else {
+                    ErrorCode::Shape
+                },
                 e.message.clone(),
             )
             .primary(span, "in this stage");
@@ -399,12 +578,26 @@ impl<'p> Elaborator<'p> {
         let params = if shared.is_empty() {
             param_layout(&op, &types, bias)
                 .into_iter()
-                .map(|(suffix, shape, role, init)| self.graph.add_param(ParamDecl { name: format!("{name}.{suffix}"), shape, role, init }))
+                .map(|(suffix, shape, role, init)| {
+                    self.graph.add_param(ParamDecl {
+                        name: format!("{name}.{suffix}"),
+                        shape,
+                        role,
+                        init,
+                    })
+                })
                 .collect()
         } else {
             shared.to_vec()
         };
-        Ok(self.graph.add_node(Node { op, inputs, params, ty, name, span: Some(span) }))
+        Ok(self.graph.add_node(Node {
+            op,
+            inputs,
+            params,
+            ty,
+            name,
+            span: Some(span),
+        }))
     }
 
     fn input(&mut self, scope: &Scope, input: &ast::InputDecl) -> Flowing {
@@ -412,18 +605,61 @@ impl<'p> Elaborator<'p> {
         let span = input.source.span;
         let specs: Vec<ParamSpec> = match kind.as_str() {
             "events" => vec![
-                ParamSpec { name: "channels", ty: Ty::Int, default: DefaultValue::Value(Value::Int(2)) },
-                ParamSpec { name: "height", ty: Ty::Int, default: DefaultValue::Required },
-                ParamSpec { name: "width", ty: Ty::Int, default: DefaultValue::Required },
-                ParamSpec { name: "T", ty: Ty::Int, default: DefaultValue::Required },
-                ParamSpec { name: "framing", ty: Ty::Any, default: DefaultValue::Value(Value::Spec { name: "frames".into(), args: vec![] }) },
-                ParamSpec { name: "downsample", ty: Ty::Int, default: DefaultValue::Value(Value::Int(1)) },
+                ParamSpec {
+                    name: "channels",
+                    ty: Ty::Int,
+                    default: DefaultValue::Value(Value::Int(2)),
+                },
+                ParamSpec {
+                    name: "height",
+                    ty: Ty::Int,
+                    default: DefaultValue::Required,
+                },
+                ParamSpec {
+                    name: "width",
+                    ty: Ty::Int,
+                    default: DefaultValue::Required,
+                },
+                ParamSpec {
+                    name: "T",
+                    ty: Ty::Int,
+                    default: DefaultValue::Required,
+                },
+                ParamSpec {
+                    name: "framing",
+                    ty: Ty::Any,
+                    default: DefaultValue::Value(Value::Spec {
+                        name: "frames".into(),
+                        args: vec![],
+                    }),
+                },
+                ParamSpec {
+                    name: "downsample",
+                    ty: Ty::Int,
+                    default: DefaultValue::Value(Value::Int(1)),
+                },
             ],
             "image" => vec![
-                ParamSpec { name: "channels", ty: Ty::Int, default: DefaultValue::Required },
-                ParamSpec { name: "height", ty: Ty::Int, default: DefaultValue::Required },
-                ParamSpec { name: "width", ty: Ty::Int, default: DefaultValue::Required },
-                ParamSpec { name: "T", ty: Ty::Int, default: DefaultValue::Required },
+                ParamSpec {
+                    name: "channels",
+                    ty: Ty::Int,
+                    default: DefaultValue::Required,
+                },
+                ParamSpec {
+                    name: "height",
+                    ty: Ty::Int,
+                    default: DefaultValue::Required,
+                },
+                ParamSpec {
+                    name: "width",
+                    ty: Ty::Int,
+                    default: DefaultValue::Required,
+                },
+                ParamSpec {
+                    name: "T",
+                    ty: Ty::Int,
+                    default: DefaultValue::Required,
+                },
             ],
             _ => {
                 self.diags.push(
@@ -442,14 +678,34 @@ impl<'p> Elaborator<'p> {
             }
         };
         let get = |n: &str| bound.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
-        let int = |n: &str| if let Some(Value::Int(i)) = get(n) { i } else { 0 };
-        let arg_span = |n: &str| {
-            input.source.args.iter().find(|a| a.name.as_ref().is_some_and(|x| x.name == n)).map_or(span, |a| a.value.span)
+        let int = |n: &str| {
+            if let Some(Value::Int(i)) = get(n) {
+                i
+            } else {
+                0
+            }
         };
-        for (n, min) in [("channels", 1), ("height", 1), ("width", 1), ("T", 1), ("downsample", 1)] {
+        let arg_span = |n: &str| {
+            input
+                .source
+                .args
+                .iter()
+                .find(|a| a.name.as_ref().is_some_and(|x| x.name == n))
+                .map_or(span, |a| a.value.span)
+        };
+        for (n, min) in [
+            ("channels", 1),
+            ("height", 1),
+            ("width", 1),
+            ("T", 1),
+            ("downsample", 1),
+        ] {
             if get(n).is_some() && int(n) < min {
-                let mut d = Diagnostic::error(ErrorCode::InvalidValue, format!("`{n}` must be at least {min}, found {}", int(n)))
-                    .primary(arg_span(n), "too small");
+                let mut d = Diagnostic::error(
+                    ErrorCode::InvalidValue,
+                    format!("`{n}` must be at least {min}, found {}", int(n)),
+                )
+                .primary(arg_span(n), "too small");
                 if n == "T" {
                     d = d.help("T is the number of time steps the network runs; the paper uses 8-60 for event data");
                 }
@@ -457,13 +713,21 @@ impl<'p> Elaborator<'p> {
                 return None;
             }
         }
-        let (t, c, h, w) = (int("T") as usize, int("channels") as usize, int("height") as usize, int("width") as usize);
+        let (t, c, h, w) = (
+            int("T") as usize,
+            int("channels") as usize,
+            int("height") as usize,
+            int("width") as usize,
+        );
         let source = if kind == "events" {
             let ds = int("downsample") as usize;
             if h < ds || w < ds {
                 self.diags.push(
-                    Diagnostic::error(ErrorCode::InvalidValue, format!("downsampling {h}x{w} by {ds} leaves nothing"))
-                        .primary(arg_span("downsample"), "too large"),
+                    Diagnostic::error(
+                        ErrorCode::InvalidValue,
+                        format!("downsampling {h}x{w} by {ds} leaves nothing"),
+                    )
+                    .primary(arg_span("downsample"), "too large"),
                 );
                 return None;
             }
@@ -474,7 +738,13 @@ impl<'p> Elaborator<'p> {
                     "time" => match args.first().map(|(_, v)| v) {
                         Some(Value::Time(us)) if *us > 0.0 => Framing::Time { window_us: *us },
                         Some(Value::Time(_)) => {
-                            self.diags.push(Diagnostic::error(ErrorCode::InvalidValue, "a framing window must be positive").primary(arg_span("framing"), "here"));
+                            self.diags.push(
+                                Diagnostic::error(
+                                    ErrorCode::InvalidValue,
+                                    "a framing window must be positive",
+                                )
+                                .primary(arg_span("framing"), "here"),
+                            );
                             return None;
                         }
                         _ => {
@@ -496,9 +766,19 @@ impl<'p> Elaborator<'p> {
                     return None;
                 }
             };
-            InputSource::Events { channels: c, height: h, width: w, framing, downsample: ds }
+            InputSource::Events {
+                channels: c,
+                height: h,
+                width: w,
+                framing,
+                downsample: ds,
+            }
         } else {
-            InputSource::Image { channels: c, height: h, width: w }
+            InputSource::Image {
+                channels: c,
+                height: h,
+                width: w,
+            }
         };
         let (h, w) = match &source {
             InputSource::Events { downsample, .. } => (h / downsample, w / downsample),
@@ -509,11 +789,23 @@ impl<'p> Elaborator<'p> {
         if self.counters.insert(name.clone(), 1).is_some() {
             return None;
         }
-        Some(self.graph.add_node(Node { op: Op::Input { name: name.clone(), source }, inputs: vec![], params: vec![], ty, name, span: Some(input.name.span) }))
+        Some(self.graph.add_node(Node {
+            op: Op::Input {
+                name: name.clone(),
+                source,
+            },
+            inputs: vec![],
+            params: vec![],
+            ty,
+            name,
+            span: Some(input.name.span),
+        }))
     }
 
     fn block(&mut self, b: &Bound, x: ValueId, span: Span) -> Flowing {
-        let Some(ast::Item::Block(def)) = self.program.item(b.def) else { return None };
+        let Some(ast::Item::Block(def)) = self.program.item(b.def) else {
+            return None;
+        };
         if self.block_stack.contains(&b.def) {
             let chain: Vec<String> = self
                 .block_stack
@@ -531,14 +823,31 @@ impl<'p> Elaborator<'p> {
             return None;
         }
         let consts: HashMap<String, Value> = b.args.iter().cloned().collect();
-        let env = ConstEnv { program: self.program, file: b.def.file, locals: &consts };
-        let requires = def.body.iter().filter_map(|s| if let BodyStmt::Require(r) = s { Some(r) } else { None });
-        if let Err(d) = check_requires(requires, &env, span, &format!("block `{}`", def.name.name)) {
+        let env = ConstEnv {
+            program: self.program,
+            file: b.def.file,
+            locals: &consts,
+        };
+        let requires = def.body.iter().filter_map(|s| {
+            if let BodyStmt::Require(r) = s {
+                Some(r)
+            } else {
+                None
+            }
+        });
+        if let Err(d) = check_requires(requires, &env, span, &format!("block `{}`", def.name.name))
+        {
             self.diags.push(d);
             return None;
         }
-        let mut scope = Scope { file: b.def.file, consts, values: HashMap::new() };
-        scope.values.insert("input".into(), (Some(x), def.name.span, true));
+        let mut scope = Scope {
+            file: b.def.file,
+            consts,
+            values: HashMap::new(),
+        };
+        scope
+            .values
+            .insert("input".into(), (Some(x), def.name.span, true));
         self.block_stack.push(b.def);
         let out = self.body(&mut scope, &def.body, def.span, "block");
         self.block_stack.pop();
@@ -546,50 +855,141 @@ impl<'p> Elaborator<'p> {
         out
     }
 
-    fn neuron(&mut self, n: &Bound, x: ValueId, gate: Option<ValueId>, emit: ScanEmit, span: Span) -> Flowing {
+    fn neuron(
+        &mut self,
+        n: &Bound,
+        x: ValueId,
+        gate: Option<ValueId>,
+        emit: ScanEmit,
+        span: Span,
+    ) -> Flowing {
         let program = match instantiate_neuron(self.program, n, span) {
             Ok(p) => p,
             Err(d) => {
-                self.diags.push(d.at_use(span, &format!("neuron `{}`", n.name)));
+                self.diags
+                    .push(d.at_use(span, &format!("neuron `{}`", n.name)));
                 return None;
             }
         };
         let base = program.name.to_lowercase();
         let mut inputs = vec![x];
         inputs.extend(gate);
-        self.push(Op::Scan { neuron: Box::new(program), emit }, inputs, &base, span, &[], false)
+        self.push(
+            Op::Scan {
+                neuron: Box::new(program),
+                emit,
+            },
+            inputs,
+            &base,
+            span,
+            &[],
+            false,
+        )
     }
 
-    fn layer(&mut self, scope: &mut Scope, call: &ast::Call, name: &str, x: ValueId) -> Result<Flowing, Diagnostic> {
+    fn layer(
+        &mut self,
+        scope: &mut Scope,
+        call: &ast::Call,
+        name: &str,
+        x: ValueId,
+    ) -> Result<Flowing, Diagnostic> {
         let span = call.span;
         let int = |v: i64| DefaultValue::Value(Value::Int(v));
         let specs: Vec<ParamSpec> = match name {
             "conv" => vec![
-                ParamSpec { name: "channels", ty: Ty::Int, default: DefaultValue::Required },
-                ParamSpec { name: "kernel", ty: Ty::Int, default: DefaultValue::Required },
-                ParamSpec { name: "stride", ty: Ty::Int, default: int(1) },
-                ParamSpec { name: "pad", ty: Ty::Int, default: int(-1) },
-                ParamSpec { name: "bias", ty: Ty::Bool, default: DefaultValue::Value(Value::Bool(true)) },
+                ParamSpec {
+                    name: "channels",
+                    ty: Ty::Int,
+                    default: DefaultValue::Required,
+                },
+                ParamSpec {
+                    name: "kernel",
+                    ty: Ty::Int,
+                    default: DefaultValue::Required,
+                },
+                ParamSpec {
+                    name: "stride",
+                    ty: Ty::Int,
+                    default: int(1),
+                },
+                ParamSpec {
+                    name: "pad",
+                    ty: Ty::Int,
+                    default: int(-1),
+                },
+                ParamSpec {
+                    name: "bias",
+                    ty: Ty::Bool,
+                    default: DefaultValue::Value(Value::Bool(true)),
+                },
             ],
             "linear" => vec![
-                ParamSpec { name: "features", ty: Ty::Int, default: DefaultValue::Required },
-                ParamSpec { name: "bias", ty: Ty::Bool, default: DefaultValue::Value(Value::Bool(true)) },
+                ParamSpec {
+                    name: "features",
+                    ty: Ty::Int,
+                    default: DefaultValue::Required,
+                },
+                ParamSpec {
+                    name: "bias",
+                    ty: Ty::Bool,
+                    default: DefaultValue::Value(Value::Bool(true)),
+                },
             ],
             "pool.avg" | "pool.max" => vec![
-                ParamSpec { name: "kernel", ty: Ty::Int, default: DefaultValue::Required },
-                ParamSpec { name: "stride", ty: Ty::Int, default: int(0) },
+                ParamSpec {
+                    name: "kernel",
+                    ty: Ty::Int,
+                    default: DefaultValue::Required,
+                },
+                ParamSpec {
+                    name: "stride",
+                    ty: Ty::Int,
+                    default: int(0),
+                },
             ],
             "bn" => vec![
-                ParamSpec { name: "eps", ty: Ty::Float, default: DefaultValue::Value(Value::Float(1e-5)) },
-                ParamSpec { name: "momentum", ty: Ty::Float, default: DefaultValue::Value(Value::Float(0.1)) },
+                ParamSpec {
+                    name: "eps",
+                    ty: Ty::Float,
+                    default: DefaultValue::Value(Value::Float(1e-5)),
+                },
+                ParamSpec {
+                    name: "momentum",
+                    ty: Ty::Float,
+                    default: DefaultValue::Value(Value::Float(0.1)),
+                },
             ],
-            "dropout" => vec![ParamSpec { name: "p", ty: Ty::Float, default: DefaultValue::Required }],
+            "dropout" => vec![ParamSpec {
+                name: "p",
+                ty: Ty::Float,
+                default: DefaultValue::Required,
+            }],
             "attend" => vec![
-                ParamSpec { name: "attention", ty: Ty::Attention, default: DefaultValue::Required },
-                ParamSpec { name: "on", ty: Ty::Any, default: DefaultValue::Value(Value::Spec { name: "current".into(), args: vec![] }) },
-                ParamSpec { name: "cell", ty: Ty::Neuron, default: DefaultValue::Required },
+                ParamSpec {
+                    name: "attention",
+                    ty: Ty::Attention,
+                    default: DefaultValue::Required,
+                },
+                ParamSpec {
+                    name: "on",
+                    ty: Ty::Any,
+                    default: DefaultValue::Value(Value::Spec {
+                        name: "current".into(),
+                        args: vec![],
+                    }),
+                },
+                ParamSpec {
+                    name: "cell",
+                    ty: Ty::Neuron,
+                    default: DefaultValue::Required,
+                },
             ],
-            "readout.membrane" => vec![ParamSpec { name: "cell", ty: Ty::Neuron, default: DefaultValue::Required }],
+            "readout.membrane" => vec![ParamSpec {
+                name: "cell",
+                ty: Ty::Neuron,
+                default: DefaultValue::Required,
+            }],
             _ => vec![],
         };
         let env = self.consts_env(scope);
@@ -597,7 +997,10 @@ impl<'p> Elaborator<'p> {
         let args: Vec<ast::Arg> = call.args.clone();
         let mut specs = specs;
         let placement_membrane = name == "attend"
-            && args.iter().any(|a| a.name.as_ref().is_some_and(|n| n.name == "on") && matches!(&a.value.kind, ast::ExprKind::Name(p) if p.dotted() == "membrane"));
+            && args.iter().any(|a| {
+                a.name.as_ref().is_some_and(|n| n.name == "on")
+                    && matches!(&a.value.kind, ast::ExprKind::Name(p) if p.dotted() == "membrane")
+            });
         if name == "attend" && !placement_membrane {
             specs.truncate(2);
         }
@@ -614,7 +1017,13 @@ impl<'p> Elaborator<'p> {
             .collect();
         let bound = bind(&specs, &args, &env, &env, name, span)?;
         let get = |n: &str| bound.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
-        let get_int = |n: &str| if let Some(Value::Int(i)) = get(n) { i } else { 0 };
+        let get_int = |n: &str| {
+            if let Some(Value::Int(i)) = get(n) {
+                i
+            } else {
+                0
+            }
+        };
         let arg_span = |n: &str, pos: usize| {
             call.args
                 .iter()
@@ -625,8 +1034,11 @@ impl<'p> Elaborator<'p> {
         let positive = |n: &str, pos: usize, min: i64| -> Result<usize, Diagnostic> {
             let v = get_int(n);
             if v < min {
-                return Err(Diagnostic::error(ErrorCode::InvalidValue, format!("`{n}` of `{name}` must be at least {min}, found {v}"))
-                    .primary(arg_span(n, pos), "invalid value"));
+                return Err(Diagnostic::error(
+                    ErrorCode::InvalidValue,
+                    format!("`{n}` of `{name}` must be at least {min}, found {v}"),
+                )
+                .primary(arg_span(n, pos), "invalid value"));
             }
             Ok(v as usize)
         };
@@ -639,22 +1051,54 @@ impl<'p> Elaborator<'p> {
                 let pad = match get_int("pad") {
                     -1 => k / 2,
                     p if p < 0 => {
-                        return Err(Diagnostic::error(ErrorCode::InvalidValue, format!("`pad` must be zero or more, found {p}")).primary(arg_span("pad", 3), "negative padding"));
+                        return Err(Diagnostic::error(
+                            ErrorCode::InvalidValue,
+                            format!("`pad` must be zero or more, found {p}"),
+                        )
+                        .primary(arg_span("pad", 3), "negative padding"));
                     }
                     p => p as usize,
                 };
                 let bias = get("bias") == Some(Value::Bool(true));
-                self.push(Op::Conv2d { out_channels: c, kernel: (k, k), stride: (s, s), padding: (pad, pad) }, vec![x], base, span, &[], bias)
+                self.push(
+                    Op::Conv2d {
+                        out_channels: c,
+                        kernel: (k, k),
+                        stride: (s, s),
+                        padding: (pad, pad),
+                    },
+                    vec![x],
+                    base,
+                    span,
+                    &[],
+                    bias,
+                )
             }
             "linear" => {
                 let n = positive("features", 0, 1)?;
                 let bias = get("bias") == Some(Value::Bool(true));
                 if !self.graph.ty(x).has(Axis::N) {
-                    return Err(Diagnostic::error(ErrorCode::Shape, format!("`linear` needs a flattened [T, B, N] tensor, found {}", self.graph.ty(x).shape_string()))
-                        .primary(span, "applied to a feature map")
-                        .help("insert `flatten` before `linear`"));
+                    return Err(Diagnostic::error(
+                        ErrorCode::Shape,
+                        format!(
+                            "`linear` needs a flattened [T, B, N] tensor, found {}",
+                            self.graph.ty(x).shape_string()
+                        ),
+                    )
+                    .primary(span, "applied to a feature map")
+                    .help("insert `flatten` before `linear`"));
                 }
-                self.push(Op::Dense { axis: Axis::N, out: n }, vec![x], base, span, &[], bias)
+                self.push(
+                    Op::Dense {
+                        axis: Axis::N,
+                        out: n,
+                    },
+                    vec![x],
+                    base,
+                    span,
+                    &[],
+                    bias,
+                )
             }
             "pool.avg" | "pool.max" => {
                 let k = positive("kernel", 0, 1)?;
@@ -662,29 +1106,73 @@ impl<'p> Elaborator<'p> {
                     0 => k,
                     _ => positive("stride", 1, 1)?,
                 };
-                let kind = if name == "pool.avg" { PoolKind::Avg } else { PoolKind::Max };
+                let kind = if name == "pool.avg" {
+                    PoolKind::Avg
+                } else {
+                    PoolKind::Max
+                };
                 if k == 1 && s == 1 {
                     Some(x)
                 } else {
-                    self.push(Op::Pool { kind, kernel: k, stride: s }, vec![x], if kind == PoolKind::Avg { "avgpool" } else { "maxpool" }, span, &[], false)
+                    self.push(
+                        Op::Pool {
+                            kind,
+                            kernel: k,
+                            stride: s,
+                        },
+                        vec![x],
+                        if kind == PoolKind::Avg {
+                            "avgpool"
+                        } else {
+                            "maxpool"
+                        },
+                        span,
+                        &[],
+                        false,
+                    )
                 }
             }
             "bn" => {
                 let eps = get("eps").and_then(|v| v.as_f64()).unwrap_or(1e-5);
                 let momentum = get("momentum").and_then(|v| v.as_f64()).unwrap_or(0.1);
                 if eps <= 0.0 || !(0.0..=1.0).contains(&momentum) {
-                    return Err(Diagnostic::error(ErrorCode::InvalidValue, "batchnorm needs eps > 0 and momentum in [0, 1]").primary(span, "here"));
+                    return Err(Diagnostic::error(
+                        ErrorCode::InvalidValue,
+                        "batchnorm needs eps > 0 and momentum in [0, 1]",
+                    )
+                    .primary(span, "here"));
                 }
                 let Some(axis) = self.graph.ty(x).feature_axis() else {
-                    return Err(Diagnostic::error(ErrorCode::Shape, format!("`bn` needs a channel or feature axis, found {}", self.graph.ty(x).shape_string())).primary(span, "here"));
+                    return Err(Diagnostic::error(
+                        ErrorCode::Shape,
+                        format!(
+                            "`bn` needs a channel or feature axis, found {}",
+                            self.graph.ty(x).shape_string()
+                        ),
+                    )
+                    .primary(span, "here"));
                 };
-                self.push(Op::BatchNorm { axis, eps, momentum }, vec![x], base, span, &[], false)
+                self.push(
+                    Op::BatchNorm {
+                        axis,
+                        eps,
+                        momentum,
+                    },
+                    vec![x],
+                    base,
+                    span,
+                    &[],
+                    false,
+                )
             }
             "dropout" => {
                 let p = get("p").and_then(|v| v.as_f64()).unwrap_or(-1.0);
                 if !(0.0..1.0).contains(&p) {
-                    return Err(Diagnostic::error(ErrorCode::InvalidValue, format!("dropout probability must be in [0, 1), found {p}"))
-                        .primary(arg_span("p", 0), "out of range"));
+                    return Err(Diagnostic::error(
+                        ErrorCode::InvalidValue,
+                        format!("dropout probability must be in [0, 1), found {p}"),
+                    )
+                    .primary(arg_span("p", 0), "out of range"));
                 }
                 self.push(Op::Dropout { p }, vec![x], base, span, &[], false)
             }
@@ -693,7 +1181,9 @@ impl<'p> Elaborator<'p> {
             "sigmoid" => self.push(Op::Unary(UnaryOp::Sigmoid), vec![x], base, span, &[], false),
             "identity" => Some(x),
             "attend" => {
-                let Some(Value::Attention(att)) = get("attention") else { return Ok(None) };
+                let Some(Value::Attention(att)) = get("attention") else {
+                    return Ok(None);
+                };
                 let on = match get("on") {
                     Some(Value::Str(s)) | Some(Value::Spec { name: s, .. }) => s,
                     _ => String::new(),
@@ -701,7 +1191,9 @@ impl<'p> Elaborator<'p> {
                 match on.as_str() {
                     "current" => self.attend(&att, x, false, span)?.0,
                     "membrane" => {
-                        let Some(Value::Neuron(cell)) = get("cell") else { return Ok(None) };
+                        let Some(Value::Neuron(cell)) = get("cell") else {
+                            return Ok(None);
+                        };
                         let (_, gate) = self.attend(&att, x, true, span)?;
                         self.neuron(&cell, x, gate, ScanEmit::Spikes, span)
                     }
@@ -721,7 +1213,9 @@ impl<'p> Elaborator<'p> {
                         .help("end the network with `flatten -> linear(classes) -> LIF` before the readout"));
                 }
                 let source = if name == "readout.membrane" {
-                    let Some(Value::Neuron(cell)) = get("cell") else { return Ok(None) };
+                    let Some(Value::Neuron(cell)) = get("cell") else {
+                        return Ok(None);
+                    };
                     match self.neuron(&cell, x, None, ScanEmit::Membrane, span) {
                         Some(v) => v,
                         None => return Ok(None),
@@ -729,7 +1223,18 @@ impl<'p> Elaborator<'p> {
                 } else {
                     x
                 };
-                let out = self.push(Op::Reduce { kind: ReduceKind::Mean, axes: vec![Axis::T], keepdim: false }, vec![source], "readout", span, &[], false);
+                let out = self.push(
+                    Op::Reduce {
+                        kind: ReduceKind::Mean,
+                        axes: vec![Axis::T],
+                        keepdim: false,
+                    },
+                    vec![source],
+                    "readout",
+                    span,
+                    &[],
+                    false,
+                );
                 if let Some(o) = out {
                     self.readouts.push(o);
                 }
@@ -740,19 +1245,30 @@ impl<'p> Elaborator<'p> {
     }
 
     /// Expands an attention module on `x`. Returns (re-weighted tensor, combined gate).
-    fn attend(&mut self, att: &AttSpec, x: ValueId, want_gate: bool, span: Span) -> Result<(Flowing, Flowing), Diagnostic> {
+    fn attend(
+        &mut self,
+        att: &AttSpec,
+        x: ValueId,
+        want_gate: bool,
+        span: Span,
+    ) -> Result<(Flowing, Flowing), Diagnostic> {
         let parts: Vec<AttSpec> = match att {
             AttSpec::None => return Ok((Some(x), None)),
             AttSpec::Seq(p) => p.clone(),
             AttSpec::Relu(inner) => {
                 if want_gate {
-                    return Err(Diagnostic::error(ErrorCode::AttentionDim, "a post-activation `relu(...)` attention cannot be placed on the membrane")
-                        .primary(span, "membrane placement")
-                        .help("use the attention without `relu(...)`, or place it on the current"));
+                    return Err(Diagnostic::error(
+                        ErrorCode::AttentionDim,
+                        "a post-activation `relu(...)` attention cannot be placed on the membrane",
+                    )
+                    .primary(span, "membrane placement")
+                    .help("use the attention without `relu(...)`, or place it on the current"));
                 }
                 let (y, g) = self.attend(inner, x, false, span)?;
                 let y = match y {
-                    Some(y) => self.push(Op::Unary(UnaryOp::Relu), vec![y], "relu", span, &[], false),
+                    Some(y) => {
+                        self.push(Op::Unary(UnaryOp::Relu), vec![y], "relu", span, &[], false)
+                    }
                     None => None,
                 };
                 return Ok((y, g));
@@ -766,13 +1282,31 @@ impl<'p> Elaborator<'p> {
             let Some(w) = w else { return Ok((None, None)) };
             // With membrane placement the last re-weighted current feeds nothing: skip it.
             let last = i + 1 == parts.len();
-            current = if want_gate && last { current } else { match self.push(Op::Binary(BinaryOp::Mul), vec![current, w], "gated", span, &[], false) {
-                Some(c) => c,
-                None => return Ok((None, None)),
-            } };
+            current = if want_gate && last {
+                current
+            } else {
+                match self.push(
+                    Op::Binary(BinaryOp::Mul),
+                    vec![current, w],
+                    "gated",
+                    span,
+                    &[],
+                    false,
+                ) {
+                    Some(c) => c,
+                    None => return Ok((None, None)),
+                }
+            };
             gate = match gate {
                 None => Some(w),
-                Some(g) => self.push(Op::Binary(BinaryOp::Mul), vec![g, w], "gate", span, &[], false),
+                Some(g) => self.push(
+                    Op::Binary(BinaryOp::Mul),
+                    vec![g, w],
+                    "gate",
+                    span,
+                    &[],
+                    false,
+                ),
             };
         }
         Ok((Some(current), if want_gate { gate } else { None }))
@@ -781,74 +1315,215 @@ impl<'p> Elaborator<'p> {
     /// The weights of one attention primitive for `x`, in (0, 1), broadcastable to `x`.
     fn gate(&mut self, part: &AttSpec, x: ValueId, span: Span) -> Result<Flowing, Diagnostic> {
         let ty = self.graph.ty(x).clone();
-        let dim_error = |msg: String, help: &str| Diagnostic::error(ErrorCode::AttentionDim, msg).primary(span, "attention applied here").help(help.to_string());
+        let dim_error = |msg: String, help: &str| {
+            Diagnostic::error(ErrorCode::AttentionDim, msg)
+                .primary(span, "attention applied here")
+                .help(help.to_string())
+        };
         match part {
             AttSpec::Temporal { ratio } => {
                 let t = ty.size(Axis::T).unwrap_or(0);
                 let hidden = t / (*ratio as usize);
                 if hidden == 0 {
                     return Err(dim_error(
-                        format!("temporal attention with ratio {ratio} needs at least {ratio} time steps, the tensor has T = {t}"),
+                        format!(
+                            "temporal attention with ratio {ratio} needs at least {ratio} time steps, the tensor has T = {t}"
+                        ),
                         "lower the temporal ratio or raise T",
                     ));
                 }
-                let pool_axes: Vec<Axis> = ty.dims.iter().map(|(a, _)| *a).filter(|a| !matches!(a, Axis::T | Axis::B)).collect();
+                let pool_axes: Vec<Axis> = ty
+                    .dims
+                    .iter()
+                    .map(|(a, _)| *a)
+                    .filter(|a| !matches!(a, Axis::T | Axis::B))
+                    .collect();
                 self.squeeze_excite(x, pool_axes, Axis::T, hidden, "ta", span)
             }
             AttSpec::Channel { ratio } => {
                 let Some(c) = ty.size(Axis::C) else {
                     return Err(dim_error(
-                        format!("channel attention needs a channel axis, found {}", ty.shape_string()),
+                        format!(
+                            "channel attention needs a channel axis, found {}",
+                            ty.shape_string()
+                        ),
                         "after `flatten` only temporal attention applies (the paper uses TA on fully connected layers)",
                     ));
                 };
                 let hidden = c / (*ratio as usize);
                 if hidden == 0 {
-                    return Err(dim_error(format!("channel attention with ratio {ratio} needs at least {ratio} channels, found C = {c}"), "lower the channel ratio"));
+                    return Err(dim_error(
+                        format!(
+                            "channel attention with ratio {ratio} needs at least {ratio} channels, found C = {c}"
+                        ),
+                        "lower the channel ratio",
+                    ));
                 }
-                self.squeeze_excite(x, vec![Axis::T, Axis::H, Axis::W], Axis::C, hidden, "ca", span)
+                self.squeeze_excite(
+                    x,
+                    vec![Axis::T, Axis::H, Axis::W],
+                    Axis::C,
+                    hidden,
+                    "ca",
+                    span,
+                )
             }
             AttSpec::Spatial { kernel } => {
                 if !ty.is_spatial() {
                     return Err(dim_error(
-                        format!("spatial attention needs H and W, found {}", ty.shape_string()),
+                        format!(
+                            "spatial attention needs H and W, found {}",
+                            ty.shape_string()
+                        ),
                         "move the attention before `flatten`; fully connected layers take temporal attention only",
                     ));
                 }
                 let k = *kernel as usize;
-                let reduce = |kind| Op::Reduce { kind, axes: vec![Axis::T, Axis::C], keepdim: true };
-                let avg = self.push_checked(reduce(ReduceKind::Mean), vec![x], "sa_avg", span, &[], false)?;
-                let max = self.push_checked(reduce(ReduceKind::Max), vec![x], "sa_max", span, &[], false)?;
-                let both = self.push_checked(Op::Concat { axis: Axis::C }, vec![avg, max], "sa_cat", span, &[], false)?;
-                let conv = Op::Conv2d { out_channels: 1, kernel: (k, k), stride: (1, 1), padding: (k / 2, k / 2) };
+                let reduce = |kind| Op::Reduce {
+                    kind,
+                    axes: vec![Axis::T, Axis::C],
+                    keepdim: true,
+                };
+                let avg = self.push_checked(
+                    reduce(ReduceKind::Mean),
+                    vec![x],
+                    "sa_avg",
+                    span,
+                    &[],
+                    false,
+                )?;
+                let max = self.push_checked(
+                    reduce(ReduceKind::Max),
+                    vec![x],
+                    "sa_max",
+                    span,
+                    &[],
+                    false,
+                )?;
+                let both = self.push_checked(
+                    Op::Concat { axis: Axis::C },
+                    vec![avg, max],
+                    "sa_cat",
+                    span,
+                    &[],
+                    false,
+                )?;
+                let conv = Op::Conv2d {
+                    out_channels: 1,
+                    kernel: (k, k),
+                    stride: (1, 1),
+                    padding: (k / 2, k / 2),
+                };
                 let map = self.push_checked(conv, vec![both], "sa_conv", span, &[], false)?;
-                Ok(Some(self.push_checked(Op::Unary(UnaryOp::Sigmoid), vec![map], "sa", span, &[], false)?))
+                Ok(Some(self.push_checked(
+                    Op::Unary(UnaryOp::Sigmoid),
+                    vec![map],
+                    "sa",
+                    span,
+                    &[],
+                    false,
+                )?))
             }
             AttSpec::None => Ok(None),
-            AttSpec::Seq(_) | AttSpec::Relu(_) => Err(Diagnostic::error(ErrorCode::AttentionDim, "nested attention compositions are not supported")
-                .primary(span, "here")
-                .help("compose primitives directly: `temporal(r) * channel(r) * spatial(k)`")),
+            AttSpec::Seq(_) | AttSpec::Relu(_) => Err(Diagnostic::error(
+                ErrorCode::AttentionDim,
+                "nested attention compositions are not supported",
+            )
+            .primary(span, "here")
+            .help("compose primitives directly: `temporal(r) * channel(r) * spatial(k)`")),
         }
     }
 
     /// CBAM-style gate: avg and max pooling over `pool`, a shared bias-free MLP along `axis`
     /// (size → hidden → size, ReLU between), summed, then a sigmoid.
-    fn squeeze_excite(&mut self, x: ValueId, pool: Vec<Axis>, axis: Axis, hidden: usize, base: &str, span: Span) -> Result<Flowing, Diagnostic> {
+    fn squeeze_excite(
+        &mut self,
+        x: ValueId,
+        pool: Vec<Axis>,
+        axis: Axis,
+        hidden: usize,
+        base: &str,
+        span: Span,
+    ) -> Result<Flowing, Diagnostic> {
         let size = self.graph.ty(x).size(axis).unwrap_or(0);
-        let avg = self.push_checked(Op::Reduce { kind: ReduceKind::Mean, axes: pool.clone(), keepdim: true }, vec![x], &format!("{base}_avg"), span, &[], false)?;
-        let max = self.push_checked(Op::Reduce { kind: ReduceKind::Max, axes: pool, keepdim: true }, vec![x], &format!("{base}_max"), span, &[], false)?;
+        let avg = self.push_checked(
+            Op::Reduce {
+                kind: ReduceKind::Mean,
+                axes: pool.clone(),
+                keepdim: true,
+            },
+            vec![x],
+            &format!("{base}_avg"),
+            span,
+            &[],
+            false,
+        )?;
+        let max = self.push_checked(
+            Op::Reduce {
+                kind: ReduceKind::Max,
+                axes: pool,
+                keepdim: true,
+            },
+            vec![x],
+            &format!("{base}_max"),
+            span,
+            &[],
+            false,
+        )?;
         let fc1 = Op::Dense { axis, out: hidden };
         let fc2 = Op::Dense { axis, out: size };
-        let a1 = self.push_checked(fc1.clone(), vec![avg], &format!("{base}_fc1_"), span, &[], false)?;
+        let a1 = self.push_checked(
+            fc1.clone(),
+            vec![avg],
+            &format!("{base}_fc1_"),
+            span,
+            &[],
+            false,
+        )?;
         let w1 = self.graph.node(a1).params.clone();
-        let a1 = self.push_checked(Op::Unary(UnaryOp::Relu), vec![a1], &format!("{base}_relu"), span, &[], false)?;
-        let a2 = self.push_checked(fc2.clone(), vec![a1], &format!("{base}_fc2_"), span, &[], false)?;
+        let a1 = self.push_checked(
+            Op::Unary(UnaryOp::Relu),
+            vec![a1],
+            &format!("{base}_relu"),
+            span,
+            &[],
+            false,
+        )?;
+        let a2 = self.push_checked(
+            fc2.clone(),
+            vec![a1],
+            &format!("{base}_fc2_"),
+            span,
+            &[],
+            false,
+        )?;
         let w2 = self.graph.node(a2).params.clone();
         let m1 = self.push_checked(fc1, vec![max], &format!("{base}_fc1_"), span, &w1, false)?;
-        let m1 = self.push_checked(Op::Unary(UnaryOp::Relu), vec![m1], &format!("{base}_relu"), span, &[], false)?;
+        let m1 = self.push_checked(
+            Op::Unary(UnaryOp::Relu),
+            vec![m1],
+            &format!("{base}_relu"),
+            span,
+            &[],
+            false,
+        )?;
         let m2 = self.push_checked(fc2, vec![m1], &format!("{base}_fc2_"), span, &w2, false)?;
-        let sum = self.push_checked(Op::Binary(BinaryOp::Add), vec![a2, m2], &format!("{base}_sum"), span, &[], false)?;
-        Ok(Some(self.push_checked(Op::Unary(UnaryOp::Sigmoid), vec![sum], base, span, &[], false)?))
+        let sum = self.push_checked(
+            Op::Binary(BinaryOp::Add),
+            vec![a2, m2],
+            &format!("{base}_sum"),
+            span,
+            &[],
+            false,
+        )?;
+        Ok(Some(self.push_checked(
+            Op::Unary(UnaryOp::Sigmoid),
+            vec![sum],
+            base,
+            span,
+            &[],
+            false,
+        )?))
     }
 }
 

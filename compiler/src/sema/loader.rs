@@ -37,7 +37,9 @@ pub struct Program {
 
 impl Program {
     pub fn item(&self, def: DefId) -> Option<&ast::Item> {
-        self.files.get(&def.file).and_then(|f| f.ast.items.get(def.index))
+        self.files
+            .get(&def.file)
+            .and_then(|f| f.ast.items.get(def.index))
     }
 
     pub fn scope(&self, file: FileId) -> Option<&HashMap<String, DefId>> {
@@ -50,8 +52,12 @@ pub fn stdlib_home(name: &str) -> Option<&'static str> {
     STDLIB.iter().find_map(|(module, text)| {
         let defines = text.lines().any(|line| {
             let mut words = line.split_whitespace();
-            matches!(words.next(), Some("neuron" | "surrogate" | "attention" | "block" | "model"))
-                && words.next().is_some_and(|w| w.split(['(', '=', '{']).next() == Some(name))
+            matches!(
+                words.next(),
+                Some("neuron" | "surrogate" | "attention" | "block" | "model")
+            ) && words
+                .next()
+                .is_some_and(|w| w.split(['(', '=', '{']).next() == Some(name))
         });
         defines.then_some(*module)
     })
@@ -67,7 +73,11 @@ struct Loader {
 /// Parses `root` (already read into `text`) and all its imports.
 pub fn load(path: &Path, text: String) -> (Program, Diagnostics) {
     let mut loader = Loader {
-        program: Program { sources: SourceMap::new(), files: HashMap::new(), root: None },
+        program: Program {
+            sources: SourceMap::new(),
+            files: HashMap::new(),
+            root: None,
+        },
         diags: Diagnostics::default(),
         stack: Vec::new(),
     };
@@ -102,10 +112,23 @@ impl Loader {
             if let Some(previous) = spans.get(&name.name) {
                 let own = scope.get(&name.name).is_some_and(|d| d.file == id);
                 self.diags.push(
-                    Diagnostic::error(ErrorCode::Duplicate, format!("`{}` is defined more than once", name.name))
-                        .primary(name.span, format!("{} `{}` redefined here", item.kind(), name.name))
-                        .secondary(*previous, if own { "first defined here" } else { "imported here" })
-                        .help("rename one of the definitions"),
+                    Diagnostic::error(
+                        ErrorCode::Duplicate,
+                        format!("`{}` is defined more than once", name.name),
+                    )
+                    .primary(
+                        name.span,
+                        format!("{} `{}` redefined here", item.kind(), name.name),
+                    )
+                    .secondary(
+                        *previous,
+                        if own {
+                            "first defined here"
+                        } else {
+                            "imported here"
+                        },
+                    )
+                    .help("rename one of the definitions"),
                 );
                 continue;
             }
@@ -118,7 +141,12 @@ impl Loader {
     }
 
     fn resolve_module(&mut self, importer: &Path, import: &ast::Import) -> Option<FileId> {
-        let segments: Vec<&str> = import.path.segments.iter().map(|s| s.name.as_str()).collect();
+        let segments: Vec<&str> = import
+            .path
+            .segments
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect();
         let (path, text) = if segments.first() == Some(&"std") {
             let module = segments.get(1).copied().unwrap_or("");
             match STDLIB.iter().find(|(m, _)| *m == module) {
@@ -126,10 +154,20 @@ impl Loader {
                 _ => {
                     let known: Vec<&str> = STDLIB.iter().map(|(m, _)| *m).collect();
                     self.diags.push(
-                        Diagnostic::error(ErrorCode::ImportNotFound, format!("no stdlib module `{}`", import.path.dotted()))
-                            .primary(import.path.span, "not in the standard library")
-                            .suggest(module, known.iter().copied())
-                            .note(format!("stdlib modules: {}", known.iter().map(|m| format!("std.{m}")).collect::<Vec<_>>().join(", "))),
+                        Diagnostic::error(
+                            ErrorCode::ImportNotFound,
+                            format!("no stdlib module `{}`", import.path.dotted()),
+                        )
+                        .primary(import.path.span, "not in the standard library")
+                        .suggest(module, known.iter().copied())
+                        .note(format!(
+                            "stdlib modules: {}",
+                            known
+                                .iter()
+                                .map(|m| format!("std.{m}"))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        )),
                     );
                     return None;
                 }
@@ -156,13 +194,23 @@ impl Loader {
         if let Some(existing) = self.program.sources.find(&path) {
             if self.stack.contains(&existing) {
                 self.diags.push(
-                    Diagnostic::error(ErrorCode::Cycle, format!("import cycle through `{}`", import.path.dotted()))
-                        .primary(import.path.span, "this import leads back to a file that is still being loaded")
-                        .help("move the shared definitions into a third file that both import"),
+                    Diagnostic::error(
+                        ErrorCode::Cycle,
+                        format!("import cycle through `{}`", import.path.dotted()),
+                    )
+                    .primary(
+                        import.path.span,
+                        "this import leads back to a file that is still being loaded",
+                    )
+                    .help("move the shared definitions into a third file that both import"),
                 );
                 return None;
             }
-            return self.program.files.contains_key(&existing).then_some(existing);
+            return self
+                .program
+                .files
+                .contains_key(&existing)
+                .then_some(existing);
         }
         self.load_file(path, text)
     }
@@ -176,10 +224,16 @@ impl Loader {
         spans: &mut HashMap<String, Span>,
     ) {
         let _ = importer_id;
-        let Some(module) = self.resolve_module(importer, import) else { return };
+        let Some(module) = self.resolve_module(importer, import) else {
+            return;
+        };
         let Some(module_scope) = self.program.files.get(&module).map(|f| {
             // Only the module's own definitions are re-exported, not what it imported.
-            f.scope.iter().filter(|(_, d)| d.file == module).map(|(k, v)| (k.clone(), *v)).collect::<Vec<_>>()
+            f.scope
+                .iter()
+                .filter(|(_, d)| d.file == module)
+                .map(|(k, v)| (k.clone(), *v))
+                .collect::<Vec<_>>()
         }) else {
             return;
         };
@@ -187,10 +241,13 @@ impl Loader {
             if let Some(previous) = spans.get(name) {
                 if scope.get(name) != Some(&def) {
                     diags.push(
-                        Diagnostic::error(ErrorCode::Duplicate, format!("`{name}` is imported twice"))
-                            .primary(span, "second import")
-                            .secondary(*previous, "first import")
-                            .help("import only one of them"),
+                        Diagnostic::error(
+                            ErrorCode::Duplicate,
+                            format!("`{name}` is imported twice"),
+                        )
+                        .primary(span, "second import")
+                        .secondary(*previous, "first import")
+                        .help("import only one of them"),
                     );
                 }
                 return;
@@ -213,7 +270,11 @@ impl Loader {
                         None => self.diags.push(
                             Diagnostic::error(
                                 ErrorCode::UnknownName,
-                                format!("`{}` is not defined in `{}`", n.name, import.path.dotted()),
+                                format!(
+                                    "`{}` is not defined in `{}`",
+                                    n.name,
+                                    import.path.dotted()
+                                ),
                             )
                             .primary(n.span, "not found in this module")
                             .suggest(&n.name, module_scope.iter().map(|(k, _)| k.as_str())),

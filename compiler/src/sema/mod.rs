@@ -30,10 +30,17 @@ pub fn compile_path(path: &Path, overrides: &[Override]) -> Compilation {
         Err(e) => {
             let mut diags = Diagnostics::default();
             diags.push(
-                Diagnostic::error(ErrorCode::Io, format!("cannot read `{}`: {e}", path.display()))
-                    .help("check the path; `snnc check` takes `.snn` files"),
+                Diagnostic::error(
+                    ErrorCode::Io,
+                    format!("cannot read `{}`: {e}", path.display()),
+                )
+                .help("check the path; `snnc check` takes `.snn` files"),
             );
-            Compilation { program: loader::load(path, String::new()).0, graphs: vec![], diags }
+            Compilation {
+                program: loader::load(path, String::new()).0,
+                graphs: vec![],
+                diags,
+            }
         }
     }
 }
@@ -45,23 +52,36 @@ pub fn compile_source(path: &Path, text: String, overrides: &[Override]) -> Comp
     if let Some(root) = program.root {
         let overrides = evaluate_overrides(&mut program, root, overrides, &mut diags);
         let overrides = &overrides[..];
-        let items = program.files.get(&root).map(|f| f.ast.items.len()).unwrap_or(0);
+        let items = program
+            .files
+            .get(&root)
+            .map(|f| f.ast.items.len())
+            .unwrap_or(0);
         check_definitions(&program, root, &mut diags);
         for index in 0..items {
             let def = DefId { file: root, index };
             if let Some(crate::syntax::ast::Item::Model(m)) = program.item(def) {
                 // An override applies to the models that declare it (a file may hold several).
-                let mine: Vec<(String, Value)> =
-                    overrides.iter().filter(|(n, _)| m.params.iter().any(|p| p.name.name == *n)).cloned().collect();
+                let mine: Vec<(String, Value)> = overrides
+                    .iter()
+                    .filter(|(n, _)| m.params.iter().any(|p| p.name.name == *n))
+                    .cloned()
+                    .collect();
                 let (graph, ds) = elaborate::Elaborator::new(&program).model(def, &mine);
                 diags.extend(ds);
                 if let Some(g) = graph {
                     let problems = verify(&g);
                     if !problems.is_empty() {
                         diags.push(
-                            Diagnostic::error(ErrorCode::Model, format!("internal error: the IR of `{}` failed verification", g.name))
-                                .note(problems.join("\n"))
-                                .help("this is a compiler bug; please report it with the input file"),
+                            Diagnostic::error(
+                                ErrorCode::Model,
+                                format!(
+                                    "internal error: the IR of `{}` failed verification",
+                                    g.name
+                                ),
+                            )
+                            .note(problems.join("\n"))
+                            .help("this is a compiler bug; please report it with the input file"),
                         );
                     } else {
                         graphs.push(g);
@@ -70,7 +90,11 @@ pub fn compile_source(path: &Path, text: String, overrides: &[Override]) -> Comp
             }
         }
     }
-    Compilation { program, graphs, diags }
+    Compilation {
+        program,
+        graphs,
+        diags,
+    }
 }
 
 /// Models in `file` and whether any declares the parameter `name`.
@@ -80,10 +104,17 @@ fn any_model_declares(program: &Program, file: crate::diag::FileId, name: &str) 
     })
 }
 
-fn evaluate_overrides(program: &mut Program, root: crate::diag::FileId, overrides: &[Override], diags: &mut Diagnostics) -> Vec<(String, Value)> {
+fn evaluate_overrides(
+    program: &mut Program,
+    root: crate::diag::FileId,
+    overrides: &[Override],
+    diags: &mut Diagnostics,
+) -> Vec<(String, Value)> {
     let mut out = Vec::new();
     for (name, source) in overrides {
-        let file = program.sources.add(format!("<--set {name}>"), source.clone());
+        let file = program
+            .sources
+            .add(format!("<--set {name}>"), source.clone());
         let parsed = crate::syntax::parse_expr(file, source);
         let empty = Default::default();
         if !any_model_declares(program, root, name) {
@@ -93,7 +124,11 @@ fn evaluate_overrides(program: &mut Program, root: crate::diag::FileId, override
             );
             continue;
         }
-        let env = value::ConstEnv { program, file: root, locals: &empty };
+        let env = value::ConstEnv {
+            program,
+            file: root,
+            locals: &empty,
+        };
         match parsed.and_then(|e| env.eval(&e)) {
             Ok(v) => out.push((name.clone(), v)),
             Err(d) => diags.push(d),
@@ -106,7 +141,9 @@ fn evaluate_overrides(program: &mut Program, root: crate::diag::FileId, override
 /// so a library file reports errors without a model using it.
 fn check_definitions(program: &Program, file: crate::diag::FileId, diags: &mut Diagnostics) {
     use crate::syntax::ast::Item;
-    let Some(loaded) = program.files.get(&file) else { return };
+    let Some(loaded) = program.files.get(&file) else {
+        return;
+    };
     for item in &loaded.ast.items {
         // Parameter types and defaults are checked for every definition, used or not.
         let specs = match value::user_specs(item.params()) {
@@ -119,9 +156,18 @@ fn check_definitions(program: &Program, file: crate::diag::FileId, diags: &mut D
         let mut locals = std::collections::HashMap::new();
         let mut defaults_ok = true;
         for spec in &specs {
-            let value::DefaultValue::Expr(e) = spec.default else { break };
-            let env = value::ConstEnv { program, file, locals: &locals };
-            match env.eval(e).and_then(|v| spec.ty.coerce(v, e.span, &format!("the default of `{}`", spec.name))) {
+            let value::DefaultValue::Expr(e) = spec.default else {
+                break;
+            };
+            let env = value::ConstEnv {
+                program,
+                file,
+                locals: &locals,
+            };
+            match env.eval(e).and_then(|v| {
+                spec.ty
+                    .coerce(v, e.span, &format!("the default of `{}`", spec.name))
+            }) {
                 Ok(v) => {
                     locals.insert(spec.name.to_string(), v);
                 }
@@ -136,11 +182,22 @@ fn check_definitions(program: &Program, file: crate::diag::FileId, diags: &mut D
             continue;
         }
         let span = item.name().span;
-        let bound = |def: DefId| value::Bound { def, name: item.name().name.clone(), args: specs.iter().filter_map(|s| locals.get(s.name).map(|v| (s.name.to_string(), v.clone()))).collect() };
+        let bound = |def: DefId| value::Bound {
+            def,
+            name: item.name().name.clone(),
+            args: specs
+                .iter()
+                .filter_map(|s| locals.get(s.name).map(|v| (s.name.to_string(), v.clone())))
+                .collect(),
+        };
         let def = loaded.scope.get(&item.name().name).copied();
         let result = match (item, def) {
-            (Item::Neuron(_), Some(def)) => neuron::instantiate_neuron(program, &bound(def), span).map(|_| ()),
-            (Item::Surrogate(_), Some(def)) => neuron::instantiate_surrogate(program, &bound(def), span).map(|_| ()),
+            (Item::Neuron(_), Some(def)) => {
+                neuron::instantiate_neuron(program, &bound(def), span).map(|_| ())
+            }
+            (Item::Surrogate(_), Some(def)) => {
+                neuron::instantiate_surrogate(program, &bound(def), span).map(|_| ())
+            }
             _ => Ok(()),
         };
         if let Err(d) = result {

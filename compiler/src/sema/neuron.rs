@@ -20,19 +20,35 @@ pub fn check_requires<'a>(
             Value::Bool(true) => {}
             Value::Bool(false) => {
                 let args: Vec<String> = {
-                    let mut v: Vec<_> = env.locals.iter().map(|(k, v)| format!("{k} = {v}")).collect();
+                    let mut v: Vec<_> = env
+                        .locals
+                        .iter()
+                        .map(|(k, v)| format!("{k} = {v}"))
+                        .collect();
                     v.sort();
                     v
                 };
-                let message = r.message.clone().unwrap_or_else(|| "requirement not met".into());
-                return Err(Diagnostic::error(ErrorCode::InvalidValue, format!("invalid arguments for {what}: {message}"))
-                    .primary(use_span, "used with these arguments")
-                    .secondary(r.span, "this requirement fails")
-                    .note(format!("arguments: {}", args.join(", "))));
+                let message = r
+                    .message
+                    .clone()
+                    .unwrap_or_else(|| "requirement not met".into());
+                return Err(Diagnostic::error(
+                    ErrorCode::InvalidValue,
+                    format!("invalid arguments for {what}: {message}"),
+                )
+                .primary(use_span, "used with these arguments")
+                .secondary(r.span, "this requirement fails")
+                .note(format!("arguments: {}", args.join(", "))));
             }
             other => {
-                return Err(Diagnostic::error(ErrorCode::Type, "a `require` condition must be a bool")
-                    .primary(r.cond.span, format!("this is {} {}", article(other.kind()), other.kind())));
+                return Err(Diagnostic::error(
+                    ErrorCode::Type,
+                    "a `require` condition must be a bool",
+                )
+                .primary(
+                    r.cond.span,
+                    format!("this is {} {}", article(other.kind()), other.kind()),
+                ));
             }
         }
     }
@@ -49,15 +65,41 @@ struct NeuronBuilder<'a> {
 }
 
 /// Builds the scalar program of a configured neuron.
-pub fn instantiate_neuron(program: &Program, neuron: &Bound, use_span: Span) -> Result<NeuronProgram, Diagnostic> {
+pub fn instantiate_neuron(
+    program: &Program,
+    neuron: &Bound,
+    use_span: Span,
+) -> Result<NeuronProgram, Diagnostic> {
     let Some(ast::Item::Neuron(def)) = program.item(neuron.def) else {
         return Err(unknown_name(&neuron.name, use_span, []));
     };
     let locals_map: HashMap<String, Value> = neuron.args.iter().cloned().collect();
-    let env = ConstEnv { program, file: neuron.def.file, locals: &locals_map };
-    let requires = def.body.iter().filter_map(|s| if let NeuronStmt::Require(r) = s { Some(r) } else { None });
-    check_requires(requires, &env, use_span, &format!("neuron `{}`", def.name.name))?;
-    let mut b = NeuronBuilder { env, states: vec![], learns: vec![], locals: vec![], surrogates: vec![], fires: vec![] };
+    let env = ConstEnv {
+        program,
+        file: neuron.def.file,
+        locals: &locals_map,
+    };
+    let requires = def.body.iter().filter_map(|s| {
+        if let NeuronStmt::Require(r) = s {
+            Some(r)
+        } else {
+            None
+        }
+    });
+    check_requires(
+        requires,
+        &env,
+        use_span,
+        &format!("neuron `{}`", def.name.name),
+    )?;
+    let mut b = NeuronBuilder {
+        env,
+        states: vec![],
+        learns: vec![],
+        locals: vec![],
+        surrogates: vec![],
+        fires: vec![],
+    };
     let mut steps = Vec::new();
     let mut spike = None;
     let mut fire_step = 0;
@@ -77,31 +119,55 @@ pub fn instantiate_neuron(program: &Program, neuron: &Bound, use_span: Span) -> 
                 let fires_before = b.fires.len();
                 let expr = b.scalar(value)?;
                 let is_fire = matches!(expr, Scalar::Fire { .. });
-                let target_ref = if let Some(i) = b.states.iter().position(|(n, _)| *n == target.name) {
+                let target_ref = if let Some(i) =
+                    b.states.iter().position(|(n, _)| *n == target.name)
+                {
                     Target::State(i)
-                } else if b.learns.iter().any(|(n, _)| *n == target.name) || b.env.locals.contains_key(&target.name) {
-                    return Err(Diagnostic::error(ErrorCode::Neuron, format!("cannot assign to `{}`", target.name))
-                        .primary(target.span, "a parameter or learnable scalar is fixed during a step")
-                        .help("declare a `state` to carry a value across steps, or use a new local name"));
+                } else if b.learns.iter().any(|(n, _)| *n == target.name)
+                    || b.env.locals.contains_key(&target.name)
+                {
+                    return Err(Diagnostic::error(
+                        ErrorCode::Neuron,
+                        format!("cannot assign to `{}`", target.name),
+                    )
+                    .primary(
+                        target.span,
+                        "a parameter or learnable scalar is fixed during a step",
+                    )
+                    .help(
+                        "declare a `state` to carry a value across steps, or use a new local name",
+                    ));
                 } else {
-                    let i = b.locals.iter().position(|n| *n == target.name).unwrap_or_else(|| {
-                        b.locals.push(target.name.clone());
-                        b.locals.len() - 1
-                    });
+                    let i = b
+                        .locals
+                        .iter()
+                        .position(|n| *n == target.name)
+                        .unwrap_or_else(|| {
+                            b.locals.push(target.name.clone());
+                            b.locals.len() - 1
+                        });
                     Target::Local(i)
                 };
                 if b.fires.len() > fires_before {
                     if !is_fire {
-                        return Err(Diagnostic::error(ErrorCode::Neuron, "`fire` must be assigned directly to the spike output")
-                            .primary(value.span, "`fire(...)` inside a larger expression")
-                            .help("write `spike = fire(v - v_th)` and use `spike` in later equations"));
+                        return Err(Diagnostic::error(
+                            ErrorCode::Neuron,
+                            "`fire` must be assigned directly to the spike output",
+                        )
+                        .primary(value.span, "`fire(...)` inside a larger expression")
+                        .help(
+                            "write `spike = fire(v - v_th)` and use `spike` in later equations",
+                        ));
                     }
                     if let Target::Local(i) = target_ref {
                         spike = Some(i);
                         fire_step = steps.len();
                     } else {
-                        return Err(Diagnostic::error(ErrorCode::Neuron, "spikes cannot be a state variable")
-                            .primary(target.span, "assign `fire(...)` to a new local name"));
+                        return Err(Diagnostic::error(
+                            ErrorCode::Neuron,
+                            "spikes cannot be a state variable",
+                        )
+                        .primary(target.span, "assign `fire(...)` to a new local name"));
                     }
                 }
                 steps.push((target_ref, expr));
@@ -109,23 +175,36 @@ pub fn instantiate_neuron(program: &Program, neuron: &Bound, use_span: Span) -> 
         }
     }
     if b.states.is_empty() {
-        return Err(Diagnostic::error(ErrorCode::Neuron, format!("neuron `{}` has no state", def.name.name))
-            .primary(def.name.span, "needs at least one `state`")
-            .help("declare the membrane potential first, e.g. `state v = 0.0`"));
+        return Err(Diagnostic::error(
+            ErrorCode::Neuron,
+            format!("neuron `{}` has no state", def.name.name),
+        )
+        .primary(def.name.span, "needs at least one `state`")
+        .help("declare the membrane potential first, e.g. `state v = 0.0`"));
     }
     if b.fires.len() > 1 {
-        return Err(Diagnostic::error(ErrorCode::Neuron, format!("neuron `{}` fires more than once per step", def.name.name))
-            .primary(b.fires[1], "second `fire`")
-            .secondary(b.fires[0], "first `fire`"));
+        return Err(Diagnostic::error(
+            ErrorCode::Neuron,
+            format!("neuron `{}` fires more than once per step", def.name.name),
+        )
+        .primary(b.fires[1], "second `fire`")
+        .secondary(b.fires[0], "first `fire`"));
     }
     let Some(spike) = spike else {
-        return Err(Diagnostic::error(ErrorCode::Neuron, format!("neuron `{}` never fires", def.name.name))
-            .primary(def.name.span, "no `fire(...)` in its equations")
-            .help("add `spike = fire(v - v_th)` after the charge equation"));
+        return Err(Diagnostic::error(
+            ErrorCode::Neuron,
+            format!("neuron `{}` never fires", def.name.name),
+        )
+        .primary(def.name.span, "no `fire(...)` in its equations")
+        .help("add `spike = fire(v - v_th)` after the charge equation"));
     };
     Ok(NeuronProgram {
         name: def.name.name.clone(),
-        args: neuron.args.iter().map(|(k, v)| (k.clone(), v.to_string())).collect(),
+        args: neuron
+            .args
+            .iter()
+            .map(|(k, v)| (k.clone(), v.to_string()))
+            .collect(),
         states: b.states,
         learns: b.learns,
         locals: b.locals,
@@ -137,19 +216,45 @@ pub fn instantiate_neuron(program: &Program, neuron: &Bound, use_span: Span) -> 
 }
 
 /// Builds the derivative program of a configured surrogate.
-pub fn instantiate_surrogate(program: &Program, s: &Bound, use_span: Span) -> Result<SurrogateProgram, Diagnostic> {
+pub fn instantiate_surrogate(
+    program: &Program,
+    s: &Bound,
+    use_span: Span,
+) -> Result<SurrogateProgram, Diagnostic> {
     let Some(ast::Item::Surrogate(def)) = program.item(s.def) else {
         return Err(unknown_name(&s.name, use_span, []));
     };
     let locals_map: HashMap<String, Value> = s.args.iter().cloned().collect();
-    let env = ConstEnv { program, file: s.def.file, locals: &locals_map };
-    let mut b = NeuronBuilder { env, states: vec![], learns: vec![], locals: vec!["x".into()], surrogates: vec![], fires: vec![] };
+    let env = ConstEnv {
+        program,
+        file: s.def.file,
+        locals: &locals_map,
+    };
+    let mut b = NeuronBuilder {
+        env,
+        states: vec![],
+        learns: vec![],
+        locals: vec!["x".into()],
+        surrogates: vec![],
+        fires: vec![],
+    };
     let derivative = b.scalar_in_surrogate(&def.derivative)?;
-    let args = s.args.iter().filter_map(|(k, v)| v.as_f64().map(|f| (k.clone(), f))).collect();
-    Ok(SurrogateProgram { name: def.name.name.clone(), args, derivative })
+    let args = s
+        .args
+        .iter()
+        .filter_map(|(k, v)| v.as_f64().map(|f| (k.clone(), f)))
+        .collect();
+    Ok(SurrogateProgram {
+        name: def.name.name.clone(),
+        args,
+        derivative,
+    })
 }
 
-const FUNCTIONS: &[&str] = &["exp", "log", "sqrt", "abs", "sigmoid", "tanh", "atan", "relu", "detach", "min", "max", "select", "fire"];
+const FUNCTIONS: &[&str] = &[
+    "exp", "log", "sqrt", "abs", "sigmoid", "tanh", "atan", "relu", "detach", "min", "max",
+    "select", "fire",
+];
 
 impl NeuronBuilder<'_> {
     fn check_fresh(&self, name: &ast::Ident) -> Result<(), Diagnostic> {
@@ -158,9 +263,12 @@ impl NeuronBuilder<'_> {
             || self.env.locals.contains_key(&name.name)
             || name.name == "input";
         if taken {
-            return Err(Diagnostic::error(ErrorCode::Duplicate, format!("`{}` is already defined in this neuron", name.name))
-                .primary(name.span, "redefined here")
-                .help("states, learnable scalars, parameters and `input` share one namespace"));
+            return Err(Diagnostic::error(
+                ErrorCode::Duplicate,
+                format!("`{}` is already defined in this neuron", name.name),
+            )
+            .primary(name.span, "redefined here")
+            .help("states, learnable scalars, parameters and `input` share one namespace"));
         }
         Ok(())
     }
@@ -168,8 +276,10 @@ impl NeuronBuilder<'_> {
     fn const_number(&self, e: &Expr) -> Result<f64, Diagnostic> {
         let v = self.env.eval(e)?;
         v.as_f64().ok_or_else(|| {
-            Diagnostic::error(ErrorCode::Type, "an initial value must be a number")
-                .primary(e.span, format!("this is {} {}", article(v.kind()), v.kind()))
+            Diagnostic::error(ErrorCode::Type, "an initial value must be a number").primary(
+                e.span,
+                format!("this is {} {}", article(v.kind()), v.kind()),
+            )
         })
     }
 
@@ -189,11 +299,13 @@ impl NeuronBuilder<'_> {
         }
         if let Some(i) = self.locals.iter().position(|n| n == name) {
             // In a surrogate, local 0 is its argument `x`.
-            return Some(if self.states.is_empty() && self.learns.is_empty() && i == 0 && name == "x" {
-                Scalar::Var(Var::Input)
-            } else {
-                Scalar::Var(Var::Local(i))
-            });
+            return Some(
+                if self.states.is_empty() && self.learns.is_empty() && i == 0 && name == "x" {
+                    Scalar::Var(Var::Input)
+                } else {
+                    Scalar::Var(Var::Local(i))
+                },
+            );
         }
         None
     }
@@ -208,7 +320,8 @@ impl NeuronBuilder<'_> {
                 }
                 let v = self.env.eval(e).map_err(|d| {
                     if d.code == ErrorCode::UnknownName {
-                        let mut names: Vec<&str> = self.states.iter().map(|s| s.0.as_str()).collect();
+                        let mut names: Vec<&str> =
+                            self.states.iter().map(|s| s.0.as_str()).collect();
                         names.extend(self.learns.iter().map(|s| s.0.as_str()));
                         names.extend(self.locals.iter().map(String::as_str));
                         names.extend(self.env.locals.keys().map(String::as_str));
@@ -226,7 +339,14 @@ impl NeuronBuilder<'_> {
             }
             ExprKind::Unary { op, operand } => {
                 let x = self.scalar(operand)?;
-                Ok(Scalar::unary(if *op == UnOp::Neg { ScalarUnary::Neg } else { ScalarUnary::Not }, x))
+                Ok(Scalar::unary(
+                    if *op == UnOp::Neg {
+                        ScalarUnary::Neg
+                    } else {
+                        ScalarUnary::Not
+                    },
+                    x,
+                ))
             }
             ExprKind::Binary { op, lhs, rhs } => {
                 let a = self.scalar(lhs)?;
@@ -249,19 +369,32 @@ impl NeuronBuilder<'_> {
                 Ok(Scalar::binary(op, a, b))
             }
             ExprKind::Call(call) => self.call(call, e.span),
-            ExprKind::Str(_) | ExprKind::Tuple(_) => Err(Diagnostic::error(ErrorCode::Type, "neuron equations compute numbers")
-                .primary(e.span, "not a number")),
+            ExprKind::Str(_) | ExprKind::Tuple(_) => Err(Diagnostic::error(
+                ErrorCode::Type,
+                "neuron equations compute numbers",
+            )
+            .primary(e.span, "not a number")),
         }
     }
 
     fn constant(&self, v: Value, span: Span) -> Result<Scalar, Diagnostic> {
         match v {
-            Value::Time(_) => Err(Diagnostic::error(ErrorCode::Unit, "a time cannot enter a neuron equation directly")
-                .primary(span, "has a unit")
-                .help("divide by another time to get a ratio, e.g. `exp(-dt / tau)`")),
+            Value::Time(_) => Err(Diagnostic::error(
+                ErrorCode::Unit,
+                "a time cannot enter a neuron equation directly",
+            )
+            .primary(span, "has a unit")
+            .help("divide by another time to get a ratio, e.g. `exp(-dt / tau)`")),
             v => v.as_f64().map(Scalar::Const).ok_or_else(|| {
-                Diagnostic::error(ErrorCode::Type, format!("{} {} cannot be used in an equation", article(v.kind()), v.kind()))
-                    .primary(span, "not a number")
+                Diagnostic::error(
+                    ErrorCode::Type,
+                    format!(
+                        "{} {} cannot be used in an equation",
+                        article(v.kind()),
+                        v.kind()
+                    ),
+                )
+                .primary(span, "not a number")
             }),
         }
     }
@@ -276,7 +409,15 @@ impl NeuronBuilder<'_> {
             "min" | "max" => {
                 let mut a = self.positional(call, &name, 2, span)?;
                 let b = a.remove(1);
-                Ok(Scalar::binary(if name == "min" { ScalarBinary::Min } else { ScalarBinary::Max }, a.remove(0), b))
+                Ok(Scalar::binary(
+                    if name == "min" {
+                        ScalarBinary::Min
+                    } else {
+                        ScalarBinary::Max
+                    },
+                    a.remove(0),
+                    b,
+                ))
             }
             "select" => {
                 let mut a = self.positional(call, &name, 3, span)?;
@@ -285,24 +426,42 @@ impl NeuronBuilder<'_> {
                 Ok(Scalar::select(c, t, a.remove(0)))
             }
             "fire" => self.fire(call, span),
-            _ => Err(unknown_name(&name, call.callee.span, FUNCTIONS.iter().copied())
-                .note(format!("functions in equations: {}", FUNCTIONS.join(", ")))),
+            _ => Err(
+                unknown_name(&name, call.callee.span, FUNCTIONS.iter().copied())
+                    .note(format!("functions in equations: {}", FUNCTIONS.join(", "))),
+            ),
         }
     }
 
-    fn positional(&mut self, call: &ast::Call, name: &str, n: usize, span: Span) -> Result<Vec<Scalar>, Diagnostic> {
+    fn positional(
+        &mut self,
+        call: &ast::Call,
+        name: &str,
+        n: usize,
+        span: Span,
+    ) -> Result<Vec<Scalar>, Diagnostic> {
         let args: Vec<&ast::Arg> = call.args.iter().filter(|a| a.name.is_none()).collect();
         if args.len() != n || args.len() != call.args.len() {
             let plural = if n == 1 { "" } else { "s" };
-            return Err(Diagnostic::error(ErrorCode::Arity, format!("`{name}` takes {n} argument{plural}, found {}", call.args.len()))
-                .primary(span, "wrong number of arguments"));
+            return Err(Diagnostic::error(
+                ErrorCode::Arity,
+                format!(
+                    "`{name}` takes {n} argument{plural}, found {}",
+                    call.args.len()
+                ),
+            )
+            .primary(span, "wrong number of arguments"));
         }
         args.iter().map(|a| self.scalar(&a.value)).collect()
     }
 
     fn fire(&mut self, call: &ast::Call, span: Span) -> Result<Scalar, Diagnostic> {
         if self.states.is_empty() {
-            return Err(Diagnostic::error(ErrorCode::Neuron, "`fire` is only allowed in neuron equations").primary(span, "here"));
+            return Err(Diagnostic::error(
+                ErrorCode::Neuron,
+                "`fire` is only allowed in neuron equations",
+            )
+            .primary(span, "here"));
         }
         let arg = call.args.iter().find(|a| a.name.is_none()).ok_or_else(|| {
             Diagnostic::error(ErrorCode::Arity, "`fire` needs the value to threshold")
@@ -317,16 +476,30 @@ impl NeuronBuilder<'_> {
             })?,
         };
         let Value::Surrogate(s) = surrogate else {
-            return Err(Diagnostic::error(ErrorCode::Type, format!("a surrogate was expected, found {} {}", article(surrogate.kind()), surrogate.kind()))
-                .primary(span, "in this `fire`"));
+            return Err(Diagnostic::error(
+                ErrorCode::Type,
+                format!(
+                    "a surrogate was expected, found {} {}",
+                    article(surrogate.kind()),
+                    surrogate.kind()
+                ),
+            )
+            .primary(span, "in this `fire`"));
         };
         let program = instantiate_surrogate(self.env.program, &s, span)?;
         let arg = self.scalar(&arg.value)?;
         self.fires.push(span);
-        let index = self.surrogates.iter().position(|p| *p == program).unwrap_or_else(|| {
-            self.surrogates.push(program);
-            self.surrogates.len() - 1
-        });
-        Ok(Scalar::Fire { arg: Box::new(arg), surrogate: index })
+        let index = self
+            .surrogates
+            .iter()
+            .position(|p| *p == program)
+            .unwrap_or_else(|| {
+                self.surrogates.push(program);
+                self.surrogates.len() - 1
+            });
+        Ok(Scalar::Fire {
+            arg: Box::new(arg),
+            surrogate: index,
+        })
     }
 }

@@ -8,7 +8,10 @@ use crate::syntax::ast::TrainSection;
 
 /// (setting, what it accepts, check).
 const SETTINGS: &[(&str, &str)] = &[
-    ("dataset", "nmnist(\"dir\"), dvs_gesture(\"dir\") or folder(\"dir\")"),
+    (
+        "dataset",
+        "nmnist(\"dir\"), dvs_gesture(\"dir\") or folder(\"dir\")",
+    ),
     ("batch", "a positive int"),
     ("epochs", "a positive int"),
     ("lr", "a positive float"),
@@ -21,22 +24,41 @@ const SETTINGS: &[(&str, &str)] = &[
     ("threads", "a positive int"),
 ];
 
-pub fn check_train(section: &TrainSection, env: &ConstEnv) -> Result<Vec<TrainSetting>, Vec<Diagnostic>> {
+pub fn check_train(
+    section: &TrainSection,
+    env: &ConstEnv,
+) -> Result<Vec<TrainSetting>, Vec<Diagnostic>> {
     let mut out: Vec<TrainSetting> = Vec::new();
     let mut errors = Vec::new();
     for s in &section.settings {
         let name = s.name.name.as_str();
         let Some((_, accepts)) = SETTINGS.iter().find(|(n, _)| *n == name) else {
             errors.push(
-                Diagnostic::error(ErrorCode::Train, format!("unknown training setting `{name}`"))
-                    .primary(s.name.span, "not a setting")
-                    .suggest(name, SETTINGS.iter().map(|(n, _)| *n))
-                    .note(format!("settings: {}", SETTINGS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", "))),
+                Diagnostic::error(
+                    ErrorCode::Train,
+                    format!("unknown training setting `{name}`"),
+                )
+                .primary(s.name.span, "not a setting")
+                .suggest(name, SETTINGS.iter().map(|(n, _)| *n))
+                .note(format!(
+                    "settings: {}",
+                    SETTINGS
+                        .iter()
+                        .map(|(n, _)| *n)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )),
             );
             continue;
         };
         if out.iter().any(|o| o.name == name) {
-            errors.push(Diagnostic::error(ErrorCode::Duplicate, format!("training setting `{name}` given twice")).primary(s.name.span, "again here"));
+            errors.push(
+                Diagnostic::error(
+                    ErrorCode::Duplicate,
+                    format!("training setting `{name}` given twice"),
+                )
+                .primary(s.name.span, "again here"),
+            );
             continue;
         }
         let v = match env.eval(&s.value) {
@@ -48,30 +70,47 @@ pub fn check_train(section: &TrainSection, env: &ConstEnv) -> Result<Vec<TrainSe
         };
         let spec_in = |names: &[&str]| matches!(&v, Value::Spec { name, .. } if names.contains(&name.as_str()));
         let ok = match name {
-            "dataset" => spec_in(&["nmnist", "dvs_gesture", "folder"]) || matches!(v, Value::Str(_)),
+            "dataset" => {
+                spec_in(&["nmnist", "dvs_gesture", "folder"]) || matches!(v, Value::Str(_))
+            }
             "batch" | "epochs" | "threads" => matches!(v, Value::Int(i) if i > 0),
             "seed" => matches!(v, Value::Int(i) if i >= 0),
             "lr" => v.as_f64().is_some_and(|x| x > 0.0) && !matches!(v, Value::Bool(_)),
             "weight_decay" => v.as_f64().is_some_and(|x| x >= 0.0) && !matches!(v, Value::Bool(_)),
-            "momentum" => v.as_f64().is_some_and(|x| (0.0..1.0).contains(&x)) && !matches!(v, Value::Bool(_)),
+            "momentum" => {
+                v.as_f64().is_some_and(|x| (0.0..1.0).contains(&x)) && !matches!(v, Value::Bool(_))
+            }
             "optimizer" => spec_in(&["adam", "adamw", "sgd"]),
             "schedule" => spec_in(&["cosine", "step", "plateau", "constant"]),
             "loss" => spec_in(&["cross_entropy", "mse_rate"]),
             _ => false,
         };
         if !ok {
-            let code = if matches!(name, "batch" | "epochs" | "lr" | "threads" | "momentum" | "weight_decay") && v.as_f64().is_some() {
+            let code = if matches!(
+                name,
+                "batch" | "epochs" | "lr" | "threads" | "momentum" | "weight_decay"
+            ) && v.as_f64().is_some()
+            {
                 ErrorCode::InvalidValue
             } else {
                 ErrorCode::Train
             };
             errors.push(
-                Diagnostic::error(code, format!("`{name}` must be {accepts}"))
-                    .primary(s.value.span, format!("found {} {} `{v}`", article(v.kind()), v.kind())),
+                Diagnostic::error(code, format!("`{name}` must be {accepts}")).primary(
+                    s.value.span,
+                    format!("found {} {} `{v}`", article(v.kind()), v.kind()),
+                ),
             );
             continue;
         }
-        out.push(TrainSetting { name: name.to_string(), value: v.to_string() });
+        out.push(TrainSetting {
+            name: name.to_string(),
+            value: v.to_string(),
+        });
     }
-    if errors.is_empty() { Ok(out) } else { Err(errors) }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(errors)
+    }
 }

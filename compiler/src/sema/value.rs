@@ -12,9 +12,15 @@ use std::fmt;
 #[derive(Clone, Debug, PartialEq)]
 pub enum AttSpec {
     None,
-    Temporal { ratio: i64 },
-    Channel { ratio: i64 },
-    Spatial { kernel: i64 },
+    Temporal {
+        ratio: i64,
+    },
+    Channel {
+        ratio: i64,
+    },
+    Spatial {
+        kernel: i64,
+    },
     /// Applied in order, each gate on the tensor the previous one re-weighted (T → C → S).
     Seq(Vec<AttSpec>),
     /// A ReLU after the gated tensor (as in the official TCSA).
@@ -59,7 +65,10 @@ pub enum Value {
     Block(Bound),
     Attention(AttSpec),
     /// A builtin configuration such as `adam(lr = 1e-3)` or `time(25ms)`.
-    Spec { name: String, args: Vec<(String, Value)> },
+    Spec {
+        name: String,
+        args: Vec<(String, Value)>,
+    },
 }
 
 impl Value {
@@ -91,7 +100,12 @@ impl Value {
 
 impl fmt::Display for Value {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let args = |args: &[(String, Value)]| args.iter().map(|(k, v)| format!("{k} = {v}")).collect::<Vec<_>>().join(", ");
+        let args = |args: &[(String, Value)]| {
+            args.iter()
+                .map(|(k, v)| format!("{k} = {v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         match self {
             Value::Int(i) => write!(f, "{i}"),
             Value::Float(x) => write!(f, "{}", crate::ir::scalar::fmt_f64(*x)),
@@ -108,7 +122,9 @@ impl fmt::Display for Value {
                 let items: Vec<String> = items.iter().map(ToString::to_string).collect();
                 write!(f, "({})", items.join(", "))
             }
-            Value::Neuron(b) | Value::Surrogate(b) | Value::Block(b) => write!(f, "{}({})", b.name, args(&b.args)),
+            Value::Neuron(b) | Value::Surrogate(b) | Value::Block(b) => {
+                write!(f, "{}({})", b.name, args(&b.args))
+            }
             Value::Attention(a) => write!(f, "{a}"),
             Value::Spec { name, args: a } => write!(f, "{name}({})", args(a)),
         }
@@ -132,8 +148,17 @@ pub enum Ty {
 }
 
 impl Ty {
-    pub const NAMES: &'static [&'static str] =
-        &["int", "float", "bool", "time", "string", "neuron", "surrogate", "attention", "block"];
+    pub const NAMES: &'static [&'static str] = &[
+        "int",
+        "float",
+        "bool",
+        "time",
+        "string",
+        "neuron",
+        "surrogate",
+        "attention",
+        "block",
+    ];
 
     pub fn from_name(name: &str) -> Option<Ty> {
         Some(match name {
@@ -191,17 +216,30 @@ impl Ty {
             )
             .primary(span, "has a unit")
             .help("drop the unit, or divide by another time to get a ratio")),
-            (Ty::Int, Value::Float(x)) => Err(Diagnostic::error(ErrorCode::Type, format!("{what} must be an int"))
-                .primary(span, format!("found float `{}`", crate::ir::scalar::fmt_f64(x)))
-                .help("write a whole number without a decimal point")),
-            (ty, v) => Err(Diagnostic::error(ErrorCode::Type, format!("{what} must be {} {}", article(ty.name()), ty.name()))
-                .primary(span, format!("found {} {}", article(v.kind()), v.kind()))),
+            (Ty::Int, Value::Float(x)) => Err(Diagnostic::error(
+                ErrorCode::Type,
+                format!("{what} must be an int"),
+            )
+            .primary(
+                span,
+                format!("found float `{}`", crate::ir::scalar::fmt_f64(x)),
+            )
+            .help("write a whole number without a decimal point")),
+            (ty, v) => Err(Diagnostic::error(
+                ErrorCode::Type,
+                format!("{what} must be {} {}", article(ty.name()), ty.name()),
+            )
+            .primary(span, format!("found {} {}", article(v.kind()), v.kind()))),
         }
     }
 }
 
 pub fn article(word: &str) -> &'static str {
-    if word.starts_with(['a', 'e', 'i', 'o', 'u']) { "an" } else { "a" }
+    if word.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        "an"
+    } else {
+        "a"
+    }
 }
 
 /// A parameter as call binding sees it: from a user definition or a builtin layer.
@@ -233,20 +271,33 @@ impl ConstEnv<'_> {
     /// Evaluates a compile-time expression.
     pub fn eval(&self, e: &Expr) -> Result<Value, Diagnostic> {
         match &e.kind {
-            ExprKind::Number { value, is_int, unit } => match unit.as_deref() {
+            ExprKind::Number {
+                value,
+                is_int,
+                unit,
+            } => match unit.as_deref() {
                 None if *is_int && value.abs() < 9.0e15 => Ok(Value::Int(*value as i64)),
                 None => Ok(Value::Float(*value)),
                 Some(u) => match time_scale(u) {
                     Some(scale) => Ok(Value::Time(value * scale)),
-                    None => Err(Diagnostic::error(ErrorCode::Unit, format!("unknown unit `{u}`"))
-                        .primary(e.span, "not a unit snnc knows")
-                        .suggest(u, ["us", "ms", "s"])
-                        .note("time units: `us`, `ms`, `s`; other parameters are plain numbers")),
+                    None => Err(
+                        Diagnostic::error(ErrorCode::Unit, format!("unknown unit `{u}`"))
+                            .primary(e.span, "not a unit snnc knows")
+                            .suggest(u, ["us", "ms", "s"])
+                            .note(
+                                "time units: `us`, `ms`, `s`; other parameters are plain numbers",
+                            ),
+                    ),
                 },
             },
             ExprKind::Bool(b) => Ok(Value::Bool(*b)),
             ExprKind::Str(s) => Ok(Value::Str(s.clone())),
-            ExprKind::Tuple(items) => Ok(Value::Tuple(items.iter().map(|i| self.eval(i)).collect::<Result<_, _>>()?)),
+            ExprKind::Tuple(items) => Ok(Value::Tuple(
+                items
+                    .iter()
+                    .map(|i| self.eval(i))
+                    .collect::<Result<_, _>>()?,
+            )),
             ExprKind::Name(path) => self.name(path, e.span),
             ExprKind::Call(call) => self.call(call),
             ExprKind::Unary { op, operand } => {
@@ -256,15 +307,27 @@ impl ConstEnv<'_> {
                     (UnOp::Neg, Value::Float(x)) => Ok(Value::Float(-x)),
                     (UnOp::Neg, Value::Time(x)) => Ok(Value::Time(-x)),
                     (UnOp::Not, Value::Bool(b)) => Ok(Value::Bool(!b)),
-                    (_, v) => Err(Diagnostic::error(ErrorCode::Type, format!("cannot apply `{}` to {} {}", if *op == UnOp::Neg { "-" } else { "!" }, article(v.kind()), v.kind()))
-                        .primary(operand.span, v.kind())),
+                    (_, v) => Err(Diagnostic::error(
+                        ErrorCode::Type,
+                        format!(
+                            "cannot apply `{}` to {} {}",
+                            if *op == UnOp::Neg { "-" } else { "!" },
+                            article(v.kind()),
+                            v.kind()
+                        ),
+                    )
+                    .primary(operand.span, v.kind())),
                 }
             }
             ExprKind::Binary { op, lhs, rhs } => {
                 let a = self.eval(lhs)?;
                 let b = self.eval(rhs)?;
                 binary(*op, a, b).map_err(|msg| {
-                    let code = if msg.contains("units do not match") { ErrorCode::Unit } else { ErrorCode::Type };
+                    let code = if msg.contains("units do not match") {
+                        ErrorCode::Unit
+                    } else {
+                        ErrorCode::Type
+                    };
                     Diagnostic::error(code, msg)
                         .primary(e.span, "in this expression")
                         .secondary(lhs.span, "left operand")
@@ -284,7 +347,12 @@ impl ConstEnv<'_> {
             "pi" => return Ok(Value::Float(std::f64::consts::PI)),
             _ => {}
         }
-        if let Some(def) = self.program.scope(self.file).and_then(|s| s.get(&dotted)).copied() {
+        if let Some(def) = self
+            .program
+            .scope(self.file)
+            .and_then(|s| s.get(&dotted))
+            .copied()
+        {
             return self.reference(def, &[], span);
         }
         if ATTENTION_PRIMITIVES.contains(&dotted.as_str()) {
@@ -292,7 +360,10 @@ impl ConstEnv<'_> {
         }
         // An unknown bare name in a setting (`loss = cross_entropy`) is a builtin spec without args.
         if path.segments.len() == 1 && SPEC_NAMES.contains(&dotted.as_str()) {
-            return Ok(Value::Spec { name: dotted, args: Vec::new() });
+            return Ok(Value::Spec {
+                name: dotted,
+                args: Vec::new(),
+            });
         }
         Err(self.unknown(&dotted, span))
     }
@@ -310,10 +381,17 @@ impl ConstEnv<'_> {
 
     fn call(&self, call: &ast::Call) -> Result<Value, Diagnostic> {
         let dotted = call.callee.dotted();
-        if let Some(def) = self.program.scope(self.file).and_then(|s| s.get(&dotted)).copied() {
+        if let Some(def) = self
+            .program
+            .scope(self.file)
+            .and_then(|s| s.get(&dotted))
+            .copied()
+        {
             return self.reference(def, &call.args, call.span);
         }
-        if let Some(Value::Neuron(b) | Value::Block(b) | Value::Surrogate(b)) = self.locals.get(&dotted) {
+        if let Some(Value::Neuron(b) | Value::Block(b) | Value::Surrogate(b)) =
+            self.locals.get(&dotted)
+        {
             let base = b.clone();
             let mut v = self.reference(base.def, &call.args, call.span)?;
             if let Value::Neuron(nb) | Value::Block(nb) | Value::Surrogate(nb) = &mut v {
@@ -330,14 +408,21 @@ impl ConstEnv<'_> {
         if SPEC_NAMES.contains(&dotted.as_str()) {
             let mut args = Vec::new();
             for (i, a) in call.args.iter().enumerate() {
-                let name = a.name.as_ref().map_or_else(|| format!("_{i}"), |n| n.name.clone());
+                let name = a
+                    .name
+                    .as_ref()
+                    .map_or_else(|| format!("_{i}"), |n| n.name.clone());
                 args.push((name, self.eval(&a.value)?));
             }
             return Ok(Value::Spec { name: dotted, args });
         }
         let mut d = self.unknown(&dotted, call.callee.span);
         if d.help.is_none() {
-            d = d.note(format!("builtin functions here: {}, relu, and the settings {}", ATTENTION_PRIMITIVES.join(", "), SPEC_NAMES.join(", ")));
+            d = d.note(format!(
+                "builtin functions here: {}, relu, and the settings {}",
+                ATTENTION_PRIMITIVES.join(", "),
+                SPEC_NAMES.join(", ")
+            ));
         }
         Err(d)
     }
@@ -350,8 +435,14 @@ impl ConstEnv<'_> {
             _ => return Ok(None),
         };
         if args.len() != arity || args.iter().any(|a| a.name.is_some()) {
-            return Err(Diagnostic::error(ErrorCode::Arity, format!("`{name}` takes {arity} positional argument{}", if arity == 1 { "" } else { "s" }))
-                .primary(span, format!("found {}", args.len())));
+            return Err(Diagnostic::error(
+                ErrorCode::Arity,
+                format!(
+                    "`{name}` takes {arity} positional argument{}",
+                    if arity == 1 { "" } else { "s" }
+                ),
+            )
+            .primary(span, format!("found {}", args.len())));
         }
         let mut xs = Vec::with_capacity(arity);
         for a in args {
@@ -359,8 +450,14 @@ impl ConstEnv<'_> {
             let x = match v {
                 Value::Int(_) | Value::Float(_) => v.as_f64().unwrap_or(0.0),
                 other => {
-                    return Err(Diagnostic::error(ErrorCode::Type, format!("`{name}` takes numbers"))
-                        .primary(a.value.span, format!("found {} {}", article(other.kind()), other.kind())));
+                    return Err(Diagnostic::error(
+                        ErrorCode::Type,
+                        format!("`{name}` takes numbers"),
+                    )
+                    .primary(
+                        a.value.span,
+                        format!("found {} {}", article(other.kind()), other.kind()),
+                    ));
                 }
             };
             xs.push(x);
@@ -374,39 +471,79 @@ impl ConstEnv<'_> {
             _ => xs[0].max(xs[1]),
         };
         if !y.is_finite() {
-            return Err(Diagnostic::error(ErrorCode::InvalidValue, format!("`{name}` of these arguments is not a finite number"))
-                .primary(span, "evaluates to NaN or infinity"));
+            return Err(Diagnostic::error(
+                ErrorCode::InvalidValue,
+                format!("`{name}` of these arguments is not a finite number"),
+            )
+            .primary(span, "evaluates to NaN or infinity"));
         }
         Ok(Some(Value::Float(y)))
     }
 
     /// A user definition named in an expression, configured with `args`.
     fn reference(&self, def: DefId, args: &[ast::Arg], span: Span) -> Result<Value, Diagnostic> {
-        let item = self.program.item(def).ok_or_else(|| unknown_name("?", span, []))?;
+        let item = self
+            .program
+            .item(def)
+            .ok_or_else(|| unknown_name("?", span, []))?;
         let specs: Vec<ParamSpec> = user_specs(item.params())?;
-        let def_env = ConstEnv { program: self.program, file: def.file, locals: &HashMap::new() };
-        let bound = bind(&specs, args, self, &def_env, item.name().name.as_str(), span)?;
+        let def_env = ConstEnv {
+            program: self.program,
+            file: def.file,
+            locals: &HashMap::new(),
+        };
+        let bound = bind(
+            &specs,
+            args,
+            self,
+            &def_env,
+            item.name().name.as_str(),
+            span,
+        )?;
         let name = item.name().name.clone();
-        let b = Bound { def, name, args: bound };
+        let b = Bound {
+            def,
+            name,
+            args: bound,
+        };
         Ok(match item {
             ast::Item::Neuron(_) => Value::Neuron(b),
             ast::Item::Surrogate(_) => Value::Surrogate(b),
             ast::Item::Block(_) => Value::Block(b),
             ast::Item::Attention(a) => {
                 let locals: HashMap<String, Value> = b.args.into_iter().collect();
-                let env = ConstEnv { program: self.program, file: def.file, locals: &locals };
-                match env.eval(&a.body).map_err(|d| d.at_use(span, &format!("attention `{}`", a.name.name)))? {
+                let env = ConstEnv {
+                    program: self.program,
+                    file: def.file,
+                    locals: &locals,
+                };
+                match env
+                    .eval(&a.body)
+                    .map_err(|d| d.at_use(span, &format!("attention `{}`", a.name.name)))?
+                {
                     v @ Value::Attention(_) => v,
                     other => {
-                        return Err(Diagnostic::error(ErrorCode::Type, format!("attention `{}` must evaluate to an attention module", a.name.name))
-                            .primary(a.body.span, format!("this is {} {}", article(other.kind()), other.kind())))
+                        return Err(Diagnostic::error(
+                            ErrorCode::Type,
+                            format!(
+                                "attention `{}` must evaluate to an attention module",
+                                a.name.name
+                            ),
+                        )
+                        .primary(
+                            a.body.span,
+                            format!("this is {} {}", article(other.kind()), other.kind()),
+                        ));
                     }
                 }
             }
             ast::Item::Model(_) => {
-                return Err(Diagnostic::error(ErrorCode::Type, format!("model `{}` cannot be used as a value", item.name().name))
-                    .primary(span, "a model")
-                    .help("wrap the reusable part in a `block`"))
+                return Err(Diagnostic::error(
+                    ErrorCode::Type,
+                    format!("model `{}` cannot be used as a value", item.name().name),
+                )
+                .primary(span, "a model")
+                .help("wrap the reusable part in a `block`"));
             }
         })
     }
@@ -423,26 +560,41 @@ impl ConstEnv<'_> {
             "spatial" => DefaultValue::Value(Value::Int(3)),
             _ => DefaultValue::Required,
         };
-        let specs = [ParamSpec { name: pname, ty, default }];
+        let specs = [ParamSpec {
+            name: pname,
+            ty,
+            default,
+        }];
         let bound = bind(&specs, args, self, self, name, span)?;
         let v = bound.into_iter().next().map(|(_, v)| v);
         let int = |v: Option<Value>| if let Some(Value::Int(i)) = v { i } else { 0 };
         let check = |what: &str, i: i64, min: i64| {
             if i < min {
-                Err(Diagnostic::error(ErrorCode::InvalidValue, format!("{what} must be at least {min}, found {i}")).primary(span, "here"))
+                Err(Diagnostic::error(
+                    ErrorCode::InvalidValue,
+                    format!("{what} must be at least {min}, found {i}"),
+                )
+                .primary(span, "here"))
             } else {
                 Ok(i)
             }
         };
         Ok(Value::Attention(match name {
-            "temporal" => AttSpec::Temporal { ratio: check("a temporal reduction ratio", int(v), 1)? },
-            "channel" => AttSpec::Channel { ratio: check("a channel reduction ratio", int(v), 1)? },
+            "temporal" => AttSpec::Temporal {
+                ratio: check("a temporal reduction ratio", int(v), 1)?,
+            },
+            "channel" => AttSpec::Channel {
+                ratio: check("a channel reduction ratio", int(v), 1)?,
+            },
             "spatial" => {
                 let k = check("a spatial kernel size", int(v), 1)?;
                 if k % 2 == 0 {
-                    return Err(Diagnostic::error(ErrorCode::InvalidValue, format!("spatial attention kernel must be odd, found {k}"))
-                        .primary(span, "even kernel")
-                        .help("use 3 or 7 (the paper's choices) so the attention map keeps H×W"));
+                    return Err(Diagnostic::error(
+                        ErrorCode::InvalidValue,
+                        format!("spatial attention kernel must be odd, found {k}"),
+                    )
+                    .primary(span, "even kernel")
+                    .help("use 3 or 7 (the paper's choices) so the attention map keeps H×W"));
                 }
                 AttSpec::Spatial { kernel: k }
             }
@@ -456,13 +608,30 @@ impl ConstEnv<'_> {
 
 /// Builtin spec names accepted in expressions: framing, datasets, optimisers, schedules, losses.
 pub const SPEC_NAMES: &[&str] = &[
-    "time", "count", "frames", "nmnist", "dvs_gesture", "folder", "adam", "adamw", "sgd", "cosine",
-    "step", "plateau", "constant", "cross_entropy", "mse_rate",
+    "time",
+    "count",
+    "frames",
+    "nmnist",
+    "dvs_gesture",
+    "folder",
+    "adam",
+    "adamw",
+    "sgd",
+    "cosine",
+    "step",
+    "plateau",
+    "constant",
+    "cross_entropy",
+    "mse_rate",
 ];
 
 fn merge_args(nb: &mut Bound, base: &Bound, call: &ast::Call) {
     // Arguments given at this call win; the rest keep the configured value of the parameter.
-    let given: Vec<&str> = call.args.iter().filter_map(|a| a.name.as_ref().map(|n| n.name.as_str())).collect();
+    let given: Vec<&str> = call
+        .args
+        .iter()
+        .filter_map(|a| a.name.as_ref().map(|n| n.name.as_str()))
+        .collect();
     let positional = call.args.iter().filter(|a| a.name.is_none()).count();
     for (i, (k, v)) in nb.args.iter_mut().enumerate() {
         if i >= positional && !given.contains(&k.as_str()) {
@@ -482,13 +651,22 @@ pub fn time_scale(unit: &str) -> Option<f64> {
     }
 }
 
-pub fn unknown_name<'a>(name: &str, span: Span, candidates: impl IntoIterator<Item = &'a str>) -> Diagnostic {
-    let d = Diagnostic::error(ErrorCode::UnknownName, format!("cannot find `{name}` in this scope"))
-        .primary(span, "not found")
-        .suggest(name, candidates);
+pub fn unknown_name<'a>(
+    name: &str,
+    span: Span,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Diagnostic {
+    let d = Diagnostic::error(
+        ErrorCode::UnknownName,
+        format!("cannot find `{name}` in this scope"),
+    )
+    .primary(span, "not found")
+    .suggest(name, candidates);
     if d.help.is_none() {
         if let Some(module) = super::loader::stdlib_home(name) {
-            return d.help(format!("`{name}` is defined in the standard library: add `import std.{module}.{{{name}}}`"));
+            return d.help(format!(
+                "`{name}` is defined in the standard library: add `import std.{module}.{{{name}}}`"
+            ));
         }
     }
     d
@@ -507,7 +685,11 @@ fn binary(op: BinOp, a: Value, b: Value) -> Result<Value, String> {
                     other => parts.push(other.clone()),
                 }
             }
-            Attention(if parts.len() == 1 { parts.remove(0) } else { AttSpec::Seq(parts) })
+            Attention(if parts.len() == 1 {
+                parts.remove(0)
+            } else {
+                AttSpec::Seq(parts)
+            })
         }
         (_, Int(x), Int(y)) => match op {
             BinOp::Add => Int(x.saturating_add(*y)),
@@ -518,12 +700,18 @@ fn binary(op: BinOp, a: Value, b: Value) -> Result<Value, String> {
             BinOp::Pow if *y >= 0 => Int(x.saturating_pow((*y).min(u32::MAX as i64) as u32)),
             _ => return binary_float(op, *x as f64, *y as f64),
         },
-        (BinOp::Add | BinOp::Sub, Time(x), Time(y)) => Time(if op == BinOp::Add { x + y } else { x - y }),
+        (BinOp::Add | BinOp::Sub, Time(x), Time(y)) => {
+            Time(if op == BinOp::Add { x + y } else { x - y })
+        }
         (BinOp::Div, Time(x), Time(y)) => Float(x / y),
         (BinOp::Mul, Time(x), _) if num(&b).is_some() => Time(x * num(&b).unwrap_or(0.0)),
         (BinOp::Mul, _, Time(y)) if num(&a).is_some() => Time(num(&a).unwrap_or(0.0) * y),
         (BinOp::Div, Time(x), _) if num(&b).is_some() => Time(x / num(&b).unwrap_or(1.0)),
-        (BinOp::Lt | BinOp::Le | BinOp::Gt | BinOp::Ge | BinOp::Eq | BinOp::Ne, Time(x), Time(y)) => {
+        (
+            BinOp::Lt | BinOp::Le | BinOp::Gt | BinOp::Ge | BinOp::Eq | BinOp::Ne,
+            Time(x),
+            Time(y),
+        ) => {
             return binary_float(op, *x, *y);
         }
         (BinOp::And, Bool(x), Bool(y)) => Bool(*x && *y),
@@ -534,9 +722,23 @@ fn binary(op: BinOp, a: Value, b: Value) -> Result<Value, String> {
             return binary_float(op, num(&a).unwrap_or(0.0), num(&b).unwrap_or(0.0));
         }
         (_, Time(_), _) | (_, _, Time(_)) => {
-            return Err(format!("`{}` mixes a time with {} {}: units do not match", op.symbol(), article(b.kind()), b.kind()));
+            return Err(format!(
+                "`{}` mixes a time with {} {}: units do not match",
+                op.symbol(),
+                article(b.kind()),
+                b.kind()
+            ));
         }
-        _ => return Err(format!("cannot apply `{}` to {} {} and {} {}", op.symbol(), article(a.kind()), a.kind(), article(b.kind()), b.kind())),
+        _ => {
+            return Err(format!(
+                "cannot apply `{}` to {} {} and {} {}",
+                op.symbol(),
+                article(a.kind()),
+                a.kind(),
+                article(b.kind()),
+                b.kind()
+            ));
+        }
     })
 }
 
@@ -612,9 +814,12 @@ pub fn bind(
         let index = match &arg.name {
             None => {
                 if positional >= specs.len() {
-                    return Err(Diagnostic::error(ErrorCode::Arity, format!("too many arguments to `{callee_name}`"))
-                        .primary(arg.value.span, "unexpected argument")
-                        .help(signature()));
+                    return Err(Diagnostic::error(
+                        ErrorCode::Arity,
+                        format!("too many arguments to `{callee_name}`"),
+                    )
+                    .primary(arg.value.span, "unexpected argument")
+                    .help(signature()));
                 }
                 positional += 1;
                 positional - 1
@@ -622,20 +827,28 @@ pub fn bind(
             Some(name) => match specs.iter().position(|p| p.name == name.name) {
                 Some(i) => i,
                 None => {
-                    return Err(Diagnostic::error(ErrorCode::Arity, format!("`{callee_name}` has no parameter `{}`", name.name))
-                        .primary(name.span, "unknown parameter")
-                        .suggest(&name.name, specs.iter().map(|p| p.name))
-                        .note(signature()));
+                    return Err(Diagnostic::error(
+                        ErrorCode::Arity,
+                        format!("`{callee_name}` has no parameter `{}`", name.name),
+                    )
+                    .primary(name.span, "unknown parameter")
+                    .suggest(&name.name, specs.iter().map(|p| p.name))
+                    .note(signature()));
                 }
             },
         };
         if let Some((_, first)) = &given[index] {
-            return Err(Diagnostic::error(ErrorCode::Arity, format!("parameter `{}` given twice", specs[index].name))
-                .primary(arg.value.span, "second value")
-                .secondary(*first, "first value"));
+            return Err(Diagnostic::error(
+                ErrorCode::Arity,
+                format!("parameter `{}` given twice", specs[index].name),
+            )
+            .primary(arg.value.span, "second value")
+            .secondary(*first, "first value"));
         }
         let v = caller.eval(&arg.value)?;
-        let v = specs[index].ty.coerce(v, arg.value.span, &format!("`{}`", specs[index].name))?;
+        let v = specs[index]
+            .ty
+            .coerce(v, arg.value.span, &format!("`{}`", specs[index].name))?;
         given[index] = Some((v, arg.value.span));
     }
     let mut bound: HashMap<String, Value> = callee.locals.clone();
@@ -645,14 +858,22 @@ pub fn bind(
             (Some((v, _)), _) => v,
             (None, DefaultValue::Value(v)) => v.clone(),
             (None, DefaultValue::Expr(e)) => {
-                let env = ConstEnv { program: callee.program, file: callee.file, locals: &bound };
+                let env = ConstEnv {
+                    program: callee.program,
+                    file: callee.file,
+                    locals: &bound,
+                };
                 let v = env.eval(e)?;
-                spec.ty.coerce(v, e.span, &format!("the default of `{}`", spec.name))?
+                spec.ty
+                    .coerce(v, e.span, &format!("the default of `{}`", spec.name))?
             }
             (None, DefaultValue::Required) => {
-                return Err(Diagnostic::error(ErrorCode::Arity, format!("missing argument `{}` for `{callee_name}`", spec.name))
-                    .primary(call_span, format!("`{}` is required", spec.name))
-                    .help(signature()));
+                return Err(Diagnostic::error(
+                    ErrorCode::Arity,
+                    format!("missing argument `{}` for `{callee_name}`", spec.name),
+                )
+                .primary(call_span, format!("`{}` is required", spec.name))
+                .help(signature()));
             }
         };
         bound.insert(spec.name.to_string(), v.clone());

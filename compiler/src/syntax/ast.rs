@@ -28,7 +28,11 @@ pub struct Path {
 
 impl Path {
     pub fn dotted(&self) -> String {
-        self.segments.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(".")
+        self.segments
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect::<Vec<_>>()
+            .join(".")
     }
 }
 
@@ -106,11 +110,20 @@ pub struct NeuronDef {
 #[derive(Clone, Debug, Serialize)]
 pub enum NeuronStmt {
     /// `state v = init`: carried from one time step to the next.
-    State { name: Ident, init: Expr },
+    State {
+        name: Ident,
+        init: Expr,
+    },
     /// `learn w = init`: a trainable scalar of the neuron (one per layer), e.g. PLIF's time constant.
-    Learn { name: Ident, init: Expr },
+    Learn {
+        name: Ident,
+        init: Expr,
+    },
     /// `name = expr`: updates a state or defines a per-step local.
-    Assign { target: Ident, value: Expr },
+    Assign {
+        target: Ident,
+        value: Expr,
+    },
     Require(Require),
 }
 
@@ -202,7 +215,12 @@ pub enum FlowTerm {
 #[derive(Clone, Debug, Serialize)]
 pub enum Stage {
     Call(Call),
-    Repeat { count: Expr, body: Vec<Call>, #[serde(skip)] span: Span },
+    Repeat {
+        count: Expr,
+        body: Vec<Call>,
+        #[serde(skip)]
+        span: Span,
+    },
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -274,12 +292,23 @@ pub struct Expr {
 #[derive(Clone, Debug, Serialize)]
 pub enum ExprKind {
     /// A number with an optional unit suffix (`25ms`); `is_int` when written without `.`/exponent.
-    Number { value: f64, is_int: bool, unit: Option<String> },
+    Number {
+        value: f64,
+        is_int: bool,
+        unit: Option<String>,
+    },
     Bool(bool),
     Str(String),
     Name(Path),
     Call(Call),
     Tuple(Vec<Expr>),
-    Unary { op: UnOp, operand: Box<Expr> },
-    Binary { op: BinOp, lhs: Box<Expr>, rhs: Box<Expr> },
+    Unary {
+        op: UnOp,
+        operand: Box<Expr>,
+    },
+    Binary {
+        op: BinOp,
+        lhs: Box<Expr>,
+        rhs: Box<Expr>,
+    },
 }

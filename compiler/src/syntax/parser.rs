@@ -31,7 +31,8 @@ static PRATT: LazyLock<PrattParser<Rule>> = LazyLock::new(|| {
 
 /// Parses one file. On a syntax error returns the single diagnostic pest's error maps to.
 pub fn parse(file: FileId, source: &str) -> Result<File, Diagnostic> {
-    let mut pairs = SnnParser::parse(Rule::file, source).map_err(|e| syntax_error(file, source, e))?;
+    let mut pairs =
+        SnnParser::parse(Rule::file, source).map_err(|e| syntax_error(file, source, e))?;
     let root = pairs.next().ok_or_else(|| {
         Diagnostic::error(ErrorCode::Syntax, "empty parse").primary(Span::new(file, 0, 0), "here")
     })?;
@@ -40,10 +41,15 @@ pub fn parse(file: FileId, source: &str) -> Result<File, Diagnostic> {
 
 /// Parses a lone expression (command-line overrides).
 pub fn parse_expr(file: FileId, source: &str) -> Result<Expr, Diagnostic> {
-    let mut pairs = SnnParser::parse(Rule::expr_only, source).map_err(|e| syntax_error(file, source, e))?;
-    let expr = pairs.next().and_then(|p| p.into_inner().next()).ok_or_else(|| {
-        Diagnostic::error(ErrorCode::Syntax, "expected an expression").primary(Span::new(file, 0, source.len()), "here")
-    })?;
+    let mut pairs =
+        SnnParser::parse(Rule::expr_only, source).map_err(|e| syntax_error(file, source, e))?;
+    let expr = pairs
+        .next()
+        .and_then(|p| p.into_inner().next())
+        .ok_or_else(|| {
+            Diagnostic::error(ErrorCode::Syntax, "expected an expression")
+                .primary(Span::new(file, 0, source.len()), "here")
+        })?;
     Ok(Builder { file }.expr(expr))
 }
 
@@ -55,18 +61,28 @@ fn syntax_error(file: FileId, source: &str, err: pest::error::Error<Rule>) -> Di
     };
     // Point at the offending token rather than an empty position where possible.
     let end = if end == start {
-        source[start..].char_indices().nth(1).map_or(source.len(), |(i, _)| start + i)
+        source[start..]
+            .char_indices()
+            .nth(1)
+            .map_or(source.len(), |(i, _)| start + i)
     } else {
         end
     };
     let found = source[start..end].trim();
-    let found = if found.is_empty() { "end of file".to_string() } else { format!("`{found}`") };
+    let found = if found.is_empty() {
+        "end of file".to_string()
+    } else {
+        format!("`{found}`")
+    };
     let expected = match &err.variant {
         ErrorVariant::ParsingError { positives, .. } => describe_expected(positives),
         ErrorVariant::CustomError { message } => message.clone(),
     };
-    let mut d = Diagnostic::error(ErrorCode::Syntax, format!("expected {expected}, found {found}"))
-        .primary(Span::new(file, start, end), format!("expected {expected}"));
+    let mut d = Diagnostic::error(
+        ErrorCode::Syntax,
+        format!("expected {expected}, found {found}"),
+    )
+    .primary(Span::new(file, start, end), format!("expected {expected}"));
     if let Some(help) = syntax_help(source, start) {
         d = d.help(help);
     }
@@ -76,16 +92,29 @@ fn syntax_error(file: FileId, source: &str, err: pest::error::Error<Rule>) -> Di
 /// A targeted hint for the most common slips, judged from the text before the error.
 fn syntax_help(source: &str, pos: usize) -> Option<String> {
     let before = source[..pos].trim_end();
-    let word: String = source[pos..].chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
-    const KEYWORDS: [&str; 10] = ["require", "import", "module", "let", "repeat", "state", "learn", "train", "true", "false"];
+    let word: String = source[pos..]
+        .chars()
+        .take_while(|c| c.is_alphanumeric() || *c == '_')
+        .collect();
+    const KEYWORDS: [&str; 10] = [
+        "require", "import", "module", "let", "repeat", "state", "learn", "train", "true", "false",
+    ];
     if word == "import" && !before.is_empty() {
         return Some("imports go at the top of the file, before any definition".into());
     }
-    if KEYWORDS.contains(&word.as_str()) && (before.ends_with("let") || before.ends_with('(') || before.ends_with(',')) {
-        return Some(format!("`{word}` is a keyword and cannot be used as a name"));
+    if KEYWORDS.contains(&word.as_str())
+        && (before.ends_with("let") || before.ends_with('(') || before.ends_with(','))
+    {
+        return Some(format!(
+            "`{word}` is a keyword and cannot be used as a name"
+        ));
     }
     if before.ends_with(')') || before.chars().last().is_some_and(|c| c.is_alphanumeric()) {
-        if source[pos..].trim_start().starts_with(|c: char| c.is_alphabetic()) && !before.ends_with("->") {
+        if source[pos..]
+            .trim_start()
+            .starts_with(|c: char| c.is_alphabetic())
+            && !before.ends_with("->")
+        {
             return Some("stages of a dataflow are joined with `->`".into());
         }
     }
@@ -108,11 +137,23 @@ pub fn describe_rule(rule: Rule) -> &'static str {
     match rule {
         Rule::EOI => "end of file",
         Rule::expr_only => "an expression",
-        Rule::ident | Rule::path_seg | Rule::name | Rule::value_ref | Rule::dotted | Rule::path => "a name",
-        Rule::expr | Rule::primary | Rule::quantity | Rule::number | Rule::call_expr | Rule::tuple
-        | Rule::boolean | Rule::string => "an expression",
-        Rule::neuron_def | Rule::surrogate_def | Rule::attention_def | Rule::block_def
-        | Rule::model_def | Rule::item => "a definition (`neuron`, `surrogate`, `attention`, `block` or `model`)",
+        Rule::ident | Rule::path_seg | Rule::name | Rule::value_ref | Rule::dotted | Rule::path => {
+            "a name"
+        }
+        Rule::expr
+        | Rule::primary
+        | Rule::quantity
+        | Rule::number
+        | Rule::call_expr
+        | Rule::tuple
+        | Rule::boolean
+        | Rule::string => "an expression",
+        Rule::neuron_def
+        | Rule::surrogate_def
+        | Rule::attention_def
+        | Rule::block_def
+        | Rule::model_def
+        | Rule::item => "a definition (`neuron`, `surrogate`, `attention`, `block` or `model`)",
         Rule::import => "`import`",
         Rule::module_decl => "`module`",
         Rule::params | Rule::param => "a parameter list",
@@ -128,8 +169,20 @@ pub fn describe_rule(rule: Rule) -> &'static str {
         Rule::flow | Rule::flow_sum | Rule::flow_term => "a dataflow",
         Rule::stage | Rule::repeat_stage | Rule::call => "a layer or block",
         Rule::args | Rule::arg | Rule::named_arg => "an argument",
-        Rule::infix | Rule::add | Rule::sub | Rule::mul | Rule::div | Rule::pow | Rule::lt | Rule::le
-        | Rule::gt | Rule::ge | Rule::eq | Rule::ne | Rule::and | Rule::or => "an operator",
+        Rule::infix
+        | Rule::add
+        | Rule::sub
+        | Rule::mul
+        | Rule::div
+        | Rule::pow
+        | Rule::lt
+        | Rule::le
+        | Rule::gt
+        | Rule::ge
+        | Rule::eq
+        | Rule::ne
+        | Rule::and
+        | Rule::or => "an operator",
         Rule::prefix | Rule::neg | Rule::not => "an operator",
         Rule::unit => "a unit",
         _ => "a token",
@@ -147,16 +200,26 @@ impl Builder {
     }
 
     fn ident(&self, pair: Pair<Rule>) -> Ident {
-        Ident { name: pair.as_str().to_string(), span: self.span(&pair) }
+        Ident {
+            name: pair.as_str().to_string(),
+            span: self.span(&pair),
+        }
     }
 
     fn path(&self, pair: Pair<Rule>) -> Path {
         let span = self.span(&pair);
-        Path { segments: pair.into_inner().map(|p| self.ident(p)).collect(), span }
+        Path {
+            segments: pair.into_inner().map(|p| self.ident(p)).collect(),
+            span,
+        }
     }
 
     fn file(&self, pairs: Pairs<Rule>) -> File {
-        let mut file = File { module: None, imports: Vec::new(), items: Vec::new() };
+        let mut file = File {
+            module: None,
+            imports: Vec::new(),
+            items: Vec::new(),
+        };
         for pair in pairs {
             match pair.as_rule() {
                 Rule::module_decl => file.module = pair.into_inner().next().map(|p| self.path(p)),
@@ -164,11 +227,16 @@ impl Builder {
                 Rule::neuron_def => file.items.push(Item::Neuron(self.neuron(pair))),
                 Rule::surrogate_def => {
                     let (name, params, derivative) = self.named_expr_def(pair);
-                    file.items.push(Item::Surrogate(SurrogateDef { name, params, derivative }));
+                    file.items.push(Item::Surrogate(SurrogateDef {
+                        name,
+                        params,
+                        derivative,
+                    }));
                 }
                 Rule::attention_def => {
                     let (name, params, body) = self.named_expr_def(pair);
-                    file.items.push(Item::Attention(AttentionDef { name, params, body }));
+                    file.items
+                        .push(Item::Attention(AttentionDef { name, params, body }));
                 }
                 Rule::block_def => file.items.push(Item::Block(self.block(pair))),
                 Rule::model_def => file.items.push(Item::Model(self.model(pair))),
@@ -181,7 +249,10 @@ impl Builder {
     fn import(&self, pair: Pair<Rule>) -> Import {
         let span = self.span(&pair);
         let mut inner = pair.into_inner();
-        let path = inner.next().map(|p| self.path(p)).unwrap_or(Path { segments: vec![], span });
+        let path = inner.next().map(|p| self.path(p)).unwrap_or(Path {
+            segments: vec![],
+            span,
+        });
         let names = match inner.next().and_then(|tail| tail.into_inner().next()) {
             Some(list) if list.as_rule() == Rule::import_list => {
                 ImportNames::Some(list.into_inner().map(|p| self.ident(p)).collect())
@@ -233,7 +304,10 @@ impl Builder {
             .into_iter()
             .next()
             .map(|p| self.expr(p))
-            .unwrap_or(Expr { kind: ExprKind::Bool(false), span });
+            .unwrap_or(Expr {
+                kind: ExprKind::Bool(false),
+                span,
+            });
         (name, params, body)
     }
 
@@ -250,8 +324,14 @@ impl Builder {
                 let target = self.ident(inner.next().expect("grammar: statement has a name"));
                 let value = self.expr(inner.next().expect("grammar: statement has a value"));
                 match rule {
-                    Rule::state_stmt => NeuronStmt::State { name: target, init: value },
-                    Rule::learn_stmt => NeuronStmt::Learn { name: target, init: value },
+                    Rule::state_stmt => NeuronStmt::State {
+                        name: target,
+                        init: value,
+                    },
+                    Rule::learn_stmt => NeuronStmt::Learn {
+                        name: target,
+                        init: value,
+                    },
                     _ => NeuronStmt::Assign { target, value },
                 }
             })
@@ -263,13 +343,25 @@ impl Builder {
         let span = self.span(&pair);
         let (name, params, rest) = self.header(pair);
         let body = rest.into_iter().map(|p| self.body_stmt(p)).collect();
-        BlockDef { name, params, body, span }
+        BlockDef {
+            name,
+            params,
+            body,
+            span,
+        }
     }
 
     fn model(&self, pair: Pair<Rule>) -> ModelDef {
         let span = self.span(&pair);
         let (name, params, rest) = self.header(pair);
-        let mut model = ModelDef { name, params, inputs: vec![], body: vec![], train: None, span };
+        let mut model = ModelDef {
+            name,
+            params,
+            inputs: vec![],
+            body: vec![],
+            train: None,
+            span,
+        };
         for p in rest {
             match p.as_rule() {
                 Rule::input_stmt => {
@@ -284,8 +376,10 @@ impl Builder {
                         .into_inner()
                         .map(|s| {
                             let mut inner = s.into_inner();
-                            let name = self.ident(inner.next().expect("grammar: setting has a name"));
-                            let value = self.expr(inner.next().expect("grammar: setting has a value"));
+                            let name =
+                                self.ident(inner.next().expect("grammar: setting has a name"));
+                            let value =
+                                self.expr(inner.next().expect("grammar: setting has a value"));
                             Setting { name, value }
                         })
                         .collect();
@@ -301,8 +395,14 @@ impl Builder {
         let span = self.span(&pair);
         let mut inner = pair.into_inner();
         let cond = self.expr(inner.next().expect("grammar: require has a condition"));
-        let message = inner.next().map(|s| unescape(s.into_inner().next().map_or("", |p| p.as_str())));
-        Require { cond, message, span }
+        let message = inner
+            .next()
+            .map(|s| unescape(s.into_inner().next().map_or("", |p| p.as_str())));
+        Require {
+            cond,
+            message,
+            span,
+        }
     }
 
     fn body_stmt(&self, pair: Pair<Rule>) -> BodyStmt {
@@ -314,7 +414,9 @@ impl Builder {
                 let flow = self.flow(inner.next().expect("grammar: let has a flow"));
                 BodyStmt::Let { name, flow }
             }
-            _ => BodyStmt::Flow(self.flow(pair.into_inner().next().expect("grammar: flow statement"))),
+            _ => BodyStmt::Flow(
+                self.flow(pair.into_inner().next().expect("grammar: flow statement")),
+            ),
         }
     }
 
@@ -326,7 +428,9 @@ impl Builder {
             .into_inner()
             .map(|t| match t.as_rule() {
                 Rule::flow => FlowTerm::Nested(Box::new(self.flow(t))),
-                _ => FlowTerm::Value(self.ident(t.into_inner().next().expect("grammar: value name"))),
+                _ => {
+                    FlowTerm::Value(self.ident(t.into_inner().next().expect("grammar: value name")))
+                }
             })
             .collect();
         let stages = inner
@@ -335,12 +439,20 @@ impl Builder {
                     let span = self.span(&s);
                     let mut parts = s.into_inner();
                     let count = self.expr(parts.next().expect("grammar: repeat count"));
-                    Stage::Repeat { count, body: parts.map(|c| self.call(c)).collect(), span }
+                    Stage::Repeat {
+                        count,
+                        body: parts.map(|c| self.call(c)).collect(),
+                        span,
+                    }
                 }
                 _ => Stage::Call(self.call(s)),
             })
             .collect();
-        Flow { sources, stages, span }
+        Flow {
+            sources,
+            stages,
+            span,
+        }
     }
 
     fn call(&self, pair: Pair<Rule>) -> Call {
@@ -351,7 +463,12 @@ impl Builder {
             Some(args) => (self.args(args), true),
             None => (Vec::new(), false),
         };
-        Call { callee, args, parens, span }
+        Call {
+            callee,
+            args,
+            parens,
+            span,
+        }
     }
 
     fn args(&self, pair: Pair<Rule>) -> Vec<Arg> {
@@ -361,9 +478,15 @@ impl Builder {
                     let mut inner = a.into_inner();
                     let name = self.ident(inner.next().expect("grammar: named arg"));
                     let value = self.expr(inner.next().expect("grammar: named arg value"));
-                    Arg { name: Some(name), value }
+                    Arg {
+                        name: Some(name),
+                        value,
+                    }
                 }
-                _ => Arg { name: None, value: self.expr(a) },
+                _ => Arg {
+                    name: None,
+                    value: self.expr(a),
+                },
             })
             .collect()
     }
@@ -373,8 +496,18 @@ impl Builder {
             .map_primary(|p| self.primary(p))
             .map_prefix(|op, operand| {
                 let span = self.span(&op).to(operand.span);
-                let op = if op.as_rule() == Rule::neg { UnOp::Neg } else { UnOp::Not };
-                Expr { kind: ExprKind::Unary { op, operand: Box::new(operand) }, span }
+                let op = if op.as_rule() == Rule::neg {
+                    UnOp::Neg
+                } else {
+                    UnOp::Not
+                };
+                Expr {
+                    kind: ExprKind::Unary {
+                        op,
+                        operand: Box::new(operand),
+                    },
+                    span,
+                }
             })
             .map_infix(|lhs, op, rhs| {
                 let op = match op.as_rule() {
@@ -393,7 +526,14 @@ impl Builder {
                     _ => BinOp::Or,
                 };
                 let span = lhs.span.to(rhs.span);
-                Expr { kind: ExprKind::Binary { op, lhs: Box::new(lhs), rhs: Box::new(rhs) }, span }
+                Expr {
+                    kind: ExprKind::Binary {
+                        op,
+                        lhs: Box::new(lhs),
+                        rhs: Box::new(rhs),
+                    },
+                    span,
+                }
             })
             .parse(pair.into_inner())
     }
@@ -408,17 +548,30 @@ impl Builder {
                 // The grammar guarantees digits; an overflow to inf is caught by sema's range checks.
                 let value = number.parse::<f64>().unwrap_or(f64::INFINITY);
                 let unit = inner.next().map(|u| u.as_str().to_string());
-                ExprKind::Number { value, is_int, unit }
+                ExprKind::Number {
+                    value,
+                    is_int,
+                    unit,
+                }
             }
             Rule::boolean => ExprKind::Bool(pair.as_str() == "true"),
-            Rule::string => ExprKind::Str(unescape(pair.into_inner().next().map_or("", |p| p.as_str()))),
+            Rule::string => ExprKind::Str(unescape(
+                pair.into_inner().next().map_or("", |p| p.as_str()),
+            )),
             Rule::call_expr => {
                 let mut inner = pair.into_inner();
                 let callee = self.path(inner.next().expect("grammar: call has a callee"));
                 let args = inner.next().map(|a| self.args(a)).unwrap_or_default();
-                ExprKind::Call(Call { callee, args, parens: true, span })
+                ExprKind::Call(Call {
+                    callee,
+                    args,
+                    parens: true,
+                    span,
+                })
             }
-            Rule::name => ExprKind::Name(self.path(pair.into_inner().next().expect("grammar: name path"))),
+            Rule::name => {
+                ExprKind::Name(self.path(pair.into_inner().next().expect("grammar: name path")))
+            }
             Rule::tuple => ExprKind::Tuple(pair.into_inner().map(|p| self.expr(p)).collect()),
             Rule::expr => return self.expr(pair),
             _ => ExprKind::Bool(false),

@@ -4,7 +4,10 @@ use std::path::{Path, PathBuf};
 
 /// The workspace root (parent of `compiler/`).
 pub fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("compiler/ has a parent").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("compiler/ has a parent")
+        .to_path_buf()
 }
 
 /// Every `.snn` file in `dir` (relative to the workspace), sorted, as (relative path, text).
@@ -18,7 +21,10 @@ pub fn snn_files(dir: &str) -> Vec<(String, String)> {
     files
         .into_iter()
         .map(|p| {
-            let rel = format!("{dir}/{}", p.file_name().and_then(|n| n.to_str()).unwrap_or_default());
+            let rel = format!(
+                "{dir}/{}",
+                p.file_name().and_then(|n| n.to_str()).unwrap_or_default()
+            );
             let text = std::fs::read_to_string(&p).expect("readable");
             (rel, text)
         })
