@@ -141,12 +141,6 @@ impl<'p> Elaborator<'p> {
         overrides: &[(String, Value)],
     ) -> Result<HashMap<String, Value>, Diagnostic> {
         let specs = user_specs(&model.params)?;
-        let empty = HashMap::new();
-        let env = ConstEnv {
-            program: self.program,
-            file: def.file,
-            locals: &empty,
-        };
         for (name, _) in overrides {
             if !specs.iter().any(|s| s.name == name) {
                 return Err(Diagnostic::error(
@@ -190,7 +184,6 @@ impl<'p> Elaborator<'p> {
             };
             locals.insert(spec.name.to_string(), v);
         }
-        let _ = env;
         Ok(locals)
     }
 
@@ -242,7 +235,7 @@ impl<'p> Elaborator<'p> {
     /// Runs the statements of a block or model body; returns the value of the final dataflow.
     fn body(&mut self, scope: &mut Scope, body: &[BodyStmt], span: Span, what: &str) -> Flowing {
         let mut last: Option<(Flowing, Span)> = None;
-        for (i, stmt) in body.iter().enumerate() {
+        for stmt in body {
             match stmt {
                 BodyStmt::Require(_) => {}
                 BodyStmt::Let { name, flow } => {
@@ -252,13 +245,11 @@ impl<'p> Elaborator<'p> {
                 BodyStmt::Flow(flow) => {
                     let v = self.flow(scope, flow, None);
                     if let Some((_, previous)) = last {
-                        if i + 1 <= body.len() {
-                            self.diags.push(
-                                Diagnostic::error(ErrorCode::Model, format!("a {what} has one output, but this dataflow's value is discarded"))
-                                    .primary(previous, "value of this dataflow is never used")
-                                    .help("bind it with `let name = ...` or connect it to the output"),
-                            );
-                        }
+                        self.diags.push(
+                            Diagnostic::error(ErrorCode::Model, format!("a {what} has one output, but this dataflow's value is discarded"))
+                                .primary(previous, "value of this dataflow is never used")
+                                .help("bind it with `let name = ...` or connect it to the output"),
+                        );
                     }
                     last = Some((v, flow.span));
                 }
@@ -430,7 +421,7 @@ impl<'p> Elaborator<'p> {
         let mut current = Some(x);
         for _ in 0..n {
             for call in body {
-                let Some(v) = current else { return None };
+                let v = current?;
                 current = self.stage(scope, call, v);
             }
         }
@@ -449,21 +440,19 @@ impl<'p> Elaborator<'p> {
     fn stage(&mut self, scope: &mut Scope, call: &ast::Call, x: ValueId) -> Flowing {
         let name = call.callee.dotted();
         let result = if let Some(v) = scope.consts.get(&name).cloned() {
-            self.stage_value(scope, call, v, x)
-        } else if let Some(def) = self
+            self.stage_value(call, v, x)
+        } else if self
             .program
             .scope(scope.file)
-            .and_then(|s| s.get(&name))
-            .copied()
+            .is_some_and(|s| s.contains_key(&name))
         {
-            match self.consts_env(scope).eval(&ast::Expr {
+            let as_expr = ast::Expr {
                 kind: ast::ExprKind::Call(call.clone()),
                 span: call.span,
-            }) {
-                Ok(v) => self.stage_value(scope, call, v, x),
-                Err(d) if matches!(self.program.item(def), Some(ast::Item::Model(_))) => Err(d),
-                Err(d) => Err(d),
-            }
+            };
+            self.consts_env(scope)
+                .eval(&as_expr)
+                .and_then(|v| self.stage_value(call, v, x))
         } else if LAYERS.contains(&name.as_str()) {
             self.layer(scope, call, &name, x)
         } else {
@@ -493,7 +482,6 @@ impl<'p> Elaborator<'p> {
 
     fn stage_value(
         &mut self,
-        scope: &mut Scope,
         call: &ast::Call,
         v: Value,
         x: ValueId,
@@ -502,27 +490,24 @@ impl<'p> Elaborator<'p> {
             Value::Neuron(n) => Ok(self.neuron(&n, x, None, ScanEmit::Spikes, call.span)),
             Value::Block(b) => Ok(self.block(&b, x, call.span)),
             Value::Attention(a) => Ok(self.attend(&a, x, false, call.span)?.0),
-            other => {
-                let _ = scope;
-                Err(Diagnostic::error(
-                    ErrorCode::Type,
-                    format!(
-                        "{} {} cannot be used as a layer",
-                        article(other.kind()),
-                        other.kind()
-                    ),
-                )
-                .primary(
-                    call.span,
-                    format!(
-                        "`{}` is {} {}",
-                        call.callee.dotted(),
-                        article(other.kind()),
-                        other.kind()
-                    ),
-                )
-                .help("stages are layers, blocks, neurons or attention modules"))
-            }
+            other => Err(Diagnostic::error(
+                ErrorCode::Type,
+                format!(
+                    "{} {} cannot be used as a layer",
+                    article(other.kind()),
+                    other.kind()
+                ),
+            )
+            .primary(
+                call.span,
+                format!(
+                    "`{}` is {} {}",
+                    call.callee.dotted(),
+                    article(other.kind()),
+                    other.kind()
+                ),
+            )
+            .help("stages are layers, blocks, neurons or attention modules")),
         }
     }
 
@@ -1007,10 +992,10 @@ impl<'p> Elaborator<'p> {
         let args: Vec<ast::Arg> = args
             .into_iter()
             .map(|mut a| {
-                if a.name.as_ref().is_some_and(|n| n.name == "on") {
-                    if let ast::ExprKind::Name(p) = &a.value.kind {
-                        a.value.kind = ast::ExprKind::Str(p.dotted());
-                    }
+                if a.name.as_ref().is_some_and(|n| n.name == "on")
+                    && let ast::ExprKind::Name(p) = &a.value.kind
+                {
+                    a.value.kind = ast::ExprKind::Str(p.dotted());
                 }
                 a
             })

@@ -105,7 +105,7 @@ impl Loader {
         let mut scope: HashMap<String, DefId> = HashMap::new();
         let mut spans: HashMap<String, Span> = HashMap::new();
         for import in &ast.imports {
-            self.import(id, &path, import, &mut scope, &mut spans);
+            self.import(&path, import, &mut scope, &mut spans);
         }
         for (index, item) in ast.items.iter().enumerate() {
             let name = item.name();
@@ -217,13 +217,11 @@ impl Loader {
 
     fn import(
         &mut self,
-        importer_id: FileId,
         importer: &Path,
         import: &ast::Import,
         scope: &mut HashMap<String, DefId>,
         spans: &mut HashMap<String, Span>,
     ) {
-        let _ = importer_id;
         let Some(module) = self.resolve_module(importer, import) else {
             return;
         };

@@ -7,7 +7,7 @@ pub mod neuron;
 pub mod train;
 pub mod value;
 
-use crate::diag::{Diagnostic, Diagnostics, ErrorCode, Span};
+use crate::diag::{Diagnostic, Diagnostics, ErrorCode};
 use crate::ir::{Graph, verify::verify};
 use loader::{DefId, Program};
 use std::path::Path;
@@ -204,9 +204,4 @@ fn check_definitions(program: &Program, file: crate::diag::FileId, diags: &mut D
             diags.push(d);
         }
     }
-}
-
-/// A span covering nothing, for diagnostics about whole files.
-pub fn no_span(file: crate::diag::FileId) -> Span {
-    Span::new(file, 0, 0)
 }

@@ -119,14 +119,13 @@ pub fn instantiate_neuron(
                 let fires_before = b.fires.len();
                 let expr = b.scalar(value)?;
                 let is_fire = matches!(expr, Scalar::Fire { .. });
-                let target_ref = if let Some(i) =
-                    b.states.iter().position(|(n, _)| *n == target.name)
-                {
-                    Target::State(i)
-                } else if b.learns.iter().any(|(n, _)| *n == target.name)
-                    || b.env.locals.contains_key(&target.name)
-                {
-                    return Err(Diagnostic::error(
+                let target_ref =
+                    if let Some(i) = b.states.iter().position(|(n, _)| *n == target.name) {
+                        Target::State(i)
+                    } else if b.learns.iter().any(|(n, _)| *n == target.name)
+                        || b.env.locals.contains_key(&target.name)
+                    {
+                        return Err(Diagnostic::error(
                         ErrorCode::Neuron,
                         format!("cannot assign to `{}`", target.name),
                     )
@@ -137,17 +136,17 @@ pub fn instantiate_neuron(
                     .help(
                         "declare a `state` to carry a value across steps, or use a new local name",
                     ));
-                } else {
-                    let i = b
-                        .locals
-                        .iter()
-                        .position(|n| *n == target.name)
-                        .unwrap_or_else(|| {
-                            b.locals.push(target.name.clone());
-                            b.locals.len() - 1
-                        });
-                    Target::Local(i)
-                };
+                    } else {
+                        let i = b
+                            .locals
+                            .iter()
+                            .position(|n| *n == target.name)
+                            .unwrap_or_else(|| {
+                                b.locals.push(target.name.clone());
+                                b.locals.len() - 1
+                            });
+                        Target::Local(i)
+                    };
                 if b.fires.len() > fires_before {
                     if !is_fire {
                         return Err(Diagnostic::error(
@@ -288,7 +287,7 @@ impl NeuronBuilder<'_> {
     }
 
     fn var(&self, name: &str) -> Option<Scalar> {
-        if name == "input" && !self.locals.first().is_some_and(|l| l == "x") {
+        if name == "input" && self.locals.first().is_none_or(|l| l != "x") {
             return Some(Scalar::Var(Var::Input));
         }
         if let Some(i) = self.states.iter().position(|(n, _)| n == name) {

@@ -634,10 +634,11 @@ fn merge_args(nb: &mut Bound, base: &Bound, call: &ast::Call) {
         .collect();
     let positional = call.args.iter().filter(|a| a.name.is_none()).count();
     for (i, (k, v)) in nb.args.iter_mut().enumerate() {
-        if i >= positional && !given.contains(&k.as_str()) {
-            if let Some((_, bv)) = base.args.iter().find(|(bk, _)| bk == k) {
-                *v = bv.clone();
-            }
+        if i >= positional
+            && !given.contains(&k.as_str())
+            && let Some((_, bv)) = base.args.iter().find(|(bk, _)| bk == k)
+        {
+            *v = bv.clone();
         }
     }
 }
@@ -662,12 +663,12 @@ pub fn unknown_name<'a>(
     )
     .primary(span, "not found")
     .suggest(name, candidates);
-    if d.help.is_none() {
-        if let Some(module) = super::loader::stdlib_home(name) {
-            return d.help(format!(
-                "`{name}` is defined in the standard library: add `import std.{module}.{{{name}}}`"
-            ));
-        }
+    if d.help.is_none()
+        && let Some(module) = super::loader::stdlib_home(name)
+    {
+        return d.help(format!(
+            "`{name}` is defined in the standard library: add `import std.{module}.{{{name}}}`"
+        ));
     }
     d
 }

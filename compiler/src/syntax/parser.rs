@@ -109,14 +109,15 @@ fn syntax_help(source: &str, pos: usize) -> Option<String> {
             "`{word}` is a keyword and cannot be used as a name"
         ));
     }
-    if before.ends_with(')') || before.chars().last().is_some_and(|c| c.is_alphanumeric()) {
-        if source[pos..]
+    let after_operand =
+        before.ends_with(')') || before.chars().last().is_some_and(|c| c.is_alphanumeric());
+    if after_operand
+        && source[pos..]
             .trim_start()
             .starts_with(|c: char| c.is_alphabetic())
-            && !before.ends_with("->")
-        {
-            return Some("stages of a dataflow are joined with `->`".into());
-        }
+        && !before.ends_with("->")
+    {
+        return Some("stages of a dataflow are joined with `->`".into());
     }
     None
 }
