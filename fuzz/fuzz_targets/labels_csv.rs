@@ -7,7 +7,10 @@ use snn_runtime::events::{Events, labels};
 fuzz_target!(|data: &[u8]| {
     match labels::from_bytes(data) {
         Ok(rows) => {
-            assert!(rows.iter().all(|r| r.start < r.end), "empty or reversed range accepted");
+            assert!(
+                rows.iter().all(|r| r.start < r.end),
+                "empty or reversed range accepted"
+            );
             let mut ev = Events::new(Some((4, 4)));
             for (i, r) in rows.iter().enumerate().take(64) {
                 ev.push((r.start, (i % 4) as u16, 0, 1));

@@ -98,8 +98,12 @@ pub(crate) fn decode(
         Err(_) => bytes.len(),
     };
     let mut packets = Cursor::with_base(&bytes[cur.pos()..end], file, cur.offset());
-    let mut sink = Sink::new(file, opts, None);
-    let mut sized = false;
+    // The first event stream declares the sensor, even for a recording without event packets.
+    let declared = streams
+        .iter()
+        .find(|s| &s.type_id == b"EVTS")
+        .and_then(|s| s.size);
+    let mut sink = Sink::new(file, opts, declared);
     let mut scratch = Vec::new();
     while !packets.is_empty() {
         let at = packets.offset();
@@ -140,10 +144,6 @@ pub(crate) fn decode(
         let root = buf.root(4)?;
         match &stream.type_id {
             b"EVTS" => {
-                if !sized {
-                    sink.declare_sensor(opts, stream.size);
-                    sized = true;
-                }
                 // struct Event { int64 t; int16 x; int16 y; bool on; pad[3] }
                 let (elems, count) = root.vector(0, 16)?;
                 sink.reserve(count);

@@ -164,13 +164,6 @@ impl<'a> Sink<'a> {
         }
     }
 
-    /// Sets the sensor size once it is known (AEDAT 4 declares it per stream) unless overridden.
-    pub(crate) fn declare_sensor(&mut self, opts: &ReadOptions, declared: Option<(u16, u16)>) {
-        let s = opts.sensor.or(declared);
-        self.rec.events.width = s.map(|s| s.0);
-        self.rec.events.height = s.map(|s| s.1);
-    }
-
     pub(crate) fn reserve(&mut self, n: usize) {
         self.rec.events.reserve(n);
     }
