@@ -6,7 +6,7 @@ use std::path::Path;
 use super::error::EventError;
 use super::io::map_file;
 use super::types::{ReadOptions, Recording};
-use super::{aedat2, aedat4, aedat31, nmnist, npy, npz};
+use super::{aedat2, aedat4, aedat31, evt3, nmnist, npy, npz};
 
 /// The event formats this crate reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -14,6 +14,7 @@ pub enum Format {
     Aedat2,
     Aedat31,
     Aedat4,
+    Evt3,
     NMnist,
     Npy,
     Npz,
@@ -35,6 +36,10 @@ pub fn detect_format(bytes: &[u8], path: &Path) -> Result<Format, EventError> {
                 supported: "2.0, 3.0, 3.1, 4.0",
             }),
         };
+    }
+    // Prophesee raw files open with `% key value` header lines.
+    if bytes.starts_with(b"% ") {
+        return Ok(Format::Evt3);
     }
     if bytes.starts_with(b"\x93NUMPY") {
         return Ok(Format::Npy);
@@ -71,6 +76,7 @@ pub(crate) fn decode_as(
         Format::Aedat2 => aedat2::decode(bytes, path, opts),
         Format::Aedat31 => aedat31::decode(bytes, path, opts),
         Format::Aedat4 => aedat4::decode(bytes, path, opts),
+        Format::Evt3 => evt3::decode(bytes, path, opts),
         Format::NMnist => nmnist::decode(bytes, path, opts),
         Format::Npy => npy::decode(bytes, path, opts),
         Format::Npz => npz::decode(bytes, path, opts),

@@ -51,7 +51,7 @@ pub enum EventError {
     },
 
     #[error(
-        "{}: cannot tell the event format (magic bytes {magic:02x?}) — use one of .aedat/.aedat4/.bin/.bs2/.npy/.npz or call the format's reader directly",
+        "{}: cannot tell the event format (magic bytes {magic:02x?}) — use one of .aedat/.aedat4/.raw (EVT 3)/.bin/.bs2/.npy/.npz or call the format's reader directly",
         file.display()
     )]
     UnknownFormat { file: PathBuf, magic: Vec<u8> },

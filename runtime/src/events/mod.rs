@@ -1,4 +1,4 @@
-//! Event-camera data: one SoA `Events` type, readers for AEDAT 2/3.1/4, N-MNIST, `.npy`/`.npz`,
+//! Event-camera data: one SoA `Events` type, readers for AEDAT 2/3.1/4, Prophesee EVT 3, N-MNIST, `.npy`/`.npz`,
 //! DVS128 Gesture labels, framing into `[T, 2, H, W]` tensors, PNG previews, datasets and a frame cache.
 //!
 //! Every reader has `read(path, &ReadOptions)` (memory-mapped) and `from_bytes(&[u8], &ReadOptions)`;
@@ -12,6 +12,7 @@ mod cursor;
 pub mod dataset;
 mod detect;
 mod error;
+pub mod evt3;
 mod flatbuf;
 mod frame;
 mod io;

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use snn_runtime::events::{
-    EventError, ReadOptions, Recording, aedat2, aedat4, aedat31, labels, nmnist, npy, npz,
+    EventError, ReadOptions, Recording, aedat2, aedat4, aedat31, evt3, labels, nmnist, npy, npz,
     read_events,
 };
 
@@ -41,6 +41,12 @@ fn readers() -> Vec<Case> {
             fixtures::aedat4(&ev(346, 260, 1 << 50), 64, 1, true),
             |p, o| aedat4::read(p, o),
             aedat4::from_bytes,
+        ),
+        (
+            "rec.raw",
+            fixtures::evt3(&ev(1280, 720, 5)),
+            |p, o| evt3::read(p, o),
+            evt3::from_bytes,
         ),
         (
             "rec.bs2",

@@ -281,3 +281,44 @@ pub fn zip(members: &[(&str, Vec<u8>)], deflate: bool) -> Vec<u8> {
     }
     w.finish().expect("zip finish").into_inner()
 }
+
+// ---------------------------------------------------------------- Prophesee EVT 3.0
+
+/// An EVT 3.0 file: each event as TIME_HIGH, TIME_LOW, ADDR_Y, ADDR_X words, except that runs of
+/// same-time, same-row, same-polarity events at x, x+1, ... use VECT_BASE_X + VECT_12/VECT_8 masks.
+pub fn evt3(ev: &Events) -> Vec<u8> {
+    let (w, h) = ev.sensor().expect("sensor");
+    let mut out = format!("% evt 3.0\n% geometry {w}x{h}\n% end\n").into_bytes();
+    let mut word = |v: u16| out.extend_from_slice(&v.to_le_bytes());
+    let mut i = 0;
+    while i < ev.len() {
+        let t = ev.t[i] & 0xFF_FFFF;
+        word(0x8000 | (t >> 12) as u16);
+        word(0x6000 | (t & 0xFFF) as u16);
+        word(ev.y[i]);
+        let mut j = i + 1;
+        while j < ev.len()
+            && j - i < 12
+            && ev.t[j] == ev.t[i]
+            && ev.y[j] == ev.y[i]
+            && ev.p[j] == ev.p[i]
+            && usize::from(ev.x[j]) == usize::from(ev.x[i]) + (j - i)
+        {
+            j += 1;
+        }
+        let pol = u16::from(ev.p[i]) << 11;
+        if j - i >= 2 {
+            word(0x3000 | pol | ev.x[i]);
+            let mask = (1u16 << (j - i)) - 1;
+            word(if j - i > 8 {
+                0x4000 | mask
+            } else {
+                0x5000 | mask
+            });
+        } else {
+            word(0x2000 | pol | ev.x[i]);
+        }
+        i = j;
+    }
+    out
+}

@@ -2,8 +2,8 @@
 //! the shared reader behaviour: timestamp policy, sensor override, auto-detection.
 
 use snn_runtime::events::{
-    EventError, Format, ReadOptions, TimestampPolicy, aedat2, aedat4, detect_format, nmnist, npy,
-    npz, read_events,
+    EventError, Format, ReadOptions, TimestampPolicy, aedat2, aedat4, detect_format, evt3, nmnist,
+    npy, npz, read_events,
 };
 
 use crate::common::example_data;
@@ -150,4 +150,34 @@ fn timestamp_policy_error_or_count() {
     let rec = nmnist::from_bytes(&bytes, &allow).expect("allowed");
     assert_eq!(rec.report.non_monotonic, 1);
     assert_eq!(rec.events.t, ev.t);
+}
+
+#[test]
+fn evt3_round_trip_with_vectors_and_time_wrap() {
+    // Start 2 s before the 24-bit time wraps (2^24 µs), with runs of adjacent pixels that the
+    // fixture packs into VECT_12 / VECT_8 words.
+    let mut ev = snn_runtime::events::Events::new(Some((1280, 720)));
+    let t0 = (1i64 << 24) - 2_000_000;
+    for k in 0..400i64 {
+        let run = 1 + (k % 11) as u16;
+        for r in 0..run {
+            ev.push((
+                t0 + k * 10_007,
+                100 + r + (k % 50) as u16 * 20,
+                (k * 7 % 720) as u16,
+                (k % 2) as u8,
+            ));
+        }
+    }
+    let bytes = fixtures::evt3(&ev);
+    assert_eq!(
+        detect_format(&bytes, "x.raw".as_ref()).expect("detect"),
+        Format::Evt3
+    );
+    let rec = evt3::from_bytes(&bytes, &ReadOptions::default()).expect("decode");
+    assert_eq!(rec.events, ev);
+    assert!(
+        ev.t.last().expect("events") > &(1 << 24),
+        "crosses the wrap"
+    );
 }

@@ -1,7 +1,7 @@
 //! Every golden value of shared/data/README.md, reproduced by the readers.
 
 use snn_runtime::events::{
-    Event, Events, Format, ReadOptions, aedat2, aedat4, detect_format, labels, nmnist, npy,
+    Event, Events, Format, ReadOptions, aedat2, aedat4, detect_format, evt3, labels, nmnist, npy,
     read_events,
 };
 
@@ -385,4 +385,58 @@ fn dvs_gesture_labels_csv() {
     classes.sort_unstable();
     classes.dedup();
     assert_eq!(classes, (1..=11).collect::<Vec<_>>());
+}
+
+/// The README's EVT 3 values come from expelliarmus 1.1.12, which counts every decrease of the
+/// 12-bit TIME_LOW word as a carry into TIME_HIGH. This file holds 11 such decreases (small
+/// jitters like 0x32b -> 0x320 and 0xfff -> 0x000 after TIME_HIGH already advanced), so its
+/// timestamps drift by 11 x 4096 µs and end at high half 0xb3a, which the sensor never sent
+/// (the file's TIME_HIGH words are only 0xb2d, 0xb2e, 0xb2f). Our reader follows the format:
+/// t = TIME_HIGH << 12 | TIME_LOW (plus 24-bit wraps of TIME_HIGH). Every other golden value
+/// matches exactly, and the timestamps match up to that multiple of 4096.
+#[test]
+fn prophesee_evt3_raw_matches_its_npy_decode() {
+    let Some(dir) = shared_data("prophesee_evt3_raw_matches_its_npy_decode") else {
+        return;
+    };
+    let raw = dir.join("prophesee_evt3/evt3_sample.raw");
+    let bytes = std::fs::read(&raw).expect("read");
+    assert_eq!(bytes.len(), 618_052);
+    // 7 header lines, binary data from byte 166: 308,943 16-bit words.
+    assert_eq!(bytes[..166].iter().filter(|&&b| b == b'\n').count(), 7);
+    assert_ne!(bytes[166], b'%');
+    assert_eq!((bytes.len() - 166) / 2, 308_943);
+    assert_eq!(detect_format(&bytes, &raw).expect("detect"), Format::Evt3);
+    let rec = evt3::read(&raw, &ReadOptions::default()).expect("decode");
+    let ev = &rec.events;
+    assert_eq!(ev.sensor(), Some((1280, 720)));
+    assert_eq!(ev.len(), 219_596);
+    assert_eq!(ev.n_on(), 115_532);
+    assert_eq!(
+        first5(ev),
+        vec![
+            (11718656, 874, 200, 0),
+            (11718656, 806, 200, 1),
+            (11718656, 882, 201, 0),
+            (11718656, 1085, 201, 1),
+            (11718656, 1235, 201, 1)
+        ]
+    );
+    let npy = npy::read(
+        dir.join("prophesee_evt3/evt3_sample.npy"),
+        &ReadOptions::default(),
+    )
+    .expect("npy");
+    assert_eq!(
+        (&npy.events.x, &npy.events.y, &npy.events.p),
+        (&ev.x, &ev.y, &ev.p)
+    );
+    let carries: Vec<i64> = npy.events.t.iter().zip(&ev.t).map(|(a, b)| a - b).collect();
+    assert!(carries.iter().all(|d| d % 4096 == 0 && *d >= 0));
+    assert!(carries.windows(2).all(|w| w[0] <= w[1]));
+    assert_eq!(*carries.last().expect("events"), 11 * 4096);
+    // The README's last event (11772513, 1218, 572, 1) and duration 53,857 µs, minus the drift.
+    assert_eq!(ev.last(), Some((11_772_513 - 11 * 4096, 1218, 572, 1)));
+    assert_eq!(ev.duration(), 53_857 - 11 * 4096);
+    assert_eq!(ev.t.last().expect("events") >> 12, 0xb2f);
 }
