@@ -84,3 +84,45 @@ fn explain_describes_error_codes() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("attention"));
     assert_eq!(snnc(&["explain", "E9999"]).status.code(), Some(1));
 }
+
+#[test]
+fn frames_writes_npy_and_png_from_bundled_nmnist() {
+    let dir = std::env::temp_dir().join(format!("snnc-frames-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let npy = dir.join("f.npy");
+    let png = dir.join("f.png");
+    let out = snnc(&[
+        "frames",
+        "examples/data/nmnist/1.bs2",
+        "--T",
+        "8",
+        "--out",
+        npy.to_str().unwrap_or_default(),
+        "--png",
+        png.to_str().unwrap_or_default(),
+    ]);
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    // 1.bs2 holds 4,681 events (shared/data golden values); framing by T slices keeps them all.
+    assert!(
+        err.contains("4681 events -> frames [8, 2, 34, 34] (4681 events framed"),
+        "{err}"
+    );
+    let npy_bytes = std::fs::read(&npy).expect("npy written");
+    assert!(npy_bytes.starts_with(b"\x93NUMPY"));
+    assert_eq!(npy_bytes.len() % 4, 0);
+    assert!(
+        std::fs::read(&png)
+            .expect("png written")
+            .starts_with(b"\x89PNG")
+    );
+    let bad = snnc(&[
+        "frames",
+        "Cargo.toml",
+        "--out",
+        npy.to_str().unwrap_or_default(),
+    ]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(stderr(&bad).contains("Cargo.toml"), "{}", stderr(&bad));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,5 +1,7 @@
-//! The `snnc` command line: `check`, `build --emit ...`, `explain`. Each command returns an exit
+//! The `snnc` command line: `check`, `build --emit ...`, `explain`, `frames`. Each command returns an exit
 //! code; diagnostics go to stderr, requested output to stdout or `-o`.
+
+mod frames;
 
 use crate::diag::explain;
 use crate::ir::printer::print_graph;
@@ -46,6 +48,8 @@ enum Command {
     },
     /// Explain an error code, e.g. `snnc explain E0006`.
     Explain { code: String },
+    /// Frame an event recording into [T, 2, H, W] (paper Sec. III-A); write .npy and/or PNG.
+    Frames(frames::FramesArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -154,6 +158,7 @@ pub fn main() -> ExitCode {
             };
             write_output(output.as_deref(), &text)
         }
+        Command::Frames(args) => frames::run(args),
         Command::Explain { code } => match explain(&code) {
             Some(c) => {
                 println!("{}: {}\n\n{}", c.as_str(), c.title(), c.explanation());

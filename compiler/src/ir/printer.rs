@@ -172,7 +172,14 @@ fn print_node(g: &Graph, node: &Node, out: &mut String) {
                 }
             );
         }
-        let _ = writeln!(out, "      emit {}", neuron.locals[neuron.spike]);
+        let emitted = match node.op {
+            Op::Scan {
+                emit: ScanEmit::Membrane,
+                ..
+            } => neuron.states[0].0.as_str(),
+            _ => neuron.locals[neuron.spike].as_str(),
+        };
+        let _ = writeln!(out, "      emit {emitted}");
         for s in &neuron.surrogates {
             let args: Vec<String> = s
                 .args

@@ -103,6 +103,26 @@ impl<'p> Elaborator<'p> {
                     .help("declare one, e.g. `input x: events(channels = 2, height = 34, width = 34, T = T)`"),
             );
         }
+        let requires = model.body.iter().filter_map(|s| {
+            if let BodyStmt::Require(r) = s {
+                Some(r)
+            } else {
+                None
+            }
+        });
+        let env = ConstEnv {
+            program: self.program,
+            file: def.file,
+            locals: &scope.consts,
+        };
+        if let Err(d) = check_requires(
+            requires,
+            &env,
+            model.name.span,
+            &format!("model `{}`", model.name.name),
+        ) {
+            self.diags.push(d);
+        }
         let output = self.body(&mut scope, &model.body, model.span, "model");
         if let Some(train) = &model.train {
             let env = ConstEnv {
@@ -440,7 +460,18 @@ impl<'p> Elaborator<'p> {
     fn stage(&mut self, scope: &mut Scope, call: &ast::Call, x: ValueId) -> Flowing {
         let name = call.callee.dotted();
         let result = if let Some(v) = scope.consts.get(&name).cloned() {
-            self.stage_value(call, v, x)
+            if call.args.is_empty() {
+                self.stage_value(call, v, x)
+            } else {
+                // `cell(v_th = 0.5)`: reconfigure the parameter's neuron/block with these arguments.
+                let as_expr = ast::Expr {
+                    kind: ast::ExprKind::Call(call.clone()),
+                    span: call.span,
+                };
+                self.consts_env(scope)
+                    .eval(&as_expr)
+                    .and_then(|v| self.stage_value(call, v, x))
+            }
         } else if self
             .program
             .scope(scope.file)
@@ -984,7 +1015,11 @@ impl<'p> Elaborator<'p> {
         let placement_membrane = name == "attend"
             && args.iter().any(|a| {
                 a.name.as_ref().is_some_and(|n| n.name == "on")
-                    && matches!(&a.value.kind, ast::ExprKind::Name(p) if p.dotted() == "membrane")
+                    && match &a.value.kind {
+                        ast::ExprKind::Name(p) => p.dotted() == "membrane",
+                        ast::ExprKind::Str(s) => s == "membrane",
+                        _ => false,
+                    }
             });
         if name == "attend" && !placement_membrane {
             specs.truncate(2);
@@ -1283,6 +1318,7 @@ impl<'p> Elaborator<'p> {
                 }
             };
             gate = match gate {
+                _ if !want_gate => None,
                 None => Some(w),
                 Some(g) => self.push(
                     Op::Binary(BinaryOp::Mul),

@@ -62,6 +62,8 @@ struct NeuronBuilder<'a> {
     locals: Vec<String>,
     surrogates: Vec<SurrogateProgram>,
     fires: Vec<Span>,
+    /// Building a surrogate's derivative: `x` is its argument and `input` means nothing.
+    in_surrogate: bool,
 }
 
 /// Builds the scalar program of a configured neuron.
@@ -99,6 +101,7 @@ pub fn instantiate_neuron(
         locals: vec![],
         surrogates: vec![],
         fires: vec![],
+        in_surrogate: false,
     };
     let mut steps = Vec::new();
     let mut spike = None;
@@ -236,6 +239,7 @@ pub fn instantiate_surrogate(
         locals: vec!["x".into()],
         surrogates: vec![],
         fires: vec![],
+        in_surrogate: true,
     };
     let derivative = b.scalar_in_surrogate(&def.derivative)?;
     let args = s
@@ -287,7 +291,7 @@ impl NeuronBuilder<'_> {
     }
 
     fn var(&self, name: &str) -> Option<Scalar> {
-        if name == "input" && self.locals.first().is_none_or(|l| l != "x") {
+        if name == "input" && !self.in_surrogate {
             return Some(Scalar::Var(Var::Input));
         }
         if let Some(i) = self.states.iter().position(|(n, _)| n == name) {
@@ -298,13 +302,11 @@ impl NeuronBuilder<'_> {
         }
         if let Some(i) = self.locals.iter().position(|n| n == name) {
             // In a surrogate, local 0 is its argument `x`.
-            return Some(
-                if self.states.is_empty() && self.learns.is_empty() && i == 0 && name == "x" {
-                    Scalar::Var(Var::Input)
-                } else {
-                    Scalar::Var(Var::Local(i))
-                },
-            );
+            return Some(if self.in_surrogate && i == 0 {
+                Scalar::Var(Var::Input)
+            } else {
+                Scalar::Var(Var::Local(i))
+            });
         }
         None
     }

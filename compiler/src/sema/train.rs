@@ -18,7 +18,7 @@ const SETTINGS: &[(&str, &str)] = &[
     ("optimizer", "adam(...), adamw(...) or sgd(...)"),
     ("schedule", "cosine, step(...), plateau(...) or constant"),
     ("loss", "cross_entropy or mse_rate"),
-    ("seed", "an int"),
+    ("seed", "a non-negative int"),
     ("weight_decay", "a float >= 0"),
     ("momentum", "a float in [0, 1)"),
     ("threads", "a positive int"),
