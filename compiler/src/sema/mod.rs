@@ -145,6 +145,9 @@ fn check_definitions(program: &Program, file: crate::diag::FileId, diags: &mut D
         return;
     };
     for item in &loaded.ast.items {
+        if let Item::Block(b) = item {
+            check_block_names(program, file, b, diags);
+        }
         // Parameter types and defaults are checked for every definition, used or not.
         let specs = match value::user_specs(item.params()) {
             Ok(specs) => specs,
@@ -202,6 +205,80 @@ fn check_definitions(program: &Program, file: crate::diag::FileId, diags: &mut D
         };
         if let Err(d) = result {
             diags.push(d);
+        }
+    }
+}
+
+/// Resolves the names a block's dataflow uses, so a block no model instantiates still reports
+/// unknown layers and values.
+fn check_block_names(
+    program: &Program,
+    file: crate::diag::FileId,
+    block: &crate::syntax::ast::BlockDef,
+    diags: &mut Diagnostics,
+) {
+    use crate::syntax::ast::{BodyStmt, Flow, FlowTerm, Stage};
+    let scope = program.scope(file);
+    let params: Vec<&str> = block.params.iter().map(|p| p.name.name.as_str()).collect();
+    let mut values: Vec<&str> = vec!["input"];
+    let known_stage = |name: &str| {
+        elaborate::LAYERS.contains(&name)
+            || params.contains(&name)
+            || scope.is_some_and(|s| s.contains_key(name))
+    };
+    fn walk<'a>(flow: &'a Flow, out: &mut Vec<(&'a crate::syntax::ast::Ident, bool)>) {
+        for t in &flow.sources {
+            match t {
+                FlowTerm::Value(v) => out.push((v, false)),
+                FlowTerm::Nested(inner) => walk(inner, out),
+            }
+        }
+        for st in &flow.stages {
+            let calls: Vec<&crate::syntax::ast::Call> = match st {
+                Stage::Call(c) => vec![c],
+                Stage::Repeat { body, .. } => body.iter().collect(),
+            };
+            for c in calls {
+                if let [only] = c.callee.segments.as_slice() {
+                    out.push((only, true));
+                } else if !elaborate::LAYERS.contains(&c.callee.dotted().as_str())
+                    && let Some(first) = c.callee.segments.first()
+                {
+                    out.push((first, true));
+                }
+            }
+        }
+    }
+    for stmt in &block.body {
+        let flow = match stmt {
+            BodyStmt::Let { flow, .. } | BodyStmt::Flow(flow) => flow,
+            BodyStmt::Require(_) => continue,
+        };
+        let mut names = Vec::new();
+        walk(flow, &mut names);
+        for (ident, is_stage) in names {
+            let ok = if is_stage {
+                known_stage(&ident.name)
+            } else {
+                values.contains(&ident.name.as_str())
+            };
+            if !ok {
+                let mut candidates: Vec<&str> = if is_stage {
+                    elaborate::LAYERS.to_vec()
+                } else {
+                    values.clone()
+                };
+                if is_stage {
+                    candidates.extend(params.iter().copied());
+                    if let Some(s) = scope {
+                        candidates.extend(s.keys().map(String::as_str));
+                    }
+                }
+                diags.push(value::unknown_name(&ident.name, ident.span, candidates));
+            }
+        }
+        if let BodyStmt::Let { name, .. } = stmt {
+            values.push(name.name.as_str());
         }
     }
 }
