@@ -240,6 +240,11 @@ const CASES: &[(&str, &str, ErrorCode)] = &[
         ErrorCode::InvalidValue,
     ),
     (
+        "unused_block_unknown_layer",
+        "block B(c: int) {\n    let a = input -> conv(c, 3) -> bnn\n    a + missing\n}\n",
+        ErrorCode::UnknownName,
+    ),
+    (
         "several_errors_in_one_run",
         "model M(T: int = 4) {\n    input x: events(height = 8, width = 8, T = T)\n    let a = x -> cnv(4, 3)\n    let b = x -> conv(4, 3) -> LIFF\n    a + b -> flatten -> readout.rate\n}\n",
         ErrorCode::UnknownName,
