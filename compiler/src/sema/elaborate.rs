@@ -621,61 +621,25 @@ impl<'p> Elaborator<'p> {
         let span = input.source.span;
         let specs: Vec<ParamSpec> = match kind.as_str() {
             "events" => vec![
-                ParamSpec {
-                    name: "channels",
-                    ty: Ty::Int,
-                    default: DefaultValue::Value(Value::Int(2)),
-                },
-                ParamSpec {
-                    name: "height",
-                    ty: Ty::Int,
-                    default: DefaultValue::Required,
-                },
-                ParamSpec {
-                    name: "width",
-                    ty: Ty::Int,
-                    default: DefaultValue::Required,
-                },
-                ParamSpec {
-                    name: "T",
-                    ty: Ty::Int,
-                    default: DefaultValue::Required,
-                },
-                ParamSpec {
-                    name: "framing",
-                    ty: Ty::Any,
-                    default: DefaultValue::Value(Value::Spec {
+                ParamSpec::new("channels", Ty::Int, DefaultValue::Value(Value::Int(2))),
+                ParamSpec::required("height", Ty::Int),
+                ParamSpec::required("width", Ty::Int),
+                ParamSpec::required("T", Ty::Int),
+                ParamSpec::new(
+                    "framing",
+                    Ty::Any,
+                    DefaultValue::Value(Value::Spec {
                         name: "frames".into(),
                         args: vec![],
                     }),
-                },
-                ParamSpec {
-                    name: "downsample",
-                    ty: Ty::Int,
-                    default: DefaultValue::Value(Value::Int(1)),
-                },
+                ),
+                ParamSpec::new("downsample", Ty::Int, DefaultValue::Value(Value::Int(1))),
             ],
             "image" => vec![
-                ParamSpec {
-                    name: "channels",
-                    ty: Ty::Int,
-                    default: DefaultValue::Required,
-                },
-                ParamSpec {
-                    name: "height",
-                    ty: Ty::Int,
-                    default: DefaultValue::Required,
-                },
-                ParamSpec {
-                    name: "width",
-                    ty: Ty::Int,
-                    default: DefaultValue::Required,
-                },
-                ParamSpec {
-                    name: "T",
-                    ty: Ty::Int,
-                    default: DefaultValue::Required,
-                },
+                ParamSpec::required("channels", Ty::Int),
+                ParamSpec::required("height", Ty::Int),
+                ParamSpec::required("width", Ty::Int),
+                ParamSpec::required("T", Ty::Int),
             ],
             _ => {
                 self.diags.push(
@@ -914,98 +878,42 @@ impl<'p> Elaborator<'p> {
         let int = |v: i64| DefaultValue::Value(Value::Int(v));
         let specs: Vec<ParamSpec> = match name {
             "conv" => vec![
-                ParamSpec {
-                    name: "channels",
-                    ty: Ty::Int,
-                    default: DefaultValue::Required,
-                },
-                ParamSpec {
-                    name: "kernel",
-                    ty: Ty::Int,
-                    default: DefaultValue::Required,
-                },
-                ParamSpec {
-                    name: "stride",
-                    ty: Ty::Int,
-                    default: int(1),
-                },
-                ParamSpec {
-                    name: "pad",
-                    ty: Ty::Int,
-                    default: int(-1),
-                },
-                ParamSpec {
-                    name: "bias",
-                    ty: Ty::Bool,
-                    default: DefaultValue::Value(Value::Bool(true)),
-                },
+                ParamSpec::required("channels", Ty::Int),
+                ParamSpec::required("kernel", Ty::Int),
+                ParamSpec::new("stride", Ty::Int, int(1)),
+                ParamSpec::new("pad", Ty::Int, int(-1)),
+                ParamSpec::new("bias", Ty::Bool, DefaultValue::Value(Value::Bool(true))),
             ],
             "linear" => vec![
-                ParamSpec {
-                    name: "features",
-                    ty: Ty::Int,
-                    default: DefaultValue::Required,
-                },
-                ParamSpec {
-                    name: "bias",
-                    ty: Ty::Bool,
-                    default: DefaultValue::Value(Value::Bool(true)),
-                },
+                ParamSpec::required("features", Ty::Int),
+                ParamSpec::new("bias", Ty::Bool, DefaultValue::Value(Value::Bool(true))),
             ],
             "pool.avg" | "pool.max" => vec![
-                ParamSpec {
-                    name: "kernel",
-                    ty: Ty::Int,
-                    default: DefaultValue::Required,
-                },
-                ParamSpec {
-                    name: "stride",
-                    ty: Ty::Int,
-                    default: int(0),
-                },
+                ParamSpec::required("kernel", Ty::Int),
+                ParamSpec::new("stride", Ty::Int, int(0)),
             ],
             "bn" => vec![
-                ParamSpec {
-                    name: "eps",
-                    ty: Ty::Float,
-                    default: DefaultValue::Value(Value::Float(1e-5)),
-                },
-                ParamSpec {
-                    name: "momentum",
-                    ty: Ty::Float,
-                    default: DefaultValue::Value(Value::Float(0.1)),
-                },
+                ParamSpec::new("eps", Ty::Float, DefaultValue::Value(Value::Float(1e-5))),
+                ParamSpec::new(
+                    "momentum",
+                    Ty::Float,
+                    DefaultValue::Value(Value::Float(0.1)),
+                ),
             ],
-            "dropout" => vec![ParamSpec {
-                name: "p",
-                ty: Ty::Float,
-                default: DefaultValue::Required,
-            }],
+            "dropout" => vec![ParamSpec::required("p", Ty::Float)],
             "attend" => vec![
-                ParamSpec {
-                    name: "attention",
-                    ty: Ty::Attention,
-                    default: DefaultValue::Required,
-                },
-                ParamSpec {
-                    name: "on",
-                    ty: Ty::Any,
-                    default: DefaultValue::Value(Value::Spec {
+                ParamSpec::required("attention", Ty::Attention),
+                ParamSpec::new(
+                    "on",
+                    Ty::Any,
+                    DefaultValue::Value(Value::Spec {
                         name: "current".into(),
                         args: vec![],
                     }),
-                },
-                ParamSpec {
-                    name: "cell",
-                    ty: Ty::Neuron,
-                    default: DefaultValue::Required,
-                },
+                ),
+                ParamSpec::required("cell", Ty::Neuron),
             ],
-            "readout.membrane" => vec![ParamSpec {
-                name: "cell",
-                ty: Ty::Neuron,
-                default: DefaultValue::Required,
-            }],
+            "readout.membrane" => vec![ParamSpec::required("cell", Ty::Neuron)],
             _ => vec![],
         };
         let env = self.consts_env(scope);

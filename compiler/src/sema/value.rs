@@ -249,6 +249,20 @@ pub struct ParamSpec<'a> {
     pub default: DefaultValue<'a>,
 }
 
+impl<'a> ParamSpec<'a> {
+    pub fn required(name: &'a str, ty: Ty) -> Self {
+        ParamSpec {
+            name,
+            ty,
+            default: DefaultValue::Required,
+        }
+    }
+
+    pub fn new(name: &'a str, ty: Ty, default: DefaultValue<'a>) -> Self {
+        ParamSpec { name, ty, default }
+    }
+}
+
 pub enum DefaultValue<'a> {
     Required,
     Value(Value),
