@@ -1,5 +1,6 @@
 //! snn-runtime: everything generated code links against or is driven by — event-camera
 //! readers and framing, datasets and loaders, kernels, training and metrics.
 
+pub mod data;
 pub mod events;
 pub mod kernels;
