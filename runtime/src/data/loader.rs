@@ -492,6 +492,11 @@ mod tests {
         fake(inner, i, s)
     }
 
+    /// Odd samples frame one column wider than even ones, as two sensors would.
+    fn mixed_sizes(_: &Inner, i: usize, _: &Shift) -> Result<Array4<f32>, EventError> {
+        Ok(Array4::zeros((3, 2, 4, 5 + i % 2)))
+    }
+
     fn loader(n: usize, workers: usize, load: LoadFn) -> Loader {
         let config = LoaderConfig {
             workers,
@@ -545,6 +550,17 @@ mod tests {
             );
             assert!(results[..results.len() - 1].iter().all(Result::is_ok));
         }
+    }
+
+    #[test]
+    fn differing_frame_shapes_are_an_error_naming_the_file() {
+        let l = loader(8, 2, mixed_sizes);
+        let e = l.epoch(0).find_map(Result::err).expect("mismatch");
+        let msg = e.to_string();
+        assert!(
+            msg.contains("FrameSpec::sensor") && msg.contains("synthetic/"),
+            "{msg}"
+        );
     }
 
     #[test]

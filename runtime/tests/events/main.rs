@@ -9,3 +9,4 @@ mod fixtures;
 mod formats;
 mod framing;
 mod golden;
+mod loader;
