@@ -58,6 +58,8 @@ enum Emit {
     Ast,
     /// The typed graph IR.
     Ir,
+    /// The generated backward program (BPTT with surrogate gradients).
+    Grad,
 }
 
 fn parse_override(s: &str) -> Result<Override, String> {
@@ -129,7 +131,7 @@ pub fn main() -> ExitCode {
                         }
                     }
                 }
-                Emit::Ir => {
+                Emit::Ir | Emit::Grad => {
                     let graphs: Vec<_> = c
                         .graphs
                         .iter()
@@ -149,9 +151,15 @@ pub fn main() -> ExitCode {
                         );
                         return ExitCode::FAILURE;
                     }
+                    let print = |g: &crate::ir::Graph| match emit {
+                        Emit::Grad => {
+                            crate::autodiff::print_grad(g, &crate::autodiff::differentiate(g))
+                        }
+                        _ => print_graph(g),
+                    };
                     graphs
                         .iter()
-                        .map(|g| print_graph(g))
+                        .map(|g| print(g))
                         .collect::<Vec<_>>()
                         .join("\n")
                 }
