@@ -45,6 +45,9 @@ enum Command {
         /// Write to this file instead of stdout.
         #[arg(short, long)]
         output: Option<PathBuf>,
+        /// Batch size baked into the static shapes of `--emit mlir|llvm-mlir`.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+        batch: u32,
     },
     /// Explain an error code, e.g. `snnc explain E0006`.
     Explain { code: String },
@@ -60,6 +63,10 @@ enum Emit {
     Ir,
     /// The generated backward program (BPTT with surrogate gradients).
     Grad,
+    /// The forward pass lowered to MLIR (func/scf/memref/arith/math), verified.
+    Mlir,
+    /// The MLIR after the pass pipeline to the LLVM dialect.
+    LlvmMlir,
 }
 
 fn parse_override(s: &str) -> Result<Override, String> {
@@ -110,6 +117,7 @@ pub fn main() -> ExitCode {
             model,
             overrides,
             output,
+            batch,
         } => {
             let c = compile_path(&file, &overrides);
             report(&c);
@@ -163,6 +171,17 @@ pub fn main() -> ExitCode {
                         .collect::<Vec<_>>()
                         .join("\n")
                 }
+                Emit::Mlir | Emit::LlvmMlir => {
+                    let stage = if matches!(emit, Emit::Mlir) {
+                        crate::mlir::Stage::Mlir
+                    } else {
+                        crate::mlir::Stage::LlvmMlir
+                    };
+                    match emit_mlir(&c, &file, model.as_deref(), batch as usize, stage) {
+                        Ok(text) => text,
+                        Err(code) => return code,
+                    }
+                }
             };
             write_output(output.as_deref(), &text)
         }
@@ -178,6 +197,42 @@ pub fn main() -> ExitCode {
             }
         },
     }
+}
+
+/// Lowers the selected models (all by default) into one MLIR module.
+fn emit_mlir(
+    c: &Compilation,
+    file: &std::path::Path,
+    model: Option<&str>,
+    batch: usize,
+    stage: crate::mlir::Stage,
+) -> Result<String, ExitCode> {
+    let graphs: Vec<_> = c
+        .graphs
+        .iter()
+        .filter(|g| model.is_none_or(|m| m == g.name))
+        .collect();
+    if graphs.is_empty() {
+        let names: Vec<&str> = c.graphs.iter().map(|g| g.name.as_str()).collect();
+        eprintln!(
+            "error: no model {} in {} (models: {})",
+            model.map_or(String::new(), |m| format!("`{m}`")),
+            file.display(),
+            if names.is_empty() {
+                "none".to_string()
+            } else {
+                names.join(", ")
+            }
+        );
+        return Err(ExitCode::FAILURE);
+    }
+    let opts = crate::mlir::LowerOptions { batch };
+    crate::mlir::emit(&graphs, &opts, stage)
+        .map(|(text, _)| text)
+        .map_err(|e| {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        })
 }
 
 fn report(c: &Compilation) {

@@ -2,3 +2,8 @@
 //! pass pipelines that take it to the LLVM dialect.
 
 pub mod context;
+pub mod lower;
+pub mod pipeline;
+
+pub use lower::{ArgRole, ForwardArg, LowerError, LowerOptions, forward_signature, lower_graphs};
+pub use pipeline::{LLVM_PIPELINE, Stage, Timings, emit};

@@ -1,0 +1,1419 @@
+//! Lowering of a graph's forward pass to MLIR (func/arith/math/scf/memref) with melior: one
+//! `@<model>_forward` function per model over static memrefs, one explicit loop nest per op.
+//!
+//! Calling convention of `@<model>_forward` (no results; every buffer is owned by the caller):
+//! each model input, then every parameter in `Graph::params` order (batchnorm running statistics
+//! included: the training-mode forward updates them in place), then one buffer per model output.
+//! Every buffer is a static, row-major `memref<...xf32>` in the IR's axis order, with the batch
+//! axis sized by [`LowerOptions::batch`]. Each argument carries `{snnc.name, snnc.role}`.
+//!
+//! Semantics worth knowing: batchnorm is the training-mode forward (batch statistics; running
+//! statistics updated with momentum and the unbiased variance); dropout is the identity (the
+//! inference behaviour; training masks belong to the runtime's RNG, not to this lowering);
+//! `detach` is the identity in a forward pass; `fire` is the branch-free `x >= 0 ? 1 : 0`.
+
+use crate::ir::graph::{BinaryOp, Graph, Node, Op, ParamRole, PoolKind, ReduceKind, ScanEmit};
+use crate::ir::graph::{UnaryOp, ValueId};
+use crate::ir::scalar::{NeuronProgram, Scalar, ScalarBinary, ScalarUnary, Target, Var};
+use crate::ir::types::{Axis, TensorType};
+use melior::{
+    Context,
+    dialect::func,
+    ir::{
+        Attribute, Block, BlockLike, Identifier, Location, Module, Region, RegionLike, Type, Value,
+        ValueLike,
+        attribute::{
+            ArrayAttribute, DenseI32ArrayAttribute, DictionaryAttribute, FloatAttribute,
+            IntegerAttribute, StringAttribute, TypeAttribute,
+        },
+        operation::OperationBuilder,
+        r#type::{FunctionType, IntegerType, MemRefType},
+    },
+};
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::fmt;
+
+/// Every SSA value we build lives as long as the function under construction, which lives as
+/// long as the context: melior lets block results take the context's lifetime, so we use one.
+type V<'c> = Value<'c, 'c>;
+
+/// Parameters of the lowering that the graph IR leaves open.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LowerOptions {
+    /// Size of the batch axis `B` (dynamic in the IR, static in MLIR).
+    pub batch: usize,
+}
+
+impl Default for LowerOptions {
+    fn default() -> Self {
+        LowerOptions { batch: 1 }
+    }
+}
+
+/// Why a graph could not be lowered (or the lowered module failed MLIR's checks).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LowerError {
+    pub message: String,
+}
+
+impl LowerError {
+    pub fn new(message: impl Into<String>) -> Self {
+        LowerError {
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for LowerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for LowerError {}
+
+/// What a forward-function argument is, for the manifest and the runtime that fills it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ArgRole {
+    Input,
+    Param,
+    /// A parameter the forward writes (batchnorm running statistics).
+    State,
+    Output,
+}
+
+impl ArgRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ArgRole::Input => "input",
+            ArgRole::Param => "param",
+            ArgRole::State => "state",
+            ArgRole::Output => "output",
+        }
+    }
+}
+
+/// One argument of `@<model>_forward`, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ForwardArg {
+    pub name: String,
+    pub role: ArgRole,
+    pub shape: Vec<usize>,
+}
+
+/// The symbol of a model's forward function.
+pub fn forward_symbol(g: &Graph) -> String {
+    format!("{}_forward", g.name)
+}
+
+/// The arguments of `@<model>_forward`: inputs, parameters, outputs (see the module docs).
+pub fn forward_signature(g: &Graph, opts: &LowerOptions) -> Result<Vec<ForwardArg>, LowerError> {
+    let mut args = Vec::new();
+    for (id, node) in g.inputs() {
+        let Op::Input { name, .. } = &node.op else {
+            continue;
+        };
+        args.push(ForwardArg {
+            name: name.clone(),
+            role: ArgRole::Input,
+            shape: shape_of(g.ty(id), opts.batch, &node.name)?,
+        });
+    }
+    for p in &g.params {
+        let role = match p.role {
+            ParamRole::RunningMean | ParamRole::RunningVar => ArgRole::State,
+            _ => ArgRole::Param,
+        };
+        args.push(ForwardArg {
+            name: p.name.clone(),
+            role,
+            shape: p.shape.clone(),
+        });
+    }
+    for out in &g.outputs {
+        let node = g
+            .nodes
+            .get(out.0)
+            .ok_or_else(|| LowerError::new(format!("output %{} is not a node", out.0)))?;
+        args.push(ForwardArg {
+            name: node.name.clone(),
+            role: ArgRole::Output,
+            shape: shape_of(&node.ty, opts.batch, &node.name)?,
+        });
+    }
+    Ok(args)
+}
+
+/// Static sizes of a tensor with `B = batch`; refuses empty and absurdly large tensors.
+fn shape_of(ty: &TensorType, batch: usize, name: &str) -> Result<Vec<usize>, LowerError> {
+    let shape: Vec<usize> = ty
+        .dims
+        .iter()
+        .map(|(a, s)| if *a == Axis::B { batch } else { *s })
+        .collect();
+    let mut total: u64 = 1;
+    for &s in &shape {
+        if s == 0 {
+            return Err(LowerError::new(format!(
+                "`{name}` has an empty axis ({}); static lowering needs every size >= 1 (is --batch 0?)",
+                ty.shape_string()
+            )));
+        }
+        total = total.saturating_mul(s as u64);
+    }
+    // Index arithmetic is 64-bit and buffers are malloc'ed: stay far from either limit.
+    if total > (1u64 << 40) {
+        return Err(LowerError::new(format!(
+            "`{name}` would hold {total} elements at this batch size; too large to lower"
+        )));
+    }
+    Ok(shape)
+}
+
+fn to_i64(shape: &[usize]) -> Vec<i64> {
+    shape.iter().map(|&s| s as i64).collect()
+}
+
+/// Lowers every graph into one module (one `@<model>_forward` each). Not verified here: see
+/// [`super::pipeline`].
+pub fn lower_graphs<'c>(
+    context: &'c Context,
+    graphs: &[&Graph],
+    opts: &LowerOptions,
+) -> Result<Module<'c>, LowerError> {
+    if opts.batch == 0 {
+        return Err(LowerError::new("the batch size must be at least 1"));
+    }
+    let module = Module::new(Location::unknown(context));
+    let mut seen = std::collections::HashSet::new();
+    for g in graphs {
+        if !seen.insert(forward_symbol(g)) {
+            return Err(LowerError::new(format!(
+                "two models are named `{}`; their forward functions would clash",
+                g.name
+            )));
+        }
+        lower_graph(context, &module, g, opts)?;
+    }
+    Ok(module)
+}
+
+fn lower_graph<'c>(
+    context: &'c Context,
+    module: &Module<'c>,
+    g: &Graph,
+    opts: &LowerOptions,
+) -> Result<(), LowerError> {
+    let problems = crate::ir::verify::verify(g);
+    if !problems.is_empty() {
+        return Err(LowerError::new(format!(
+            "model `{}` has an ill-formed graph:\n  {}",
+            g.name,
+            problems.join("\n  ")
+        )));
+    }
+    let sig = forward_signature(g, opts)?;
+    let f32 = Type::float32(context);
+    let loc = Location::name(context, &forward_symbol(g), Location::unknown(context));
+    let arg_types: Vec<Type<'c>> = sig
+        .iter()
+        .map(|a| MemRefType::new(f32, &to_i64(&a.shape), None, None).into())
+        .collect();
+    let entry = Block::new(&arg_types.iter().map(|t| (*t, loc)).collect::<Vec<_>>());
+    {
+        let fx = Fx::new(context, &entry, loc);
+        let mut lowering = Lowering::new(fx, g, opts.batch)?;
+        lowering.run()?;
+        entry.append_operation(func::r#return(&[], loc));
+    }
+    let region = Region::new();
+    region.append_block(entry);
+    let arg_attrs: Vec<Attribute<'c>> = sig
+        .iter()
+        .map(|a| {
+            DictionaryAttribute::new(
+                context,
+                &[
+                    (
+                        Identifier::new(context, "snnc.name"),
+                        StringAttribute::new(context, &a.name).into(),
+                    ),
+                    (
+                        Identifier::new(context, "snnc.role"),
+                        StringAttribute::new(context, a.role.as_str()).into(),
+                    ),
+                ],
+            )
+            .into()
+        })
+        .collect();
+    module.body().append_operation(func::func(
+        context,
+        StringAttribute::new(context, &forward_symbol(g)),
+        TypeAttribute::new(FunctionType::new(context, &arg_types, &[]).into()),
+        region,
+        &[(
+            Identifier::new(context, "arg_attrs"),
+            ArrayAttribute::new(context, &arg_attrs).into(),
+        )],
+        loc,
+    ));
+    Ok(())
+}
+
+/// `arith.cmpf` predicates (MLIR's enum order).
+mod fpred {
+    pub const OEQ: i64 = 1;
+    pub const OGT: i64 = 2;
+    pub const OGE: i64 = 3;
+    pub const OLT: i64 = 4;
+    pub const OLE: i64 = 5;
+    pub const UNE: i64 = 13;
+}
+
+/// `arith.cmpi` predicates (MLIR's enum order).
+mod ipred {
+    pub const SLT: i64 = 2;
+    pub const SGE: i64 = 5;
+}
+
+/// Op builders for one function: constants are created once, at the top of the entry block, so
+/// they dominate every loop nest and the emitted text stays readable.
+struct Fx<'c, 'e> {
+    ctx: &'c Context,
+    entry: &'e Block<'c>,
+    loc: Cell<Location<'c>>,
+    f32: Type<'c>,
+    index: Type<'c>,
+    i1: Type<'c>,
+    consts: RefCell<HashMap<(bool, u64), V<'c>>>,
+    n_consts: Cell<usize>,
+}
+
+impl<'c, 'e> Fx<'c, 'e> {
+    fn new(ctx: &'c Context, entry: &'e Block<'c>, loc: Location<'c>) -> Self {
+        Fx {
+            ctx,
+            entry,
+            loc: Cell::new(loc),
+            f32: Type::float32(ctx),
+            index: Type::index(ctx),
+            i1: IntegerType::new(ctx, 1).into(),
+            consts: RefCell::new(HashMap::new()),
+            n_consts: Cell::new(0),
+        }
+    }
+
+    fn build(
+        &self,
+        name: &str,
+        operands: &[V<'c>],
+        results: &[Type<'c>],
+        attrs: &[(&str, Attribute<'c>)],
+    ) -> melior::ir::Operation<'c> {
+        let attrs: Vec<(Identifier<'c>, Attribute<'c>)> = attrs
+            .iter()
+            .map(|(k, v)| (Identifier::new(self.ctx, k), *v))
+            .collect();
+        OperationBuilder::new(name, self.loc.get())
+            .add_operands(operands)
+            .add_results(results)
+            .add_attributes(&attrs)
+            .build()
+            .unwrap_or_else(|e| panic!("internal: cannot build `{name}`: {e}"))
+    }
+
+    /// Appends an op with one result to `b` and returns that result.
+    fn val(
+        &self,
+        b: &Block<'c>,
+        name: &str,
+        operands: &[V<'c>],
+        ty: Type<'c>,
+        attrs: &[(&str, Attribute<'c>)],
+    ) -> V<'c> {
+        let op = b.append_operation(self.build(name, operands, &[ty], attrs));
+        op.result(0)
+            .unwrap_or_else(|_| panic!("internal: `{name}` has no result"))
+            .into()
+    }
+
+    fn stmt(&self, b: &Block<'c>, name: &str, operands: &[V<'c>]) {
+        b.append_operation(self.build(name, operands, &[], &[]));
+    }
+
+    fn constant(&self, key: (bool, u64), attr: Attribute<'c>, ty: Type<'c>) -> V<'c> {
+        if let Some(v) = self.consts.borrow().get(&key) {
+            return *v;
+        }
+        let op = self.build("arith.constant", &[], &[ty], &[("value", attr)]);
+        let n = self.n_consts.get();
+        let v: V<'c> = self
+            .entry
+            .insert_operation(n, op)
+            .result(0)
+            .unwrap_or_else(|_| panic!("internal: constant without result"))
+            .into();
+        self.n_consts.set(n + 1);
+        self.consts.borrow_mut().insert(key, v);
+        v
+    }
+
+    fn cidx(&self, v: i64) -> V<'c> {
+        self.constant(
+            (true, v as u64),
+            IntegerAttribute::new(self.index, v).into(),
+            self.index,
+        )
+    }
+
+    fn cf(&self, v: f64) -> V<'c> {
+        let v = v as f32;
+        self.constant(
+            (false, u64::from(v.to_bits())),
+            FloatAttribute::new(self.ctx, self.f32, f64::from(v)).into(),
+            self.f32,
+        )
+    }
+
+    fn bin(&self, b: &Block<'c>, name: &str, x: V<'c>, y: V<'c>) -> V<'c> {
+        self.val(b, name, &[x, y], x.r#type(), &[])
+    }
+
+    fn addf(&self, b: &Block<'c>, x: V<'c>, y: V<'c>) -> V<'c> {
+        self.bin(b, "arith.addf", x, y)
+    }
+    fn subf(&self, b: &Block<'c>, x: V<'c>, y: V<'c>) -> V<'c> {
+        self.bin(b, "arith.subf", x, y)
+    }
+    fn mulf(&self, b: &Block<'c>, x: V<'c>, y: V<'c>) -> V<'c> {
+        self.bin(b, "arith.mulf", x, y)
+    }
+    fn divf(&self, b: &Block<'c>, x: V<'c>, y: V<'c>) -> V<'c> {
+        self.bin(b, "arith.divf", x, y)
+    }
+
+    fn unary(&self, b: &Block<'c>, name: &str, x: V<'c>) -> V<'c> {
+        self.val(b, name, &[x], x.r#type(), &[])
+    }
+
+    fn cmpf(&self, b: &Block<'c>, pred: i64, x: V<'c>, y: V<'c>) -> V<'c> {
+        let attr = IntegerAttribute::new(IntegerType::new(self.ctx, 64).into(), pred).into();
+        self.val(b, "arith.cmpf", &[x, y], self.i1, &[("predicate", attr)])
+    }
+
+    fn cmpi(&self, b: &Block<'c>, pred: i64, x: V<'c>, y: V<'c>) -> V<'c> {
+        let attr = IntegerAttribute::new(IntegerType::new(self.ctx, 64).into(), pred).into();
+        self.val(b, "arith.cmpi", &[x, y], self.i1, &[("predicate", attr)])
+    }
+
+    fn select(&self, b: &Block<'c>, c: V<'c>, x: V<'c>, y: V<'c>) -> V<'c> {
+        self.val(b, "arith.select", &[c, x, y], x.r#type(), &[])
+    }
+
+    /// 1.0 where the i1 `c` holds, else 0.0: how predicates and `fire` stay branch-free.
+    fn bool_to_f32(&self, b: &Block<'c>, c: V<'c>) -> V<'c> {
+        self.select(b, c, self.cf(1.0), self.cf(0.0))
+    }
+
+    fn sigmoid(&self, b: &Block<'c>, x: V<'c>) -> V<'c> {
+        let neg = self.unary(b, "arith.negf", x);
+        let e = self.unary(b, "math.exp", neg);
+        let den = self.addf(b, self.cf(1.0), e);
+        self.divf(b, self.cf(1.0), den)
+    }
+
+    /// `x * mul + y + add` on indices, omitting the trivial parts.
+    fn ilin(&self, b: &Block<'c>, x: V<'c>, mul: i64, y: Option<V<'c>>, add: i64) -> V<'c> {
+        let mut v = if mul == 1 {
+            x
+        } else {
+            self.bin(b, "arith.muli", x, self.cidx(mul))
+        };
+        if let Some(y) = y {
+            v = self.bin(b, "arith.addi", v, y);
+        }
+        if add != 0 {
+            v = self.bin(b, "arith.addi", v, self.cidx(add));
+        }
+        v
+    }
+
+    fn load(&self, b: &Block<'c>, mem: V<'c>, idx: &[V<'c>]) -> V<'c> {
+        let mut operands = vec![mem];
+        operands.extend_from_slice(idx);
+        self.val(b, "memref.load", &operands, self.f32, &[])
+    }
+
+    fn store(&self, b: &Block<'c>, v: V<'c>, mem: V<'c>, idx: &[V<'c>]) {
+        let mut operands = vec![v, mem];
+        operands.extend_from_slice(idx);
+        self.stmt(b, "memref.store", &operands);
+    }
+
+    fn memref_type(&self, dims: &[i64]) -> Type<'c> {
+        MemRefType::new(self.f32, dims, None, None).into()
+    }
+
+    /// `scf.parallel` over `[0, dims)`: iterations must write disjoint elements.
+    fn par<R>(&self, b: &Block<'c>, dims: &[i64], body: impl FnOnce(&Block<'c>, &[V<'c>]) -> R) -> R {
+        if dims.is_empty() {
+            return body(b, &[]);
+        }
+        let loc = self.loc.get();
+        let blk = Block::new(&vec![(self.index, loc); dims.len()]);
+        let ivs: Vec<V<'c>> = (0..dims.len()).map(|i| block_arg(&blk, i)).collect();
+        let r = body(&blk, &ivs);
+        blk.append_operation(self.build("scf.reduce", &[], &[], &[]));
+        let region = Region::new();
+        region.append_block(blk);
+        let n = dims.len();
+        let mut operands: Vec<V<'c>> = vec![self.cidx(0); n];
+        operands.extend(dims.iter().map(|&d| self.cidx(d)));
+        operands.extend(std::iter::repeat_n(self.cidx(1), n));
+        let segments = DenseI32ArrayAttribute::new(self.ctx, &[n as i32, n as i32, n as i32, 0]);
+        let op = OperationBuilder::new("scf.parallel", loc)
+            .add_operands(&operands)
+            .add_attributes(&[(
+                Identifier::new(self.ctx, "operandSegmentSizes"),
+                segments.into(),
+            )])
+            .add_regions([region])
+            .build()
+            .unwrap_or_else(|e| panic!("internal: cannot build scf.parallel: {e}"));
+        b.append_operation(op);
+        r
+    }
+
+    /// One `scf.for` over `[0, ub)` carrying `inits`; `body(block, iv, carried)` returns the
+    /// values to yield, plus anything the caller wants back.
+    fn for_carry<R>(
+        &self,
+        b: &Block<'c>,
+        ub: i64,
+        inits: &[V<'c>],
+        body: impl FnOnce(&Block<'c>, V<'c>, &[V<'c>]) -> (Vec<V<'c>>, R),
+    ) -> (Vec<V<'c>>, R) {
+        let loc = self.loc.get();
+        let mut args = vec![(self.index, loc)];
+        args.extend(inits.iter().map(|v| (v.r#type(), loc)));
+        let blk = Block::new(&args);
+        let iv = block_arg(&blk, 0);
+        let carried: Vec<V<'c>> = (1..=inits.len()).map(|i| block_arg(&blk, i)).collect();
+        let (yields, r) = body(&blk, iv, &carried);
+        blk.append_operation(self.build("scf.yield", &yields, &[], &[]));
+        let region = Region::new();
+        region.append_block(blk);
+        let mut operands = vec![self.cidx(0), self.cidx(ub), self.cidx(1)];
+        operands.extend_from_slice(inits);
+        let types: Vec<Type<'c>> = inits.iter().map(|v| v.r#type()).collect();
+        let op = OperationBuilder::new("scf.for", loc)
+            .add_operands(&operands)
+            .add_results(&types)
+            .add_regions([region])
+            .build()
+            .unwrap_or_else(|e| panic!("internal: cannot build scf.for: {e}"));
+        let op = b.append_operation(op);
+        let results = (0..inits.len())
+            .map(|i| {
+                op.result(i)
+                    .unwrap_or_else(|_| panic!("internal: scf.for result {i}"))
+                    .into()
+            })
+            .collect();
+        (results, r)
+    }
+
+    /// Nested `scf.for`s over `[0, dims)` carrying one accumulator; `body(block, ivs, acc)`
+    /// returns the next accumulator. The dyn body keeps the recursion monomorphic.
+    fn acc_nest(
+        &self,
+        b: &Block<'c>,
+        dims: &[i64],
+        init: V<'c>,
+        body: &mut dyn FnMut(&Block<'c>, &[V<'c>], V<'c>) -> V<'c>,
+    ) -> V<'c> {
+        self.acc_nest_from(b, dims, &[], init, body)
+    }
+
+    fn acc_nest_from(
+        &self,
+        b: &Block<'c>,
+        dims: &[i64],
+        outer: &[V<'c>],
+        init: V<'c>,
+        body: &mut dyn FnMut(&Block<'c>, &[V<'c>], V<'c>) -> V<'c>,
+    ) -> V<'c> {
+        let Some((&first, rest)) = dims.split_first() else {
+            return body(b, outer, init);
+        };
+        let (results, ()) = self.for_carry(b, first, &[init], |blk, iv, acc| {
+            let mut ivs = outer.to_vec();
+            ivs.push(iv);
+            let next = self.acc_nest_from(blk, rest, &ivs, acc[0], body);
+            (vec![next], ())
+        });
+        results[0]
+    }
+
+    /// Element-wise copy between two buffers of the same static shape.
+    fn copy(&self, b: &Block<'c>, src: V<'c>, dst: V<'c>, dims: &[i64]) {
+        self.par(b, dims, |b, ivs| {
+            let v = self.load(b, src, ivs);
+            self.store(b, v, dst, ivs);
+        });
+    }
+}
+
+fn block_arg<'c>(blk: &Block<'c>, i: usize) -> V<'c> {
+    blk.argument(i)
+        .unwrap_or_else(|_| panic!("internal: block argument {i}"))
+        .into()
+}
+
+/// `ivs` with `v` inserted at `pos` (the axis a loop nest does not range over).
+fn insert_at<'c>(ivs: &[V<'c>], pos: usize, v: V<'c>) -> Vec<V<'c>> {
+    let mut out = ivs.to_vec();
+    out.insert(pos.min(out.len()), v);
+    out
+}
+
+/// `dims` without position `pos`.
+fn remove_at(dims: &[i64], pos: usize) -> Vec<i64> {
+    dims.iter()
+        .enumerate()
+        .filter(|(i, _)| *i != pos)
+        .map(|(_, d)| *d)
+        .collect()
+}
+
+/// A lowered value: its memref and static sizes.
+#[derive(Clone)]
+struct Buf<'c> {
+    mem: V<'c>,
+    dims: Vec<i64>,
+}
+
+/// Where each node's value lives and when allocated buffers die.
+struct Liveness {
+    /// The node whose storage a value shares (itself unless it is a view).
+    root: Vec<usize>,
+    /// Last node reading each root's storage (the root itself when nothing reads it).
+    last_use: Vec<usize>,
+    /// Output slot a node computes straight into.
+    direct_out: Vec<Option<usize>>,
+}
+
+/// Dropout, and flatten of a contiguous [T, B, C, H, W], are views of their input.
+fn is_view(g: &Graph, node: &Node) -> bool {
+    match node.op {
+        Op::Dropout { .. } => true,
+        Op::Flatten => node
+            .inputs
+            .first()
+            .is_some_and(|x| flatten_collapses(g.ty(*x))),
+        _ => false,
+    }
+}
+
+fn flatten_collapses(ty: &TensorType) -> bool {
+    let axes: Vec<Axis> = ty.dims.iter().map(|(a, _)| *a).collect();
+    axes == [Axis::T, Axis::B, Axis::C, Axis::H, Axis::W]
+}
+
+fn liveness(g: &Graph) -> Liveness {
+    let n = g.nodes.len();
+    let mut root: Vec<usize> = (0..n).collect();
+    for (i, node) in g.nodes.iter().enumerate() {
+        if is_view(g, node)
+            && let Some(x) = node.inputs.first()
+        {
+            root[i] = root[x.0];
+        }
+    }
+    let mut last_use: Vec<usize> = (0..n).collect();
+    for (i, node) in g.nodes.iter().enumerate() {
+        for x in &node.inputs {
+            let r = root[x.0];
+            last_use[r] = last_use[r].max(i);
+        }
+        // A view keeps its root alive at least until the view itself is defined.
+        let r = root[i];
+        last_use[r] = last_use[r].max(i);
+    }
+    let mut direct_out = vec![None; n];
+    for (k, out) in g.outputs.iter().enumerate() {
+        let node = &g.nodes[out.0];
+        let computes = !matches!(node.op, Op::Input { .. }) && !is_view(g, node);
+        if computes && direct_out[out.0].is_none() {
+            direct_out[out.0] = Some(k);
+        }
+    }
+    Liveness {
+        root,
+        last_use,
+        direct_out,
+    }
+}
+
+struct Lowering<'a, 'c, 'e> {
+    fx: Fx<'c, 'e>,
+    g: &'a Graph,
+    batch: usize,
+    bufs: Vec<Option<Buf<'c>>>,
+    params: Vec<V<'c>>,
+    outputs: Vec<V<'c>>,
+    live: Liveness,
+}
+
+impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
+    fn new(fx: Fx<'c, 'e>, g: &'a Graph, batch: usize) -> Result<Self, LowerError> {
+        let n_inputs = g.inputs().count();
+        let mut bufs: Vec<Option<Buf<'c>>> = vec![None; g.nodes.len()];
+        for (k, (id, node)) in g.inputs().enumerate() {
+            bufs[id.0] = Some(Buf {
+                mem: block_arg(fx.entry, k),
+                dims: to_i64(&shape_of(&node.ty, batch, &node.name)?),
+            });
+        }
+        let params = (0..g.params.len())
+            .map(|p| block_arg(fx.entry, n_inputs + p))
+            .collect();
+        let outputs = (0..g.outputs.len())
+            .map(|k| block_arg(fx.entry, n_inputs + g.params.len() + k))
+            .collect();
+        Ok(Lowering {
+            fx,
+            g,
+            batch,
+            bufs,
+            params,
+            outputs,
+            live: liveness(g),
+        })
+    }
+
+    fn run(&mut self) -> Result<(), LowerError> {
+        let g = self.g;
+        for (i, node) in g.nodes.iter().enumerate() {
+            self.fx.loc.set(Location::name(
+                self.fx.ctx,
+                &node.name,
+                Location::unknown(self.fx.ctx),
+            ));
+            self.lower_node(i, node)
+                .map_err(|e| LowerError::new(format!("cannot lower `{}`: {e}", node.name)))?;
+            let here = self.buf(ValueId(i))?;
+            for (k, out) in g.outputs.iter().enumerate() {
+                if out.0 == i && self.live.direct_out[i] != Some(k) {
+                    self.fx
+                        .copy(self.fx.entry, here.mem, self.outputs[k], &here.dims);
+                }
+            }
+            for r in 0..=i {
+                if self.live.last_use[r] == i && self.allocated(r) {
+                    let mem = self.buf(ValueId(r))?.mem;
+                    self.fx.stmt(self.fx.entry, "memref.dealloc", &[mem]);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether node `r` owns a `memref.alloc` (not an argument, not a view).
+    fn allocated(&self, r: usize) -> bool {
+        let node = &self.g.nodes[r];
+        self.live.root[r] == r
+            && !matches!(node.op, Op::Input { .. })
+            && self.live.direct_out[r].is_none()
+    }
+
+    fn buf(&self, id: ValueId) -> Result<Buf<'c>, LowerError> {
+        self.bufs
+            .get(id.0)
+            .and_then(|b| b.clone())
+            .ok_or_else(|| LowerError::new(format!("value %{} is used before it is defined", id.0)))
+    }
+
+    fn input(&self, node: &Node, k: usize) -> Result<Buf<'c>, LowerError> {
+        let id = node.inputs.get(k).ok_or_else(|| {
+            LowerError::new(format!("`{}` needs operand {k}", node.op.mnemonic()))
+        })?;
+        self.buf(*id)
+    }
+
+    fn param(&self, node: &Node, k: usize) -> Result<V<'c>, LowerError> {
+        node.params
+            .get(k)
+            .and_then(|p| self.params.get(p.0))
+            .copied()
+            .ok_or_else(|| {
+                LowerError::new(format!("`{}` needs parameter {k}", node.op.mnemonic()))
+            })
+    }
+
+    fn position(&self, node: &Node, k: usize, axis: Axis) -> Result<usize, LowerError> {
+        let id = node.inputs.get(k).ok_or_else(|| {
+            LowerError::new(format!("`{}` needs operand {k}", node.op.mnemonic()))
+        })?;
+        self.g.ty(*id).position(axis).ok_or_else(|| {
+            LowerError::new(format!(
+                "`{}` needs a {} axis, found {}",
+                node.op.mnemonic(),
+                axis.letter(),
+                self.g.ty(*id).shape_string()
+            ))
+        })
+    }
+
+    fn lower_node(&mut self, i: usize, node: &Node) -> Result<(), LowerError> {
+        let dims = to_i64(&shape_of(&node.ty, self.batch, &node.name)?);
+        if let Op::Input { .. } = node.op {
+            return Ok(());
+        }
+        if is_view(self.g, node) {
+            let x = self.input(node, 0)?;
+            let mem = match node.op {
+                Op::Flatten => {
+                    let reassociation = ArrayAttribute::new(
+                        self.fx.ctx,
+                        &[vec![0], vec![1], vec![2, 3, 4]]
+                            .iter()
+                            .map(|group| {
+                                let items: Vec<Attribute<'c>> = group
+                                    .iter()
+                                    .map(|&d| {
+                                        IntegerAttribute::new(
+                                            IntegerType::new(self.fx.ctx, 64).into(),
+                                            d,
+                                        )
+                                        .into()
+                                    })
+                                    .collect();
+                                ArrayAttribute::new(self.fx.ctx, &items).into()
+                            })
+                            .collect::<Vec<_>>(),
+                    );
+                    self.fx.val(
+                        self.fx.entry,
+                        "memref.collapse_shape",
+                        &[x.mem],
+                        self.fx.memref_type(&dims),
+                        &[("reassociation", reassociation.into())],
+                    )
+                }
+                _ => x.mem,
+            };
+            self.bufs[i] = Some(Buf { mem, dims });
+            return Ok(());
+        }
+        let out = match self.live.direct_out[i] {
+            Some(k) => self.outputs[k],
+            None => self.fx.val(
+                self.fx.entry,
+                "memref.alloc",
+                &[],
+                self.fx.memref_type(&dims),
+                &[(
+                    "operandSegmentSizes",
+                    DenseI32ArrayAttribute::new(self.fx.ctx, &[0, 0]).into(),
+                )],
+            ),
+        };
+        self.bufs[i] = Some(Buf {
+            mem: out,
+            dims: dims.clone(),
+        });
+        let y = Buf { mem: out, dims };
+        match &node.op {
+            Op::Input { .. } | Op::Dropout { .. } => Ok(()),
+            Op::Conv2d {
+                kernel,
+                stride,
+                padding,
+                ..
+            } => self.conv2d(node, &y, *kernel, *stride, *padding),
+            Op::Dense { axis, .. } => self.dense(node, &y, *axis),
+            Op::Pool {
+                kind,
+                kernel,
+                stride,
+            } => self.pool(node, &y, *kind, *kernel as i64, *stride as i64),
+            Op::BatchNorm {
+                axis,
+                eps,
+                momentum,
+            } => self.batch_norm(node, &y, *axis, *eps, *momentum),
+            Op::Flatten => self.flatten_copy(node, &y),
+            Op::Reduce {
+                kind,
+                axes,
+                keepdim,
+            } => self.reduce(node, &y, *kind, axes, *keepdim),
+            Op::Concat { axis } => self.concat(node, &y, *axis),
+            Op::Unary(op) => self.unary(node, &y, *op),
+            Op::Binary(op) => self.binary(node, &y, *op),
+            Op::Scan { neuron, emit } => self.scan(node, &y, neuron, *emit),
+        }
+    }
+
+    fn conv2d(
+        &self,
+        node: &Node,
+        y: &Buf<'c>,
+        kernel: (usize, usize),
+        stride: (usize, usize),
+        padding: (usize, usize),
+    ) -> Result<(), LowerError> {
+        let fx = &self.fx;
+        let x = self.input(node, 0)?;
+        let pc = self.position(node, 0, Axis::C)?;
+        let ph = self.position(node, 0, Axis::H)?;
+        let pw = self.position(node, 0, Axis::W)?;
+        let w = self.param(node, 0)?;
+        let bias = if node.params.len() > 1 {
+            Some(self.param(node, 1)?)
+        } else {
+            None
+        };
+        let (kh, kw) = (kernel.0 as i64, kernel.1 as i64);
+        let (sh, sw) = (stride.0 as i64, stride.1 as i64);
+        let (padh, padw) = (padding.0 as i64, padding.1 as i64);
+        let (h, wd) = (x.dims[ph], x.dims[pw]);
+        let red = [x.dims[pc], kh, kw];
+        fx.par(fx.entry, &y.dims, |b, o| {
+            let init = match bias {
+                Some(bias) => fx.load(b, bias, &[o[pc]]),
+                None => fx.cf(0.0),
+            };
+            let acc = fx.acc_nest(b, &red, init, &mut |b, r, acc| {
+                let ih = fx.ilin(b, o[ph], sh, Some(r[1]), -padh);
+                let iw = fx.ilin(b, o[pw], sw, Some(r[2]), -padw);
+                let mut idx = o.to_vec();
+                idx[pc] = r[0];
+                let v = if padh == 0 && padw == 0 {
+                    idx[ph] = ih;
+                    idx[pw] = iw;
+                    fx.load(b, x.mem, &idx)
+                } else {
+                    // Zero padding without branches: clamp out-of-range taps to 0 and mask them.
+                    let c0 = fx.cidx(0);
+                    let mut inb: Option<V<'c>> = None;
+                    for (i, n) in [(ih, h), (iw, wd)] {
+                        let lo = fx.cmpi(b, ipred::SGE, i, c0);
+                        let hi = fx.cmpi(b, ipred::SLT, i, fx.cidx(n));
+                        let both = fx.bin(b, "arith.andi", lo, hi);
+                        inb = Some(match inb {
+                            Some(prev) => fx.bin(b, "arith.andi", prev, both),
+                            None => both,
+                        });
+                    }
+                    let inb = inb.unwrap_or(c0);
+                    idx[ph] = fx.select(b, inb, ih, c0);
+                    idx[pw] = fx.select(b, inb, iw, c0);
+                    let v = fx.load(b, x.mem, &idx);
+                    fx.select(b, inb, v, fx.cf(0.0))
+                };
+                let wv = fx.load(b, w, &[o[pc], r[0], r[1], r[2]]);
+                let p = fx.mulf(b, v, wv);
+                fx.addf(b, acc, p)
+            });
+            fx.store(b, acc, y.mem, o);
+        });
+        Ok(())
+    }
+
+    fn dense(&self, node: &Node, y: &Buf<'c>, axis: Axis) -> Result<(), LowerError> {
+        let fx = &self.fx;
+        let x = self.input(node, 0)?;
+        let pa = self.position(node, 0, axis)?;
+        let w = self.param(node, 0)?;
+        let bias = if node.params.len() > 1 {
+            Some(self.param(node, 1)?)
+        } else {
+            None
+        };
+        let n_in = x.dims[pa];
+        fx.par(fx.entry, &y.dims, |b, o| {
+            let init = match bias {
+                Some(bias) => fx.load(b, bias, &[o[pa]]),
+                None => fx.cf(0.0),
+            };
+            let acc = fx.acc_nest(b, &[n_in], init, &mut |b, r, acc| {
+                let mut idx = o.to_vec();
+                idx[pa] = r[0];
+                let xv = fx.load(b, x.mem, &idx);
+                let wv = fx.load(b, w, &[o[pa], r[0]]);
+                let p = fx.mulf(b, xv, wv);
+                fx.addf(b, acc, p)
+            });
+            fx.store(b, acc, y.mem, o);
+        });
+        Ok(())
+    }
+
+    fn pool(
+        &self,
+        node: &Node,
+        y: &Buf<'c>,
+        kind: PoolKind,
+        k: i64,
+        s: i64,
+    ) -> Result<(), LowerError> {
+        let fx = &self.fx;
+        let x = self.input(node, 0)?;
+        let ph = self.position(node, 0, Axis::H)?;
+        let pw = self.position(node, 0, Axis::W)?;
+        fx.par(fx.entry, &y.dims, |b, o| {
+            let init = match kind {
+                PoolKind::Avg => fx.cf(0.0),
+                PoolKind::Max => fx.cf(f64::NEG_INFINITY),
+            };
+            let acc = fx.acc_nest(b, &[k, k], init, &mut |b, r, acc| {
+                let mut idx = o.to_vec();
+                idx[ph] = fx.ilin(b, o[ph], s, Some(r[0]), 0);
+                idx[pw] = fx.ilin(b, o[pw], s, Some(r[1]), 0);
+                let v = fx.load(b, x.mem, &idx);
+                match kind {
+                    PoolKind::Avg => fx.addf(b, acc, v),
+                    PoolKind::Max => fx.bin(b, "arith.maximumf", acc, v),
+                }
+            });
+            let v = match kind {
+                PoolKind::Avg => fx.divf(b, acc, fx.cf((k * k) as f64)),
+                PoolKind::Max => acc,
+            };
+            fx.store(b, v, y.mem, o);
+        });
+        Ok(())
+    }
+
+    fn batch_norm(
+        &self,
+        node: &Node,
+        y: &Buf<'c>,
+        axis: Axis,
+        eps: f64,
+        momentum: f64,
+    ) -> Result<(), LowerError> {
+        let fx = &self.fx;
+        let x = self.input(node, 0)?;
+        let pa = self.position(node, 0, axis)?;
+        let (gamma, beta) = (self.param(node, 0)?, self.param(node, 1)?);
+        let (run_mean, run_var) = (self.param(node, 2)?, self.param(node, 3)?);
+        let others = remove_at(&x.dims, pa);
+        let m: i64 = others.iter().product();
+        fx.par(fx.entry, &[x.dims[pa]], |b, c| {
+            let c = c[0];
+            let sum = fx.acc_nest(b, &others, fx.cf(0.0), &mut |b, r, acc| {
+                let v = fx.load(b, x.mem, &insert_at(r, pa, c));
+                fx.addf(b, acc, v)
+            });
+            let mean = fx.divf(b, sum, fx.cf(m as f64));
+            // Two passes (mean, then squared deviations): the one-pass formula cancels badly.
+            let sq = fx.acc_nest(b, &others, fx.cf(0.0), &mut |b, r, acc| {
+                let v = fx.load(b, x.mem, &insert_at(r, pa, c));
+                let d = fx.subf(b, v, mean);
+                let d2 = fx.mulf(b, d, d);
+                fx.addf(b, acc, d2)
+            });
+            let var = fx.divf(b, sq, fx.cf(m as f64));
+            let keep = fx.cf(1.0 - momentum);
+            let mom = fx.cf(momentum);
+            let rm = fx.load(b, run_mean, &[c]);
+            let rm_keep = fx.mulf(b, keep, rm);
+            let rm_new = fx.mulf(b, mom, mean);
+            let rm_new = fx.addf(b, rm_keep, rm_new);
+            fx.store(b, rm_new, run_mean, &[c]);
+            // PyTorch keeps the unbiased variance in the running statistics.
+            let unbiased = if m > 1 {
+                fx.divf(b, sq, fx.cf((m - 1) as f64))
+            } else {
+                var
+            };
+            let rv = fx.load(b, run_var, &[c]);
+            let rv_keep = fx.mulf(b, keep, rv);
+            let rv_new = fx.mulf(b, mom, unbiased);
+            let rv_new = fx.addf(b, rv_keep, rv_new);
+            fx.store(b, rv_new, run_var, &[c]);
+            let var_eps = fx.addf(b, var, fx.cf(eps));
+            let std = fx.unary(b, "math.sqrt", var_eps);
+            let g = fx.load(b, gamma, &[c]);
+            let be = fx.load(b, beta, &[c]);
+            fx.par(b, &others, |b, r| {
+                let idx = insert_at(r, pa, c);
+                let v = fx.load(b, x.mem, &idx);
+                let d = fx.subf(b, v, mean);
+                let n = fx.divf(b, d, std);
+                let s = fx.mulf(b, n, g);
+                let out = fx.addf(b, s, be);
+                fx.store(b, out, y.mem, &idx);
+            });
+        });
+        Ok(())
+    }
+
+    /// Flatten of anything but a contiguous [T, B, C, H, W]: an explicit gather into
+    /// [T', B, N] (T' = 1 when the input has no time axis).
+    fn flatten_copy(&self, node: &Node, y: &Buf<'c>) -> Result<(), LowerError> {
+        let fx = &self.fx;
+        let x = self.input(node, 0)?;
+        let xty = self.g.ty(node.inputs[0]);
+        let pc = self.position(node, 0, Axis::C)?;
+        let ph = self.position(node, 0, Axis::H)?;
+        let pw = self.position(node, 0, Axis::W)?;
+        let (h, w) = (x.dims[ph], x.dims[pw]);
+        let pt = xty.position(Axis::T);
+        let pb = xty.position(Axis::B);
+        if xty.rank() != 3 + usize::from(pt.is_some()) + usize::from(pb.is_some()) {
+            return Err(LowerError::new(format!(
+                "flatten of {} is not supported",
+                xty.shape_string()
+            )));
+        }
+        fx.par(fx.entry, &y.dims, |b, o| {
+            let n = o[2];
+            let hw = fx.cidx(h * w);
+            let c = fx.bin(b, "arith.divui", n, hw);
+            let rest = fx.bin(b, "arith.remui", n, hw);
+            let hh = fx.bin(b, "arith.divui", rest, fx.cidx(w));
+            let ww = fx.bin(b, "arith.remui", rest, fx.cidx(w));
+            let mut idx = vec![fx.cidx(0); xty.rank()];
+            idx[pc] = c;
+            idx[ph] = hh;
+            idx[pw] = ww;
+            if let Some(pt) = pt {
+                idx[pt] = o[0];
+            }
+            if let Some(pb) = pb {
+                idx[pb] = o[1];
+            }
+            let v = fx.load(b, x.mem, &idx);
+            fx.store(b, v, y.mem, o);
+        });
+        Ok(())
+    }
+
+    fn reduce(
+        &self,
+        node: &Node,
+        y: &Buf<'c>,
+        kind: ReduceKind,
+        axes: &[Axis],
+        keepdim: bool,
+    ) -> Result<(), LowerError> {
+        let fx = &self.fx;
+        let x = self.input(node, 0)?;
+        let xty = self.g.ty(node.inputs[0]);
+        let reduced: Vec<bool> = xty.dims.iter().map(|(a, _)| axes.contains(a)).collect();
+        let red_dims: Vec<i64> = x
+            .dims
+            .iter()
+            .zip(&reduced)
+            .filter(|(_, r)| **r)
+            .map(|(d, _)| *d)
+            .collect();
+        let count: i64 = red_dims.iter().product();
+        fx.par(fx.entry, &y.dims, |b, o| {
+            let init = match kind {
+                ReduceKind::Max => fx.cf(f64::NEG_INFINITY),
+                ReduceKind::Mean | ReduceKind::Sum => fx.cf(0.0),
+            };
+            let acc = fx.acc_nest(b, &red_dims, init, &mut |b, r, acc| {
+                let mut idx = Vec::with_capacity(reduced.len());
+                let (mut k, mut kept) = (0, 0);
+                for (pos, red) in reduced.iter().enumerate() {
+                    if *red {
+                        idx.push(r[k]);
+                        k += 1;
+                    } else {
+                        idx.push(o[if keepdim { pos } else { kept }]);
+                        kept += 1;
+                    }
+                }
+                let v = fx.load(b, x.mem, &idx);
+                match kind {
+                    ReduceKind::Max => fx.bin(b, "arith.maximumf", acc, v),
+                    ReduceKind::Mean | ReduceKind::Sum => fx.addf(b, acc, v),
+                }
+            });
+            let v = match kind {
+                ReduceKind::Mean => fx.divf(b, acc, fx.cf(count as f64)),
+                ReduceKind::Max | ReduceKind::Sum => acc,
+            };
+            fx.store(b, v, y.mem, o);
+        });
+        Ok(())
+    }
+
+    fn concat(&self, node: &Node, y: &Buf<'c>, axis: Axis) -> Result<(), LowerError> {
+        let fx = &self.fx;
+        let pa = self.position(node, 0, axis)?;
+        let mut offset = 0;
+        for k in 0..node.inputs.len() {
+            let x = self.input(node, k)?;
+            fx.par(fx.entry, &x.dims, |b, ivs| {
+                let v = fx.load(b, x.mem, ivs);
+                let mut idx = ivs.to_vec();
+                idx[pa] = fx.ilin(b, ivs[pa], 1, None, offset);
+                fx.store(b, v, y.mem, &idx);
+            });
+            offset += x.dims[pa];
+        }
+        Ok(())
+    }
+
+    fn unary(&self, node: &Node, y: &Buf<'c>, op: UnaryOp) -> Result<(), LowerError> {
+        let fx = &self.fx;
+        let x = self.input(node, 0)?;
+        fx.par(fx.entry, &y.dims, |b, o| {
+            let v = fx.load(b, x.mem, o);
+            let r = match op {
+                UnaryOp::Relu => fx.bin(b, "arith.maximumf", v, fx.cf(0.0)),
+                UnaryOp::Sigmoid => fx.sigmoid(b, v),
+            };
+            fx.store(b, r, y.mem, o);
+        });
+        Ok(())
+    }
+
+    fn binary(&self, node: &Node, y: &Buf<'c>, op: BinaryOp) -> Result<(), LowerError> {
+        let fx = &self.fx;
+        let a = self.input(node, 0)?;
+        let c = self.input(node, 1)?;
+        fx.par(fx.entry, &y.dims, |b, o| {
+            let va = fx.load(b, a.mem, &broadcast(fx, &a.dims, &y.dims, o));
+            let vc = fx.load(b, c.mem, &broadcast(fx, &c.dims, &y.dims, o));
+            let r = match op {
+                BinaryOp::Add => fx.addf(b, va, vc),
+                BinaryOp::Mul => fx.mulf(b, va, vc),
+            };
+            fx.store(b, r, y.mem, o);
+        });
+        Ok(())
+    }
+
+    /// A neuron layer: every element runs its own `scf.for` over T, the state variables
+    /// carried as `iter_args`.
+    fn scan(
+        &self,
+        node: &Node,
+        y: &Buf<'c>,
+        neuron: &NeuronProgram,
+        emit: ScanEmit,
+    ) -> Result<(), LowerError> {
+        check_program(neuron)?;
+        let fx = &self.fx;
+        let x = self.input(node, 0)?;
+        let gate = if node.inputs.len() > 1 {
+            Some(self.input(node, 1)?)
+        } else {
+            None
+        };
+        let pt = self.position(node, 0, Axis::T)?;
+        let steps = x.dims[pt];
+        // Learnable scalars are [1]-shaped parameters: read each once, outside the loops.
+        let mut learns = Vec::new();
+        for k in 0..neuron.learns.len() {
+            let p = self.param(node, k)?;
+            learns.push(fx.load(fx.entry, p, &[fx.cidx(0)]));
+        }
+        let inits: Vec<V<'c>> = neuron.states.iter().map(|(_, v)| fx.cf(*v)).collect();
+        let others = remove_at(&x.dims, pt);
+        fx.par(fx.entry, &others, |b, o| {
+            let (_, r) = fx.for_carry(b, steps, &inits, |b, t, carried| {
+                let idx = insert_at(o, pt, t);
+                let mut env = Env {
+                    input: fx.load(b, x.mem, &idx),
+                    states: carried.to_vec(),
+                    learns: &learns,
+                    locals: vec![None; neuron.locals.len()],
+                };
+                let mut failed = None;
+                for (k, (target, expr)) in neuron.steps.iter().enumerate() {
+                    if k == neuron.fire_step
+                        && let Some(gate) = &gate
+                    {
+                        let g = fx.load(b, gate.mem, &broadcast(fx, &gate.dims, &x.dims, &idx));
+                        env.states[0] = fx.mulf(b, env.states[0], g);
+                    }
+                    match eval(fx, b, expr, &env) {
+                        Ok(v) => match target {
+                            Target::State(s) => env.states[*s] = v,
+                            Target::Local(l) => env.locals[*l] = Some(v),
+                        },
+                        Err(e) => {
+                            failed = Some(e);
+                            break;
+                        }
+                    }
+                }
+                let out = match emit {
+                    ScanEmit::Spikes => env.locals.get(neuron.spike).copied().flatten(),
+                    ScanEmit::Membrane => env.states.first().copied(),
+                };
+                match (failed, out) {
+                    (None, Some(v)) => {
+                        fx.store(b, v, y.mem, &idx);
+                        (env.states, Ok(()))
+                    }
+                    (Some(e), _) => (carried.to_vec(), Err(e)),
+                    (None, None) => (
+                        carried.to_vec(),
+                        Err(LowerError::new(format!(
+                            "neuron `{}` never assigns its output",
+                            neuron.name
+                        ))),
+                    ),
+                }
+            });
+            r
+        })
+    }
+}
+
+/// Indices into a broadcast operand: size-1 axes that the result widens read element 0.
+fn broadcast<'c>(fx: &Fx<'c, '_>, src: &[i64], dst: &[i64], ivs: &[V<'c>]) -> Vec<V<'c>> {
+    src.iter()
+        .zip(dst)
+        .zip(ivs)
+        .map(|((s, d), iv)| if s == d { *iv } else { fx.cidx(0) })
+        .collect()
+}
+
+/// Refuses programs that index outside their states, learnables or locals, so that the loop
+/// body can be built without failing half-way.
+fn check_program(p: &NeuronProgram) -> Result<(), LowerError> {
+    if p.states.is_empty() {
+        return Err(LowerError::new(format!(
+            "neuron `{}` has no state variable",
+            p.name
+        )));
+    }
+    let mut assigned = vec![false; p.locals.len()];
+    for (target, expr) in &p.steps {
+        let mut bad = None;
+        expr.visit(&mut |e| {
+            if let Scalar::Var(v) = e {
+                let ok = match *v {
+                    Var::Input => true,
+                    Var::State(i) => i < p.states.len(),
+                    Var::Learn(i) => i < p.learns.len(),
+                    Var::Local(i) => assigned.get(i).copied().unwrap_or(false),
+                };
+                if !ok && bad.is_none() {
+                    bad = Some(*v);
+                }
+            }
+        });
+        if let Some(v) = bad {
+            return Err(LowerError::new(format!(
+                "neuron `{}` reads {v:?} before it exists",
+                p.name
+            )));
+        }
+        match *target {
+            Target::State(i) if i < p.states.len() => {}
+            Target::Local(i) if i < p.locals.len() => assigned[i] = true,
+            t => {
+                return Err(LowerError::new(format!(
+                    "neuron `{}` assigns to {t:?}, which it does not declare",
+                    p.name
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What a neuron's scalar expressions read at one time step.
+struct Env<'l, 'c> {
+    input: V<'c>,
+    states: Vec<V<'c>>,
+    learns: &'l [V<'c>],
+    locals: Vec<Option<V<'c>>>,
+}
+
+/// Emits one scalar expression of a neuron program as arith/math ops in `b`.
+fn eval<'c>(fx: &Fx<'c, '_>, b: &Block<'c>, e: &Scalar, env: &Env<'_, 'c>) -> Result<V<'c>, LowerError> {
+    Ok(match e {
+        Scalar::Const(c) => fx.cf(*c),
+        Scalar::Var(v) => {
+            let found = match *v {
+                Var::Input => Some(env.input),
+                Var::State(i) => env.states.get(i).copied(),
+                Var::Learn(i) => env.learns.get(i).copied(),
+                Var::Local(i) => env.locals.get(i).copied().flatten(),
+            };
+            found.ok_or_else(|| LowerError::new(format!("{v:?} is not defined here")))?
+        }
+        Scalar::Unary(op, x) => {
+            let x = eval(fx, b, x, env)?;
+            match op {
+                ScalarUnary::Neg => fx.unary(b, "arith.negf", x),
+                ScalarUnary::Not => {
+                    let z = fx.cmpf(b, fpred::OEQ, x, fx.cf(0.0));
+                    fx.bool_to_f32(b, z)
+                }
+                ScalarUnary::Exp => fx.unary(b, "math.exp", x),
+                ScalarUnary::Log => fx.unary(b, "math.log", x),
+                ScalarUnary::Sqrt => fx.unary(b, "math.sqrt", x),
+                ScalarUnary::Abs => fx.unary(b, "math.absf", x),
+                ScalarUnary::Sigmoid => fx.sigmoid(b, x),
+                ScalarUnary::Tanh => fx.unary(b, "math.tanh", x),
+                ScalarUnary::Atan => fx.unary(b, "math.atan", x),
+                // maxnumf matches the IR's reference semantics (`f64::max`).
+                ScalarUnary::Relu => fx.bin(b, "arith.maxnumf", x, fx.cf(0.0)),
+                ScalarUnary::Detach => x,
+            }
+        }
+        Scalar::Binary(op, x, y) => {
+            let x = eval(fx, b, x, env)?;
+            let y = eval(fx, b, y, env)?;
+            let cmp = |pred| {
+                let c = fx.cmpf(b, pred, x, y);
+                fx.bool_to_f32(b, c)
+            };
+            let truthy = |v| fx.cmpf(b, fpred::UNE, v, fx.cf(0.0));
+            match op {
+                ScalarBinary::Add => fx.addf(b, x, y),
+                ScalarBinary::Sub => fx.subf(b, x, y),
+                ScalarBinary::Mul => fx.mulf(b, x, y),
+                ScalarBinary::Div => fx.divf(b, x, y),
+                ScalarBinary::Pow => fx.bin(b, "math.powf", x, y),
+                ScalarBinary::Min => fx.bin(b, "arith.minnumf", x, y),
+                ScalarBinary::Max => fx.bin(b, "arith.maxnumf", x, y),
+                ScalarBinary::Lt => cmp(fpred::OLT),
+                ScalarBinary::Le => cmp(fpred::OLE),
+                ScalarBinary::Gt => cmp(fpred::OGT),
+                ScalarBinary::Ge => cmp(fpred::OGE),
+                ScalarBinary::Eq => cmp(fpred::OEQ),
+                // Unordered: NaN != anything, as in the reference evaluator.
+                ScalarBinary::Ne => cmp(fpred::UNE),
+                ScalarBinary::And | ScalarBinary::Or => {
+                    let (tx, ty) = (truthy(x), truthy(y));
+                    let name = if *op == ScalarBinary::And {
+                        "arith.andi"
+                    } else {
+                        "arith.ori"
+                    };
+                    let c = fx.bin(b, name, tx, ty);
+                    fx.bool_to_f32(b, c)
+                }
+            }
+        }
+        Scalar::Select(c, x, y) => {
+            let c = eval(fx, b, c, env)?;
+            let x = eval(fx, b, x, env)?;
+            let y = eval(fx, b, y, env)?;
+            let c = fx.cmpf(b, fpred::UNE, c, fx.cf(0.0));
+            fx.select(b, c, x, y)
+        }
+        Scalar::Fire { arg, .. } => {
+            let a = eval(fx, b, arg, env)?;
+            let c = fx.cmpf(b, fpred::OGE, a, fx.cf(0.0));
+            fx.bool_to_f32(b, c)
+        }
+    })
+}

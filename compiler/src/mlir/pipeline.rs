@@ -1,0 +1,188 @@
+//! Verification of lowered modules, the pass pipeline to the LLVM dialect, and the capture of
+//! MLIR's own diagnostics so that failures reach the user as messages instead of a bare "failed".
+
+use super::context::new_context;
+use super::lower::{LowerError, LowerOptions, lower_graphs};
+use crate::ir::Graph;
+use melior::{
+    Context,
+    diagnostic::DiagnosticSeverity,
+    ir::{
+        Module,
+        operation::{OperationLike, WalkOrder, WalkResult},
+    },
+    pass::PassManager,
+    utility::{parse_pass_pipeline, register_all_passes},
+};
+use std::cell::RefCell;
+use std::collections::BTreeSet;
+use std::rc::Rc;
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+/// From the lowered func/scf/memref/arith/math module to the LLVM dialect. The leading
+/// canonicalize folds loops over size-1 axes (a third of the output for small models) and LICM
+/// hoists what Cranelift would not. Bare pointers are safe because every memref is static;
+/// `check_llvm_only` guards against the silent half-conversion MLIR performs otherwise.
+pub const LLVM_PIPELINE: &str = "builtin.module(\
+canonicalize, \
+loop-invariant-code-motion, \
+convert-scf-to-cf, \
+expand-strided-metadata, \
+finalize-memref-to-llvm, \
+convert-math-to-llvm, \
+convert-arith-to-llvm, \
+convert-cf-to-llvm, \
+convert-func-to-llvm{use-bare-ptr-memref-call-conv=true}, \
+reconcile-unrealized-casts, \
+canonicalize, \
+cse)";
+
+static REGISTER_PASSES: Once = Once::new();
+
+/// `register_all_passes` double-frees when called twice: every caller goes through here.
+pub fn ensure_passes_registered() {
+    REGISTER_PASSES.call_once(register_all_passes);
+}
+
+/// Runs `f` with a handler collecting every MLIR diagnostic emitted on `context` meanwhile.
+pub fn with_diagnostics<T>(context: &Context, f: impl FnOnce() -> T) -> (T, Vec<String>) {
+    let messages = Rc::new(RefCell::new(Vec::new()));
+    let sink = Rc::clone(&messages);
+    let id = context.attach_diagnostic_handler(move |d| {
+        let severity = match d.severity() {
+            DiagnosticSeverity::Error => "error",
+            DiagnosticSeverity::Warning => "warning",
+            DiagnosticSeverity::Note => "note",
+            DiagnosticSeverity::Remark => "remark",
+        };
+        let mut text = format!("{}: {severity}: {d}", d.location());
+        for i in 0..d.note_count() {
+            if let Ok(note) = d.note(i) {
+                text.push_str(&format!("\n  note: {note}"));
+            }
+        }
+        sink.borrow_mut().push(text);
+        true
+    });
+    let result = f();
+    context.detach_diagnostic_handler(id);
+    let messages = messages.borrow().clone();
+    (result, messages)
+}
+
+fn with_messages(headline: &str, messages: &[String]) -> LowerError {
+    if messages.is_empty() {
+        LowerError::new(format!("{headline} (MLIR gave no details)"))
+    } else {
+        LowerError::new(format!("{headline}:\n{}", messages.join("\n")))
+    }
+}
+
+/// MLIR's verifier over the whole module, its messages in the error.
+pub fn verify(context: &Context, module: &Module) -> Result<(), LowerError> {
+    let (ok, messages) = with_diagnostics(context, || module.as_operation().verify());
+    if ok {
+        Ok(())
+    } else {
+        Err(with_messages("the generated MLIR does not verify", &messages))
+    }
+}
+
+/// Parses and runs a textual pass pipeline (`builtin.module(...)`) on `module`.
+pub fn run_pipeline(
+    context: &Context,
+    module: &mut Module,
+    pipeline: &str,
+) -> Result<(), LowerError> {
+    ensure_passes_registered();
+    let pm = PassManager::new(context);
+    let (parsed, messages) = with_diagnostics(context, || {
+        parse_pass_pipeline(pm.as_operation_pass_manager(), pipeline)
+    });
+    if parsed.is_err() {
+        return Err(with_messages(
+            &format!("invalid pass pipeline `{pipeline}`"),
+            &messages,
+        ));
+    }
+    let (ran, messages) = with_diagnostics(context, || pm.run(module));
+    match ran {
+        Ok(()) => Ok(()),
+        Err(_) => Err(with_messages("the MLIR pass pipeline failed", &messages)),
+    }
+}
+
+/// Names of the ops outside the LLVM dialect (the enclosing `builtin.module` aside).
+pub fn non_llvm_ops(module: &Module) -> BTreeSet<String> {
+    let mut found = BTreeSet::new();
+    module.as_operation().walk(WalkOrder::PreOrder, |op| {
+        let name = op.name();
+        let name = name.as_string_ref().as_str().unwrap_or("<non-utf8 op name>");
+        if name != "builtin.module" && !name.starts_with("llvm.") {
+            found.insert(name.to_string());
+        }
+        WalkResult::Advance
+    });
+    found
+}
+
+/// Errs when anything but `llvm.*` survived the pipeline: MLIR's conversions can leave ops
+/// behind and still succeed.
+pub fn check_llvm_only(module: &Module) -> Result<(), LowerError> {
+    let left = non_llvm_ops(module);
+    if left.is_empty() {
+        Ok(())
+    } else {
+        Err(LowerError::new(format!(
+            "lowering to the LLVM dialect left non-LLVM ops behind: {}",
+            left.into_iter().collect::<Vec<_>>().join(", ")
+        )))
+    }
+}
+
+/// Which form `emit` prints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// The lowered, verified func/scf/memref/arith/math module.
+    Mlir,
+    /// The same after [`LLVM_PIPELINE`]: LLVM dialect only.
+    LlvmMlir,
+}
+
+/// Wall-clock time of each phase of `emit`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Timings {
+    pub lower: Duration,
+    pub verify: Duration,
+    pub pipeline: Duration,
+}
+
+/// Lowers `graphs` into one module, verifies it, optionally runs the LLVM pipeline, and
+/// returns the module's text.
+pub fn emit(
+    graphs: &[&Graph],
+    opts: &LowerOptions,
+    stage: Stage,
+) -> Result<(String, Timings), LowerError> {
+    let context = new_context();
+    let mut timings = Timings::default();
+    let start = Instant::now();
+    let (lowered, messages) = with_diagnostics(&context, || lower_graphs(&context, graphs, opts));
+    let mut module = match lowered {
+        Ok(m) => m,
+        Err(e) if messages.is_empty() => return Err(e),
+        Err(e) => return Err(with_messages(&e.message, &messages)),
+    };
+    timings.lower = start.elapsed();
+    let start = Instant::now();
+    verify(&context, &module)?;
+    timings.verify = start.elapsed();
+    if stage == Stage::LlvmMlir {
+        let start = Instant::now();
+        run_pipeline(&context, &mut module, LLVM_PIPELINE)?;
+        check_llvm_only(&module)?;
+        timings.pipeline = start.elapsed();
+    }
+    Ok((format!("{}\n", module.as_operation()), timings))
+}
