@@ -457,7 +457,12 @@ impl<'c, 'e> Fx<'c, 'e> {
     }
 
     /// `scf.parallel` over `[0, dims)`: iterations must write disjoint elements.
-    fn par<R>(&self, b: &Block<'c>, dims: &[i64], body: impl FnOnce(&Block<'c>, &[V<'c>]) -> R) -> R {
+    fn par<R>(
+        &self,
+        b: &Block<'c>,
+        dims: &[i64],
+        body: impl FnOnce(&Block<'c>, &[V<'c>]) -> R,
+    ) -> R {
         if dims.is_empty() {
             return body(b, &[]);
         }
@@ -748,9 +753,7 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
             .get(k)
             .and_then(|p| self.params.get(p.0))
             .copied()
-            .ok_or_else(|| {
-                LowerError::new(format!("`{}` needs parameter {k}", node.op.mnemonic()))
-            })
+            .ok_or_else(|| LowerError::new(format!("`{}` needs parameter {k}", node.op.mnemonic())))
     }
 
     fn position(&self, node: &Node, k: usize, axis: Axis) -> Result<usize, LowerError> {
@@ -1336,7 +1339,12 @@ struct Env<'l, 'c> {
 }
 
 /// Emits one scalar expression of a neuron program as arith/math ops in `b`.
-fn eval<'c>(fx: &Fx<'c, '_>, b: &Block<'c>, e: &Scalar, env: &Env<'_, 'c>) -> Result<V<'c>, LowerError> {
+fn eval<'c>(
+    fx: &Fx<'c, '_>,
+    b: &Block<'c>,
+    e: &Scalar,
+    env: &Env<'_, 'c>,
+) -> Result<V<'c>, LowerError> {
     Ok(match e {
         Scalar::Const(c) => fx.cf(*c),
         Scalar::Var(v) => {

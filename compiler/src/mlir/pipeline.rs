@@ -85,7 +85,10 @@ pub fn verify(context: &Context, module: &Module) -> Result<(), LowerError> {
     if ok {
         Ok(())
     } else {
-        Err(with_messages("the generated MLIR does not verify", &messages))
+        Err(with_messages(
+            "the generated MLIR does not verify",
+            &messages,
+        ))
     }
 }
 
@@ -118,7 +121,10 @@ pub fn non_llvm_ops(module: &Module) -> BTreeSet<String> {
     let mut found = BTreeSet::new();
     module.as_operation().walk(WalkOrder::PreOrder, |op| {
         let name = op.name();
-        let name = name.as_string_ref().as_str().unwrap_or("<non-utf8 op name>");
+        let name = name
+            .as_string_ref()
+            .as_str()
+            .unwrap_or("<non-utf8 op name>");
         if name != "builtin.module" && !name.starts_with("llvm.") {
             found.insert(name.to_string());
         }

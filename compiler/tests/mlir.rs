@@ -1,0 +1,446 @@
+//! Tests of the MLIR lowering: snapshots of `--emit mlir` / `--emit llvm-mlir`, independent
+//! checks with `mlir-opt-22`, the LLVM-only invariant, and execution of the lowered code
+//! (MLIR's JIT) against PyTorch's golden values and the reference interpreter.
+
+mod common;
+
+use melior::ExecutionEngine;
+use melior::ir::Module;
+use ndarray::{ArrayD, IxDyn};
+use snnc::interp::{Interpreter, Mode, Options, ParamStore};
+use snnc::ir::Graph;
+use snnc::mlir::context::new_context;
+use snnc::mlir::lower::{ArgRole, forward_signature, forward_symbol};
+use snnc::mlir::pipeline::{check_llvm_only, non_llvm_ops, run_pipeline, verify};
+use snnc::mlir::{LLVM_PIPELINE, LowerOptions, Stage, emit, lower_graphs};
+use snnc::sema::{Compilation, compile_source};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// Snapshots above this size are skipped: they would dwarf the rest of the repository and
+/// review badly (the ResNet-18 example is the one near it at batch 1).
+const MAX_SNAPSHOT_BYTES: usize = 300_000;
+
+fn compile(rel: &str, overrides: &[(&str, &str)]) -> Compilation {
+    let path = common::workspace().join(rel);
+    let text = std::fs::read_to_string(&path).expect("readable");
+    let overrides: Vec<(String, String)> = overrides
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let c = compile_source(&path, text, &overrides);
+    assert!(
+        !c.diags.has_errors(),
+        "{rel} failed:\n{}",
+        c.diags.render_plain(&c.program.sources)
+    );
+    c
+}
+
+fn examples() -> Vec<(String, Compilation)> {
+    common::snn_files("examples")
+        .into_iter()
+        .map(|(rel, _)| {
+            let c = compile(&rel, &[]);
+            (rel, c)
+        })
+        .collect()
+}
+
+fn snapshot_name(rel: &str) -> String {
+    rel.replace(['/', '.'], "_")
+}
+
+fn emit_one(g: &Graph, batch: usize, stage: Stage) -> String {
+    match emit(&[g], &LowerOptions { batch }, stage) {
+        Ok((text, _)) => text,
+        Err(e) => panic!("{}: {e}", g.name),
+    }
+}
+
+#[test]
+fn mlir_of_every_example_model() {
+    for (rel, c) in examples() {
+        for g in &c.graphs {
+            let text = emit_one(g, 1, Stage::Mlir);
+            if text.len() > MAX_SNAPSHOT_BYTES {
+                eprintln!(
+                    "skipping the snapshot of {} ({} bytes of MLIR)",
+                    g.name,
+                    text.len()
+                );
+                continue;
+            }
+            insta::assert_snapshot!(format!("mlir__{}__{}", snapshot_name(&rel), g.name), text);
+        }
+    }
+}
+
+#[test]
+fn llvm_mlir_of_golden_small() {
+    let c = compile("tests/reference/golden_small.snn", &[]);
+    let text = emit_one(&c.graphs[0], 1, Stage::LlvmMlir);
+    insta::assert_snapshot!("llvm_mlir__golden_small", text);
+}
+
+fn mlir_opt() -> Option<PathBuf> {
+    let on_path = Command::new("mlir-opt-22")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if on_path {
+        return Some(PathBuf::from("mlir-opt-22"));
+    }
+    let fixed = Path::new("/usr/lib/llvm-22/bin/mlir-opt");
+    fixed.exists().then(|| fixed.to_path_buf())
+}
+
+/// Pipes `input` through `mlir-opt` with `args`; returns stdout or panics with stderr.
+fn run_mlir_opt(tool: &Path, args: &[&str], input: &str, what: &str) -> String {
+    let mut child = Command::new(tool)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("mlir-opt starts");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let input = input.to_string();
+    // Write from another thread: mlir-opt may fill its stdout pipe before reading all input.
+    let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
+    let out = child.wait_with_output().expect("mlir-opt runs");
+    writer.join().expect("writer").expect("write to mlir-opt");
+    assert!(
+        out.status.success(),
+        "mlir-opt {args:?} rejected {what}:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The op names of MLIR text in the generic or custom form (`%x = dialect.op ...`, `dialect.op`).
+fn op_names(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|line| {
+            let line = line.trim();
+            let line = match line.split_once(" = ") {
+                Some((lhs, rhs)) if lhs.starts_with('%') => rhs,
+                _ => line,
+            };
+            let name: String = line
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '.')
+                .collect();
+            name.contains('.').then_some(name)
+        })
+        .collect()
+}
+
+#[test]
+fn mlir_opt_accepts_every_example_and_runs_the_pipeline() {
+    let Some(tool) = mlir_opt() else {
+        eprintln!("skipping: mlir-opt-22 is neither on PATH nor at /usr/lib/llvm-22/bin/mlir-opt");
+        return;
+    };
+    let pipeline = format!("--pass-pipeline={LLVM_PIPELINE}");
+    for (rel, c) in examples() {
+        for g in &c.graphs {
+            let what = format!("{rel}:{}", g.name);
+            let text = emit_one(g, 2, Stage::Mlir);
+            run_mlir_opt(&tool, &["--verify-each"], &text, &what);
+            let lowered = run_mlir_opt(&tool, &["--verify-each", &pipeline], &text, &what);
+            for op in op_names(&lowered) {
+                assert!(
+                    op.starts_with("llvm."),
+                    "{what}: `{op}` survives mlir-opt's run of the pipeline"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn the_pipeline_leaves_only_llvm_ops_for_every_example() {
+    for (rel, c) in examples() {
+        let context = new_context();
+        let graphs: Vec<&Graph> = c.graphs.iter().collect();
+        let mut module =
+            lower_graphs(&context, &graphs, &LowerOptions { batch: 2 }).expect("lowers");
+        verify(&context, &module).expect("verifies");
+        let before = non_llvm_ops(&module);
+        assert!(before.contains("scf.parallel") && before.contains("func.func"));
+        run_pipeline(&context, &mut module, LLVM_PIPELINE).expect("pipeline runs");
+        assert!(
+            non_llvm_ops(&module).is_empty(),
+            "{rel}: {:?} left after the pipeline",
+            non_llvm_ops(&module)
+        );
+        check_llvm_only(&module).expect("llvm only");
+    }
+}
+
+#[test]
+fn batch_size_is_baked_into_static_shapes() {
+    let c = compile("tests/reference/golden_small.snn", &[]);
+    let text = emit_one(&c.graphs[0], 5, Stage::Mlir);
+    assert!(text.contains("memref<4x5x2x8x8xf32>"), "{text}");
+    assert!(text.contains("memref<5x3xf32> {snnc.name = \"readout0\", snnc.role = \"output\"}"));
+    let err = emit(&[&c.graphs[0]], &LowerOptions { batch: 0 }, Stage::Mlir)
+        .expect_err("batch 0 is refused");
+    assert!(err.message.contains("batch"), "{err}");
+}
+
+#[test]
+fn cli_emits_mlir_and_reports_errors() {
+    let bin = env!("CARGO_BIN_EXE_snnc");
+    let file = common::workspace().join("tests/reference/golden_small.snn");
+    let out = Command::new(bin)
+        .args(["build", "--emit", "llvm-mlir", "--batch", "2"])
+        .arg(&file)
+        .output()
+        .expect("snnc runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("llvm.func @GoldenSmall_forward("), "{text}");
+    assert!(!text.contains("func.func"));
+
+    let out = Command::new(bin)
+        .args(["build", "--emit", "mlir", "--model", "Nope"])
+        .arg(&file)
+        .output()
+        .expect("snnc runs");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no model `Nope`"));
+
+    let out = Command::new(bin)
+        .args(["build", "--emit", "mlir", "--batch", "0"])
+        .arg(&file)
+        .output()
+        .expect("snnc runs");
+    assert!(!out.status.success());
+}
+
+// ---- execution ------------------------------------------------------------------------------
+
+/// Lowers `g` to the LLVM dialect, JIT-compiles it with MLIR's execution engine and runs the
+/// forward once over `args` (one buffer per argument, in signature order).
+fn execute(g: &Graph, batch: usize, args: &mut [Vec<f32>]) {
+    let context = new_context();
+    let mut module = lower_graphs(&context, &[g], &LowerOptions { batch }).expect("lowers");
+    verify(&context, &module).expect("verifies");
+    run_pipeline(&context, &mut module, LLVM_PIPELINE).expect("pipeline");
+    check_llvm_only(&module).expect("llvm only");
+    // A packed entry point (one array of pointers) keeps the Rust side independent of the
+    // argument count.
+    let n = args.len();
+    let mut wrapper = String::from("  llvm.func @snnc_test_packed(%args: !llvm.ptr) {\n");
+    for i in 0..n {
+        wrapper += &format!(
+            "    %a{i} = llvm.getelementptr %args[{i}] : (!llvm.ptr) -> !llvm.ptr, !llvm.ptr\n    %p{i} = llvm.load %a{i} : !llvm.ptr -> !llvm.ptr\n"
+        );
+    }
+    let ps: Vec<String> = (0..n).map(|i| format!("%p{i}")).collect();
+    let tys = vec!["!llvm.ptr"; n].join(", ");
+    wrapper += &format!(
+        "    llvm.call @{}({}) : ({tys}) -> ()\n    llvm.return\n  }}\n",
+        forward_symbol(g),
+        ps.join(", ")
+    );
+    let mut text = module.as_operation().to_string();
+    let end = text.rfind('}').expect("module end");
+    text.insert_str(end, &wrapper);
+    let module = Module::parse(&context, &text).expect("wrapped module parses");
+    let engine = ExecutionEngine::new(&module, 2, &[], false, false);
+    let f = engine.lookup("snnc_test_packed");
+    assert!(!f.is_null(), "JIT lookup failed");
+    let mut ptrs: Vec<*mut f32> = args.iter_mut().map(|a| a.as_mut_ptr()).collect();
+    // SAFETY: the wrapper takes one pointer to `n` buffer pointers; every buffer was sized
+    // from the forward signature the lowering used, so all accesses stay in bounds.
+    unsafe {
+        let f: unsafe extern "C" fn(*mut *mut f32) = std::mem::transmute(f);
+        f(ptrs.as_mut_ptr());
+    }
+}
+
+/// Reads a float64 little-endian C-order `.npy` file.
+fn read_npy_f64(path: &Path) -> (Vec<usize>, Vec<f64>) {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(&bytes[..6], b"\x93NUMPY");
+    let (len, start) = if bytes[6] == 1 {
+        (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10)
+    } else {
+        (
+            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+            12,
+        )
+    };
+    let header = std::str::from_utf8(&bytes[start..start + len]).expect("ascii header");
+    assert!(header.contains("'<f8'") && header.contains("'fortran_order': False"));
+    let shape_text = header
+        .split("'shape': (")
+        .nth(1)
+        .and_then(|s| s.split(')').next())
+        .expect("shape");
+    let shape: Vec<usize> = shape_text
+        .split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| s.trim().parse().expect("dim"))
+        .collect();
+    let data = bytes[start + len..]
+        .chunks_exact(8)
+        .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
+        .collect();
+    (shape, data)
+}
+
+fn assert_close(what: &str, got: &[f32], want: &[f64], tol: f64) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        let err = (f64::from(*g) - w).abs();
+        assert!(
+            err <= tol * (1.0 + w.abs()),
+            "{what}[{i}]: got {g}, want {w} (error {err:e})"
+        );
+    }
+}
+
+#[test]
+fn golden_small_runs_like_pytorch() {
+    let c = compile("tests/reference/golden_small.snn", &[]);
+    let g = &c.graphs[0];
+    let dir = common::workspace().join("tests/reference/golden_small");
+    let batch = 2;
+    let sig = forward_signature(g, &LowerOptions { batch }).expect("signature");
+    let mut args: Vec<Vec<f32>> = Vec::new();
+    for a in &sig {
+        let size: usize = a.shape.iter().product();
+        let file = match a.role {
+            ArgRole::Input => Some(dir.join("input.npy")),
+            ArgRole::Param => Some(dir.join(format!("param.{}.npy", a.name))),
+            ArgRole::State | ArgRole::Output => None,
+        };
+        let buf = match file {
+            Some(file) => {
+                let (shape, data) = read_npy_f64(&file);
+                assert_eq!(shape, a.shape, "{}", a.name);
+                data.iter().map(|v| *v as f32).collect()
+            }
+            // Running statistics start as PyTorch's do: mean 0, variance 1.
+            None if a.name.ends_with("running_var") => vec![1.0; size],
+            None => vec![0.0; size],
+        };
+        args.push(buf);
+    }
+    execute(g, batch, &mut args);
+    for (a, buf) in sig.iter().zip(&args) {
+        let want = match a.role {
+            ArgRole::Output => dir.join(format!("out.{}.npy", a.name)),
+            ArgRole::State => dir.join(format!("running.{}.npy", a.name)),
+            _ => continue,
+        };
+        let (_, want) = read_npy_f64(&want);
+        assert_close(&a.name, buf, &want, 1e-5);
+    }
+}
+
+/// Deterministic pseudo-random values in [lo, hi), rounded to f32 so that both sides of a
+/// comparison see exactly the same inputs.
+fn random_f32(n: usize, seed: u64, lo: f64, hi: f64) -> Vec<f32> {
+    let mut s = seed;
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            let u = (s >> 11) as f64 / (1u64 << 53) as f64;
+            (lo + (hi - lo) * u) as f32
+        })
+        .collect()
+}
+
+/// Runs the lowered code and the reference interpreter (f64, train mode) on the same data and
+/// compares outputs and updated running statistics.
+fn agrees_with_interpreter(rel: &str, overrides: &[(&str, &str)], batch: usize) {
+    let c = compile(rel, overrides);
+    for g in &c.graphs {
+        let mut store = ParamStore::init(g, 7);
+        for v in &mut store.values {
+            v.mapv_inplace(|x| f64::from(x as f32));
+        }
+        let sig = forward_signature(g, &LowerOptions { batch }).expect("signature");
+        let mut args = Vec::new();
+        let mut inputs = Vec::new();
+        let mut n_params = 0;
+        for (k, a) in sig.iter().enumerate() {
+            let size: usize = a.shape.iter().product();
+            match a.role {
+                ArgRole::Input => {
+                    let data = random_f32(size, 11 + k as u64, 0.0, 2.0);
+                    let arr = ArrayD::from_shape_vec(
+                        IxDyn(&a.shape),
+                        data.iter().map(|v| f64::from(*v)).collect(),
+                    )
+                    .expect("shape");
+                    inputs.push((a.name.clone(), arr));
+                    args.push(data);
+                }
+                ArgRole::Param | ArgRole::State => {
+                    let v = &store.values[n_params];
+                    n_params += 1;
+                    args.push(v.iter().map(|x| *x as f32).collect());
+                }
+                ArgRole::Output => args.push(vec![f32::NAN; size]),
+            }
+        }
+        execute(g, batch, &mut args);
+        let interp = Interpreter::new(
+            g,
+            Options {
+                mode: Mode::Train,
+                ..Options::default()
+            },
+        );
+        let named: Vec<(&str, ArrayD<f64>)> = inputs
+            .iter()
+            .map(|(n, a)| (n.as_str(), a.clone()))
+            .collect();
+        let fwd = interp.forward(&store, &named).expect("interpreter runs");
+        let n_inputs = inputs.len();
+        let first_out = n_inputs + g.params.len();
+        for (k, want) in fwd.outputs.iter().enumerate() {
+            let want: Vec<f64> = want.iter().copied().collect();
+            assert_close(
+                &format!("{}:{} output {k}", rel, g.name),
+                &args[first_out + k],
+                &want,
+                1e-4,
+            );
+        }
+        for (p, want) in &fwd.running_updates {
+            let want: Vec<f64> = want.iter().copied().collect();
+            assert_close(
+                &format!("{}:{} {}", rel, g.name, g.params[p.0].name),
+                &args[n_inputs + p.0],
+                &want,
+                1e-4,
+            );
+        }
+    }
+}
+
+#[test]
+fn custom_neuron_with_membrane_attention_agrees_with_the_interpreter() {
+    agrees_with_interpreter("examples/custom_neuron.snn", &[("T", "4")], 2);
+}
+
+#[test]
+fn nmnist_models_agree_with_the_interpreter() {
+    agrees_with_interpreter("examples/nmnist.snn", &[("T", "4")], 2);
+}
