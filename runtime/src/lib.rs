@@ -4,3 +4,5 @@
 pub mod data;
 pub mod events;
 pub mod kernels;
+pub mod metrics;
+pub mod train;
