@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use ndarray::ArrayViewD;
 use serde::{Deserialize, Serialize};
 
 use super::MetricsError;
@@ -65,6 +66,13 @@ impl LayerStats {
     pub fn add(&mut self, spikes: u64, neuron_steps: u64) {
         self.spikes += spikes;
         self.neuron_steps += neuron_steps;
+    }
+
+    /// Adds one batch from a binary spike tensor of any layout (e.g. [T, B, C, H, W]): every
+    /// non-zero entry is a spike and every entry a neuron update.
+    pub fn add_spike_tensor(&mut self, spikes: ArrayViewD<'_, f64>) {
+        let n = spikes.iter().filter(|&&v| v != 0.0).count() as u64;
+        self.add(n, spikes.len() as u64);
     }
 
     /// spikes / (neurons × T × samples); 0 before any update.
@@ -367,7 +375,12 @@ mod tests {
         a.add(120, 1200);
         a.add(80, 800);
         let mut b = LayerStats::new("lif1");
-        b.add(50, 200);
+        // 10 neurons × T 5 × 4 samples, 50 spikes, given as a [T, B, N] spike tensor.
+        let spikes = ndarray::ArrayD::from_shape_fn(vec![5, 4, 10], |ix| {
+            f64::from(u8::from((ix[0] * 40 + ix[1] * 10 + ix[2]) % 4 == 0))
+        });
+        b.add_spike_tensor(spikes.view());
+        assert_eq!((b.spikes, b.neuron_steps), (50, 200));
         vec![a, b]
     }
 
