@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::energy::EnergyReport;
-use super::format::{columns, si};
+use super::format::{columns, energy as fmt_energy, si};
 
 /// What one model achieved on the evaluation set.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -86,8 +86,8 @@ pub fn compare_table(a: &Summary, b: &Summary) -> String {
         ],
         vec![
             "energy / sample (µJ)".into(),
-            format!("{:.4}", b.energy_uj),
-            format!("{:.4}", a.energy_uj),
+            fmt_energy(b.energy_uj),
+            fmt_energy(a.energy_uj),
             format!("{:.2}× energy efficiency", c.energy_efficiency),
         ],
     ];

@@ -7,7 +7,7 @@ use ndarray::ArrayViewD;
 use serde::{Deserialize, Serialize};
 
 use super::MetricsError;
-use super::format::{columns, si};
+use super::format::{columns, energy as fmt_energy, si};
 
 /// How a [`LayerCounts`] row is charged.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -312,7 +312,7 @@ impl EnergyReport {
                 r.spikes_per_sample.map_or_else(dash, si),
                 si(r.macs),
                 si(r.sops),
-                format!("{:.4}", r.energy_uj),
+                fmt_energy(r.energy_uj),
             ]);
         }
         rows.push(vec![
@@ -322,7 +322,7 @@ impl EnergyReport {
             si(self.total_spikes_per_sample),
             si(self.total_macs),
             si(self.total_sops),
-            format!("{:.4}", self.total_energy_uj),
+            fmt_energy(self.total_energy_uj),
         ]);
         let mut out = columns(&rows);
         out.push_str(&format!(
@@ -405,7 +405,7 @@ mod tests {
         );
         let table = r.to_table();
         assert!(table.contains("lif0"), "{table}");
-        assert!(table.contains("0.0241"), "{table}");
+        assert!(table.contains("2.413e-2"), "{table}");
         assert!(table.contains("T = 5"), "{table}");
         // serde_json's default float parsing may be 1 ulp off, so compare the JSON text.
         let json = serde_json::to_string(&r).expect("ser");

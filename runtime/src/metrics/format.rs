@@ -5,6 +5,9 @@ pub(crate) fn si(x: f64) -> String {
     if !x.is_finite() {
         return format!("{x}");
     }
+    if x == 0.0 {
+        return "0".into();
+    }
     let a = x.abs();
     let (scale, unit) = if a >= 1e12 {
         (1e12, " T")
@@ -27,6 +30,20 @@ pub(crate) fn si(x: f64) -> String {
         2
     };
     format!("{v:.digits$}{unit}")
+}
+
+/// Energies in µJ span 1e-4 (toy models) to 1e4 (ImageNet): about four significant digits.
+pub(crate) fn energy(x: f64) -> String {
+    let a = x.abs();
+    if a >= 1000.0 {
+        format!("{x:.1}")
+    } else if a >= 1.0 {
+        format!("{x:.3}")
+    } else if x == 0.0 {
+        "0".into()
+    } else {
+        format!("{x:.3e}")
+    }
 }
 
 /// Renders rows as columns: the first left-aligned, the rest right-aligned, two spaces apart.
@@ -71,7 +88,9 @@ mod tests {
         assert_eq!(si(0.5), "0.50");
         assert_eq!(si(123_456.0), "123 k");
         assert_eq!(si(62.5), "62.5");
-        assert_eq!(si(0.0), "0.00");
+        assert_eq!(si(0.0), "0");
+        assert_eq!(energy(409.18244), "409.182");
+        assert_eq!(energy(0.02413), "2.413e-2");
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub use accuracy::{AccuracyCounter, accuracy, argmax_rows, correct};
 pub use compare::{Comparison, Summary, compare, compare_table};
 pub use energy::{
     CountKind, EnergyModel, EnergyReport, EnergyRow, LayerCounts, LayerStats, energy_report,
+    energy_report_with,
 };
 
 /// Everything that can go wrong computing metrics: inputs that do not fit together.
