@@ -370,6 +370,12 @@ fn random_f32(n: usize, seed: u64, lo: f64, hi: f64) -> Vec<f32> {
 fn agrees_with_interpreter(rel: &str, overrides: &[(&str, &str)], batch: usize) {
     let c = compile(rel, overrides);
     for g in &c.graphs {
+        graph_agrees_with_interpreter(rel, g, batch);
+    }
+}
+
+fn graph_agrees_with_interpreter(rel: &str, g: &Graph, batch: usize) {
+    {
         let mut store = ParamStore::init(g, 7);
         for v in &mut store.values {
             v.mapv_inplace(|x| f64::from(x as f32));
@@ -443,4 +449,326 @@ fn custom_neuron_with_membrane_attention_agrees_with_the_interpreter() {
 #[test]
 fn nmnist_models_agree_with_the_interpreter() {
     agrees_with_interpreter("examples/nmnist.snn", &[("T", "4")], 2);
+}
+
+/// The gesture networks up to their second batchnorm (conv 2->64, bn, MALIF, conv 64->128,
+/// bn). Further on, f32 rounding flips the odd spike against the f64 interpreter (one in
+/// 164k at the second MALIF with random weights) and the flips cascade, so whole-network
+/// outputs cannot be compared exactly. Seconds in the debug interpreter: on demand only
+/// (`cargo test --test mlir -- --ignored`).
+#[test]
+#[ignore]
+fn gesture_models_agree_with_the_interpreter_up_to_bn1() {
+    let c = compile("examples/gesture.snn", &[("T", "5")]);
+    for g in &c.graphs {
+        let cut = g
+            .nodes
+            .iter()
+            .position(|n| n.name == "bn1")
+            .expect("a second batchnorm");
+        let mut g = g.clone();
+        g.nodes.truncate(cut + 1);
+        g.outputs = vec![snnc::ir::ValueId(cut)];
+        graph_agrees_with_interpreter("examples/gesture.snn", &g, 1);
+    }
+}
+
+/// Prints how long lowering, verification and the LLVM pipeline take for the largest
+/// everyday model (run with `--nocapture` to see it).
+#[test]
+fn gesture_lowering_timings() {
+    let c = compile("examples/gesture.snn", &[]);
+    for g in &c.graphs {
+        let (text, t) = emit(&[g], &LowerOptions { batch: 16 }, Stage::LlvmMlir).expect("emits");
+        eprintln!(
+            "{}: lower {:.1} ms, verify {:.1} ms, pipeline {:.1} ms ({} bytes of LLVM dialect)",
+            g.name,
+            t.lower.as_secs_f64() * 1e3,
+            t.verify.as_secs_f64() * 1e3,
+            t.pipeline.as_secs_f64() * 1e3,
+            text.len()
+        );
+    }
+}
+
+mod handmade {
+    //! A graph built by hand to reach what the examples do not: every scalar op of a neuron
+    //! program, a learnable neuron scalar, dropout, sum and max reductions, both flatten paths,
+    //! concat, broadcasting over T, a membrane gate, a membrane emit, and outputs that are views.
+
+    use snnc::ir::graph::*;
+    use snnc::ir::infer::infer_type;
+    use snnc::ir::scalar::{
+        NeuronProgram, Scalar, ScalarBinary as B, ScalarUnary as U, Target, Var,
+    };
+    use snnc::ir::{Axis, Elem, TensorType};
+
+    fn c(v: f64) -> Scalar {
+        Scalar::Const(v)
+    }
+    fn var(v: Var) -> Scalar {
+        Scalar::Var(v)
+    }
+    fn un(op: U, x: Scalar) -> Scalar {
+        Scalar::Unary(op, Box::new(x))
+    }
+    fn bin(op: B, x: Scalar, y: Scalar) -> Scalar {
+        Scalar::Binary(op, Box::new(x), Box::new(y))
+    }
+
+    fn neuron() -> NeuronProgram {
+        let x = || var(Var::Input);
+        let v = || var(Var::State(0));
+        let w = || var(Var::State(1));
+        let mut a = Scalar::Select(
+            Box::new(bin(B::Gt, x(), c(0.5))),
+            Box::new(un(U::Tanh, x())),
+            Box::new(un(U::Atan, x())),
+        );
+        let terms = [
+            bin(B::Mul, bin(B::Min, v(), c(1.0)), bin(B::Max, w(), c(-1.0))),
+            un(U::Sqrt, un(U::Abs, x())),
+            un(U::Exp, un(U::Neg, x())),
+            un(U::Log, bin(B::Add, c(1.0), un(U::Abs, x()))),
+            un(U::Sigmoid, x()),
+            un(U::Relu, bin(B::Sub, x(), c(1.0))),
+            bin(B::Pow, bin(B::Add, un(U::Abs, x()), c(1.0)), c(0.5)),
+            un(U::Not, x()),
+            bin(B::Lt, x(), c(1.0)),
+            bin(B::Le, x(), c(1.0)),
+            bin(B::Ge, x(), c(1.0)),
+            bin(B::Eq, x(), c(0.0)),
+            bin(B::Ne, x(), c(0.0)),
+            bin(B::And, x(), v()),
+            bin(B::Or, v(), w()),
+            un(U::Neg, un(U::Detach, w())),
+        ];
+        for t in terms {
+            a = bin(B::Add, a, t);
+        }
+        NeuronProgram {
+            name: "Everything".into(),
+            args: vec![],
+            states: vec![("v".into(), 0.0), ("w".into(), 0.5)],
+            learns: vec![("k".into(), 0.7)],
+            locals: vec!["a".into(), "spike".into()],
+            steps: vec![
+                (Target::Local(0), a),
+                (
+                    Target::State(0),
+                    bin(
+                        B::Add,
+                        bin(B::Mul, v(), var(Var::Learn(0))),
+                        bin(B::Div, var(Var::Local(0)), c(4.0)),
+                    ),
+                ),
+                (
+                    Target::Local(1),
+                    Scalar::Fire {
+                        arg: Box::new(bin(B::Sub, v(), c(1.0))),
+                        surrogate: 0,
+                    },
+                ),
+                (
+                    Target::State(0),
+                    bin(B::Mul, v(), bin(B::Sub, c(1.0), var(Var::Local(1)))),
+                ),
+                (
+                    Target::State(1),
+                    bin(B::Add, w(), bin(B::Mul, c(0.1), var(Var::Local(1)))),
+                ),
+            ],
+            spike: 1,
+            surrogates: vec![],
+            fire_step: 2,
+        }
+    }
+
+    fn push(
+        g: &mut Graph,
+        op: Op,
+        inputs: Vec<ValueId>,
+        params: Vec<ParamId>,
+        name: &str,
+    ) -> ValueId {
+        let tys: Vec<&TensorType> = inputs.iter().map(|i| g.ty(*i)).collect();
+        let ty = infer_type(&op, &tys).unwrap_or_else(|e| panic!("{name}: {}", e.message));
+        g.add_node(Node {
+            op,
+            inputs,
+            params,
+            ty,
+            name: name.into(),
+            span: None,
+        })
+    }
+
+    /// With `flatten_copy`, the T-broadcast operand comes from flattening a tensor without a
+    /// time axis (the gather path of flatten); the reference interpreter does not support that
+    /// shape yet, so the numeric comparison uses a keepdim reduction instead.
+    pub fn graph(flatten_copy: bool) -> Graph {
+        let mut g = Graph {
+            name: "Handmade".into(),
+            ..Graph::default()
+        };
+        let x = g.add_node(Node {
+            op: Op::Input {
+                name: "x".into(),
+                source: InputSource::Image {
+                    channels: 2,
+                    height: 4,
+                    width: 4,
+                },
+            },
+            inputs: vec![],
+            params: vec![],
+            ty: TensorType::image(3, 2, 4, 4, Elem::Real),
+            name: "x".into(),
+            span: None,
+        });
+        let d = push(&mut g, Op::Dropout { p: 0.0 }, vec![x], vec![], "drop");
+        let mp = push(
+            &mut g,
+            Op::Pool {
+                kind: PoolKind::Max,
+                kernel: 2,
+                stride: 2,
+            },
+            vec![d],
+            vec![],
+            "maxpool",
+        );
+        let s = push(
+            &mut g,
+            Op::Reduce {
+                kind: ReduceKind::Sum,
+                axes: vec![Axis::T],
+                keepdim: false,
+            },
+            vec![mp],
+            vec![],
+            "sum",
+        );
+        let f1 = push(&mut g, Op::Flatten, vec![s], vec![], "flat_copy");
+        let fl = push(&mut g, Op::Flatten, vec![d], vec![], "flat_view");
+        let cat = push(
+            &mut g,
+            Op::Concat { axis: Axis::N },
+            vec![fl, fl],
+            vec![],
+            "cat",
+        );
+        let gm = push(
+            &mut g,
+            Op::Reduce {
+                kind: ReduceKind::Mean,
+                axes: vec![Axis::N],
+                keepdim: true,
+            },
+            vec![cat],
+            vec![],
+            "gate_mean",
+        );
+        let gs = push(
+            &mut g,
+            Op::Unary(UnaryOp::Sigmoid),
+            vec![gm],
+            vec![],
+            "gate",
+        );
+        let w = g.add_param(ParamDecl {
+            name: "dense.weight".into(),
+            shape: vec![8, 64],
+            role: ParamRole::Weight,
+            init: Init::UniformFanIn { fan_in: 64 },
+        });
+        let dn = push(
+            &mut g,
+            Op::Dense {
+                axis: Axis::N,
+                out: 8,
+            },
+            vec![cat],
+            vec![w],
+            "dense",
+        );
+        let over_t = if flatten_copy {
+            f1
+        } else {
+            push(
+                &mut g,
+                Op::Reduce {
+                    kind: ReduceKind::Sum,
+                    axes: vec![Axis::T],
+                    keepdim: true,
+                },
+                vec![dn],
+                vec![],
+                "dense_sum",
+            )
+        };
+        let add = push(
+            &mut g,
+            Op::Binary(BinaryOp::Add),
+            vec![dn, over_t],
+            vec![],
+            "sum_t",
+        );
+        let k1 = g.add_param(ParamDecl {
+            name: "n1.k".into(),
+            shape: vec![1],
+            role: ParamRole::NeuronScalar,
+            init: Init::Const(0.7),
+        });
+        let k2 = g.add_param(ParamDecl {
+            name: "n2.k".into(),
+            shape: vec![1],
+            role: ParamRole::NeuronScalar,
+            init: Init::Const(0.7),
+        });
+        let spikes = push(
+            &mut g,
+            Op::Scan {
+                neuron: Box::new(neuron()),
+                emit: ScanEmit::Spikes,
+            },
+            vec![add, gs],
+            vec![k1],
+            "spikes",
+        );
+        let membrane = push(
+            &mut g,
+            Op::Scan {
+                neuron: Box::new(neuron()),
+                emit: ScanEmit::Membrane,
+            },
+            vec![add],
+            vec![k2],
+            "membrane",
+        );
+        g.outputs = vec![spikes, membrane, d, fl, spikes];
+        g
+    }
+}
+
+#[test]
+fn handmade_graph_covers_every_op_and_agrees_with_the_interpreter() {
+    let g = handmade::graph(true);
+    let problems = snnc::ir::verify::verify(&g);
+    assert!(problems.is_empty(), "{problems:?}");
+    let text = emit_one(&g, 2, Stage::Mlir);
+    for op in [
+        "math.tanh",
+        "math.atan",
+        "math.powf",
+        "math.log",
+        "arith.minnumf",
+        "arith.ori",
+        "memref.collapse_shape",
+        "arith.divui",
+    ] {
+        assert!(text.contains(op), "{op} missing:\n{text}");
+    }
+    emit_one(&g, 2, Stage::LlvmMlir);
+    graph_agrees_with_interpreter("handmade", &handmade::graph(false), 2);
 }

@@ -578,7 +578,7 @@ fn block_arg<'c>(blk: &Block<'c>, i: usize) -> V<'c> {
 }
 
 /// `ivs` with `v` inserted at `pos` (the axis a loop nest does not range over).
-fn insert_at<'c>(ivs: &[V<'c>], pos: usize, v: V<'c>) -> Vec<V<'c>> {
+fn insert_at<T: Copy>(ivs: &[T], pos: usize, v: T) -> Vec<T> {
     let mut out = ivs.to_vec();
     out.insert(pos.min(out.len()), v);
     out
@@ -1424,4 +1424,157 @@ fn eval<'c>(
             fx.bool_to_f32(b, c)
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::scalar::{ScalarUnary, Target};
+    use crate::mlir::context::new_context;
+    use crate::sema::compile_source;
+    use melior::ir::operation::OperationLike;
+    use std::path::Path;
+
+    const GOLDEN_SMALL: &str = include_str!("../../../tests/reference/golden_small.snn");
+
+    fn golden_small() -> Graph {
+        let c = compile_source(Path::new("golden_small.snn"), GOLDEN_SMALL.to_string(), &[]);
+        assert!(!c.diags.has_errors());
+        c.graphs.into_iter().next().expect("one model")
+    }
+
+    fn lowered_text(g: &Graph, batch: usize) -> String {
+        let context = new_context();
+        let module = lower_graphs(&context, &[g], &LowerOptions { batch }).expect("lowers");
+        assert!(module.as_operation().verify());
+        module.as_operation().to_string()
+    }
+
+    #[test]
+    fn index_helpers() {
+        assert_eq!(insert_at(&[1, 2, 3], 1, 9), vec![1, 9, 2, 3]);
+        assert_eq!(insert_at(&[1, 2], 5, 9), vec![1, 2, 9]);
+        assert_eq!(remove_at(&[4, 5, 6], 0), vec![5, 6]);
+        assert!(flatten_collapses(&TensorType::image(
+            2,
+            3,
+            4,
+            5,
+            crate::ir::Elem::Real
+        )));
+        assert!(!flatten_collapses(&TensorType::flat(
+            2,
+            3,
+            crate::ir::Elem::Real
+        )));
+    }
+
+    #[test]
+    fn signature_is_inputs_then_params_then_outputs() {
+        let g = golden_small();
+        let sig = forward_signature(&g, &LowerOptions { batch: 3 }).expect("signature");
+        assert_eq!(sig.len(), 1 + g.params.len() + 1);
+        assert_eq!(sig[0].role, ArgRole::Input);
+        assert_eq!(sig[0].shape, vec![4, 3, 2, 8, 8]);
+        assert!(
+            sig[1..=g.params.len()]
+                .iter()
+                .zip(&g.params)
+                .all(|(a, p)| a.name == p.name)
+        );
+        let states: Vec<&str> = sig
+            .iter()
+            .filter(|a| a.role == ArgRole::State)
+            .map(|a| a.name.as_str())
+            .collect();
+        assert_eq!(states, ["bn0.running_mean", "bn0.running_var"]);
+        let last = sig.last().expect("output");
+        assert_eq!(
+            (last.role, last.shape.clone()),
+            (ArgRole::Output, vec![3, 3])
+        );
+    }
+
+    /// Every `memref.alloc` is freed exactly once, after its last textual use, and nothing
+    /// is allocated for values computed straight into an output or viewed through flatten.
+    #[test]
+    fn every_intermediate_is_freed_after_its_last_use() {
+        let g = golden_small();
+        let text = lowered_text(&g, 1);
+        let lines: Vec<&str> = text.lines().collect();
+        let allocs: Vec<String> = lines
+            .iter()
+            .filter_map(|l| l.trim().split_once(" = memref.alloc()"))
+            .map(|(name, _)| name.to_string())
+            .collect();
+        let computed = g
+            .nodes
+            .iter()
+            .filter(|n| !matches!(n.op, Op::Input { .. } | Op::Flatten | Op::Dropout { .. }))
+            .count();
+        assert_eq!(allocs.len(), computed - g.outputs.len());
+        for a in &allocs {
+            let uses = |l: &&str| {
+                l.split(|c: char| !(c.is_alphanumeric() || c == '%' || c == '_'))
+                    .any(|w| w == a)
+            };
+            let freed: Vec<usize> = (0..lines.len())
+                .filter(|&i| lines[i].contains("memref.dealloc") && uses(&lines[i]))
+                .collect();
+            assert_eq!(freed.len(), 1, "{a} freed {freed:?}");
+            let last = (0..lines.len()).filter(|&i| uses(&lines[i])).max();
+            assert_eq!(last, freed.first().copied(), "{a} used after its dealloc");
+        }
+    }
+
+    #[test]
+    fn malformed_neuron_programs_are_errors_not_panics() {
+        let mut p = NeuronProgram {
+            name: "Bad".into(),
+            args: vec![],
+            states: vec![("v".into(), 0.0)],
+            learns: vec![],
+            locals: vec!["s".into()],
+            steps: vec![(Target::State(0), Scalar::Var(Var::Local(0)))],
+            spike: 0,
+            surrogates: vec![],
+            fire_step: 0,
+        };
+        assert!(check_program(&p).is_err(), "local read before assignment");
+        p.steps = vec![(Target::State(3), Scalar::Const(1.0))];
+        assert!(check_program(&p).is_err(), "unknown state");
+        p.steps = vec![(
+            Target::Local(0),
+            Scalar::Unary(ScalarUnary::Exp, Box::new(Scalar::Var(Var::Learn(0)))),
+        )];
+        assert!(check_program(&p).is_err(), "unknown learnable");
+        p.steps = vec![(Target::Local(0), Scalar::Var(Var::Input))];
+        assert!(check_program(&p).is_ok());
+        p.states.clear();
+        assert!(check_program(&p).is_err(), "no membrane");
+    }
+
+    #[test]
+    fn refuses_zero_batch_and_duplicate_models() {
+        let g = golden_small();
+        let context = new_context();
+        let Err(err) = lower_graphs(&context, &[&g], &LowerOptions { batch: 0 }) else {
+            panic!("batch 0 must be refused");
+        };
+        assert!(err.message.contains("batch"));
+        let Err(err) = lower_graphs(&context, &[&g, &g], &LowerOptions::default()) else {
+            panic!("two models with one name must be refused");
+        };
+        assert!(err.message.contains("clash"), "{err}");
+    }
+
+    #[test]
+    fn constants_are_hoisted_and_shared() {
+        let text = lowered_text(&golden_small(), 1);
+        let zeros = text.matches("arith.constant 0 : index").count();
+        assert_eq!(zeros, 1, "{text}");
+        let first_loop = text.find("scf.parallel").expect("a loop");
+        let last_const = text.rfind("arith.constant").expect("constants");
+        assert!(last_const < first_loop);
+    }
 }

@@ -192,3 +192,66 @@ pub fn emit(
     }
     Ok((format!("{}\n", module.as_operation()), timings))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use melior::{
+        dialect::func,
+        ir::{
+            Block, BlockLike, Location, Region, RegionLike, Type,
+            attribute::{StringAttribute, TypeAttribute},
+            r#type::FunctionType,
+        },
+    };
+
+    /// `func @f() -> f32` whose body returns nothing: MLIR's verifier rejects it.
+    fn broken_module(context: &Context) -> Module<'_> {
+        let location = Location::unknown(context);
+        let module = Module::new(location);
+        let f32 = Type::float32(context);
+        let block = Block::new(&[]);
+        block.append_operation(func::r#return(&[], location));
+        let region = Region::new();
+        region.append_block(block);
+        module.body().append_operation(func::func(
+            context,
+            StringAttribute::new(context, "f"),
+            TypeAttribute::new(FunctionType::new(context, &[], &[f32]).into()),
+            region,
+            &[],
+            location,
+        ));
+        module
+    }
+
+    #[test]
+    fn verifier_messages_reach_the_error() {
+        let context = new_context();
+        let module = broken_module(&context);
+        let err = verify(&context, &module).expect_err("must not verify");
+        assert!(err.message.contains("does not verify"), "{err}");
+        assert!(err.message.contains("func.return"), "{err}");
+    }
+
+    #[test]
+    fn bad_pipelines_are_reported_and_registration_is_idempotent() {
+        let context = new_context();
+        let mut module = Module::new(Location::unknown(&context));
+        ensure_passes_registered();
+        ensure_passes_registered();
+        let err = run_pipeline(&context, &mut module, "builtin.module(no-such-pass)")
+            .expect_err("unknown pass");
+        assert!(err.message.contains("no-such-pass"), "{err}");
+        run_pipeline(&context, &mut module, LLVM_PIPELINE).expect("empty module lowers");
+        assert!(non_llvm_ops(&module).is_empty());
+    }
+
+    #[test]
+    fn non_llvm_ops_are_named() {
+        let context = new_context();
+        let module = broken_module(&context);
+        let err = check_llvm_only(&module).expect_err("func survives");
+        assert!(err.message.contains("func.func"), "{err}");
+    }
+}
