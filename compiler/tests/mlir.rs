@@ -1,6 +1,5 @@
-//! Tests of the MLIR lowering: snapshots of `--emit mlir` / `--emit llvm-mlir`, independent
-//! checks with `mlir-opt-22`, the LLVM-only invariant, and execution of the lowered code
-//! (MLIR's JIT) against PyTorch's golden values and the reference interpreter.
+//! Tests of the MLIR lowering: snapshots, `mlir-opt-22` cross-checks, the LLVM-only invariant,
+//! and JIT runs of the lowered code against PyTorch's golden values and the interpreter.
 
 mod common;
 
@@ -502,6 +501,8 @@ mod handmade {
         NeuronProgram, Scalar, ScalarBinary as B, ScalarUnary as U, Target, Var,
     };
     use snnc::ir::{Axis, Elem, TensorType};
+    use snnc::sema::compile_source;
+    use std::path::Path;
 
     fn c(v: f64) -> Scalar {
         Scalar::Const(v)
@@ -593,14 +594,27 @@ mod handmade {
     ) -> ValueId {
         let tys: Vec<&TensorType> = inputs.iter().map(|i| g.ty(*i)).collect();
         let ty = infer_type(&op, &tys).unwrap_or_else(|e| panic!("{name}: {}", e.message));
-        g.add_node(Node {
-            op,
-            inputs,
-            params,
-            ty,
-            name: name.into(),
-            span: None,
-        })
+        let node = like_input(g, op, inputs, params, ty, name);
+        g.add_node(node)
+    }
+
+    /// A node made from the graph's input node, so that bookkeeping fields added to `Node`
+    /// later (spans, groups, ...) need no change here.
+    fn like_input(
+        g: &Graph,
+        op: Op,
+        inputs: Vec<ValueId>,
+        params: Vec<ParamId>,
+        ty: TensorType,
+        name: &str,
+    ) -> Node {
+        let mut node = g.nodes[0].clone();
+        node.op = op;
+        node.inputs = inputs;
+        node.params = params;
+        node.ty = ty;
+        node.name = name.into();
+        node
     }
 
     /// With `flatten_copy`, the T-broadcast operand comes from flattening a tensor without a
@@ -611,21 +625,18 @@ mod handmade {
             name: "Handmade".into(),
             ..Graph::default()
         };
-        let x = g.add_node(Node {
-            op: Op::Input {
-                name: "x".into(),
-                source: InputSource::Image {
-                    channels: 2,
-                    height: 4,
-                    width: 4,
-                },
-            },
-            inputs: vec![],
-            params: vec![],
-            ty: TensorType::image(3, 2, 4, 4, Elem::Real),
-            name: "x".into(),
-            span: None,
-        });
+        // The input node comes from a one-line model: it is the template of every other node.
+        let source = "model M(T: int = 3) {\n    input x: image(channels = 2, height = 4, width = 4, T = T)\n    x -> flatten -> readout.rate\n}\n";
+        let c = compile_source(Path::new("handmade.snn"), source.to_string(), &[]);
+        assert!(
+            !c.diags.has_errors(),
+            "{}",
+            c.diags.render_plain(&c.program.sources)
+        );
+        let input = c.graphs[0].nodes[0].clone();
+        assert!(matches!(input.op, Op::Input { .. }));
+        assert_eq!(input.ty, TensorType::image(3, 2, 4, 4, Elem::Real));
+        let x = g.add_node(input);
         let d = push(&mut g, Op::Dropout { p: 0.0 }, vec![x], vec![], "drop");
         let mp = push(
             &mut g,

@@ -1,16 +1,5 @@
 //! Lowering of a graph's forward pass to MLIR (func/arith/math/scf/memref) with melior: one
 //! `@<model>_forward` function per model over static memrefs, one explicit loop nest per op.
-//!
-//! Calling convention of `@<model>_forward` (no results; every buffer is owned by the caller):
-//! each model input, then every parameter in `Graph::params` order (batchnorm running statistics
-//! included: the training-mode forward updates them in place), then one buffer per model output.
-//! Every buffer is a static, row-major `memref<...xf32>` in the IR's axis order, with the batch
-//! axis sized by [`LowerOptions::batch`]. Each argument carries `{snnc.name, snnc.role}`.
-//!
-//! Semantics worth knowing: batchnorm is the training-mode forward (batch statistics; running
-//! statistics updated with momentum and the unbiased variance); dropout is the identity (the
-//! inference behaviour; training masks belong to the runtime's RNG, not to this lowering);
-//! `detach` is the identity in a forward pass; `fire` is the branch-free `x >= 0 ? 1 : 0`.
 
 use crate::ir::graph::{BinaryOp, Graph, Node, Op, ParamRole, PoolKind, ReduceKind, ScanEmit};
 use crate::ir::graph::{UnaryOp, ValueId};
@@ -177,6 +166,17 @@ fn to_i64(shape: &[usize]) -> Vec<i64> {
 
 /// Lowers every graph into one module (one `@<model>_forward` each). Not verified here: see
 /// [`super::pipeline`].
+///
+/// Calling convention (no results; the caller owns every buffer): each model input, then every
+/// parameter in `Graph::params` order, then one buffer per model output (see
+/// [`forward_signature`]). Buffers are static, row-major `memref<...xf32>` in the IR's axis
+/// order with `B = opts.batch`; each argument carries `{snnc.name, snnc.role}`.
+///
+/// Semantics: batchnorm is the training-mode forward (batch statistics; the running statistics
+/// are updated in place with momentum and the unbiased variance); dropout is the identity (its
+/// inference behaviour: training masks need the runtime's RNG); `detach` is the identity in a
+/// forward pass; `fire` is the branch-free `x >= 0 ? 1 : 0`; intermediates are
+/// `memref.alloc`ed at their definition and freed after their last use.
 pub fn lower_graphs<'c>(
     context: &'c Context,
     graphs: &[&Graph],
