@@ -11,3 +11,4 @@ pub mod ir;
 pub mod mlir;
 pub mod sema;
 pub mod syntax;
+pub mod train;

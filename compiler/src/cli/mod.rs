@@ -2,6 +2,7 @@
 //! code; diagnostics go to stderr, requested output to stdout or `-o`.
 
 mod frames;
+mod train;
 
 use crate::diag::explain;
 use crate::ir::printer::print_graph;
@@ -53,6 +54,14 @@ enum Command {
     Explain { code: String },
     /// Frame an event recording into [T, 2, H, W] (paper Sec. III-A); write .npy and/or PNG.
     Frames(frames::FramesArgs),
+    /// Train a model on event data (BPTT with surrogate gradients); checkpoints and a log.
+    Train(train::TrainArgs),
+    /// Evaluate a checkpoint: accuracy, firing rates, spikes and energy per layer.
+    Eval(train::EvalArgs),
+    /// Train two models under the same budget and print the paper-style comparison table.
+    Compare(train::CompareArgs),
+    /// Plot a run's loss, accuracy and firing-rate curves as PNG files.
+    Plot(train::PlotArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -69,7 +78,7 @@ enum Emit {
     LlvmMlir,
 }
 
-fn parse_override(s: &str) -> Result<Override, String> {
+pub(crate) fn parse_override(s: &str) -> Result<Override, String> {
     let (name, value) = s
         .split_once('=')
         .ok_or_else(|| format!("expected NAME=EXPR, found `{s}`"))?;
@@ -186,6 +195,10 @@ pub fn main() -> ExitCode {
             write_output(output.as_deref(), &text)
         }
         Command::Frames(args) => frames::run(args),
+        Command::Train(args) => train::run_train(args),
+        Command::Eval(args) => train::run_eval(args),
+        Command::Compare(args) => train::run_compare(args),
+        Command::Plot(args) => train::run_plot(args),
         Command::Explain { code } => match explain(&code) {
             Some(c) => {
                 println!("{}: {}\n\n{}", c.as_str(), c.title(), c.explanation());

@@ -1,79 +1,114 @@
-//! Static operation counts per layer, for the paper's energy estimate: synaptic layers fed by
-//! binary spikes cost accumulates (SOPs = input firing rate × their MACs), the encoding layer
-//! and attention modules cost multiply-accumulates.
+//! Static operation counts for the paper's energy estimate, as the runtime's `LayerCounts`
+//! rows: each spiking layer with the MACs of the layers its spikes drive (charged as SOPs at its
+//! firing rate), encoding layers fed by real values (MACs), and attention modules (MACs).
 
 use super::graph::*;
 use super::types::{Axis, Elem};
+use snn_runtime::metrics::{CountKind, LayerCounts};
 
-/// How a layer's operations are charged.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Charge {
-    /// Real-valued input (the encoding layer, or inputs after average pooling): MACs.
-    Mac,
-    /// Binary spike input: only the spikes that arrive cost an accumulate each.
-    Sop,
-    /// Part of an attention module: MACs (the paper counts attention as MACs).
-    Attention,
+fn is_attention(node: &Node) -> bool {
+    node.group.is_some()
 }
 
-#[derive(Clone, Debug, PartialEq)]
-pub struct LayerCost {
-    pub node: ValueId,
-    pub name: String,
-    pub charge: Charge,
-    /// Multiply-accumulates per sample over all time steps, were every input non-zero.
-    pub macs_per_sample: u64,
-}
-
-/// Attention nodes are the ones the elaborator expands from `attend(...)`; it names them with
-/// these prefixes.
-pub fn is_attention(node: &Node) -> bool {
-    ["ta", "ca", "sa", "gated", "gate"].iter().any(|p| {
-        node.name
-            .strip_prefix(p)
-            .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_digit() || c == '_'))
+/// MACs of a weight layer or attention op per sample over all its time steps.
+fn macs(g: &Graph, node: &Node) -> Option<u64> {
+    let x = g.ty(*node.inputs.first()?);
+    let out = node.ty.numel_per_sample() as u64;
+    Some(match &node.op {
+        Op::Conv2d { kernel, .. } => {
+            out * (x.size(Axis::C).unwrap_or(1) * kernel.0 * kernel.1) as u64
+        }
+        Op::Dense { axis, .. } => out * x.size(*axis).unwrap_or(1) as u64,
+        Op::Binary(BinaryOp::Mul) | Op::Reduce { .. } | Op::Unary(UnaryOp::Sigmoid)
+            if is_attention(node) =>
+        {
+            out
+        }
+        _ => return None,
     })
 }
 
-fn per_sample(ty: &super::TensorType) -> u64 {
-    ty.numel_per_sample() as u64
+/// The scan whose spikes reach `v` through shape-only ops (flatten, max pooling), if any.
+fn spike_source(g: &Graph, mut v: ValueId) -> Option<ValueId> {
+    loop {
+        let node = g.node(v);
+        match &node.op {
+            Op::Scan {
+                emit: ScanEmit::Spikes,
+                ..
+            } => return Some(v),
+            Op::Flatten
+            | Op::Pool {
+                kind: PoolKind::Max,
+                ..
+            } if g.ty(v).elem == Elem::Spike => v = *node.inputs.first()?,
+            _ => return None,
+        }
+    }
 }
 
-/// Costs of every layer that does arithmetic worth counting (weights, attention).
-pub fn layer_costs(g: &Graph) -> Vec<LayerCost> {
-    let mut out = Vec::new();
-    for (i, node) in g.nodes.iter().enumerate() {
-        let Some(x) = node.inputs.first() else {
-            continue;
-        };
-        let xt = g.ty(*x);
-        let macs = match &node.op {
-            Op::Conv2d { kernel, .. } => {
-                per_sample(&node.ty) * (xt.size(Axis::C).unwrap_or(1) * kernel.0 * kernel.1) as u64
-            }
-            Op::Dense { axis, .. } => per_sample(&node.ty) * xt.size(*axis).unwrap_or(1) as u64,
-            Op::Binary(BinaryOp::Mul) | Op::Reduce { .. } | Op::Unary(UnaryOp::Sigmoid)
-                if is_attention(node) =>
+fn steps(ty: &super::TensorType) -> u64 {
+    ty.size(Axis::T).unwrap_or(1).max(1) as u64
+}
+
+/// The energy model's rows for `g`.
+pub fn layer_counts(g: &Graph) -> Vec<LayerCounts> {
+    let mut spiking: Vec<(ValueId, f64)> = g
+        .nodes
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| {
+            matches!(
+                n.op,
+                Op::Scan {
+                    emit: ScanEmit::Spikes,
+                    ..
+                }
+            )
+        })
+        .map(|(i, _)| (ValueId(i), 0.0))
+        .collect();
+    let mut rows = Vec::new();
+    for node in &g.nodes {
+        let Some(m) = macs(g, node) else { continue };
+        let per_step = m as f64 / steps(&node.ty) as f64;
+        if let Some(group) = &node.group {
+            // One row per attention module, summing the ops it expanded into.
+            match rows
+                .iter_mut()
+                .find(|r: &&mut LayerCounts| &r.name == group)
             {
-                per_sample(&node.ty)
+                Some(row) => row.synaptic_ops_per_sample += m as f64,
+                None => rows.push(LayerCounts {
+                    name: group.clone(),
+                    neurons_per_sample: 0,
+                    synaptic_ops_per_sample: m as f64,
+                    kind: CountKind::Attention,
+                }),
             }
-            _ => continue,
-        };
-        let charge = if is_attention(node) {
-            Charge::Attention
-        } else if xt.elem == Elem::Spike {
-            Charge::Sop
+        } else if let Some(src) = node.inputs.first().and_then(|x| spike_source(g, *x)) {
+            if let Some(entry) = spiking.iter_mut().find(|(id, _)| *id == src) {
+                entry.1 += per_step;
+            }
         } else {
-            Charge::Mac
-        };
-        out.push(LayerCost {
-            node: ValueId(i),
-            name: node.name.clone(),
-            charge,
-            macs_per_sample: macs,
+            rows.push(LayerCounts {
+                name: node.name.clone(),
+                neurons_per_sample: 0,
+                synaptic_ops_per_sample: per_step,
+                kind: CountKind::Encoding,
+            });
+        }
+    }
+    for (id, ops) in spiking {
+        let ty = g.ty(id);
+        rows.push(LayerCounts {
+            name: g.node(id).name.clone(),
+            neurons_per_sample: ty.numel_per_sample() as u64 / steps(ty),
+            synaptic_ops_per_sample: ops,
+            kind: CountKind::Spiking,
         });
     }
-    out
+    rows
 }
 
 #[cfg(test)]
@@ -81,17 +116,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn encoding_layer_costs_macs_and_spike_fed_layers_sops() {
+    fn encoding_layer_costs_macs_and_spikes_drive_sops() {
         let src = "import std.neurons.{LIF}\nimport std.attention.{CA}\nmodel M(T: int = 2) {\n input x: image(channels = 2, height = 4, width = 4, T = T)\n x -> conv(3, 3) -> bn -> attend(CA(r_c = 1)) -> LIF -> flatten -> linear(5) -> LIF -> readout.rate\n}\n";
         let c = crate::sema::compile_source(std::path::Path::new("m.snn"), src.into(), &[]);
         let g = c.graphs.first().expect("compiles");
-        let costs = layer_costs(g);
-        let conv = costs.iter().find(|c| c.name == "conv0").expect("conv");
-        assert_eq!(conv.charge, Charge::Mac);
-        assert_eq!(conv.macs_per_sample, 2 * 3 * 4 * 4 * 2 * 9);
-        let linear = costs.iter().find(|c| c.name == "linear0").expect("linear");
-        assert_eq!(linear.charge, Charge::Sop);
-        assert_eq!(linear.macs_per_sample, 2 * 5 * 48);
-        assert!(costs.iter().any(|c| c.charge == Charge::Attention));
+        let rows = layer_counts(g);
+        let row = |n: &str| {
+            rows.iter()
+                .find(|r| r.name == n)
+                .unwrap_or_else(|| panic!("no row {n}: {rows:?}"))
+        };
+        assert_eq!(row("conv0").kind, CountKind::Encoding);
+        assert_eq!(
+            row("conv0").synaptic_ops_per_sample,
+            (3 * 4 * 4 * 2 * 9) as f64
+        );
+        assert_eq!(row("lif0").kind, CountKind::Spiking);
+        assert_eq!(row("lif0").neurons_per_sample, 48);
+        assert_eq!(
+            row("lif0").synaptic_ops_per_sample,
+            (5 * 48) as f64,
+            "lif0 drives linear0"
+        );
+        assert_eq!(
+            row("lif1").synaptic_ops_per_sample,
+            0.0,
+            "the output layer drives nothing"
+        );
+        assert!(rows.iter().any(|r| r.kind == CountKind::Attention));
     }
 }

@@ -218,13 +218,53 @@ pub struct Node {
     /// Where in the source this node came from (the stage that created it).
     #[serde(skip)]
     pub span: Option<Span>,
+    /// The attention module this node was expanded from (`att0`, ...), for per-module reports.
+    #[serde(skip)]
+    pub group: Option<String>,
 }
 
 /// Training configuration from a model's `train { }` section, values already checked.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct TrainSetting {
     pub name: String,
+    /// As written back by the printer.
     pub value: String,
+    pub typed: TrainValue,
+}
+
+/// A checked training setting value: numbers, strings and builtin specs like `adam(lr = 1e-3)`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub enum TrainValue {
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+    Str(String),
+    Tuple(Vec<TrainValue>),
+    Spec {
+        name: String,
+        args: Vec<(String, TrainValue)>,
+    },
+}
+
+impl TrainValue {
+    pub fn as_f64(&self) -> Option<f64> {
+        match self {
+            TrainValue::Int(i) => Some(*i as f64),
+            TrainValue::Float(f) => Some(*f),
+            _ => None,
+        }
+    }
+
+    /// A named argument of a spec (`adam(lr = 1e-3)` → `arg("lr")`), or its n-th positional one.
+    pub fn arg(&self, name: &str, position: usize) -> Option<&TrainValue> {
+        let TrainValue::Spec { args, .. } = self else {
+            return None;
+        };
+        args.iter()
+            .find(|(k, _)| k == name)
+            .or_else(|| args.get(position).filter(|(k, _)| k.starts_with('_')))
+            .map(|(_, v)| v)
+    }
 }
 
 #[derive(Clone, Debug, Default, Serialize)]

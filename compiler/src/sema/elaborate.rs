@@ -47,6 +47,8 @@ pub struct Elaborator<'p> {
     /// Blocks being expanded, to catch recursion.
     block_stack: Vec<DefId>,
     readouts: Vec<ValueId>,
+    /// Set while an `attend(...)` expands: the module every node created belongs to.
+    attention_group: Option<String>,
 }
 
 impl<'p> Elaborator<'p> {
@@ -58,6 +60,7 @@ impl<'p> Elaborator<'p> {
             counters: HashMap::new(),
             block_stack: Vec::new(),
             readouts: Vec::new(),
+            attention_group: None,
         }
     }
 
@@ -613,6 +616,7 @@ impl<'p> Elaborator<'p> {
             ty,
             name,
             span: Some(span),
+            group: self.attention_group.clone(),
         }))
     }
 
@@ -779,6 +783,7 @@ impl<'p> Elaborator<'p> {
             ty,
             name,
             span: Some(input.name.span),
+            group: None,
         }))
     }
 
@@ -1174,6 +1179,22 @@ impl<'p> Elaborator<'p> {
 
     /// Expands an attention module on `x`. Returns (re-weighted tensor, combined gate).
     fn attend(
+        &mut self,
+        att: &AttSpec,
+        x: ValueId,
+        want_gate: bool,
+        span: Span,
+    ) -> Result<(Flowing, Flowing), Diagnostic> {
+        if self.attention_group.is_some() {
+            return self.attend_parts(att, x, want_gate, span);
+        }
+        self.attention_group = Some(self.fresh_name("att"));
+        let result = self.attend_parts(att, x, want_gate, span);
+        self.attention_group = None;
+        result
+    }
+
+    fn attend_parts(
         &mut self,
         att: &AttSpec,
         x: ValueId,

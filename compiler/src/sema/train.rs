@@ -3,7 +3,7 @@
 
 use super::value::{ConstEnv, Value, article};
 use crate::diag::{Diagnostic, ErrorCode};
-use crate::ir::TrainSetting;
+use crate::ir::{TrainSetting, TrainValue};
 use crate::syntax::ast::TrainSection;
 
 /// (setting, what it accepts, check).
@@ -103,7 +103,18 @@ pub fn check_train(
             );
             continue;
         }
+        let Some(typed) = typed(&v) else {
+            errors.push(
+                Diagnostic::error(
+                    ErrorCode::Train,
+                    format!("`{name}` cannot hold {} {}", article(v.kind()), v.kind()),
+                )
+                .primary(s.value.span, "not a number, string or builtin setting"),
+            );
+            continue;
+        };
         out.push(TrainSetting {
+            typed,
             name: name.to_string(),
             value: v.to_string(),
         });
@@ -113,4 +124,23 @@ pub fn check_train(
     } else {
         Err(errors)
     }
+}
+
+/// The runtime-facing form of a checked setting value.
+fn typed(v: &Value) -> Option<TrainValue> {
+    Some(match v {
+        Value::Int(i) => TrainValue::Int(*i),
+        Value::Float(f) => TrainValue::Float(*f),
+        Value::Bool(b) => TrainValue::Bool(*b),
+        Value::Str(s) => TrainValue::Str(s.clone()),
+        Value::Tuple(items) => TrainValue::Tuple(items.iter().map(typed).collect::<Option<_>>()?),
+        Value::Spec { name, args } => TrainValue::Spec {
+            name: name.clone(),
+            args: args
+                .iter()
+                .map(|(k, v)| typed(v).map(|t| (k.clone(), t)))
+                .collect::<Option<_>>()?,
+        },
+        _ => return None,
+    })
 }
