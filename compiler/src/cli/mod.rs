@@ -257,8 +257,15 @@ fn report(c: &Compilation) {
 /// Writes atomically (temp file + rename) so an interrupted run never leaves half a file.
 fn write_output(path: Option<&std::path::Path>, text: &str) -> ExitCode {
     let Some(path) = path else {
-        print!("{text}");
-        return ExitCode::SUCCESS;
+        use std::io::Write as _;
+        // A closed pipe (`snnc build ... | head`) is the reader's choice, not an error.
+        return match std::io::stdout().lock().write_all(text.as_bytes()) {
+            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                eprintln!("error: cannot write to stdout: {e}");
+                ExitCode::FAILURE
+            }
+            _ => ExitCode::SUCCESS,
+        };
     };
     let tmp = path.with_extension("tmp-snnc");
     let result = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, path));
