@@ -3,6 +3,7 @@
 
 mod frames;
 mod train;
+mod viz;
 
 use crate::diag::explain;
 use crate::ir::printer::print_graph;
@@ -49,6 +50,13 @@ enum Command {
         /// Batch size baked into the static shapes of `--emit mlir|llvm-mlir`.
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
         batch: u32,
+        /// `gpu`: emit PTX (`--emit ptx`), or with `-o DIR` write DIR/<model>.ptx and
+        /// DIR/<model>.launch.json.
+        #[arg(long, value_enum, default_value = "cpu")]
+        target: Target,
+        /// PTX target architecture for `--target gpu` (sm_90 or sm_80).
+        #[arg(long, default_value = "sm_90")]
+        chip: String,
     },
     /// Explain an error code, e.g. `snnc explain E0006`.
     Explain { code: String },
@@ -62,6 +70,8 @@ enum Command {
     Compare(train::CompareArgs),
     /// Plot a run's loss, accuracy and firing-rate curves as PNG files.
     Plot(train::PlotArgs),
+    /// Spiking-response visualisation of one sample: firing, membrane and attention maps (PNG).
+    Viz(viz::VizArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -76,6 +86,14 @@ enum Emit {
     Mlir,
     /// The MLIR after the pass pipeline to the LLVM dialect.
     LlvmMlir,
+    /// PTX of every kernel (with `--target gpu`).
+    Ptx,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Target {
+    Cpu,
+    Gpu,
 }
 
 pub(crate) fn parse_override(s: &str) -> Result<Override, String> {
@@ -127,13 +145,33 @@ pub fn main() -> ExitCode {
             overrides,
             output,
             batch,
+            target,
+            chip,
         } => {
             let c = compile_path(&file, &overrides);
             report(&c);
             if c.diags.has_errors() {
                 return ExitCode::FAILURE;
             }
+            // PTX is the GPU target's product: its default emit (`ir`) means PTX too.
+            if matches!(target, Target::Gpu) && matches!(emit, Emit::Ptx | Emit::Ir) {
+                let opts = crate::backend::gpu::GpuOptions {
+                    chip,
+                    batch: batch as usize,
+                };
+                return crate::backend::gpu::cli::build(
+                    &c,
+                    &file,
+                    model.as_deref(),
+                    output.as_deref(),
+                    &opts,
+                );
+            }
             let text = match emit {
+                Emit::Ptx => {
+                    eprintln!("error: --emit ptx needs --target gpu");
+                    return ExitCode::FAILURE;
+                }
                 Emit::Ast => {
                     let ast = c
                         .program
@@ -199,6 +237,7 @@ pub fn main() -> ExitCode {
         Command::Eval(args) => train::run_eval(args),
         Command::Compare(args) => train::run_compare(args),
         Command::Plot(args) => train::run_plot(args),
+        Command::Viz(args) => viz::run_viz(args),
         Command::Explain { code } => match explain(&code) {
             Some(c) => {
                 println!("{}: {}\n\n{}", c.as_str(), c.title(), c.explanation());

@@ -101,7 +101,7 @@ pub struct PlotArgs {
 }
 
 /// Compiles `FILE[:MODEL]` and returns the chosen graph and the file's directory.
-fn load_model(spec: &str, overrides: &[Override]) -> Result<(Graph, PathBuf), ExitCode> {
+pub(crate) fn load_model(spec: &str, overrides: &[Override]) -> Result<(Graph, PathBuf), ExitCode> {
     let (file, model) = match spec.rsplit_once(':') {
         Some((f, m)) if f.ends_with(".snn") => (f, Some(m)),
         _ => (spec, None),

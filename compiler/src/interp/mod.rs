@@ -212,6 +212,12 @@ impl<'g> Interpreter<'g> {
         }
     }
 
+    /// Keeps every forward value (for visualisation), not only what the backward needs.
+    pub fn keep_all(mut self) -> Self {
+        self.keep.iter_mut().for_each(|k| *k = true);
+        self
+    }
+
     fn axis(&self, v: ValueId, axis: Axis) -> Result<usize, InterpError> {
         self.graph.ty(v).position(axis).ok_or_else(|| {
             err(

@@ -30,4 +30,5 @@ pub use frame::{FrameSpec, Slicing, denoise, frame, repeat_static};
 pub use io::write_atomic;
 pub use npy::{load_frames_npy, save_frames_npy};
 pub use render::render_frames_png;
+pub(crate) use render::write_rgb_png;
 pub use types::{Event, Events, ReadOptions, ReadReport, Recording, TimestampPolicy};

@@ -69,13 +69,23 @@ pub fn render_frames_png(frames: &Array4<f32>, path: impl AsRef<Path>) -> Result
             rgb[i..i + tw * 3].fill(0);
         }
     }
+    write_rgb_png(path, width32, height32, &rgb)
+}
+
+/// Encodes 8-bit RGB pixels (row-major, 3 bytes each) as a PNG, written atomically.
+pub(crate) fn write_rgb_png(
+    path: &Path,
+    width: u32,
+    height: u32,
+    rgb: &[u8],
+) -> Result<(), EventError> {
     write_atomic(path, |out| {
-        let mut enc = png::Encoder::new(out, width32, height32);
+        let mut enc = png::Encoder::new(out, width, height);
         enc.set_color(png::ColorType::Rgb);
         enc.set_depth(png::BitDepth::Eight);
         let mut writer = enc.write_header().map_err(std::io::Error::other)?;
         writer
-            .write_image_data(&rgb)
+            .write_image_data(rgb)
             .map_err(std::io::Error::other)?;
         writer.finish().map_err(std::io::Error::other)
     })

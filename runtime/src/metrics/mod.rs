@@ -5,6 +5,7 @@ mod accuracy;
 mod compare;
 mod energy;
 mod format;
+mod heatmap;
 
 pub use accuracy::{AccuracyCounter, accuracy, argmax_rows, correct};
 pub use compare::{Comparison, Summary, compare, compare_table};
@@ -12,6 +13,7 @@ pub use energy::{
     CountKind, EnergyModel, EnergyReport, EnergyRow, LayerCounts, LayerStats, energy_report,
     energy_report_with,
 };
+pub use heatmap::{HeatmapRow, render_heatmaps};
 
 /// Everything that can go wrong computing metrics: inputs that do not fit together.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
