@@ -12,9 +12,13 @@ deps:
 build: deps
 	cargo build --release -p snnc
 
+# Trains the MA-SNN N-MNIST example with TCSA attention and without (vanilla) on the bundled real
+# N-MNIST subset (1,000 train / 100 test samples) and prints the paper-style comparison table.
+EPOCHS ?= 3
 run: build
 	$(SNNC) check examples/*.snn
-	$(SNNC) build examples/gesture.snn --model GestureTCSA --emit ir
+	$(SNNC) compare examples/nmnist.snn:NMNISTTCSA examples/nmnist.snn:NMNISTVanilla \
+		--epochs $(EPOCHS) --out runs/compare-$$(date +%Y%m%d-%H%M%S)
 
 test: deps
 	cargo test --workspace --all-targets
