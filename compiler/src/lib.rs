@@ -4,6 +4,7 @@
 //! (typed graph) → `mlir` (melior lowering) → backends. `diag` is shared by every stage.
 
 pub mod autodiff;
+pub mod backend;
 pub mod cli;
 pub mod diag;
 pub mod interp;

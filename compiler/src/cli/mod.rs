@@ -50,10 +50,11 @@ enum Command {
         /// Batch size baked into the static shapes of `--emit mlir|llvm-mlir`.
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
         batch: u32,
-        /// `gpu`: emit PTX (`--emit ptx`), or with `-o DIR` write DIR/<model>.ptx and
-        /// DIR/<model>.launch.json.
-        #[arg(long, value_enum, default_value = "cpu")]
-        target: Target,
+        /// `cpu` with `-o DIR`: write DIR/<model>.o, DIR/lib<model>.so, DIR/<model>.h and
+        /// DIR/<model>.json. `gpu`: emit PTX (`--emit ptx`), or with `-o DIR` write
+        /// DIR/<model>.ptx and DIR/<model>.launch.json.
+        #[arg(long, value_enum)]
+        target: Option<Target>,
         /// PTX target architecture for `--target gpu` (sm_90 or sm_80).
         #[arg(long, default_value = "sm_90")]
         chip: String,
@@ -84,10 +85,14 @@ enum Emit {
     Grad,
     /// The forward pass lowered to MLIR (func/scf/memref/arith/math), verified.
     Mlir,
-    /// The MLIR after the pass pipeline to the LLVM dialect.
+    /// The training functions (`_forward_train`, `_backward`) lowered to MLIR, verified.
+    MlirGrad,
+    /// The MLIR after the pass pipeline to the LLVM dialect (forward, forward_train, backward).
     LlvmMlir,
     /// PTX of every kernel (with `--target gpu`).
     Ptx,
+    /// Cranelift IR of the forward functions (the CPU backend's input to Cranelift).
+    Clif,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -154,7 +159,7 @@ pub fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
             // PTX is the GPU target's product: its default emit (`ir`) means PTX too.
-            if matches!(target, Target::Gpu) && matches!(emit, Emit::Ptx | Emit::Ir) {
+            if matches!(target, Some(Target::Gpu)) && matches!(emit, Emit::Ptx | Emit::Ir) {
                 let opts = crate::backend::gpu::GpuOptions {
                     chip,
                     batch: batch as usize,
@@ -167,7 +172,26 @@ pub fn main() -> ExitCode {
                     &opts,
                 );
             }
+            // Object code is the CPU target's product, like PTX for the GPU.
+            if matches!(target, Some(Target::Cpu)) && matches!(emit, Emit::Ir) {
+                return crate::backend::cpu::cli::build(
+                    &c,
+                    &file,
+                    model.as_deref(),
+                    output.as_deref(),
+                    batch as usize,
+                );
+            }
             let text = match emit {
+                Emit::Clif => match crate::backend::cpu::cli::clif(
+                    &c,
+                    &file,
+                    model.as_deref(),
+                    batch as usize,
+                ) {
+                    Ok(text) => text,
+                    Err(code) => return code,
+                },
                 Emit::Ptx => {
                     eprintln!("error: --emit ptx needs --target gpu");
                     return ExitCode::FAILURE;
@@ -218,11 +242,11 @@ pub fn main() -> ExitCode {
                         .collect::<Vec<_>>()
                         .join("\n")
                 }
-                Emit::Mlir | Emit::LlvmMlir => {
-                    let stage = if matches!(emit, Emit::Mlir) {
-                        crate::mlir::Stage::Mlir
-                    } else {
-                        crate::mlir::Stage::LlvmMlir
+                Emit::Mlir | Emit::MlirGrad | Emit::LlvmMlir => {
+                    let stage = match emit {
+                        Emit::Mlir => crate::mlir::Stage::Mlir,
+                        Emit::MlirGrad => crate::mlir::Stage::MlirGrad,
+                        _ => crate::mlir::Stage::LlvmMlir,
                     };
                     match emit_mlir(&c, &file, model.as_deref(), batch as usize, stage) {
                         Ok(text) => text,
