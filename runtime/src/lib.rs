@@ -3,6 +3,7 @@
 
 pub mod data;
 pub mod events;
+pub mod gpu;
 pub mod kernels;
 pub mod metrics;
 pub mod train;

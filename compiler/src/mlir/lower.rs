@@ -44,6 +44,19 @@ impl Default for LowerOptions {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LowerError {
     pub message: String,
+/// How data-parallel loop nests are emitted. The CPU path keeps one `scf.parallel` dimension
+/// per tensor axis; the GPU path wants a single flat dimension per kernel so that tiling and
+/// `gpu-map-parallel-loops` give full 1-D thread blocks, and no host-side work between kernels.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LoopForm {
+    /// One `scf.parallel` dimension per axis; nested parallel loops where natural (CPU).
+    #[default]
+    Nested,
+    /// Every parallel nest is one 1-D `scf.parallel` over the element count, its indices
+    /// recovered with div/rem; no nested parallel loops, no loads outside loops (GPU).
+    Flat,
+}
+
 }
 
 impl LowerError {
@@ -185,6 +198,16 @@ pub fn lower_graphs<'c>(
     if opts.batch == 0 {
         return Err(LowerError::new("the batch size must be at least 1"));
     }
+) -> Result<Module<'c>, LowerError> {
+    lower_graphs_with(context, graphs, opts, LoopForm::Nested)
+}
+
+/// [`lower_graphs`] with a choice of loop form (see [`LoopForm`]).
+pub fn lower_graphs_with<'c>(
+    context: &'c Context,
+    graphs: &[&Graph],
+    opts: &LowerOptions,
+    form: LoopForm,
     let module = Module::new(Location::unknown(context));
     let mut seen = std::collections::HashSet::new();
     for g in graphs {
@@ -194,7 +217,7 @@ pub fn lower_graphs<'c>(
                 g.name
             )));
         }
-        lower_graph(context, &module, g, opts)?;
+        lower_graph(context, &module, g, opts, form)?;
     }
     Ok(module)
 }
@@ -208,6 +231,7 @@ fn lower_graph<'c>(
     let problems = crate::ir::verify::verify(g);
     if !problems.is_empty() {
         return Err(LowerError::new(format!(
+    form: LoopForm,
             "model `{}` has an ill-formed graph:\n  {}",
             g.name,
             problems.join("\n  ")
@@ -222,7 +246,8 @@ fn lower_graph<'c>(
         .collect();
     let entry = Block::new(&arg_types.iter().map(|t| (*t, loc)).collect::<Vec<_>>());
     {
-        let fx = Fx::new(context, &entry, loc);
+        let mut fx = Fx::new(context, &entry, loc);
+        fx.flat = form == LoopForm::Flat;
         let mut lowering = Lowering::new(fx, g, opts.batch)?;
         lowering.run()?;
         entry.append_operation(func::r#return(&[], loc));
@@ -293,6 +318,8 @@ struct Fx<'c, 'e> {
 
 impl<'c, 'e> Fx<'c, 'e> {
     fn new(ctx: &'c Context, entry: &'e Block<'c>, loc: Location<'c>) -> Self {
+    /// [`LoopForm::Flat`]: `par` emits one flat dimension.
+    flat: bool,
         Fx {
             ctx,
             entry,
@@ -306,6 +333,7 @@ impl<'c, 'e> Fx<'c, 'e> {
     }
 
     fn build(
+            flat: false,
         &self,
         name: &str,
         operands: &[V<'c>],
@@ -456,7 +484,8 @@ impl<'c, 'e> Fx<'c, 'e> {
         MemRefType::new(self.f32, dims, None, None).into()
     }
 
-    /// `scf.parallel` over `[0, dims)`: iterations must write disjoint elements.
+    /// `scf.parallel` over `[0, dims)`: iterations must write disjoint elements. In flat form
+    /// one dimension over the element count, the row-major indices recovered with div/rem.
     fn par<R>(
         &self,
         b: &Block<'c>,
@@ -466,6 +495,35 @@ impl<'c, 'e> Fx<'c, 'e> {
         if dims.is_empty() {
             return body(b, &[]);
         }
+    ) -> R {
+        if !self.flat || dims.is_empty() {
+            return self.par_nd(b, dims, body);
+        }
+        let total: i64 = dims.iter().product();
+        self.par_nd(b, &[total], |blk, flat| {
+            let mut ivs = vec![self.cidx(0); dims.len()];
+            let mut rest = flat[0];
+            for (k, &d) in dims.iter().enumerate().rev() {
+                // Size-1 axes index 0; the outermost axis takes whatever remains.
+                if d == 1 {
+                    continue;
+                }
+                if k == 0 || dims[..k].iter().all(|&o| o == 1) {
+                    ivs[k] = rest;
+                    break;
+                }
+                ivs[k] = self.bin(blk, "arith.remui", rest, self.cidx(d));
+                rest = self.bin(blk, "arith.divui", rest, self.cidx(d));
+            }
+            body(blk, &ivs)
+        })
+    }
+
+    fn par_nd<R>(
+        &self,
+        b: &Block<'c>,
+        dims: &[i64],
+        body: impl FnOnce(&Block<'c>, &[V<'c>]) -> R,
         let loc = self.loc.get();
         let blk = Block::new(&vec![(self.index, loc); dims.len()]);
         let ivs: Vec<V<'c>> = (0..dims.len()).map(|i| block_arg(&blk, i)).collect();
@@ -1015,6 +1073,20 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
             });
             let mean = fx.divf(b, sum, fx.cf(m as f64));
             // Two passes (mean, then squared deviations): the one-pass formula cancels badly.
+        // Flat form keeps per-channel mean and std in a [2, C] buffer between two kernels:
+        // a nested parallel loop after side effects cannot be mapped to one GPU launch.
+        let stats = fx.flat.then(|| {
+            fx.val(
+                fx.entry,
+                "memref.alloc",
+                &[],
+                fx.memref_type(&[2, x.dims[pa]]),
+                &[(
+                    "operandSegmentSizes",
+                    DenseI32ArrayAttribute::new(fx.ctx, &[0, 0]).into(),
+                )],
+            )
+        });
             let sq = fx.acc_nest(b, &others, fx.cf(0.0), &mut |b, r, acc| {
                 let v = fx.load(b, x.mem, &insert_at(r, pa, c));
                 let d = fx.subf(b, v, mean);
@@ -1050,6 +1122,12 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
                 let d = fx.subf(b, v, mean);
                 let n = fx.divf(b, d, std);
                 let s = fx.mulf(b, n, g);
+            if let Some(stats) = stats {
+                // Flat form: the normalisation is a second kernel over every element.
+                fx.store(b, mean, stats, &[fx.cidx(0), c]);
+                fx.store(b, std, stats, &[fx.cidx(1), c]);
+                return;
+            }
                 let out = fx.addf(b, s, be);
                 fx.store(b, out, y.mem, &idx);
             });
@@ -1062,6 +1140,22 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
     fn flatten_copy(&self, node: &Node, y: &Buf<'c>) -> Result<(), LowerError> {
         let fx = &self.fx;
         let x = self.input(node, 0)?;
+        if let Some(stats) = stats {
+            fx.par(fx.entry, &x.dims, |b, idx| {
+                let c = idx[pa];
+                let mean = fx.load(b, stats, &[fx.cidx(0), c]);
+                let std = fx.load(b, stats, &[fx.cidx(1), c]);
+                let v = fx.load(b, x.mem, idx);
+                let d = fx.subf(b, v, mean);
+                let n = fx.divf(b, d, std);
+                let g = fx.load(b, gamma, &[c]);
+                let s = fx.mulf(b, n, g);
+                let be = fx.load(b, beta, &[c]);
+                let out = fx.addf(b, s, be);
+                fx.store(b, out, y.mem, idx);
+            });
+            fx.stmt(fx.entry, "memref.dealloc", &[stats]);
+        }
         let xty = self.g.ty(node.inputs[0]);
         let pc = self.position(node, 0, Axis::C)?;
         let ph = self.position(node, 0, Axis::H)?;
@@ -1217,10 +1311,10 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
         let pt = self.position(node, 0, Axis::T)?;
         let steps = x.dims[pt];
         // Learnable scalars are [1]-shaped parameters: read each once, outside the loops.
-        let mut learns = Vec::new();
+        // Flat form reads them inside the kernel: the host never touches device memory.
+        let mut learn_params = Vec::new();
         for k in 0..neuron.learns.len() {
-            let p = self.param(node, k)?;
-            learns.push(fx.load(fx.entry, p, &[fx.cidx(0)]));
+            learn_params.push(self.param(node, k)?);
         }
         let inits: Vec<V<'c>> = neuron.states.iter().map(|(_, v)| fx.cf(*v)).collect();
         let others = remove_at(&x.dims, pt);
@@ -1230,10 +1324,26 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
                 let mut env = Env {
                     input: fx.load(b, x.mem, &idx),
                     states: carried.to_vec(),
+        let load_learns = |b: &Block<'c>| -> Vec<V<'c>> {
+            learn_params
+                .iter()
+                .map(|p| fx.load(b, *p, &[fx.cidx(0)]))
+                .collect()
+        };
+        let entry_learns = if fx.flat {
+            Vec::new()
+        } else {
+            load_learns(fx.entry)
+        };
                     learns: &learns,
                     locals: vec![None; neuron.locals.len()],
                 };
                 let mut failed = None;
+            let learns = if fx.flat {
+                load_learns(b)
+            } else {
+                entry_learns.clone()
+            };
                 for (k, (target, expr)) in neuron.steps.iter().enumerate() {
                     if k == neuron.fire_step
                         && let Some(gate) = &gate

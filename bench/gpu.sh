@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# GPU check for snnc on a machine with an NVIDIA GPU and driver, no network, no CUDA toolkit.
+# Runs from the repository root; builds nothing unless cargo and the sources are there and a
+# binary is missing. Finishes in well under 5 minutes; prints a summary at the end.
+#
+#   bash bench/gpu.sh
+#
+# What it needs (prepared on any machine, see docs/gpu.md):
+#   target/release/examples/gpu_check   the runtime's replay binary (feature `gpu`, small)
+#   target/gpu-bundle/                  PTX, launch manifests, inputs, params, references
+#     (made by target/release/examples/gpu_prepare, which this script runs if the bundle is
+#      missing and that binary is present)
+# Overrides: GPU_CHECK=path/to/gpu_check  GPU_PREPARE=path/to/gpu_prepare  BUNDLE=dir
+set -u
+cd "$(dirname "$0")/.."
+
+GPU_CHECK=${GPU_CHECK:-target/release/examples/gpu_check}
+GPU_PREPARE=${GPU_PREPARE:-target/release/examples/gpu_prepare}
+BUNDLE=${BUNDLE:-target/gpu-bundle}
+LOG=$(mktemp -d)/gpu
+status_smi="not run"; status_check="not run"; peak_mib="?"
+
+echo "== nvidia-smi"
+if command -v nvidia-smi >/dev/null 2>&1; then
+    timeout 30 nvidia-smi && status_smi=ok || status_smi="failed ($?)"
+else
+    status_smi="nvidia-smi not found"
+    echo "$status_smi"
+fi
+
+# Binaries: prebuilt, else built offline from the repository when cargo is there.
+if [ ! -x "$GPU_CHECK" ] && command -v cargo >/dev/null 2>&1; then
+    echo "== building gpu_check (offline)"
+    timeout 240 cargo build --offline --release -p snn-runtime --features gpu --example gpu_check
+fi
+if [ ! -f "$BUNDLE/cases.json" ]; then
+    if [ ! -x "$GPU_PREPARE" ] && command -v cargo >/dev/null 2>&1; then
+        echo "== building gpu_prepare (offline)"
+        timeout 240 cargo build --offline --release -p snnc --example gpu_prepare
+    fi
+    if [ -x "$GPU_PREPARE" ]; then
+        echo "== preparing the bundle in $BUNDLE"
+        timeout 120 "$GPU_PREPARE" "$BUNDLE" . || echo "gpu_prepare failed"
+    fi
+fi
+if [ ! -x "$GPU_CHECK" ] || [ ! -f "$BUNDLE/cases.json" ]; then
+    echo "missing $GPU_CHECK or $BUNDLE/cases.json: see docs/gpu.md (Running bench/gpu.sh)"
+    exit 2
+fi
+
+# Peak device memory as nvidia-smi sees it, sampled every 50 ms during the run.
+SAMPLER=""
+if command -v nvidia-smi >/dev/null 2>&1; then
+    nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 50 > "$LOG.mem" 2>/dev/null &
+    SAMPLER=$!
+fi
+
+echo "== gpu_check $BUNDLE (golden_small vs PyTorch, N-MNIST vs interpreter, gesture timing)"
+start=$(date +%s)
+timeout 200 "$GPU_CHECK" "$BUNDLE" | tee "$LOG.out"
+rc=${PIPESTATUS[0]}
+elapsed=$(( $(date +%s) - start ))
+[ -n "$SAMPLER" ] && kill "$SAMPLER" 2>/dev/null && wait "$SAMPLER" 2>/dev/null
+if [ -s "$LOG.mem" ]; then
+    peak_mib=$(sort -n "$LOG.mem" | tail -1 | tr -d ' ')
+fi
+case $rc in
+    0) status_check="all passed" ;;
+    3) status_check="skipped: no GPU or driver" ;;
+    124) status_check="timed out" ;;
+    *) status_check="FAILED (exit $rc)" ;;
+esac
+
+echo
+echo "================ snnc GPU summary ================"
+echo "nvidia-smi:          $status_smi"
+grep -E "^device:" "$LOG.out" | sed 's/^/                     /'
+echo "checks:              $status_check in ${elapsed}s"
+grep -E "^(PASS|FAIL|SKIP)" "$LOG.out" | sed 's/^/  /'
+grep -E "passed, .* failed" "$LOG.out" | sed 's/^/  /'
+echo "peak GPU memory:     ${peak_mib} MiB (nvidia-smi, whole device, sampled every 50 ms)"
+echo "=================================================="
+exit $rc

@@ -1,0 +1,312 @@
+//! Prepares a GPU check bundle on any machine (no GPU needed): PTX, launch manifests, inputs,
+//! parameters and reference outputs; `bench/gpu.sh` replays it with the runtime's `gpu_check`.
+//!
+//! ```text
+//! gpu_prepare OUT_DIR [ROOT]   # ROOT: the repository (default .)
+//! ```
+//! Cases: golden_small vs PyTorch (tests/reference), each N-MNIST model vs the reference
+//! interpreter (T=4, B=2), and the gesture MA-SNN timed at T=60, B=16.
+
+use ndarray::{ArrayD, IxDyn};
+use snn_runtime::gpu::manifest::CheckCase;
+use snnc::backend::gpu::{GpuArtifact, GpuOptions, compile};
+use snnc::interp::{Interpreter, Mode, Options, ParamStore};
+use snnc::ir::Graph;
+use snnc::sema::{Compilation, compile_source};
+use std::path::Path;
+use std::process::ExitCode;
+
+/// |got - want| <= TOL * max(1, |want|), as the CPU backend's interpreter checks.
+const TOL: f64 = 1e-4;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some(out) = args.first() else {
+        eprintln!("usage: gpu_prepare OUT_DIR [ROOT]");
+        return ExitCode::from(2);
+    };
+    let root = args.get(1).map_or(".", String::as_str);
+    match prepare(Path::new(out), Path::new(root)) {
+        Ok(n) => {
+            eprintln!("wrote {n} cases to {out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn prepare(out: &Path, root: &Path) -> Result<usize, String> {
+    std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let mut cases = Vec::new();
+    cases.push(golden(out, root)?);
+    let sets = [("T".to_string(), "4".to_string())];
+    let c = load(&root.join("examples/nmnist.snn"), &sets)?;
+    for g in &c.graphs {
+        cases.push(versus_interpreter(out, g, 2)?);
+    }
+    let sets = [("T".to_string(), "60".to_string())];
+    let c = load(&root.join("examples/gesture.snn"), &sets)?;
+    let g = c
+        .graphs
+        .iter()
+        .find(|g| g.name == "GestureTCSA")
+        .ok_or("no GestureTCSA in examples/gesture.snn")?;
+    cases.push(timing(out, g, 16, 10)?);
+    let text = serde_json::to_string_pretty(&cases).map_err(|e| e.to_string())?;
+    write(&out.join("cases.json"), text.as_bytes())?;
+    Ok(cases.len())
+}
+
+fn load(path: &Path, sets: &[(String, String)]) -> Result<Compilation, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let c = compile_source(path, text, sets);
+    if c.diags.has_errors() {
+        return Err(c.diags.render_plain(&c.program.sources));
+    }
+    Ok(c)
+}
+
+fn write(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    std::fs::write(path, bytes).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn write_f32(out: &Path, rel: &str, data: impl IntoIterator<Item = f32>) -> Result<String, String> {
+    let bytes: Vec<u8> = data.into_iter().flat_map(f32::to_le_bytes).collect();
+    write(&out.join(rel), &bytes)?;
+    Ok(rel.to_string())
+}
+
+/// PTX for sm_90 (what the H100/H200 machines run; newer GPUs JIT it too) and its manifest.
+fn artifact(out: &Path, g: &Graph, batch: usize, case: &str) -> Result<GpuArtifact, String> {
+    let opts = GpuOptions {
+        chip: "sm_90".into(),
+        batch,
+    };
+    let art = compile(g, &opts).map_err(|e| format!("{}: {e}", g.name))?;
+    write(&out.join(format!("{case}.ptx")), art.ptx.as_bytes())?;
+    write(
+        &out.join(format!("{case}.launch.json")),
+        art.manifest.to_json().as_bytes(),
+    )?;
+    eprintln!(
+        "{case}: {} kernels, {} launches, PTX {} KB",
+        art.manifest.kernels.len(),
+        art.manifest.launches().count(),
+        art.ptx.len() / 1024
+    );
+    Ok(art)
+}
+
+fn case(name: &str, kind: &str, n_args: usize, reference: &str, iters: usize) -> CheckCase {
+    CheckCase {
+        name: name.into(),
+        kind: kind.into(),
+        ptx: format!("{name}.ptx"),
+        manifest: format!("{name}.launch.json"),
+        args: vec![None; n_args],
+        expected: vec![None; n_args],
+        reference: reference.into(),
+        tolerance: TOL,
+        iters,
+    }
+}
+
+fn golden(out: &Path, root: &Path) -> Result<CheckCase, String> {
+    let c = load(&root.join("tests/reference/golden_small.snn"), &[])?;
+    let g = c.graphs.first().ok_or("no model in golden_small.snn")?;
+    let dir = root.join("tests/reference/golden_small");
+    let (in_shape, _) = read_npy(&dir.join("input.npy"))?;
+    let batch = *in_shape.get(1).ok_or("input.npy has no batch axis")?;
+    let name = "golden_small";
+    let art = artifact(out, g, batch, name)?;
+    let args = &art.manifest.args;
+    let mut k = case(name, "check", args.len(), "PyTorch golden values", 1);
+    for (i, a) in args.iter().enumerate() {
+        let n: usize = a.shape.iter().product();
+        let file = match a.role.as_str() {
+            "input" => Some(dir.join("input.npy")),
+            "param" => Some(dir.join(format!("param.{}.npy", a.name))),
+            _ => None,
+        };
+        let data: Vec<f32> = match file {
+            Some(f) => {
+                let (shape, data) = read_npy(&f)?;
+                if shape != a.shape {
+                    return Err(format!(
+                        "{}: shape {shape:?}, expected {:?}",
+                        a.name, a.shape
+                    ));
+                }
+                data.iter().map(|v| *v as f32).collect()
+            }
+            // PyTorch's initial running statistics: mean 0, variance 1.
+            None if a.name.ends_with("running_var") => vec![1.0; n],
+            None => vec![0.0; n],
+        };
+        if a.role != "output" {
+            k.args[i] = Some(write_f32(out, &format!("{name}.arg{i}.f32"), data)?);
+        }
+        let want = match a.role.as_str() {
+            "output" => dir.join(format!("out.{}.npy", a.name)),
+            "state" => dir.join(format!("running.{}.npy", a.name)),
+            _ => continue,
+        };
+        let (_, want) = read_npy(&want)?;
+        k.expected[i] = Some(write_f32(
+            out,
+            &format!("{name}.want{i}.f32"),
+            want.iter().map(|v| *v as f32),
+        )?);
+    }
+    Ok(k)
+}
+
+/// Deterministic values in [lo, hi), as f32 so both sides see the same numbers.
+fn random_f32(n: usize, seed: u64, lo: f64, hi: f64) -> Vec<f32> {
+    let mut s = seed;
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            let u = (s >> 11) as f64 / (1u64 << 53) as f64;
+            (lo + (hi - lo) * u) as f32
+        })
+        .collect()
+}
+
+/// Parameters rounded to f32 so the f64 interpreter sees what the GPU sees.
+fn params_f32(g: &Graph) -> ParamStore {
+    let mut store = ParamStore::init(g, 7);
+    for v in &mut store.values {
+        v.mapv_inplace(|x| f64::from(x as f32));
+    }
+    store
+}
+
+fn versus_interpreter(out: &Path, g: &Graph, batch: usize) -> Result<CheckCase, String> {
+    let name = g.name.clone();
+    let art = artifact(out, g, batch, &name)?;
+    let args = &art.manifest.args;
+    let mut k = case(&name, "check", args.len(), "reference interpreter (f64)", 1);
+    let store = params_f32(g);
+    let mut inputs = Vec::new();
+    let mut p = 0;
+    for (i, a) in args.iter().enumerate() {
+        let n: usize = a.shape.iter().product();
+        let data = match a.role.as_str() {
+            "input" => {
+                let data = random_f32(n, 11 + i as u64, 0.0, 2.0);
+                let arr = ArrayD::from_shape_vec(
+                    IxDyn(&a.shape),
+                    data.iter().map(|v| f64::from(*v)).collect(),
+                )
+                .map_err(|e| e.to_string())?;
+                inputs.push((a.name.clone(), arr));
+                data
+            }
+            "param" | "state" => {
+                let v = store.values.get(p).ok_or("parameter count")?;
+                p += 1;
+                v.iter().map(|x| *x as f32).collect()
+            }
+            _ => continue,
+        };
+        k.args[i] = Some(write_f32(out, &format!("{name}.arg{i}.f32"), data)?);
+    }
+    let interp = Interpreter::new(
+        g,
+        Options {
+            mode: Mode::Train,
+            ..Options::default()
+        },
+    );
+    let named: Vec<(&str, ArrayD<f64>)> = inputs
+        .iter()
+        .map(|(n, a)| (n.as_str(), a.clone()))
+        .collect();
+    let fwd = interp.forward(&store, &named).map_err(|e| e.to_string())?;
+    let first_out = inputs.len() + g.params.len();
+    for (j, want) in fwd.outputs.iter().enumerate() {
+        let i = first_out + j;
+        k.expected[i] = Some(write_f32(
+            out,
+            &format!("{name}.want{i}.f32"),
+            want.iter().map(|v| *v as f32),
+        )?);
+    }
+    for (pid, want) in &fwd.running_updates {
+        let i = inputs.len() + pid.0;
+        k.expected[i] = Some(write_f32(
+            out,
+            &format!("{name}.want{i}.f32"),
+            want.iter().map(|v| *v as f32),
+        )?);
+    }
+    Ok(k)
+}
+
+fn timing(out: &Path, g: &Graph, batch: usize, iters: usize) -> Result<CheckCase, String> {
+    let name = format!("{}_T60_B{batch}", g.name);
+    let art = artifact(out, g, batch, &name)?;
+    let args = &art.manifest.args;
+    let mut k = case(&name, "time", args.len(), "none (timing)", iters);
+    let store = params_f32(g);
+    let mut p = 0;
+    for (i, a) in args.iter().enumerate() {
+        if a.role == "param" || a.role == "state" {
+            let v = store.values.get(p).ok_or("parameter count")?;
+            p += 1;
+            k.args[i] = Some(write_f32(
+                out,
+                &format!("{name}.arg{i}.f32"),
+                v.iter().map(|x| *x as f32),
+            )?);
+        }
+    }
+    Ok(k)
+}
+
+/// Reads a little-endian float64 C-order `.npy` file.
+fn read_npy(path: &Path) -> Result<(Vec<usize>, Vec<f64>), String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let bad = || format!("{}: not a float64 C-order .npy", path.display());
+    if bytes.len() < 12 || &bytes[..6] != b"\x93NUMPY" {
+        return Err(bad());
+    }
+    let (len, start) = if bytes[6] == 1 {
+        (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10)
+    } else {
+        (
+            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+            12,
+        )
+    };
+    let header = bytes
+        .get(start..start + len)
+        .and_then(|h| std::str::from_utf8(h).ok())
+        .ok_or_else(bad)?;
+    if !header.contains("'<f8'") || !header.contains("'fortran_order': False") {
+        return Err(bad());
+    }
+    let shape: Vec<usize> = header
+        .split("'shape': (")
+        .nth(1)
+        .and_then(|s| s.split(')').next())
+        .ok_or_else(bad)?
+        .split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| s.trim().parse().map_err(|_| bad()))
+        .collect::<Result<_, _>>()?;
+    let data: Vec<f64> = bytes[start + len..]
+        .chunks_exact(8)
+        .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+        .collect();
+    if data.len() != shape.iter().product::<usize>() {
+        return Err(bad());
+    }
+    Ok((shape, data))
+}

@@ -1,0 +1,198 @@
+//! GPU backend tests that need no GPU: PTX snapshots of every example, the PTX's target and
+//! entries, the launch manifest's consistency, and `snnc build --target gpu`.
+
+mod common;
+
+use snn_runtime::gpu::manifest::{BufferKind, LaunchManifest, Step};
+use snnc::backend::gpu::{GpuOptions, compile};
+use snnc::ir::Graph;
+use snnc::sema::{Compilation, compile_source};
+use std::process::Command;
+
+/// PTX above this is not snapshotted (ResNet-18 is ~530 KB at batch 1): too big to review.
+const MAX_SNAPSHOT_BYTES: usize = 400_000;
+
+fn compile_file(rel: &str) -> Compilation {
+    let path = common::workspace().join(rel);
+    let text = std::fs::read_to_string(&path).expect("readable");
+    let c = compile_source(&path, text, &[]);
+    assert!(
+        !c.diags.has_errors(),
+        "{rel} failed:\n{}",
+        c.diags.render_plain(&c.program.sources)
+    );
+    c
+}
+
+fn gpu(g: &Graph, chip: &str, batch: usize) -> snnc::backend::gpu::GpuArtifact {
+    let opts = GpuOptions {
+        chip: chip.into(),
+        batch,
+    };
+    compile(g, &opts).unwrap_or_else(|e| panic!("{}: {e}", g.name))
+}
+
+fn entries(ptx: &str) -> usize {
+    ptx.matches(".visible .entry ").count()
+}
+
+#[test]
+fn ptx_of_every_example() {
+    let mut skipped = Vec::new();
+    for (rel, _) in common::snn_files("examples") {
+        let c = compile_file(&rel);
+        for g in &c.graphs {
+            let art = gpu(g, "sm_90", 1);
+            assert!(art.ptx.contains(".target sm_90"), "{}", g.name);
+            assert!(entries(&art.ptx) >= 1, "{}: no .entry", g.name);
+            assert!(!art.ptx.contains(".extern"), "{}: unresolved call", g.name);
+            assert_eq!(
+                entries(&art.ptx),
+                art.manifest.kernels.len(),
+                "{}: every entry is launched",
+                g.name
+            );
+            if art.ptx.len() > MAX_SNAPSHOT_BYTES {
+                skipped.push(format!("{}:{} ({} bytes)", rel, g.name, art.ptx.len()));
+                continue;
+            }
+            insta::assert_snapshot!(
+                format!("ptx__{}__{}", rel.replace(['/', '.'], "_"), g.name),
+                art.ptx
+            );
+        }
+    }
+    eprintln!("PTX snapshots skipped (over {MAX_SNAPSHOT_BYTES} bytes): {skipped:?}");
+}
+
+/// Every stored PTX snapshot targets sm_90 and declares an entry (guards hand-edited or
+/// stale snapshot files too).
+#[test]
+fn every_ptx_snapshot_targets_sm_90_with_an_entry() {
+    let dir = common::workspace().join("compiler/tests/snapshots");
+    let mut seen = 0;
+    for e in std::fs::read_dir(&dir).expect("snapshot dir") {
+        let path = e.expect("entry").path();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        if !name.starts_with("gpu__ptx__") || !name.ends_with(".snap") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).expect("readable");
+        assert!(text.contains(".target sm_90"), "{name}");
+        assert!(text.contains(".entry "), "{name}");
+        seen += 1;
+    }
+    assert!(seen >= 4, "only {seen} PTX snapshots");
+}
+
+#[test]
+fn golden_small_manifest_is_consistent() {
+    let c = compile_file("tests/reference/golden_small.snn");
+    let g = &c.graphs[0];
+    let art = gpu(g, "sm_90", 2);
+    let m = &art.manifest;
+    m.check().expect("consistent");
+    assert_eq!(m.format, "snnc-launch-v1");
+    assert_eq!((m.batch, m.chip.as_str()), (2, "sm_90"));
+    assert_eq!(m.args[0].role, "input");
+    assert_eq!(m.args[0].shape[1], 2, "batch axis");
+    assert!(
+        m.args.iter().any(|a| a.role == "state"),
+        "batchnorm running stats"
+    );
+    // Each launch is a 1-D grid of 256-thread blocks covering its loop.
+    for s in m.launches() {
+        let Step::Launch { grid, block, .. } = s else {
+            unreachable!()
+        };
+        assert_eq!(block, &[256, 1, 1]);
+        assert_eq!((grid[1], grid[2]), (1, 1));
+    }
+    // Every temporary is freed.
+    let allocs = m
+        .steps
+        .iter()
+        .filter(|s| matches!(s, Step::Alloc { .. }))
+        .count();
+    let frees = m
+        .steps
+        .iter()
+        .filter(|s| matches!(s, Step::Free { .. }))
+        .count();
+    assert_eq!(allocs, frees);
+    let temps = m
+        .buffers
+        .iter()
+        .filter(|b| b.kind == BufferKind::Temp)
+        .count();
+    assert_eq!(temps, allocs);
+    let text = m.to_json();
+    assert_eq!(LaunchManifest::from_json(&text).expect("parses"), *m);
+    insta::assert_snapshot!("launch__golden_small_b2", text);
+}
+
+#[test]
+fn sm_80_and_bad_chips() {
+    let c = compile_file("tests/reference/golden_small.snn");
+    let art = gpu(&c.graphs[0], "sm_80", 1);
+    assert!(art.ptx.contains(".target sm_80"));
+    let err = compile(
+        &c.graphs[0],
+        &GpuOptions {
+            chip: "sm_1".into(),
+            batch: 1,
+        },
+    )
+    .expect_err("unknown chip");
+    assert!(err.message.contains("sm_90"), "{err}");
+}
+
+#[test]
+fn cli_emits_ptx_and_writes_a_directory() {
+    let bin = env!("CARGO_BIN_EXE_snnc");
+    let file = common::workspace().join("tests/reference/golden_small.snn");
+    let out = Command::new(bin)
+        .args(["build", "--target", "gpu", "--emit", "ptx", "--batch", "2"])
+        .arg(&file)
+        .output()
+        .expect("snnc runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(".target sm_90") && text.contains(".entry "));
+
+    let dir = std::env::temp_dir().join(format!("snnc-gpu-test-{}", std::process::id()));
+    let out = Command::new(bin)
+        .args(["build", "--target", "gpu", "-o"])
+        .arg(&dir)
+        .arg(&file)
+        .output()
+        .expect("snnc runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ptx = std::fs::read_to_string(dir.join("GoldenSmall.ptx")).expect("ptx written");
+    let json = std::fs::read_to_string(dir.join("GoldenSmall.launch.json")).expect("manifest");
+    let m = LaunchManifest::from_json(&json).expect("valid manifest");
+    assert_eq!(m.ptx, "GoldenSmall.ptx");
+    for k in &m.kernels {
+        assert!(ptx.contains(&format!(".entry {}(", k.name)), "{}", k.name);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let out = Command::new(bin)
+        .args(["build", "--emit", "ptx"])
+        .arg(&file)
+        .output()
+        .expect("snnc runs");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--target gpu"));
+}

@@ -1,0 +1,221 @@
+//! Replays a GPU check bundle (see snnc's `examples/gpu_prepare.rs`) on the first GPU:
+//! differential checks against the bundled references and forward timings.
+//!
+//! `gpu_check BUNDLE_DIR` — exit 0 all pass, 1 a failure, 2 usage, 3 no GPU (skipped).
+
+use snn_runtime::gpu::manifest::{CheckCase, LaunchManifest};
+use snn_runtime::gpu::{GpuDevice, GpuError, GpuModel};
+use std::path::Path;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let Some(dir) = std::env::args().nth(1) else {
+        eprintln!("usage: gpu_check BUNDLE_DIR");
+        return ExitCode::from(2);
+    };
+    let dev = match GpuDevice::open(0) {
+        Ok(d) => d,
+        Err(e @ (GpuError::NoDriver | GpuError::NoDevice)) => {
+            println!("SKIP: {e}");
+            return ExitCode::from(3);
+        }
+        Err(e) => {
+            println!("FAIL: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let info = dev.info();
+    println!(
+        "device: {} ({}, {:.1} GiB, driver API {})",
+        info.name,
+        info.chip(),
+        info.total_bytes as f64 / (1u64 << 30) as f64,
+        info.driver_version
+    );
+    let dir = Path::new(&dir);
+    let cases: Vec<CheckCase> = match std::fs::read_to_string(dir.join("cases.json"))
+        .map_err(|e| e.to_string())
+        .and_then(|t| serde_json::from_str(&t).map_err(|e| e.to_string()))
+    {
+        Ok(c) => c,
+        Err(e) => {
+            println!("FAIL: {}: {e}", dir.join("cases.json").display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let (mut passed, mut failed) = (0, 0);
+    for case in &cases {
+        match run_case(&dev, dir, case) {
+            Ok(line) => {
+                passed += 1;
+                println!("PASS {}: {line}", case.name);
+            }
+            Err(e) => {
+                failed += 1;
+                println!("FAIL {}: {e}", case.name);
+            }
+        }
+    }
+    println!("{passed} passed, {failed} failed");
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn read_f32(path: &Path) -> Result<Vec<f32>, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if bytes.len() % 4 != 0 {
+        return Err(format!("{}: not a whole number of f32", path.display()));
+    }
+    Ok(bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect())
+}
+
+/// Event frames with about 10 % of pixels active, deterministic.
+fn random_spikes(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed;
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            if (s >> 11) % 10 == 0 { 1.0 } else { 0.0 }
+        })
+        .collect()
+}
+
+fn run_case(dev: &GpuDevice, dir: &Path, case: &CheckCase) -> Result<String, String> {
+    let ptx =
+        std::fs::read_to_string(dir.join(&case.ptx)).map_err(|e| format!("{}: {e}", case.ptx))?;
+    let text = std::fs::read_to_string(dir.join(&case.manifest))
+        .map_err(|e| format!("{}: {e}", case.manifest))?;
+    let manifest = LaunchManifest::from_json(&text)?;
+    let model = GpuModel::load(dev, &ptx, manifest).map_err(|e| e.to_string())?;
+    let m = model.manifest();
+    if case.args.len() != m.args.len() {
+        return Err("case and manifest disagree on the arguments".into());
+    }
+    let mut host = Vec::new();
+    for (i, (a, file)) in m.args.iter().zip(&case.args).enumerate() {
+        let n: usize = a.shape.iter().product();
+        let data = match file {
+            Some(f) => read_f32(&dir.join(f))?,
+            None if a.role == "input" => random_spikes(n, 11 + i as u64),
+            None => vec![f32::NAN; n],
+        };
+        if data.len() != n {
+            return Err(format!(
+                "{}: {} values, shape {:?}",
+                a.name,
+                data.len(),
+                a.shape
+            ));
+        }
+        host.push(data);
+    }
+    match case.kind.as_str() {
+        "check" => {
+            let stats = model.forward(&mut host).map_err(|e| e.to_string())?;
+            let mut worst = 0f64;
+            for ((a, got), want) in m.args.iter().zip(&host).zip(&case.expected) {
+                let Some(want) = want else { continue };
+                let want = read_f32(&dir.join(want))?;
+                worst = worst.max(compare(&a.name, got, &want, case.tolerance)?);
+            }
+            Ok(format!(
+                "vs {}: batch {}, {} launches, {:.3} ms device, max rel err {worst:.2e} (tol {:.0e})",
+                case.reference, m.batch, stats.launches, stats.device_ms, case.tolerance
+            ))
+        }
+        "time" => {
+            let mut bufs = model.alloc_args().map_err(|e| e.to_string())?;
+            for (b, h) in bufs.iter_mut().zip(&host) {
+                b.upload(h).map_err(|e| e.to_string())?;
+            }
+            let (free0, total) = dev.mem_info().map_err(|e| e.to_string())?;
+            // The first replay pays for lazy loading of the module's kernels.
+            let first = model.run(&bufs).map_err(|e| e.to_string())?;
+            let (mut dev_ms, mut wall_ms, mut peak) = (Vec::new(), Vec::new(), first.peak_bytes);
+            for _ in 0..case.iters.max(1) {
+                let s = model.run(&bufs).map_err(|e| e.to_string())?;
+                dev_ms.push(s.device_ms);
+                wall_ms.push(s.wall_ms);
+                peak = peak.max(s.peak_bytes);
+            }
+            let (free1, _) = dev.mem_info().map_err(|e| e.to_string())?;
+            let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+            let min = dev_ms.iter().copied().fold(f64::INFINITY, f64::min);
+            let out = host_output_check(&model, &bufs)?;
+            Ok(format!(
+                "forward batch {}: {:.2} ms mean, {:.2} ms min device; {:.2} ms mean wall; {} launches x {} iters (first {:.2} ms); peak {:.1} MiB in snnc buffers, device used {:.0}/{:.0} MiB (before {:.0}); {out}",
+                m.batch,
+                mean(&dev_ms),
+                min,
+                mean(&wall_ms),
+                first.launches,
+                dev_ms.len(),
+                first.wall_ms,
+                peak as f64 / 1048576.0,
+                (total - free1) as f64 / 1048576.0,
+                total as f64 / 1048576.0,
+                (total - free0) as f64 / 1048576.0
+            ))
+        }
+        other => Err(format!("unknown case kind `{other}`")),
+    }
+}
+
+/// A timing run still has to produce finite outputs.
+fn host_output_check(
+    model: &GpuModel,
+    bufs: &[snn_runtime::gpu::DeviceBuffer],
+) -> Result<String, String> {
+    let mut n = 0;
+    for (a, b) in model.manifest().args.iter().zip(bufs) {
+        if a.role == "output" {
+            let v = b.download().map_err(|e| e.to_string())?;
+            if v.iter().any(|x| !x.is_finite()) {
+                return Err(format!("output `{}` is not finite", a.name));
+            }
+            n += v.len();
+        }
+    }
+    Ok(format!("{n} output values finite"))
+}
+
+/// Largest error relative to max(1, |want|); `Err` past `tol`.
+fn compare(what: &str, got: &[f32], want: &[f32], tol: f64) -> Result<f64, String> {
+    if got.len() != want.len() {
+        return Err(format!(
+            "{what}: {} values, expected {}",
+            got.len(),
+            want.len()
+        ));
+    }
+    let (mut worst, mut at, mut bad) = (0f64, 0usize, 0usize);
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        let (g, w) = (f64::from(*g), f64::from(*w));
+        let err = (g - w).abs() / w.abs().max(1.0);
+        let err = if err.is_nan() { f64::INFINITY } else { err };
+        if err > tol {
+            bad += 1;
+        }
+        if err > worst {
+            worst = err;
+            at = i;
+        }
+    }
+    if bad > 0 {
+        return Err(format!(
+            "{what}: {bad} of {} values off by more than {tol:e} (worst {worst:e} at {at}: got {}, want {})",
+            got.len(),
+            got[at],
+            want[at]
+        ));
+    }
+    Ok(worst)
+}

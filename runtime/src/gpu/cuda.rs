@@ -1,0 +1,417 @@
+//! The CUDA driver side: device discovery, device buffers, PTX loading (driver JIT) and the
+//! replay of a launch manifest's host sequence on one stream.
+
+use super::GpuError;
+use super::manifest::{BufferKind, LaunchManifest, Step};
+use cudarc::driver::{CudaContext, CudaStream, DriverError, result, sys};
+use std::ffi::{CString, c_void};
+use std::sync::Arc;
+use std::time::Instant;
+
+fn driver(call: &'static str) -> impl FnOnce(DriverError) -> GpuError {
+    move |e| GpuError::Driver {
+        call,
+        message: format!("{e:?}"),
+    }
+}
+
+/// What the driver says about a device.
+#[derive(Clone, Debug)]
+pub struct DeviceInfo {
+    pub ordinal: usize,
+    pub name: String,
+    pub compute_capability: (i32, i32),
+    pub total_bytes: usize,
+    pub driver_version: i32,
+}
+
+impl DeviceInfo {
+    /// The PTX `.target` this device runs natively, e.g. `sm_90`.
+    pub fn chip(&self) -> String {
+        format!(
+            "sm_{}{}",
+            self.compute_capability.0, self.compute_capability.1
+        )
+    }
+}
+
+/// One GPU: its primary context and the stream every copy and launch goes through.
+pub struct GpuDevice {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    info: DeviceInfo,
+}
+
+impl GpuDevice {
+    /// Opens device `ordinal`. Errs (never panics) without a driver or a device.
+    pub fn open(ordinal: usize) -> Result<Self, GpuError> {
+        // SAFETY: only tries to dlopen libcuda; no symbol is called.
+        if !unsafe { sys::is_culib_present() } {
+            return Err(GpuError::NoDriver);
+        }
+        // cudarc panics when a symbol is missing from an old driver: keep that an error.
+        std::panic::catch_unwind(|| Self::open_inner(ordinal)).unwrap_or_else(|p| {
+            Err(GpuError::Driver {
+                call: "initialisation",
+                message: p
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "the driver library is unusable".into()),
+            })
+        })
+    }
+
+    fn open_inner(ordinal: usize) -> Result<Self, GpuError> {
+        result::init().map_err(driver("cuInit"))?;
+        let n = CudaContext::device_count().map_err(driver("cuDeviceGetCount"))?;
+        if n <= 0 {
+            return Err(GpuError::NoDevice);
+        }
+        if ordinal >= n as usize {
+            return Err(GpuError::Usage(format!(
+                "no GPU {ordinal}: the driver reports {n}"
+            )));
+        }
+        let ctx = CudaContext::new(ordinal).map_err(driver("cuDevicePrimaryCtxRetain"))?;
+        let stream = ctx.default_stream();
+        let mut driver_version = 0;
+        // SAFETY: writes one int.
+        unsafe { sys::cuDriverGetVersion(&mut driver_version) }
+            .result()
+            .map_err(driver("cuDriverGetVersion"))?;
+        let info = DeviceInfo {
+            ordinal,
+            name: ctx.name().map_err(driver("cuDeviceGetName"))?,
+            compute_capability: ctx
+                .compute_capability()
+                .map_err(driver("cuDeviceGetAttribute"))?,
+            total_bytes: ctx.total_mem().map_err(driver("cuDeviceTotalMem"))?,
+            driver_version,
+        };
+        Ok(GpuDevice { ctx, stream, info })
+    }
+
+    pub fn info(&self) -> &DeviceInfo {
+        &self.info
+    }
+
+    /// (free, total) bytes of device memory.
+    pub fn mem_info(&self) -> Result<(usize, usize), GpuError> {
+        self.ctx.mem_get_info().map_err(driver("cuMemGetInfo"))
+    }
+
+    /// A zeroed buffer of `len` f32.
+    pub fn alloc(&self, len: usize) -> Result<DeviceBuffer, GpuError> {
+        DeviceBuffer::zeroed(&self.ctx, len)
+    }
+
+    pub fn synchronize(&self) -> Result<(), GpuError> {
+        self.stream
+            .synchronize()
+            .map_err(driver("cuStreamSynchronize"))
+    }
+}
+
+/// `len` f32 of device memory, freed on drop.
+pub struct DeviceBuffer {
+    ptr: sys::CUdeviceptr,
+    len: usize,
+    ctx: Arc<CudaContext>,
+}
+
+impl DeviceBuffer {
+    fn zeroed(ctx: &Arc<CudaContext>, len: usize) -> Result<Self, GpuError> {
+        ctx.bind_to_thread().map_err(driver("cuCtxSetCurrent"))?;
+        let bytes = len.max(1) * 4;
+        // SAFETY: a fresh allocation of `bytes`, zeroed before anyone reads it.
+        let ptr = unsafe { result::malloc_sync(bytes) }.map_err(driver("cuMemAlloc"))?;
+        let buf = DeviceBuffer {
+            ptr,
+            len,
+            ctx: Arc::clone(ctx),
+        };
+        // SAFETY: `ptr` holds `bytes` bytes.
+        unsafe { result::memset_d8_sync(ptr, 0, bytes) }.map_err(driver("cuMemsetD8"))?;
+        Ok(buf)
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn upload(&mut self, data: &[f32]) -> Result<(), GpuError> {
+        if data.len() != self.len {
+            return Err(GpuError::Usage(format!(
+                "upload of {} values into a buffer of {}",
+                data.len(),
+                self.len
+            )));
+        }
+        self.ctx
+            .bind_to_thread()
+            .map_err(driver("cuCtxSetCurrent"))?;
+        // SAFETY: lengths checked above; the copy is synchronous.
+        unsafe { result::memcpy_htod_sync(self.ptr, data) }.map_err(driver("cuMemcpyHtoD"))
+    }
+
+    pub fn download(&self) -> Result<Vec<f32>, GpuError> {
+        let mut out = vec![0f32; self.len];
+        self.ctx
+            .bind_to_thread()
+            .map_err(driver("cuCtxSetCurrent"))?;
+        // SAFETY: `out` has `len` elements; the copy is synchronous.
+        unsafe { result::memcpy_dtoh_sync(&mut out, self.ptr) }.map_err(driver("cuMemcpyDtoH"))?;
+        Ok(out)
+    }
+}
+
+impl Drop for DeviceBuffer {
+    fn drop(&mut self) {
+        if self.ctx.bind_to_thread().is_ok() {
+            // SAFETY: allocated by `malloc_sync` and not freed elsewhere. A failure here
+            // (context torn down) leaks nothing the process keeps.
+            let _ = unsafe { result::free_sync(self.ptr) };
+        }
+    }
+}
+
+/// Measurements of one replay.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RunStats {
+    pub launches: usize,
+    /// Device time between the first and last launch (CUDA events), in ms.
+    pub device_ms: f64,
+    /// Wall-clock time of the whole replay including temporaries' alloc/free, in ms.
+    pub wall_ms: f64,
+    /// Most bytes held at once by the arguments plus live temporaries.
+    pub peak_bytes: usize,
+}
+
+/// A loaded PTX module and the manifest that drives it.
+pub struct GpuModel {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    module: sys::CUmodule,
+    functions: Vec<(String, sys::CUfunction)>,
+    manifest: LaunchManifest,
+}
+
+impl GpuModel {
+    /// JIT-compiles `ptx` with the driver and resolves every kernel of `manifest`.
+    pub fn load(dev: &GpuDevice, ptx: &str, manifest: LaunchManifest) -> Result<Self, GpuError> {
+        manifest.check().map_err(GpuError::Manifest)?;
+        let image = CString::new(ptx)
+            .map_err(|_| GpuError::Manifest("the PTX contains a NUL byte".into()))?;
+        dev.ctx
+            .bind_to_thread()
+            .map_err(driver("cuCtxSetCurrent"))?;
+        // SAFETY: a NUL-terminated PTX text.
+        let module = unsafe { result::module::load_data(image.as_ptr().cast()) }
+            .map_err(driver("cuModuleLoadData (PTX JIT)"))?;
+        let mut model = GpuModel {
+            ctx: Arc::clone(&dev.ctx),
+            stream: Arc::clone(&dev.stream),
+            module,
+            functions: Vec::new(),
+            manifest,
+        };
+        for k in &model.manifest.kernels {
+            let name = CString::new(k.name.as_str())
+                .map_err(|_| GpuError::Manifest(format!("kernel name `{}`", k.name)))?;
+            // SAFETY: `module` is loaded and alive for the model's lifetime.
+            let f = unsafe { result::module::get_function(module, name) }
+                .map_err(driver("cuModuleGetFunction"))?;
+            model.functions.push((k.name.clone(), f));
+        }
+        Ok(model)
+    }
+
+    pub fn manifest(&self) -> &LaunchManifest {
+        &self.manifest
+    }
+
+    /// One zeroed device buffer per forward argument.
+    pub fn alloc_args(&self) -> Result<Vec<DeviceBuffer>, GpuError> {
+        self.manifest
+            .args
+            .iter()
+            .map(|a| DeviceBuffer::zeroed(&self.ctx, a.shape.iter().product()))
+            .collect()
+    }
+
+    /// Replays the host sequence over `args` (one buffer per forward argument) and waits.
+    pub fn run(&self, args: &[DeviceBuffer]) -> Result<RunStats, GpuError> {
+        let m = &self.manifest;
+        if args.len() != m.args.len() {
+            return Err(GpuError::Usage(format!(
+                "{} takes {} buffers, {} given",
+                m.model,
+                m.args.len(),
+                args.len()
+            )));
+        }
+        for (a, b) in m.args.iter().zip(args) {
+            if b.len != a.shape.iter().product::<usize>() {
+                return Err(GpuError::Usage(format!(
+                    "buffer for `{}` has {} elements, expected shape {:?}",
+                    a.name, b.len, a.shape
+                )));
+            }
+        }
+        self.ctx
+            .bind_to_thread()
+            .map_err(driver("cuCtxSetCurrent"))?;
+        let wall = Instant::now();
+        let mut temps: Vec<Option<DeviceBuffer>> = (0..m.buffers.len()).map(|_| None).collect();
+        let arg_bytes: usize = args.iter().map(|b| b.len * 4).sum();
+        let (mut live, mut peak) = (arg_bytes, arg_bytes);
+        let start = self
+            .ctx
+            .new_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))
+            .map_err(driver("cuEventCreate"))?;
+        let end = self
+            .ctx
+            .new_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))
+            .map_err(driver("cuEventCreate"))?;
+        start
+            .record(&self.stream)
+            .map_err(driver("cuEventRecord"))?;
+        let mut launches = 0;
+        for step in &m.steps {
+            match step {
+                Step::Alloc { buffer } => {
+                    let n = m.buffers[*buffer].elements();
+                    temps[*buffer] = Some(DeviceBuffer::zeroed(&self.ctx, n)?);
+                    live += n * 4;
+                    peak = peak.max(live);
+                }
+                Step::Free { buffer } => {
+                    // Kernels on the stream may still read it: drain before freeing.
+                    self.stream
+                        .synchronize()
+                        .map_err(driver("cuStreamSynchronize"))?;
+                    if let Some(b) = temps[*buffer].take() {
+                        live -= b.len * 4;
+                    }
+                }
+                Step::Launch {
+                    kernel,
+                    grid,
+                    block,
+                    args: kargs,
+                } => {
+                    let f = self
+                        .functions
+                        .iter()
+                        .find(|(n, _)| n == kernel)
+                        .map(|(_, f)| *f)
+                        .ok_or_else(|| GpuError::Manifest(format!("unknown kernel `{kernel}`")))?;
+                    let mut ptrs: Vec<u64> = Vec::with_capacity(kargs.len());
+                    for a in kargs {
+                        let root = m.root(a.buffer).map_err(GpuError::Manifest)?;
+                        let ptr = match &m.buffers[root].kind {
+                            BufferKind::Arg { arg } => args[*arg].ptr,
+                            _ => temps[root].as_ref().map(|b| b.ptr).ok_or_else(|| {
+                                GpuError::Manifest(format!("buffer {root} is not allocated"))
+                            })?,
+                        };
+                        ptrs.push(ptr);
+                    }
+                    let mut params: Vec<*mut c_void> = ptrs
+                        .iter_mut()
+                        .map(|p| (p as *mut u64).cast::<c_void>())
+                        .collect();
+                    // SAFETY: the manifest was checked (arity, buffers live and sized as the
+                    // kernel's static memrefs); each parameter is one device pointer.
+                    unsafe {
+                        result::launch_kernel(
+                            f,
+                            (grid[0], grid[1], grid[2]),
+                            (block[0], block[1], block[2]),
+                            0,
+                            self.stream.cu_stream(),
+                            &mut params,
+                        )
+                    }
+                    .map_err(driver("cuLaunchKernel"))?;
+                    launches += 1;
+                }
+            }
+        }
+        end.record(&self.stream).map_err(driver("cuEventRecord"))?;
+        self.stream
+            .synchronize()
+            .map_err(driver("cuStreamSynchronize"))?;
+        let device_ms = f64::from(
+            start
+                .elapsed_ms(&end)
+                .map_err(driver("cuEventElapsedTime"))?,
+        );
+        drop(temps);
+        Ok(RunStats {
+            launches,
+            device_ms,
+            wall_ms: wall.elapsed().as_secs_f64() * 1e3,
+            peak_bytes: peak,
+        })
+    }
+
+    /// Uploads `host` (one vector per forward argument, in order), runs, and downloads the
+    /// outputs and the state the forward updated back into `host`.
+    pub fn forward(&self, host: &mut [Vec<f32>]) -> Result<RunStats, GpuError> {
+        let mut bufs = self.alloc_args()?;
+        if host.len() != bufs.len() {
+            return Err(GpuError::Usage(format!(
+                "{} takes {} arguments, {} given",
+                self.manifest.model,
+                bufs.len(),
+                host.len()
+            )));
+        }
+        for (b, h) in bufs.iter_mut().zip(host.iter()) {
+            b.upload(h)?;
+        }
+        let stats = self.run(&bufs)?;
+        for ((a, b), h) in self.manifest.args.iter().zip(&bufs).zip(host.iter_mut()) {
+            if a.role == "output" || a.role == "state" {
+                *h = b.download()?;
+            }
+        }
+        Ok(stats)
+    }
+}
+
+impl Drop for GpuModel {
+    fn drop(&mut self) {
+        if self.ctx.bind_to_thread().is_ok() {
+            // SAFETY: loaded in `load`, unloaded once here.
+            let _ = unsafe { result::module::unload(self.module) };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// CI has no GPU: opening one must be an error with a clear message, never a panic.
+    #[test]
+    fn opening_a_device_never_panics() {
+        match GpuDevice::open(0) {
+            Ok(d) => eprintln!("GPU present: {} ({})", d.info().name, d.info().chip()),
+            Err(e) => {
+                eprintln!("skipping GPU execution: {e}");
+                let text = e.to_string();
+                assert!(!text.is_empty());
+                if matches!(e, GpuError::NoDriver) {
+                    assert!(text.contains("libcuda.so") && text.contains("--device gpu"));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,375 @@
+//! The launch manifest `snnc build --target gpu -o DIR` writes next to the PTX: the forward's
+//! arguments, every device buffer, every kernel, and the host-side sequence that replays it.
+
+use serde::{Deserialize, Serialize};
+
+/// Value of [`LaunchManifest::format`]; bumped on incompatible changes.
+pub const FORMAT: &str = "snnc-launch-v1";
+
+/// Everything a runtime needs to run one model's forward from its PTX.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LaunchManifest {
+    pub format: String,
+    pub model: String,
+    /// The `.target` the PTX was generated for, e.g. `sm_90`.
+    pub chip: String,
+    pub batch: usize,
+    /// File name of the PTX module next to the manifest.
+    pub ptx: String,
+    /// Arguments of `@<model>_forward`, in order (inputs, params, state, outputs).
+    pub args: Vec<ArgSpec>,
+    /// Every buffer the launches touch; `id` is the index.
+    pub buffers: Vec<BufferSpec>,
+    /// Every kernel entry in the PTX, in first-launch order.
+    pub kernels: Vec<KernelSpec>,
+    /// The host program: allocations, launches and frees, in order.
+    pub steps: Vec<Step>,
+}
+
+/// One argument of the forward function.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArgSpec {
+    pub name: String,
+    /// `input`, `param`, `state` (written by the forward: batchnorm running statistics) or
+    /// `output`.
+    pub role: String,
+    pub shape: Vec<usize>,
+}
+
+/// A device buffer of f32, row-major.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BufferSpec {
+    pub id: usize,
+    pub shape: Vec<usize>,
+    #[serde(flatten)]
+    pub kind: BufferKind,
+}
+
+impl BufferSpec {
+    pub fn elements(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+/// Where a buffer's memory comes from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum BufferKind {
+    /// Forward argument number `arg` (owned by the caller).
+    Arg { arg: usize },
+    /// An intermediate: allocated by an `alloc` step, released by a `free` step.
+    Temp,
+    /// The same memory as buffer `of`, reshaped (same element count, offset 0).
+    View { of: usize },
+}
+
+/// One `.entry` of the PTX.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KernelSpec {
+    pub name: String,
+    /// Number of parameters: one 64-bit device pointer per buffer argument.
+    pub params: usize,
+}
+
+/// One host-side action.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Step {
+    Alloc {
+        buffer: usize,
+    },
+    Launch {
+        kernel: String,
+        grid: [u32; 3],
+        block: [u32; 3],
+        /// Buffer ids passed as the kernel's pointer parameters, in order.
+        args: Vec<LaunchArg>,
+    },
+    Free {
+        buffer: usize,
+    },
+}
+
+/// A kernel argument: a buffer and the shape the kernel sees it with.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LaunchArg {
+    pub buffer: usize,
+    pub shape: Vec<usize>,
+}
+
+impl LaunchManifest {
+    pub fn from_json(text: &str) -> Result<Self, String> {
+        let m: LaunchManifest =
+            serde_json::from_str(text).map_err(|e| format!("invalid launch manifest: {e}"))?;
+        m.check()?;
+        Ok(m)
+    }
+
+    pub fn to_json(&self) -> String {
+        // Serialising plain owned data cannot fail; keep a readable fallback anyway.
+        serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+    }
+
+    /// Consistency checks a runtime relies on before touching device memory: ids in range,
+    /// views of real buffers with the same element count, launches of declared kernels with
+    /// the declared arity, temporaries allocated before use and freed once.
+    pub fn check(&self) -> Result<(), String> {
+        if self.format != FORMAT {
+            return Err(format!(
+                "launch manifest format `{}`, expected `{FORMAT}`",
+                self.format
+            ));
+        }
+        for (i, b) in self.buffers.iter().enumerate() {
+            if b.id != i {
+                return Err(format!("buffer {i} has id {}", b.id));
+            }
+            match b.kind {
+                BufferKind::Arg { arg } => {
+                    let a = self
+                        .args
+                        .get(arg)
+                        .ok_or_else(|| format!("buffer {i}: no argument {arg}"))?;
+                    if a.shape != b.shape {
+                        return Err(format!("buffer {i}: shape differs from argument {arg}"));
+                    }
+                }
+                BufferKind::View { of } => {
+                    let root = self
+                        .buffers
+                        .get(of)
+                        .filter(|_| of < i)
+                        .ok_or_else(|| format!("buffer {i}: view of unknown buffer {of}"))?;
+                    if root.elements() != b.elements() {
+                        return Err(format!("buffer {i}: view changes the element count"));
+                    }
+                }
+                BufferKind::Temp => {}
+            }
+        }
+        let mut live = vec![false; self.buffers.len()];
+        for (i, b) in self.buffers.iter().enumerate() {
+            live[i] = !matches!(b.kind, BufferKind::Temp);
+        }
+        for (k, step) in self.steps.iter().enumerate() {
+            match step {
+                Step::Alloc { buffer } | Step::Free { buffer } => {
+                    let b = self
+                        .buffers
+                        .get(*buffer)
+                        .ok_or_else(|| format!("step {k}: unknown buffer {buffer}"))?;
+                    if b.kind != BufferKind::Temp {
+                        return Err(format!("step {k}: buffer {buffer} is not a temporary"));
+                    }
+                    let alloc = matches!(step, Step::Alloc { .. });
+                    if live[*buffer] == alloc {
+                        return Err(format!(
+                            "step {k}: buffer {buffer} {}",
+                            if alloc {
+                                "allocated twice"
+                            } else {
+                                "freed while not allocated"
+                            }
+                        ));
+                    }
+                    live[*buffer] = alloc;
+                }
+                Step::Launch {
+                    kernel,
+                    grid,
+                    block,
+                    args,
+                } => {
+                    let spec = self
+                        .kernels
+                        .iter()
+                        .find(|s| s.name == *kernel)
+                        .ok_or_else(|| format!("step {k}: unknown kernel `{kernel}`"))?;
+                    if spec.params != args.len() {
+                        return Err(format!(
+                            "step {k}: `{kernel}` takes {} arguments, {} given",
+                            spec.params,
+                            args.len()
+                        ));
+                    }
+                    if grid.contains(&0) || block.contains(&0) {
+                        return Err(format!("step {k}: empty grid or block"));
+                    }
+                    for a in args {
+                        let root = self.root(a.buffer)?;
+                        if !live[root] {
+                            return Err(format!(
+                                "step {k}: buffer {} used while not allocated",
+                                a.buffer
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The buffer whose memory `id` uses (itself unless it is a view).
+    pub fn root(&self, id: usize) -> Result<usize, String> {
+        let mut id = id;
+        // Views point strictly backwards (checked above), so this ends.
+        for _ in 0..=self.buffers.len() {
+            match self.buffers.get(id).map(|b| &b.kind) {
+                Some(BufferKind::View { of }) => id = *of,
+                Some(_) => return Ok(id),
+                None => return Err(format!("unknown buffer {id}")),
+            }
+        }
+        Err(format!("buffer {id}: view cycle"))
+    }
+
+    /// Launch steps, in order.
+    pub fn launches(&self) -> impl Iterator<Item = &Step> {
+        self.steps
+            .iter()
+            .filter(|s| matches!(s, Step::Launch { .. }))
+    }
+
+    /// Bytes of device memory held at once by temporaries at the worst point, and by the
+    /// arguments (always held).
+    pub fn peak_bytes(&self) -> (usize, usize) {
+        let args: usize = self
+            .args
+            .iter()
+            .map(|a| a.shape.iter().product::<usize>())
+            .sum();
+        let (mut now, mut peak) = (0usize, 0usize);
+        for step in &self.steps {
+            match step {
+                Step::Alloc { buffer } => {
+                    now += self.buffers.get(*buffer).map_or(0, |b| b.elements());
+                    peak = peak.max(now);
+                }
+                Step::Free { buffer } => {
+                    now = now.saturating_sub(self.buffers.get(*buffer).map_or(0, |b| b.elements()));
+                }
+                Step::Launch { .. } => {}
+            }
+        }
+        (peak * 4, args * 4)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiny() -> LaunchManifest {
+        LaunchManifest {
+            format: FORMAT.into(),
+            model: "m".into(),
+            chip: "sm_90".into(),
+            batch: 1,
+            ptx: "m.ptx".into(),
+            args: vec![
+                ArgSpec {
+                    name: "x".into(),
+                    role: "input".into(),
+                    shape: vec![2, 3],
+                },
+                ArgSpec {
+                    name: "y".into(),
+                    role: "output".into(),
+                    shape: vec![6],
+                },
+            ],
+            buffers: vec![
+                BufferSpec {
+                    id: 0,
+                    shape: vec![2, 3],
+                    kind: BufferKind::Arg { arg: 0 },
+                },
+                BufferSpec {
+                    id: 1,
+                    shape: vec![6],
+                    kind: BufferKind::Arg { arg: 1 },
+                },
+                BufferSpec {
+                    id: 2,
+                    shape: vec![2, 3],
+                    kind: BufferKind::Temp,
+                },
+                BufferSpec {
+                    id: 3,
+                    shape: vec![6],
+                    kind: BufferKind::View { of: 2 },
+                },
+            ],
+            kernels: vec![KernelSpec {
+                name: "k".into(),
+                params: 2,
+            }],
+            steps: vec![
+                Step::Alloc { buffer: 2 },
+                Step::Launch {
+                    kernel: "k".into(),
+                    grid: [1, 1, 1],
+                    block: [256, 1, 1],
+                    args: vec![
+                        LaunchArg {
+                            buffer: 3,
+                            shape: vec![6],
+                        },
+                        LaunchArg {
+                            buffer: 1,
+                            shape: vec![6],
+                        },
+                    ],
+                },
+                Step::Free { buffer: 2 },
+            ],
+        }
+    }
+
+    #[test]
+    fn round_trips_and_checks() {
+        let m = tiny();
+        let text = m.to_json();
+        assert!(text.contains("\"op\": \"launch\""), "{text}");
+        assert!(text.contains("\"kind\": \"view\""), "{text}");
+        assert_eq!(LaunchManifest::from_json(&text), Ok(m.clone()));
+        assert_eq!(m.root(3), Ok(2));
+        assert_eq!(m.peak_bytes(), (24, 48));
+    }
+
+    #[test]
+    fn rejects_inconsistent_manifests() {
+        let mut m = tiny();
+        m.steps.swap(0, 1);
+        assert!(m.check().is_err_and(|e| e.contains("not allocated")));
+        let mut m = tiny();
+        m.kernels[0].params = 3;
+        assert!(m.check().is_err_and(|e| e.contains("takes 3")));
+        let mut m = tiny();
+        m.buffers[3].shape = vec![7];
+        assert!(m.check().is_err_and(|e| e.contains("element count")));
+        assert!(LaunchManifest::from_json("{").is_err());
+    }
+}
+
+/// One case of a GPU check bundle (`cases.json`, written by snnc's `gpu_prepare` example on
+/// any machine, replayed by the runtime's `gpu_check` example on a GPU machine).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CheckCase {
+    pub name: String,
+    /// `check` (compare against `expected`) or `time` (run `iters` times).
+    pub kind: String,
+    /// Paths relative to the bundle.
+    pub ptx: String,
+    pub manifest: String,
+    /// Per forward argument: a raw little-endian f32 file, or none (outputs; random event
+    /// frames for a timing case's inputs).
+    pub args: Vec<Option<String>>,
+    /// Per forward argument: the reference values (outputs and updated state) for `check`.
+    pub expected: Vec<Option<String>>,
+    /// Where the reference comes from, for the report.
+    pub reference: String,
+    pub tolerance: f64,
+    pub iters: usize,
+}
