@@ -66,7 +66,7 @@ fn main() -> ExitCode {
 
 fn read_f32(path: &Path) -> Result<Vec<f32>, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    if bytes.len() % 4 != 0 {
+    if !bytes.len().is_multiple_of(4) {
         return Err(format!("{}: not a whole number of f32", path.display()));
     }
     Ok(bytes
@@ -83,7 +83,11 @@ fn random_spikes(n: usize, seed: u64) -> Vec<f32> {
             s = s
                 .wrapping_mul(6_364_136_223_846_793_005)
                 .wrapping_add(1_442_695_040_888_963_407);
-            if (s >> 11) % 10 == 0 { 1.0 } else { 0.0 }
+            if (s >> 11).is_multiple_of(10) {
+                1.0
+            } else {
+                0.0
+            }
         })
         .collect()
 }
