@@ -40,10 +40,6 @@ impl Default for LowerOptions {
     }
 }
 
-/// Why a graph could not be lowered (or the lowered module failed MLIR's checks).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LowerError {
-    pub message: String,
 /// How data-parallel loop nests are emitted. The CPU path keeps one `scf.parallel` dimension
 /// per tensor axis; the GPU path wants a single flat dimension per kernel so that tiling and
 /// `gpu-map-parallel-loops` give full 1-D thread blocks, and no host-side work between kernels.
@@ -57,6 +53,10 @@ pub enum LoopForm {
     Flat,
 }
 
+/// Why a graph could not be lowered (or the lowered module failed MLIR's checks).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LowerError {
+    pub message: String,
 }
 
 impl LowerError {
@@ -195,10 +195,6 @@ pub fn lower_graphs<'c>(
     graphs: &[&Graph],
     opts: &LowerOptions,
 ) -> Result<Module<'c>, LowerError> {
-    if opts.batch == 0 {
-        return Err(LowerError::new("the batch size must be at least 1"));
-    }
-) -> Result<Module<'c>, LowerError> {
     lower_graphs_with(context, graphs, opts, LoopForm::Nested)
 }
 
@@ -208,6 +204,10 @@ pub fn lower_graphs_with<'c>(
     graphs: &[&Graph],
     opts: &LowerOptions,
     form: LoopForm,
+) -> Result<Module<'c>, LowerError> {
+    if opts.batch == 0 {
+        return Err(LowerError::new("the batch size must be at least 1"));
+    }
     let module = Module::new(Location::unknown(context));
     let mut seen = std::collections::HashSet::new();
     for g in graphs {
@@ -227,11 +227,11 @@ fn lower_graph<'c>(
     module: &Module<'c>,
     g: &Graph,
     opts: &LowerOptions,
+    form: LoopForm,
 ) -> Result<(), LowerError> {
     let problems = crate::ir::verify::verify(g);
     if !problems.is_empty() {
         return Err(LowerError::new(format!(
-    form: LoopForm,
             "model `{}` has an ill-formed graph:\n  {}",
             g.name,
             problems.join("\n  ")
@@ -314,12 +314,12 @@ struct Fx<'c, 'e> {
     i1: Type<'c>,
     consts: RefCell<HashMap<(bool, u64), V<'c>>>,
     n_consts: Cell<usize>,
+    /// [`LoopForm::Flat`]: `par` emits one flat dimension.
+    flat: bool,
 }
 
 impl<'c, 'e> Fx<'c, 'e> {
     fn new(ctx: &'c Context, entry: &'e Block<'c>, loc: Location<'c>) -> Self {
-    /// [`LoopForm::Flat`]: `par` emits one flat dimension.
-    flat: bool,
         Fx {
             ctx,
             entry,
@@ -329,11 +329,11 @@ impl<'c, 'e> Fx<'c, 'e> {
             i1: IntegerType::new(ctx, 1).into(),
             consts: RefCell::new(HashMap::new()),
             n_consts: Cell::new(0),
+            flat: false,
         }
     }
 
     fn build(
-            flat: false,
         &self,
         name: &str,
         operands: &[V<'c>],
@@ -492,10 +492,6 @@ impl<'c, 'e> Fx<'c, 'e> {
         dims: &[i64],
         body: impl FnOnce(&Block<'c>, &[V<'c>]) -> R,
     ) -> R {
-        if dims.is_empty() {
-            return body(b, &[]);
-        }
-    ) -> R {
         if !self.flat || dims.is_empty() {
             return self.par_nd(b, dims, body);
         }
@@ -524,6 +520,10 @@ impl<'c, 'e> Fx<'c, 'e> {
         b: &Block<'c>,
         dims: &[i64],
         body: impl FnOnce(&Block<'c>, &[V<'c>]) -> R,
+    ) -> R {
+        if dims.is_empty() {
+            return body(b, &[]);
+        }
         let loc = self.loc.get();
         let blk = Block::new(&vec![(self.index, loc); dims.len()]);
         let ivs: Vec<V<'c>> = (0..dims.len()).map(|i| block_arg(&blk, i)).collect();
@@ -1065,14 +1065,6 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
         let (run_mean, run_var) = (self.param(node, 2)?, self.param(node, 3)?);
         let others = remove_at(&x.dims, pa);
         let m: i64 = others.iter().product();
-        fx.par(fx.entry, &[x.dims[pa]], |b, c| {
-            let c = c[0];
-            let sum = fx.acc_nest(b, &others, fx.cf(0.0), &mut |b, r, acc| {
-                let v = fx.load(b, x.mem, &insert_at(r, pa, c));
-                fx.addf(b, acc, v)
-            });
-            let mean = fx.divf(b, sum, fx.cf(m as f64));
-            // Two passes (mean, then squared deviations): the one-pass formula cancels badly.
         // Flat form keeps per-channel mean and std in a [2, C] buffer between two kernels:
         // a nested parallel loop after side effects cannot be mapped to one GPU launch.
         let stats = fx.flat.then(|| {
@@ -1087,6 +1079,14 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
                 )],
             )
         });
+        fx.par(fx.entry, &[x.dims[pa]], |b, c| {
+            let c = c[0];
+            let sum = fx.acc_nest(b, &others, fx.cf(0.0), &mut |b, r, acc| {
+                let v = fx.load(b, x.mem, &insert_at(r, pa, c));
+                fx.addf(b, acc, v)
+            });
+            let mean = fx.divf(b, sum, fx.cf(m as f64));
+            // Two passes (mean, then squared deviations): the one-pass formula cancels badly.
             let sq = fx.acc_nest(b, &others, fx.cf(0.0), &mut |b, r, acc| {
                 let v = fx.load(b, x.mem, &insert_at(r, pa, c));
                 let d = fx.subf(b, v, mean);
@@ -1114,6 +1114,12 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
             fx.store(b, rv_new, run_var, &[c]);
             let var_eps = fx.addf(b, var, fx.cf(eps));
             let std = fx.unary(b, "math.sqrt", var_eps);
+            if let Some(stats) = stats {
+                // Flat form: the normalisation is a second kernel over every element.
+                fx.store(b, mean, stats, &[fx.cidx(0), c]);
+                fx.store(b, std, stats, &[fx.cidx(1), c]);
+                return;
+            }
             let g = fx.load(b, gamma, &[c]);
             let be = fx.load(b, beta, &[c]);
             fx.par(b, &others, |b, r| {
@@ -1122,24 +1128,10 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
                 let d = fx.subf(b, v, mean);
                 let n = fx.divf(b, d, std);
                 let s = fx.mulf(b, n, g);
-            if let Some(stats) = stats {
-                // Flat form: the normalisation is a second kernel over every element.
-                fx.store(b, mean, stats, &[fx.cidx(0), c]);
-                fx.store(b, std, stats, &[fx.cidx(1), c]);
-                return;
-            }
                 let out = fx.addf(b, s, be);
                 fx.store(b, out, y.mem, &idx);
             });
         });
-        Ok(())
-    }
-
-    /// Flatten of anything but a contiguous [T, B, C, H, W]: an explicit gather into
-    /// [T', B, N] (T' = 1 when the input has no time axis).
-    fn flatten_copy(&self, node: &Node, y: &Buf<'c>) -> Result<(), LowerError> {
-        let fx = &self.fx;
-        let x = self.input(node, 0)?;
         if let Some(stats) = stats {
             fx.par(fx.entry, &x.dims, |b, idx| {
                 let c = idx[pa];
@@ -1156,6 +1148,14 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
             });
             fx.stmt(fx.entry, "memref.dealloc", &[stats]);
         }
+        Ok(())
+    }
+
+    /// Flatten of anything but a contiguous [T, B, C, H, W]: an explicit gather into
+    /// [T', B, N] (T' = 1 when the input has no time axis).
+    fn flatten_copy(&self, node: &Node, y: &Buf<'c>) -> Result<(), LowerError> {
+        let fx = &self.fx;
+        let x = self.input(node, 0)?;
         let xty = self.g.ty(node.inputs[0]);
         let pc = self.position(node, 0, Axis::C)?;
         let ph = self.position(node, 0, Axis::H)?;
@@ -1316,14 +1316,6 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
         for k in 0..neuron.learns.len() {
             learn_params.push(self.param(node, k)?);
         }
-        let inits: Vec<V<'c>> = neuron.states.iter().map(|(_, v)| fx.cf(*v)).collect();
-        let others = remove_at(&x.dims, pt);
-        fx.par(fx.entry, &others, |b, o| {
-            let (_, r) = fx.for_carry(b, steps, &inits, |b, t, carried| {
-                let idx = insert_at(o, pt, t);
-                let mut env = Env {
-                    input: fx.load(b, x.mem, &idx),
-                    states: carried.to_vec(),
         let load_learns = |b: &Block<'c>| -> Vec<V<'c>> {
             learn_params
                 .iter()
@@ -1335,15 +1327,23 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
         } else {
             load_learns(fx.entry)
         };
-                    learns: &learns,
-                    locals: vec![None; neuron.locals.len()],
-                };
-                let mut failed = None;
+        let inits: Vec<V<'c>> = neuron.states.iter().map(|(_, v)| fx.cf(*v)).collect();
+        let others = remove_at(&x.dims, pt);
+        fx.par(fx.entry, &others, |b, o| {
             let learns = if fx.flat {
                 load_learns(b)
             } else {
                 entry_learns.clone()
             };
+            let (_, r) = fx.for_carry(b, steps, &inits, |b, t, carried| {
+                let idx = insert_at(o, pt, t);
+                let mut env = Env {
+                    input: fx.load(b, x.mem, &idx),
+                    states: carried.to_vec(),
+                    learns: &learns,
+                    locals: vec![None; neuron.locals.len()],
+                };
+                let mut failed = None;
                 for (k, (target, expr)) in neuron.steps.iter().enumerate() {
                     if k == neuron.fire_step
                         && let Some(gate) = &gate
