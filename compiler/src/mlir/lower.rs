@@ -23,6 +23,10 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::fmt;
 
+/// The backward program's lowering: a child module so that it reuses this file's builders.
+#[path = "grad.rs"]
+pub mod grad;
+
 /// Every SSA value we build lives as long as the function under construction, which lives as
 /// long as the context: melior lets block results take the context's lifetime, so we use one.
 type V<'c> = Value<'c, 'c>;
@@ -728,6 +732,8 @@ struct Lowering<'a, 'c, 'e> {
     params: Vec<V<'c>>,
     outputs: Vec<V<'c>>,
     live: Liveness,
+    /// Extra buffers `forward_train` fills (see [`grad`]); empty for inference.
+    train: grad::TrainSinks<'c>,
 }
 
 impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
@@ -754,6 +760,7 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
             params,
             outputs,
             live: liveness(g),
+            train: grad::TrainSinks::default(),
         })
     }
 
@@ -774,6 +781,7 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
                         .copy(self.fx.entry, here.mem, self.outputs[k], &here.dims);
                 }
             }
+            self.train.save(&self.fx, i, &here);
             for r in 0..=i {
                 if self.live.last_use[r] == i && self.allocated(r) {
                     let mem = self.buf(ValueId(r))?.mem;
@@ -1329,6 +1337,7 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
         };
         let inits: Vec<V<'c>> = neuron.states.iter().map(|(_, v)| fx.cf(*v)).collect();
         let others = remove_at(&x.dims, pt);
+        let saved_states = self.train.states_for(self.g, node);
         fx.par(fx.entry, &others, |b, o| {
             let learns = if fx.flat {
                 load_learns(b)
@@ -1337,6 +1346,9 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
             };
             let (_, r) = fx.for_carry(b, steps, &inits, |b, t, carried| {
                 let idx = insert_at(o, pt, t);
+                if let Some(buf) = saved_states {
+                    grad::store_states(fx, b, buf, t, o, &others, carried);
+                }
                 let mut env = Env {
                     input: fx.load(b, x.mem, &idx),
                     states: carried.to_vec(),

@@ -5,5 +5,6 @@ pub mod context;
 pub mod lower;
 pub mod pipeline;
 
+pub use lower::grad;
 pub use lower::{ArgRole, ForwardArg, LowerError, LowerOptions, forward_signature, lower_graphs};
 pub use pipeline::{LLVM_PIPELINE, Stage, Timings, emit};

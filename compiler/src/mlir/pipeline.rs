@@ -2,6 +2,7 @@
 //! MLIR's own diagnostics so that failures reach the user as messages instead of a bare "failed".
 
 use super::context::new_context;
+use super::lower::grad::{lower_training, lower_training_module};
 use super::lower::{LowerError, LowerOptions, lower_graphs};
 use crate::ir::Graph;
 use melior::{
@@ -152,8 +153,11 @@ pub fn check_llvm_only(module: &Module) -> Result<(), LowerError> {
 pub enum Stage {
     /// The lowered, verified func/scf/memref/arith/math module.
     Mlir,
-    /// The same after [`LLVM_PIPELINE`]: LLVM dialect only.
+    /// Every function (forward, forward_train, backward) after [`LLVM_PIPELINE`]: LLVM
+    /// dialect only.
     LlvmMlir,
+    /// The training functions (`_forward_train`, `_backward`) before the pipeline, verified.
+    MlirGrad,
 }
 
 /// Wall-clock time of each phase of `emit`.
@@ -174,7 +178,12 @@ pub fn emit(
     let context = new_context();
     let mut timings = Timings::default();
     let start = Instant::now();
-    let (lowered, messages) = with_diagnostics(&context, || lower_graphs(&context, graphs, opts));
+    let (lowered, messages) = with_diagnostics(&context, || match stage {
+        Stage::Mlir => lower_graphs(&context, graphs, opts),
+        Stage::MlirGrad => lower_training_module(&context, graphs, opts),
+        Stage::LlvmMlir => lower_graphs(&context, graphs, opts)
+            .and_then(|m| lower_training(&context, &m, graphs, opts).map(|()| m)),
+    });
     let mut module = match lowered {
         Ok(m) => m,
         Err(e) if messages.is_empty() => return Err(e),

@@ -1,0 +1,1424 @@
+//! Lowering of the backward program (`autodiff::GradGraph`) to MLIR: `@<model>_forward_train`
+//! (the forward that also keeps what BPTT needs) and `@<model>_backward`; ABI in docs/abi.md.
+//!
+//! A child module of `lower` (declared there with `#[path]`) so that it reuses the forward's
+//! op builders, buffers, loops and scalar-expression emission instead of duplicating them.
+//!
+//! Semantics are those of `Interpreter::backward` in train mode, with three documented
+//! differences: dropout is the identity both ways (the forward has no RNG), every model input
+//! gets a gradient buffer (zeros when no gradient reaches it), and `smooth_fire` does not exist.
+
+use super::{
+    Buf, Env, Fx, LowerError, LowerOptions, Lowering, V, block_arg, broadcast, check_program, eval,
+    forward_signature, fpred, insert_at, remove_at, shape_of, to_i64,
+};
+use crate::autodiff::{GradGraph, ScanAdjoint, differentiate};
+use crate::ir::graph::{BinaryOp, Graph, Node, Op, PoolKind, ReduceKind, ScanEmit, UnaryOp};
+use crate::ir::scalar::{NeuronProgram, Target, Var};
+use crate::ir::types::Axis;
+use melior::{
+    Context,
+    dialect::func,
+    ir::{
+        Attribute, Block, BlockLike, Identifier, Location, Module, Region, RegionLike, Type,
+        attribute::{
+            ArrayAttribute, DenseI32ArrayAttribute, DictionaryAttribute, StringAttribute,
+            TypeAttribute,
+        },
+        r#type::{FunctionType, MemRefType},
+    },
+};
+use std::collections::HashMap;
+
+/// `arith.cmpf` predicates beyond the forward's (MLIR's enum order).
+const ORD: i64 = 7;
+const UNO: i64 = 14;
+/// `arith.cmpi` predicates (MLIR's enum order).
+const IEQ: i64 = 0;
+const ISLT: i64 = 2;
+const ISGE: i64 = 5;
+
+/// What an argument of `@<model>_forward_train` or `@<model>_backward` is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TrainRole {
+    Input,
+    Param,
+    /// Batchnorm running statistics: written by the forward, unused by the backward.
+    State,
+    Output,
+    /// A forward value the backward reads (written by `forward_train`).
+    Saved,
+    /// Per-scan neuron states at the start of every step, `[T, states, elements]`.
+    ScanStates,
+    /// The gradient of a model output (the seed of the backward).
+    DOutput,
+    /// The gradient of a trainable parameter (written by the backward).
+    DParam,
+    /// The gradient of a model input (written by the backward).
+    DInput,
+}
+
+impl TrainRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TrainRole::Input => "input",
+            TrainRole::Param => "param",
+            TrainRole::State => "state",
+            TrainRole::Output => "output",
+            TrainRole::Saved => "saved",
+            TrainRole::ScanStates => "scan_states",
+            TrainRole::DOutput => "d_output",
+            TrainRole::DParam => "d_param",
+            TrainRole::DInput => "d_input",
+        }
+    }
+}
+
+/// One argument of a training function, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TrainArg {
+    pub name: String,
+    pub role: TrainRole,
+    pub shape: Vec<usize>,
+}
+
+pub fn forward_train_symbol(g: &Graph) -> String {
+    format!("{}_forward_train", g.name)
+}
+
+pub fn backward_symbol(g: &Graph) -> String {
+    format!("{}_backward", g.name)
+}
+
+/// The saved values passed between the functions: `GradGraph::saved` without model inputs,
+/// which both functions receive as inputs anyway.
+fn saved_values(g: &Graph, grad: &GradGraph) -> Vec<usize> {
+    grad.saved
+        .iter()
+        .map(|v| v.0)
+        .filter(|&v| {
+            g.nodes
+                .get(v)
+                .is_some_and(|n| !matches!(n.op, Op::Input { .. }))
+        })
+        .collect()
+}
+
+/// Scan nodes in node order with the shape of their per-step states buffer.
+fn scan_state_shapes(g: &Graph, batch: usize) -> Result<Vec<(usize, Vec<usize>)>, LowerError> {
+    let mut out = Vec::new();
+    for (i, node) in g.nodes.iter().enumerate() {
+        let Op::Scan { neuron, .. } = &node.op else {
+            continue;
+        };
+        let x = node
+            .inputs
+            .first()
+            .ok_or_else(|| LowerError::new(format!("scan `{}` has no input", node.name)))?;
+        let ty = g.ty(*x);
+        let pt = ty
+            .position(Axis::T)
+            .ok_or_else(|| LowerError::new(format!("scan `{}` needs a T axis", node.name)))?;
+        let dims = shape_of(ty, batch, &node.name)?;
+        let elements: usize = remove_at(&to_i64(&dims), pt).iter().product::<i64>() as usize;
+        out.push((i, vec![dims[pt], neuron.states.len(), elements]));
+    }
+    Ok(out)
+}
+
+fn saved_and_states(g: &Graph, opts: &LowerOptions) -> Result<Vec<TrainArg>, LowerError> {
+    let grad = differentiate(g);
+    let mut args = Vec::new();
+    for v in saved_values(g, &grad) {
+        let node = &g.nodes[v];
+        args.push(TrainArg {
+            name: node.name.clone(),
+            role: TrainRole::Saved,
+            shape: shape_of(&node.ty, opts.batch, &node.name)?,
+        });
+    }
+    for (i, shape) in scan_state_shapes(g, opts.batch)? {
+        args.push(TrainArg {
+            name: format!("{}.states", g.nodes[i].name),
+            role: TrainRole::ScanStates,
+            shape,
+        });
+    }
+    Ok(args)
+}
+
+fn forward_args(g: &Graph, opts: &LowerOptions) -> Result<Vec<TrainArg>, LowerError> {
+    Ok(forward_signature(g, opts)?
+        .into_iter()
+        .map(|a| TrainArg {
+            name: a.name,
+            role: match a.role {
+                super::ArgRole::Input => TrainRole::Input,
+                super::ArgRole::Param => TrainRole::Param,
+                super::ArgRole::State => TrainRole::State,
+                super::ArgRole::Output => TrainRole::Output,
+            },
+            shape: a.shape,
+        })
+        .collect())
+}
+
+/// `@<model>_forward_train`: the forward's arguments, then saved values, then scan states.
+pub fn forward_train_signature(
+    g: &Graph,
+    opts: &LowerOptions,
+) -> Result<Vec<TrainArg>, LowerError> {
+    let mut args = forward_args(g, opts)?;
+    args.extend(saved_and_states(g, opts)?);
+    Ok(args)
+}
+
+/// `@<model>_backward`: inputs, parameters, saved values, scan states, output gradients, then
+/// the results: trainable-parameter gradients and input gradients.
+pub fn backward_signature(g: &Graph, opts: &LowerOptions) -> Result<Vec<TrainArg>, LowerError> {
+    let fwd = forward_args(g, opts)?;
+    let mut args: Vec<TrainArg> = fwd
+        .iter()
+        .filter(|a| a.role != TrainRole::Output)
+        .cloned()
+        .collect();
+    args.extend(saved_and_states(g, opts)?);
+    for a in fwd.iter().filter(|a| a.role == TrainRole::Output) {
+        args.push(TrainArg {
+            name: format!("d{}", a.name),
+            role: TrainRole::DOutput,
+            shape: a.shape.clone(),
+        });
+    }
+    for p in g.params.iter().filter(|p| p.role.trainable()) {
+        args.push(TrainArg {
+            name: format!("d{}", p.name),
+            role: TrainRole::DParam,
+            shape: p.shape.clone(),
+        });
+    }
+    for a in fwd.iter().filter(|a| a.role == TrainRole::Input) {
+        args.push(TrainArg {
+            name: format!("d{}", a.name),
+            role: TrainRole::DInput,
+            shape: a.shape.clone(),
+        });
+    }
+    Ok(args)
+}
+
+/// Appends `@<model>_forward_train` and `@<model>_backward` of every graph to `module`.
+pub fn lower_training<'c>(
+    context: &'c Context,
+    module: &Module<'c>,
+    graphs: &[&Graph],
+    opts: &LowerOptions,
+) -> Result<(), LowerError> {
+    if opts.batch == 0 {
+        return Err(LowerError::new("the batch size must be at least 1"));
+    }
+    for g in graphs {
+        let problems = crate::ir::verify::verify(g);
+        if !problems.is_empty() {
+            return Err(LowerError::new(format!(
+                "model `{}` has an ill-formed graph:\n  {}",
+                g.name,
+                problems.join("\n  ")
+            )));
+        }
+        lower_forward_train(context, module, g, opts)?;
+        lower_backward(context, module, g, opts)?;
+    }
+    Ok(())
+}
+
+/// A module with only the training functions of `graphs`.
+pub fn lower_training_module<'c>(
+    context: &'c Context,
+    graphs: &[&Graph],
+    opts: &LowerOptions,
+) -> Result<Module<'c>, LowerError> {
+    let module = Module::new(Location::unknown(context));
+    lower_training(context, &module, graphs, opts)?;
+    Ok(module)
+}
+
+/// Defines `func.func @symbol` over static f32 memrefs with `{snnc.name, snnc.role}` on every
+/// argument; `body` fills the entry block (the `func.return` is added here).
+fn define<'c>(
+    context: &'c Context,
+    module: &Module<'c>,
+    symbol: &str,
+    sig: &[TrainArg],
+    body: impl FnOnce(&Block<'c>, Location<'c>) -> Result<(), LowerError>,
+) -> Result<(), LowerError> {
+    let f32 = Type::float32(context);
+    let loc = Location::name(context, symbol, Location::unknown(context));
+    let arg_types: Vec<Type<'c>> = sig
+        .iter()
+        .map(|a| MemRefType::new(f32, &to_i64(&a.shape), None, None).into())
+        .collect();
+    let entry = Block::new(&arg_types.iter().map(|t| (*t, loc)).collect::<Vec<_>>());
+    body(&entry, loc)?;
+    entry.append_operation(func::r#return(&[], loc));
+    let region = Region::new();
+    region.append_block(entry);
+    let arg_attrs: Vec<Attribute<'c>> = sig
+        .iter()
+        .map(|a| {
+            DictionaryAttribute::new(
+                context,
+                &[
+                    (
+                        Identifier::new(context, "snnc.name"),
+                        StringAttribute::new(context, &a.name).into(),
+                    ),
+                    (
+                        Identifier::new(context, "snnc.role"),
+                        StringAttribute::new(context, a.role.as_str()).into(),
+                    ),
+                ],
+            )
+            .into()
+        })
+        .collect();
+    module.body().append_operation(func::func(
+        context,
+        StringAttribute::new(context, symbol),
+        TypeAttribute::new(FunctionType::new(context, &arg_types, &[]).into()),
+        region,
+        &[(
+            Identifier::new(context, "arg_attrs"),
+            ArrayAttribute::new(context, &arg_attrs).into(),
+        )],
+        loc,
+    ));
+    Ok(())
+}
+
+/// Where the forward's lowering also writes for training; empty for inference.
+#[derive(Default)]
+pub(super) struct TrainSinks<'c> {
+    /// Node → its saved-value output buffer.
+    saved: HashMap<usize, V<'c>>,
+    /// Scan node → its `[T, states, elements]` output buffer.
+    states: HashMap<usize, V<'c>>,
+}
+
+impl<'c> TrainSinks<'c> {
+    /// Copies a just-computed node value into its saved-value buffer, if it has one.
+    pub(super) fn save(&self, fx: &Fx<'c, '_>, node: usize, here: &Buf<'c>) {
+        if let Some(dst) = self.saved.get(&node) {
+            fx.copy(fx.entry, here.mem, *dst, &here.dims);
+        }
+    }
+
+    /// The states buffer of a scan node (identified by address: `scan` gets the node only).
+    pub(super) fn states_for(&self, g: &Graph, node: &Node) -> Option<V<'c>> {
+        let i = g.nodes.iter().position(|n| std::ptr::eq(n, node))?;
+        self.states.get(&i).copied()
+    }
+}
+
+/// Row-major linear index of `ivs` over `dims` (0 for no dims).
+fn linear<'c>(fx: &Fx<'c, '_>, b: &Block<'c>, ivs: &[V<'c>], dims: &[i64]) -> V<'c> {
+    let mut acc = fx.cidx(0);
+    for (k, (iv, d)) in ivs.iter().zip(dims).enumerate() {
+        acc = if k == 0 {
+            *iv
+        } else {
+            fx.ilin(b, acc, *d, Some(*iv), 0)
+        };
+    }
+    acc
+}
+
+/// Stores the carried states at the start of step `t` of element `o` (the scan's indices
+/// without T) into `[T, states, elements]`, the interpreter's layout.
+pub(super) fn store_states<'c>(
+    fx: &Fx<'c, '_>,
+    b: &Block<'c>,
+    buf: V<'c>,
+    t: V<'c>,
+    o: &[V<'c>],
+    others: &[i64],
+    carried: &[V<'c>],
+) {
+    let e = linear(fx, b, o, others);
+    for (s, v) in carried.iter().enumerate() {
+        fx.store(b, *v, buf, &[t, fx.cidx(s as i64), e]);
+    }
+}
+
+fn lower_forward_train<'c>(
+    context: &'c Context,
+    module: &Module<'c>,
+    g: &Graph,
+    opts: &LowerOptions,
+) -> Result<(), LowerError> {
+    let sig = forward_train_signature(g, opts)?;
+    let n_fwd = forward_signature(g, opts)?.len();
+    let grad = differentiate(g);
+    let saved = saved_values(g, &grad);
+    let scans = scan_state_shapes(g, opts.batch)?;
+    define(
+        context,
+        module,
+        &forward_train_symbol(g),
+        &sig,
+        |entry, loc| {
+            let fx = Fx::new(context, entry, loc);
+            let mut lowering = Lowering::new(fx, g, opts.batch)?;
+            for (k, v) in saved.iter().enumerate() {
+                lowering.train.saved.insert(*v, block_arg(entry, n_fwd + k));
+            }
+            for (k, (v, _)) in scans.iter().enumerate() {
+                lowering
+                    .train
+                    .states
+                    .insert(*v, block_arg(entry, n_fwd + saved.len() + k));
+            }
+            lowering.run()
+        },
+    )
+}
+
+fn lower_backward<'c>(
+    context: &'c Context,
+    module: &Module<'c>,
+    g: &Graph,
+    opts: &LowerOptions,
+) -> Result<(), LowerError> {
+    let sig = backward_signature(g, opts)?;
+    let grad = differentiate(g);
+    define(context, module, &backward_symbol(g), &sig, |entry, loc| {
+        let fx = Fx::new(context, entry, loc);
+        let mut bw = Backward::new(fx, g, opts.batch, &grad, &sig)?;
+        bw.run(&grad)
+    })
+}
+
+/// The backward function under construction.
+struct Backward<'a, 'c, 'e> {
+    fx: Fx<'c, 'e>,
+    g: &'a Graph,
+    batch: usize,
+    /// Forward values available to the backward: inputs and saved values.
+    fwd: Vec<Option<Buf<'c>>>,
+    params: Vec<V<'c>>,
+    /// Per-step states buffer of each scan node.
+    states: HashMap<usize, V<'c>>,
+    /// Gradient of each node while it is live; `owned` when `memref.alloc`ed here.
+    grads: Vec<Option<(Buf<'c>, bool)>>,
+    /// Gradient output buffer of each trainable parameter.
+    dparams: Vec<Option<V<'c>>>,
+    d_outputs: Vec<V<'c>>,
+}
+
+impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
+    fn new(
+        fx: Fx<'c, 'e>,
+        g: &'a Graph,
+        batch: usize,
+        grad: &GradGraph,
+        sig: &[TrainArg],
+    ) -> Result<Self, LowerError> {
+        let n = g.nodes.len();
+        let arg = |k: usize| block_arg(fx.entry, k);
+        let mut k = 0;
+        let mut fwd: Vec<Option<Buf<'c>>> = vec![None; n];
+        let mut grads: Vec<Option<(Buf<'c>, bool)>> = vec![None; n];
+        let inputs: Vec<usize> = g.inputs().map(|(id, _)| id.0).collect();
+        for &i in &inputs {
+            fwd[i] = Some(Buf {
+                mem: arg(k),
+                dims: to_i64(&sig[k].shape),
+            });
+            k += 1;
+        }
+        let params: Vec<V<'c>> = (0..g.params.len()).map(|p| arg(k + p)).collect();
+        k += g.params.len();
+        for v in saved_values(g, grad) {
+            fwd[v] = Some(Buf {
+                mem: arg(k),
+                dims: to_i64(&sig[k].shape),
+            });
+            k += 1;
+        }
+        let mut states = HashMap::new();
+        for (v, _) in scan_state_shapes(g, batch)? {
+            states.insert(v, arg(k));
+            k += 1;
+        }
+        let d_outputs: Vec<V<'c>> = (0..g.outputs.len()).map(|o| arg(k + o)).collect();
+        k += g.outputs.len();
+        let mut dparams = vec![None; g.params.len()];
+        for (p, decl) in g.params.iter().enumerate() {
+            if decl.role.trainable() {
+                dparams[p] = Some(arg(k));
+                k += 1;
+            }
+        }
+        for &i in &inputs {
+            grads[i] = Some((
+                Buf {
+                    mem: arg(k),
+                    dims: to_i64(&sig[k].shape),
+                },
+                false,
+            ));
+            k += 1;
+        }
+        if k != sig.len() {
+            return Err(LowerError::new(format!(
+                "internal: backward signature has {} arguments, {k} were bound",
+                sig.len()
+            )));
+        }
+        Ok(Backward {
+            fx,
+            g,
+            batch,
+            fwd,
+            params,
+            states,
+            grads,
+            dparams,
+            d_outputs,
+        })
+    }
+
+    fn run(&mut self, grad: &GradGraph) -> Result<(), LowerError> {
+        // Results are accumulated into: start from zero.
+        for (p, d) in self.dparams.iter().enumerate() {
+            if let Some(d) = d {
+                self.zero(*d, &to_i64(&self.g.params[p].shape));
+            }
+        }
+        for (buf, _) in self.grads.iter().flatten() {
+            self.zero(buf.mem, &buf.dims);
+        }
+        let g = self.g;
+        for (k, out) in g.outputs.iter().enumerate() {
+            let d = self.grad_of(out.0)?;
+            let seed = self.d_outputs[k];
+            let fx = &self.fx;
+            fx.par(fx.entry, &d.dims, |b, ivs| {
+                let v = fx.load(b, seed, ivs);
+                self.acc(b, v, d.mem, ivs);
+            });
+        }
+        for step in &grad.steps {
+            let i = step.node.0;
+            let node = &g.nodes[i];
+            let Some((dy, owned)) = self.grads[i].clone() else {
+                continue;
+            };
+            self.fx.loc.set(Location::name(
+                self.fx.ctx,
+                &format!("{}.grad", node.name),
+                Location::unknown(self.fx.ctx),
+            ));
+            self.step(i, node, &dy, step.scan.as_ref()).map_err(|e| {
+                LowerError::new(format!("cannot differentiate `{}`: {e}", node.name))
+            })?;
+            // Every reader of this gradient came before it in the reverse walk.
+            self.grads[i] = None;
+            if owned {
+                self.fx.stmt(self.fx.entry, "memref.dealloc", &[dy.mem]);
+            }
+        }
+        Ok(())
+    }
+
+    fn zero(&self, mem: V<'c>, dims: &[i64]) {
+        let fx = &self.fx;
+        fx.par(fx.entry, dims, |b, ivs| fx.store(b, fx.cf(0.0), mem, ivs));
+    }
+
+    fn alloc(&self, dims: &[i64]) -> V<'c> {
+        let fx = &self.fx;
+        fx.val(
+            fx.entry,
+            "memref.alloc",
+            &[],
+            fx.memref_type(dims),
+            &[(
+                "operandSegmentSizes",
+                DenseI32ArrayAttribute::new(fx.ctx, &[0, 0]).into(),
+            )],
+        )
+    }
+
+    /// `mem[idx] += v`.
+    fn acc(&self, b: &Block<'c>, v: V<'c>, mem: V<'c>, idx: &[V<'c>]) {
+        let old = self.fx.load(b, mem, idx);
+        let new = self.fx.addf(b, old, v);
+        self.fx.store(b, new, mem, idx);
+    }
+
+    /// The gradient buffer of node `v`, allocated and zeroed at its first contribution.
+    fn grad_of(&mut self, v: usize) -> Result<Buf<'c>, LowerError> {
+        if let Some((buf, _)) = &self.grads[v] {
+            return Ok(buf.clone());
+        }
+        let node = &self.g.nodes[v];
+        let dims = to_i64(&shape_of(&node.ty, self.batch, &node.name)?);
+        let mem = self.alloc(&dims);
+        self.zero(mem, &dims);
+        let buf = Buf { mem, dims };
+        self.grads[v] = Some((buf.clone(), true));
+        Ok(buf)
+    }
+
+    fn saved(&self, node: &Node, k: usize) -> Result<Buf<'c>, LowerError> {
+        let id = node
+            .inputs
+            .get(k)
+            .ok_or_else(|| LowerError::new(format!("operand {k} is missing")))?;
+        self.fwd[id.0].clone().ok_or_else(|| {
+            LowerError::new(format!(
+                "`{}` was not saved by the forward",
+                self.g.nodes[id.0].name
+            ))
+        })
+    }
+
+    fn input_grad(&mut self, node: &Node, k: usize) -> Result<Buf<'c>, LowerError> {
+        let id = node
+            .inputs
+            .get(k)
+            .ok_or_else(|| LowerError::new(format!("operand {k} is missing")))?;
+        self.grad_of(id.0)
+    }
+
+    fn param(&self, node: &Node, k: usize) -> Result<V<'c>, LowerError> {
+        node.params
+            .get(k)
+            .and_then(|p| self.params.get(p.0))
+            .copied()
+            .ok_or_else(|| LowerError::new(format!("parameter {k} is missing")))
+    }
+
+    /// The gradient buffer of the node's `k`-th parameter, if it exists and is trainable.
+    fn dparam(&self, node: &Node, k: usize) -> Option<V<'c>> {
+        node.params
+            .get(k)
+            .and_then(|p| self.dparams.get(p.0).copied().flatten())
+    }
+
+    fn position(&self, node: &Node, k: usize, axis: Axis) -> Result<usize, LowerError> {
+        let id = node
+            .inputs
+            .get(k)
+            .ok_or_else(|| LowerError::new(format!("operand {k} is missing")))?;
+        self.g.ty(*id).position(axis).ok_or_else(|| {
+            LowerError::new(format!(
+                "`{}` needs a {} axis",
+                node.op.mnemonic(),
+                axis.letter()
+            ))
+        })
+    }
+
+    fn step(
+        &mut self,
+        i: usize,
+        node: &Node,
+        dy: &Buf<'c>,
+        scan: Option<&ScanAdjoint>,
+    ) -> Result<(), LowerError> {
+        match &node.op {
+            Op::Input { .. } => Ok(()),
+            Op::Conv2d {
+                stride, padding, ..
+            } => self.conv2d(node, dy, *stride, *padding),
+            Op::Dense { axis, .. } => self.dense(node, dy, *axis),
+            Op::Pool {
+                kind,
+                kernel,
+                stride,
+            } => self.pool(node, dy, *kind, *kernel as i64, *stride as i64),
+            Op::BatchNorm { axis, eps, .. } => self.batch_norm(node, dy, *axis, *eps),
+            Op::Dropout { .. } => {
+                let dx = self.input_grad(node, 0)?;
+                let fx = &self.fx;
+                fx.par(fx.entry, &dx.dims, |b, ivs| {
+                    let v = fx.load(b, dy.mem, ivs);
+                    self.acc(b, v, dx.mem, ivs);
+                });
+                Ok(())
+            }
+            Op::Flatten => self.flatten(node, dy),
+            Op::Reduce {
+                kind,
+                axes,
+                keepdim,
+            } => self.reduce(node, dy, *kind, axes, *keepdim),
+            Op::Concat { axis } => self.concat(node, dy, *axis),
+            Op::Unary(op) => self.unary(node, dy, *op),
+            Op::Binary(op) => self.binary(node, dy, *op),
+            Op::Scan { neuron, emit } => {
+                let adj = scan.ok_or_else(|| LowerError::new("scan without adjoint equations"))?;
+                self.scan(i, node, dy, neuron, *emit, adj)
+            }
+        }
+    }
+
+    /// `x[idx]` with zero padding: out-of-range taps read index 0 and are masked to 0.
+    fn load_padded(
+        &self,
+        b: &Block<'c>,
+        x: &Buf<'c>,
+        idx: &mut [V<'c>],
+        taps: [(usize, V<'c>); 2],
+    ) -> V<'c> {
+        let fx = &self.fx;
+        let c0 = fx.cidx(0);
+        let mut inb: Option<V<'c>> = None;
+        for (pos, i) in taps {
+            let lo = fx.cmpi(b, ISGE, i, c0);
+            let hi = fx.cmpi(b, ISLT, i, fx.cidx(x.dims[pos]));
+            let both = fx.bin(b, "arith.andi", lo, hi);
+            inb = Some(match inb {
+                Some(prev) => fx.bin(b, "arith.andi", prev, both),
+                None => both,
+            });
+        }
+        let Some(inb) = inb else {
+            return fx.load(b, x.mem, idx);
+        };
+        for (pos, i) in taps {
+            idx[pos] = fx.select(b, inb, i, c0);
+        }
+        let v = fx.load(b, x.mem, idx);
+        fx.select(b, inb, v, fx.cf(0.0))
+    }
+
+    fn conv2d(
+        &mut self,
+        node: &Node,
+        dy: &Buf<'c>,
+        stride: (usize, usize),
+        padding: (usize, usize),
+    ) -> Result<(), LowerError> {
+        let x = self.saved(node, 0)?;
+        let pc = self.position(node, 0, Axis::C)?;
+        let ph = self.position(node, 0, Axis::H)?;
+        let pw = self.position(node, 0, Axis::W)?;
+        let w = self.param(node, 0)?;
+        let wdims = node
+            .params
+            .first()
+            .map(|p| to_i64(&self.g.param(*p).shape))
+            .unwrap_or_default();
+        let [oc_n, _, kh_n, kw_n] = wdims[..] else {
+            return Err(LowerError::new("conv weights must be [out, in, kh, kw]"));
+        };
+        let (sh, sw) = (stride.0 as i64, stride.1 as i64);
+        let (padh, padw) = (padding.0 as i64, padding.1 as i64);
+        let fx = &self.fx;
+        let y_wo_c = remove_at(&dy.dims, pc);
+        // dW[oc, ic, kh, kw] = Σ dy[.., oc, oh, ow] · x[.., ic, oh·s + kh − p, ow·s + kw − p].
+        if let Some(dw) = self.dparam(node, 0) {
+            fx.par(fx.entry, &wdims, |b, wi| {
+                let acc = fx.acc_nest(b, &y_wo_c, fx.cf(0.0), &mut |b, r, acc| {
+                    let yidx = insert_at(r, pc, wi[0]);
+                    let d = fx.load(b, dy.mem, &yidx);
+                    let ih = fx.ilin(b, yidx[ph], sh, Some(wi[2]), -padh);
+                    let iw = fx.ilin(b, yidx[pw], sw, Some(wi[3]), -padw);
+                    let mut xidx = yidx.clone();
+                    xidx[pc] = wi[1];
+                    xidx[ph] = ih;
+                    xidx[pw] = iw;
+                    let xv = if padh == 0 && padw == 0 {
+                        fx.load(b, x.mem, &xidx)
+                    } else {
+                        self.load_padded(b, &x, &mut xidx, [(ph, ih), (pw, iw)])
+                    };
+                    let p = fx.mulf(b, d, xv);
+                    fx.addf(b, acc, p)
+                });
+                self.acc(b, acc, dw, wi);
+            });
+        }
+        if let Some(db) = self.dparam(node, 1) {
+            fx.par(fx.entry, &[oc_n], |b, oc| {
+                let acc = fx.acc_nest(b, &y_wo_c, fx.cf(0.0), &mut |b, r, acc| {
+                    let d = fx.load(b, dy.mem, &insert_at(r, pc, oc[0]));
+                    fx.addf(b, acc, d)
+                });
+                self.acc(b, acc, db, oc);
+            });
+        }
+        // dx as a gather (a transposed conv): each input element sums the output taps that
+        // read it, so parallel iterations write disjoint elements.
+        let dx = self.input_grad(node, 0)?;
+        let fx = &self.fx;
+        let (oh_n, ow_n) = (dy.dims[ph], dy.dims[pw]);
+        fx.par(fx.entry, &dx.dims, |b, xi| {
+            let acc = fx.acc_nest(b, &[oc_n, kh_n, kw_n], fx.cf(0.0), &mut |b, r, acc| {
+                let mut valid: Option<V<'c>> = None;
+                let mut outs = Vec::new();
+                for (pos, s, pad, k, n_out) in
+                    [(ph, sh, padh, r[1], oh_n), (pw, sw, padw, r[2], ow_n)]
+                {
+                    let shifted = fx.ilin(b, xi[pos], 1, None, pad);
+                    let num = fx.bin(b, "arith.subi", shifted, k);
+                    let o = if s == 1 {
+                        num
+                    } else {
+                        fx.bin(b, "arith.divsi", num, fx.cidx(s))
+                    };
+                    let mut ok = fx.cmpi(b, ISGE, num, fx.cidx(0));
+                    let lt = fx.cmpi(b, ISLT, o, fx.cidx(n_out));
+                    ok = fx.bin(b, "arith.andi", ok, lt);
+                    if s != 1 {
+                        let rem = fx.bin(b, "arith.remsi", num, fx.cidx(s));
+                        let exact = fx.cmpi(b, IEQ, rem, fx.cidx(0));
+                        ok = fx.bin(b, "arith.andi", ok, exact);
+                    }
+                    valid = Some(match valid {
+                        Some(v) => fx.bin(b, "arith.andi", v, ok),
+                        None => ok,
+                    });
+                    outs.push(o);
+                }
+                let valid = valid.unwrap_or_else(|| fx.cidx(0));
+                let c0 = fx.cidx(0);
+                let mut yidx = xi.to_vec();
+                yidx[pc] = r[0];
+                yidx[ph] = fx.select(b, valid, outs[0], c0);
+                yidx[pw] = fx.select(b, valid, outs[1], c0);
+                let d = fx.load(b, dy.mem, &yidx);
+                let wv = fx.load(b, w, &[r[0], xi[pc], r[1], r[2]]);
+                let p = fx.mulf(b, d, wv);
+                let p = fx.select(b, valid, p, fx.cf(0.0));
+                fx.addf(b, acc, p)
+            });
+            self.acc(b, acc, dx.mem, xi);
+        });
+        Ok(())
+    }
+
+    fn dense(&mut self, node: &Node, dy: &Buf<'c>, axis: Axis) -> Result<(), LowerError> {
+        let x = self.saved(node, 0)?;
+        let pa = self.position(node, 0, axis)?;
+        let w = self.param(node, 0)?;
+        let (n_out, n_in) = (dy.dims[pa], x.dims[pa]);
+        let others = remove_at(&x.dims, pa);
+        let fx = &self.fx;
+        if let Some(dw) = self.dparam(node, 0) {
+            fx.par(fx.entry, &[n_out, n_in], |b, oi| {
+                let acc = fx.acc_nest(b, &others, fx.cf(0.0), &mut |b, r, acc| {
+                    let d = fx.load(b, dy.mem, &insert_at(r, pa, oi[0]));
+                    let xv = fx.load(b, x.mem, &insert_at(r, pa, oi[1]));
+                    let p = fx.mulf(b, d, xv);
+                    fx.addf(b, acc, p)
+                });
+                self.acc(b, acc, dw, oi);
+            });
+        }
+        if let Some(db) = self.dparam(node, 1) {
+            fx.par(fx.entry, &[n_out], |b, o| {
+                let acc = fx.acc_nest(b, &others, fx.cf(0.0), &mut |b, r, acc| {
+                    let d = fx.load(b, dy.mem, &insert_at(r, pa, o[0]));
+                    fx.addf(b, acc, d)
+                });
+                self.acc(b, acc, db, o);
+            });
+        }
+        let dx = self.input_grad(node, 0)?;
+        let fx = &self.fx;
+        fx.par(fx.entry, &dx.dims, |b, xi| {
+            let acc = fx.acc_nest(b, &[n_out], fx.cf(0.0), &mut |b, r, acc| {
+                let mut yidx = xi.to_vec();
+                yidx[pa] = r[0];
+                let d = fx.load(b, dy.mem, &yidx);
+                let wv = fx.load(b, w, &[r[0], xi[pa]]);
+                let p = fx.mulf(b, d, wv);
+                fx.addf(b, acc, p)
+            });
+            self.acc(b, acc, dx.mem, xi);
+        });
+        Ok(())
+    }
+
+    /// Runs `body` for every pooling window (its output index): in parallel when windows do
+    /// not overlap, else sequentially over the spatial output axes so that scattered
+    /// additions into shared input elements never race.
+    fn windows(
+        &self,
+        dims: &[i64],
+        ph: usize,
+        pw: usize,
+        overlap: bool,
+        body: &dyn Fn(&Block<'c>, &[V<'c>]),
+    ) {
+        let fx = &self.fx;
+        if !overlap {
+            fx.par(fx.entry, dims, |b, o| body(b, o));
+            return;
+        }
+        let rest = remove_at(&remove_at(dims, pw), ph);
+        fx.par(fx.entry, &rest, |b, r| {
+            fx.acc_nest(b, &[dims[ph], dims[pw]], fx.cf(0.0), &mut |b, hw, acc| {
+                let o = insert_at(&insert_at(r, ph, hw[0]), pw, hw[1]);
+                body(b, &o);
+                acc
+            });
+        });
+    }
+
+    fn pool(
+        &mut self,
+        node: &Node,
+        dy: &Buf<'c>,
+        kind: PoolKind,
+        k: i64,
+        s: i64,
+    ) -> Result<(), LowerError> {
+        let ph = self.position(node, 0, Axis::H)?;
+        let pw = self.position(node, 0, Axis::W)?;
+        let x = match kind {
+            PoolKind::Max => Some(self.saved(node, 0)?),
+            PoolKind::Avg => None,
+        };
+        let dx = self.input_grad(node, 0)?;
+        let fx = &self.fx;
+        let tap = |b: &Block<'c>, o: &[V<'c>], kh: V<'c>, kw: V<'c>| {
+            let mut idx = o.to_vec();
+            idx[ph] = fx.ilin(b, o[ph], s, Some(kh), 0);
+            idx[pw] = fx.ilin(b, o[pw], s, Some(kw), 0);
+            idx
+        };
+        let body = |b: &Block<'c>, o: &[V<'c>]| {
+            let d = fx.load(b, dy.mem, o);
+            match &x {
+                None => {
+                    let share = fx.divf(b, d, fx.cf((k * k) as f64));
+                    fx.acc_nest(b, &[k, k], fx.cf(0.0), &mut |b, r, acc| {
+                        self.acc(b, share, dx.mem, &tap(b, o, r[0], r[1]));
+                        acc
+                    });
+                }
+                Some(x) => {
+                    // First argmax in row-major window order, NaN winning (the kernels' rule).
+                    let (best, _) = self.argmax(b, &[k, k], &|b, r| {
+                        fx.load(b, x.mem, &tap(b, o, r[0], r[1]))
+                    });
+                    let kh = fx.bin(b, "arith.divui", best, fx.cidx(k));
+                    let kw = fx.bin(b, "arith.remui", best, fx.cidx(k));
+                    self.acc(b, d, dx.mem, &tap(b, o, kh, kw));
+                }
+            }
+        };
+        self.windows(&dy.dims, ph, pw, s < k, &body);
+        Ok(())
+    }
+
+    /// Index (row-major over `dims`) and value of the first maximum of `value` over `dims`;
+    /// a NaN beats any number, as in the runtime kernels' `first_argmax`.
+    fn argmax(
+        &self,
+        b: &Block<'c>,
+        dims: &[i64],
+        value: &dyn Fn(&Block<'c>, &[V<'c>]) -> V<'c>,
+    ) -> (V<'c>, V<'c>) {
+        let fx = &self.fx;
+        let r = self.nest_carry(
+            b,
+            dims,
+            &[fx.cidx(0), fx.cf(f64::NEG_INFINITY)],
+            &[],
+            &mut |b, ivs, carried| {
+                let v = value(b, ivs);
+                let lin = linear(fx, b, ivs, dims);
+                let gt = fx.cmpf(b, fpred::OGT, v, carried[1]);
+                let v_nan = fx.cmpf(b, UNO, v, v);
+                let best_num = fx.cmpf(b, ORD, carried[1], carried[1]);
+                let nan_wins = fx.bin(b, "arith.andi", v_nan, best_num);
+                let upd = fx.bin(b, "arith.ori", gt, nan_wins);
+                vec![
+                    fx.select(b, upd, lin, carried[0]),
+                    fx.select(b, upd, v, carried[1]),
+                ]
+            },
+        );
+        (r[0], r[1])
+    }
+
+    /// Nested `scf.for`s over `dims` carrying several values.
+    fn nest_carry(
+        &self,
+        b: &Block<'c>,
+        dims: &[i64],
+        inits: &[V<'c>],
+        outer: &[V<'c>],
+        body: &mut dyn FnMut(&Block<'c>, &[V<'c>], &[V<'c>]) -> Vec<V<'c>>,
+    ) -> Vec<V<'c>> {
+        let Some((&first, rest)) = dims.split_first() else {
+            return body(b, outer, inits);
+        };
+        let (results, ()) = self.fx.for_carry(b, first, inits, |blk, iv, carried| {
+            let mut ivs = outer.to_vec();
+            ivs.push(iv);
+            (self.nest_carry(blk, rest, carried, &ivs, body), ())
+        });
+        results
+    }
+
+    fn batch_norm(
+        &mut self,
+        node: &Node,
+        dy: &Buf<'c>,
+        axis: Axis,
+        eps: f64,
+    ) -> Result<(), LowerError> {
+        let x = self.saved(node, 0)?;
+        let pa = self.position(node, 0, axis)?;
+        let gamma = self.param(node, 0)?;
+        let (dgamma, dbeta) = (self.dparam(node, 0), self.dparam(node, 1));
+        let dx = self.input_grad(node, 0)?;
+        let fx = &self.fx;
+        let others = remove_at(&x.dims, pa);
+        let m = fx.cf(others.iter().product::<i64>() as f64);
+        fx.par(fx.entry, &[x.dims[pa]], |b, c| {
+            let c = c[0];
+            // Batch statistics recomputed exactly as the forward computed them.
+            let sum = fx.acc_nest(b, &others, fx.cf(0.0), &mut |b, r, acc| {
+                let v = fx.load(b, x.mem, &insert_at(r, pa, c));
+                fx.addf(b, acc, v)
+            });
+            let mean = fx.divf(b, sum, m);
+            let sq = fx.acc_nest(b, &others, fx.cf(0.0), &mut |b, r, acc| {
+                let v = fx.load(b, x.mem, &insert_at(r, pa, c));
+                let d = fx.subf(b, v, mean);
+                let d2 = fx.mulf(b, d, d);
+                fx.addf(b, acc, d2)
+            });
+            let var = fx.divf(b, sq, m);
+            let var_eps = fx.addf(b, var, fx.cf(eps));
+            let std = fx.unary(b, "math.sqrt", var_eps);
+            let xhat = |b: &Block<'c>, idx: &[V<'c>]| {
+                let v = fx.load(b, x.mem, idx);
+                let d = fx.subf(b, v, mean);
+                fx.divf(b, d, std)
+            };
+            let sums = self.nest_carry(
+                b,
+                &others,
+                &[fx.cf(0.0), fx.cf(0.0)],
+                &[],
+                &mut |b, r, acc| {
+                    let idx = insert_at(r, pa, c);
+                    let d = fx.load(b, dy.mem, &idx);
+                    let xh = xhat(b, &idx);
+                    let dxh = fx.mulf(b, d, xh);
+                    vec![fx.addf(b, acc[0], d), fx.addf(b, acc[1], dxh)]
+                },
+            );
+            let (sum_dy, sum_dy_xhat) = (sums[0], sums[1]);
+            if let Some(dg) = dgamma {
+                self.acc(b, sum_dy_xhat, dg, &[c]);
+            }
+            if let Some(dbe) = dbeta {
+                self.acc(b, sum_dy, dbe, &[c]);
+            }
+            // dx = γ/(σ·M) · (M·dy − Σdy − x̂·Σ(dy·x̂)).
+            let g = fx.load(b, gamma, &[c]);
+            let sm = fx.mulf(b, std, m);
+            let scale = fx.divf(b, g, sm);
+            fx.par(b, &others, |b, r| {
+                let idx = insert_at(r, pa, c);
+                let d = fx.load(b, dy.mem, &idx);
+                let md = fx.mulf(b, m, d);
+                let t = fx.subf(b, md, sum_dy);
+                let xh = xhat(b, &idx);
+                let u = fx.mulf(b, xh, sum_dy_xhat);
+                let t = fx.subf(b, t, u);
+                let v = fx.mulf(b, scale, t);
+                self.acc(b, v, dx.mem, &idx);
+            });
+        });
+        Ok(())
+    }
+
+    fn flatten(&mut self, node: &Node, dy: &Buf<'c>) -> Result<(), LowerError> {
+        let xid = node
+            .inputs
+            .first()
+            .ok_or_else(|| LowerError::new("flatten needs an operand"))?;
+        let xty = self.g.ty(*xid).clone();
+        let pc = self.position(node, 0, Axis::C)?;
+        let ph = self.position(node, 0, Axis::H)?;
+        let pw = self.position(node, 0, Axis::W)?;
+        let pt = xty.position(Axis::T);
+        let pb = xty.position(Axis::B);
+        if xty.rank() != 3 + usize::from(pt.is_some()) + usize::from(pb.is_some()) {
+            return Err(LowerError::new(format!(
+                "flatten of {} is not supported",
+                xty.shape_string()
+            )));
+        }
+        let dx = self.input_grad(node, 0)?;
+        let fx = &self.fx;
+        let (h, w) = (dx.dims[ph], dx.dims[pw]);
+        fx.par(fx.entry, &dx.dims, |b, xi| {
+            let chw = fx.ilin(b, xi[pc], h, Some(xi[ph]), 0);
+            let n = fx.ilin(b, chw, w, Some(xi[pw]), 0);
+            let t = pt.map_or(fx.cidx(0), |p| xi[p]);
+            let bb = pb.map_or(fx.cidx(0), |p| xi[p]);
+            let d = fx.load(b, dy.mem, &[t, bb, n]);
+            self.acc(b, d, dx.mem, xi);
+        });
+        Ok(())
+    }
+
+    fn reduce(
+        &mut self,
+        node: &Node,
+        dy: &Buf<'c>,
+        kind: ReduceKind,
+        axes: &[Axis],
+        keepdim: bool,
+    ) -> Result<(), LowerError> {
+        let xid = node
+            .inputs
+            .first()
+            .ok_or_else(|| LowerError::new("reduce needs an operand"))?;
+        let reduced: Vec<bool> = self
+            .g
+            .ty(*xid)
+            .dims
+            .iter()
+            .map(|(a, _)| axes.contains(a))
+            .collect();
+        let x = match kind {
+            ReduceKind::Max => Some(self.saved(node, 0)?),
+            _ => None,
+        };
+        let dx = self.input_grad(node, 0)?;
+        let fx = &self.fx;
+        let red_dims: Vec<i64> = dx
+            .dims
+            .iter()
+            .zip(&reduced)
+            .filter(|(_, r)| **r)
+            .map(|(d, _)| *d)
+            .collect();
+        let count: i64 = red_dims.iter().product();
+        // The input index from an output index `o` and reduced-axis indices `r`.
+        let x_index = |o: &[V<'c>], r: &[V<'c>]| {
+            let (mut k, mut kept) = (0, 0);
+            let mut idx = Vec::with_capacity(reduced.len());
+            for (pos, red) in reduced.iter().enumerate() {
+                if *red {
+                    idx.push(r[k]);
+                    k += 1;
+                } else {
+                    idx.push(o[if keepdim { pos } else { kept }]);
+                    kept += 1;
+                }
+            }
+            idx
+        };
+        match x {
+            None => {
+                let scale = match kind {
+                    ReduceKind::Mean => Some(fx.cf(1.0 / count as f64)),
+                    _ => None,
+                };
+                fx.par(fx.entry, &dx.dims, |b, xi| {
+                    let mut yidx = Vec::new();
+                    for (pos, red) in reduced.iter().enumerate() {
+                        if !*red {
+                            yidx.push(xi[pos]);
+                        } else if keepdim {
+                            yidx.push(fx.cidx(0));
+                        }
+                    }
+                    let d = fx.load(b, dy.mem, &yidx);
+                    let d = match scale {
+                        Some(s) => fx.mulf(b, d, s),
+                        None => d,
+                    };
+                    self.acc(b, d, dx.mem, xi);
+                });
+            }
+            Some(x) => {
+                fx.par(fx.entry, &dy.dims, |b, o| {
+                    let (best, _) =
+                        self.argmax(b, &red_dims, &|b, r| fx.load(b, x.mem, &x_index(o, r)));
+                    // Delinearise the argmax into reduced-axis indices.
+                    let mut r = vec![fx.cidx(0); red_dims.len()];
+                    let mut rest = best;
+                    for (k, &d) in red_dims.iter().enumerate().rev() {
+                        if k == 0 {
+                            r[k] = rest;
+                        } else {
+                            r[k] = fx.bin(b, "arith.remui", rest, fx.cidx(d));
+                            rest = fx.bin(b, "arith.divui", rest, fx.cidx(d));
+                        }
+                    }
+                    let d = fx.load(b, dy.mem, o);
+                    self.acc(b, d, dx.mem, &x_index(o, &r));
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn concat(&mut self, node: &Node, dy: &Buf<'c>, axis: Axis) -> Result<(), LowerError> {
+        let pa = self.position(node, 0, axis)?;
+        let mut offset = 0;
+        for k in 0..node.inputs.len() {
+            let dx = self.input_grad(node, k)?;
+            let fx = &self.fx;
+            fx.par(fx.entry, &dx.dims, |b, xi| {
+                let mut yidx = xi.to_vec();
+                yidx[pa] = fx.ilin(b, xi[pa], 1, None, offset);
+                let d = fx.load(b, dy.mem, &yidx);
+                self.acc(b, d, dx.mem, xi);
+            });
+            offset += dx.dims[pa];
+        }
+        Ok(())
+    }
+
+    fn unary(&mut self, node: &Node, dy: &Buf<'c>, op: UnaryOp) -> Result<(), LowerError> {
+        let x = self.saved(node, 0)?;
+        let dx = self.input_grad(node, 0)?;
+        let fx = &self.fx;
+        fx.par(fx.entry, &dx.dims, |b, xi| {
+            let v = fx.load(b, x.mem, xi);
+            let deriv = match op {
+                UnaryOp::Relu => {
+                    let pos = fx.cmpf(b, fpred::OGT, v, fx.cf(0.0));
+                    fx.bool_to_f32(b, pos)
+                }
+                UnaryOp::Sigmoid => {
+                    let s = fx.sigmoid(b, v);
+                    let one_minus = fx.subf(b, fx.cf(1.0), s);
+                    fx.mulf(b, s, one_minus)
+                }
+            };
+            let d = fx.load(b, dy.mem, xi);
+            let p = fx.mulf(b, d, deriv);
+            self.acc(b, p, dx.mem, xi);
+        });
+        Ok(())
+    }
+
+    /// `dst += sum_to_shape(value)`: `value(b, y_index)` summed over the axes where `dst` has
+    /// size 1 and the broadcast result does not.
+    fn sum_into(
+        &self,
+        dst: &Buf<'c>,
+        ydims: &[i64],
+        value: &dyn Fn(&Block<'c>, &[V<'c>]) -> V<'c>,
+    ) {
+        let fx = &self.fx;
+        let red: Vec<usize> = (0..ydims.len())
+            .filter(|&k| dst.dims.get(k) == Some(&1) && ydims[k] != 1)
+            .collect();
+        let red_dims: Vec<i64> = red.iter().map(|&k| ydims[k]).collect();
+        fx.par(fx.entry, &dst.dims, |b, di| {
+            let acc = fx.acc_nest(b, &red_dims, fx.cf(0.0), &mut |b, r, acc| {
+                let mut yidx = di.to_vec();
+                for (j, &k) in red.iter().enumerate() {
+                    yidx[k] = r[j];
+                }
+                let v = value(b, &yidx);
+                fx.addf(b, acc, v)
+            });
+            self.acc(b, acc, dst.mem, di);
+        });
+    }
+
+    fn binary(&mut self, node: &Node, dy: &Buf<'c>, op: BinaryOp) -> Result<(), LowerError> {
+        let operands = match op {
+            BinaryOp::Add => None,
+            BinaryOp::Mul => Some((self.saved(node, 0)?, self.saved(node, 1)?)),
+        };
+        for k in 0..2 {
+            let dst = self.input_grad(node, k)?;
+            let fx = &self.fx;
+            let other = operands
+                .as_ref()
+                .map(|(a, c)| if k == 0 { c.clone() } else { a.clone() });
+            self.sum_into(&dst, &dy.dims, &|b, yidx| {
+                let d = fx.load(b, dy.mem, yidx);
+                match &other {
+                    None => d,
+                    Some(o) => {
+                        let ov = fx.load(b, o.mem, &broadcast(fx, &o.dims, &dy.dims, yidx));
+                        fx.mulf(b, d, ov)
+                    }
+                }
+            });
+        }
+        Ok(())
+    }
+
+    /// BPTT for one neuron layer: every element runs an `scf.for` over T descending that
+    /// carries the state adjoints (and its learnable-scalar gradients), recomputes the step
+    /// from the saved states and applies the adjoint equations in reverse.
+    fn scan(
+        &mut self,
+        i: usize,
+        node: &Node,
+        dy: &Buf<'c>,
+        neuron: &NeuronProgram,
+        emit: ScanEmit,
+        adj: &ScanAdjoint,
+    ) -> Result<(), LowerError> {
+        check_program(neuron)?;
+        let x = self.saved(node, 0)?;
+        let gate = if node.inputs.len() > 1 {
+            Some(self.saved(node, 1)?)
+        } else {
+            None
+        };
+        let states = *self
+            .states
+            .get(&i)
+            .ok_or_else(|| LowerError::new("per-step states were not passed"))?;
+        let pt = self.position(node, 0, Axis::T)?;
+        let steps = x.dims[pt];
+        let others = remove_at(&x.dims, pt);
+        let n_elems: i64 = others.iter().product();
+        let (ns, nl) = (neuron.states.len(), neuron.learns.len());
+        let dx = self.input_grad(node, 0)?;
+        let fx = &self.fx;
+        let mut learns = Vec::new();
+        for k in 0..nl {
+            learns.push(fx.load(fx.entry, self.param(node, k)?, &[fx.cidx(0)]));
+        }
+        // Per-element partial sums of the learnable gradients and the gate gradient at the
+        // input's shape: written once per element, reduced afterwards (no racing adds).
+        let dlearn_tmp = (nl > 0).then(|| self.alloc(&[nl as i64, n_elems]));
+        let dgate_tmp = gate.as_ref().map(|_| self.alloc(&x.dims));
+        let zero = fx.cf(0.0);
+        let r = fx.par(fx.entry, &others, |b, o| {
+            let inits = vec![zero; ns + nl];
+            let (fin, r) = fx.for_carry(b, steps, &inits, |b, rev, carried| {
+                let t = fx.bin(b, "arith.subi", fx.cidx(steps - 1), rev);
+                let idx = insert_at(o, pt, t);
+                let e = linear(fx, b, o, &others);
+                let input = fx.load(b, x.mem, &idx);
+                let mut env = Env {
+                    input,
+                    states: (0..ns)
+                        .map(|s| fx.load(b, states, &[t, fx.cidx(s as i64), e]))
+                        .collect(),
+                    learns: &learns,
+                    locals: vec![None; neuron.locals.len()],
+                };
+                let g = gate
+                    .as_ref()
+                    .map(|gb| fx.load(b, gb.mem, &broadcast(fx, &gb.dims, &x.dims, &idx)));
+                // Recompute the step, remembering the environment before each equation.
+                let mut before = Vec::with_capacity(neuron.steps.len());
+                let mut membrane_before_gate = zero;
+                for (j, (target, expr)) in neuron.steps.iter().enumerate() {
+                    if j == neuron.fire_step
+                        && let Some(g) = g
+                    {
+                        membrane_before_gate = env.states[0];
+                        env.states[0] = fx.mulf(b, env.states[0], g);
+                    }
+                    before.push((env.states.clone(), env.locals.clone()));
+                    match eval(fx, b, expr, &env) {
+                        Ok(v) => match target {
+                            Target::State(s) => env.states[*s] = v,
+                            Target::Local(l) => env.locals[*l] = Some(v),
+                        },
+                        Err(e) => return (carried.to_vec(), Err(e)),
+                    }
+                }
+                let mut adj_states: Vec<V<'c>> = carried[..ns].to_vec();
+                let mut dlearn: Vec<V<'c>> = carried[ns..].to_vec();
+                let mut adj_locals = vec![zero; neuron.locals.len()];
+                let mut adj_input = zero;
+                let d = fx.load(b, dy.mem, &idx);
+                match emit {
+                    ScanEmit::Spikes => {
+                        adj_locals[neuron.spike] = fx.addf(b, adj_locals[neuron.spike], d)
+                    }
+                    ScanEmit::Membrane => adj_states[0] = fx.addf(b, adj_states[0], d),
+                }
+                for (j, step) in adj.steps.iter().enumerate().rev() {
+                    let g_out = match step.target {
+                        Target::State(s) => std::mem::replace(&mut adj_states[s], zero),
+                        Target::Local(l) => std::mem::replace(&mut adj_locals[l], zero),
+                    };
+                    if !step.partials.is_empty() {
+                        // The interpreter skips a zero adjoint: 0 · inf must not become NaN.
+                        let live = fx.cmpf(b, fpred::UNE, g_out, zero);
+                        let (s, l) = &before[j];
+                        let env_j = Env {
+                            input,
+                            states: s.clone(),
+                            learns: &learns,
+                            locals: l.clone(),
+                        };
+                        for (var, dexpr) in &step.partials {
+                            let dv = match eval(fx, b, dexpr, &env_j) {
+                                Ok(v) => v,
+                                Err(e) => return (carried.to_vec(), Err(e)),
+                            };
+                            let c = fx.mulf(b, g_out, dv);
+                            let c = fx.select(b, live, c, zero);
+                            let slot = match var {
+                                Var::Input => &mut adj_input,
+                                Var::State(s) => &mut adj_states[*s],
+                                Var::Local(l) => &mut adj_locals[*l],
+                                Var::Learn(l) => &mut dlearn[*l],
+                            };
+                            *slot = fx.addf(b, *slot, c);
+                        }
+                    }
+                    if j == neuron.fire_step
+                        && let (Some(g), Some(dg)) = (g, dgate_tmp)
+                    {
+                        let v = fx.mulf(b, adj_states[0], membrane_before_gate);
+                        fx.store(b, v, dg, &idx);
+                        adj_states[0] = fx.mulf(b, adj_states[0], g);
+                    }
+                }
+                self.acc(b, adj_input, dx.mem, &idx);
+                let mut next = adj_states;
+                next.extend(dlearn);
+                (next, Ok(()))
+            });
+            if let Some(tmp) = dlearn_tmp {
+                let e = linear(fx, b, o, &others);
+                for l in 0..nl {
+                    fx.store(b, fin[ns + l], tmp, &[fx.cidx(l as i64), e]);
+                }
+            }
+            r
+        });
+        r?;
+        if let Some(tmp) = dlearn_tmp {
+            for l in 0..nl {
+                if let Some(dp) = self.dparam(node, l) {
+                    let total = fx.acc_nest(fx.entry, &[n_elems], zero, &mut |b, r, acc| {
+                        let v = fx.load(b, tmp, &[fx.cidx(l as i64), r[0]]);
+                        fx.addf(b, acc, v)
+                    });
+                    self.acc(fx.entry, total, dp, &[fx.cidx(0)]);
+                }
+            }
+            fx.stmt(fx.entry, "memref.dealloc", &[tmp]);
+        }
+        if let Some(tmp) = dgate_tmp {
+            let dgate = self.input_grad(node, 1)?;
+            let fx = &self.fx;
+            self.sum_into(&dgate, &x.dims, &|b, yidx| fx.load(b, tmp, yidx));
+            fx.stmt(fx.entry, "memref.dealloc", &[tmp]);
+        }
+        Ok(())
+    }
+}

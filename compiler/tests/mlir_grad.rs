@@ -1,0 +1,600 @@
+//! Tests of the backward lowering: `@<model>_forward_train` + `@<model>_backward` JIT-run
+//! through MLIR's ExecutionEngine against PyTorch's golden gradients and the interpreter.
+
+mod common;
+
+use melior::ExecutionEngine;
+use melior::ir::Module;
+use ndarray::{ArrayD, IxDyn};
+use snnc::interp::{Interpreter, Mode, Options, ParamStore, loss};
+use snnc::ir::{Graph, Op};
+use snnc::mlir::context::new_context;
+use snnc::mlir::grad::{
+    TrainArg, TrainRole, backward_signature, backward_symbol, forward_train_signature,
+    forward_train_symbol, lower_training_module,
+};
+use snnc::mlir::pipeline::{check_llvm_only, run_pipeline, verify};
+use snnc::mlir::{LLVM_PIPELINE, LowerOptions, Stage, emit};
+use snnc::sema::{Compilation, compile_source};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+fn compile(rel: &str, overrides: &[(&str, &str)]) -> Compilation {
+    let path = common::workspace().join(rel);
+    let text = std::fs::read_to_string(&path).expect("readable");
+    compile_text(&path, text, overrides)
+}
+
+fn compile_text(path: &Path, text: String, overrides: &[(&str, &str)]) -> Compilation {
+    let overrides: Vec<(String, String)> = overrides
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let c = compile_source(path, text, &overrides);
+    assert!(
+        !c.diags.has_errors(),
+        "{} failed:\n{}",
+        path.display(),
+        c.diags.render_plain(&c.program.sources)
+    );
+    c
+}
+
+/// A packed entry point `@<symbol>_packed(ptr)` taking one array of `n` buffer pointers, so
+/// the Rust side does not depend on the argument count.
+fn packed_wrapper(symbol: &str, n: usize) -> String {
+    let mut w = format!("  llvm.func @{symbol}_packed(%args: !llvm.ptr) {{\n");
+    for i in 0..n {
+        w += &format!(
+            "    %a{i} = llvm.getelementptr %args[{i}] : (!llvm.ptr) -> !llvm.ptr, !llvm.ptr\n    %p{i} = llvm.load %a{i} : !llvm.ptr -> !llvm.ptr\n"
+        );
+    }
+    let ps: Vec<String> = (0..n).map(|i| format!("%p{i}")).collect();
+    let tys = vec!["!llvm.ptr"; n].join(", ");
+    w += &format!(
+        "    llvm.call @{symbol}({}) : ({tys}) -> ()\n    llvm.return\n  }}\n",
+        ps.join(", ")
+    );
+    w
+}
+
+/// JIT-compiles the training functions of `g` and hands `body` a caller: `call(symbol, args)`
+/// runs one function over `args` (one buffer per argument, in signature order).
+fn with_training_jit(g: &Graph, batch: usize, body: impl FnOnce(&dyn Fn(&str, &mut [Vec<f32>]))) {
+    let opts = LowerOptions { batch };
+    let context = new_context();
+    let mut module = lower_training_module(&context, &[g], &opts).expect("lowers");
+    verify(&context, &module).expect("verifies");
+    run_pipeline(&context, &mut module, LLVM_PIPELINE).expect("pipeline");
+    check_llvm_only(&module).expect("llvm only");
+    let fsig = forward_train_signature(g, &opts).expect("signature");
+    let bsig = backward_signature(g, &opts).expect("signature");
+    let mut text = module.as_operation().to_string();
+    let end = text.rfind('}').expect("module end");
+    text.insert_str(end, &packed_wrapper(&backward_symbol(g), bsig.len()));
+    text.insert_str(end, &packed_wrapper(&forward_train_symbol(g), fsig.len()));
+    let module = Module::parse(&context, &text).expect("wrapped module parses");
+    let engine = ExecutionEngine::new(&module, 2, &[], false, false);
+    let sizes =
+        |sig: &[TrainArg]| -> Vec<usize> { sig.iter().map(|a| a.shape.iter().product()).collect() };
+    let (fsizes, bsizes) = (sizes(&fsig), sizes(&bsig));
+    let call = |symbol: &str, args: &mut [Vec<f32>]| {
+        let expected = if symbol == forward_train_symbol(g) {
+            &fsizes
+        } else {
+            &bsizes
+        };
+        let got: Vec<usize> = args.iter().map(Vec::len).collect();
+        assert_eq!(&got, expected, "{symbol}: buffer sizes");
+        let f = engine.lookup(&format!("{symbol}_packed"));
+        assert!(!f.is_null(), "JIT lookup of {symbol} failed");
+        let mut ptrs: Vec<*mut f32> = args.iter_mut().map(|a| a.as_mut_ptr()).collect();
+        // SAFETY: the wrapper takes one pointer to `n` buffer pointers; every buffer was
+        // checked above against the signature the lowering used, so accesses stay in bounds.
+        unsafe {
+            let f: unsafe extern "C" fn(*mut *mut f32) = std::mem::transmute(f);
+            f(ptrs.as_mut_ptr());
+        }
+    };
+    body(&call);
+}
+
+/// Reads a float64 little-endian C-order `.npy` file.
+fn read_npy(path: &Path) -> ArrayD<f64> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(&bytes[..6], b"\x93NUMPY");
+    let (len, start) = if bytes[6] == 1 {
+        (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10)
+    } else {
+        (
+            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+            12,
+        )
+    };
+    let header = std::str::from_utf8(&bytes[start..start + len]).expect("ascii header");
+    assert!(header.contains("'<f8'") && header.contains("'fortran_order': False"));
+    let shape: Vec<usize> = header
+        .split("'shape': (")
+        .nth(1)
+        .and_then(|s| s.split(')').next())
+        .expect("shape")
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    let data = bytes[start + len..]
+        .chunks_exact(8)
+        .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
+        .collect();
+    ArrayD::from_shape_vec(IxDyn(&shape), data).expect("shape matches data")
+}
+
+fn max_abs(v: &[f64]) -> f64 {
+    v.iter().fold(0.0f64, |m, x| m.max(x.abs()))
+}
+
+/// Relative tolerance `rel` with an absolute floor of `rel` × the tensor's largest magnitude.
+/// `zero_floor` is the absolute tolerance of a tensor that is zero by construction (a conv bias
+/// feeding batchnorm: batchnorm's dx sums to zero per channel): in f32 that sum is pure
+/// cancellation noise (1e-9 .. 1e-3 here, against 1e-18 in f64), so it is only checked to be
+/// small against the model's largest gradient.
+fn assert_close_floor(what: &str, got: &[f32], want: &[f64], rel: f64, zero_floor: f64) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let scale = max_abs(want);
+    let by_construction_zero = scale < 1e-9 * zero_floor;
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        let tol = if by_construction_zero {
+            zero_floor
+        } else {
+            (rel * w.abs().max(scale)).max(1e-12)
+        };
+        let err = (f64::from(*g) - w).abs();
+        assert!(
+            err <= tol,
+            "{what}[{i}]: got {g:e}, want {w:e} (error {err:e}, tolerance {tol:e})"
+        );
+    }
+}
+
+fn assert_close(what: &str, got: &[f32], want: &[f64], rel: f64) {
+    assert_close_floor(what, got, want, rel, 0.0);
+}
+
+fn to_f32(a: &ArrayD<f64>) -> Vec<f32> {
+    a.iter().map(|v| *v as f32).collect()
+}
+
+/// Buffers for `@<model>_forward_train`: inputs and parameters from the callbacks, running
+/// variance 1 (PyTorch's start), everything written by the function NaN-poisoned.
+fn forward_args(
+    sig: &[TrainArg],
+    input: &dyn Fn(&str) -> Vec<f32>,
+    param: &dyn Fn(&str) -> Vec<f32>,
+) -> Vec<Vec<f32>> {
+    sig.iter()
+        .map(|a| {
+            let size = a.shape.iter().product();
+            match a.role {
+                TrainRole::Input => input(&a.name),
+                TrainRole::Param => param(&a.name),
+                TrainRole::State if a.name.ends_with("running_var") => vec![1.0; size],
+                TrainRole::State => vec![0.0; size],
+                _ => vec![f32::NAN; size],
+            }
+        })
+        .collect()
+}
+
+/// Buffers for `@<model>_backward` from the forward_train buffers (matched by role and name)
+/// and the output gradients; results NaN-poisoned so that unwritten elements show.
+fn backward_args(
+    fsig: &[TrainArg],
+    fargs: &[Vec<f32>],
+    bsig: &[TrainArg],
+    d_outputs: &[Vec<f32>],
+) -> Vec<Vec<f32>> {
+    let mut outs = d_outputs.iter();
+    bsig.iter()
+        .map(|a| match a.role {
+            TrainRole::DOutput => outs.next().expect("one gradient per output").clone(),
+            TrainRole::DParam | TrainRole::DInput => {
+                vec![f32::NAN; a.shape.iter().product()]
+            }
+            role => {
+                let k = fsig
+                    .iter()
+                    .position(|f| f.role == role && f.name == a.name)
+                    .unwrap_or_else(|| panic!("{} has no forward buffer", a.name));
+                fargs[k].clone()
+            }
+        })
+        .collect()
+}
+
+fn buffer<'a>(sig: &[TrainArg], args: &'a [Vec<f32>], role: TrainRole, name: &str) -> &'a [f32] {
+    let k = sig
+        .iter()
+        .position(|a| a.role == role && a.name == name)
+        .unwrap_or_else(|| panic!("no {role:?} argument `{name}`"));
+    &args[k]
+}
+
+#[test]
+fn golden_small_gradients_match_pytorch() {
+    let c = compile("tests/reference/golden_small.snn", &[]);
+    let g = &c.graphs[0];
+    let dir = common::workspace().join("tests/reference/golden_small");
+    let batch = 2;
+    let opts = LowerOptions { batch };
+    let fsig = forward_train_signature(g, &opts).expect("signature");
+    let bsig = backward_signature(g, &opts).expect("signature");
+    let x = read_npy(&dir.join("input.npy"));
+    let mut fargs = forward_args(&fsig, &|_| to_f32(&x), &|name| {
+        to_f32(&read_npy(&dir.join(format!("param.{name}.npy"))))
+    });
+    let target = read_npy(&dir.join("target.npy"));
+    let classes: Vec<usize> = target
+        .outer_iter()
+        .map(|row| row.iter().position(|v| *v == 1.0).expect("one-hot"))
+        .collect();
+    with_training_jit(g, batch, |call| {
+        call(&forward_train_symbol(g), &mut fargs);
+        let readout = buffer(&fsig, &fargs, TrainRole::Output, "readout0");
+        assert_close(
+            "readout0",
+            readout,
+            read_npy(&dir.join("out.readout0.npy"))
+                .as_slice()
+                .expect("contiguous"),
+            1e-5,
+        );
+        // The seed is the MSE gradient of our own (f32) readout, as in training.
+        let r = ArrayD::from_shape_vec(
+            IxDyn(&[batch, 3]),
+            readout.iter().map(|v| f64::from(*v)).collect(),
+        )
+        .expect("shape");
+        let (_, d_out) = loss::mse_one_hot(&r, &classes).expect("loss");
+        let mut bargs = backward_args(&fsig, &fargs, &bsig, &[to_f32(&d_out)]);
+        call(&backward_symbol(g), &mut bargs);
+        let wanted: Vec<(usize, Vec<f64>)> = bsig
+            .iter()
+            .enumerate()
+            .filter_map(|(k, a)| {
+                let file = match a.role {
+                    TrainRole::DParam => dir.join(format!("grad.{}.npy", &a.name[1..])),
+                    TrainRole::DInput => dir.join("grad.input.npy"),
+                    _ => return None,
+                };
+                Some((k, read_npy(&file).iter().copied().collect()))
+            })
+            .collect();
+        assert_eq!(wanted.len(), 12, "11 trainable parameters and the input");
+        let largest = wanted.iter().map(|(_, w)| max_abs(w)).fold(0.0, f64::max);
+        for (k, want) in &wanted {
+            assert_close_floor(&bsig[*k].name, &bargs[*k], want, 1e-4, 1e-3 * largest);
+        }
+    });
+}
+
+/// Deterministic pseudo-random values in [lo, hi), rounded to f32 so that both sides of a
+/// comparison see exactly the same numbers.
+fn random_f32(n: usize, seed: u64, lo: f64, hi: f64) -> Vec<f32> {
+    let mut s = seed;
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            let u = (s >> 11) as f64 / (1u64 << 53) as f64;
+            (lo + (hi - lo) * u) as f32
+        })
+        .collect()
+}
+
+/// Runs forward_train + backward through the JIT and the interpreter (f64, train mode) on the
+/// same f32-representable data; compares outputs, then every parameter and input gradient
+/// within `rel` (see the callers for why it differs per model).
+fn gradients_agree_with_interpreter(what: &str, g: &Graph, batch: usize, seed: u64, rel: f64) {
+    let opts = LowerOptions { batch };
+    let fsig = forward_train_signature(g, &opts).expect("signature");
+    let bsig = backward_signature(g, &opts).expect("signature");
+    let mut store = ParamStore::init(g, seed);
+    for v in &mut store.values {
+        v.mapv_inplace(|x| f64::from(x as f32));
+    }
+    let inputs: Vec<(String, ArrayD<f64>)> = fsig
+        .iter()
+        .enumerate()
+        .filter(|(_, a)| a.role == TrainRole::Input)
+        .map(|(k, a)| {
+            let size = a.shape.iter().product();
+            let data = random_f32(size, seed * 31 + k as u64, 0.0, 2.0);
+            let arr = ArrayD::from_shape_vec(
+                IxDyn(&a.shape),
+                data.iter().map(|v| f64::from(*v)).collect(),
+            )
+            .expect("shape");
+            (a.name.clone(), arr)
+        })
+        .collect();
+    let interp = Interpreter::new(
+        g,
+        Options {
+            mode: Mode::Train,
+            ..Options::default()
+        },
+    );
+    let named: Vec<(&str, ArrayD<f64>)> = inputs
+        .iter()
+        .map(|(n, a)| (n.as_str(), a.clone()))
+        .collect();
+    let fwd = interp.forward(&store, &named).expect("interpreter forward");
+    let d_outputs: Vec<ArrayD<f64>> = fwd
+        .outputs
+        .iter()
+        .enumerate()
+        .map(|(k, o)| {
+            let data = random_f32(o.len(), seed * 7 + 1000 + k as u64, -1.0, 1.0);
+            ArrayD::from_shape_vec(o.raw_dim(), data.iter().map(|v| f64::from(*v)).collect())
+                .expect("shape")
+        })
+        .collect();
+    let grads = interp
+        .backward(&store, &fwd, &d_outputs)
+        .expect("interpreter backward");
+    let mut fargs = forward_args(
+        &fsig,
+        &|name| {
+            let (_, a) = inputs.iter().find(|(n, _)| n == name).expect("input");
+            to_f32(a)
+        },
+        &|name| to_f32(store.get(g, name).expect("param")),
+    );
+    with_training_jit(g, batch, |call| {
+        call(&forward_train_symbol(g), &mut fargs);
+        let outs: Vec<&Vec<f32>> = fsig
+            .iter()
+            .zip(&fargs)
+            .filter(|(a, _)| a.role == TrainRole::Output)
+            .map(|(_, b)| b)
+            .collect();
+        for (k, want) in fwd.outputs.iter().enumerate() {
+            let want: Vec<f64> = want.iter().copied().collect();
+            assert_close(&format!("{what} output {k}"), outs[k], &want, 1e-4);
+        }
+        let d_out: Vec<Vec<f32>> = d_outputs.iter().map(to_f32).collect();
+        let mut bargs = backward_args(&fsig, &fargs, &bsig, &d_out);
+        call(&backward_symbol(g), &mut bargs);
+        let mut pairs: Vec<(String, &[f32], Vec<f64>)> = Vec::new();
+        for (p, want) in g.params.iter().zip(&grads.params) {
+            let Some(want) = want else {
+                assert!(!p.role.trainable(), "{}: no interpreter gradient", p.name);
+                continue;
+            };
+            let name = format!("d{}", p.name);
+            let got = buffer(&bsig, &bargs, TrainRole::DParam, &name);
+            pairs.push((name, got, want.iter().copied().collect()));
+        }
+        let trainable = g.params.iter().filter(|p| p.role.trainable()).count();
+        assert_eq!(pairs.len(), trainable);
+        for (name, want) in &grads.inputs {
+            let name = format!("d{name}");
+            let got = buffer(&bsig, &bargs, TrainRole::DInput, &name);
+            pairs.push((name, got, want.iter().copied().collect()));
+        }
+        let largest = pairs.iter().map(|(_, _, w)| max_abs(w)).fold(0.0, f64::max);
+        for (name, got, want) in &pairs {
+            assert_close_floor(&format!("{what} {name}"), got, want, rel, 1e-3 * largest);
+        }
+    });
+}
+
+/// The examples at T = 4 compare within 1e-3, not 1e-4: their batchnorm and conv weight
+/// gradients are f32 sums over up to T·B·H·W = 9,248 terms per channel (the interpreter sums in
+/// f64), which leaves up to 4e-4 of the tensor's largest magnitude. Spikes do not flip on these
+/// inputs: the outputs are compared first and agree to 1e-4 (exactly, for spike counts).
+#[test]
+fn custom_neuron_gradients_agree_with_the_interpreter() {
+    let c = compile("examples/custom_neuron.snn", &[("T", "4")]);
+    for g in &c.graphs {
+        gradients_agree_with_interpreter("custom_neuron", g, 2, 7, 1e-3);
+    }
+}
+
+#[test]
+fn nmnist_gradients_agree_with_the_interpreter() {
+    let c = compile("examples/nmnist.snn", &[("T", "4")]);
+    for g in &c.graphs {
+        gradients_agree_with_interpreter(&format!("nmnist:{}", g.name), g, 2, 7, 1e-3);
+    }
+}
+
+/// A model small enough to read whole, with one op of each common kind and a learnable neuron
+/// scalar (PLIF's `w`).
+const TINY: &str = "import std.neurons.{LIF, PLIF}\nmodel Tiny(T: int = 2) {\n    input x: image(channels = 1, height = 4, width = 4, T = T)\n    x -> conv(2, 3) -> bn -> LIF -> pool.max(2) -> flatten -> linear(2) -> PLIF -> readout.rate\n}\n";
+
+fn tiny() -> Graph {
+    let c = compile_text(Path::new("tiny.snn"), TINY.to_string(), &[]);
+    c.graphs.into_iter().next().expect("one model")
+}
+
+#[test]
+fn tiny_model_gradients_agree_with_the_interpreter() {
+    gradients_agree_with_interpreter("tiny", &tiny(), 3, 5, 1e-4);
+}
+
+#[test]
+fn mlir_grad_snapshot_of_a_tiny_model() {
+    let (text, _) = emit(&[&tiny()], &LowerOptions { batch: 1 }, Stage::MlirGrad).expect("emits");
+    insta::assert_snapshot!("mlir_grad__tiny", text);
+}
+
+#[test]
+fn signatures_follow_the_documented_abi() {
+    let c = compile("tests/reference/golden_small.snn", &[]);
+    let g = &c.graphs[0];
+    let opts = LowerOptions { batch: 2 };
+    let fsig = forward_train_signature(g, &opts).expect("signature");
+    let bsig = backward_signature(g, &opts).expect("signature");
+    let fwd = snnc::mlir::forward_signature(g, &opts).expect("signature");
+    // forward_train extends the forward's arguments.
+    assert!(fwd.iter().zip(&fsig).all(|(f, t)| f.name == t.name
+        && f.shape == t.shape
+        && f.role.as_str() == t.role.as_str()));
+    let roles: Vec<TrainRole> = bsig.iter().map(|a| a.role).collect();
+    let mut sorted = roles.clone();
+    let rank = |r: &TrainRole| match r {
+        TrainRole::Input => 0,
+        TrainRole::Param | TrainRole::State => 1,
+        TrainRole::Saved => 2,
+        TrainRole::ScanStates => 3,
+        TrainRole::DOutput => 4,
+        TrainRole::DParam => 5,
+        TrainRole::DInput => 6,
+        TrainRole::Output => 7,
+    };
+    sorted.sort_by_key(rank);
+    assert_eq!(roles, sorted, "backward arguments are grouped in ABI order");
+    assert!(!roles.contains(&TrainRole::Output));
+    let dparams: Vec<&str> = bsig
+        .iter()
+        .filter(|a| a.role == TrainRole::DParam)
+        .map(|a| a.name.as_str())
+        .collect();
+    assert_eq!(dparams.len(), 11);
+    assert!(!dparams.iter().any(|n| n.contains("running")));
+    // Saved values skip model inputs (passed as inputs already) and keep GradGraph order.
+    let saved: Vec<&str> = bsig
+        .iter()
+        .filter(|a| a.role == TrainRole::Saved)
+        .map(|a| a.name.as_str())
+        .collect();
+    assert_eq!(saved.first(), Some(&"conv0"));
+    assert!(!saved.contains(&"x"));
+    let states: Vec<(&str, &[usize])> = bsig
+        .iter()
+        .filter(|a| a.role == TrainRole::ScanStates)
+        .map(|a| (a.name.as_str(), a.shape.as_slice()))
+        .collect();
+    // LIF over [T=4, B=2, C=4, 8, 8] (same padding) and [T, B, 3]: one state (v), elements = the rest.
+    assert_eq!(
+        states,
+        [
+            ("lif0.states", &[4, 1, 2 * 4 * 8 * 8][..]),
+            ("lif1.states", &[4, 1, 6][..])
+        ]
+    );
+    let scans = g
+        .nodes
+        .iter()
+        .filter(|n| matches!(n.op, Op::Scan { .. }))
+        .count();
+    assert_eq!(states.len(), scans);
+}
+
+fn mlir_opt() -> Option<PathBuf> {
+    let on_path = Command::new("mlir-opt-22")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if on_path {
+        return Some(PathBuf::from("mlir-opt-22"));
+    }
+    let fixed = Path::new("/usr/lib/llvm-22/bin/mlir-opt");
+    fixed.exists().then(|| fixed.to_path_buf())
+}
+
+/// Pipes `input` through `mlir-opt` with `args`; returns stdout or panics with stderr.
+fn run_mlir_opt(tool: &Path, args: &[&str], input: &str, what: &str) -> String {
+    let mut child = Command::new(tool)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("mlir-opt starts");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let input = input.to_string();
+    // Write from another thread: mlir-opt may fill its stdout pipe before reading all input.
+    let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
+    let out = child.wait_with_output().expect("mlir-opt runs");
+    writer.join().expect("writer").expect("write to mlir-opt");
+    assert!(
+        out.status.success(),
+        "mlir-opt {args:?} rejected {what}:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn mlir_opt_accepts_the_training_functions_of_every_example() {
+    let Some(tool) = mlir_opt() else {
+        eprintln!("skipping: mlir-opt-22 is neither on PATH nor at /usr/lib/llvm-22/bin/mlir-opt");
+        return;
+    };
+    let pipeline = format!("--pass-pipeline={LLVM_PIPELINE}");
+    let mut files: Vec<String> = common::snn_files("examples")
+        .into_iter()
+        .map(|(rel, _)| rel)
+        .collect();
+    files.push("tests/reference/golden_small.snn".into());
+    for rel in files {
+        let c = compile(&rel, &[]);
+        for g in &c.graphs {
+            let what = format!("{rel}:{}", g.name);
+            let (text, _) = emit(&[g], &LowerOptions { batch: 2 }, Stage::MlirGrad)
+                .unwrap_or_else(|e| panic!("{what}: {e}"));
+            assert!(text.contains(&format!("func.func @{}(", backward_symbol(g))));
+            run_mlir_opt(&tool, &["--verify-each"], &text, &what);
+            let lowered = run_mlir_opt(&tool, &["--verify-each", &pipeline], &text, &what);
+            assert!(
+                !lowered.contains("func.func") && !lowered.contains("memref."),
+                "{what}"
+            );
+        }
+    }
+}
+
+#[test]
+fn cli_emits_mlir_grad_and_llvm_mlir_includes_the_backward() {
+    let bin = env!("CARGO_BIN_EXE_snnc");
+    let file = common::workspace().join("tests/reference/golden_small.snn");
+    let out = Command::new(bin)
+        .args(["build", "--emit", "mlir-grad", "--batch", "2"])
+        .arg(&file)
+        .output()
+        .expect("snnc runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("func.func @GoldenSmall_forward_train("),
+        "{text}"
+    );
+    assert!(text.contains("func.func @GoldenSmall_backward("));
+    assert!(text.contains("snnc.role = \"d_param\""));
+    let out = Command::new(bin)
+        .args(["build", "--emit", "llvm-mlir"])
+        .arg(&file)
+        .output()
+        .expect("snnc runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    for f in ["forward", "forward_train", "backward"] {
+        assert!(
+            text.contains(&format!("llvm.func @GoldenSmall_{f}(")),
+            "{f}"
+        );
+    }
+}
