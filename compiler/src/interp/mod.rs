@@ -790,10 +790,17 @@ fn accumulate(slot: &mut Option<ArrayD<f64>>, d: ArrayD<f64>) {
     }
 }
 
+/// Reshapes without copying when the array is already contiguous (the usual case).
 fn reshape(a: ArrayD<f64>, shape: &[usize]) -> ArrayD<f64> {
-    let a = a.as_standard_layout().into_owned();
-    let v: Vec<f64> = a.into_iter().collect();
-    ArrayD::from_shape_vec(IxDyn(shape), v).unwrap_or_else(|_| ArrayD::zeros(IxDyn(shape)))
+    let a = if a.is_standard_layout() {
+        a
+    } else {
+        a.as_standard_layout().into_owned()
+    };
+    let len = a.len();
+    // Shapes come from type inference, so element counts always agree.
+    a.into_shape_with_order(IxDyn(shape))
+        .unwrap_or_else(|_| unreachable!("reshape of {len} elements to {shape:?}"))
 }
 
 /// [..., C, H, W] → [N, C, H, W] (the leading axes merged), and the leading shape to undo it.

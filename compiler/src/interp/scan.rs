@@ -27,11 +27,11 @@ pub fn prepare(neuron: &NeuronProgram, smooth: Option<f64>) -> NeuronProgram {
     p
 }
 
-/// Values of one element during one step.
+/// Values of one element during one step (borrowed, so evaluation allocates nothing).
 struct Env<'a> {
     input: f64,
-    states: Vec<f64>,
-    locals: Vec<f64>,
+    states: &'a [f64],
+    locals: &'a [f64],
     learns: &'a [f64],
     smooth: Option<f64>,
 }
@@ -62,11 +62,53 @@ fn eval(e: &Scalar, env: &Env) -> f64 {
     }
 }
 
-fn assign(env: &mut Env, target: Target, v: f64) {
+fn assign(states: &mut [f64], locals: &mut [f64], target: Target, v: f64) {
     match target {
-        Target::State(i) => env.states[i] = v,
-        Target::Local(i) => env.locals[i] = v,
+        Target::State(i) => states[i] = v,
+        Target::Local(i) => locals[i] = v,
     }
+}
+
+/// Runs one step's equations in place; `before`, when given, receives the states and locals
+/// just before each equation (row j = equation j). Returns the membrane before the gate.
+#[allow(clippy::too_many_arguments)]
+fn step(
+    p: &NeuronProgram,
+    input: f64,
+    gate: Option<f64>,
+    states: &mut [f64],
+    locals: &mut [f64],
+    learns: &[f64],
+    smooth: Option<f64>,
+    mut before: Option<&mut [f64]>,
+) -> f64 {
+    let width = states.len() + locals.len();
+    let mut membrane_before_gate = 0.0;
+    for (j, (target, expr)) in p.steps.iter().enumerate() {
+        if j == p.fire_step
+            && let Some(g) = gate
+        {
+            membrane_before_gate = states[0];
+            states[0] *= g;
+        }
+        if let Some(b) = before.as_deref_mut() {
+            let row = &mut b[j * width..(j + 1) * width];
+            row[..states.len()].copy_from_slice(states);
+            row[states.len()..].copy_from_slice(locals);
+        }
+        let v = eval(
+            expr,
+            &Env {
+                input,
+                states,
+                locals,
+                learns,
+                smooth,
+            },
+        );
+        assign(states, locals, *target, v);
+    }
+    membrane_before_gate
 }
 
 /// Flat views of input [T, ...] and a gate broadcast to it.
@@ -99,31 +141,30 @@ pub fn forward(
     let mut out = vec![0.0; xs.len()];
     let ns = p.states.len();
     let mut saved = vec![0.0; t_len * ns * n];
+    let mut states = vec![0.0; ns];
+    let mut locals = vec![0.0; p.locals.len()];
     for e in 0..n {
-        let mut env = Env {
-            input: 0.0,
-            states: p.states.iter().map(|s| s.1).collect(),
-            locals: vec![0.0; p.locals.len()],
-            learns,
-            smooth,
-        };
+        for (s, init) in states.iter_mut().zip(&p.states) {
+            *s = init.1;
+        }
         for t in 0..t_len {
             for s in 0..ns {
-                saved[(t * ns + s) * n + e] = env.states[s];
+                saved[(t * ns + s) * n + e] = states[s];
             }
-            env.input = xs[t * n + e];
-            for (j, (target, expr)) in p.steps.iter().enumerate() {
-                if j == p.fire_step
-                    && let Some(g) = &gs
-                {
-                    env.states[0] *= g[t * n + e];
-                }
-                let v = eval(expr, &env);
-                assign(&mut env, *target, v);
-            }
+            let gate = gs.as_ref().map(|g| g[t * n + e]);
+            step(
+                p,
+                xs[t * n + e],
+                gate,
+                &mut states,
+                &mut locals,
+                learns,
+                smooth,
+                None,
+            );
             out[t * n + e] = match emit {
-                ScanEmit::Spikes => env.locals[p.spike],
-                ScanEmit::Membrane => env.states[0],
+                ScanEmit::Spikes => locals[p.spike],
+                ScanEmit::Membrane => states[0],
             };
         }
     }
@@ -165,51 +206,53 @@ pub fn backward(
     let mut dx = vec![0.0; xs.len()];
     let mut dgate = gs.as_ref().map(|g| vec![0.0; g.len()]);
     let mut dlearn = vec![0.0; p.learns.len()];
+    let nl = p.locals.len();
+    let width = ns + nl;
+    let mut before = vec![0.0; p.steps.len() * width];
+    let mut states = vec![0.0; ns];
+    let mut locals = vec![0.0; nl];
+    let mut adj_states = vec![0.0; ns];
+    let mut adj_locals = vec![0.0; nl];
     for e in 0..n {
-        let mut adj_states = vec![0.0; ns];
+        adj_states.fill(0.0);
         for t in (0..t_len).rev() {
-            // Recompute the step, remembering the environment before each equation.
-            let mut env = Env {
-                input: xs[t * n + e],
-                states: (0..ns).map(|s| saved[(t * ns + s) * n + e]).collect(),
-                locals: vec![0.0; p.locals.len()],
+            // Recompute the step from its saved start, remembering the values before each equation.
+            let input = xs[t * n + e];
+            for (s, slot) in states.iter_mut().enumerate() {
+                *slot = saved[(t * ns + s) * n + e];
+            }
+            let gate = gs.as_ref().map(|g| g[t * n + e]);
+            let membrane_before_gate = step(
+                p,
+                input,
+                gate,
+                &mut states,
+                &mut locals,
                 learns,
                 smooth,
-            };
-            let mut before: Vec<(Vec<f64>, Vec<f64>)> = Vec::with_capacity(p.steps.len());
-            let mut membrane_before_gate = 0.0;
-            for (j, (target, expr)) in p.steps.iter().enumerate() {
-                if j == p.fire_step
-                    && let Some(g) = &gs
-                {
-                    membrane_before_gate = env.states[0];
-                    env.states[0] *= g[t * n + e];
-                }
-                before.push((env.states.clone(), env.locals.clone()));
-                let v = eval(expr, &env);
-                assign(&mut env, *target, v);
-            }
-            let mut adj_locals = vec![0.0; p.locals.len()];
+                Some(&mut before),
+            );
+            adj_locals.fill(0.0);
             let mut adj_input = 0.0;
             match emit {
                 ScanEmit::Spikes => adj_locals[p.spike] += dys[t * n + e],
                 ScanEmit::Membrane => adj_states[0] += dys[t * n + e],
             }
-            for (j, step) in adj.steps.iter().enumerate().rev() {
-                let g_out = match step.target {
+            for (j, step_adj) in adj.steps.iter().enumerate().rev() {
+                let g_out = match step_adj.target {
                     Target::State(i) => std::mem::take(&mut adj_states[i]),
                     Target::Local(i) => std::mem::take(&mut adj_locals[i]),
                 };
                 if g_out != 0.0 {
-                    let (s, l) = &before[j];
+                    let row = &before[j * width..(j + 1) * width];
                     let env_j = Env {
-                        input: env.input,
-                        states: s.clone(),
-                        locals: l.clone(),
+                        input,
+                        states: &row[..ns],
+                        locals: &row[ns..],
                         learns,
                         smooth,
                     };
-                    for (var, d) in &step.partials {
+                    for (var, d) in &step_adj.partials {
                         let contribution = g_out * eval(d, &env_j);
                         match var {
                             Var::Input => adj_input += contribution,
@@ -220,10 +263,10 @@ pub fn backward(
                     }
                 }
                 if j == p.fire_step
-                    && let (Some(g), Some(dg)) = (&gs, dgate.as_mut())
+                    && let (Some(g), Some(dg)) = (gate, dgate.as_mut())
                 {
                     dg[t * n + e] += adj_states[0] * membrane_before_gate;
-                    adj_states[0] *= g[t * n + e];
+                    adj_states[0] *= g;
                 }
             }
             dx[t * n + e] = adj_input;
