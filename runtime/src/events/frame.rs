@@ -148,8 +148,25 @@ pub fn frame(events: &Events, spec: &FrameSpec) -> Result<Array4<f32>, EventErro
         return Ok(out);
     }
     let t = &events.t;
-    // `bin(i)` is the time step of event i, or None when it falls outside the T steps.
-    let bin: Box<dyn Fn(usize) -> Option<usize>> = match spec.slicing {
+    let (p, x, y) = (&events.p, &events.x, &events.y);
+    let plane = fh * fw;
+    let Some(counts) = out.as_slice_mut() else {
+        return Err(EventError::Spec("frame tensor is not contiguous".into()));
+    };
+    let f = usize::from(f);
+    // One monomorphic loop per slicing mode: the per-event bin computation inlines, and the
+    // flat index needs no 4-d bounds checks (coordinates were checked against the sensor above).
+    let mut accumulate = |bin: &dyn Fn(usize) -> Option<usize>| {
+        for i in 0..n {
+            if let Some(b) = bin(i) {
+                let c = usize::from(p[i] != 0);
+                let idx =
+                    (b * 2 + c) * plane + (usize::from(y[i]) / f) * fw + usize::from(x[i]) / f;
+                counts[idx] += 1.0;
+            }
+        }
+    };
+    match spec.slicing {
         Slicing::TimeWindow {
             window_us, start, ..
         } => {
@@ -157,38 +174,40 @@ pub fn frame(events: &Events, spec: &FrameSpec) -> Result<Array4<f32>, EventErro
                 return Err(EventError::Spec("time window must be at least 1 µs".into()));
             }
             let t0 = start.unwrap_or(t[0]);
-            Box::new(move |i| {
+            accumulate(&|i| {
                 let d = t[i].checked_sub(t0)?;
                 usize::try_from(d / window_us)
                     .ok()
                     .filter(|&b| d >= 0 && b < steps)
-            })
+            });
         }
-        Slicing::EventCount { .. } => Box::new(move |i| Some(i * steps / n)),
+        Slicing::EventCount { .. } => {
+            // Event i goes to step ⌊i·T/n⌋, so step b holds events [⌈b·n/T⌉, ⌈(b+1)·n/T⌉).
+            for b in 0..steps {
+                let (lo, hi) = (
+                    (b * n).div_ceil(steps),
+                    ((b + 1) * n).div_ceil(steps).min(n),
+                );
+                for i in lo..hi {
+                    let c = usize::from(p[i] != 0);
+                    let idx =
+                        (b * 2 + c) * plane + (usize::from(y[i]) / f) * fw + usize::from(x[i]) / f;
+                    counts[idx] += 1.0;
+                }
+            }
+        }
         Slicing::FrameCount { .. } => {
             let (lo, hi) = t
                 .iter()
                 .fold((i64::MAX, i64::MIN), |(a, b), &v| (a.min(v), b.max(v)));
             let span = i128::from(hi) - i128::from(lo);
-            Box::new(move |i| {
+            accumulate(&|i| {
                 if span == 0 {
                     return Some(0);
                 }
                 let b = (i128::from(t[i]) - i128::from(lo)) * steps as i128 / span;
                 Some((b as usize).min(steps - 1))
-            })
-        }
-    };
-    let f = usize::from(f);
-    for i in 0..n {
-        if let Some(b) = bin(i) {
-            let c = usize::from(events.p[i] != 0);
-            out[[
-                b,
-                c,
-                usize::from(events.y[i]) / f,
-                usize::from(events.x[i]) / f,
-            ]] += 1.0;
+            });
         }
     }
     Ok(out)
