@@ -76,10 +76,18 @@ fn mlir_of_every_example_model() {
     }
 }
 
+/// The forward alone: `--emit llvm-mlir` also carries the training functions, which
+/// tests/mlir_grad.rs covers (with them the snapshot would be 370 kB).
 #[test]
 fn llvm_mlir_of_golden_small() {
     let c = compile("tests/reference/golden_small.snn", &[]);
-    let text = emit_one(&c.graphs[0], 1, Stage::LlvmMlir);
+    let context = new_context();
+    let mut module =
+        lower_graphs(&context, &[&c.graphs[0]], &LowerOptions { batch: 1 }).expect("lowers");
+    verify(&context, &module).expect("verifies");
+    run_pipeline(&context, &mut module, LLVM_PIPELINE).expect("pipeline");
+    check_llvm_only(&module).expect("llvm only");
+    let text = format!("{}\n", module.as_operation());
     insta::assert_snapshot!("llvm_mlir__golden_small", text);
 }
 

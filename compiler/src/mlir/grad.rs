@@ -398,6 +398,9 @@ fn lower_backward<'c>(
     })
 }
 
+/// A loop-nest body: (block, induction variables, carried values) → the next carried values.
+type CarryBody<'f, 'c> = dyn FnMut(&Block<'c>, &[V<'c>], &[V<'c>]) -> Vec<V<'c>> + 'f;
+
 /// The backward function under construction.
 struct Backward<'a, 'c, 'e> {
     fx: Fx<'c, 'e>,
@@ -955,7 +958,7 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
         dims: &[i64],
         inits: &[V<'c>],
         outer: &[V<'c>],
-        body: &mut dyn FnMut(&Block<'c>, &[V<'c>], &[V<'c>]) -> Vec<V<'c>>,
+        body: &mut CarryBody<'_, 'c>,
     ) -> Vec<V<'c>> {
         let Some((&first, rest)) = dims.split_first() else {
             return body(b, outer, inits);
