@@ -424,6 +424,17 @@ fn tiny_model_gradients_agree_with_the_interpreter() {
     gradients_agree_with_interpreter("tiny", &tiny(), 3, 5, 1e-4);
 }
 
+/// What the other models miss: overlapping max and average windows (scattered adds done
+/// sequentially), a strided padded conv, a membrane-shortcut residual (add), dropout (p = 0:
+/// the interpreter's mask is all ones, so both sides are the identity) and a membrane readout.
+const MIXED: &str = "import std.neurons.{LIF}\nimport std.blocks.{MSRes}\nmodel Mixed(T: int = 3) {\n    input x: image(channels = 2, height = 9, width = 9, T = T)\n    x -> conv(4, 3, stride = 2) -> bn -> LIF -> pool.max(3, stride = 1) -> MSRes(4)\n      -> pool.avg(2, stride = 1) -> flatten -> dropout(0.0) -> linear(3)\n      -> readout.membrane(cell = LIF(v_th = 1000.0))\n}\n";
+
+#[test]
+fn mixed_model_gradients_agree_with_the_interpreter() {
+    let c = compile_text(Path::new("mixed.snn"), MIXED.to_string(), &[]);
+    gradients_agree_with_interpreter("mixed", &c.graphs[0], 2, 3, 1e-4);
+}
+
 #[test]
 fn mlir_grad_snapshot_of_a_tiny_model() {
     let (text, _) = emit(&[&tiny()], &LowerOptions { batch: 1 }, Stage::MlirGrad).expect("emits");
