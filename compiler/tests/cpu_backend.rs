@@ -83,7 +83,7 @@ fn assert_close(what: &str, got: &[f32], want: &[f64], tol: f64) {
     let mut worst = (0usize, 0.0f64);
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
         let err = (f64::from(*g) - w).abs() / (1.0 + w.abs());
-        if !(err <= worst.1) {
+        if err.is_nan() || err > worst.1 {
             worst = (i, err);
         }
     }

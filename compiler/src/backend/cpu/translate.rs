@@ -1362,3 +1362,59 @@ fn reverse_post_order<'c, 'a>(entry: BlockRef<'c, 'a>) -> Vec<BlockRef<'c, 'a>> 
     post.reverse();
     post
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn types_parse_with_and_without_the_dialect_prefix() {
+        assert_eq!(parse_type("!llvm.ptr").ok(), Some(LTy::Ptr));
+        assert_eq!(parse_type("!llvm.ptr<1>").ok(), Some(LTy::Ptr));
+        assert_eq!(parse_type("i1").ok(), Some(LTy::Int(1)));
+        assert_eq!(
+            parse_type("!llvm.struct<(ptr, ptr, i64, array<2 x i64>)>").ok(),
+            Some(LTy::Struct(vec![
+                LTy::Ptr,
+                LTy::Ptr,
+                LTy::Int(64),
+                LTy::Array(2, Box::new(LTy::Int(64)))
+            ]))
+        );
+        assert_eq!(
+            parse_type("!llvm.func<void (ptr, i64)>").ok(),
+            Some(LTy::Func {
+                ret: Box::new(LTy::Void),
+                params: vec![LTy::Ptr, LTy::Int(64)],
+                vararg: false
+            })
+        );
+        assert_eq!(
+            parse_type("vector<4xf32>").ok(),
+            Some(LTy::Vector(4, Box::new(LTy::F32)))
+        );
+        for bad in [
+            "f16",
+            "bf16",
+            "i7",
+            "!llvm.struct<\"named\", (i32)>",
+            "tensor<4xf32>",
+            "f32 x",
+        ] {
+            let err = parse_type(bad).expect_err(bad);
+            assert!(err.message.contains(bad), "{err}");
+        }
+    }
+
+    #[test]
+    fn layouts_follow_natural_alignment() {
+        let s = LTy::Struct(vec![LTy::Int(8), LTy::F64, LTy::Int(32)]);
+        assert_eq!(s.layout().ok(), Some((24, 8)));
+        assert_eq!(s.field_offset(1).ok().map(|(o, _)| o), Some(8));
+        assert_eq!(s.field_offset(2).ok().map(|(o, _)| o), Some(16));
+        assert!(s.field_offset(3).is_err());
+        let a = LTy::Array(3, Box::new(LTy::Struct(vec![LTy::F32, LTy::Int(8)])));
+        assert_eq!(a.layout().ok(), Some((24, 4)));
+        assert!(LTy::Void.layout().is_err());
+    }
+}

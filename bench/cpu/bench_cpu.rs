@@ -1,0 +1,131 @@
+//! Times the CPU backend's JIT-compiled forward pass of one model (driven by bench/cpu/run.sh)
+//! and prints one JSON line: compile time and median/min/max of RUNS forward calls.
+//!
+//! usage: bench_cpu FILE MODEL BATCH RUNS [NAME=VALUE ...]   (NAME=VALUE: model overrides)
+//! Inputs: `image` inputs ~ U(0, 1) (the peers' `torch.rand`); `events` inputs are event counts
+//! of a 4x4 sum-pool over binary events of density 0.05 (the gesture peer's preprocessing).
+//! Parameters: the interpreter's seeded init. Running statistics are reset before every call.
+
+use snnc::backend::cpu::CompiledModel;
+use snnc::interp::ParamStore;
+use snnc::mlir::LowerOptions;
+use snnc::sema::compile_path;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+struct Rng(u64);
+
+impl Rng {
+    fn unit(&mut self) -> f32 {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        ((self.0 >> 40) as f32) / (1u64 << 24) as f32
+    }
+}
+
+fn run() -> Result<(), String> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.len() < 4 {
+        return Err("usage: bench_cpu FILE MODEL BATCH RUNS [NAME=VALUE ...]".into());
+    }
+    let file = PathBuf::from(&args[0]);
+    let model = &args[1];
+    let batch: usize = args[2].parse().map_err(|e| format!("BATCH: {e}"))?;
+    let runs: usize = args[3].parse().map_err(|e| format!("RUNS: {e}"))?;
+    let overrides: Vec<(String, String)> = args[4..]
+        .iter()
+        .map(|s| {
+            s.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .ok_or_else(|| format!("expected NAME=VALUE, found `{s}`"))
+        })
+        .collect::<Result<_, _>>()?;
+    let c = compile_path(&file, &overrides);
+    if c.diags.has_errors() {
+        return Err(c.diags.render_plain(&c.program.sources));
+    }
+    let g = c
+        .graphs
+        .iter()
+        .find(|g| g.name == *model)
+        .ok_or_else(|| format!("no model `{model}` in {}", file.display()))?;
+
+    let start = Instant::now();
+    let compiled = CompiledModel::compile(g, &LowerOptions { batch }).map_err(|e| e.to_string())?;
+    let compile_ms = start.elapsed().as_secs_f64() * 1e3;
+    let m = compiled.manifest().clone();
+
+    let mut rng = Rng(0x5eed);
+    let store = ParamStore::init(g, 0);
+    let mut p = 0;
+    let mut bufs: Vec<Vec<f32>> = Vec::new();
+    for b in &m.buffers {
+        bufs.push(match b.role.as_str() {
+            "input" if b.shape.len() == 5 && is_events(g, &b.name) => (0..b.elements)
+                .map(|_| (0..16).filter(|_| rng.unit() < 0.05).count() as f32)
+                .collect(),
+            "input" => (0..b.elements).map(|_| rng.unit()).collect(),
+            "output" => vec![0.0; b.elements],
+            _ => {
+                p += 1;
+                store.values[p - 1].iter().map(|v| *v as f32).collect()
+            }
+        });
+    }
+    let initial = bufs.clone();
+    let mut times = Vec::with_capacity(runs);
+    for k in 0..runs + 1 {
+        for (b, (buf, init)) in m.buffers.iter().zip(bufs.iter_mut().zip(&initial)) {
+            if b.role == "state" {
+                buf.copy_from_slice(init);
+            }
+        }
+        let t0 = Instant::now();
+        compiled
+            .forward_args(&mut bufs)
+            .map_err(|e| e.to_string())?;
+        // The first call is a warm-up (page faults of fresh heap memory).
+        if k > 0 {
+            times.push(t0.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    let out: Vec<f64> = m
+        .buffers
+        .iter()
+        .zip(&bufs)
+        .filter(|(b, _)| b.role == "output")
+        .flat_map(|(_, v)| v.iter().map(|x| f64::from(*x)))
+        .collect();
+    let mean = out.iter().sum::<f64>() / out.len().max(1) as f64;
+    let ov: Vec<String> = args[4..].to_vec();
+    println!(
+        "{{\"bench\": \"cpu_forward\", \"framework\": \"snnc-cranelift\", \"model\": \"{model}\", \"batch\": {batch}, \"overrides\": \"{}\", \"threads\": 1, \"runs\": {runs}, \"compile_ms\": {compile_ms:.1}, \"median_ms\": {:.3}, \"min_ms\": {:.3}, \"max_ms\": {:.3}, \"output_mean\": {mean:.6}}}",
+        ov.join(" "),
+        times[times.len() / 2],
+        times[0],
+        times[times.len() - 1]
+    );
+    Ok(())
+}
+
+/// Whether the input named `name` is an `events(...)` input (counts rather than intensities).
+fn is_events(g: &snnc::ir::Graph, name: &str) -> bool {
+    use snnc::ir::graph::{InputSource, Op};
+    g.nodes.iter().any(|n| {
+        matches!(&n.op, Op::Input { name: n2, source: InputSource::Events { .. } } if n2 == name)
+    })
+}

@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Forward pass on CPU: snnc's Cranelift JIT vs the peer scripts (PyTorch, SpikingJelly, snnTorch,
+# Norse) in one run, every process pinned to the same CPUs, tuned glibc malloc for all (see
+# /work/shared/bench/peers/README.md, "Malloc matters").
+#
+#   bench/cpu/run.sh [RUNS]       # median of RUNS timed calls per case (default 7)
+#
+# Cases
+#   lif      one layer of N=4096 LIF neurons, T=100, B=16 (bench/cpu/lif_layer.snn vs
+#            lif_layer.py --frameworks plain,sj,snntorch,norse, mode "fwd")
+#   gesture  MA-SNN DVS128 Gesture forward, T=20, B=4, vanilla and TCSA (examples/gesture.snn vs
+#            masnn_gesture_step.py --single, its "infer_fwd" figure). Ours runs train-mode
+#            batchnorm (batch statistics: the only forward the lowering has); the backward is
+#            not lowered to MLIR yet, so no training-step comparison.
+# Environment (defaults in brackets)
+#   CPUS      CPUs to pin to with taskset [0,1]; torch gets that many threads, ours runs on one
+#   PEERS_PY  python with torch (+ snntorch, norse) [/work/peers-venv/bin/python]
+#   SJ_PATH   PYTHONPATH for SpikingJelly [/work/bench-sj]
+#   PEERS_DIR the peer scripts [/work/shared/bench/peers]
+#   CASES     [lif gesture]
+#   CARGO_TARGET_DIR  [target-cpu]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+RUNS=${1:-7}
+CPUS=${CPUS:-0,1}
+NCPU=$(awk -F, '{print NF}' <<<"$CPUS")
+PEERS_PY=${PEERS_PY:-/work/peers-venv/bin/python}
+SJ_PATH=${SJ_PATH:-/work/bench-sj}
+PEERS_DIR=${PEERS_DIR:-/work/shared/bench/peers}
+CASES=${CASES:-lif gesture}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target-cpu}
+export OMP_NUM_THREADS=$NCPU MKL_NUM_THREADS=$NCPU OPENBLAS_NUM_THREADS=$NCPU
+export MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=4294967296
+
+cargo build --quiet --release -p snnc --example bench_cpu
+BENCH="$CARGO_TARGET_DIR/release/examples/bench_cpu"
+out=$(mktemp)
+trap 'rm -f "$out"' EXIT
+pin() { taskset -c "$CPUS" "$@"; }
+
+for case in $CASES; do
+  case $case in
+    lif)
+      pin "$BENCH" bench/cpu/lif_layer.snn LIFLayer 16 "$RUNS" T=100 N=4096 | tee -a "$out"
+      PYTHONPATH=$SJ_PATH pin "$PEERS_PY" -W ignore "$PEERS_DIR/lif_layer.py" --neurons 4096 --steps 100 \
+        --batch 16 --runs "$RUNS" --threads "$NCPU" --frameworks plain,sj,snntorch,norse \
+        | grep '"mode": "fwd"' | tee -a "$out"
+      ;;
+    gesture)
+      for m in Vanilla TCSA; do
+        # Our scalar forward takes seconds here: a few runs suffice for a stable median.
+        pin "$BENCH" examples/gesture.snn "Gesture$m" 4 3 T=20 | tee -a "$out"
+        att=$([ $m = TCSA ] && echo TCSA || echo no)
+        pin "$PEERS_PY" -W ignore "$PEERS_DIR/masnn_gesture_step.py" --single --T 20 --B 4 \
+          --attention "$att" --runs "$RUNS" --threads "$NCPU" | tee -a "$out"
+      done
+      ;;
+  esac
+done
+
+python3 - "$out" "$CPUS" "$RUNS" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
+print(f"\npinned to CPUs {sys.argv[2]}; medians; ratio = snnc time / peer time (>1: snnc slower)")
+print("| case | framework | threads | median ms | snnc / peer |")
+print("|---|---|---:|---:|---:|")
+ours = [r for r in rows if r.get("framework") == "snnc-cranelift"]
+lif = next((r for r in ours if r["model"] == "LIFLayer"), None)
+if lif:
+    print(f"| LIF N=4096 T=100 B=16 fwd | snnc (Cranelift JIT) | 1 | {lif['median_ms']:.1f} | 1.00 |")
+    for r in rows:
+        if r.get("bench") == "lif_layer":
+            print(f"| LIF N=4096 T=100 B=16 fwd | {r['version']} | {r['threads']} | {r['median_ms']:.1f} | {lif['median_ms'] / r['median_ms']:.2f} |")
+for att, model in (("no", "GestureVanilla"), ("TCSA", "GestureTCSA")):
+    o = next((r for r in ours if r["model"] == model), None)
+    p = next((r for r in rows if r.get("bench") == "masnn_gesture_step" and r["attention"] == att), None)
+    if o:
+        print(f"| gesture {model[7:]} T=20 B=4 fwd | snnc (Cranelift JIT) | 1 | {o['median_ms']:.1f} | 1.00 |")
+    if o and p:
+        print(f"| gesture {model[7:]} T=20 B=4 fwd | torch {p['torch']} (eval) | {p['threads']} | {p['infer_fwd_median_ms']:.1f} | {o['median_ms'] / p['infer_fwd_median_ms']:.2f} |")
+PY
