@@ -748,3 +748,32 @@ llvm.func @f(%out: !llvm.ptr, %x: f32) {
     // whose field 0 is %x.
     assert_eq!(out, [0.0, 2.5, 2.5, 0.0]);
 }
+
+/// The training functions (`@<model>_forward_train`, `@<model>_backward`, lowered by
+/// `mlir::grad`) translate and compile for every example: the op set they leave is covered.
+/// Running them against the interpreter's gradients is left to the runtime that drives them.
+#[test]
+fn training_functions_of_every_example_translate() {
+    use snnc::mlir::grad::lower_training_module;
+    use snnc::mlir::pipeline::{LLVM_PIPELINE, check_llvm_only, run_pipeline};
+    for (rel, _) in common::snn_files("examples") {
+        let c = compile(&rel, &example_overrides(&rel));
+        let context = new_context();
+        let graphs: Vec<&Graph> = c.graphs.iter().collect();
+        let mut module = lower_training_module(&context, &graphs, &LowerOptions { batch: 2 })
+            .unwrap_or_else(|e| panic!("{rel}: {e}"));
+        run_pipeline(&context, &mut module, LLVM_PIPELINE).expect("pipeline");
+        check_llvm_only(&module).expect("llvm only");
+        let isa = snnc::backend::cpu::host_isa(false).expect("isa");
+        let builder = cranelift_object::ObjectBuilder::new(
+            isa,
+            "t",
+            cranelift_module::default_libcall_names(),
+        )
+        .expect("builder");
+        let mut object = cranelift_object::ObjectModule::new(builder);
+        let t =
+            translate_module(&module, &mut object, false).unwrap_or_else(|e| panic!("{rel}: {e}"));
+        assert_eq!(t.defined.len(), 2 * c.graphs.len(), "{rel}");
+    }
+}
