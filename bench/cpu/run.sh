@@ -10,8 +10,8 @@
 #            lif_layer.py --frameworks plain,sj,snntorch,norse, mode "fwd")
 #   gesture  MA-SNN DVS128 Gesture forward, T=20, B=4, vanilla and TCSA (examples/gesture.snn vs
 #            masnn_gesture_step.py --single, its "infer_fwd" figure). Ours runs train-mode
-#            batchnorm (batch statistics: the only forward the lowering has); the backward is
-#            not lowered to MLIR yet, so no training-step comparison.
+#            batchnorm (batch statistics: the only forward the lowering has); no training
+#            step yet (nothing drives mlir::grad's backward through this backend).
 # Environment (defaults in brackets)
 #   CPUS      CPUs to pin to with taskset [0,1]; torch gets that many threads, ours runs on one
 #   PEERS_PY  python with torch (+ snntorch, norse) [/work/peers-venv/bin/python]
