@@ -153,7 +153,7 @@ pub fn main() -> ExitCode {
             target,
             chip,
         } => {
-            let c = compile_path(&file, &overrides);
+            let c = crate::sema::compile_path_model(&file, &overrides, model.as_deref());
             report(&c);
             if c.diags.has_errors() {
                 return ExitCode::FAILURE;

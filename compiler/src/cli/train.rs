@@ -2,7 +2,7 @@
 
 use crate::interp::ParamStore;
 use crate::ir::Graph;
-use crate::sema::{Override, compile_path};
+use crate::sema::Override;
 use crate::train::{RunConfig, RunError, RunOverrides, evaluate, train};
 use clap::Args;
 use snn_runtime::metrics::compare_table;
@@ -106,7 +106,7 @@ pub(crate) fn load_model(spec: &str, overrides: &[Override]) -> Result<(Graph, P
         Some((f, m)) if f.ends_with(".snn") => (f, Some(m)),
         _ => (spec, None),
     };
-    let c = compile_path(Path::new(file), overrides);
+    let c = crate::sema::compile_path_model(Path::new(file), overrides, model);
     if !c.diags.items.is_empty() {
         eprint!("{}", c.diags.render_plain(&c.program.sources));
     }

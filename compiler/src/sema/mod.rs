@@ -25,8 +25,14 @@ pub type Override = (String, String);
 
 /// Reads and compiles `path`; every model in it is elaborated with its defaults and `overrides`.
 pub fn compile_path(path: &Path, overrides: &[Override]) -> Compilation {
+    compile_path_model(path, overrides, None)
+}
+
+/// Like [`compile_path`], but elaborates only the model named `only` (when given): overrides
+/// and errors of the file's other models do not concern a command aimed at one model.
+pub fn compile_path_model(path: &Path, overrides: &[Override], only: Option<&str>) -> Compilation {
     match std::fs::read_to_string(path) {
-        Ok(text) => compile_source(path, text, overrides),
+        Ok(text) => compile_source_model(path, text, overrides, only),
         Err(e) => {
             let mut diags = Diagnostics::default();
             diags.push(
@@ -47,6 +53,11 @@ pub fn compile_path(path: &Path, overrides: &[Override]) -> Compilation {
 
 /// Compiles source text as if it were the file `path`.
 pub fn compile_source(path: &Path, text: String, overrides: &[Override]) -> Compilation {
+    compile_source_model(path, text, overrides, None)
+}
+
+/// Compiles source text, elaborating only the model `only` when given.
+pub fn compile_source_model(path: &Path, text: String, overrides: &[Override], only: Option<&str>) -> Compilation {
     let (mut program, mut diags) = loader::load(path, text);
     let mut graphs = Vec::new();
     if let Some(root) = program.root {
@@ -60,7 +71,9 @@ pub fn compile_source(path: &Path, text: String, overrides: &[Override]) -> Comp
         check_definitions(&program, root, &mut diags);
         for index in 0..items {
             let def = DefId { file: root, index };
-            if let Some(crate::syntax::ast::Item::Model(m)) = program.item(def) {
+            if let Some(crate::syntax::ast::Item::Model(m)) = program.item(def)
+                && only.is_none_or(|o| o == m.name.name)
+            {
                 // An override applies to the models that declare it (a file may hold several).
                 let mine: Vec<(String, Value)> = overrides
                     .iter()
