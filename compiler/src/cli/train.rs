@@ -33,8 +33,10 @@ pub struct Budget {
     /// Loader worker threads.
     #[arg(long)]
     workers: Option<usize>,
-    /// Execution backend (only the reference interpreter exists yet).
-    #[arg(long, default_value = "interp", value_parser = ["interp"])]
+    /// Execution backend: `interp` (reference interpreter, f64) or `cpu` (forward_train and
+    /// backward JIT-compiled by Cranelift, f32; evaluation of models with batchnorm stays on
+    /// the interpreter, which has eval-mode batchnorm).
+    #[arg(long, default_value = "interp", value_parser = ["interp", "cpu"])]
     backend: String,
     #[arg(long = "set", value_name = "NAME=EXPR", value_parser = super::parse_override)]
     overrides: Vec<Override>,
@@ -51,6 +53,8 @@ impl Budget {
             limit_train: self.limit_train,
             limit_test: self.limit_test,
             workers: self.workers,
+            // The value parser admits only names `Backend` knows.
+            backend: self.backend.parse().ok(),
         }
     }
 }

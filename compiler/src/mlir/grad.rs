@@ -91,9 +91,11 @@ pub fn backward_symbol(g: &Graph) -> String {
 }
 
 /// The saved values passed between the functions: `GradGraph::saved` without model inputs,
-/// which both functions receive as inputs anyway.
+/// which both functions receive as inputs anyway, then every spike-emitting scan output the
+/// backward does not need (node order): a training driver counts spikes from them.
 fn saved_values(g: &Graph, grad: &GradGraph) -> Vec<usize> {
-    grad.saved
+    let mut saved: Vec<usize> = grad
+        .saved
         .iter()
         .map(|v| v.0)
         .filter(|&v| {
@@ -101,7 +103,20 @@ fn saved_values(g: &Graph, grad: &GradGraph) -> Vec<usize> {
                 .get(v)
                 .is_some_and(|n| !matches!(n.op, Op::Input { .. }))
         })
-        .collect()
+        .collect();
+    for (i, n) in g.nodes.iter().enumerate() {
+        let spikes = matches!(
+            n.op,
+            Op::Scan {
+                emit: ScanEmit::Spikes,
+                ..
+            }
+        );
+        if spikes && !saved.contains(&i) {
+            saved.push(i);
+        }
+    }
+    saved
 }
 
 /// Scan nodes in node order with the shape of their per-step states buffer.

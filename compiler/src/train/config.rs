@@ -1,7 +1,7 @@
 //! Resolves a run's configuration: the model's checked `train { }` settings, overridden by
 //! command-line flags, into optimiser, schedule, loss, data source and loader settings.
 
-use super::{RunError, run_err};
+use super::{Backend, RunError, run_err};
 use crate::ir::{Framing, Graph, InputSource, Op, TrainValue};
 use snn_runtime::data::{Loader, LoaderConfig};
 use snn_runtime::events::{FrameSpec, Sample, Split, dataset};
@@ -37,6 +37,7 @@ pub struct RunOverrides {
     pub limit_train: Option<usize>,
     pub limit_test: Option<usize>,
     pub workers: Option<usize>,
+    pub backend: Option<Backend>,
 }
 
 #[derive(Clone, Debug)]
@@ -52,6 +53,8 @@ pub struct RunConfig {
     pub limit_train: Option<usize>,
     pub limit_test: Option<usize>,
     pub workers: usize,
+    /// Which executor runs the passes (`--backend`); parameters stay f64 either way.
+    pub backend: Backend,
     pub progress: bool,
     /// Stop (as if killed) after this many epochs of this invocation; used to test resume.
     pub stop_after_epochs: Option<usize>,
@@ -192,6 +195,7 @@ impl RunConfig {
             limit_train: o.limit_train,
             limit_test: o.limit_test,
             workers: o.workers.unwrap_or(2),
+            backend: o.backend.unwrap_or_default(),
             progress: true,
             stop_after_epochs: None,
         })

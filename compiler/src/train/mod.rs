@@ -1,16 +1,21 @@
 //! The training driver behind `snnc train / eval / compare`: resolves a model's `train { }`
 //! section and command-line overrides into a run, feeds batches from the runtime's loader
-//! through an execution backend (the reference interpreter today), steps the optimiser, logs,
-//! evaluates spikes and energy, and checkpoints atomically so `--resume` continues exactly.
+//! through an execution backend (`executor`: the interpreter or the CPU backend's JIT), steps
+//! the optimiser, logs, evaluates spikes and energy, and checkpoints atomically so `--resume`
+//! continues exactly.
 
 mod config;
+mod executor;
 
 pub use config::{DataSource, RunConfig, RunOverrides};
+pub use executor::{
+    Backend, CpuExecutor, EvalOutput, Executor, InterpExecutor, LossFn, Step, executor,
+};
 
-use crate::interp::{Forward, Interpreter, Mode, Options, ParamStore, loss};
+use crate::interp::{ParamStore, loss};
 use crate::ir::cost::layer_counts;
 use crate::ir::printer::print_graph;
-use crate::ir::{Graph, InputSource, Op};
+use crate::ir::{Graph, InputSource, Op, ValueId};
 use ndarray::ArrayD;
 use snn_runtime::data::{Batch, Loader};
 use snn_runtime::metrics::{EnergyReport, LayerStats, Summary, energy_report};
@@ -18,7 +23,7 @@ use snn_runtime::train::{
     LogRecord, Optimizer, RunLog, ScheduleState, TrainState, checkpoint, hash_ir,
 };
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 /// A failed run: what went wrong, in words that say what to do.
@@ -68,11 +73,6 @@ impl EpochMetrics {
     }
 }
 
-/// The batch as the interpreter takes it: f64, [T, B, C, H, W].
-fn batch_input(batch: &Batch) -> ArrayD<f64> {
-    batch.frames.mapv(f64::from).into_dyn()
-}
-
 fn labels(batch: &Batch) -> Vec<usize> {
     batch.labels.iter().map(|l| *l as usize).collect()
 }
@@ -101,8 +101,8 @@ fn input_name(g: &Graph) -> Result<String, RunError> {
     Ok(name)
 }
 
-fn scan_stats(g: &Graph, fwd: &Forward, stats: &mut Vec<LayerStats>) {
-    for (id, spikes, steps) in &fwd.spike_counts {
+fn scan_stats(g: &Graph, spike_counts: &[(ValueId, f64, usize)], stats: &mut Vec<LayerStats>) {
+    for (id, spikes, steps) in spike_counts {
         let name = &g.node(*id).name;
         let entry = match stats.iter_mut().position(|s| &s.name == name) {
             Some(i) => &mut stats[i],
@@ -127,7 +127,8 @@ fn loss_and_grad(
     r.map_err(|e| run_err!("loss: {e}"))
 }
 
-/// Evaluates `params` on `loader` (eval mode): loss, accuracy, spikes and energy.
+/// Evaluates `params` on `loader` (eval mode) on `cfg.backend`: loss, accuracy, spikes and
+/// energy.
 pub fn evaluate(
     g: &Graph,
     cfg: &RunConfig,
@@ -135,15 +136,19 @@ pub fn evaluate(
     loader: &Loader,
     progress: bool,
 ) -> Result<EpochMetrics, RunError> {
-    let interp = Interpreter::new(
-        g,
-        Options {
-            mode: Mode::Eval,
-            smooth_fire: None,
-            dropout_seed: 0,
-        },
-    );
-    let input = input_name(g)?;
+    let mut exec = executor(cfg.backend, g, cfg.seed, &cfg.run_dir)?;
+    evaluate_with(exec.as_mut(), g, cfg, params, loader, progress)
+}
+
+/// [`evaluate`] on an existing executor (training reuses its compiled code).
+pub fn evaluate_with(
+    exec: &mut dyn Executor,
+    g: &Graph,
+    cfg: &RunConfig,
+    params: &ParamStore,
+    loader: &Loader,
+    progress: bool,
+) -> Result<EpochMetrics, RunError> {
     let started = Instant::now();
     let (mut loss_sum, mut correct, mut samples) = (0.0, 0usize, 0usize);
     let mut stats = Vec::new();
@@ -151,15 +156,13 @@ pub fn evaluate(
     for batch in loader.epoch(0) {
         let batch = batch.map_err(|e| run_err!("{e}"))?;
         let targets = labels(&batch);
-        let fwd = interp
-            .forward(params, &[(&input, batch_input(&batch))])
-            .map_err(|e| run_err!("evaluation: {e}"))?;
-        let (l, _) = loss_and_grad(cfg, &fwd.outputs[0], &targets)?;
+        let out = exec.eval_batch(params, &batch)?;
+        let (l, _) = loss_and_grad(cfg, &out.readout, &targets)?;
         loss_sum += l * targets.len() as f64;
-        correct += snn_runtime::metrics::correct(fwd.outputs[0].view(), &targets)
+        correct += snn_runtime::metrics::correct(out.readout.view(), &targets)
             .map_err(|e| run_err!("{e}"))?;
         samples += targets.len();
-        scan_stats(g, &fwd, &mut stats);
+        scan_stats(g, &out.spike_counts, &mut stats);
         if let Some(b) = &bar {
             b.inc(1);
             b.set_message(format!(
@@ -222,7 +225,7 @@ fn record(epoch: usize, step: u64, split: &str, m: &EpochMetrics, lr: Option<f64
 
 /// Trains `g` as `cfg` says, in `cfg.run_dir`; resumes from its checkpoint when `resume`.
 pub fn train(g: &Graph, cfg: &RunConfig, resume: bool) -> Result<RunResult, RunError> {
-    let input = input_name(g)?;
+    input_name(g)?;
     let (train_loader, test_loader) = cfg.loaders(g)?;
     let ir_hash = hash_ir(&print_graph(g));
     let shapes: Vec<Vec<usize>> = g.params.iter().map(|p| p.shape.clone()).collect();
@@ -265,7 +268,7 @@ pub fn train(g: &Graph, cfg: &RunConfig, resume: bool) -> Result<RunResult, RunE
         (ParamStore::init(g, cfg.seed), optimizer, state)
     };
     let mut log = RunLog::open(&cfg.run_dir).map_err(|e| run_err!("{e}"))?;
-    let trainable: Vec<bool> = g.params.iter().map(|p| p.role.trainable()).collect();
+    let mut exec = executor(cfg.backend, g, cfg.seed, &cfg.run_dir)?;
     let mut last_test = None;
     for epoch in state.epoch..cfg.epochs {
         let lr = cfg
@@ -282,48 +285,32 @@ pub fn train(g: &Graph, cfg: &RunConfig, resume: bool) -> Result<RunResult, RunE
         for batch in train_loader.epoch(epoch as u64) {
             let batch = batch.map_err(|e| run_err!("{e}"))?;
             let targets = labels(&batch);
-            // Dropout masks derive from (seed, step) alone, so a resumed run draws the same ones.
-            let interp = Interpreter::new(
-                g,
-                Options {
-                    mode: Mode::Train,
-                    smooth_fire: None,
-                    dropout_seed: cfg.seed ^ state.global_step.wrapping_mul(0x9E37_79B9_7F4A_7C15),
-                },
-            );
-            let fwd = interp
-                .forward(&params, &[(&input, batch_input(&batch))])
-                .map_err(|e| nan_error(e, &cfg.run_dir))?;
-            let (l, d_out) = loss_and_grad(cfg, &fwd.outputs[0], &targets)?;
-            if !l.is_finite() {
-                return Err(run_err!(
-                    "the loss became {l} at epoch {}, step {}; training stopped and the last good checkpoint in {} is kept\n  = help: lower the learning rate",
-                    epoch + 1,
-                    state.global_step,
-                    cfg.run_dir.display()
-                ));
-            }
-            let grads = interp
-                .backward(&params, &fwd, &[d_out])
-                .map_err(|e| nan_error(e, &cfg.run_dir))?;
-            let grads: Vec<Option<ArrayD<f64>>> = grads
-                .params
-                .into_iter()
-                .zip(&trainable)
-                .map(|(g, t)| if *t { g.or_else(|| None) } else { None })
-                .collect();
+            let step_no = state.global_step;
+            let mut loss_fn = |readout: &ArrayD<f64>| {
+                let (l, d_out) = loss_and_grad(cfg, readout, &targets)?;
+                if !l.is_finite() {
+                    return Err(run_err!(
+                        "the loss became {l} at epoch {}, step {step_no}; training stopped and the last good checkpoint in {} is kept\n  = help: lower the learning rate",
+                        epoch + 1,
+                        cfg.run_dir.display()
+                    ));
+                }
+                Ok((l, d_out))
+            };
+            let step = exec.train_step(&params, &batch, step_no, &mut loss_fn)?;
             optimizer
-                .step(&mut params.values, &grads, lr)
+                .step(&mut params.values, &step.grads, lr)
                 .map_err(|e| run_err!("{e}"))?;
-            for (pid, v) in fwd.running_updates.iter() {
-                params.values[pid.0] = v.clone();
+            for (k, v) in step.running_updates {
+                params.values[k] = v;
             }
             state.global_step += 1;
+            let l = step.loss;
             loss_sum += l * targets.len() as f64;
-            correct += snn_runtime::metrics::correct(fwd.outputs[0].view(), &targets)
+            correct += snn_runtime::metrics::correct(step.readout.view(), &targets)
                 .map_err(|e| run_err!("{e}"))?;
             samples += targets.len();
-            scan_stats(g, &fwd, &mut stats);
+            scan_stats(g, &step.spike_counts, &mut stats);
             if let Some(b) = &bar {
                 b.inc(1);
                 let spikes: f64 =
@@ -351,7 +338,14 @@ pub fn train(g: &Graph, cfg: &RunConfig, resume: bool) -> Result<RunResult, RunE
         cfg.schedule
             .observe(&mut state.schedule, cfg.optimizer.lr(), train_metrics.loss);
         let test = match &test_loader {
-            Some(l) => Some(evaluate(g, cfg, &params, l, cfg.progress)?),
+            Some(l) => Some(evaluate_with(
+                exec.as_mut(),
+                g,
+                cfg,
+                &params,
+                l,
+                cfg.progress,
+            )?),
             None => None,
         };
         let train_rec = record(epoch, state.global_step, "train", &train_metrics, Some(lr));
@@ -404,11 +398,4 @@ pub fn train(g: &Graph, cfg: &RunConfig, resume: bool) -> Result<RunResult, RunE
         test: last_test,
         epochs_done: state.epoch,
     })
-}
-
-fn nan_error(e: crate::interp::InterpError, run_dir: &Path) -> RunError {
-    run_err!(
-        "training stopped: {e}\n  = note: the last good checkpoint in {} is kept\n  = help: lower the learning rate or check the input data",
-        run_dir.display()
-    )
 }

@@ -188,7 +188,7 @@ impl Drop for CompiledModel {
 
 /// The symbols generated code imports, resolved to this process's definitions rather than
 /// looked up with `dlsym` (the executable need not export libm).
-fn register_runtime_symbols(builder: &mut JITBuilder) {
+pub(super) fn register_runtime_symbols(builder: &mut JITBuilder) {
     unsafe extern "C" {
         fn malloc(size: usize) -> *mut u8;
         fn free(ptr: *mut u8);

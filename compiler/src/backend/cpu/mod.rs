@@ -1,15 +1,17 @@
-//! The CPU backend: LLVM-dialect MLIR → Cranelift IR (`translate`), in-process JIT (`jit`),
-//! object file + shared library + C header (`aot`), and the buffer manifest both share (`manifest`).
+//! The CPU backend: LLVM-dialect MLIR → Cranelift IR (`translate`), in-process JIT (`jit`, and
+//! `train` for the training functions), object file + library + header (`aot`), `manifest`.
 
 pub mod aot;
 pub mod cli;
 pub mod jit;
 pub mod manifest;
+pub mod train;
 pub mod translate;
 
 pub use aot::{AotArtifacts, build_aot};
 pub use jit::CompiledModel;
 pub use manifest::{BufferSpec, Manifest};
+pub use train::{CompiledTraining, TrainGrads, TrainScratch};
 pub use translate::{Translation, translate_module};
 
 use crate::ir::Graph;

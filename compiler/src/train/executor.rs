@@ -1,0 +1,403 @@
+//! Execution backends of the training driver behind one trait: the reference interpreter (f64)
+//! and the CPU backend's JIT-compiled `forward_train` / `backward` (f32, docs/abi.md).
+
+use super::{RunError, input_name, run_err};
+use crate::backend::cpu::{CompiledTraining, TrainScratch};
+use crate::interp::{Interpreter, Mode, Options, ParamStore};
+use crate::ir::graph::ScanEmit;
+use crate::ir::{Graph, Op, ParamRole, ValueId};
+use crate::mlir::LowerOptions;
+use crate::mlir::grad::TrainRole;
+use ndarray::{ArrayD, IxDyn};
+use snn_runtime::data::Batch;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// Which executor runs the forward and backward passes (`--backend`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Backend {
+    /// The reference interpreter, in f64.
+    #[default]
+    Interp,
+    /// The CPU backend: forward_train and backward JIT-compiled by Cranelift, in f32.
+    Cpu,
+}
+
+impl std::str::FromStr for Backend {
+    type Err = RunError;
+    fn from_str(s: &str) -> Result<Self, RunError> {
+        match s {
+            "interp" => Ok(Backend::Interp),
+            "cpu" => Ok(Backend::Cpu),
+            _ => Err(run_err!("unknown backend `{s}` (interp, cpu)")),
+        }
+    }
+}
+
+/// The loss of a readout and its gradient, computed by the driver (f64, both backends).
+pub type LossFn<'a> = dyn FnMut(&ArrayD<f64>) -> Result<(f64, ArrayD<f64>), RunError> + 'a;
+
+/// What one training step produced; the driver applies the optimiser and the updates.
+pub struct Step {
+    pub loss: f64,
+    pub readout: ArrayD<f64>,
+    /// By parameter index; `None` for non-trainable parameters.
+    pub grads: Vec<Option<ArrayD<f64>>>,
+    /// New batchnorm running statistics, by parameter index.
+    pub running_updates: Vec<(usize, ArrayD<f64>)>,
+    /// Per spike-emitting scan, in node order: (node, total spikes, neuron-steps).
+    pub spike_counts: Vec<(ValueId, f64, usize)>,
+}
+
+/// One evaluated batch (eval mode: batchnorm on running statistics, no dropout).
+pub struct EvalOutput {
+    pub readout: ArrayD<f64>,
+    pub spike_counts: Vec<(ValueId, f64, usize)>,
+}
+
+/// Runs training steps and evaluation batches of one graph.
+pub trait Executor {
+    /// Forward in train mode, `loss` on the readout, backward. `step` is the global step (it
+    /// seeds dropout, so that a resumed run draws the same masks).
+    fn train_step(
+        &mut self,
+        params: &ParamStore,
+        batch: &Batch,
+        step: u64,
+        loss: &mut LossFn,
+    ) -> Result<Step, RunError>;
+
+    fn eval_batch(&mut self, params: &ParamStore, batch: &Batch) -> Result<EvalOutput, RunError>;
+}
+
+/// The executor `backend` names, for `g` (`run_dir`: where the error messages point).
+pub fn executor<'g>(
+    backend: Backend,
+    g: &'g Graph,
+    seed: u64,
+    run_dir: &Path,
+) -> Result<Box<dyn Executor + 'g>, RunError> {
+    Ok(match backend {
+        Backend::Interp => Box::new(InterpExecutor::new(g, seed, run_dir)?),
+        Backend::Cpu => Box::new(CpuExecutor::new(g, seed, run_dir)?),
+    })
+}
+
+/// The batch as the interpreter takes it: f64, [T, B, C, H, W].
+fn batch_input(batch: &Batch) -> ArrayD<f64> {
+    batch.frames.mapv(f64::from).into_dyn()
+}
+
+fn nan_error(e: impl std::fmt::Display, run_dir: &Path) -> RunError {
+    run_err!(
+        "training stopped: {e}\n  = note: the last good checkpoint in {} is kept\n  = help: lower the learning rate or check the input data",
+        run_dir.display()
+    )
+}
+
+/// The reference interpreter (f64): exact, slow.
+pub struct InterpExecutor<'g> {
+    train: Interpreter<'g>,
+    eval: Interpreter<'g>,
+    input: String,
+    seed: u64,
+    run_dir: PathBuf,
+}
+
+impl<'g> InterpExecutor<'g> {
+    pub fn new(g: &'g Graph, seed: u64, run_dir: &Path) -> Result<Self, RunError> {
+        let options = |mode| Options {
+            mode,
+            smooth_fire: None,
+            dropout_seed: 0,
+        };
+        Ok(InterpExecutor {
+            // Built once: `Interpreter::new` differentiates the graph; only the dropout seed
+            // changes per step.
+            train: Interpreter::new(g, options(Mode::Train)),
+            eval: Interpreter::new(g, options(Mode::Eval)),
+            input: input_name(g)?,
+            seed,
+            run_dir: run_dir.to_path_buf(),
+        })
+    }
+}
+
+impl Executor for InterpExecutor<'_> {
+    fn train_step(
+        &mut self,
+        params: &ParamStore,
+        batch: &Batch,
+        step: u64,
+        loss: &mut LossFn,
+    ) -> Result<Step, RunError> {
+        // Dropout masks derive from (seed, step) alone, so a resumed run draws the same ones.
+        self.train.options.dropout_seed = self.seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let fwd = self
+            .train
+            .forward(params, &[(&self.input, batch_input(batch))])
+            .map_err(|e| nan_error(e, &self.run_dir))?;
+        let (l, d_out) = loss(&fwd.outputs[0])?;
+        let grads = self
+            .train
+            .backward(params, &fwd, &[d_out])
+            .map_err(|e| nan_error(e, &self.run_dir))?;
+        let g = self.train.graph;
+        let grads = grads
+            .params
+            .into_iter()
+            .zip(&g.params)
+            .map(|(grad, p)| grad.filter(|_| p.role.trainable()))
+            .collect();
+        Ok(Step {
+            loss: l,
+            running_updates: fwd
+                .running_updates
+                .iter()
+                .map(|(p, v)| (p.0, v.clone()))
+                .collect(),
+            spike_counts: fwd.spike_counts.clone(),
+            readout: fwd.outputs.into_iter().next().unwrap_or_default(),
+            grads,
+        })
+    }
+
+    fn eval_batch(&mut self, params: &ParamStore, batch: &Batch) -> Result<EvalOutput, RunError> {
+        let fwd = self
+            .eval
+            .forward(params, &[(&self.input, batch_input(batch))])
+            .map_err(|e| run_err!("evaluation: {e}"))?;
+        Ok(EvalOutput {
+            spike_counts: fwd.spike_counts,
+            readout: fwd.outputs.into_iter().next().unwrap_or_default(),
+        })
+    }
+}
+
+/// One compiled batch size and its buffers, reused by every step of that size.
+struct Variant {
+    code: CompiledTraining,
+    scratch: TrainScratch,
+}
+
+/// The CPU backend: `forward_train` + `backward` JIT-compiled per batch size (the full batch,
+/// and lazily the smaller last batch of an epoch), run in f32 on f64 parameters converted per
+/// step. Evaluation runs the compiled forward when the graph has no batchnorm (then training-
+/// mode forward = eval mode: the lowered dropout is the identity) and the interpreter otherwise,
+/// because the lowering has no eval-mode batchnorm (running statistics).
+pub struct CpuExecutor<'g> {
+    g: &'g Graph,
+    variants: HashMap<usize, Variant>,
+    /// Spike-emitting scans in node order: (node, name of its `saved` buffer).
+    spike_scans: Vec<(ValueId, String)>,
+    /// The parameters in f32, rewritten from the store every step.
+    params32: Vec<Vec<f32>>,
+    has_batchnorm: bool,
+    interp: InterpExecutor<'g>,
+    run_dir: PathBuf,
+    /// Compile time of every variant so far (reported once by the driver).
+    pub compile_seconds: f64,
+}
+
+impl<'g> CpuExecutor<'g> {
+    pub fn new(g: &'g Graph, seed: u64, run_dir: &Path) -> Result<Self, RunError> {
+        let spike_scans = g
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| {
+                matches!(
+                    n.op,
+                    Op::Scan {
+                        emit: ScanEmit::Spikes,
+                        ..
+                    }
+                )
+            })
+            .map(|(i, n)| (ValueId(i), n.name.clone()))
+            .collect();
+        Ok(CpuExecutor {
+            g,
+            variants: HashMap::new(),
+            spike_scans,
+            params32: Vec::new(),
+            has_batchnorm: g
+                .params
+                .iter()
+                .any(|p| matches!(p.role, ParamRole::RunningMean | ParamRole::RunningVar)),
+            interp: InterpExecutor::new(g, seed, run_dir)?,
+            run_dir: run_dir.to_path_buf(),
+            compile_seconds: 0.0,
+        })
+    }
+
+    /// The compiled functions for batch size `b`, compiled on first use.
+    fn variant(&mut self, b: usize) -> Result<&mut Variant, RunError> {
+        if !self.variants.contains_key(&b) {
+            let started = std::time::Instant::now();
+            let code = CompiledTraining::compile(self.g, &LowerOptions { batch: b })
+                .map_err(|e| run_err!("the CPU backend cannot compile `{}`: {e}\n  = help: train with `--backend interp`", self.g.name))?;
+            self.compile_seconds += started.elapsed().as_secs_f64();
+            let scratch = code.scratch();
+            self.variants.insert(b, Variant { code, scratch });
+        }
+        self.variants
+            .get_mut(&b)
+            .ok_or_else(|| run_err!("internal: batch {b} was not compiled"))
+    }
+
+    /// Converts the store to f32 in place of the last step's values.
+    ///
+    /// The store, the optimiser and the checkpoints stay f64 for both backends (one checkpoint
+    /// format; runs can switch backends on resume); f32 exists only for the compiled code.
+    fn load_params(&mut self, params: &ParamStore) -> Result<(), RunError> {
+        if params.values.len() != self.g.params.len() {
+            return Err(run_err!(
+                "{} parameters for the {} of `{}`",
+                params.values.len(),
+                self.g.params.len(),
+                self.g.name
+            ));
+        }
+        self.params32.resize_with(params.values.len(), Vec::new);
+        for (dst, src) in self.params32.iter_mut().zip(&params.values) {
+            dst.clear();
+            dst.extend(src.iter().map(|v| *v as f32));
+        }
+        Ok(())
+    }
+
+    fn spike_counts(&self, scratch: &TrainScratch) -> Result<Vec<(ValueId, f64, usize)>, RunError> {
+        self.spike_scans
+            .iter()
+            .map(|(id, name)| {
+                let y = scratch
+                    .get(name)
+                    .ok_or_else(|| run_err!("internal: spikes of `{name}` are not saved"))?;
+                Ok((*id, y.iter().map(|v| f64::from(*v)).sum(), y.len()))
+            })
+            .collect()
+    }
+
+    /// Runs `forward_train` on `batch`; returns the batch size and the readout.
+    fn forward(
+        &mut self,
+        params: &ParamStore,
+        batch: &Batch,
+    ) -> Result<(usize, ArrayD<f64>), RunError> {
+        self.load_params(params)?;
+        let b = batch.labels.len();
+        let frames = batch.frames.as_standard_layout();
+        let x = frames
+            .as_slice()
+            .ok_or_else(|| run_err!("internal: the batch is not contiguous"))?;
+        let g: &Graph = self.g;
+        let name = &g.name;
+        // Taken out so that the variant (a borrow of `self`) and the parameters can be used
+        // together; `load_params` refills it on the next step if an error leaves it empty.
+        let mut params32 = std::mem::take(&mut self.params32);
+        let v = self.variant(b)?;
+        let outputs = v
+            .code
+            .forward_train(&[x], &mut params32, &mut v.scratch)
+            .map_err(|e| run_err!("{e}"))?;
+        let (fsig, _) = v.code.signatures();
+        let shape = fsig
+            .iter()
+            .find(|a| a.role == TrainRole::Output)
+            .map(|a| a.shape.clone())
+            .ok_or_else(|| run_err!("`{name}` has no output"))?;
+        self.params32 = params32;
+        let first = outputs.into_iter().next().unwrap_or_default();
+        let readout =
+            ArrayD::from_shape_vec(IxDyn(&shape), first.iter().map(|v| f64::from(*v)).collect())
+                .map_err(|e| run_err!("internal: readout shape: {e}"))?;
+        Ok((b, readout))
+    }
+}
+
+fn all_finite(what: &str, v: &[f32]) -> Result<(), String> {
+    match v.iter().position(|x| !x.is_finite()) {
+        None => Ok(()),
+        Some(i) => Err(format!("`{what}` has a non-finite value ({}) at {i}", v[i])),
+    }
+}
+
+impl Executor for CpuExecutor<'_> {
+    fn train_step(
+        &mut self,
+        params: &ParamStore,
+        batch: &Batch,
+        _step: u64,
+        loss: &mut LossFn,
+    ) -> Result<Step, RunError> {
+        let (b, readout) = self.forward(params, batch)?;
+        let (l, d_out) = loss(&readout)?;
+        let d_out: Vec<f32> = d_out.iter().map(|v| *v as f32).collect();
+        // The backward reads the parameters the forward saw: the running statistics the forward
+        // updated in `params32` are not read by it (docs/abi.md), so no copy is needed.
+        let frames = batch.frames.as_standard_layout();
+        let x = frames
+            .as_slice()
+            .ok_or_else(|| run_err!("internal: the batch is not contiguous"))?;
+        let v = self
+            .variants
+            .get(&b)
+            .ok_or_else(|| run_err!("internal: batch {b} was not compiled"))?;
+        let grads = v
+            .code
+            .backward(&[x], &self.params32, &v.scratch, &[&d_out])
+            .map_err(|e| run_err!("{e}"))?;
+        let spike_counts = self.spike_counts(&v.scratch)?;
+        let mut trainable = grads.params.into_iter();
+        let mut out = Vec::with_capacity(self.g.params.len());
+        let mut running_updates = Vec::new();
+        for (k, p) in self.g.params.iter().enumerate() {
+            let shape = IxDyn(&p.shape);
+            if p.role.trainable() {
+                let grad = trainable
+                    .next()
+                    .ok_or_else(|| run_err!("internal: missing gradient of `{}`", p.name))?;
+                // The interpreter stops on non-finite values; the compiled code cannot, so the
+                // gradients are checked before the optimiser would spread a NaN.
+                all_finite(&format!("d{}", p.name), &grad)
+                    .map_err(|e| nan_error(e, &self.run_dir))?;
+                let grad =
+                    ArrayD::from_shape_vec(shape, grad.iter().map(|v| f64::from(*v)).collect())
+                        .map_err(|e| run_err!("internal: gradient shape of `{}`: {e}", p.name))?;
+                out.push(Some(grad));
+            } else {
+                out.push(None);
+                if matches!(p.role, ParamRole::RunningMean | ParamRole::RunningVar) {
+                    let v = &self.params32[k];
+                    let stat =
+                        ArrayD::from_shape_vec(shape, v.iter().map(|x| f64::from(*x)).collect())
+                            .map_err(|e| run_err!("internal: shape of `{}`: {e}", p.name))?;
+                    running_updates.push((k, stat));
+                }
+            }
+        }
+        Ok(Step {
+            loss: l,
+            readout,
+            grads: out,
+            running_updates,
+            spike_counts,
+        })
+    }
+
+    fn eval_batch(&mut self, params: &ParamStore, batch: &Batch) -> Result<EvalOutput, RunError> {
+        if self.has_batchnorm {
+            return self.interp.eval_batch(params, batch);
+        }
+        let (b, readout) = self.forward(params, batch)?;
+        let v = self
+            .variants
+            .get(&b)
+            .ok_or_else(|| run_err!("internal: batch {b} was not compiled"))?;
+        Ok(EvalOutput {
+            spike_counts: self.spike_counts(&v.scratch)?,
+            readout,
+        })
+    }
+}

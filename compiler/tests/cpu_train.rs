@@ -1,0 +1,370 @@
+//! Training on the CPU backend: one JIT-compiled step (f32) against the interpreter (f64) on
+//! N-MNIST data, and `snnc train/eval --backend cpu` end to end (checkpoint, log, resume).
+
+// Shared test helpers; this file needs only `workspace`.
+#[allow(dead_code)]
+mod common;
+
+use snnc::backend::cpu::CompiledTraining;
+use snnc::interp::ParamStore;
+use snnc::ir::Graph;
+use snnc::mlir::LowerOptions;
+use snnc::sema::compile_source;
+use snnc::train::{
+    Backend, CpuExecutor, Executor, InterpExecutor, RunConfig, RunError, RunOverrides, Step,
+};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const MODEL: &str = "examples/nmnist.snn:NMNISTTCSA";
+
+fn nmnist(t: usize) -> Graph {
+    let path = common::workspace().join("examples/nmnist.snn");
+    let text = std::fs::read_to_string(&path).expect("readable");
+    let c = compile_source(&path, text, &[("T".to_string(), t.to_string())]);
+    assert!(
+        !c.diags.has_errors(),
+        "{}",
+        c.diags.render_plain(&c.program.sources)
+    );
+    c.graphs
+        .into_iter()
+        .find(|g| g.name == "NMNISTTCSA")
+        .expect("model")
+}
+
+fn max_abs(v: &[f64]) -> f64 {
+    v.iter().fold(0.0f64, |m, x| m.max(x.abs()))
+}
+
+/// One step on each executor from the same parameters and batch.
+fn one_step(g: &Graph, batch_size: usize) -> (Step, Step) {
+    let dir = common::workspace().join("examples");
+    let overrides = RunOverrides {
+        batch: Some(batch_size),
+        limit_train: Some(batch_size),
+        workers: Some(0),
+        ..Default::default()
+    };
+    let run_dir = std::env::temp_dir().join("snnc-cpu-train-unused");
+    let cfg = RunConfig::resolve(g, run_dir.clone(), &dir, &overrides).expect("config");
+    let (train, _) = cfg.loaders(g).expect("loaders");
+    let batch = train
+        .epoch(0)
+        .next()
+        .expect("one batch")
+        .expect("readable batch");
+    assert_eq!(batch.labels.len(), batch_size);
+    let params = ParamStore::init(g, 7);
+    let targets: Vec<usize> = batch.labels.iter().map(|l| *l as usize).collect();
+    let mut loss = |r: &ndarray::ArrayD<f64>| {
+        snnc::interp::loss::cross_entropy(r, &targets).map_err(|e| RunError(e.to_string()))
+    };
+    let mut interp = InterpExecutor::new(g, 0, &run_dir).expect("interp");
+    let want = interp
+        .train_step(&params, &batch, 0, &mut loss)
+        .expect("interpreter step");
+    let mut cpu = CpuExecutor::new(g, 0, &run_dir).expect("cpu");
+    let got = cpu
+        .train_step(&params, &batch, 0, &mut loss)
+        .expect("cpu step");
+    (got, want)
+}
+
+#[test]
+fn one_cpu_step_matches_the_interpreter_on_nmnist() {
+    let g = nmnist(4);
+    let (got, want) = one_step(&g, 2);
+    assert!(
+        (got.loss - want.loss).abs() <= 1e-5 * want.loss.abs().max(1.0),
+        "loss: cpu {} interp {}",
+        got.loss,
+        want.loss
+    );
+    let (r, w) = (
+        got.readout.as_slice().expect("contiguous"),
+        want.readout.as_slice().expect("contiguous"),
+    );
+    assert_eq!(r.len(), w.len());
+    for (a, b) in r.iter().zip(w) {
+        assert!((a - b).abs() <= 1e-5, "readout: {a} vs {b}");
+    }
+    // Spikes are counted from the buffers the forward saves; f32 and f64 membranes agree at
+    // every threshold on this data, so the counts are equal.
+    assert_eq!(got.spike_counts.len(), want.spike_counts.len());
+    for ((id, s, n), (wid, ws, wn)) in got.spike_counts.iter().zip(&want.spike_counts) {
+        assert_eq!((id, n), (wid, wn));
+        assert!((s - ws).abs() < 0.5, "spikes of {id:?}: {s} vs {ws}");
+    }
+    assert!(
+        want.spike_counts.iter().any(|(_, s, _)| *s > 0.0),
+        "no spikes: the comparison would be vacuous"
+    );
+
+    // Gradients: relative 1e-3 with an absolute floor of 1e-3 × the tensor's largest magnitude.
+    // A tensor that is zero by construction (conv/linear bias feeding batchnorm, whose dx sums
+    // to zero per channel) is pure cancellation noise in f32 and is checked against the model's
+    // largest gradient instead.
+    let global = want
+        .grads
+        .iter()
+        .flatten()
+        .map(|a| max_abs(a.as_slice().expect("contiguous")))
+        .fold(0.0, f64::max);
+    assert!(global > 0.0, "all gradients are zero");
+    let mut compared = 0;
+    for (p, (a, b)) in g.params.iter().zip(got.grads.iter().zip(&want.grads)) {
+        match (a, b) {
+            (None, None) => continue,
+            (Some(a), Some(b)) => {
+                assert_eq!(a.shape(), b.shape(), "{}", p.name);
+                let (a, b) = (
+                    a.as_slice().expect("contiguous"),
+                    b.as_slice().expect("contiguous"),
+                );
+                let scale = max_abs(b);
+                for (i, (x, y)) in a.iter().zip(b).enumerate() {
+                    let tol = if scale < 1e-9 * global {
+                        1e-4 * global
+                    } else {
+                        1e-3 * y.abs().max(scale)
+                    };
+                    assert!(
+                        (x - y).abs() <= tol,
+                        "d{}[{i}]: cpu {x:e}, interp {y:e} (tolerance {tol:e})",
+                        p.name
+                    );
+                }
+                compared += 1;
+            }
+            _ => panic!("{}: one backend has a gradient, the other none", p.name),
+        }
+    }
+    assert!(compared > 10, "only {compared} gradients compared");
+
+    // Running statistics: the same update in f32.
+    assert_eq!(got.running_updates.len(), want.running_updates.len());
+    for ((k, a), (wk, b)) in got.running_updates.iter().zip(&want.running_updates) {
+        assert_eq!(k, wk);
+        let scale = max_abs(b.as_slice().expect("contiguous")).max(1e-6);
+        for (x, y) in a.iter().zip(b.iter()) {
+            assert!(
+                (x - y).abs() <= 1e-4 * scale,
+                "{}: {x} vs {y}",
+                g.params[*k].name
+            );
+        }
+    }
+}
+
+#[test]
+fn compiled_training_checks_buffer_sizes() {
+    let g = nmnist(2);
+    let code = CompiledTraining::compile(&g, &LowerOptions { batch: 1 }).expect("compiles");
+    let mut scratch = code.scratch();
+    let mut params: Vec<Vec<f32>> = g
+        .params
+        .iter()
+        .map(|p| vec![0.0; p.shape.iter().product()])
+        .collect();
+    let short = vec![0.0f32; 3];
+    let e = code
+        .forward_train(&[&short], &mut params, &mut scratch)
+        .err()
+        .expect("a short input is refused");
+    assert!(e.message.contains("`x`"), "{e}");
+    let e = code
+        .forward_train(&[], &mut params, &mut scratch)
+        .err()
+        .expect("a missing input is refused");
+    assert!(e.message.contains("inputs"), "{e}");
+    params.pop();
+    let (fsig, _) = code.signatures();
+    let x = vec![0.0f32; fsig[0].shape.iter().product()];
+    assert!(
+        code.forward_train(&[&x], &mut params, &mut scratch)
+            .is_err()
+    );
+    assert_eq!("cpu".parse::<Backend>().ok(), Some(Backend::Cpu));
+    assert!("gpu".parse::<Backend>().is_err());
+}
+
+fn temp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("snnc-cpu-train-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn snnc(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_snnc"))
+        .current_dir(common::workspace())
+        .args(args)
+        .output()
+        .expect("snnc runs")
+}
+
+fn train(run: &Path, flag: &str, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "train",
+        MODEL,
+        "--backend",
+        "cpu",
+        "--set",
+        "T=4",
+        "--batch",
+        "8",
+        "--limit-train",
+        "16",
+        "--limit-test",
+        "8",
+        "--seed",
+        "3",
+        "--workers",
+        "1",
+        flag,
+        run.to_str().unwrap_or_default(),
+    ];
+    args.extend_from_slice(extra);
+    snnc(&args)
+}
+
+fn ok(out: &Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn cli_train_eval_and_resume_on_the_cpu_backend() {
+    // One epoch: a checkpoint and a log with a train and a test record.
+    let one = temp("one");
+    ok(&train(&one, "--run-dir", &["--epochs", "1"]));
+    assert!(one.join("checkpoint/params.safetensors").exists());
+    let log = std::fs::read_to_string(one.join("log.jsonl")).expect("log written");
+    assert!(
+        log.contains("\"train\"") && log.contains("\"test\""),
+        "{log}"
+    );
+    assert!(log.contains("lif") || log.contains("malif"), "{log}");
+    let eval = snnc(&[
+        "eval",
+        MODEL,
+        "--backend",
+        "cpu",
+        "--set",
+        "T=4",
+        "--checkpoint",
+        one.to_str().unwrap_or_default(),
+        "--limit-test",
+        "8",
+        "--workers",
+        "1",
+    ]);
+    ok(&eval);
+    assert!(String::from_utf8_lossy(&eval.stdout).contains("accuracy"));
+
+    // Two epochs straight vs. one epoch, stopped, then resumed: the same parameters.
+    let straight = temp("straight");
+    ok(&train(&straight, "--run-dir", &["--epochs", "2"]));
+    let stopped = temp("stopped");
+    ok(&train(
+        &stopped,
+        "--run-dir",
+        &["--epochs", "2", "--stop-after-epochs", "1"],
+    ));
+    ok(&train(&stopped, "--resume", &["--epochs", "2"]));
+    let params = |run: &Path| {
+        std::fs::read(run.join("checkpoint/params.safetensors")).expect("checkpoint written")
+    };
+    assert_eq!(
+        params(&straight),
+        params(&stopped),
+        "resumed parameters differ from the uninterrupted run"
+    );
+    for d in [one, straight, stopped] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
+
+/// The MA-SNN DVS128 Gesture training step (T=20, B=4) on the CPU backend, timed like the peer
+/// script bench/peers/masnn_gesture_step.py: forward_train, MSE-rate loss, backward and Adam
+/// on random events (density 0.05 over 128×128, summed 4×4 like the official binning). Run
+/// with `SNNC_BENCH_MODEL=GestureVanilla|GestureTCSA cargo test --release --test cpu_train --
+/// --ignored --exact gesture_train_step_timing --nocapture`; prints one JSON line.
+#[test]
+#[ignore = "benchmark: bench/RESULTS.md, Training step (CPU)"]
+fn gesture_train_step_timing() {
+    use snn_runtime::train::{Optimizer, OptimizerConfig};
+    let model = std::env::var("SNNC_BENCH_MODEL").unwrap_or_else(|_| "GestureVanilla".into());
+    let t: usize = std::env::var("SNNC_BENCH_T")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let b: usize = std::env::var("SNNC_BENCH_B")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4);
+    let runs = 5;
+    let path = common::workspace().join("examples/gesture.snn");
+    let text = std::fs::read_to_string(&path).expect("readable");
+    let c = compile_source(&path, text, &[("T".to_string(), t.to_string())]);
+    assert!(!c.diags.has_errors());
+    let g = c
+        .graphs
+        .into_iter()
+        .find(|g| g.name == model)
+        .expect("model");
+    // Event counts per 4×4 block of a 5% dense binary 128×128 frame: Binomial(16, 0.05).
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    let mut uniform = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 11) as f64 / (1u64 << 53) as f64
+    };
+    let frames = ndarray::Array5::from_shape_fn((t, b, 2, 32, 32), |_| {
+        (0..16).filter(|_| uniform() < 0.05).count() as f32
+    });
+    let batch = snn_runtime::data::Batch {
+        frames,
+        labels: (0..b as u32).map(|i| i % 11).collect(),
+        indices: (0..b).collect(),
+    };
+    let targets: Vec<usize> = batch.labels.iter().map(|l| *l as usize).collect();
+    let mut params = ParamStore::init(&g, 0);
+    let shapes: Vec<Vec<usize>> = g.params.iter().map(|p| p.shape.clone()).collect();
+    let mut adam = Optimizer::new(OptimizerConfig::adam(1e-4), &shapes).expect("adam");
+    let run_dir = std::env::temp_dir().join("snnc-cpu-train-bench-unused");
+    let mut cpu = CpuExecutor::new(&g, 0, &run_dir).expect("cpu");
+    let mut loss = |r: &ndarray::ArrayD<f64>| {
+        snnc::interp::loss::mse_one_hot(r, &targets).map_err(|e| RunError(e.to_string()))
+    };
+    let mut times = Vec::new();
+    let mut spikes = 0.0;
+    for i in 0..=runs {
+        let started = std::time::Instant::now();
+        let step = cpu
+            .train_step(&params, &batch, i as u64, &mut loss)
+            .expect("step");
+        adam.step(&mut params.values, &step.grads, 1e-4)
+            .expect("adam");
+        for (k, v) in step.running_updates {
+            params.values[k] = v;
+        }
+        let ms = started.elapsed().as_secs_f64() * 1e3;
+        spikes = step.spike_counts.iter().map(|s| s.1).sum::<f64>() / b as f64;
+        // The first step also JIT-compiles; it is reported separately.
+        times.push(ms);
+    }
+    let first = times.remove(0);
+    times.sort_by(f64::total_cmp);
+    println!(
+        "{{\"framework\": \"snnc-cpu\", \"model\": \"{model}\", \"T\": {t}, \"B\": {b}, \"median_ms\": {:.1}, \"min_ms\": {:.1}, \"max_ms\": {:.1}, \"first_step_ms_incl_compile\": {first:.1}, \"compile_s\": {:.2}, \"spikes_per_sample\": {spikes:.0}}}",
+        times[times.len() / 2],
+        times[0],
+        times[times.len() - 1],
+        cpu.compile_seconds
+    );
+}
