@@ -39,7 +39,8 @@ fn max_abs(v: &[f64]) -> f64 {
 
 /// One step on each executor from the same parameters and batch.
 fn one_step(g: &Graph, batch_size: usize) -> (Step, Step) {
-    let dir = common::workspace().join("examples");
+    // The model's `dataset` path is relative to the workspace; tests run in compiler/.
+    let dir = common::workspace();
     let overrides = RunOverrides {
         batch: Some(batch_size),
         limit_train: Some(batch_size),
