@@ -307,7 +307,11 @@ fn gesture_train_step_timing() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(4);
-    let runs = 5;
+    let runs: usize = std::env::var("SNNC_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5)
+        .max(1);
     let path = common::workspace().join("examples/gesture.snn");
     let text = std::fs::read_to_string(&path).expect("readable");
     let c = compile_source(&path, text, &[("T".to_string(), t.to_string())]);
