@@ -113,8 +113,10 @@ fn run() -> Result<(), String> {
     let mean = out.iter().sum::<f64>() / out.len().max(1) as f64;
     let ov: Vec<String> = args[4..].to_vec();
     println!(
-        "{{\"bench\": \"cpu_forward\", \"framework\": \"snnc-cranelift\", \"model\": \"{model}\", \"batch\": {batch}, \"overrides\": \"{}\", \"threads\": 1, \"runs\": {runs}, \"compile_ms\": {compile_ms:.1}, \"median_ms\": {:.3}, \"min_ms\": {:.3}, \"max_ms\": {:.3}, \"output_mean\": {mean:.6}}}",
+        "{{\"bench\": \"cpu_forward\", \"framework\": \"snnc-cranelift\", \"model\": \"{model}\", \"batch\": {batch}, \"overrides\": \"{}\", \"threads\": {}, \"runs\": {runs}, \"compile_ms\": {compile_ms:.1}, \"median_ms\": {:.3}, \"min_ms\": {:.3}, \"max_ms\": {:.3}, \"output_mean\": {mean:.6}}}",
         ov.join(" "),
+        // The generated code itself is one thread; the conv/dense kernels it calls use these.
+        snn_runtime::kernels::ffi::kernel_threads(),
         times[times.len() / 2],
         times[0],
         times[times.len() - 1]

@@ -12,8 +12,11 @@
 #            masnn_gesture_step.py --single, its "infer_fwd" figure). Ours runs train-mode
 #            batchnorm (batch statistics: the only forward the lowering has); no training
 #            step yet (nothing drives mlir::grad's backward through this backend).
+#   peak     this machine's FMA peak and the conv/dense runtime kernels' GFLOP/s at the
+#            gesture network's shapes (bench/cpu/peak_flops.rs)
 # Environment (defaults in brackets)
-#   CPUS      CPUs to pin to with taskset [0,1]; torch gets that many threads, ours runs on one
+#   CPUS      CPUs to pin to with taskset [0,1]; torch and our conv/dense kernels (SNN_THREADS)
+#             get that many threads; the rest of the generated code runs on one
 #   PEERS_PY  python with torch (+ snntorch, norse) [/work/peers-venv/bin/python]
 #   SJ_PATH   PYTHONPATH for SpikingJelly [/work/bench-sj]
 #   PEERS_DIR the peer scripts [/work/shared/bench/peers]
@@ -27,13 +30,15 @@ NCPU=$(awk -F, '{print NF}' <<<"$CPUS")
 PEERS_PY=${PEERS_PY:-/work/peers-venv/bin/python}
 SJ_PATH=${SJ_PATH:-/work/bench-sj}
 PEERS_DIR=${PEERS_DIR:-/work/shared/bench/peers}
-CASES=${CASES:-lif gesture}
+CASES=${CASES:-lif gesture peak}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target-cpu}
-export OMP_NUM_THREADS=$NCPU MKL_NUM_THREADS=$NCPU OPENBLAS_NUM_THREADS=$NCPU
+export OMP_NUM_THREADS=$NCPU MKL_NUM_THREADS=$NCPU OPENBLAS_NUM_THREADS=$NCPU SNN_THREADS=$NCPU
 export MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=4294967296
 
 cargo build --quiet --release -p snnc --example bench_cpu
+cargo build --quiet --release -p snn-runtime --example peak_flops
 BENCH="$CARGO_TARGET_DIR/release/examples/bench_cpu"
+PEAK="$CARGO_TARGET_DIR/release/examples/peak_flops"
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
 pin() { taskset -c "$CPUS" "$@"; }
@@ -48,12 +53,14 @@ for case in $CASES; do
       ;;
     gesture)
       for m in Vanilla TCSA; do
-        # Our scalar forward takes seconds here: a few runs suffice for a stable median.
-        pin "$BENCH" examples/gesture.snn "Gesture$m" 4 3 T=20 | tee -a "$out"
+        pin "$BENCH" examples/gesture.snn "Gesture$m" 4 "$RUNS" T=20 | tee -a "$out"
         att=$([ $m = TCSA ] && echo TCSA || echo no)
         pin "$PEERS_PY" -W ignore "$PEERS_DIR/masnn_gesture_step.py" --single --T 20 --B 4 \
           --attention "$att" --runs "$RUNS" --threads "$NCPU" | tee -a "$out"
       done
+      ;;
+    peak)
+      pin "$PEAK" "$NCPU" | tee -a "$out"
       ;;
   esac
 done
@@ -67,7 +74,7 @@ print("|---|---|---:|---:|---:|")
 ours = [r for r in rows if r.get("framework") == "snnc-cranelift"]
 lif = next((r for r in ours if r["model"] == "LIFLayer"), None)
 if lif:
-    print(f"| LIF N=4096 T=100 B=16 fwd | snnc (Cranelift JIT) | 1 | {lif['median_ms']:.1f} | 1.00 |")
+    print(f"| LIF N=4096 T=100 B=16 fwd | snnc (Cranelift JIT) | {lif['threads']} | {lif['median_ms']:.1f} | 1.00 |")
     for r in rows:
         if r.get("bench") == "lif_layer":
             print(f"| LIF N=4096 T=100 B=16 fwd | {r['version']} | {r['threads']} | {r['median_ms']:.1f} | {lif['median_ms'] / r['median_ms']:.2f} |")
@@ -75,7 +82,16 @@ for att, model in (("no", "GestureVanilla"), ("TCSA", "GestureTCSA")):
     o = next((r for r in ours if r["model"] == model), None)
     p = next((r for r in rows if r.get("bench") == "masnn_gesture_step" and r["attention"] == att), None)
     if o:
-        print(f"| gesture {model[7:]} T=20 B=4 fwd | snnc (Cranelift JIT) | 1 | {o['median_ms']:.1f} | 1.00 |")
+        print(f"| gesture {model[7:]} T=20 B=4 fwd | snnc (Cranelift JIT) | {o['threads']} | {o['median_ms']:.1f} | 1.00 |")
     if o and p:
         print(f"| gesture {model[7:]} T=20 B=4 fwd | torch {p['torch']} (eval) | {p['threads']} | {p['infer_fwd_median_ms']:.1f} | {o['median_ms'] / p['infer_fwd_median_ms']:.2f} |")
+probes = [r for r in rows if "probe" in r]
+if probes:
+    print("\n| probe | shape | threads | GFLOP/s | of peak |")
+    print("|---|---|---:|---:|---:|")
+    for r in probes:
+        if r["probe"] == "fma_peak":
+            print(f"| FMA peak ({r['isa']}) | | {r['threads']} | {r['gflops']:.1f} | 1.00 |")
+        else:
+            print(f"| {r['probe']} | {r['shape']} | {r['threads']} | {r['gflops']:.1f} | {r['of_peak']:.2f} |")
 PY

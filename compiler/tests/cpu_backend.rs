@@ -460,6 +460,11 @@ fn execute_with_mlir(g: &Graph, batch: usize, args: &mut [Vec<f32>]) {
     text.insert_str(end, &wrapper);
     let module = Module::parse(&context, &text).expect("wrapped module parses");
     let engine = ExecutionEngine::new(&module, 2, &[], false, false);
+    // `lower_to_llvm` calls the runtime's conv/dense kernels: bind them as the JIT does.
+    for (name, f) in snnc::backend::cpu::jit::runtime_kernels() {
+        // SAFETY: each pointer is the `extern "C"` function the module declares under `name`.
+        unsafe { engine.register_symbol(name, f.cast_mut().cast()) };
+    }
     let f = engine.lookup("snnc_test_packed");
     assert!(!f.is_null(), "JIT lookup failed");
     let mut ptrs: Vec<*mut f32> = args.iter_mut().map(|a| a.as_mut_ptr()).collect();

@@ -16,11 +16,11 @@ use melior::{
             IntegerAttribute, StringAttribute, TypeAttribute,
         },
         operation::OperationBuilder,
-        r#type::{FunctionType, IntegerType, MemRefType},
+        r#type::{FunctionType, IntegerType, MemRefType, TypeLike},
     },
 };
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 
 /// The backward program's lowering: a child module so that it reuses this file's builders.
@@ -55,7 +55,20 @@ pub enum LoopForm {
     /// Every parallel nest is one 1-D `scf.parallel` over the element count, its indices
     /// recovered with div/rem; no nested parallel loops, no loads outside loops (GPU).
     Flat,
+    /// [`LoopForm::Nested`], except that conv2d and dense layers become calls to the runtime's
+    /// GEMM-based kernels (`snn_conv2d_f32`, `snn_dense_f32` in `snn_runtime::kernels::ffi`,
+    /// pointers passed as `index`): for the CPU JIT, which binds those symbols.
+    Kernels,
 }
+
+/// The runtime kernels [`LoopForm::Kernels`] calls: name and number of `index` arguments.
+pub const RUNTIME_KERNELS: [(&str, usize); 2] = [("snn_conv2d_f32", 17), ("snn_dense_f32", 8)];
+
+/// Lanes of the vectorised neuron scans (`vector<4xf32>`: Cranelift's 128-bit vectors).
+const LANES: i64 = 4;
+/// Independent vectors each scan loop iteration advances (separate dependency chains that the
+/// out-of-order core overlaps): 4 × 4 = 16 neurons per iteration.
+const SCAN_COPIES: i64 = 4;
 
 /// Why a graph could not be lowered (or the lowered module failed MLIR's checks).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -214,6 +227,7 @@ pub fn lower_graphs_with<'c>(
     }
     let module = Module::new(Location::unknown(context));
     let mut seen = std::collections::HashSet::new();
+    let mut kernels = BTreeSet::new();
     for g in graphs {
         if !seen.insert(forward_symbol(g)) {
             return Err(LowerError::new(format!(
@@ -221,9 +235,36 @@ pub fn lower_graphs_with<'c>(
                 g.name
             )));
         }
-        lower_graph(context, &module, g, opts, form)?;
+        kernels.extend(lower_graph(context, &module, g, opts, form)?);
     }
+    declare_kernels(context, &module, &kernels);
     Ok(module)
+}
+
+/// `func.func private @name(index, ...)` for each runtime kernel the module calls.
+pub(crate) fn declare_kernels<'c>(
+    context: &'c Context,
+    module: &Module<'c>,
+    used: &BTreeSet<&'static str>,
+) {
+    let index = Type::index(context);
+    for (name, arity) in RUNTIME_KERNELS {
+        if !used.contains(name) {
+            continue;
+        }
+        let ty = FunctionType::new(context, &vec![index; arity], &[]);
+        module.body().append_operation(func::func(
+            context,
+            StringAttribute::new(context, name),
+            TypeAttribute::new(ty.into()),
+            Region::new(),
+            &[(
+                Identifier::new(context, "sym_visibility"),
+                StringAttribute::new(context, "private").into(),
+            )],
+            Location::unknown(context),
+        ));
+    }
 }
 
 fn lower_graph<'c>(
@@ -232,7 +273,7 @@ fn lower_graph<'c>(
     g: &Graph,
     opts: &LowerOptions,
     form: LoopForm,
-) -> Result<(), LowerError> {
+) -> Result<BTreeSet<&'static str>, LowerError> {
     let problems = crate::ir::verify::verify(g);
     if !problems.is_empty() {
         return Err(LowerError::new(format!(
@@ -249,11 +290,14 @@ fn lower_graph<'c>(
         .map(|a| MemRefType::new(f32, &to_i64(&a.shape), None, None).into())
         .collect();
     let entry = Block::new(&arg_types.iter().map(|t| (*t, loc)).collect::<Vec<_>>());
+    let kernels;
     {
         let mut fx = Fx::new(context, &entry, loc);
         fx.flat = form == LoopForm::Flat;
+        fx.kernels = form == LoopForm::Kernels;
         let mut lowering = Lowering::new(fx, g, opts.batch)?;
         lowering.run()?;
+        kernels = lowering.fx.used_kernels.take();
         entry.append_operation(func::r#return(&[], loc));
     }
     let region = Region::new();
@@ -288,7 +332,7 @@ fn lower_graph<'c>(
         )],
         loc,
     ));
-    Ok(())
+    Ok(kernels)
 }
 
 /// `arith.cmpf` predicates (MLIR's enum order).
@@ -320,6 +364,12 @@ struct Fx<'c, 'e> {
     n_consts: Cell<usize>,
     /// [`LoopForm::Flat`]: `par` emits one flat dimension.
     flat: bool,
+    /// [`LoopForm::Kernels`]: conv2d and dense call the runtime.
+    kernels: bool,
+    /// The runtime kernels called so far (declared in the module afterwards).
+    used_kernels: RefCell<BTreeSet<&'static str>>,
+    /// `vector<4xf32>` splats of constants, by bit pattern.
+    vconsts: RefCell<HashMap<u64, V<'c>>>,
 }
 
 impl<'c, 'e> Fx<'c, 'e> {
@@ -334,7 +384,68 @@ impl<'c, 'e> Fx<'c, 'e> {
             consts: RefCell::new(HashMap::new()),
             n_consts: Cell::new(0),
             flat: false,
+            kernels: false,
+            used_kernels: RefCell::new(BTreeSet::new()),
+            vconsts: RefCell::new(HashMap::new()),
         }
+    }
+
+    fn vec_type(&self, elem: Type<'c>) -> Type<'c> {
+        Type::vector(&[LANES as u64], elem)
+    }
+
+    /// `vector.broadcast` of a scalar, placed in `b`.
+    fn splat(&self, b: &Block<'c>, x: V<'c>) -> V<'c> {
+        self.val(b, "vector.broadcast", &[x], self.vec_type(x.r#type()), &[])
+    }
+
+    /// The f32 constant `v`, as a `vector<4xf32>` splat when `like` is a vector (hoisted to
+    /// the top of the entry block with the scalar constants).
+    fn cf_as(&self, v: f64, like: V<'c>) -> V<'c> {
+        self.cf_w(v, like.r#type().is_vector())
+    }
+
+    /// The f32 constant `v`, splat to `vector<4xf32>` when `vector`.
+    fn cf_w(&self, v: f64, vector: bool) -> V<'c> {
+        let s = self.cf(v);
+        if !vector {
+            return s;
+        }
+        let key = u64::from((v as f32).to_bits());
+        if let Some(c) = self.vconsts.borrow().get(&key) {
+            return *c;
+        }
+        let op = self.build("vector.broadcast", &[s], &[self.vec_type(self.f32)], &[]);
+        let n = self.n_consts.get();
+        let c: V<'c> = self
+            .entry
+            .insert_operation(n, op)
+            .result(0)
+            .unwrap_or_else(|_| panic!("internal: broadcast without result"))
+            .into();
+        self.n_consts.set(n + 1);
+        self.vconsts.borrow_mut().insert(key, c);
+        c
+    }
+
+    /// The aligned base pointer of a memref, as an `index` (for runtime kernel calls).
+    fn base_ptr(&self, mem: V<'c>) -> V<'c> {
+        self.val(
+            self.entry,
+            "memref.extract_aligned_pointer_as_index",
+            &[mem],
+            self.index,
+            &[],
+        )
+    }
+
+    /// `func.call @name(args)` in the entry block (all arguments `index`), recorded for
+    /// [`declare_kernels`].
+    fn call_kernel(&self, name: &'static str, args: &[V<'c>]) {
+        self.used_kernels.borrow_mut().insert(name);
+        let callee = melior::ir::attribute::FlatSymbolRefAttribute::new(self.ctx, name);
+        self.entry
+            .append_operation(func::call(self.ctx, callee, args, &[], self.loc.get()));
     }
 
     fn build(
@@ -432,7 +543,12 @@ impl<'c, 'e> Fx<'c, 'e> {
 
     fn cmpf(&self, b: &Block<'c>, pred: i64, x: V<'c>, y: V<'c>) -> V<'c> {
         let attr = IntegerAttribute::new(IntegerType::new(self.ctx, 64).into(), pred).into();
-        self.val(b, "arith.cmpf", &[x, y], self.i1, &[("predicate", attr)])
+        let ty = if x.r#type().is_vector() {
+            self.vec_type(self.i1)
+        } else {
+            self.i1
+        };
+        self.val(b, "arith.cmpf", &[x, y], ty, &[("predicate", attr)])
     }
 
     fn cmpi(&self, b: &Block<'c>, pred: i64, x: V<'c>, y: V<'c>) -> V<'c> {
@@ -446,14 +562,14 @@ impl<'c, 'e> Fx<'c, 'e> {
 
     /// 1.0 where the i1 `c` holds, else 0.0: how predicates and `fire` stay branch-free.
     fn bool_to_f32(&self, b: &Block<'c>, c: V<'c>) -> V<'c> {
-        self.select(b, c, self.cf(1.0), self.cf(0.0))
+        self.select(b, c, self.cf_as(1.0, c), self.cf_as(0.0, c))
     }
 
     fn sigmoid(&self, b: &Block<'c>, x: V<'c>) -> V<'c> {
         let neg = self.unary(b, "arith.negf", x);
         let e = self.unary(b, "math.exp", neg);
-        let den = self.addf(b, self.cf(1.0), e);
-        self.divf(b, self.cf(1.0), den)
+        let den = self.addf(b, self.cf_as(1.0, x), e);
+        self.divf(b, self.cf_as(1.0, x), den)
     }
 
     /// `x * mul + y + add` on indices, omitting the trivial parts.
@@ -482,6 +598,19 @@ impl<'c, 'e> Fx<'c, 'e> {
         let mut operands = vec![v, mem];
         operands.extend_from_slice(idx);
         self.stmt(b, "memref.store", &operands);
+    }
+
+    /// `vector.load` of 4 consecutive f32 along the last axis.
+    fn vload(&self, b: &Block<'c>, mem: V<'c>, idx: &[V<'c>]) -> V<'c> {
+        let mut operands = vec![mem];
+        operands.extend_from_slice(idx);
+        self.val(b, "vector.load", &operands, self.vec_type(self.f32), &[])
+    }
+
+    fn vstore(&self, b: &Block<'c>, v: V<'c>, mem: V<'c>, idx: &[V<'c>]) {
+        let mut operands = vec![v, mem];
+        operands.extend_from_slice(idx);
+        self.stmt(b, "vector.store", &operands);
     }
 
     fn memref_type(&self, dims: &[i64]) -> Type<'c> {
@@ -950,6 +1079,30 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
         let (sh, sw) = (stride.0 as i64, stride.1 as i64);
         let (padh, padw) = (padding.0 as i64, padding.1 as i64);
         let (h, wd) = (x.dims[ph], x.dims[pw]);
+        let rank = x.dims.len();
+        // The kernel wants [N, C, H, W] images: C, H, W the trailing axes, in that order.
+        if fx.kernels && pc + 3 == rank && ph + 2 == rank && pw + 1 == rank && y.dims.len() == rank
+        {
+            let n: i64 = x.dims[..pc].iter().product();
+            let bias_ptr = match bias {
+                Some(b) => fx.base_ptr(b),
+                None => fx.cidx(0),
+            };
+            let mut args = vec![
+                fx.base_ptr(x.mem),
+                fx.base_ptr(w),
+                bias_ptr,
+                fx.base_ptr(y.mem),
+            ];
+            for v in [
+                n, x.dims[pc], h, wd, y.dims[pc], kh, kw, sh, sw, padh, padw, y.dims[ph],
+                y.dims[pw],
+            ] {
+                args.push(fx.cidx(v));
+            }
+            fx.call_kernel("snn_conv2d_f32", &args);
+            return Ok(());
+        }
         let red = [x.dims[pc], kh, kw];
         fx.par(fx.entry, &y.dims, |b, o| {
             let init = match bias {
@@ -1004,6 +1157,26 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
             None
         };
         let n_in = x.dims[pa];
+        if fx.kernels && y.dims.len() == x.dims.len() {
+            let outer: i64 = x.dims[..pa].iter().product();
+            let inner: i64 = x.dims[pa + 1..].iter().product();
+            let bias_ptr = match bias {
+                Some(b) => fx.base_ptr(b),
+                None => fx.cidx(0),
+            };
+            let args = [
+                fx.base_ptr(x.mem),
+                fx.base_ptr(w),
+                bias_ptr,
+                fx.base_ptr(y.mem),
+                fx.cidx(outer),
+                fx.cidx(n_in),
+                fx.cidx(inner),
+                fx.cidx(y.dims[pa]),
+            ];
+            fx.call_kernel("snn_dense_f32", &args);
+            return Ok(());
+        }
         fx.par(fx.entry, &y.dims, |b, o| {
             let init = match bias {
                 Some(bias) => fx.load(b, bias, &[o[pa]]),
@@ -1300,7 +1473,10 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
     }
 
     /// A neuron layer: every element runs its own `scf.for` over T, the state variables
-    /// carried as `iter_args`.
+    /// carried as `iter_args`. Outside the flat (GPU) form and the training forward, the
+    /// innermost axis is vectorised: each loop iteration advances [`SCAN_COPIES`] independent
+    /// `vector<4xf32>` groups of neurons through all T steps (states stay in registers; the
+    /// groups' dependency chains overlap), then single vectors, then a scalar tail.
     fn scan(
         &self,
         node: &Node,
@@ -1335,66 +1511,210 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
         } else {
             load_learns(fx.entry)
         };
-        let inits: Vec<V<'c>> = neuron.states.iter().map(|(_, v)| fx.cf(*v)).collect();
         let others = remove_at(&x.dims, pt);
         let saved_states = self.train.states_for(self.g, node);
-        fx.par(fx.entry, &others, |b, o| {
-            let learns = if fx.flat {
-                load_learns(b)
-            } else {
-                entry_learns.clone()
-            };
-            let (_, r) = fx.for_carry(b, steps, &inits, |b, t, carried| {
-                let idx = insert_at(o, pt, t);
-                if let Some(buf) = saved_states {
-                    grad::store_states(fx, b, buf, t, o, &others, carried);
-                }
-                let mut env = Env {
-                    input: fx.load(b, x.mem, &idx),
-                    states: carried.to_vec(),
-                    learns: &learns,
-                    locals: vec![None; neuron.locals.len()],
-                };
-                let mut failed = None;
-                for (k, (target, expr)) in neuron.steps.iter().enumerate() {
-                    if k == neuron.fire_step
-                        && let Some(gate) = &gate
-                    {
-                        let g = fx.load(b, gate.mem, &broadcast(fx, &gate.dims, &x.dims, &idx));
-                        env.states[0] = fx.mulf(b, env.states[0], g);
+        let last = x.dims.len() - 1;
+        let width = x.dims[last];
+        let gate_ok = gate.as_ref().is_none_or(|g| {
+            g.dims.len() == x.dims.len() && (g.dims[last] == 1 || g.dims[last] == width)
+        });
+        if fx.flat || saved_states.is_some() || pt == last || width < LANES || !gate_ok {
+            return self.scan_part(
+                node,
+                y,
+                neuron,
+                emit,
+                (&x, gate.as_ref(), pt, steps),
+                &others,
+                None,
+                (1, 1),
+                &|b: &Block<'c>| {
+                    if fx.flat {
+                        load_learns(b)
+                    } else {
+                        entry_learns.clone()
                     }
-                    match eval(fx, b, expr, &env) {
-                        Ok(v) => match target {
-                            Target::State(s) => env.states[*s] = v,
-                            Target::Local(l) => env.locals[*l] = Some(v),
-                        },
+                },
+            );
+        }
+        let vec_learns: Vec<V<'c>> = entry_learns
+            .iter()
+            .map(|v| fx.splat(fx.entry, *v))
+            .collect();
+        let outer = &others[..others.len() - 1];
+        let group = LANES * SCAN_COPIES;
+        let big = width / group;
+        let mid = (width - big * group) / LANES;
+        let tail = width - big * group - mid * LANES;
+        for (start, count, lanes, copies) in [
+            (0, big, LANES, SCAN_COPIES),
+            (big * group, mid, LANES, 1),
+            (big * group + mid * LANES, tail, 1, 1),
+        ] {
+            if count == 0 {
+                continue;
+            }
+            let mut dims = outer.to_vec();
+            dims.push(count);
+            let learns = if lanes == 1 {
+                entry_learns.clone()
+            } else {
+                vec_learns.clone()
+            };
+            self.scan_part(
+                node,
+                y,
+                neuron,
+                emit,
+                (&x, gate.as_ref(), pt, steps),
+                &dims,
+                Some(start),
+                (lanes, copies),
+                &|_: &Block<'c>| learns.clone(),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// One loop nest of a scan over `dims` (the non-T axes; with `offset`, the last of them
+    /// counts groups of `lanes × copies` elements starting at that element).
+    #[allow(clippy::too_many_arguments)]
+    fn scan_part(
+        &self,
+        node: &Node,
+        y: &Buf<'c>,
+        neuron: &NeuronProgram,
+        emit: ScanEmit,
+        (x, gate, pt, steps): (&Buf<'c>, Option<&Buf<'c>>, usize, i64),
+        dims: &[i64],
+        offset: Option<i64>,
+        (lanes, copies): (i64, i64),
+        learns_in: &dyn Fn(&Block<'c>) -> Vec<V<'c>>,
+    ) -> Result<(), LowerError> {
+        let fx = &self.fx;
+        let others = remove_at(&x.dims, pt);
+        let saved_states = self.train.states_for(self.g, node);
+        let n_states = neuron.states.len();
+        let vector = lanes > 1;
+        fx.par(fx.entry, dims, |b, o| {
+            let learns = learns_in(b);
+            // Element index (over `others`) of each copy's first lane.
+            let bases: Vec<Vec<V<'c>>> = (0..copies)
+                .map(|c| match offset {
+                    None => o.to_vec(),
+                    Some(start) => {
+                        let mut ivs = o.to_vec();
+                        let j = ivs.len() - 1;
+                        ivs[j] = fx.ilin(b, o[j], lanes * copies, None, start + c * lanes);
+                        ivs
+                    }
+                })
+                .collect();
+            let mut inits = Vec::new();
+            for _ in 0..copies {
+                for (_, v) in &neuron.states {
+                    inits.push(fx.cf_w(*v, vector));
+                }
+            }
+            let (_, r) = fx.for_carry(b, steps, &inits, |b, t, carried| {
+                let mut next = Vec::with_capacity(carried.len());
+                let mut result = Ok(());
+                for (c, base) in bases.iter().enumerate() {
+                    let carried = &carried[c * n_states..(c + 1) * n_states];
+                    let idx = insert_at(base, pt, t);
+                    if let Some(buf) = saved_states {
+                        grad::store_states(fx, b, buf, t, base, &others, carried);
+                    }
+                    let input = if vector {
+                        fx.vload(b, x.mem, &idx)
+                    } else {
+                        fx.load(b, x.mem, &idx)
+                    };
+                    // Loaded where the program fires (as the scalar form always did).
+                    let idx_ref = &idx;
+                    let gate_v = gate.map(|g| {
+                        move || {
+                            let idx = idx_ref;
+                            let gi = broadcast(fx, &g.dims, &x.dims, idx);
+                            let last = g.dims.len() - 1;
+                            if !vector {
+                                fx.load(b, g.mem, &gi)
+                            } else if g.dims[last] == 1 && x.dims[last] != 1 {
+                                let s = fx.load(b, g.mem, &gi);
+                                fx.splat(b, s)
+                            } else {
+                                fx.vload(b, g.mem, &gi)
+                            }
+                        }
+                    });
+                    let gate_v = gate_v.as_ref().map(|f| f as &dyn Fn() -> V<'c>);
+                    match self.scan_step(b, neuron, emit, input, carried, &learns, gate_v) {
+                        Ok((states, out)) => {
+                            if vector {
+                                fx.vstore(b, out, y.mem, &idx);
+                            } else {
+                                fx.store(b, out, y.mem, &idx);
+                            }
+                            next.extend(states);
+                        }
                         Err(e) => {
-                            failed = Some(e);
+                            result = Err(e);
                             break;
                         }
                     }
                 }
-                let out = match emit {
-                    ScanEmit::Spikes => env.locals.get(neuron.spike).copied().flatten(),
-                    ScanEmit::Membrane => env.states.first().copied(),
-                };
-                match (failed, out) {
-                    (None, Some(v)) => {
-                        fx.store(b, v, y.mem, &idx);
-                        (env.states, Ok(()))
-                    }
-                    (Some(e), _) => (carried.to_vec(), Err(e)),
-                    (None, None) => (
-                        carried.to_vec(),
-                        Err(LowerError::new(format!(
-                            "neuron `{}` never assigns its output",
-                            neuron.name
-                        ))),
-                    ),
+                if result.is_err() {
+                    return (carried.to_vec(), result);
                 }
+                (next, result)
             });
             r
         })
+    }
+
+    /// One time step of a neuron program: the next states and the emitted value.
+    #[allow(clippy::too_many_arguments)]
+    fn scan_step(
+        &self,
+        b: &Block<'c>,
+        neuron: &NeuronProgram,
+        emit: ScanEmit,
+        input: V<'c>,
+        carried: &[V<'c>],
+        learns: &[V<'c>],
+        gate: Option<&dyn Fn() -> V<'c>>,
+    ) -> Result<(Vec<V<'c>>, V<'c>), LowerError> {
+        let fx = &self.fx;
+        let mut env = Env {
+            input,
+            states: carried.to_vec(),
+            learns,
+            locals: vec![None; neuron.locals.len()],
+        };
+        for (k, (target, expr)) in neuron.steps.iter().enumerate() {
+            if k == neuron.fire_step
+                && let Some(g) = gate
+            {
+                let g = g();
+                env.states[0] = fx.mulf(b, env.states[0], g);
+            }
+            let v = eval(fx, b, expr, &env)?;
+            match target {
+                Target::State(s) => env.states[*s] = v,
+                Target::Local(l) => env.locals[*l] = Some(v),
+            }
+        }
+        let out = match emit {
+            ScanEmit::Spikes => env.locals.get(neuron.spike).copied().flatten(),
+            ScanEmit::Membrane => env.states.first().copied(),
+        };
+        match out {
+            Some(v) => Ok((env.states, v)),
+            None => Err(LowerError::new(format!(
+                "neuron `{}` never assigns its output",
+                neuron.name
+            ))),
+        }
     }
 }
 
@@ -1468,7 +1788,7 @@ fn eval<'c>(
     env: &Env<'_, 'c>,
 ) -> Result<V<'c>, LowerError> {
     Ok(match e {
-        Scalar::Const(c) => fx.cf(*c),
+        Scalar::Const(c) => fx.cf_as(*c, env.input),
         Scalar::Var(v) => {
             let found = match *v {
                 Var::Input => Some(env.input),
@@ -1483,7 +1803,7 @@ fn eval<'c>(
             match op {
                 ScalarUnary::Neg => fx.unary(b, "arith.negf", x),
                 ScalarUnary::Not => {
-                    let z = fx.cmpf(b, fpred::OEQ, x, fx.cf(0.0));
+                    let z = fx.cmpf(b, fpred::OEQ, x, fx.cf_as(0.0, x));
                     fx.bool_to_f32(b, z)
                 }
                 ScalarUnary::Exp => fx.unary(b, "math.exp", x),
@@ -1494,7 +1814,7 @@ fn eval<'c>(
                 ScalarUnary::Tanh => fx.unary(b, "math.tanh", x),
                 ScalarUnary::Atan => fx.unary(b, "math.atan", x),
                 // maxnumf matches the IR's reference semantics (`f64::max`).
-                ScalarUnary::Relu => fx.bin(b, "arith.maxnumf", x, fx.cf(0.0)),
+                ScalarUnary::Relu => fx.bin(b, "arith.maxnumf", x, fx.cf_as(0.0, x)),
                 ScalarUnary::Detach => x,
             }
         }
@@ -1505,7 +1825,7 @@ fn eval<'c>(
                 let c = fx.cmpf(b, pred, x, y);
                 fx.bool_to_f32(b, c)
             };
-            let truthy = |v| fx.cmpf(b, fpred::UNE, v, fx.cf(0.0));
+            let truthy = |v| fx.cmpf(b, fpred::UNE, v, fx.cf_as(0.0, v));
             match op {
                 ScalarBinary::Add => fx.addf(b, x, y),
                 ScalarBinary::Sub => fx.subf(b, x, y),
@@ -1537,12 +1857,12 @@ fn eval<'c>(
             let c = eval(fx, b, c, env)?;
             let x = eval(fx, b, x, env)?;
             let y = eval(fx, b, y, env)?;
-            let c = fx.cmpf(b, fpred::UNE, c, fx.cf(0.0));
+            let c = fx.cmpf(b, fpred::UNE, c, fx.cf_as(0.0, c));
             fx.select(b, c, x, y)
         }
         Scalar::Fire { arg, .. } => {
             let a = eval(fx, b, arg, env)?;
-            let c = fx.cmpf(b, fpred::OGE, a, fx.cf(0.0));
+            let c = fx.cmpf(b, fpred::OGE, a, fx.cf_as(0.0, a));
             fx.bool_to_f32(b, c)
         }
     })

@@ -23,13 +23,15 @@ use std::time::{Duration, Instant};
 
 /// From the lowered func/scf/memref/arith/math module to the LLVM dialect. The leading
 /// canonicalize folds loops over size-1 axes (a third of the output for small models) and LICM
-/// hoists what Cranelift would not. Bare pointers are safe because every memref is static;
+/// hoists what Cranelift would not; the vectorised scans' `vector.load/store/broadcast` become
+/// LLVM vector ops (Cranelift's f32x4). Bare pointers are safe because every memref is static;
 /// `check_llvm_only` guards against the silent half-conversion MLIR performs otherwise.
 pub const LLVM_PIPELINE: &str = "builtin.module(\
 canonicalize, \
 loop-invariant-code-motion, \
 convert-scf-to-cf, \
 expand-strided-metadata, \
+convert-vector-to-llvm, \
 finalize-memref-to-llvm, \
 convert-math-to-llvm, \
 convert-arith-to-llvm, \

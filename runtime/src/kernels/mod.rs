@@ -1,7 +1,9 @@
 //! Numerical kernels the reference interpreter and the backends' tests call into.
-//! Owns the shared error type, the reference kernels and the finite-difference checker.
+//! Owns the shared error type, the reference kernels, the finite-difference checker and the
+//! `extern "C"` conv/GEMM kernels generated CPU code calls ([`ffi`]).
 
 pub mod error;
+pub mod ffi;
 pub mod finite_difference;
 pub mod reference;
 

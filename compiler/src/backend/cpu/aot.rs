@@ -3,10 +3,11 @@
 
 use super::manifest::Manifest;
 use super::translate::{define_packed_entry, translate_module};
-use super::{BackendError, host_isa, lower_to_llvm, target_description};
+use super::{BackendError, host_isa, lower_to_llvm_with, target_description};
 use crate::ir::Graph;
 use crate::mlir::LowerOptions;
 use crate::mlir::context::new_context;
+use crate::mlir::lower::LoopForm;
 use cranelift_module::Linkage;
 use cranelift_object::{ObjectBuilder, ObjectModule};
 use std::fmt::Write as _;
@@ -29,7 +30,8 @@ pub struct AotArtifacts {
 /// `dir` (created if missing). Every file is written atomically.
 pub fn build_aot(g: &Graph, opts: &LowerOptions, dir: &Path) -> Result<AotArtifacts, BackendError> {
     let context = new_context();
-    let mlir = lower_to_llvm(&context, &[g], opts)?;
+    // Plain loops: the shared library must not depend on the runtime's kernel symbols.
+    let mlir = lower_to_llvm_with(&context, &[g], opts, LoopForm::Nested)?;
     let isa = host_isa(true)?;
     let target = target_description(&*isa);
     let builder = ObjectBuilder::new(

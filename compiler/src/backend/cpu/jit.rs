@@ -186,6 +186,16 @@ impl Drop for CompiledModel {
     }
 }
 
+/// The runtime kernels `LoopForm::Kernels` lowering calls, by symbol (also for MLIR's
+/// ExecutionEngine in tests).
+pub fn runtime_kernels() -> [(&'static str, *const u8); 2] {
+    use snn_runtime::kernels::ffi;
+    [
+        ("snn_conv2d_f32", ffi::snn_conv2d_f32 as *const u8),
+        ("snn_dense_f32", ffi::snn_dense_f32 as *const u8),
+    ]
+}
+
 /// The symbols generated code imports, resolved to this process's definitions rather than
 /// looked up with `dlsym` (the executable need not export libm).
 pub(super) fn register_runtime_symbols(builder: &mut JITBuilder) {
@@ -205,6 +215,10 @@ pub(super) fn register_runtime_symbols(builder: &mut JITBuilder) {
     }
     builder.symbol("malloc", malloc as *const u8);
     builder.symbol("free", free as *const u8);
+    // Conv2d/dense kernels that `LoopForm::Kernels` code calls.
+    for (name, f) in runtime_kernels() {
+        builder.symbol(name, f);
+    }
     // One block per function: the inner `fn` items must not clash.
     {
         libm1!("exp" => f32::exp, f64::exp;);

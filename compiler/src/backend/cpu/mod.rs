@@ -17,7 +17,7 @@ pub use translate::{Translation, translate_module};
 use crate::ir::Graph;
 use crate::mlir::LowerOptions;
 use crate::mlir::context::new_context;
-use crate::mlir::lower::{LowerError, lower_graphs};
+use crate::mlir::lower::{LoopForm, LowerError, lower_graphs_with};
 use crate::mlir::pipeline::{
     LLVM_PIPELINE, check_llvm_only, run_pipeline, verify, with_diagnostics,
 };
@@ -55,13 +55,27 @@ impl From<LowerError> for BackendError {
 }
 
 /// Lowers `graphs` into one module and runs the LLVM pipeline; the caller keeps `context` alive
-/// as long as the module.
+/// as long as the module. Conv2d and dense layers call the runtime's GEMM kernels
+/// ([`LoopForm::Kernels`]): whoever runs the code must bind `snn_conv2d_f32`/`snn_dense_f32`
+/// (the JIT does, see `jit::register_runtime_symbols`).
 pub fn lower_to_llvm<'c>(
     context: &'c Context,
     graphs: &[&Graph],
     opts: &LowerOptions,
 ) -> Result<Module<'c>, BackendError> {
-    let (lowered, messages) = with_diagnostics(context, || lower_graphs(context, graphs, opts));
+    lower_to_llvm_with(context, graphs, opts, LoopForm::Kernels)
+}
+
+/// [`lower_to_llvm`] with a choice of loop form ([`LoopForm::Nested`]: plain loops only, for
+/// code that must not depend on the runtime, such as the AOT shared library).
+pub fn lower_to_llvm_with<'c>(
+    context: &'c Context,
+    graphs: &[&Graph],
+    opts: &LowerOptions,
+    form: LoopForm,
+) -> Result<Module<'c>, BackendError> {
+    let (lowered, messages) =
+        with_diagnostics(context, || lower_graphs_with(context, graphs, opts, form));
     let mut module = match lowered {
         Ok(m) => m,
         Err(e) if messages.is_empty() => return Err(e.into()),

@@ -457,6 +457,11 @@ fn clif_type(t: &LTy, ptr: ir::Type, sym: &str) -> Result<ir::Type, BackendError
         LTy::Vector(n, elem) if !matches!(**elem, LTy::Int(1)) => scalar(elem)
             .and_then(|e| u32::try_from(*n).ok().and_then(|n| e.by(n)))
             .filter(|v| v.bits() == 128),
+        // Vector masks (`fcmp` results) are all-ones/all-zeros lanes of a 128-bit vector.
+        LTy::Vector(n, _) => u32::try_from(*n)
+            .ok()
+            .filter(|n| [2, 4, 8, 16].contains(n))
+            .and_then(|n| ir::Type::int(128 / n as u16).and_then(|e| e.by(n))),
         _ => scalar(t),
     };
     found.ok_or_else(|| {
@@ -678,14 +683,28 @@ impl<'a, 'f, M: ClifModule> FnTranslator<'a, 'f, M> {
                 }
                 let ty = self.cl_ty(&t)?;
                 let addr = self.operand(op, 0)?;
-                let r = self.b.ins().load(ty, MemFlagsData::trusted(), addr, 0);
+                let r = self.b.ins().load(ty, mem_flags(ty), addr, 0);
                 self.set_result(op, Val::S(r))
             }
             "store" => {
                 let (x, addr) = (self.operand(op, 0)?, self.operand(op, 1)?);
-                self.b.ins().store(MemFlagsData::trusted(), x, addr, 0);
+                let ty = self.b.func.dfg.value_type(x);
+                self.b.ins().store(mem_flags(ty), x, addr, 0);
                 Ok(())
             }
+            "insertelement" => {
+                let (v, x) = (self.operand(op, 0)?, self.operand(op, 1)?);
+                let lane = self.lane_index(op, 2)?;
+                let r = self.b.ins().insertlane(v, x, lane);
+                self.set_result(op, Val::S(r))
+            }
+            "extractelement" => {
+                let v = self.operand(op, 0)?;
+                let lane = self.lane_index(op, 1)?;
+                let r = self.b.ins().extractlane(v, lane);
+                self.set_result(op, Val::S(r))
+            }
+            "shufflevector" => self.shuffle(op),
             "alloca" => self.alloca(op),
             "br" => {
                 let dest = op.successor(0).map_err(|e| self.err(e))?;
@@ -780,11 +799,126 @@ impl<'a, 'f, M: ClifModule> FnTranslator<'a, 'f, M> {
                     self.b.ins().f64const(value)
                 }
             }
+            LTy::Vector(..) => self.vector_constant(&t, &attr.to_string())?,
             _ => {
                 return Err(self.err(format!("unsupported constant `{attr}` of type `{t:?}`")));
             }
         };
         self.set_result(op, Val::S(v))
+    }
+
+    /// A `dense<...>` vector constant: a splat (`dense<1.0>`) or one value per lane.
+    fn vector_constant(&mut self, t: &LTy, text: &str) -> Result<ir::Value, BackendError> {
+        let ty = self.cl_ty(t)?;
+        let body = text
+            .strip_prefix("dense<")
+            .and_then(|r| r.split_once('>'))
+            .map(|(b, _)| b.trim())
+            .ok_or_else(|| self.err(format!("unsupported vector constant `{text}`")))?;
+        let items: Vec<&str> = body
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .split(',')
+            .map(str::trim)
+            .collect();
+        let lane = ty.lane_type();
+        let scalar = |s: &str, b: &mut FunctionBuilder| -> Option<ir::Value> {
+            let bits = s
+                .strip_prefix("0x")
+                .and_then(|h| u64::from_str_radix(h, 16).ok());
+            Some(match lane {
+                types::F32 => b.ins().f32const(match bits {
+                    Some(x) => f32::from_bits(x as u32),
+                    None => s.parse::<f32>().ok()?,
+                }),
+                types::F64 => b.ins().f64const(match bits {
+                    Some(x) => f64::from_bits(x),
+                    None => s.parse::<f64>().ok()?,
+                }),
+                _ => {
+                    let v = match s {
+                        "true" => -1,
+                        "false" => 0,
+                        _ => s.parse::<i64>().ok()?,
+                    };
+                    let v = if lane.bits() >= 64 {
+                        v
+                    } else {
+                        v & ((1i64 << lane.bits()) - 1)
+                    };
+                    b.ins().iconst(lane, v)
+                }
+            })
+        };
+        let sym = self.sym;
+        let bad = || BackendError::new(format!("@{sym}: unsupported vector constant `{text}`"));
+        if items.len() == 1 {
+            let s = scalar(items[0], &mut self.b).ok_or_else(bad)?;
+            return Ok(self.b.ins().splat(ty, s));
+        }
+        if items.len() != ty.lane_count() as usize {
+            return Err(bad());
+        }
+        let zero = self.zero_of(t)?;
+        let Val::S(mut v) = zero else {
+            return Err(bad());
+        };
+        for (i, s) in items.iter().enumerate() {
+            let x = scalar(s, &mut self.b).ok_or_else(bad)?;
+            v = self.b.ins().insertlane(v, x, i as u8);
+        }
+        Ok(v)
+    }
+
+    /// A constant lane index operand.
+    fn lane_index(&self, op: &OperationRef, i: usize) -> Result<u8, BackendError> {
+        let v = op.operand(i).map_err(|e| self.err(e))?;
+        self.consts
+            .get(&key(v))
+            .and_then(|&l| u8::try_from(l).ok())
+            .ok_or_else(|| self.err(format!("`{}` needs a constant lane index", op_name(op))))
+    }
+
+    /// `shufflevector`: lanes picked one by one (a broadcast becomes one splat).
+    fn shuffle(&mut self, op: &OperationRef) -> Result<(), BackendError> {
+        let mask = op
+            .attribute("mask")
+            .ok()
+            .and_then(|a| DenseI32ArrayAttribute::try_from(a).ok())
+            .ok_or_else(|| self.err("shufflevector without a mask"))?;
+        let mask: Vec<i32> = (0..mask.len())
+            .map(|i| mask.element(i).map_err(|e| self.err(e)))
+            .collect::<Result<_, _>>()?;
+        let (a, b) = (self.operand(op, 0)?, self.operand(op, 1)?);
+        let t = self.result_lty(op)?;
+        let ty = self.cl_ty(&t)?;
+        let n_in = self.b.func.dfg.value_type(a).lane_count() as i32;
+        let pick = |s: &mut Self, m: i32| {
+            if m < n_in {
+                s.b.ins().extractlane(a, m.max(0) as u8)
+            } else {
+                s.b.ins().extractlane(b, (m - n_in) as u8)
+            }
+        };
+        if mask.len() != ty.lane_count() as usize {
+            return Err(self.err("shufflevector mask does not match its result"));
+        }
+        let r = if mask.iter().all(|&m| m == mask[0]) {
+            let x = pick(self, mask[0]);
+            self.b.ins().splat(ty, x)
+        } else {
+            let Val::S(mut v) = self.zero_of(&t)? else {
+                return Err(self.err("shufflevector of aggregates"));
+            };
+            for (i, &m) in mask.iter().enumerate() {
+                if m >= 0 {
+                    let x = pick(self, m);
+                    v = self.b.ins().insertlane(v, x, i as u8);
+                }
+            }
+            v
+        };
+        self.set_result(op, Val::S(r))
     }
 
     fn zero_of(&mut self, t: &LTy) -> Result<Val, BackendError> {
@@ -971,8 +1105,11 @@ impl<'a, 'f, M: ClifModule> FnTranslator<'a, 'f, M> {
             _ => return Err(self.err(format!("unknown fcmp predicate {pred}"))),
         };
         let (x, y) = (self.operand(op, 0)?, self.operand(op, 1)?);
-        if self.b.func.dfg.value_type(x).is_vector() {
-            return Err(self.err("vector fcmp is not supported"));
+        // Vector compares give a lane mask (see `clif_type`); x64 lacks two predicates.
+        if self.b.func.dfg.value_type(x).is_vector()
+            && matches!(cc, FloatCC::OrderedNotEqual | FloatCC::UnorderedOrEqual)
+        {
+            return Err(self.err(format!("vector fcmp {cc} is not supported")));
         }
         let r = self.b.ins().fcmp(cc, x, y);
         self.set_result(op, Val::S(r))
@@ -1001,6 +1138,15 @@ impl<'a, 'f, M: ClifModule> FnTranslator<'a, 'f, M> {
 
     fn select_scalar(&mut self, c: ir::Value, t: ir::Value, f: ir::Value) -> ir::Value {
         let ty = self.b.func.dfg.value_type(t);
+        if self.b.func.dfg.value_type(c).is_vector() {
+            // A lane mask: bitwise select, branch-free.
+            let c = if self.b.func.dfg.value_type(c) == ty {
+                c
+            } else {
+                self.b.ins().bitcast(ty, lane_bitcast(), c)
+            };
+            return self.b.ins().bitselect(c, t, f);
+        }
         if BRANCH_FREE_FLOAT_SELECT && ty.is_float() && !ty.is_vector() {
             let ity = ty.as_int();
             let ti = self.b.ins().bitcast(ity, MemFlagsData::new(), t);
@@ -1178,6 +1324,23 @@ impl<'a, 'f, M: ClifModule> FnTranslator<'a, 'f, M> {
 
     /// A libm function (`name` + `f` for f32), imported into the module once per function.
     fn libm(&mut self, t: &LTy, name: &str, args: &[ir::Value]) -> Result<ir::Value, BackendError> {
+        if let LTy::Vector(n, elem) = t {
+            // One call per lane.
+            let ty = self.cl_ty(t)?;
+            let Val::S(mut out) = self.zero_of(t)? else {
+                return Err(self.err(format!("`{name}` on `{t:?}` is not supported")));
+            };
+            for lane in 0..u8::try_from(*n).map_err(|e| self.err(e))? {
+                let lanes: Vec<ir::Value> = args
+                    .iter()
+                    .map(|&a| self.b.ins().extractlane(a, lane))
+                    .collect();
+                let r = self.libm(elem, name, &lanes)?;
+                out = self.b.ins().insertlane(out, r, lane);
+            }
+            debug_assert_eq!(self.b.func.dfg.value_type(out), ty);
+            return Ok(out);
+        }
         let (sym, ty) = match t {
             LTy::F32 => (format!("{name}f"), types::F32),
             LTy::F64 => (name.to_string(), types::F64),
@@ -1328,6 +1491,21 @@ impl<'a, 'f, M: ClifModule> FnTranslator<'a, 'f, M> {
         };
         self.set_result(op, Val::S(r))
     }
+}
+
+/// Loads and stores of scalars are naturally aligned (`trusted`); vectors need not be 16-byte
+/// aligned (a vectorised scan starts at any element), so they claim no alignment.
+fn mem_flags(ty: ir::Type) -> MemFlagsData {
+    if ty.is_vector() {
+        MemFlagsData::new().with_notrap()
+    } else {
+        MemFlagsData::trusted()
+    }
+}
+
+/// Flags for a lane-preserving vector bitcast (a mask to float lanes).
+fn lane_bitcast() -> MemFlagsData {
+    MemFlagsData::new().with_endianness(ir::Endianness::Little)
 }
 
 fn short(s: &str) -> String {

@@ -1,0 +1,531 @@
+//! `extern "C"` kernels that code generated for the CPU calls: f32 convolution and dense layers
+//! as matrix products through `matrixmultiply` (blocked, packed, AVX-512/AVX2+FMA microkernels
+//! chosen at run time; see docs/decisions.md for why not the `gemm` crate), multi-threaded over
+//! the batch of images / rows.
+//!
+//! Layouts (dense, row-major, as the lowering's memrefs):
+//! - [`snn_conv2d_f32`]: `x[n][c][h][w]`, `w[o][c][kh][kw]`, `bias[o]` (or null), `y[n][o][oh][ow]`,
+//!   where `n` is every axis before the channel axis (T·B) folded together; PyTorch's
+//!   cross-correlation with symmetric zero padding.
+//! - [`snn_dense_f32`]: `x[outer][n_in][inner]`, `w[n_out][n_in]`, `bias[n_out]` (or null),
+//!   `y[outer][n_out][inner]`: a dense layer along one axis of a tensor.
+//!
+//! Threads: `SNN_THREADS` (a positive integer) or else `std::thread::available_parallelism`,
+//! read once. Work is split into contiguous blocks of images (conv) or rows (dense), so each
+//! thread writes a disjoint part of `y`; results do not depend on the thread count.
+
+use std::sync::OnceLock;
+
+/// Worker threads for the kernels (see the module docs).
+pub fn kernel_threads() -> usize {
+    static THREADS: OnceLock<usize> = OnceLock::new();
+    *THREADS.get_or_init(|| {
+        std::env::var("SNN_THREADS")
+            .ok()
+            .and_then(|s| s.trim().parse::<usize>().ok())
+            .filter(|&n| n > 0)
+            .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
+            .unwrap_or(1)
+    })
+}
+
+/// Below this many multiply-adds per call a second thread costs more than it saves.
+const MIN_MACS_PER_THREAD: usize = 1 << 18;
+
+/// `dst[m×n] (row stride dst_rs) = lhs[m×k] · rhs[k×n]` (+ dst when `accumulate`), strides in
+/// elements, single-threaded.
+///
+/// # Safety
+/// Every pointer must address the elements its shape and strides describe; `dst` must not
+/// overlap the inputs.
+#[allow(clippy::too_many_arguments)]
+unsafe fn sgemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_rs: isize,
+    accumulate: bool,
+    lhs: *const f32,
+    lhs_rs: isize,
+    lhs_cs: isize,
+    rhs: *const f32,
+    rhs_rs: isize,
+    rhs_cs: isize,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    // SAFETY: forwarded from the caller. sgemm computes dst := alpha·lhs·rhs + beta·dst and
+    // does not read dst when beta is 0.
+    unsafe {
+        matrixmultiply::sgemm(
+            m,
+            k,
+            n,
+            1.0,
+            lhs,
+            lhs_rs,
+            lhs_cs,
+            rhs,
+            rhs_rs,
+            rhs_cs,
+            if accumulate { 1.0 } else { 0.0 },
+            dst,
+            dst_rs,
+            1,
+        );
+    }
+}
+
+/// Splits `0..items` into at most `threads` contiguous blocks and runs `f(start, end)` for each,
+/// in parallel when there is more than one block.
+fn split<F: Fn(usize, usize) + Sync>(items: usize, threads: usize, f: F) {
+    let threads = threads.clamp(1, items.max(1));
+    if threads == 1 {
+        f(0, items);
+        return;
+    }
+    let per = items.div_ceil(threads);
+    std::thread::scope(|s| {
+        let f = &f;
+        let mut start = per;
+        while start < items {
+            let end = (start + per).min(items);
+            s.spawn(move || f(start, end));
+            start = end;
+        }
+        f(0, per.min(items));
+    });
+}
+
+fn threads_for(macs: usize) -> usize {
+    kernel_threads().min((macs / MIN_MACS_PER_THREAD).max(1))
+}
+
+/// A raw pointer that may cross threads: every user writes a disjoint range.
+#[derive(Clone, Copy)]
+struct SendPtr<T>(*mut T);
+// SAFETY: the kernels hand each thread a disjoint part of the buffer.
+unsafe impl<T> Send for SendPtr<T> {}
+unsafe impl<T> Sync for SendPtr<T> {}
+
+impl<T> SendPtr<T> {
+    /// The pointer (a method, so that closures capture the whole `SendPtr`, not its field).
+    fn get(self) -> *mut T {
+        self.0
+    }
+}
+
+fn to_usize(v: i64) -> usize {
+    usize::try_from(v).unwrap_or(0)
+}
+
+/// Geometry of one convolution call.
+#[derive(Clone, Copy)]
+struct Conv {
+    c: usize,
+    h: usize,
+    w: usize,
+    o: usize,
+    kh: usize,
+    kw: usize,
+    sh: usize,
+    sw: usize,
+    ph: usize,
+    pw: usize,
+    oh: usize,
+    ow: usize,
+}
+
+impl Conv {
+    fn taps(&self) -> usize {
+        self.c * self.kh * self.kw
+    }
+    fn pixels(&self) -> usize {
+        self.oh * self.ow
+    }
+    /// A 1×1, stride-1, unpadded convolution reads the image itself as the column matrix.
+    fn is_pointwise(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.sh == 1 && self.sw == 1 && self.ph == 0 && self.pw == 0
+    }
+
+    /// Output rows per im2col block: the block's columns stay within ~4 MiB, in blocks of
+    /// equal size (every block re-packs the weights, so no thin remainder block).
+    fn block_rows(&self) -> usize {
+        let most = ((4 << 20) / (self.taps() * self.ow * 4).max(1)).clamp(1, self.oh);
+        self.oh.div_ceil(self.oh.div_ceil(most))
+    }
+
+    /// Output rows `i0..i1`: `cols[(c·kh + p)·kw + q][(i − i0)·ow + j] = x_pad[c][i·sh + p][j·sw + q]`.
+    fn im2col(&self, x: &[f32], cols: &mut [f32], i0: usize, i1: usize) {
+        let ow = self.ow;
+        let oh = i1 - i0;
+        let mut row = 0;
+        for c in 0..self.c {
+            let plane = &x[c * self.h * self.w..(c + 1) * self.h * self.w];
+            for p in 0..self.kh {
+                for q in 0..self.kw {
+                    let out = &mut cols[row * oh * ow..(row + 1) * oh * ow];
+                    row += 1;
+                    for i in i0..i1 {
+                        let dst = &mut out[(i - i0) * ow..(i - i0 + 1) * ow];
+                        let ih = (i * self.sh + p) as isize - self.ph as isize;
+                        if ih < 0 || ih >= self.h as isize {
+                            dst.fill(0.0);
+                            continue;
+                        }
+                        let src = &plane[ih as usize * self.w..(ih as usize + 1) * self.w];
+                        if self.sw == 1 {
+                            // Columns j with 0 <= j + q - pw < w form one contiguous run.
+                            let lo = self.pw.saturating_sub(q).min(ow);
+                            let hi = (self.w + self.pw).saturating_sub(q).clamp(lo, ow);
+                            dst[..lo].fill(0.0);
+                            dst[hi..].fill(0.0);
+                            let s0 = lo + q - self.pw;
+                            dst[lo..hi].copy_from_slice(&src[s0..s0 + (hi - lo)]);
+                        } else {
+                            for (j, d) in dst.iter_mut().enumerate() {
+                                let iw = (j * self.sw + q) as isize - self.pw as isize;
+                                *d = if iw < 0 || iw >= self.w as isize {
+                                    0.0
+                                } else {
+                                    src[iw as usize]
+                                };
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// 2-D convolution of `n` images (see the module docs for the layouts). `bias` may be null.
+/// Sizes that are not positive make the call a no-op.
+///
+/// # Safety
+/// `x`, `w`, `bias` (unless null) and `y` must point to live, non-overlapping f32 buffers of
+/// `n·c·h·w`, `o·c·kh·kw`, `o` and `n·o·oh·ow` elements, with `oh = (h + 2ph − kh)/sh + 1` and
+/// `ow = (w + 2pw − kw)/sw + 1`.
+#[unsafe(no_mangle)]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn snn_conv2d_f32(
+    x: *const f32,
+    w: *const f32,
+    bias: *const f32,
+    y: *mut f32,
+    n: i64,
+    c: i64,
+    h: i64,
+    wd: i64,
+    o: i64,
+    kh: i64,
+    kw: i64,
+    sh: i64,
+    sw: i64,
+    ph: i64,
+    pw: i64,
+    oh: i64,
+    ow: i64,
+) {
+    let g = Conv {
+        c: to_usize(c),
+        h: to_usize(h),
+        w: to_usize(wd),
+        o: to_usize(o),
+        kh: to_usize(kh),
+        kw: to_usize(kw),
+        sh: to_usize(sh),
+        sw: to_usize(sw),
+        ph: to_usize(ph),
+        pw: to_usize(pw),
+        oh: to_usize(oh),
+        ow: to_usize(ow),
+    };
+    let n = to_usize(n);
+    if n == 0 || g.c == 0 || g.o == 0 || g.pixels() == 0 || g.kh == 0 || g.kw == 0 {
+        return;
+    }
+    let in_len = g.c * g.h * g.w;
+    let out_len = g.o * g.pixels();
+    // SAFETY: sizes as documented above.
+    let (xs, ws) = unsafe {
+        (
+            std::slice::from_raw_parts(x, n * in_len),
+            std::slice::from_raw_parts(w, g.o * g.taps()),
+        )
+    };
+    let bias = (!bias.is_null()).then(|| unsafe { std::slice::from_raw_parts(bias, g.o) });
+    let yp = SendPtr(y);
+    let macs = n * out_len * g.taps();
+    split(n, threads_for(macs), |start, end| {
+        let rows = if g.is_pointwise() {
+            g.oh
+        } else {
+            g.block_rows()
+        };
+        let mut cols = if g.is_pointwise() {
+            Vec::new()
+        } else {
+            vec![0f32; g.taps() * rows * g.ow]
+        };
+        let p = g.pixels() as isize;
+        for img in start..end {
+            let xi = &xs[img * in_len..(img + 1) * in_len];
+            // SAFETY: image `img`'s output block is written by this thread only.
+            let yi = unsafe { yp.get().add(img * out_len) };
+            if let Some(b) = bias {
+                // SAFETY: as above; `out_len` elements from `yi`.
+                let out = unsafe { std::slice::from_raw_parts_mut(yi, out_len) };
+                for (plane, &bo) in out.chunks_exact_mut(g.pixels()).zip(b) {
+                    plane.fill(bo);
+                }
+            }
+            // Blocks of output rows: y[:, i0·ow ..] = w · cols(i0..i1).
+            let mut i0 = 0;
+            while i0 < g.oh {
+                let i1 = (i0 + rows).min(g.oh);
+                let n_px = (i1 - i0) * g.ow;
+                let (rhs, rhs_rs) = if g.is_pointwise() {
+                    (xi.as_ptr(), p)
+                } else {
+                    g.im2col(xi, &mut cols, i0, i1);
+                    (cols.as_ptr(), n_px as isize)
+                };
+                // SAFETY: w is o×taps row-major, rhs taps×n_px, y's block o×n_px (row stride
+                // = the image's pixels).
+                unsafe {
+                    sgemm(
+                        g.o,
+                        n_px,
+                        g.taps(),
+                        yi.add(i0 * g.ow),
+                        p,
+                        bias.is_some(),
+                        ws.as_ptr(),
+                        g.taps() as isize,
+                        1,
+                        rhs,
+                        rhs_rs,
+                        1,
+                    );
+                }
+                i0 = i1;
+            }
+        }
+    });
+}
+
+/// A dense layer along one axis: `y[a][j][i] = bias[j] + Σ_k w[j][k] · x[a][k][i]` for
+/// `a < outer`, `j < n_out`, `i < inner`. `bias` may be null; non-positive sizes make it a no-op.
+///
+/// # Safety
+/// `x`, `w`, `bias` (unless null) and `y` must point to live, non-overlapping f32 buffers of
+/// `outer·n_in·inner`, `n_out·n_in`, `n_out` and `outer·n_out·inner` elements.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn snn_dense_f32(
+    x: *const f32,
+    w: *const f32,
+    bias: *const f32,
+    y: *mut f32,
+    outer: i64,
+    n_in: i64,
+    inner: i64,
+    n_out: i64,
+) {
+    let (outer, n_in, inner, n_out) = (
+        to_usize(outer),
+        to_usize(n_in),
+        to_usize(inner),
+        to_usize(n_out),
+    );
+    if outer == 0 || inner == 0 || n_out == 0 {
+        return;
+    }
+    let bias = (!bias.is_null()).then(|| unsafe { std::slice::from_raw_parts(bias, n_out) });
+    let (xp, wp, yp) = (SendPtr(x.cast_mut()), SendPtr(w.cast_mut()), SendPtr(y));
+    let macs = outer * n_out * inner * n_in;
+    if inner == 1 {
+        // One product over all rows: y[outer×n_out] = x[outer×n_in] · wᵀ, split by rows.
+        split(outer, threads_for(macs), |start, end| {
+            let rows = end - start;
+            // SAFETY: rows start..end of y belong to this thread.
+            let yr = unsafe { yp.get().add(start * n_out) };
+            if let Some(b) = bias {
+                let out = unsafe { std::slice::from_raw_parts_mut(yr, rows * n_out) };
+                for row in out.chunks_exact_mut(n_out) {
+                    row.copy_from_slice(b);
+                }
+            }
+            // SAFETY: x rows start..end (n_in each), w n_out×n_in read as its transpose.
+            unsafe {
+                sgemm(
+                    rows,
+                    n_out,
+                    n_in,
+                    yr,
+                    n_out as isize,
+                    bias.is_some(),
+                    xp.get().add(start * n_in),
+                    n_in as isize,
+                    1,
+                    wp.get(),
+                    1,
+                    n_in as isize,
+                );
+            }
+        });
+        return;
+    }
+    // Per outer index: y_a[n_out×inner] = w[n_out×n_in] · x_a[n_in×inner].
+    split(outer, threads_for(macs), |start, end| {
+        for a in start..end {
+            // SAFETY: block `a` of y belongs to this thread.
+            let ya = unsafe { yp.get().add(a * n_out * inner) };
+            if let Some(b) = bias {
+                let out = unsafe { std::slice::from_raw_parts_mut(ya, n_out * inner) };
+                for (row, &bj) in out.chunks_exact_mut(inner).zip(b) {
+                    row.fill(bj);
+                }
+            }
+            // SAFETY: shapes as documented.
+            unsafe {
+                sgemm(
+                    n_out,
+                    inner,
+                    n_in,
+                    ya,
+                    inner as isize,
+                    bias.is_some(),
+                    wp.get(),
+                    n_in as isize,
+                    1,
+                    xp.get().add(a * n_in * inner),
+                    inner as isize,
+                    1,
+                );
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::reference::{Conv2dParams, conv2d};
+    use ndarray::{ArrayD, IxDyn};
+
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                (s % 2001) as f32 / 1000.0 - 1.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn conv_matches_the_reference() {
+        // (n, c, h, w, o, kh, kw, sh, sw, ph, pw): padded, strided, pointwise, wider than tall.
+        for &(n, c, h, w, o, kh, kw, sh, sw, ph, pw) in &[
+            (3, 2, 7, 6, 4, 3, 3, 1, 1, 1, 1),
+            (2, 3, 9, 8, 5, 3, 2, 2, 3, 1, 0),
+            (4, 6, 5, 5, 3, 1, 1, 1, 1, 0, 0),
+            (1, 1, 4, 4, 2, 5, 5, 1, 1, 2, 2),
+        ] {
+            let oh = (h + 2 * ph - kh) / sh + 1;
+            let ow = (w + 2 * pw - kw) / sw + 1;
+            let x = values(n * c * h * w, 1);
+            let wt = values(o * c * kh * kw, 2);
+            let b = values(o, 3);
+            let mut y = vec![f32::NAN; n * o * oh * ow];
+            unsafe {
+                snn_conv2d_f32(
+                    x.as_ptr(),
+                    wt.as_ptr(),
+                    b.as_ptr(),
+                    y.as_mut_ptr(),
+                    n as i64,
+                    c as i64,
+                    h as i64,
+                    w as i64,
+                    o as i64,
+                    kh as i64,
+                    kw as i64,
+                    sh as i64,
+                    sw as i64,
+                    ph as i64,
+                    pw as i64,
+                    oh as i64,
+                    ow as i64,
+                );
+            }
+            let to64 = |v: &[f32], s: &[usize]| {
+                ArrayD::from_shape_vec(IxDyn(s), v.iter().map(|&a| f64::from(a)).collect())
+                    .expect("shape")
+            };
+            let want = conv2d(
+                to64(&x, &[n, c, h, w]).view(),
+                to64(&wt, &[o, c, kh, kw]).view(),
+                Some(to64(&b, &[o]).view()),
+                Conv2dParams {
+                    stride: (sh, sw),
+                    padding: (ph, pw),
+                },
+            )
+            .expect("reference conv");
+            for (g, r) in y.iter().zip(want.iter()) {
+                assert!((f64::from(*g) - r).abs() < 1e-4, "{g} vs {r}");
+            }
+        }
+    }
+
+    #[test]
+    fn dense_matches_a_naive_product() {
+        for &(outer, n_in, inner, n_out, with_bias) in &[
+            (5, 7, 1, 3, true),
+            (3, 4, 6, 2, true),
+            (2, 9, 5, 4, false),
+            (70, 33, 1, 11, false),
+        ] {
+            let x = values(outer * n_in * inner, 4);
+            let w = values(n_out * n_in, 5);
+            let b = values(n_out, 6);
+            let mut y = vec![f32::NAN; outer * n_out * inner];
+            let bias = if with_bias {
+                b.as_ptr()
+            } else {
+                std::ptr::null()
+            };
+            unsafe {
+                snn_dense_f32(
+                    x.as_ptr(),
+                    w.as_ptr(),
+                    bias,
+                    y.as_mut_ptr(),
+                    outer as i64,
+                    n_in as i64,
+                    inner as i64,
+                    n_out as i64,
+                );
+            }
+            for a in 0..outer {
+                for j in 0..n_out {
+                    for i in 0..inner {
+                        let mut acc = if with_bias { f64::from(b[j]) } else { 0.0 };
+                        for k in 0..n_in {
+                            acc += f64::from(w[j * n_in + k])
+                                * f64::from(x[(a * n_in + k) * inner + i]);
+                        }
+                        let got = f64::from(y[(a * n_out + j) * inner + i]);
+                        assert!((got - acc).abs() < 1e-4, "{got} vs {acc}");
+                    }
+                }
+            }
+        }
+    }
+}
