@@ -171,13 +171,11 @@ fn compiled_training_checks_buffer_sizes() {
     let short = vec![0.0f32; 3];
     let e = code
         .forward_train(&[&short], &mut params, &mut scratch)
-        .err()
-        .expect("a short input is refused");
+        .expect_err("a short input is refused");
     assert!(e.message.contains("`x`"), "{e}");
     let e = code
         .forward_train(&[], &mut params, &mut scratch)
-        .err()
-        .expect("a missing input is refused");
+        .expect_err("a missing input is refused");
     assert!(e.message.contains("inputs"), "{e}");
     params.pop();
     let (fsig, _) = code.signatures();
