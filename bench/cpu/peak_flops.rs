@@ -80,7 +80,8 @@ fn peak(threads: usize) -> Option<(&'static str, f64)> {
             return None;
         };
         let flops = (threads * ACC * (ITERS / lanes) * lanes * 2) as f64;
-        let secs = best_of(3, || {
+        // Best of 7: a busy neighbour on a shared VM only ever lowers the figure.
+        let secs = best_of(7, || {
             std::thread::scope(|s| {
                 for t in 0..threads {
                     s.spawn(move || std::hint::black_box(f(t as f32 * 1e-3)));
