@@ -9,8 +9,9 @@
 //! gets a gradient buffer (zeros when no gradient reaches it), and `smooth_fire` does not exist.
 
 use super::{
-    Buf, Env, Fx, LowerError, LowerOptions, Lowering, V, block_arg, broadcast, check_program, eval,
-    forward_signature, fpred, insert_at, remove_at, shape_of, to_i64,
+    Buf, Env, Fx, LoopForm, LowerError, LowerOptions, Lowering, V, block_arg, broadcast,
+    check_program, declare_kernels, eval, forward_signature, fpred, insert_at, remove_at, shape_of,
+    to_i64,
 };
 use crate::autodiff::{GradGraph, ScanAdjoint, differentiate};
 use crate::ir::graph::{BinaryOp, Graph, Node, Op, PoolKind, ReduceKind, ScanEmit, UnaryOp};
@@ -28,7 +29,7 @@ use melior::{
         r#type::{FunctionType, MemRefType},
     },
 };
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 /// `arith.cmpf` predicates beyond the forward's (MLIR's enum order).
 const ORD: i64 = 7;
@@ -229,9 +230,22 @@ pub fn lower_training<'c>(
     graphs: &[&Graph],
     opts: &LowerOptions,
 ) -> Result<(), LowerError> {
+    lower_training_with(context, module, graphs, opts, LoopForm::Nested)
+}
+
+/// [`lower_training`] with a loop form: [`LoopForm::Kernels`] makes `forward_train`'s conv2d and
+/// dense layers call the runtime's GEMM kernels (the backward keeps its loop nests).
+pub fn lower_training_with<'c>(
+    context: &'c Context,
+    module: &Module<'c>,
+    graphs: &[&Graph],
+    opts: &LowerOptions,
+    form: LoopForm,
+) -> Result<(), LowerError> {
     if opts.batch == 0 {
         return Err(LowerError::new("the batch size must be at least 1"));
     }
+    let mut kernels = BTreeSet::new();
     for g in graphs {
         let problems = crate::ir::verify::verify(g);
         if !problems.is_empty() {
@@ -241,9 +255,16 @@ pub fn lower_training<'c>(
                 problems.join("\n  ")
             )));
         }
-        lower_forward_train(context, module, g, opts)?;
+        kernels.extend(lower_forward_train(
+            context,
+            module,
+            g,
+            opts,
+            form == LoopForm::Kernels,
+        )?);
         lower_backward(context, module, g, opts)?;
     }
+    declare_kernels(context, module, &kernels);
     Ok(())
 }
 
@@ -253,8 +274,18 @@ pub fn lower_training_module<'c>(
     graphs: &[&Graph],
     opts: &LowerOptions,
 ) -> Result<Module<'c>, LowerError> {
+    lower_training_module_with(context, graphs, opts, LoopForm::Nested)
+}
+
+/// [`lower_training_module`] with a loop form (see [`lower_training_with`]).
+pub fn lower_training_module_with<'c>(
+    context: &'c Context,
+    graphs: &[&Graph],
+    opts: &LowerOptions,
+    form: LoopForm,
+) -> Result<Module<'c>, LowerError> {
     let module = Module::new(Location::unknown(context));
-    lower_training(context, &module, graphs, opts)?;
+    lower_training_with(context, &module, graphs, opts, form)?;
     Ok(module)
 }
 
@@ -370,8 +401,10 @@ fn lower_forward_train<'c>(
     module: &Module<'c>,
     g: &Graph,
     opts: &LowerOptions,
-) -> Result<(), LowerError> {
+    kernels: bool,
+) -> Result<BTreeSet<&'static str>, LowerError> {
     let sig = forward_train_signature(g, opts)?;
+    let mut used = BTreeSet::new();
     let n_fwd = forward_signature(g, opts)?.len();
     let grad = differentiate(g);
     let saved = saved_values(g, &grad);
@@ -382,7 +415,8 @@ fn lower_forward_train<'c>(
         &forward_train_symbol(g),
         &sig,
         |entry, loc| {
-            let fx = Fx::new(context, entry, loc);
+            let mut fx = Fx::new(context, entry, loc);
+            fx.kernels = kernels;
             let mut lowering = Lowering::new(fx, g, opts.batch)?;
             for (k, v) in saved.iter().enumerate() {
                 lowering.train.saved.insert(*v, block_arg(entry, n_fwd + k));
@@ -393,9 +427,12 @@ fn lower_forward_train<'c>(
                     .states
                     .insert(*v, block_arg(entry, n_fwd + saved.len() + k));
             }
-            lowering.run()
+            lowering.run()?;
+            used = lowering.fx.used_kernels.take();
+            Ok(())
         },
-    )
+    )?;
+    Ok(used)
 }
 
 fn lower_backward<'c>(

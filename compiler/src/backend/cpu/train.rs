@@ -9,8 +9,9 @@ use crate::mlir::LowerOptions;
 use crate::mlir::context::new_context;
 use crate::mlir::grad::{
     TrainArg, TrainRole, backward_signature, backward_symbol, forward_train_signature,
-    forward_train_symbol, lower_training_module,
+    forward_train_symbol, lower_training_module_with,
 };
+use crate::mlir::lower::LoopForm;
 use crate::mlir::pipeline::{
     LLVM_PIPELINE, check_llvm_only, run_pipeline, verify, with_diagnostics,
 };
@@ -73,7 +74,10 @@ impl CompiledTraining {
         let start = Instant::now();
         let context = new_context();
         let (lowered, messages) =
-            with_diagnostics(&context, || lower_training_module(&context, &[g], opts));
+            // forward_train's conv2d/dense call the runtime's GEMM kernels (bound below).
+            with_diagnostics(&context, || {
+                lower_training_module_with(&context, &[g], opts, LoopForm::Kernels)
+            });
         let mut mlir = lowered.map_err(|e| {
             if messages.is_empty() {
                 BackendError::new(e.message)
