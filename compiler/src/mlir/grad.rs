@@ -262,7 +262,13 @@ pub fn lower_training_with<'c>(
             opts,
             form == LoopForm::Kernels,
         )?);
-        lower_backward(context, module, g, opts)?;
+        kernels.extend(lower_backward(
+            context,
+            module,
+            g,
+            opts,
+            form == LoopForm::Kernels,
+        )?);
     }
     declare_kernels(context, module, &kernels);
     Ok(())
@@ -440,14 +446,20 @@ fn lower_backward<'c>(
     module: &Module<'c>,
     g: &Graph,
     opts: &LowerOptions,
-) -> Result<(), LowerError> {
+    kernels: bool,
+) -> Result<BTreeSet<&'static str>, LowerError> {
     let sig = backward_signature(g, opts)?;
     let grad = differentiate(g);
+    let mut used = BTreeSet::new();
     define(context, module, &backward_symbol(g), &sig, |entry, loc| {
-        let fx = Fx::new(context, entry, loc);
+        let mut fx = Fx::new(context, entry, loc);
+        fx.kernels = kernels;
         let mut bw = Backward::new(fx, g, opts.batch, &grad, &sig)?;
-        bw.run(&grad)
-    })
+        bw.run(&grad)?;
+        used = bw.fx.used_kernels.take();
+        Ok(())
+    })?;
+    Ok(used)
 }
 
 /// A loop-nest body: (block, induction variables, carried values) → the next carried values.
@@ -772,6 +784,42 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
         };
         let (sh, sw) = (stride.0 as i64, stride.1 as i64);
         let (padh, padw) = (padding.0 as i64, padding.1 as i64);
+        let rank = x.dims.len();
+        // Runtime kernel (CPU JIT): im2col/GEMM for dW, GEMM + col2im for dx, on [N, C, H, W].
+        if self.fx.kernels && pc + 3 == rank && ph + 2 == rank && pw + 1 == rank {
+            let (dw, db) = (self.dparam(node, 0), self.dparam(node, 1));
+            let dx = self.input_grad(node, 0)?;
+            let fx = &self.fx;
+            let opt = |p: Option<V<'c>>| p.map_or_else(|| fx.cidx(0), |p| fx.base_ptr(p));
+            let mut args = vec![
+                fx.base_ptr(x.mem),
+                fx.base_ptr(w),
+                fx.base_ptr(dy.mem),
+                fx.base_ptr(dx.mem),
+                opt(dw),
+                opt(db),
+            ];
+            let n: i64 = x.dims[..pc].iter().product();
+            for v in [
+                n,
+                x.dims[pc],
+                x.dims[ph],
+                x.dims[pw],
+                oc_n,
+                kh_n,
+                kw_n,
+                sh,
+                sw,
+                padh,
+                padw,
+                dy.dims[ph],
+                dy.dims[pw],
+            ] {
+                args.push(fx.cidx(v));
+            }
+            fx.call_kernel("snn_conv2d_backward_f32", &args);
+            return Ok(());
+        }
         let fx = &self.fx;
         let y_wo_c = remove_at(&dy.dims, pc);
         // dW[oc, ic, kh, kw] = Σ dy[.., oc, oh, ow] · x[.., ic, oh·s + kh − p, ow·s + kw − p].
@@ -862,6 +910,26 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
         let w = self.param(node, 0)?;
         let (n_out, n_in) = (dy.dims[pa], x.dims[pa]);
         let others = remove_at(&x.dims, pa);
+        if self.fx.kernels && dy.dims.len() == x.dims.len() {
+            let (dw, db) = (self.dparam(node, 0), self.dparam(node, 1));
+            let dx = self.input_grad(node, 0)?;
+            let fx = &self.fx;
+            let opt = |p: Option<V<'c>>| p.map_or_else(|| fx.cidx(0), |p| fx.base_ptr(p));
+            let args = [
+                fx.base_ptr(x.mem),
+                fx.base_ptr(w),
+                fx.base_ptr(dy.mem),
+                fx.base_ptr(dx.mem),
+                opt(dw),
+                opt(db),
+                fx.cidx(x.dims[..pa].iter().product()),
+                fx.cidx(n_in),
+                fx.cidx(x.dims[pa + 1..].iter().product()),
+                fx.cidx(n_out),
+            ];
+            fx.call_kernel("snn_dense_backward_f32", &args);
+            return Ok(());
+        }
         let fx = &self.fx;
         if let Some(dw) = self.dparam(node, 0) {
             fx.par(fx.entry, &[n_out, n_in], |b, oi| {

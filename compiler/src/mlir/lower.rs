@@ -62,7 +62,12 @@ pub enum LoopForm {
 }
 
 /// The runtime kernels [`LoopForm::Kernels`] calls: name and number of `index` arguments.
-pub const RUNTIME_KERNELS: [(&str, usize); 2] = [("snn_conv2d_f32", 17), ("snn_dense_f32", 8)];
+pub const RUNTIME_KERNELS: [(&str, usize); 4] = [
+    ("snn_conv2d_f32", 17),
+    ("snn_dense_f32", 8),
+    ("snn_conv2d_backward_f32", 19),
+    ("snn_dense_backward_f32", 10),
+];
 
 /// Lanes of the vectorised neuron scans (`vector<4xf32>`: Cranelift's 128-bit vectors).
 const LANES: i64 = 4;

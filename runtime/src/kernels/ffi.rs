@@ -150,6 +150,34 @@ impl Conv {
         self.kh == 1 && self.kw == 1 && self.sh == 1 && self.sw == 1 && self.ph == 0 && self.pw == 0
     }
 
+    /// The adjoint of [`Conv::im2col`] over the whole image: `dx[c][ih][iw] += cols[..]`.
+    fn col2im_add(&self, cols: &[f32], dx: &mut [f32]) {
+        let (oh, ow) = (self.oh, self.ow);
+        let mut row = 0;
+        for c in 0..self.c {
+            let plane = &mut dx[c * self.h * self.w..(c + 1) * self.h * self.w];
+            for p in 0..self.kh {
+                for q in 0..self.kw {
+                    let src = &cols[row * oh * ow..(row + 1) * oh * ow];
+                    row += 1;
+                    for i in 0..oh {
+                        let ih = (i * self.sh + p) as isize - self.ph as isize;
+                        if ih < 0 || ih >= self.h as isize {
+                            continue;
+                        }
+                        let dst = &mut plane[ih as usize * self.w..(ih as usize + 1) * self.w];
+                        for (j, v) in src[i * ow..(i + 1) * ow].iter().enumerate() {
+                            let iw = (j * self.sw + q) as isize - self.pw as isize;
+                            if iw >= 0 && iw < self.w as isize {
+                                dst[iw as usize] += v;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// Output rows per im2col block: the block's columns stay within ~4 MiB, in blocks of
     /// equal size (every block re-packs the weights, so no thin remainder block).
     fn block_rows(&self) -> usize {
@@ -410,6 +438,294 @@ pub unsafe extern "C" fn snn_dense_f32(
     });
 }
 
+/// Backward of [`snn_conv2d_f32`], accumulating: `dx += ∂L/∂x`, `dw += ∂L/∂w` and
+/// `db += ∂L/∂bias` from `dy` (`dw`, `db` may be null when not wanted). Same layouts and sizes.
+///
+/// # Safety
+/// As [`snn_conv2d_f32`], with `dy` like `y` and `dx`, `dw`, `db` like `x`, `w`, `bias`; the
+/// written buffers must not overlap any other.
+#[unsafe(no_mangle)]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn snn_conv2d_backward_f32(
+    x: *const f32,
+    w: *const f32,
+    dy: *const f32,
+    dx: *mut f32,
+    dw: *mut f32,
+    db: *mut f32,
+    n: i64,
+    c: i64,
+    h: i64,
+    wd: i64,
+    o: i64,
+    kh: i64,
+    kw: i64,
+    sh: i64,
+    sw: i64,
+    ph: i64,
+    pw: i64,
+    oh: i64,
+    ow: i64,
+) {
+    let g = Conv {
+        c: to_usize(c),
+        h: to_usize(h),
+        w: to_usize(wd),
+        o: to_usize(o),
+        kh: to_usize(kh),
+        kw: to_usize(kw),
+        sh: to_usize(sh),
+        sw: to_usize(sw),
+        ph: to_usize(ph),
+        pw: to_usize(pw),
+        oh: to_usize(oh),
+        ow: to_usize(ow),
+    };
+    let n = to_usize(n);
+    if n == 0 || g.c == 0 || g.o == 0 || g.pixels() == 0 || g.kh == 0 || g.kw == 0 {
+        return;
+    }
+    let (in_len, out_len, taps, px) = (g.c * g.h * g.w, g.o * g.pixels(), g.taps(), g.pixels());
+    // SAFETY: sizes as documented.
+    let (xs, ws, dys) = unsafe {
+        (
+            std::slice::from_raw_parts(x, n * in_len),
+            std::slice::from_raw_parts(w, g.o * taps),
+            std::slice::from_raw_parts(dy, n * out_len),
+        )
+    };
+    let dxp = SendPtr(dx);
+    let (want_dw, want_db) = (!dw.is_null(), !db.is_null());
+    let threads = threads_for(3 * n * out_len * taps);
+    let per = n.div_ceil(threads.clamp(1, n));
+    // Per-thread dW/db partial sums, added up in a fixed order afterwards.
+    let work = |start: usize, end: usize| {
+        let mut dw_part = vec![0f32; if want_dw { g.o * taps } else { 0 }];
+        let mut db_part = vec![0f32; if want_db { g.o } else { 0 }];
+        let mut cols = vec![0f32; taps * px];
+        let mut dcols = vec![0f32; taps * px];
+        for img in start..end {
+            let dyi = &dys[img * out_len..(img + 1) * out_len];
+            if !dw_part.is_empty() {
+                g.im2col(&xs[img * in_len..(img + 1) * in_len], &mut cols, 0, g.oh);
+                // dW[o×taps] += dy[o×px] · colsᵀ[px×taps].
+                // SAFETY: the operands are the local buffers and slices above.
+                unsafe {
+                    sgemm(
+                        g.o,
+                        taps,
+                        px,
+                        dw_part.as_mut_ptr(),
+                        taps as isize,
+                        true,
+                        dyi.as_ptr(),
+                        px as isize,
+                        1,
+                        cols.as_ptr(),
+                        1,
+                        px as isize,
+                    );
+                }
+            }
+            for (acc, plane) in db_part.iter_mut().zip(dyi.chunks_exact(px)) {
+                *acc += plane.iter().sum::<f32>();
+            }
+            // dcols[taps×px] = wᵀ[taps×o] · dy[o×px], then scattered into dx.
+            // SAFETY: as above.
+            unsafe {
+                sgemm(
+                    taps,
+                    px,
+                    g.o,
+                    dcols.as_mut_ptr(),
+                    px as isize,
+                    false,
+                    ws.as_ptr(),
+                    1,
+                    taps as isize,
+                    dyi.as_ptr(),
+                    px as isize,
+                    1,
+                );
+            }
+            // SAFETY: image `img` of dx is written by this thread only.
+            let dxi =
+                unsafe { std::slice::from_raw_parts_mut(dxp.get().add(img * in_len), in_len) };
+            g.col2im_add(&dcols, dxi);
+        }
+        (dw_part, db_part)
+    };
+    let work = &work;
+    let partials: Vec<(Vec<f32>, Vec<f32>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (1..threads.clamp(1, n))
+            .map(|t| (t * per, ((t + 1) * per).min(n)))
+            .filter(|(a, b)| a < b)
+            .map(|(a, b)| s.spawn(move || work(a, b)))
+            .collect();
+        let mut out = vec![work(0, per.min(n))];
+        out.extend(handles.into_iter().filter_map(|h| h.join().ok()));
+        out
+    });
+    for (dw_part, db_part) in &partials {
+        if !dw.is_null() {
+            // SAFETY: dw holds o·taps elements.
+            let dws = unsafe { std::slice::from_raw_parts_mut(dw, g.o * taps) };
+            for (d, p) in dws.iter_mut().zip(dw_part) {
+                *d += p;
+            }
+        }
+        if !db.is_null() {
+            // SAFETY: db holds o elements.
+            let dbs = unsafe { std::slice::from_raw_parts_mut(db, g.o) };
+            for (d, p) in dbs.iter_mut().zip(db_part) {
+                *d += p;
+            }
+        }
+    }
+}
+
+/// Backward of [`snn_dense_f32`], accumulating into `dx`, `dw` and `db` (`dw`, `db` may be
+/// null).
+///
+/// # Safety
+/// As [`snn_dense_f32`], with `dy` like `y` and `dx`, `dw`, `db` like `x`, `w`, `bias`; the
+/// written buffers must not overlap any other.
+#[unsafe(no_mangle)]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn snn_dense_backward_f32(
+    x: *const f32,
+    w: *const f32,
+    dy: *const f32,
+    dx: *mut f32,
+    dw: *mut f32,
+    db: *mut f32,
+    outer: i64,
+    n_in: i64,
+    inner: i64,
+    n_out: i64,
+) {
+    let (outer, n_in, inner, n_out) = (
+        to_usize(outer),
+        to_usize(n_in),
+        to_usize(inner),
+        to_usize(n_out),
+    );
+    if outer == 0 || inner == 0 || n_out == 0 || n_in == 0 {
+        return;
+    }
+    let (xp, wp, dyp, dxp, dwp) = (
+        SendPtr(x.cast_mut()),
+        SendPtr(w.cast_mut()),
+        SendPtr(dy.cast_mut()),
+        SendPtr(dx),
+        SendPtr(dw),
+    );
+    let macs = outer * n_out * inner * n_in;
+    // dx_a[n_in×inner] += wᵀ[n_in×n_out] · dy_a[n_out×inner], threads over a (or rows).
+    if inner == 1 {
+        split(outer, threads_for(macs), |start, end| {
+            // SAFETY: rows start..end of dx belong to this thread; dy rows likewise read.
+            unsafe {
+                sgemm(
+                    end - start,
+                    n_in,
+                    n_out,
+                    dxp.get().add(start * n_in),
+                    n_in as isize,
+                    true,
+                    dyp.get().add(start * n_out),
+                    n_out as isize,
+                    1,
+                    wp.get(),
+                    n_in as isize,
+                    1,
+                );
+            }
+        });
+    } else {
+        split(outer, threads_for(macs), |start, end| {
+            for a in start..end {
+                // SAFETY: block a of dx belongs to this thread.
+                unsafe {
+                    sgemm(
+                        n_in,
+                        inner,
+                        n_out,
+                        dxp.get().add(a * n_in * inner),
+                        inner as isize,
+                        true,
+                        wp.get(),
+                        1,
+                        n_in as isize,
+                        dyp.get().add(a * n_out * inner),
+                        inner as isize,
+                        1,
+                    );
+                }
+            }
+        });
+    }
+    if !dw.is_null() {
+        // dw[n_out×n_in] += Σ_a dy_a[n_out×inner] · x_aᵀ[inner×n_in], threads over dw's rows.
+        split(n_out, threads_for(macs), |start, end| {
+            if inner == 1 {
+                // One product: dw[rows×n_in] += dyᵀ[rows×outer] · x[outer×n_in].
+                // SAFETY: rows start..end of dw belong to this thread.
+                unsafe {
+                    sgemm(
+                        end - start,
+                        n_in,
+                        outer,
+                        dwp.get().add(start * n_in),
+                        n_in as isize,
+                        true,
+                        dyp.get().add(start),
+                        1,
+                        n_out as isize,
+                        xp.get(),
+                        n_in as isize,
+                        1,
+                    );
+                }
+                return;
+            }
+            for a in 0..outer {
+                // SAFETY: rows start..end of dw belong to this thread.
+                unsafe {
+                    sgemm(
+                        end - start,
+                        n_in,
+                        inner,
+                        dwp.get().add(start * n_in),
+                        n_in as isize,
+                        true,
+                        dyp.get().add((a * n_out + start) * inner),
+                        inner as isize,
+                        1,
+                        xp.get().add(a * n_in * inner),
+                        1,
+                        inner as isize,
+                    );
+                }
+            }
+        });
+    }
+    if !db.is_null() {
+        // SAFETY: db holds n_out elements, dy outer·n_out·inner.
+        let (dbs, dys) = unsafe {
+            (
+                std::slice::from_raw_parts_mut(db, n_out),
+                std::slice::from_raw_parts(dy, outer * n_out * inner),
+            )
+        };
+        for block in dys.chunks_exact(n_out * inner) {
+            for (d, row) in dbs.iter_mut().zip(block.chunks_exact(inner)) {
+                *d += row.iter().sum::<f32>();
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -480,6 +796,123 @@ mod tests {
             .expect("reference conv");
             for (g, r) in y.iter().zip(want.iter()) {
                 assert!((f64::from(*g) - r).abs() < 1e-4, "{g} vs {r}");
+            }
+        }
+    }
+
+    #[test]
+    fn conv_backward_matches_the_reference() {
+        use crate::kernels::reference::conv2d_backward;
+        for &(n, c, h, w, o, kh, kw, sh, sw, ph, pw) in &[
+            (3, 2, 7, 6, 4, 3, 3, 1, 1, 1, 1),
+            (2, 3, 9, 8, 5, 3, 2, 2, 3, 1, 0),
+        ] {
+            let oh = (h + 2 * ph - kh) / sh + 1;
+            let ow = (w + 2 * pw - kw) / sw + 1;
+            let x = values(n * c * h * w, 7);
+            let wt = values(o * c * kh * kw, 8);
+            let dy = values(n * o * oh * ow, 9);
+            // Accumulates: start from ones and subtract them afterwards.
+            let mut dx = vec![1f32; x.len()];
+            let mut dw = vec![1f32; wt.len()];
+            let mut db = vec![1f32; o];
+            unsafe {
+                snn_conv2d_backward_f32(
+                    x.as_ptr(),
+                    wt.as_ptr(),
+                    dy.as_ptr(),
+                    dx.as_mut_ptr(),
+                    dw.as_mut_ptr(),
+                    db.as_mut_ptr(),
+                    n as i64,
+                    c as i64,
+                    h as i64,
+                    w as i64,
+                    o as i64,
+                    kh as i64,
+                    kw as i64,
+                    sh as i64,
+                    sw as i64,
+                    ph as i64,
+                    pw as i64,
+                    oh as i64,
+                    ow as i64,
+                );
+            }
+            let to64 = |v: &[f32], s: &[usize]| {
+                ArrayD::from_shape_vec(IxDyn(s), v.iter().map(|&a| f64::from(a)).collect())
+                    .expect("shape")
+            };
+            let want = conv2d_backward(
+                to64(&x, &[n, c, h, w]).view(),
+                to64(&wt, &[o, c, kh, kw]).view(),
+                to64(&dy, &[n, o, oh, ow]).view(),
+                Conv2dParams {
+                    stride: (sh, sw),
+                    padding: (ph, pw),
+                },
+            )
+            .expect("reference backward");
+            for (got, want) in [(&dx, &want.dx), (&dw, &want.dw), (&db, &want.db)] {
+                for (g, r) in got.iter().zip(want.iter()) {
+                    assert!((f64::from(*g) - 1.0 - r).abs() < 1e-4, "{g} - 1 vs {r}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn dense_backward_matches_a_naive_product() {
+        for &(outer, n_in, inner, n_out) in &[(5, 7, 1, 3), (3, 4, 6, 2), (70, 33, 1, 11)] {
+            let x = values(outer * n_in * inner, 10);
+            let w = values(n_out * n_in, 11);
+            let dy = values(outer * n_out * inner, 12);
+            let mut dx = vec![1f32; x.len()];
+            let mut dw = vec![1f32; w.len()];
+            let mut db = vec![1f32; n_out];
+            unsafe {
+                snn_dense_backward_f32(
+                    x.as_ptr(),
+                    w.as_ptr(),
+                    dy.as_ptr(),
+                    dx.as_mut_ptr(),
+                    dw.as_mut_ptr(),
+                    db.as_mut_ptr(),
+                    outer as i64,
+                    n_in as i64,
+                    inner as i64,
+                    n_out as i64,
+                );
+            }
+            let at = |v: &[f32], i: usize| f64::from(v[i]);
+            for a in 0..outer {
+                for k in 0..n_in {
+                    for i in 0..inner {
+                        let want: f64 = (0..n_out)
+                            .map(|j| at(&w, j * n_in + k) * at(&dy, (a * n_out + j) * inner + i))
+                            .sum();
+                        let got = at(&dx, (a * n_in + k) * inner + i) - 1.0;
+                        assert!((got - want).abs() < 1e-4, "dx {got} vs {want}");
+                    }
+                }
+            }
+            for j in 0..n_out {
+                for k in 0..n_in {
+                    let mut want = 0.0;
+                    for a in 0..outer {
+                        for i in 0..inner {
+                            want += at(&dy, (a * n_out + j) * inner + i)
+                                * at(&x, (a * n_in + k) * inner + i);
+                        }
+                    }
+                    let got = at(&dw, j * n_in + k) - 1.0;
+                    assert!((got - want).abs() < 1e-4, "dw {got} vs {want}");
+                }
+                let want: f64 = (0..outer)
+                    .flat_map(|a| (0..inner).map(move |i| (a * n_out + j) * inner + i))
+                    .map(|i| at(&dy, i))
+                    .sum();
+                assert!((at(&db, j) - 1.0 - want).abs() < 1e-4, "db");
             }
         }
     }
