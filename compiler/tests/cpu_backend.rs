@@ -14,6 +14,8 @@
 
 mod common;
 
+use common::{compile, compile_text, random_f32, read_npy_f64};
+
 use melior::ExecutionEngine;
 use melior::ir::Module;
 use ndarray::{ArrayD, IxDyn};
@@ -26,30 +28,8 @@ use snnc::ir::graph::Op;
 use snnc::mlir::LowerOptions;
 use snnc::mlir::context::new_context;
 use snnc::mlir::lower::{ArgRole, forward_signature, forward_symbol};
-use snnc::sema::{Compilation, compile_source};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-fn compile_text(path: &Path, text: String, overrides: &[(&str, &str)]) -> Compilation {
-    let overrides: Vec<(String, String)> = overrides
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    let c = compile_source(path, text, &overrides);
-    assert!(
-        !c.diags.has_errors(),
-        "{} failed:\n{}",
-        path.display(),
-        c.diags.render_plain(&c.program.sources)
-    );
-    c
-}
-
-fn compile(rel: &str, overrides: &[(&str, &str)]) -> Compilation {
-    let path = common::workspace().join(rel);
-    let text = std::fs::read_to_string(&path).expect("readable");
-    compile_text(&path, text, overrides)
-}
 
 /// Small time axes so that the debug-build interpreter stays fast.
 fn example_overrides(rel: &str) -> Vec<(&'static str, &'static str)> {
@@ -61,21 +41,6 @@ fn example_overrides(rel: &str) -> Vec<(&'static str, &'static str)> {
     } else {
         vec![("T", "4")]
     }
-}
-
-/// Deterministic pseudo-random values in [lo, hi), rounded to f32 so that both sides of a
-/// comparison see exactly the same numbers.
-fn random_f32(n: usize, seed: u64, lo: f64, hi: f64) -> Vec<f32> {
-    let mut s = seed;
-    (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            let u = (s >> 11) as f64 / (1u64 << 53) as f64;
-            (lo + (hi - lo) * u) as f32
-        })
-        .collect()
 }
 
 fn assert_close(what: &str, got: &[f32], want: &[f64], tol: f64) {
@@ -259,37 +224,6 @@ fn cli_emits_clif_and_builds_artifacts() {
 }
 
 // ---- JIT against references ------------------------------------------------------------------
-
-/// Reads a float64 little-endian C-order `.npy` file.
-fn read_npy_f64(path: &Path) -> (Vec<usize>, Vec<f64>) {
-    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    assert_eq!(&bytes[..6], b"\x93NUMPY");
-    let (len, start) = if bytes[6] == 1 {
-        (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10)
-    } else {
-        (
-            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
-            12,
-        )
-    };
-    let header = std::str::from_utf8(&bytes[start..start + len]).expect("ascii header");
-    assert!(header.contains("'<f8'") && header.contains("'fortran_order': False"));
-    let shape_text = header
-        .split("'shape': (")
-        .nth(1)
-        .and_then(|s| s.split(')').next())
-        .expect("shape");
-    let shape: Vec<usize> = shape_text
-        .split(',')
-        .filter(|s| !s.trim().is_empty())
-        .map(|s| s.trim().parse().expect("dim"))
-        .collect();
-    let data = bytes[start + len..]
-        .chunks_exact(8)
-        .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
-        .collect();
-    (shape, data)
-}
 
 /// golden_small's inputs and parameters from the PyTorch reference, in signature order, with
 /// running statistics at PyTorch's initial values and outputs NaN.

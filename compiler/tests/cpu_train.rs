@@ -1,8 +1,6 @@
 //! Training on the CPU backend: one JIT-compiled step (f32) against the interpreter (f64) on
 //! N-MNIST data, and `snnc train/eval --backend cpu` end to end (checkpoint, log, resume).
 
-// Shared test helpers; this file needs only `workspace`.
-#[allow(dead_code)]
 mod common;
 
 use snnc::backend::cpu::CompiledTraining;

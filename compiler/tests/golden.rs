@@ -5,46 +5,17 @@
 //! gradients are zero by construction, e.g. a conv bias before batchnorm). Regenerate the files
 //! with tests/reference/golden_small.py (see tests/reference/README.md).
 
-use ndarray::{ArrayD, IxDyn};
+mod common;
+
+use common::read_npy;
+
+use ndarray::ArrayD;
 use snnc::interp::{Interpreter, Mode, Options, ParamStore, loss};
 use snnc::sema::compile_path;
 use std::path::{Path, PathBuf};
 
 fn dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/reference")
-}
-
-/// Reads a little-endian float64 C-order `.npy` (the only kind the reference writes).
-fn read_npy(path: &Path) -> ArrayD<f64> {
-    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    assert_eq!(&bytes[..6], b"\x93NUMPY", "{}", path.display());
-    let (header_len, start) = if bytes[6] == 1 {
-        (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10)
-    } else {
-        (
-            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
-            12,
-        )
-    };
-    let header = std::str::from_utf8(&bytes[start..start + header_len]).expect("ascii header");
-    assert!(
-        header.contains("'descr': '<f8'") && header.contains("'fortran_order': False"),
-        "{header}"
-    );
-    let shape_text = header
-        .split("'shape': (")
-        .nth(1)
-        .and_then(|s| s.split(')').next())
-        .expect("shape");
-    let shape: Vec<usize> = shape_text
-        .split(',')
-        .filter_map(|s| s.trim().parse().ok())
-        .collect();
-    let data: Vec<f64> = bytes[start + header_len..]
-        .chunks_exact(8)
-        .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
-        .collect();
-    ArrayD::from_shape_vec(IxDyn(&shape), data).expect("shape matches data")
 }
 
 fn assert_close(what: &str, ours: &ArrayD<f64>, theirs: &ArrayD<f64>) {

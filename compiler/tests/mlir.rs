@@ -3,6 +3,8 @@
 
 mod common;
 
+use common::{compile, mlir_opt, random_f32, read_npy_f64, run_mlir_opt};
+
 use melior::ExecutionEngine;
 use melior::ir::Module;
 use ndarray::{ArrayD, IxDyn};
@@ -12,30 +14,12 @@ use snnc::mlir::context::new_context;
 use snnc::mlir::lower::{ArgRole, forward_signature, forward_symbol};
 use snnc::mlir::pipeline::{check_llvm_only, non_llvm_ops, run_pipeline, verify};
 use snnc::mlir::{LLVM_PIPELINE, LowerOptions, Stage, emit, lower_graphs};
-use snnc::sema::{Compilation, compile_source};
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use snnc::sema::Compilation;
+use std::process::Command;
 
 /// Snapshots above this size are skipped: they would dwarf the rest of the repository and
 /// review badly (the ResNet-18 example is the one near it at batch 1).
 const MAX_SNAPSHOT_BYTES: usize = 300_000;
-
-fn compile(rel: &str, overrides: &[(&str, &str)]) -> Compilation {
-    let path = common::workspace().join(rel);
-    let text = std::fs::read_to_string(&path).expect("readable");
-    let overrides: Vec<(String, String)> = overrides
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    let c = compile_source(&path, text, &overrides);
-    assert!(
-        !c.diags.has_errors(),
-        "{rel} failed:\n{}",
-        c.diags.render_plain(&c.program.sources)
-    );
-    c
-}
 
 fn examples() -> Vec<(String, Compilation)> {
     common::snn_files("examples")
@@ -89,43 +73,6 @@ fn llvm_mlir_of_golden_small() {
     check_llvm_only(&module).expect("llvm only");
     let text = format!("{}\n", module.as_operation());
     insta::assert_snapshot!("llvm_mlir__golden_small", text);
-}
-
-fn mlir_opt() -> Option<PathBuf> {
-    let on_path = Command::new("mlir-opt-22")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if on_path {
-        return Some(PathBuf::from("mlir-opt-22"));
-    }
-    let fixed = Path::new("/usr/lib/llvm-22/bin/mlir-opt");
-    fixed.exists().then(|| fixed.to_path_buf())
-}
-
-/// Pipes `input` through `mlir-opt` with `args`; returns stdout or panics with stderr.
-fn run_mlir_opt(tool: &Path, args: &[&str], input: &str, what: &str) -> String {
-    let mut child = Command::new(tool)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("mlir-opt starts");
-    let mut stdin = child.stdin.take().expect("stdin");
-    let input = input.to_string();
-    // Write from another thread: mlir-opt may fill its stdout pipe before reading all input.
-    let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
-    let out = child.wait_with_output().expect("mlir-opt runs");
-    writer.join().expect("writer").expect("write to mlir-opt");
-    assert!(
-        out.status.success(),
-        "mlir-opt {args:?} rejected {what}:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// The op names of MLIR text in the generic or custom form (`%x = dialect.op ...`, `dialect.op`).
@@ -276,37 +223,6 @@ fn execute(g: &Graph, batch: usize, args: &mut [Vec<f32>]) {
     }
 }
 
-/// Reads a float64 little-endian C-order `.npy` file.
-fn read_npy_f64(path: &Path) -> (Vec<usize>, Vec<f64>) {
-    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    assert_eq!(&bytes[..6], b"\x93NUMPY");
-    let (len, start) = if bytes[6] == 1 {
-        (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10)
-    } else {
-        (
-            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
-            12,
-        )
-    };
-    let header = std::str::from_utf8(&bytes[start..start + len]).expect("ascii header");
-    assert!(header.contains("'<f8'") && header.contains("'fortran_order': False"));
-    let shape_text = header
-        .split("'shape': (")
-        .nth(1)
-        .and_then(|s| s.split(')').next())
-        .expect("shape");
-    let shape: Vec<usize> = shape_text
-        .split(',')
-        .filter(|s| !s.trim().is_empty())
-        .map(|s| s.trim().parse().expect("dim"))
-        .collect();
-    let data = bytes[start + len..]
-        .chunks_exact(8)
-        .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
-        .collect();
-    (shape, data)
-}
-
 fn assert_close(what: &str, got: &[f32], want: &[f64], tol: f64) {
     assert_eq!(got.len(), want.len(), "{what}: length");
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
@@ -355,21 +271,6 @@ fn golden_small_runs_like_pytorch() {
         let (_, want) = read_npy_f64(&want);
         assert_close(&a.name, buf, &want, 1e-5);
     }
-}
-
-/// Deterministic pseudo-random values in [lo, hi), rounded to f32 so that both sides of a
-/// comparison see exactly the same inputs.
-fn random_f32(n: usize, seed: u64, lo: f64, hi: f64) -> Vec<f32> {
-    let mut s = seed;
-    (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            let u = (s >> 11) as f64 / (1u64 << 53) as f64;
-            (lo + (hi - lo) * u) as f32
-        })
-        .collect()
 }
 
 /// Runs the lowered code and the reference interpreter (f64, train mode) on the same data and

@@ -3,6 +3,8 @@
 
 mod common;
 
+use common::{compile, compile_text, mlir_opt, random_f32, read_npy, run_mlir_opt};
+
 use melior::ExecutionEngine;
 use melior::ir::Module;
 use ndarray::{ArrayD, IxDyn};
@@ -15,31 +17,8 @@ use snnc::mlir::grad::{
 };
 use snnc::mlir::pipeline::{check_llvm_only, run_pipeline, verify};
 use snnc::mlir::{LLVM_PIPELINE, LowerOptions, Stage, emit};
-use snnc::sema::{Compilation, compile_source};
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-
-fn compile(rel: &str, overrides: &[(&str, &str)]) -> Compilation {
-    let path = common::workspace().join(rel);
-    let text = std::fs::read_to_string(&path).expect("readable");
-    compile_text(&path, text, overrides)
-}
-
-fn compile_text(path: &Path, text: String, overrides: &[(&str, &str)]) -> Compilation {
-    let overrides: Vec<(String, String)> = overrides
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    let c = compile_source(path, text, &overrides);
-    assert!(
-        !c.diags.has_errors(),
-        "{} failed:\n{}",
-        path.display(),
-        c.diags.render_plain(&c.program.sources)
-    );
-    c
-}
+use std::path::Path;
+use std::process::Command;
 
 /// A packed entry point `@<symbol>_packed(ptr)` taking one array of `n` buffer pointers, so
 /// the Rust side does not depend on the argument count.
@@ -98,35 +77,6 @@ fn with_training_jit(g: &Graph, batch: usize, body: impl FnOnce(&dyn Fn(&str, &m
         }
     };
     body(&call);
-}
-
-/// Reads a float64 little-endian C-order `.npy` file.
-fn read_npy(path: &Path) -> ArrayD<f64> {
-    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    assert_eq!(&bytes[..6], b"\x93NUMPY");
-    let (len, start) = if bytes[6] == 1 {
-        (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10)
-    } else {
-        (
-            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
-            12,
-        )
-    };
-    let header = std::str::from_utf8(&bytes[start..start + len]).expect("ascii header");
-    assert!(header.contains("'<f8'") && header.contains("'fortran_order': False"));
-    let shape: Vec<usize> = header
-        .split("'shape': (")
-        .nth(1)
-        .and_then(|s| s.split(')').next())
-        .expect("shape")
-        .split(',')
-        .filter_map(|s| s.trim().parse().ok())
-        .collect();
-    let data = bytes[start + len..]
-        .chunks_exact(8)
-        .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
-        .collect();
-    ArrayD::from_shape_vec(IxDyn(&shape), data).expect("shape matches data")
 }
 
 fn max_abs(v: &[f64]) -> f64 {
@@ -275,21 +225,6 @@ fn golden_small_gradients_match_pytorch() {
             assert_close_floor(&bsig[*k].name, &bargs[*k], want, 1e-4, 1e-3 * largest);
         }
     });
-}
-
-/// Deterministic pseudo-random values in [lo, hi), rounded to f32 so that both sides of a
-/// comparison see exactly the same numbers.
-fn random_f32(n: usize, seed: u64, lo: f64, hi: f64) -> Vec<f32> {
-    let mut s = seed;
-    (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            let u = (s >> 11) as f64 / (1u64 << 53) as f64;
-            (lo + (hi - lo) * u) as f32
-        })
-        .collect()
 }
 
 /// Runs forward_train + backward through the JIT and the interpreter (f64, train mode) on the
@@ -502,43 +437,6 @@ fn signatures_follow_the_documented_abi() {
         .filter(|n| matches!(n.op, Op::Scan { .. }))
         .count();
     assert_eq!(states.len(), scans);
-}
-
-fn mlir_opt() -> Option<PathBuf> {
-    let on_path = Command::new("mlir-opt-22")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if on_path {
-        return Some(PathBuf::from("mlir-opt-22"));
-    }
-    let fixed = Path::new("/usr/lib/llvm-22/bin/mlir-opt");
-    fixed.exists().then(|| fixed.to_path_buf())
-}
-
-/// Pipes `input` through `mlir-opt` with `args`; returns stdout or panics with stderr.
-fn run_mlir_opt(tool: &Path, args: &[&str], input: &str, what: &str) -> String {
-    let mut child = Command::new(tool)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("mlir-opt starts");
-    let mut stdin = child.stdin.take().expect("stdin");
-    let input = input.to_string();
-    // Write from another thread: mlir-opt may fill its stdout pipe before reading all input.
-    let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
-    let out = child.wait_with_output().expect("mlir-opt runs");
-    writer.join().expect("writer").expect("write to mlir-opt");
-    assert!(
-        out.status.success(),
-        "mlir-opt {args:?} rejected {what}:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[test]

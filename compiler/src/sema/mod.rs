@@ -57,7 +57,12 @@ pub fn compile_source(path: &Path, text: String, overrides: &[Override]) -> Comp
 }
 
 /// Compiles source text, elaborating only the model `only` when given.
-pub fn compile_source_model(path: &Path, text: String, overrides: &[Override], only: Option<&str>) -> Compilation {
+pub fn compile_source_model(
+    path: &Path,
+    text: String,
+    overrides: &[Override],
+    only: Option<&str>,
+) -> Compilation {
     let (mut program, mut diags) = loader::load(path, text);
     let mut graphs = Vec::new();
     if let Some(root) = program.root {
