@@ -13,12 +13,14 @@ build: deps
 	cargo build --release -p snnc
 
 # Trains the MA-SNN N-MNIST example with TCSA attention and without (vanilla) on the bundled real
-# N-MNIST subset (1,000 train / 100 test samples) and prints the paper-style comparison table.
+# N-MNIST subset (1,000 train / 100 test samples) on the Cranelift CPU backend and prints the
+# paper-style comparison table. BACKEND=interp runs the reference interpreter instead.
 EPOCHS ?= 3
+BACKEND ?= cpu
 run: build
 	$(SNNC) check examples/*.snn
 	$(SNNC) compare examples/nmnist.snn:NMNISTTCSA examples/nmnist.snn:NMNISTVanilla \
-		--epochs $(EPOCHS) --out runs/compare-$$(date +%Y%m%d-%H%M%S)
+		--epochs $(EPOCHS) --backend $(BACKEND) --out runs/compare-$$(date +%Y%m%d-%H%M%S)
 
 test: deps
 	cargo test --workspace --all-targets
