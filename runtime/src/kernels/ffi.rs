@@ -139,6 +139,24 @@ struct Conv {
 }
 
 impl Conv {
+    /// The geometry from the C ABI's arguments, in their order (negative values count as 0).
+    fn from_abi([c, h, w, o, kh, kw, sh, sw, ph, pw, oh, ow]: [i64; 12]) -> Conv {
+        Conv {
+            c: to_usize(c),
+            h: to_usize(h),
+            w: to_usize(w),
+            o: to_usize(o),
+            kh: to_usize(kh),
+            kw: to_usize(kw),
+            sh: to_usize(sh),
+            sw: to_usize(sw),
+            ph: to_usize(ph),
+            pw: to_usize(pw),
+            oh: to_usize(oh),
+            ow: to_usize(ow),
+        }
+    }
+
     fn taps(&self) -> usize {
         self.c * self.kh * self.kw
     }
@@ -257,20 +275,7 @@ pub unsafe extern "C" fn snn_conv2d_f32(
     oh: i64,
     ow: i64,
 ) {
-    let g = Conv {
-        c: to_usize(c),
-        h: to_usize(h),
-        w: to_usize(wd),
-        o: to_usize(o),
-        kh: to_usize(kh),
-        kw: to_usize(kw),
-        sh: to_usize(sh),
-        sw: to_usize(sw),
-        ph: to_usize(ph),
-        pw: to_usize(pw),
-        oh: to_usize(oh),
-        ow: to_usize(ow),
-    };
+    let g = Conv::from_abi([c, h, wd, o, kh, kw, sh, sw, ph, pw, oh, ow]);
     let n = to_usize(n);
     if n == 0 || g.c == 0 || g.o == 0 || g.pixels() == 0 || g.kh == 0 || g.kw == 0 {
         return;
@@ -467,20 +472,7 @@ pub unsafe extern "C" fn snn_conv2d_backward_f32(
     oh: i64,
     ow: i64,
 ) {
-    let g = Conv {
-        c: to_usize(c),
-        h: to_usize(h),
-        w: to_usize(wd),
-        o: to_usize(o),
-        kh: to_usize(kh),
-        kw: to_usize(kw),
-        sh: to_usize(sh),
-        sw: to_usize(sw),
-        ph: to_usize(ph),
-        pw: to_usize(pw),
-        oh: to_usize(oh),
-        ow: to_usize(ow),
-    };
+    let g = Conv::from_abi([c, h, wd, o, kh, kw, sh, sw, ph, pw, oh, ow]);
     let n = to_usize(n);
     if n == 0 || g.c == 0 || g.o == 0 || g.pixels() == 0 || g.kh == 0 || g.kw == 0 {
         return;
