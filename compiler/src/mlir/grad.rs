@@ -9,9 +9,9 @@
 //! gets a gradient buffer (zeros when no gradient reaches it), and `smooth_fire` does not exist.
 
 use super::{
-    Buf, Env, Fx, LoopForm, LowerError, LowerOptions, Lowering, V, block_arg, broadcast,
-    check_program, declare_kernels, eval, forward_signature, fpred, insert_at, remove_at, shape_of,
-    to_i64,
+    Buf, Env, Fx, LoopForm, LowerError, LowerOptions, Lowering, V, append_func, block_arg,
+    broadcast, check_program, declare_kernels, eval, forward_signature, fpred, insert_at,
+    remove_at, shape_of, to_i64,
 };
 use crate::autodiff::{GradGraph, ScanAdjoint, differentiate};
 use crate::ir::graph::{BinaryOp, Graph, Node, Op, PoolKind, ReduceKind, ScanEmit, UnaryOp};
@@ -21,12 +21,8 @@ use melior::{
     Context,
     dialect::func,
     ir::{
-        Attribute, Block, BlockLike, Identifier, Location, Module, Region, RegionLike, Type,
-        attribute::{
-            ArrayAttribute, DenseI32ArrayAttribute, DictionaryAttribute, StringAttribute,
-            TypeAttribute,
-        },
-        r#type::{FunctionType, MemRefType},
+        Block, BlockLike, Location, Module, Region, RegionLike, Type,
+        attribute::DenseI32ArrayAttribute, r#type::MemRefType,
     },
 };
 use std::collections::{BTreeSet, HashMap};
@@ -315,36 +311,15 @@ fn define<'c>(
     entry.append_operation(func::r#return(&[], loc));
     let region = Region::new();
     region.append_block(entry);
-    let arg_attrs: Vec<Attribute<'c>> = sig
-        .iter()
-        .map(|a| {
-            DictionaryAttribute::new(
-                context,
-                &[
-                    (
-                        Identifier::new(context, "snnc.name"),
-                        StringAttribute::new(context, &a.name).into(),
-                    ),
-                    (
-                        Identifier::new(context, "snnc.role"),
-                        StringAttribute::new(context, a.role.as_str()).into(),
-                    ),
-                ],
-            )
-            .into()
-        })
-        .collect();
-    module.body().append_operation(func::func(
+    append_func(
         context,
-        StringAttribute::new(context, symbol),
-        TypeAttribute::new(FunctionType::new(context, &arg_types, &[]).into()),
+        module,
+        symbol,
+        &arg_types,
+        sig.iter().map(|a| (a.name.as_str(), a.role.as_str())),
         region,
-        &[(
-            Identifier::new(context, "arg_attrs"),
-            ArrayAttribute::new(context, &arg_attrs).into(),
-        )],
         loc,
-    ));
+    );
     Ok(())
 }
 

@@ -310,19 +310,42 @@ fn lower_graph<'c>(
     }
     let region = Region::new();
     region.append_block(entry);
-    let arg_attrs: Vec<Attribute<'c>> = sig
-        .iter()
-        .map(|a| {
+    append_func(
+        context,
+        module,
+        &forward_symbol(g),
+        &arg_types,
+        sig.iter().map(|a| (a.name.as_str(), a.role.as_str())),
+        region,
+        loc,
+    );
+    Ok(kernels)
+}
+
+/// Appends `func.func @symbol(args) -> ()` whose arguments carry `{snnc.name, snnc.role}`, the
+/// labels the backends and manifests read.
+pub(super) fn append_func<'c, 'a>(
+    context: &'c Context,
+    module: &Module<'c>,
+    symbol: &str,
+    arg_types: &[Type<'c>],
+    names_roles: impl IntoIterator<Item = (&'a str, &'a str)>,
+    region: Region<'c>,
+    loc: Location<'c>,
+) {
+    let arg_attrs: Vec<Attribute<'c>> = names_roles
+        .into_iter()
+        .map(|(name, role)| {
             DictionaryAttribute::new(
                 context,
                 &[
                     (
                         Identifier::new(context, "snnc.name"),
-                        StringAttribute::new(context, &a.name).into(),
+                        StringAttribute::new(context, name).into(),
                     ),
                     (
                         Identifier::new(context, "snnc.role"),
-                        StringAttribute::new(context, a.role.as_str()).into(),
+                        StringAttribute::new(context, role).into(),
                     ),
                 ],
             )
@@ -331,8 +354,8 @@ fn lower_graph<'c>(
         .collect();
     module.body().append_operation(func::func(
         context,
-        StringAttribute::new(context, &forward_symbol(g)),
-        TypeAttribute::new(FunctionType::new(context, &arg_types, &[]).into()),
+        StringAttribute::new(context, symbol),
+        TypeAttribute::new(FunctionType::new(context, arg_types, &[]).into()),
         region,
         &[(
             Identifier::new(context, "arg_attrs"),
@@ -340,7 +363,6 @@ fn lower_graph<'c>(
         )],
         loc,
     ));
-    Ok(kernels)
 }
 
 /// `arith.cmpf` predicates (MLIR's enum order).
