@@ -736,6 +736,11 @@ mod tests {
             .collect()
     }
 
+    /// f32 test data as the f64 arrays the reference kernels take.
+    fn to64(v: &[f32], s: &[usize]) -> ArrayD<f64> {
+        ArrayD::from_shape_vec(IxDyn(s), v.iter().map(|&a| f64::from(a)).collect()).expect("shape")
+    }
+
     #[test]
     fn conv_matches_the_reference() {
         // (n, c, h, w, o, kh, kw, sh, sw, ph, pw): padded, strided, pointwise, wider than tall.
@@ -772,10 +777,6 @@ mod tests {
                     ow as i64,
                 );
             }
-            let to64 = |v: &[f32], s: &[usize]| {
-                ArrayD::from_shape_vec(IxDyn(s), v.iter().map(|&a| f64::from(a)).collect())
-                    .expect("shape")
-            };
             let want = conv2d(
                 to64(&x, &[n, c, h, w]).view(),
                 to64(&wt, &[o, c, kh, kw]).view(),
@@ -831,10 +832,6 @@ mod tests {
                     ow as i64,
                 );
             }
-            let to64 = |v: &[f32], s: &[usize]| {
-                ArrayD::from_shape_vec(IxDyn(s), v.iter().map(|&a| f64::from(a)).collect())
-                    .expect("shape")
-            };
             let want = conv2d_backward(
                 to64(&x, &[n, c, h, w]).view(),
                 to64(&wt, &[o, c, kh, kw]).view(),
