@@ -145,13 +145,12 @@ pub(crate) fn decode(
         match &stream.type_id {
             b"EVTS" => {
                 // struct Event { int64 t; int16 x; int16 y; bool on; pad[3] }
-                let (elems, count) = root.vector(0, 16)?;
-                sink.reserve(count);
-                for e in elems.chunks_exact(16) {
+                let (elems, _) = root.vector(0, 16)?;
+                sink.extend(elems.chunks_exact(16).map(|e| {
                     let (x, y) = (le_u16(e, 8) as i16, le_u16(e, 10) as i16);
                     // Errors name the packet's file offset: events live in its decompressed payload.
-                    sink.push(at, le_i64(e, 0), x.into(), y.into(), e[12] != 0)?;
-                }
+                    (at, le_i64(e, 0), x.into(), y.into(), e[12] != 0)
+                }))?;
             }
             b"IMUS" => sink.report().imu += root.vector(0, 4)?.1 as u64,
             b"TRIG" => sink.report().triggers += root.vector(0, 16)?.1 as u64,

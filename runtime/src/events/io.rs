@@ -1,8 +1,9 @@
-//! File access for the event layer: read-only memory maps for readers, atomic writes for outputs.
-//! Readers decode straight from the map, so no whole-file copy is made besides the decoded columns.
+//! File access for the event layer: whole-file bytes for readers (one `read` for small files,
+//! a read-only memory map for large ones) and atomic writes for outputs. Readers decode straight
+//! from these bytes, so no further whole-file copy is made besides the decoded columns.
 
 use std::fs::{self, File};
-use std::io::{BufWriter, Write};
+use std::io::{BufWriter, Read, Write};
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,13 +12,26 @@ use memmap2::Mmap;
 
 use super::error::EventError;
 
-/// The bytes of a file, memory-mapped (or empty for an empty file, which cannot be mapped).
-pub(crate) struct Mapped(Option<Mmap>);
+/// Files up to this size are read into memory rather than mapped. For small files (an N-MNIST
+/// sample is ~20 KB) `mmap` + page faults + `munmap` cost more than copying the bytes once;
+/// large recordings are mapped so that they are never held twice.
+const READ_LIMIT: u64 = 1 << 20;
+
+/// The bytes of a file: read into memory, memory-mapped, or empty (an empty file cannot be mapped).
+pub(crate) enum Mapped {
+    Empty,
+    Read(Vec<u8>),
+    Map(Mmap),
+}
 
 impl Deref for Mapped {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
-        self.0.as_deref().unwrap_or(&[])
+        match self {
+            Mapped::Empty => &[],
+            Mapped::Read(v) => v,
+            Mapped::Map(m) => m,
+        }
     }
 }
 
@@ -25,13 +39,22 @@ pub(crate) fn map_file(path: &Path) -> Result<Mapped, EventError> {
     let file = File::open(path).map_err(|e| EventError::io(path, e))?;
     let len = file.metadata().map_err(|e| EventError::io(path, e))?.len();
     if len == 0 {
-        return Ok(Mapped(None));
+        return Ok(Mapped::Empty);
+    }
+    if len <= READ_LIMIT {
+        // `len` bytes, as a map of the file at this moment would hold; a file that shrank
+        // meanwhile yields fewer, which the readers report as truncation.
+        let mut bytes = Vec::with_capacity(len as usize);
+        file.take(len)
+            .read_to_end(&mut bytes)
+            .map_err(|e| EventError::io(path, e))?;
+        return Ok(Mapped::Read(bytes));
     }
     // SAFETY: the map is read-only and lives only while one reader decodes it. Another process
     // truncating the file meanwhile could fault; that is the accepted trade-off of mmap for
     // multi-megabyte recordings, and the readers never hold the map past the call.
     let map = unsafe { Mmap::map(&file) }.map_err(|e| EventError::io(path, e))?;
-    Ok(Mapped(Some(map)))
+    Ok(Mapped::Map(map))
 }
 
 /// Writes `path` atomically: the content goes to a temporary file in the same directory, which is

@@ -26,7 +26,7 @@ mod types;
 pub use dataset::{FrameCache, Sample, Split};
 pub use detect::{Format, detect_format, read_events};
 pub use error::EventError;
-pub use frame::{FrameSpec, Slicing, denoise, frame, repeat_static};
+pub use frame::{FrameBuffer, FrameSpec, Slicing, denoise, frame, frame_into, repeat_static};
 pub use io::write_atomic;
 pub use npy::{load_frames_npy, save_frames_npy};
 pub use render::render_frames_png;

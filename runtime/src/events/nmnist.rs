@@ -34,10 +34,9 @@ pub(crate) fn decode(
             .truncated(5, "N-MNIST event (5 bytes)"));
     }
     let mut sink = Sink::new(file, opts, Some(SENSOR));
-    sink.reserve(bytes.len() / 5);
-    for (i, b) in bytes.chunks_exact(5).enumerate() {
+    sink.extend(bytes.chunks_exact(5).enumerate().map(|(i, b)| {
         let t = (i64::from(b[2] & 0x7F) << 16) | (i64::from(b[3]) << 8) | i64::from(b[4]);
-        sink.push((i * 5) as u64, t, b[0].into(), b[1].into(), b[2] >> 7 == 1)?;
-    }
+        ((i * 5) as u64, t, b[0].into(), b[1].into(), b[2] >> 7 == 1)
+    }))?;
     Ok(sink.finish())
 }

@@ -143,24 +143,35 @@ pub struct Recording {
     pub report: ReadReport,
 }
 
+/// One decoded event before any check: `(file offset, t, x, y, on)`, as [`Sink::push`] takes it.
+pub(crate) type RawEvent = (u64, i64, i64, i64, bool);
+
 /// Where readers push decoded events: applies the sensor bounds and the timestamp policy once
 /// for every format, so no reader can forget either.
 pub(crate) struct Sink<'a> {
     rec: Recording,
     file: &'a Path,
     policy: TimestampPolicy,
+    /// Exclusive coordinate bounds as `i64`, computed once instead of per event.
+    bounds: (i64, i64),
 }
 
 impl<'a> Sink<'a> {
     /// `declared` is the sensor size from the file header; `opts.sensor` overrides it.
     pub(crate) fn new(file: &'a Path, opts: &ReadOptions, declared: Option<(u16, u16)>) -> Self {
+        let events = Events::new(opts.sensor.or(declared));
+        let bounds = (
+            events.width.map_or(u16::MAX as i64 + 1, i64::from),
+            events.height.map_or(u16::MAX as i64 + 1, i64::from),
+        );
         Self {
             rec: Recording {
-                events: Events::new(opts.sensor.or(declared)),
+                events,
                 report: ReadReport::default(),
             },
             file,
             policy: opts.timestamps,
+            bounds,
         }
     }
 
@@ -182,10 +193,7 @@ impl<'a> Sink<'a> {
         on: bool,
     ) -> Result<(), EventError> {
         let ev = &self.rec.events;
-        let (w, h) = (
-            ev.width.map_or(u16::MAX as i64 + 1, i64::from),
-            ev.height.map_or(u16::MAX as i64 + 1, i64::from),
-        );
+        let (w, h) = self.bounds;
         if !(0..w).contains(&x) || !(0..h).contains(&y) {
             return Err(EventError::OutOfRange {
                 file: self.file.to_path_buf(),
@@ -213,6 +221,53 @@ impl<'a> Sink<'a> {
         }
         // Both casts are exact: x and y were just checked against 0..=u16::MAX.
         self.rec.events.push((t, x as u16, y as u16, u8::from(on)));
+        Ok(())
+    }
+
+    /// Checks and stores a run of events: the same rules, results and errors as `push` on each
+    /// in turn. The columns grow once and are filled by one loop that only accumulates
+    /// "something is wrong" flags, because per-event `Vec::push` on four columns plus early
+    /// returns cost more than decoding (profiled at ~25 % of an N-MNIST read). If a flag is
+    /// set, the run is taken back and replayed through `push`, which finds the first
+    /// offending event and builds exactly its error.
+    pub(crate) fn extend<I>(&mut self, events: I) -> Result<(), EventError>
+    where
+        I: ExactSizeIterator<Item = RawEvent> + Clone,
+    {
+        let (w, h) = self.bounds;
+        let ev = &mut self.rec.events;
+        let start = ev.len();
+        let end = start + events.len();
+        ev.t.resize(end, 0);
+        ev.x.resize(end, 0);
+        ev.y.resize(end, 0);
+        ev.p.resize(end, 0);
+        let mut previous = ev.t[..start].last().copied().unwrap_or(i64::MIN);
+        let (mut outside, mut decreases) = (false, 0u64);
+        let slots = ev.t[start..]
+            .iter_mut()
+            .zip(&mut ev.x[start..])
+            .zip(&mut ev.y[start..])
+            .zip(&mut ev.p[start..]);
+        for ((((t, x), y), p), (_, te, xe, ye, on)) in slots.zip(events.clone()) {
+            // Unsigned compares also catch negative coordinates; w and h are at most 65536.
+            outside |= (xe as u64 >= w as u64) | (ye as u64 >= h as u64);
+            decreases += u64::from(te < previous);
+            previous = te;
+            // Truncating casts are harmless: a run with any coordinate outside is replayed.
+            (*t, *x, *y, *p) = (te, xe as u16, ye as u16, u8::from(on));
+        }
+        if outside || (decreases > 0 && self.policy == TimestampPolicy::Error) {
+            ev.t.truncate(start);
+            ev.x.truncate(start);
+            ev.y.truncate(start);
+            ev.p.truncate(start);
+            for (offset, t, x, y, on) in events {
+                self.push(offset, t, x, y, on)?;
+            }
+            return Ok(());
+        }
+        self.rec.report.non_monotonic += decreases;
         Ok(())
     }
 

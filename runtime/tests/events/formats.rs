@@ -2,8 +2,8 @@
 //! the shared reader behaviour: timestamp policy, sensor override, auto-detection.
 
 use snn_runtime::events::{
-    EventError, Format, ReadOptions, TimestampPolicy, aedat2, aedat4, detect_format, evt3, nmnist,
-    npy, npz, read_events,
+    EventError, Events, Format, ReadOptions, TimestampPolicy, aedat2, aedat4, detect_format, evt3,
+    nmnist, npy, npz, read_events,
 };
 
 use crate::common::example_data;
@@ -148,6 +148,83 @@ fn timestamp_policy_error_or_count() {
         ..Default::default()
     };
     let rec = nmnist::from_bytes(&bytes, &allow).expect("allowed");
+    assert_eq!(rec.report.non_monotonic, 1);
+    assert_eq!(rec.events.t, ev.t);
+}
+
+/// Readers check whole runs of events at once and replay a faulty run event by event, so the
+/// error must still be the first offending event's, whichever rule it breaks.
+#[test]
+fn first_bad_event_names_the_error_in_batched_readers() {
+    let base = fixtures::synthetic(60, 34, 34, 1_000, 10);
+    let nonmono = |ev: &mut Events, k: usize| ev.t[k] = ev.t[k - 1] - 1;
+    // Out of range at 20, backwards at 40: the range error wins.
+    let mut ev = base.clone();
+    ev.x[20] = 34;
+    nonmono(&mut ev, 40);
+    let err =
+        nmnist::from_bytes(&fixtures::nmnist(&ev), &ReadOptions::default()).expect_err("range");
+    assert!(
+        matches!(
+            err,
+            EventError::OutOfRange {
+                offset: 100,
+                x: 34,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    // Backwards at 10, out of range at 30: the timestamp error wins, unless allowed.
+    let mut ev = base.clone();
+    nonmono(&mut ev, 10);
+    ev.y[30] = 40;
+    let bytes = fixtures::nmnist(&ev);
+    let err = nmnist::from_bytes(&bytes, &ReadOptions::default()).expect_err("order");
+    assert!(
+        matches!(err, EventError::NonMonotonic { offset: 50, .. }),
+        "{err}"
+    );
+    let allow = ReadOptions {
+        timestamps: TimestampPolicy::Allow,
+        ..Default::default()
+    };
+    let err = nmnist::from_bytes(&bytes, &allow).expect_err("range after allowed order");
+    assert!(
+        matches!(
+            err,
+            EventError::OutOfRange {
+                offset: 150,
+                y: 40,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    // AEDAT 4: events come in packets; the error names the packet of the first bad event.
+    let mut ev = fixtures::synthetic(40, 346, 260, 1 << 50, 10);
+    nonmono(&mut ev, 25);
+    let bytes = fixtures::aedat4(&ev, 8, 1, false);
+    let err = aedat4::from_bytes(&bytes, &ReadOptions::default()).expect_err("order");
+    let EventError::NonMonotonic { offset, t, .. } = err else {
+        panic!("{err}")
+    };
+    assert_eq!(t, ev.t[25]);
+    // Packets hold events 0..8, 8..16, 16..24, 24..32, 32..40: out-of-range events report their
+    // packet's offset, the same as the timestamp error in events 24..32.
+    let range_at = |k: usize| {
+        let mut bad = ev.clone();
+        bad.x[k] = 346;
+        match aedat4::from_bytes(&fixtures::aedat4(&bad, 8, 1, false), &allow) {
+            Err(EventError::OutOfRange { offset, .. }) => offset,
+            other => panic!("event {k}: {other:?}"),
+        }
+    };
+    assert!(range_at(23) < offset);
+    assert_eq!(range_at(24), offset);
+    assert_eq!(range_at(31), offset);
+    assert!(range_at(32) > offset);
+    let rec = aedat4::from_bytes(&bytes, &allow).expect("allowed");
     assert_eq!(rec.report.non_monotonic, 1);
     assert_eq!(rec.events.t, ev.t);
 }

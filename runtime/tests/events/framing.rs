@@ -3,11 +3,11 @@
 
 use ndarray::{Array3, Array4, s};
 use snn_runtime::events::{
-    EventError, Events, FrameSpec, ReadOptions, Slicing, denoise, frame, load_frames_npy, nmnist,
-    render_frames_png, repeat_static, save_frames_npy,
+    EventError, Events, FrameBuffer, FrameSpec, ReadOptions, Slicing, denoise, frame, frame_into,
+    load_frames_npy, nmnist, render_frames_png, repeat_static, save_frames_npy,
 };
 
-use crate::common::example_data;
+use crate::common::{Rng, example_data};
 use crate::fixtures;
 
 /// Six events on a 4 x 4 sensor, hand-placed.
@@ -279,4 +279,168 @@ fn png_grid_colours() {
     assert_eq!(px(96, 0), [48, 48, 48], "gap");
     let e = render_frames_png(&Array4::zeros((2, 3, 4, 4)), &path).expect_err("3 channels");
     assert!(e.to_string().contains("expected [T >= 1, 2"), "{e}");
+}
+
+/// The framing rule written out per event, as the specification: step by the mode's formula,
+/// then `+1` at `[step, p != 0, y / f, x / f]`. The fast path (runs of one step, lookup tables,
+/// sparse reset) must match it bit for bit.
+fn frame_reference(ev: &Events, spec: &FrameSpec) -> Array4<f32> {
+    let (w, h) = spec.sensor.or(ev.sensor()).expect("sensor");
+    let f = spec.downsample;
+    let (steps, bin): (usize, Box<dyn Fn(usize) -> Option<usize>>) = match spec.slicing {
+        Slicing::TimeWindow {
+            window_us,
+            steps,
+            start,
+        } => {
+            let t0 = start.unwrap_or(ev.t[0]);
+            let t = ev.t.clone();
+            (
+                steps,
+                Box::new(move |i| {
+                    let d = t[i].checked_sub(t0)?;
+                    usize::try_from(d / window_us)
+                        .ok()
+                        .filter(|&b| d >= 0 && b < steps)
+                }),
+            )
+        }
+        Slicing::EventCount { steps } => {
+            let n = ev.len();
+            (steps, Box::new(move |i| Some(i * steps / n)))
+        }
+        Slicing::FrameCount { steps } => {
+            let lo = *ev.t.iter().min().expect("events");
+            let hi = *ev.t.iter().max().expect("events");
+            let span = i128::from(hi) - i128::from(lo);
+            let t = ev.t.clone();
+            (
+                steps,
+                Box::new(move |i| {
+                    if span == 0 {
+                        return Some(0);
+                    }
+                    let b = (i128::from(t[i]) - i128::from(lo)) * steps as i128 / span;
+                    Some((b as usize).min(steps - 1))
+                }),
+            )
+        }
+    };
+    let (fw, fh) = (usize::from(w.div_ceil(f)), usize::from(h.div_ceil(f)));
+    let mut out = Array4::<f32>::zeros((steps, 2, fh, fw));
+    for i in 0..ev.len() {
+        if let Some(b) = bin(i) {
+            let (x, y) = (usize::from(ev.x[i] / f), usize::from(ev.y[i] / f));
+            out[[b, usize::from(ev.p[i] != 0), y, x]] += 1.0;
+        }
+    }
+    out
+}
+
+/// Random events on a `w x h` sensor: time-ordered or shuffled, near zero or near the i64 ends.
+fn random_events(rng: &mut Rng, n: usize, w: u16, h: u16) -> Events {
+    let mut ev = Events::new(Some((w, h)));
+    let base = match rng.below(4) {
+        0 => 0,
+        1 => i64::MAX - 1_000_000,
+        2 => i64::MIN + 10,
+        _ => 1_700_000_000_000_000,
+    };
+    let mut t = base;
+    let ordered = rng.below(3) != 0;
+    for _ in 0..n {
+        t = if ordered {
+            t.saturating_add(rng.below(300) as i64)
+        } else {
+            base.saturating_add(rng.below(50_000) as i64)
+        };
+        ev.push((
+            t,
+            rng.below(usize::from(w)) as u16,
+            rng.below(usize::from(h)) as u16,
+            rng.below(2) as u8,
+        ));
+    }
+    ev
+}
+
+#[test]
+fn fast_framing_matches_the_per_event_rule() {
+    let mut rng = Rng(0x5eed_f4a3);
+    // One reused buffer across every case, shapes changing and sparse/dense resets mixed, to
+    // show no count from one framing leaks into the next.
+    let mut buf = FrameBuffer::new();
+    for case in 0..400 {
+        let (w, h) = (1 + rng.below(40) as u16, 1 + rng.below(40) as u16);
+        let n = rng.below(600);
+        let ev = random_events(&mut rng, n, w, h);
+        let steps = 1 + rng.below(12);
+        let start = match rng.below(3) {
+            0 => None,
+            1 => {
+                ev.t.first()
+                    .map(|&t| t.saturating_sub(rng.below(2_000) as i64))
+            }
+            _ => {
+                ev.t.first()
+                    .map(|&t| t.saturating_add(rng.below(20_000) as i64))
+            }
+        };
+        let slicing = match rng.below(4) {
+            0 => Slicing::EventCount { steps },
+            1 => Slicing::FrameCount { steps },
+            2 => Slicing::TimeWindow {
+                window_us: 1 + rng.below(5_000) as i64,
+                steps,
+                start,
+            },
+            // Huge windows: step bounds beyond the i64 range.
+            _ => Slicing::TimeWindow {
+                window_us: i64::MAX / (1 + rng.below(3) as i64),
+                steps,
+                start,
+            },
+        };
+        let spec = FrameSpec {
+            slicing,
+            ..FrameSpec::event_count(1).downsample(1 + rng.below(4) as u16)
+        };
+        if ev.is_empty() {
+            continue;
+        }
+        let want = frame_reference(&ev, &spec);
+        assert_eq!(
+            frame(&ev, &spec).expect("frame"),
+            want,
+            "case {case} {spec:?}"
+        );
+        frame_into(&ev, &spec, &mut buf).expect("frame_into");
+        assert_eq!(buf.view(), want, "case {case} reused buffer {spec:?}");
+        assert_eq!(buf.dim(), want.dim());
+    }
+}
+
+#[test]
+fn sparse_reset_leaves_no_counts_behind() {
+    // Few events on a big tensor take the sparse path; many on a small one the dense path.
+    let sparse = FrameSpec::time_window(1_000, 50);
+    let a = fixtures::synthetic(200, 346, 260, 0, 97);
+    let b = fixtures::synthetic(150, 346, 260, 5, 331);
+    let mut buf = FrameBuffer::new();
+    for ev in [&a, &b, &a, &b] {
+        frame_into(ev, &sparse, &mut buf).expect("sparse");
+        assert_eq!(buf.view(), frame(ev, &sparse).expect("fresh"));
+    }
+    let dense = FrameSpec::event_count(2);
+    let c = fixtures::synthetic(5_000, 8, 8, 0, 1);
+    for ev in [&c, &a, &c] {
+        let spec = if ev.len() == 5_000 { dense } else { sparse };
+        frame_into(ev, &spec, &mut buf).expect("mixed");
+        assert_eq!(buf.view(), frame(ev, &spec).expect("fresh"));
+    }
+    assert_eq!(buf.clone().into_array(), frame(&c, &dense).expect("fresh"));
+    // A failed framing leaves the buffer as it was.
+    let bad = FrameSpec::event_count(0);
+    assert!(frame_into(&c, &bad, &mut buf).is_err());
+    assert_eq!(buf.as_slice().iter().sum::<f32>(), 5_000.0);
 }
