@@ -16,6 +16,14 @@
 
 use std::sync::OnceLock;
 
+mod spike;
+pub use spike::{
+    CONV_BACKWARD_SPIKE_MAX_DENSITY, CONV_SPIKE_MAX_DENSITY, DENSE_BACKWARD_SPIKE_MAX_DENSITY,
+    DENSE_SPIKE_MAX_DENSITY, SpikeDispatch, conv2d_backward_spike, conv2d_spike,
+    dense_backward_spike, dense_spike, snn_conv2d_backward_spike_f32, snn_conv2d_spike_f32,
+    snn_dense_backward_spike_f32, snn_dense_spike_f32,
+};
+
 /// Worker threads for the kernels (see the module docs).
 pub fn kernel_threads() -> usize {
     static THREADS: OnceLock<usize> = OnceLock::new();
@@ -81,26 +89,45 @@ unsafe fn sgemm(
 /// Splits `0..items` into at most `threads` contiguous blocks and runs `f(start, end)` for each,
 /// in parallel when there is more than one block.
 fn split<F: Fn(usize, usize) + Sync>(items: usize, threads: usize, f: F) {
+    split_map(items, threads, f);
+}
+
+/// [`split`], returning each block's result in block order (so that a caller reducing them gets
+/// the same order whatever ran first).
+fn split_map<R: Send, F: Fn(usize, usize) -> R + Sync>(
+    items: usize,
+    threads: usize,
+    f: F,
+) -> Vec<R> {
     let threads = threads.clamp(1, items.max(1));
     if threads == 1 {
-        f(0, items);
-        return;
+        return vec![f(0, items)];
     }
     let per = items.div_ceil(threads);
     std::thread::scope(|s| {
         let f = &f;
-        let mut start = per;
-        while start < items {
-            let end = (start + per).min(items);
-            s.spawn(move || f(start, end));
-            start = end;
-        }
-        f(0, per.min(items));
-    });
+        let handles: Vec<_> = (per..items)
+            .step_by(per)
+            .map(|start| s.spawn(move || f(start, (start + per).min(items))))
+            .collect();
+        let mut out = vec![f(0, per.min(items))];
+        // A panicking block re-raises its panic here, as `thread::scope` would.
+        out.extend(
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))),
+        );
+        out
+    })
 }
 
 fn threads_for(macs: usize) -> usize {
-    kernel_threads().min((macs / MIN_MACS_PER_THREAD).max(1))
+    threads_capped(kernel_threads(), macs)
+}
+
+/// At most `threads`, and fewer when `work` (multiply-adds or comparable steps) is small.
+fn threads_capped(threads: usize, work: usize) -> usize {
+    threads.min((work / MIN_MACS_PER_THREAD).max(1)).max(1)
 }
 
 /// A raw pointer that may cross threads: every user writes a disjoint range.
@@ -203,6 +230,75 @@ impl Conv {
         self.oh.div_ceil(self.oh.div_ceil(most))
     }
 
+    /// Scratch elements [`Conv::forward_image`] needs: one block of im2col columns.
+    fn forward_scratch(&self) -> usize {
+        if self.is_pointwise() {
+            0
+        } else {
+            self.taps() * self.block_rows() * self.ow
+        }
+    }
+
+    /// The GEMM forward of one image: `yi[o][oh·ow] = w[o][taps] · im2col(xi)` (+ `bias[o]`),
+    /// in blocks of output rows; `cols` holds [`Conv::forward_scratch`] elements.
+    ///
+    /// # Safety
+    /// `yi` must address `o·oh·ow` writable elements that nothing else accesses meanwhile; `xi`
+    /// and `ws` hold one image and the weights.
+    unsafe fn forward_image(
+        &self,
+        xi: &[f32],
+        ws: &[f32],
+        bias: Option<&[f32]>,
+        yi: *mut f32,
+        cols: &mut [f32],
+    ) {
+        let p = self.pixels();
+        if let Some(b) = bias {
+            // SAFETY: the caller's `o·oh·ow` elements from `yi`.
+            let out = unsafe { std::slice::from_raw_parts_mut(yi, self.o * p) };
+            for (plane, &bo) in out.chunks_exact_mut(p).zip(b) {
+                plane.fill(bo);
+            }
+        }
+        let rows = if self.is_pointwise() {
+            self.oh
+        } else {
+            self.block_rows()
+        };
+        // Blocks of output rows: y[:, i0·ow ..] = w · cols(i0..i1).
+        let mut i0 = 0;
+        while i0 < self.oh {
+            let i1 = (i0 + rows).min(self.oh);
+            let n_px = (i1 - i0) * self.ow;
+            let (rhs, rhs_rs) = if self.is_pointwise() {
+                (xi.as_ptr(), p as isize)
+            } else {
+                self.im2col(xi, cols, i0, i1);
+                (cols.as_ptr(), n_px as isize)
+            };
+            // SAFETY: w is o×taps row-major, rhs taps×n_px, y's block o×n_px (row stride = the
+            // image's pixels).
+            unsafe {
+                sgemm(
+                    self.o,
+                    n_px,
+                    self.taps(),
+                    yi.add(i0 * self.ow),
+                    p as isize,
+                    bias.is_some(),
+                    ws.as_ptr(),
+                    self.taps() as isize,
+                    1,
+                    rhs,
+                    rhs_rs,
+                    1,
+                );
+            }
+            i0 = i1;
+        }
+    }
+
     /// Output rows `i0..i1`: `cols[(c·kh + p)·kw + q][(i − i0)·ow + j] = x_pad[c][i·sh + p][j·sw + q]`.
     fn im2col(&self, x: &[f32], cols: &mut [f32], i0: usize, i1: usize) {
         let ow = self.ow;
@@ -293,58 +389,17 @@ pub unsafe extern "C" fn snn_conv2d_f32(
     let yp = SendPtr(y);
     let macs = n * out_len * g.taps();
     split(n, threads_for(macs), |start, end| {
-        let rows = if g.is_pointwise() {
-            g.oh
-        } else {
-            g.block_rows()
-        };
-        let mut cols = if g.is_pointwise() {
-            Vec::new()
-        } else {
-            vec![0f32; g.taps() * rows * g.ow]
-        };
-        let p = g.pixels() as isize;
+        let mut cols = vec![0f32; g.forward_scratch()];
         for img in start..end {
-            let xi = &xs[img * in_len..(img + 1) * in_len];
             // SAFETY: image `img`'s output block is written by this thread only.
-            let yi = unsafe { yp.get().add(img * out_len) };
-            if let Some(b) = bias {
-                // SAFETY: as above; `out_len` elements from `yi`.
-                let out = unsafe { std::slice::from_raw_parts_mut(yi, out_len) };
-                for (plane, &bo) in out.chunks_exact_mut(g.pixels()).zip(b) {
-                    plane.fill(bo);
-                }
-            }
-            // Blocks of output rows: y[:, i0·ow ..] = w · cols(i0..i1).
-            let mut i0 = 0;
-            while i0 < g.oh {
-                let i1 = (i0 + rows).min(g.oh);
-                let n_px = (i1 - i0) * g.ow;
-                let (rhs, rhs_rs) = if g.is_pointwise() {
-                    (xi.as_ptr(), p)
-                } else {
-                    g.im2col(xi, &mut cols, i0, i1);
-                    (cols.as_ptr(), n_px as isize)
-                };
-                // SAFETY: w is o×taps row-major, rhs taps×n_px, y's block o×n_px (row stride
-                // = the image's pixels).
-                unsafe {
-                    sgemm(
-                        g.o,
-                        n_px,
-                        g.taps(),
-                        yi.add(i0 * g.ow),
-                        p,
-                        bias.is_some(),
-                        ws.as_ptr(),
-                        g.taps() as isize,
-                        1,
-                        rhs,
-                        rhs_rs,
-                        1,
-                    );
-                }
-                i0 = i1;
+            unsafe {
+                g.forward_image(
+                    &xs[img * in_len..(img + 1) * in_len],
+                    ws,
+                    bias,
+                    yp.get().add(img * out_len),
+                    &mut cols,
+                );
             }
         }
     });
@@ -488,8 +543,6 @@ pub unsafe extern "C" fn snn_conv2d_backward_f32(
     };
     let dxp = SendPtr(dx);
     let (want_dw, want_db) = (!dw.is_null(), !db.is_null());
-    let threads = threads_for(3 * n * out_len * taps);
-    let per = n.div_ceil(threads.clamp(1, n));
     // Per-thread dW/db partial sums, added up in a fixed order afterwards.
     let work = |start: usize, end: usize| {
         let mut dw_part = vec![0f32; if want_dw { g.o * taps } else { 0 }];
@@ -547,17 +600,7 @@ pub unsafe extern "C" fn snn_conv2d_backward_f32(
         }
         (dw_part, db_part)
     };
-    let work = &work;
-    let partials: Vec<(Vec<f32>, Vec<f32>)> = std::thread::scope(|s| {
-        let handles: Vec<_> = (1..threads.clamp(1, n))
-            .map(|t| (t * per, ((t + 1) * per).min(n)))
-            .filter(|(a, b)| a < b)
-            .map(|(a, b)| s.spawn(move || work(a, b)))
-            .collect();
-        let mut out = vec![work(0, per.min(n))];
-        out.extend(handles.into_iter().filter_map(|h| h.join().ok()));
-        out
-    });
+    let partials = split_map(n, threads_for(3 * n * out_len * taps), work);
     for (dw_part, db_part) in &partials {
         if !dw.is_null() {
             // SAFETY: dw holds o·taps elements.
@@ -724,7 +767,8 @@ mod tests {
     use crate::kernels::reference::{Conv2dParams, conv2d};
     use ndarray::{ArrayD, IxDyn};
 
-    fn values(n: usize, seed: u32) -> Vec<f32> {
+    /// Pseudo-random values in [-1, 1] (also for the spike kernels' tests).
+    pub(super) fn values(n: usize, seed: u32) -> Vec<f32> {
         let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
         (0..n)
             .map(|_| {

@@ -1,0 +1,1165 @@
+//! Spike-sparse variants of the conv/dense kernels, for layers whose input `x` is binary spikes
+//! (every element 0 or 1). Same C signatures, layouts and results (to f32 rounding: the sums run
+//! in another order) as [`snn_conv2d_f32`](super::snn_conv2d_f32),
+//! [`snn_dense_f32`](super::snn_dense_f32) and their backward kernels.
+//!
+//! Each kernel first counts the nonzero inputs (one vectorised pass, per image for the conv
+//! forward, per call otherwise). Below a crossover density (the `*_SPIKE_MAX_DENSITY`
+//! constants, measured by `runtime/examples/sparse_crossover.rs`, bench/RESULTS.md) it takes the
+//! accumulate-only path: lists of the active inputs, then for every active input the weight
+//! row/patch it selects is *added* to the outputs (no multiplies, zeros skipped). At or above
+//! it, or when some input is neither 0 nor 1 (then adding would be wrong), the GEMM kernels run.
+//!
+//! Vectorisation: the weights are re-laid out per call so that the `BLOCK` output channels
+//! of one (input, tap) are contiguous; the sums for one output row/pixel then stay in
+//! `BLOCK / lanes` vector registers while the active inputs' rows are added. The backward's dW
+//! is the mirror image: the output gradient's `BLOCK` lanes stay in registers and are added to
+//! the dW rows of the active inputs (dx needs all of `dy` and stays on the GEMM path).
+//!
+//! Threads split the output channels into disjoint `BLOCK`-wide blocks (the conv forward: the
+//! images), so every output element is summed by one thread in one fixed order and results do
+//! not depend on the thread count.
+
+use super::{
+    Conv, SendPtr, kernel_threads, snn_conv2d_backward_f32, snn_dense_backward_f32, snn_dense_f32,
+    split, split_map, threads_capped, to_usize,
+};
+use std::sync::OnceLock;
+
+/// Output channels per accumulator block: 4 AVX-512 (8 AVX2) registers of partial sums.
+const BLOCK: usize = 64;
+/// `BLOCK` lanes of one weight row, output or gradient.
+type Row = [f32; BLOCK];
+const ZERO: Row = [0.0; BLOCK];
+
+/// [`snn_conv2d_spike_f32`] takes the sparse path for an image whose density of ones is below
+/// this. Measured (bench/RESULTS.md, "Spike-sparse kernels"): TODO.
+pub const CONV_SPIKE_MAX_DENSITY: f64 = 0.2;
+/// [`snn_dense_spike_f32`]: the sparse path below this density of the whole input. Measured:
+/// TODO.
+pub const DENSE_SPIKE_MAX_DENSITY: f64 = 0.2;
+/// [`snn_conv2d_backward_spike_f32`]: dW on the sparse path below this density of the whole
+/// input. Measured: TODO.
+pub const CONV_BACKWARD_SPIKE_MAX_DENSITY: f64 = 0.2;
+/// [`snn_dense_backward_spike_f32`]: dW on the sparse path below this density. Measured: TODO.
+pub const DENSE_BACKWARD_SPIKE_MAX_DENSITY: f64 = 0.2;
+
+/// How a spike kernel chooses its path: the sparse one when the input's density of ones is
+/// below `max_density` (`f64::INFINITY`: always, for binary input; `0.0`: never), on at most
+/// `threads` threads. The GEMM fallback uses the kernels' own thread count.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SpikeDispatch {
+    pub max_density: f64,
+    pub threads: usize,
+}
+
+impl SpikeDispatch {
+    /// The C kernels' dispatch: `max_density` and [`kernel_threads`].
+    fn with(max_density: f64) -> SpikeDispatch {
+        SpikeDispatch {
+            max_density,
+            threads: kernel_threads(),
+        }
+    }
+
+    /// Whether `nnz` ones in `total` inputs (None: not binary) take the sparse path.
+    fn sparse(&self, nnz: Option<usize>, total: usize) -> bool {
+        nnz.is_some_and(|nnz| (nnz as f64) < self.max_density * total as f64)
+    }
+
+    fn threads_for(&self, work: usize) -> usize {
+        threads_capped(self.threads, work)
+    }
+
+    /// The nonzero count of `items` blocks of `len` elements of `x` (in parallel), None when
+    /// some element is neither 0 nor 1.
+    fn count(&self, x: &[f32], items: usize, len: usize) -> Option<usize> {
+        split_map(items, self.threads_for(items * len), |a0, a1| {
+            count_spikes(&x[a0 * len..a1 * len])
+        })
+        .into_iter()
+        .sum()
+    }
+}
+
+/// Generates `fn $name` that runs `$body` compiled for AVX-512 or AVX2 when the CPU has it (the
+/// crate is built for baseline x86-64, and these loops are only fast with wide vectors).
+macro_rules! multiversion {
+    ($(#[$m:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+        $(#[$m])*
+        fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[inline(always)]
+            fn body($($arg: $ty),*) $(-> $ret)? $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f")]
+                fn avx512($($arg: $ty),*) $(-> $ret)? {
+                    body($($arg),*)
+                }
+                #[target_feature(enable = "avx2")]
+                fn avx2($($arg: $ty),*) $(-> $ret)? {
+                    body($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the CPU has the feature.
+                    return unsafe { avx512($($arg),*) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2") {
+                    // SAFETY: as above.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            body($($arg),*)
+        }
+    };
+}
+
+multiversion! {
+    /// Nonzero elements of `x`, or None when one is neither 0 nor 1 (the sparse paths add
+    /// weights unscaled, so only binary input may take them).
+    fn count_spikes(x: &[f32]) -> Option<usize> {
+        let (mut total, mut bad) = (0usize, false);
+        // u32 counts vectorise twice as wide as usize; the chunks keep them from overflowing.
+        for chunk in x.chunks(1 << 20) {
+            let mut n = 0u32;
+            for &v in chunk {
+                n += u32::from(v != 0.0);
+                bad |= v != 0.0 && v != 1.0;
+            }
+            total += n as usize;
+        }
+        (!bad).then_some(total)
+    }
+}
+
+/// The active inputs of `x[outer][n_in][inner]` (0/1 values) as one list per row
+/// `r = a·inner + i`: the `k` with `x[a][k][i] ≠ 0`, increasing (compressed sparse rows).
+struct Spikes {
+    start: Vec<usize>,
+    k: Vec<u32>,
+}
+
+impl Spikes {
+    fn rows(&self) -> usize {
+        self.start.len() - 1
+    }
+
+    fn row(&self, r: usize) -> &[u32] {
+        &self.k[self.start[r]..self.start[r + 1]]
+    }
+}
+
+multiversion! {
+    /// [`Spikes`] of `x[outer][n_in][inner]`: a counting pass, then a filling pass that tests
+    /// 16 inputs at a time (zero runs cost no branch per element).
+    fn scan_spikes(x: &[f32], outer: usize, n_in: usize, inner: usize) -> Spikes {
+        let rows = outer * inner;
+        let len = n_in * inner;
+        let mut start = vec![0usize; rows + 1];
+        for (a, xa) in x.chunks_exact(len.max(1)).take(outer).enumerate() {
+            let counts = &mut start[a * inner + 1..(a + 1) * inner + 1];
+            if inner == 1 {
+                counts[0] = xa.iter().map(|&v| u32::from(v != 0.0)).sum::<u32>() as usize;
+            } else {
+                for xk in xa.chunks_exact(inner) {
+                    for (c, &v) in counts.iter_mut().zip(xk) {
+                        *c += usize::from(v != 0.0);
+                    }
+                }
+            }
+        }
+        for r in 0..rows {
+            start[r + 1] += start[r];
+        }
+        let mut k = vec![0u32; start[rows]];
+        let mut next = start[..rows].to_vec();
+        for (a, xa) in x.chunks_exact(len.max(1)).take(outer).enumerate() {
+            if inner == 1 {
+                let at = &mut next[a];
+                for_each_nonzero(xa, |kk| {
+                    k[*at] = kk as u32;
+                    *at += 1;
+                });
+            } else {
+                let next = &mut next[a * inner..(a + 1) * inner];
+                for (kk, xk) in xa.chunks_exact(inner).enumerate() {
+                    for_each_nonzero(xk, |i| {
+                        k[next[i]] = kk as u32;
+                        next[i] += 1;
+                    });
+                }
+            }
+        }
+        Spikes { start, k }
+    }
+}
+
+/// Calls `f(i)` for every `i` with `xs[i] ≠ 0`, in increasing order.
+#[inline(always)]
+fn for_each_nonzero(xs: &[f32], mut f: impl FnMut(usize)) {
+    let (chunks, tail) = xs.as_chunks::<16>();
+    for (ci, ch) in chunks.iter().enumerate() {
+        let mut m = ch
+            .iter()
+            .enumerate()
+            .fold(0u32, |m, (b, &v)| m | (u32::from(v != 0.0) << b));
+        while m != 0 {
+            f(ci * 16 + m.trailing_zeros() as usize);
+            m &= m - 1;
+        }
+    }
+    for (i, &v) in tail.iter().enumerate() {
+        if v != 0.0 {
+            f(chunks.len() * 16 + i);
+        }
+    }
+}
+
+#[inline(always)]
+fn add(acc: &mut Row, row: &Row) {
+    for (a, b) in acc.iter_mut().zip(row) {
+        *a += b;
+    }
+}
+
+multiversion! {
+    /// Dense forward, one block of output channels: `out[r] = init + Σ_{k ∈ spikes.row(r)}
+    /// table[k]` (`table[k]` = the block's weights of input `k`).
+    fn sum_rows(table: &[Row], init: &Row, spikes: &Spikes, out: &mut [Row]) {
+        for (r, o) in out.iter_mut().enumerate() {
+            let mut acc = *init;
+            for &k in spikes.row(r) {
+                add(&mut acc, &table[k as usize]);
+            }
+            *o = acc;
+        }
+    }
+}
+
+multiversion! {
+    /// Dense backward, one block of output channels: `table[k] += g[r]` for every active
+    /// input `k` of row `r` (dWᵀ's block accumulates `dy`'s rows; no multiplies as x is 0/1).
+    fn scatter_rows(g: &[Row], spikes: &Spikes, table: &mut [Row]) {
+        for (r, v) in g.iter().enumerate() {
+            for &k in spikes.row(r) {
+                add(&mut table[k as usize], v);
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// Conv forward of one image, one block of output channels, output-stationary:
+    /// `out[i·ow + j] = init + Σ_{tap (p, q)} Σ_{c active at input (i·sh + p − ph, j·sw + q − pw)}
+    /// table[(p·kw + q)·c_total + c]`; `spikes` has a row per input pixel listing its channels.
+    fn conv_sum(g: &Conv, spikes: &Spikes, table: &[Row], init: &Row, out: &mut [Row]) {
+        for i in 0..g.oh {
+            for j in 0..g.ow {
+                let mut acc = *init;
+                for p in 0..g.kh {
+                    // Above the image this wraps to a huge value, like below it.
+                    let ih = (i * g.sh + p).wrapping_sub(g.ph);
+                    if ih >= g.h {
+                        continue;
+                    }
+                    for q in 0..g.kw {
+                        let iw = (j * g.sw + q).wrapping_sub(g.pw);
+                        if iw >= g.w {
+                            continue;
+                        }
+                        let taps = &table[(p * g.kw + q) * g.c..][..g.c];
+                        for &c in spikes.row(ih * g.w + iw) {
+                            add(&mut acc, &taps[c as usize]);
+                        }
+                    }
+                }
+                out[i * g.ow + j] = acc;
+            }
+        }
+    }
+}
+
+/// The output index `o` with `o·stride + tap − pad = input`, if there is one below `len`.
+#[inline(always)]
+fn output_of(input: usize, tap: usize, stride: usize, pad: usize, len: usize) -> Option<usize> {
+    let t = (input + pad).checked_sub(tap)?;
+    (t % stride == 0 && t / stride < len).then_some(t / stride)
+}
+
+multiversion! {
+    /// Conv dW of one image, one block of output channels: for every active input (c, ih, iw)
+    /// and tap (p, q) that reaches an output pixel, `table[(p·kw + q)·c_total + c] += dyt[pixel]`
+    /// (`dyt` = the image's output gradient as `[oh·ow][BLOCK]`).
+    fn conv_scatter(g: &Conv, spikes: &Spikes, dyt: &[Row], table: &mut [Row]) {
+        for ih in 0..g.h {
+            for iw in 0..g.w {
+                let cs = spikes.row(ih * g.w + iw);
+                if cs.is_empty() {
+                    continue;
+                }
+                for p in 0..g.kh {
+                    let Some(i) = output_of(ih, p, g.sh, g.ph, g.oh) else {
+                        continue;
+                    };
+                    for q in 0..g.kw {
+                        let Some(j) = output_of(iw, q, g.sw, g.pw, g.ow) else {
+                            continue;
+                        };
+                        let v = &dyt[i * g.ow + j];
+                        let taps = &mut table[(p * g.kw + q) * g.c..][..g.c];
+                        for &c in cs {
+                            add(&mut taps[c as usize], v);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Visits every `(k, l)` of a `k_len × lanes` transposition in 64-row tiles, so that both the
+/// `[k]`-major and the `[l]`-major side stay in cache.
+#[inline]
+fn tiles(k_len: usize, lanes: usize, mut f: impl FnMut(usize, usize)) {
+    for k0 in (0..k_len).step_by(64) {
+        for l in 0..lanes {
+            for k in k0..(k0 + 64).min(k_len) {
+                f(k, l);
+            }
+        }
+    }
+}
+
+/// Channels `o0..o0 + width` of the `BLOCK`-wide block starting at `o0` (`n` channels in all).
+fn block(b: usize, n: usize) -> (usize, usize) {
+    let o0 = b * BLOCK;
+    (o0, BLOCK.min(n - o0))
+}
+
+/// The bias lanes of one block (zero without a bias).
+fn block_init(bias: Option<&[f32]>, o0: usize, width: usize) -> Row {
+    let mut init = ZERO;
+    if let Some(b) = bias {
+        init[..width].copy_from_slice(&b[o0..o0 + width]);
+    }
+    init
+}
+
+/// [`snn_conv2d_spike_f32`] with an explicit dispatch; returns how many images took the sparse
+/// path.
+///
+/// # Safety
+/// As [`snn_conv2d_f32`](super::snn_conv2d_f32).
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn conv2d_spike(
+    d: SpikeDispatch,
+    x: *const f32,
+    w: *const f32,
+    bias: *const f32,
+    y: *mut f32,
+    n: i64,
+    c: i64,
+    h: i64,
+    wd: i64,
+    o: i64,
+    kh: i64,
+    kw: i64,
+    sh: i64,
+    sw: i64,
+    ph: i64,
+    pw: i64,
+    oh: i64,
+    ow: i64,
+) -> usize {
+    let g = Conv::from_abi([c, h, wd, o, kh, kw, sh, sw, ph, pw, oh, ow]);
+    let n = to_usize(n);
+    if n == 0 || g.c == 0 || g.o == 0 || g.pixels() == 0 || g.kh == 0 || g.kw == 0 {
+        return 0;
+    }
+    let (in_len, out_len, px, kk) = (g.c * g.h * g.w, g.o * g.pixels(), g.pixels(), g.kh * g.kw);
+    // SAFETY: sizes as documented.
+    let (xs, ws) = unsafe {
+        (
+            std::slice::from_raw_parts(x, n * in_len),
+            std::slice::from_raw_parts(w, g.o * g.taps()),
+        )
+    };
+    let bias = (!bias.is_null()).then(|| unsafe { std::slice::from_raw_parts(bias, g.o) });
+    let blocks = g.o.div_ceil(BLOCK);
+    // table[(b·kk + tap)·c + ci][l] = w[b·BLOCK + l][ci][tap]: built by the first sparse image.
+    let table: OnceLock<Vec<Row>> = OnceLock::new();
+    let build_table = || {
+        let mut t = vec![ZERO; blocks * kk * g.c];
+        for (oc, wo) in ws.chunks_exact(g.taps()).enumerate() {
+            let (b, l) = (oc / BLOCK, oc % BLOCK);
+            for (ci, wc) in wo.chunks_exact(kk).enumerate() {
+                for (tap, &v) in wc.iter().enumerate() {
+                    t[(b * kk + tap) * g.c + ci][l] = v;
+                }
+            }
+        }
+        t
+    };
+    let yp = SendPtr(y);
+    split_map(n, d.threads_for(n * out_len * g.taps()), |start, end| {
+        let (mut cols, mut out) = (Vec::new(), Vec::new());
+        let mut sparse = 0;
+        for img in start..end {
+            let xi = &xs[img * in_len..(img + 1) * in_len];
+            // SAFETY: image `img`'s output block is written by this thread only.
+            let yi = unsafe { yp.get().add(img * out_len) };
+            if !d.sparse(count_spikes(xi), in_len) {
+                cols.resize(g.forward_scratch(), 0.0);
+                // SAFETY: as above.
+                unsafe { g.forward_image(xi, ws, bias, yi, &mut cols) };
+                continue;
+            }
+            sparse += 1;
+            let table = table.get_or_init(&build_table);
+            let spikes = scan_spikes(xi, 1, g.c, g.h * g.w);
+            out.resize(px, ZERO);
+            // SAFETY: as above.
+            let yi = unsafe { std::slice::from_raw_parts_mut(yi, out_len) };
+            for b in 0..blocks {
+                let (o0, width) = block(b, g.o);
+                let tb = &table[b * kk * g.c..(b + 1) * kk * g.c];
+                conv_sum(&g, &spikes, tb, &block_init(bias, o0, width), &mut out);
+                // out is [pixel][lane]; y is [channel][pixel].
+                tiles(px, width, |p, l| yi[(o0 + l) * px + p] = out[p][l]);
+            }
+        }
+        sparse
+    })
+    .into_iter()
+    .sum()
+}
+
+/// [`snn_conv2d_f32`](super::snn_conv2d_f32) for binary `x` (see the module docs): per image,
+/// the accumulate-only kernel below [`CONV_SPIKE_MAX_DENSITY`], else the GEMM one.
+///
+/// # Safety
+/// As [`snn_conv2d_f32`](super::snn_conv2d_f32).
+#[unsafe(no_mangle)]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn snn_conv2d_spike_f32(
+    x: *const f32,
+    w: *const f32,
+    bias: *const f32,
+    y: *mut f32,
+    n: i64,
+    c: i64,
+    h: i64,
+    wd: i64,
+    o: i64,
+    kh: i64,
+    kw: i64,
+    sh: i64,
+    sw: i64,
+    ph: i64,
+    pw: i64,
+    oh: i64,
+    ow: i64,
+) {
+    let d = SpikeDispatch::with(CONV_SPIKE_MAX_DENSITY);
+    // SAFETY: forwarded.
+    unsafe {
+        conv2d_spike(
+            d, x, w, bias, y, n, c, h, wd, o, kh, kw, sh, sw, ph, pw, oh, ow,
+        )
+    };
+}
+
+/// [`snn_dense_spike_f32`] with an explicit dispatch; returns whether it took the sparse path.
+///
+/// # Safety
+/// As [`snn_dense_f32`](super::snn_dense_f32).
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn dense_spike(
+    d: SpikeDispatch,
+    x: *const f32,
+    w: *const f32,
+    bias: *const f32,
+    y: *mut f32,
+    outer: i64,
+    n_in: i64,
+    inner: i64,
+    n_out: i64,
+) -> bool {
+    let (outer_, n_in_, inner_, n_out_) = (
+        to_usize(outer),
+        to_usize(n_in),
+        to_usize(inner),
+        to_usize(n_out),
+    );
+    if outer_ == 0 || inner_ == 0 || n_out_ == 0 {
+        return false;
+    }
+    let len = n_in_ * inner_;
+    // SAFETY: sizes as documented.
+    let xs = unsafe { std::slice::from_raw_parts(x, outer_ * len) };
+    let nnz = d.count(xs, outer_, len);
+    if !d.sparse(nnz, xs.len()) {
+        // SAFETY: forwarded.
+        unsafe { snn_dense_f32(x, w, bias, y, outer, n_in, inner, n_out) };
+        return false;
+    }
+    let (outer, n_in, inner, n_out) = (outer_, n_in_, inner_, n_out_);
+    // SAFETY: sizes as documented.
+    let ws = unsafe { std::slice::from_raw_parts(w, n_out * n_in) };
+    let bias = (!bias.is_null()).then(|| unsafe { std::slice::from_raw_parts(bias, n_out) });
+    let parts = spike_parts(&d, xs, outer, n_in, inner);
+    let yp = SendPtr(y);
+    let work = (nnz.unwrap_or(0) + n_in + outer * inner) * n_out;
+    split(n_out.div_ceil(BLOCK), d.threads_for(work), |b0, b1| {
+        let (mut table, mut out) = (vec![ZERO; n_in], Vec::new());
+        for b in b0..b1 {
+            let (j0, width) = block(b, n_out);
+            // table[k][l] = w[j0 + l][k]; lanes past `width` (last block) keep stale values
+            // that only reach lanes never stored.
+            tiles(n_in, width, |k, l| table[k][l] = ws[(j0 + l) * n_in + k]);
+            let init = block_init(bias, j0, width);
+            for (a0, spikes) in &parts {
+                out.resize(spikes.rows(), ZERO);
+                sum_rows(&table, &init, spikes, &mut out);
+                for (r, acc) in out.iter().enumerate() {
+                    let (a, i) = (a0 + r / inner, r % inner);
+                    for (l, &v) in acc[..width].iter().enumerate() {
+                        // SAFETY: channels j0..j0 + width of y belong to this thread.
+                        unsafe { *yp.get().add((a * n_out + j0 + l) * inner + i) = v };
+                    }
+                }
+            }
+        }
+    });
+    true
+}
+
+/// The [`Spikes`] of `x[outer][n_in][inner]`, scanned in parallel blocks of `outer`: each block
+/// with its first `a`.
+fn spike_parts(
+    d: &SpikeDispatch,
+    xs: &[f32],
+    outer: usize,
+    n_in: usize,
+    inner: usize,
+) -> Vec<(usize, Spikes)> {
+    let len = n_in * inner;
+    split_map(outer, d.threads_for(xs.len()), |a0, a1| {
+        (
+            a0,
+            scan_spikes(&xs[a0 * len..a1 * len], a1 - a0, n_in, inner),
+        )
+    })
+}
+
+/// [`snn_dense_f32`](super::snn_dense_f32) for binary `x` (see the module docs): the
+/// accumulate-only kernel below [`DENSE_SPIKE_MAX_DENSITY`], else the GEMM one.
+///
+/// # Safety
+/// As [`snn_dense_f32`](super::snn_dense_f32).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn snn_dense_spike_f32(
+    x: *const f32,
+    w: *const f32,
+    bias: *const f32,
+    y: *mut f32,
+    outer: i64,
+    n_in: i64,
+    inner: i64,
+    n_out: i64,
+) {
+    let d = SpikeDispatch::with(DENSE_SPIKE_MAX_DENSITY);
+    // SAFETY: forwarded.
+    unsafe { dense_spike(d, x, w, bias, y, outer, n_in, inner, n_out) };
+}
+
+/// [`snn_conv2d_backward_spike_f32`] with an explicit dispatch; returns whether dW took the
+/// sparse path.
+///
+/// # Safety
+/// As [`snn_conv2d_backward_f32`](super::snn_conv2d_backward_f32).
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn conv2d_backward_spike(
+    d: SpikeDispatch,
+    x: *const f32,
+    w: *const f32,
+    dy: *const f32,
+    dx: *mut f32,
+    dw: *mut f32,
+    db: *mut f32,
+    n: i64,
+    c: i64,
+    h: i64,
+    wd: i64,
+    o: i64,
+    kh: i64,
+    kw: i64,
+    sh: i64,
+    sw: i64,
+    ph: i64,
+    pw: i64,
+    oh: i64,
+    ow: i64,
+) -> bool {
+    let g = Conv::from_abi([c, h, wd, o, kh, kw, sh, sw, ph, pw, oh, ow]);
+    let n_ = to_usize(n);
+    let empty = n_ == 0 || g.c == 0 || g.o == 0 || g.pixels() == 0 || g.kh == 0 || g.kw == 0;
+    let (in_len, out_len, px, kk) = (g.c * g.h * g.w, g.o * g.pixels(), g.pixels(), g.kh * g.kw);
+    // SAFETY: sizes as documented.
+    let xs = unsafe { std::slice::from_raw_parts(x, if empty { 0 } else { n_ * in_len }) };
+    let sparse = !empty && !dw.is_null() && d.sparse(d.count(xs, n_, in_len), xs.len());
+    // dx and db (and dW on the dense path) from the GEMM kernel.
+    let dw_dense = if sparse { std::ptr::null_mut() } else { dw };
+    // SAFETY: forwarded.
+    unsafe {
+        snn_conv2d_backward_f32(
+            x, w, dy, dx, dw_dense, db, n, c, h, wd, o, kh, kw, sh, sw, ph, pw, oh, ow,
+        );
+    }
+    if !sparse {
+        return false;
+    }
+    let n = n_;
+    // SAFETY: sizes as documented.
+    let dys = unsafe { std::slice::from_raw_parts(dy, n * out_len) };
+    let spikes: Vec<Spikes> = split_map(n, d.threads_for(xs.len()), |start, end| {
+        (start..end)
+            .map(|img| scan_spikes(&xs[img * in_len..(img + 1) * in_len], 1, g.c, g.h * g.w))
+            .collect::<Vec<_>>()
+    })
+    .into_iter()
+    .flatten()
+    .collect();
+    let nnz: usize = spikes.iter().map(|s| s.k.len()).sum();
+    let dwp = SendPtr(dw);
+    let work = nnz * kk * g.o + n * out_len;
+    split(g.o.div_ceil(BLOCK), d.threads_for(work), |b0, b1| {
+        let (mut table, mut dyt) = (vec![ZERO; kk * g.c], vec![ZERO; px]);
+        for b in b0..b1 {
+            let (o0, width) = block(b, g.o);
+            table.fill(ZERO);
+            for (img, sp) in spikes.iter().enumerate() {
+                if sp.k.is_empty() {
+                    continue;
+                }
+                let dyi = &dys[img * out_len..(img + 1) * out_len];
+                // dyt[pixel][l] = dy[o0 + l][pixel]; lanes past `width` stay stale and only
+                // reach table lanes never read.
+                tiles(px, width, |p, l| dyt[p][l] = dyi[(o0 + l) * px + p]);
+                conv_scatter(&g, sp, &dyt, &mut table);
+            }
+            for l in 0..width {
+                // SAFETY: dw's rows o0..o0 + width (c·kk each) belong to this thread.
+                let row = unsafe {
+                    std::slice::from_raw_parts_mut(dwp.get().add((o0 + l) * g.taps()), g.taps())
+                };
+                for (ci, wc) in row.chunks_exact_mut(kk).enumerate() {
+                    for (tap, v) in wc.iter_mut().enumerate() {
+                        *v += table[tap * g.c + ci][l];
+                    }
+                }
+            }
+        }
+    });
+    true
+}
+
+/// [`snn_conv2d_backward_f32`](super::snn_conv2d_backward_f32) for binary `x`: dx and db as
+/// there; dW accumulate-only below [`CONV_BACKWARD_SPIKE_MAX_DENSITY`] (density over the whole
+/// call), else the GEMM one.
+///
+/// # Safety
+/// As [`snn_conv2d_backward_f32`](super::snn_conv2d_backward_f32).
+#[unsafe(no_mangle)]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn snn_conv2d_backward_spike_f32(
+    x: *const f32,
+    w: *const f32,
+    dy: *const f32,
+    dx: *mut f32,
+    dw: *mut f32,
+    db: *mut f32,
+    n: i64,
+    c: i64,
+    h: i64,
+    wd: i64,
+    o: i64,
+    kh: i64,
+    kw: i64,
+    sh: i64,
+    sw: i64,
+    ph: i64,
+    pw: i64,
+    oh: i64,
+    ow: i64,
+) {
+    let d = SpikeDispatch::with(CONV_BACKWARD_SPIKE_MAX_DENSITY);
+    // SAFETY: forwarded.
+    unsafe {
+        conv2d_backward_spike(
+            d, x, w, dy, dx, dw, db, n, c, h, wd, o, kh, kw, sh, sw, ph, pw, oh, ow,
+        )
+    };
+}
+
+/// [`snn_dense_backward_spike_f32`] with an explicit dispatch; returns whether dW took the
+/// sparse path.
+///
+/// # Safety
+/// As [`snn_dense_backward_f32`](super::snn_dense_backward_f32).
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn dense_backward_spike(
+    d: SpikeDispatch,
+    x: *const f32,
+    w: *const f32,
+    dy: *const f32,
+    dx: *mut f32,
+    dw: *mut f32,
+    db: *mut f32,
+    outer: i64,
+    n_in: i64,
+    inner: i64,
+    n_out: i64,
+) -> bool {
+    let (outer_, n_in_, inner_, n_out_) = (
+        to_usize(outer),
+        to_usize(n_in),
+        to_usize(inner),
+        to_usize(n_out),
+    );
+    let empty = outer_ == 0 || inner_ == 0 || n_out_ == 0 || n_in_ == 0;
+    let len = n_in_ * inner_;
+    // SAFETY: sizes as documented.
+    let xs = unsafe { std::slice::from_raw_parts(x, if empty { 0 } else { outer_ * len }) };
+    let sparse = !empty && !dw.is_null() && d.sparse(d.count(xs, outer_, len), xs.len());
+    let dw_dense = if sparse { std::ptr::null_mut() } else { dw };
+    // SAFETY: forwarded; dx and db (and dW on the dense path) from the GEMM kernel.
+    unsafe { snn_dense_backward_f32(x, w, dy, dx, dw_dense, db, outer, n_in, inner, n_out) };
+    if !sparse {
+        return false;
+    }
+    let (outer, n_in, inner, n_out) = (outer_, n_in_, inner_, n_out_);
+    // SAFETY: sizes as documented.
+    let dys = unsafe { std::slice::from_raw_parts(dy, outer * n_out * inner) };
+    let parts = spike_parts(&d, xs, outer, n_in, inner);
+    let nnz: usize = parts.iter().map(|(_, s)| s.k.len()).sum();
+    let dwp = SendPtr(dw);
+    let work = (nnz + 2 * n_in + outer * inner) * n_out;
+    split(n_out.div_ceil(BLOCK), d.threads_for(work), |b0, b1| {
+        let (mut table, mut g) = (vec![ZERO; n_in], Vec::new());
+        for b in b0..b1 {
+            let (j0, width) = block(b, n_out);
+            table.fill(ZERO);
+            for (a0, spikes) in &parts {
+                // g[r][l] = dy[a][j0 + l][i]; lanes past `width` stay zero.
+                g.clear();
+                g.resize(spikes.rows(), ZERO);
+                for (r, gr) in g.iter_mut().enumerate() {
+                    let (a, i) = (a0 + r / inner, r % inner);
+                    for (l, v) in gr[..width].iter_mut().enumerate() {
+                        *v = dys[(a * n_out + j0 + l) * inner + i];
+                    }
+                }
+                scatter_rows(&g, spikes, &mut table);
+            }
+            // SAFETY: dw's rows j0..j0 + width (n_in each) belong to this thread.
+            let rows =
+                unsafe { std::slice::from_raw_parts_mut(dwp.get().add(j0 * n_in), width * n_in) };
+            tiles(n_in, width, |k, l| rows[l * n_in + k] += table[k][l]);
+        }
+    });
+    true
+}
+
+/// [`snn_dense_backward_f32`](super::snn_dense_backward_f32) for binary `x`: dx and db as
+/// there; dW accumulate-only below [`DENSE_BACKWARD_SPIKE_MAX_DENSITY`], else the GEMM one.
+///
+/// # Safety
+/// As [`snn_dense_backward_f32`](super::snn_dense_backward_f32).
+#[unsafe(no_mangle)]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn snn_dense_backward_spike_f32(
+    x: *const f32,
+    w: *const f32,
+    dy: *const f32,
+    dx: *mut f32,
+    dw: *mut f32,
+    db: *mut f32,
+    outer: i64,
+    n_in: i64,
+    inner: i64,
+    n_out: i64,
+) {
+    let d = SpikeDispatch::with(DENSE_BACKWARD_SPIKE_MAX_DENSITY);
+    // SAFETY: forwarded.
+    unsafe { dense_backward_spike(d, x, w, dy, dx, dw, db, outer, n_in, inner, n_out) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::values;
+    use super::super::{snn_conv2d_f32, snn_dense_backward_f32, snn_dense_f32};
+    use super::*;
+
+    /// 0/1 values with about `density` ones.
+    fn spikes(n: usize, density: f64, seed: u32) -> Vec<f32> {
+        values(n, seed)
+            .iter()
+            .map(|&v| f32::from(u8::from(f64::from(v + 1.0) / 2.0 < density)))
+            .collect()
+    }
+
+    /// Densities every test runs: none, sparse, the order of the thresholds, dense, all ones.
+    const DENSITIES: [f64; 5] = [0.0, 0.04, 0.25, 0.6, 1.0];
+
+    fn always(threads: usize) -> SpikeDispatch {
+        SpikeDispatch {
+            max_density: f64::INFINITY,
+            threads,
+        }
+    }
+
+    const NEVER: SpikeDispatch = SpikeDispatch {
+        max_density: 0.0,
+        threads: 2,
+    };
+
+    /// Equal to f32 rounding: the sparse sums run in another order than the GEMM's.
+    fn assert_close(what: &str, got: &[f32], want: &[f32]) {
+        assert_eq!(got.len(), want.len());
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            assert!(
+                (g - w).abs() <= 1e-5 * (1.0 + w.abs()),
+                "{what}[{i}]: {g} vs {w}"
+            );
+        }
+    }
+
+    fn same_bits(a: &[f32], b: &[f32]) -> bool {
+        a.iter()
+            .map(|v| v.to_bits())
+            .eq(b.iter().map(|v| v.to_bits()))
+    }
+
+    /// (n, c, h, w, o, kh, kw, sh, sw, ph, pw): padded, stride 2, odd sizes, a partial and
+    /// several channel blocks (o = 70, 130), pointwise, kernel larger than the padding.
+    const CONVS: [[usize; 11]; 5] = [
+        [3, 2, 7, 6, 4, 3, 3, 1, 1, 1, 1],
+        [2, 3, 9, 8, 70, 3, 2, 2, 3, 1, 0],
+        [4, 6, 5, 5, 3, 1, 1, 1, 1, 0, 0],
+        [1, 5, 4, 4, 130, 5, 5, 1, 1, 2, 2],
+        [2, 4, 11, 10, 9, 3, 3, 2, 2, 1, 1],
+    ];
+
+    fn conv_abi([n, c, h, w, o, kh, kw, sh, sw, ph, pw]: [usize; 11]) -> ([i64; 13], usize, usize) {
+        let oh = (h + 2 * ph - kh) / sh + 1;
+        let ow = (w + 2 * pw - kw) / sw + 1;
+        let v = [n, c, h, w, o, kh, kw, sh, sw, ph, pw, oh, ow].map(|v| v as i64);
+        (v, n * c * h * w, n * o * oh * ow)
+    }
+
+    #[test]
+    fn conv_spike_matches_the_gemm_kernel() {
+        for (case, &shape) in CONVS.iter().enumerate() {
+            let (a, x_len, y_len) = conv_abi(shape);
+            let [n, c, h, wd, o, kh, kw, sh, sw, ph, pw, oh, ow] = a;
+            let wt = values((o * c * kh * kw) as usize, 2);
+            for (bias, with_bias) in [(values(o as usize, 3), true), (Vec::new(), false)] {
+                let bp = if with_bias {
+                    bias.as_ptr()
+                } else {
+                    std::ptr::null()
+                };
+                for (di, &density) in DENSITIES.iter().enumerate() {
+                    let x = spikes(x_len, density, (case * 10 + di) as u32);
+                    let run = |d: Option<SpikeDispatch>| {
+                        let mut y = vec![f32::NAN; y_len];
+                        let args = (x.as_ptr(), wt.as_ptr(), bp, y.as_mut_ptr());
+                        let sparse = unsafe {
+                            match d {
+                                None => {
+                                    snn_conv2d_f32(
+                                        args.0, args.1, args.2, args.3, n, c, h, wd, o, kh, kw, sh,
+                                        sw, ph, pw, oh, ow,
+                                    );
+                                    0
+                                }
+                                Some(d) => conv2d_spike(
+                                    d, args.0, args.1, args.2, args.3, n, c, h, wd, o, kh, kw, sh,
+                                    sw, ph, pw, oh, ow,
+                                ),
+                            }
+                        };
+                        (y, sparse)
+                    };
+                    let (want, _) = run(None);
+                    let (one, s1) = run(Some(always(1)));
+                    let (three, s3) = run(Some(always(3)));
+                    let (dense, s0) = run(Some(NEVER));
+                    assert_eq!((s1, s3, s0), (n as usize, n as usize, 0), "paths");
+                    assert_close(&format!("conv {case} density {density}"), &one, &want);
+                    assert!(same_bits(&one, &three), "thread count changed conv {case}");
+                    assert!(same_bits(&dense, &want), "dense path differs");
+                }
+            }
+        }
+    }
+
+    /// (outer, n_in, inner, n_out, bias): inner = 1 (the usual layer), inner > 1, a partial
+    /// block, several blocks.
+    const DENSES: [(usize, usize, usize, usize, bool); 5] = [
+        (5, 7, 1, 3, true),
+        (3, 40, 6, 2, true),
+        (2, 9, 5, 70, false),
+        (70, 33, 1, 130, true),
+        (33, 300, 1, 64, false),
+    ];
+
+    #[test]
+    fn dense_spike_matches_the_gemm_kernel() {
+        for (case, &(outer, n_in, inner, n_out, with_bias)) in DENSES.iter().enumerate() {
+            let w = values(n_out * n_in, 5);
+            let b = values(n_out, 6);
+            let bp = if with_bias {
+                b.as_ptr()
+            } else {
+                std::ptr::null()
+            };
+            let sizes = [outer, n_in, inner, n_out].map(|v| v as i64);
+            for (di, &density) in DENSITIES.iter().enumerate() {
+                let x = spikes(outer * n_in * inner, density, (case * 10 + di) as u32);
+                let run = |d: Option<SpikeDispatch>| {
+                    let mut y = vec![f32::NAN; outer * n_out * inner];
+                    let [o, k, i, j] = sizes;
+                    let sparse = unsafe {
+                        match d {
+                            None => {
+                                snn_dense_f32(
+                                    x.as_ptr(),
+                                    w.as_ptr(),
+                                    bp,
+                                    y.as_mut_ptr(),
+                                    o,
+                                    k,
+                                    i,
+                                    j,
+                                );
+                                false
+                            }
+                            Some(d) => dense_spike(
+                                d,
+                                x.as_ptr(),
+                                w.as_ptr(),
+                                bp,
+                                y.as_mut_ptr(),
+                                o,
+                                k,
+                                i,
+                                j,
+                            ),
+                        }
+                    };
+                    (y, sparse)
+                };
+                let (want, _) = run(None);
+                let (one, s1) = run(Some(always(1)));
+                let (three, s3) = run(Some(always(3)));
+                let (dense, s0) = run(Some(NEVER));
+                assert_eq!((s1, s3, s0), (true, true, false), "paths");
+                assert_close(&format!("dense {case} density {density}"), &one, &want);
+                assert!(same_bits(&one, &three), "thread count changed dense {case}");
+                assert!(same_bits(&dense, &want), "dense path differs");
+            }
+        }
+    }
+
+    /// dx, dw, db after one backward call that accumulates into buffers of ones.
+    type Grads = (Vec<f32>, Vec<f32>, Vec<f32>);
+
+    #[test]
+    fn conv_backward_spike_matches_the_gemm_kernel() {
+        for (case, &shape) in CONVS.iter().enumerate() {
+            let (a, x_len, y_len) = conv_abi(shape);
+            let [n, c, h, wd, o, kh, kw, sh, sw, ph, pw, oh, ow] = a;
+            let w = values((o * c * kh * kw) as usize, 8);
+            let dy = values(y_len, 9);
+            for (di, &density) in DENSITIES.iter().enumerate() {
+                let x = spikes(x_len, density, (case * 10 + di) as u32);
+                let run = |d: Option<SpikeDispatch>, want_dw: bool| -> (Grads, bool) {
+                    let (mut dx, mut dw, mut db) = (
+                        vec![1f32; x_len],
+                        vec![1f32; w.len()],
+                        vec![1f32; o as usize],
+                    );
+                    let dwp = if want_dw {
+                        dw.as_mut_ptr()
+                    } else {
+                        std::ptr::null_mut()
+                    };
+                    let p = (
+                        x.as_ptr(),
+                        w.as_ptr(),
+                        dy.as_ptr(),
+                        dx.as_mut_ptr(),
+                        dwp,
+                        db.as_mut_ptr(),
+                    );
+                    let sparse = unsafe {
+                        match d {
+                            None => {
+                                snn_conv2d_backward_f32(
+                                    p.0, p.1, p.2, p.3, p.4, p.5, n, c, h, wd, o, kh, kw, sh, sw,
+                                    ph, pw, oh, ow,
+                                );
+                                false
+                            }
+                            Some(d) => conv2d_backward_spike(
+                                d, p.0, p.1, p.2, p.3, p.4, p.5, n, c, h, wd, o, kh, kw, sh, sw,
+                                ph, pw, oh, ow,
+                            ),
+                        }
+                    };
+                    ((dx, dw, db), sparse)
+                };
+                let (want, _) = run(None, true);
+                let (one, s1) = run(Some(always(1)), true);
+                let (three, s3) = run(Some(always(3)), true);
+                let (dense, s0) = run(Some(NEVER), true);
+                let (no_dw, s_null) = run(Some(always(2)), false);
+                assert_eq!((s1, s3, s0, s_null), (true, true, false, false), "paths");
+                let what = format!("conv backward {case} density {density}");
+                assert_close(&what, &one.1, &want.1);
+                assert!(
+                    same_bits(&one.0, &want.0) && same_bits(&one.2, &want.2),
+                    "{what}: dx/db"
+                );
+                assert!(
+                    same_bits(&one.1, &three.1),
+                    "{what}: thread count changed dw"
+                );
+                assert!(same_bits(&dense.1, &want.1), "{what}: dense path");
+                assert!(no_dw.1.iter().all(|&v| v == 1.0), "{what}: wrote a null dw");
+                assert!(same_bits(&no_dw.0, &want.0), "{what}: dx without dw");
+            }
+        }
+    }
+
+    #[test]
+    fn dense_backward_spike_matches_the_gemm_kernel() {
+        for (case, &(outer, n_in, inner, n_out, _)) in DENSES.iter().enumerate() {
+            let w = values(n_out * n_in, 11);
+            let dy = values(outer * n_out * inner, 12);
+            let [o, k, i, j] = [outer, n_in, inner, n_out].map(|v| v as i64);
+            for (di, &density) in DENSITIES.iter().enumerate() {
+                let x = spikes(outer * n_in * inner, density, (case * 10 + di) as u32);
+                let run = |d: Option<SpikeDispatch>| -> (Grads, bool) {
+                    let (mut dx, mut dw, mut db) =
+                        (vec![1f32; x.len()], vec![1f32; w.len()], vec![1f32; n_out]);
+                    let p = (
+                        x.as_ptr(),
+                        w.as_ptr(),
+                        dy.as_ptr(),
+                        dx.as_mut_ptr(),
+                        dw.as_mut_ptr(),
+                        db.as_mut_ptr(),
+                    );
+                    let sparse = unsafe {
+                        match d {
+                            None => {
+                                snn_dense_backward_f32(p.0, p.1, p.2, p.3, p.4, p.5, o, k, i, j);
+                                false
+                            }
+                            Some(d) => {
+                                dense_backward_spike(d, p.0, p.1, p.2, p.3, p.4, p.5, o, k, i, j)
+                            }
+                        }
+                    };
+                    ((dx, dw, db), sparse)
+                };
+                let (want, _) = run(None);
+                let (one, s1) = run(Some(always(1)));
+                let (three, s3) = run(Some(always(3)));
+                let (dense, s0) = run(Some(NEVER));
+                assert_eq!((s1, s3, s0), (true, true, false), "paths");
+                let what = format!("dense backward {case} density {density}");
+                assert_close(&what, &one.1, &want.1);
+                assert!(
+                    same_bits(&one.0, &want.0) && same_bits(&one.2, &want.2),
+                    "{what}: dx/db"
+                );
+                assert!(
+                    same_bits(&one.1, &three.1),
+                    "{what}: thread count changed dw"
+                );
+                assert!(same_bits(&dense.1, &want.1), "{what}: dense path");
+            }
+        }
+    }
+
+    #[test]
+    fn the_dispatch_follows_density_and_binarity() {
+        let (outer, n_in, n_out) = (40, 500, 20);
+        let w = values(n_out * n_in, 1);
+        let mut y = vec![0f32; outer * n_out];
+        let run = |d: SpikeDispatch, x: &[f32], y: &mut [f32]| unsafe {
+            dense_spike(
+                d,
+                x.as_ptr(),
+                w.as_ptr(),
+                std::ptr::null(),
+                y.as_mut_ptr(),
+                outer as i64,
+                n_in as i64,
+                1,
+                n_out as i64,
+            )
+        };
+        let d = SpikeDispatch::with(DENSE_SPIKE_MAX_DENSITY);
+        let low = spikes(outer * n_in, DENSE_SPIKE_MAX_DENSITY / 4.0, 2);
+        let high = spikes(outer * n_in, (DENSE_SPIKE_MAX_DENSITY * 2.0).min(1.0), 3);
+        assert!(run(d, &low, &mut y), "low density takes the sparse path");
+        assert!(!run(d, &high, &mut y), "high density takes the GEMM path");
+        // A value other than 0 and 1 (graded input) rules the sparse path out.
+        let mut graded = low.clone();
+        graded[17] = 0.5;
+        assert!(
+            !run(always(2), &graded, &mut y),
+            "non-binary input stays dense"
+        );
+        graded[17] = f32::NAN;
+        assert!(!run(always(2), &graded, &mut y), "NaN input stays dense");
+
+        // The conv forward decides per image.
+        let [n, c, h, wd, o] = [2usize, 3, 6, 6, 4];
+        let img = c * h * wd;
+        let mut x = spikes(img, CONV_SPIKE_MAX_DENSITY / 4.0, 4);
+        x.extend(spikes(img, (CONV_SPIKE_MAX_DENSITY * 2.0).min(1.0), 5));
+        let w = values(o * c * 9, 6);
+        let mut y = vec![0f32; n * o * h * wd];
+        let d = SpikeDispatch::with(CONV_SPIKE_MAX_DENSITY);
+        let [n, c, h, wd, o] = [n, c, h, wd, o].map(|v| v as i64);
+        let sparse = unsafe {
+            conv2d_spike(
+                d,
+                x.as_ptr(),
+                w.as_ptr(),
+                std::ptr::null(),
+                y.as_mut_ptr(),
+                n,
+                c,
+                h,
+                wd,
+                o,
+                3,
+                3,
+                1,
+                1,
+                1,
+                1,
+                h,
+                wd,
+            )
+        };
+        assert_eq!(sparse, 1, "one sparse and one dense image");
+    }
+}
