@@ -1,7 +1,12 @@
 //! Times the CPU backend's JIT-compiled forward pass of one model (driven by bench/cpu/run.sh)
 //! and prints one JSON line: compile time and median/min/max of RUNS forward calls.
 //!
-//! usage: bench_cpu FILE MODEL BATCH RUNS [NAME=VALUE ...]   (NAME=VALUE: model overrides)
+//! usage: bench_cpu FILE MODEL BATCH RUNS [--fwd-bwd] [NAME=VALUE ...]   (NAME=VALUE: model overrides)
+//!
+//! `--fwd-bwd` times `forward_train` + `backward` instead (the peers' "fwd_bwd": BPTT down to the
+//! input, loss = the sum of the outputs, so every output's gradient is 1; a rate readout's
+//! output is the spike sum / T, so its gradient T makes the loss the sum of all spikes, as in
+//! the peers' `s.sum().backward()`).
 //! Inputs: `image` inputs ~ U(0, 1) (the peers' `torch.rand`); `events` inputs are event counts
 //! of a 4x4 sum-pool over binary events of density 0.05 (the gesture peer's preprocessing).
 //! Parameters: the interpreter's seeded init. Running statistics are reset before every call.
@@ -39,13 +44,15 @@ impl Rng {
 fn run() -> Result<(), String> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.len() < 4 {
-        return Err("usage: bench_cpu FILE MODEL BATCH RUNS [NAME=VALUE ...]".into());
+        return Err("usage: bench_cpu FILE MODEL BATCH RUNS [--fwd-bwd] [NAME=VALUE ...]".into());
     }
     let file = PathBuf::from(&args[0]);
     let model = &args[1];
     let batch: usize = args[2].parse().map_err(|e| format!("BATCH: {e}"))?;
     let runs: usize = args[3].parse().map_err(|e| format!("RUNS: {e}"))?;
-    let overrides: Vec<(String, String)> = args[4..]
+    let fwd_bwd = args.iter().any(|a| a == "--fwd-bwd");
+    let rest: Vec<&String> = args[4..].iter().filter(|a| *a != "--fwd-bwd").collect();
+    let overrides: Vec<(String, String)> = rest
         .iter()
         .map(|s| {
             s.split_once('=')
@@ -62,6 +69,9 @@ fn run() -> Result<(), String> {
         .iter()
         .find(|g| g.name == *model)
         .ok_or_else(|| format!("no model `{model}` in {}", file.display()))?;
+    if fwd_bwd {
+        return time_fwd_bwd(g, batch, runs, &rest);
+    }
 
     let start = Instant::now();
     let compiled = CompiledModel::compile(g, &LowerOptions { batch }).map_err(|e| e.to_string())?;
@@ -111,7 +121,7 @@ fn run() -> Result<(), String> {
         .flat_map(|(_, v)| v.iter().map(|x| f64::from(*x)))
         .collect();
     let mean = out.iter().sum::<f64>() / out.len().max(1) as f64;
-    let ov: Vec<String> = args[4..].to_vec();
+    let ov: Vec<&str> = rest.iter().map(|s| s.as_str()).collect();
     println!(
         "{{\"bench\": \"cpu_forward\", \"framework\": \"snnc-cranelift\", \"model\": \"{model}\", \"batch\": {batch}, \"overrides\": \"{}\", \"threads\": {}, \"runs\": {runs}, \"compile_ms\": {compile_ms:.1}, \"median_ms\": {:.3}, \"min_ms\": {:.3}, \"max_ms\": {:.3}, \"output_mean\": {mean:.6}}}",
         ov.join(" "),
@@ -120,6 +130,81 @@ fn run() -> Result<(), String> {
         times[times.len() / 2],
         times[0],
         times[times.len() - 1]
+    );
+    Ok(())
+}
+
+/// Times `forward_train` + `backward` (see the module docs) and prints one JSON line.
+fn time_fwd_bwd(
+    g: &snnc::ir::Graph,
+    batch: usize,
+    runs: usize,
+    ov: &[&String],
+) -> Result<(), String> {
+    use snnc::backend::cpu::CompiledTraining;
+    let start = Instant::now();
+    let compiled =
+        CompiledTraining::compile(g, &LowerOptions { batch }).map_err(|e| e.to_string())?;
+    let compile_ms = start.elapsed().as_secs_f64() * 1e3;
+    let (fsig, bsig) = compiled.signatures();
+    let mut rng = Rng(0x5eed);
+    let inputs: Vec<Vec<f32>> = fsig
+        .iter()
+        .filter(|a| a.role == snnc::mlir::grad::TrainRole::Input)
+        .map(|a| {
+            (0..a.shape.iter().product::<usize>())
+                .map(|_| rng.unit())
+                .collect()
+        })
+        .collect();
+    let store = ParamStore::init(g, 0);
+    let mut params: Vec<Vec<f32>> = store
+        .values
+        .iter()
+        .map(|v| v.iter().map(|x| *x as f32).collect())
+        .collect();
+    let steps = g
+        .nodes
+        .iter()
+        .find_map(|n| n.ty.size(snnc::ir::Axis::T))
+        .map_or(1.0, |t| t as f32);
+    let d_outputs: Vec<Vec<f32>> = bsig
+        .iter()
+        .filter(|a| a.role == snnc::mlir::grad::TrainRole::DOutput)
+        .map(|a| vec![steps; a.shape.iter().product()])
+        .collect();
+    let input_refs: Vec<&[f32]> = inputs.iter().map(Vec::as_slice).collect();
+    let d_refs: Vec<&[f32]> = d_outputs.iter().map(Vec::as_slice).collect();
+    let mut scratch = compiled.scratch();
+    let mut times = Vec::with_capacity(runs);
+    let mut grad_sum = 0.0f64;
+    let mut out_mean = 0.0f64;
+    for k in 0..runs + 1 {
+        let t0 = Instant::now();
+        let out = compiled
+            .forward_train(&input_refs, &mut params, &mut scratch)
+            .map_err(|e| e.to_string())?;
+        let grads = compiled
+            .backward(&input_refs, &params, &scratch, &d_refs)
+            .map_err(|e| e.to_string())?;
+        if k > 0 {
+            times.push(t0.elapsed().as_secs_f64() * 1e3);
+        }
+        grad_sum = grads.inputs.iter().flatten().map(|x| f64::from(*x)).sum();
+        let flat: Vec<f32> = out.into_iter().flatten().collect();
+        out_mean = flat.iter().map(|x| f64::from(*x)).sum::<f64>() / flat.len().max(1) as f64;
+    }
+    times.sort_by(f64::total_cmp);
+    let ov: Vec<&str> = ov.iter().map(|s| s.as_str()).collect();
+    println!(
+        "{{\"bench\": \"cpu_fwd_bwd\", \"framework\": \"snnc-cranelift\", \"model\": \"{}\", \"batch\": {batch}, \"overrides\": \"{}\", \"threads\": {}, \"runs\": {runs}, \"compile_ms\": {compile_ms:.1}, \"median_ms\": {:.3}, \"min_ms\": {:.3}, \"max_ms\": {:.3}, \"output_mean\": {out_mean:.6}, \"input_grad_sum\": {grad_sum:.4}, \"saved_bytes\": {}}}",
+        g.name,
+        ov.join(" "),
+        snn_runtime::kernels::ffi::kernel_threads(),
+        times[times.len() / 2],
+        times[0],
+        times[times.len() - 1],
+        scratch.bytes()
     );
     Ok(())
 }

@@ -9,9 +9,9 @@
 //! gets a gradient buffer (zeros when no gradient reaches it), and `smooth_fire` does not exist.
 
 use super::{
-    Buf, Env, Fx, LoopForm, LowerError, LowerOptions, Lowering, V, append_func, block_arg,
-    broadcast, check_program, declare_kernels, eval, forward_signature, fpred, insert_at,
-    remove_at, shape_of, to_i64,
+    Buf, Env, Fx, LANES, LoopForm, LowerError, LowerOptions, Lowering, V, append_func, block_arg,
+    check_program, declare_kernels, eval, forward_signature, fpred, insert_at, lane_base, linear,
+    remove_at, shape_of, to_i64, vector_parts,
 };
 use crate::autodiff::{GradGraph, ScanAdjoint, differentiate};
 use crate::ir::graph::{BinaryOp, Graph, Node, Op, PoolKind, ReduceKind, ScanEmit, UnaryOp};
@@ -347,19 +347,6 @@ impl<'c> TrainSinks<'c> {
     }
 }
 
-/// Row-major linear index of `ivs` over `dims` (0 for no dims).
-fn linear<'c>(fx: &Fx<'c, '_>, b: &Block<'c>, ivs: &[V<'c>], dims: &[i64]) -> V<'c> {
-    let mut acc = fx.cidx(0);
-    for (k, (iv, d)) in ivs.iter().zip(dims).enumerate() {
-        acc = if k == 0 {
-            *iv
-        } else {
-            fx.ilin(b, acc, *d, Some(*iv), 0)
-        };
-    }
-    acc
-}
-
 /// Stores the carried states at the start of step `t` of element `o` (the scan's indices
 /// without T) into `[T, states, elements]`, the interpreter's layout.
 pub(super) fn store_states<'c>(
@@ -439,6 +426,80 @@ fn lower_backward<'c>(
 
 /// A loop-nest body: (block, induction variables, carried values) → the next carried values.
 type CarryBody<'f, 'c> = dyn FnMut(&Block<'c>, &[V<'c>], &[V<'c>]) -> Vec<V<'c>> + 'f;
+
+/// A scan's neuron program, what it emits, and its adjoint equations.
+type ScanProgram<'a> = (&'a NeuronProgram, ScanEmit, &'a ScanAdjoint);
+
+/// The buffers a reverse scan reads and writes.
+struct ScanIo<'a, 'c> {
+    /// The input current (saved by the forward) and the optional gate.
+    x: &'a Buf<'c>,
+    gate: Option<&'a Buf<'c>>,
+    dy: &'a Buf<'c>,
+    dx: &'a Buf<'c>,
+    /// `[T, states, elements]`: the states at the start of every step.
+    states: V<'c>,
+    /// The gate's gradient at the input's shape, reduced to the gate's shape afterwards.
+    dgate: Option<V<'c>>,
+    /// `[learnables, elements]`: each element's share of the learnables' gradients.
+    dlearn: Option<V<'c>>,
+    pt: usize,
+    steps: i64,
+    /// The input's axes without T.
+    others: &'a [i64],
+}
+
+/// What one reverse step reads: the forward's input, states and gate at step t, and the
+/// gradient arriving at the scan's output.
+struct StepValues<'c> {
+    input: V<'c>,
+    states: Vec<V<'c>>,
+    gate: Option<V<'c>>,
+    d: V<'c>,
+}
+
+impl<'c> ScanIo<'_, 'c> {
+    /// The step-t values at input indices `idx` (element `e` of the states buffer).
+    fn step_values(
+        &self,
+        fx: &Fx<'c, '_>,
+        b: &Block<'c>,
+        ns: usize,
+        (t, e): (V<'c>, V<'c>),
+        idx: &[V<'c>],
+        vector: bool,
+    ) -> StepValues<'c> {
+        StepValues {
+            input: fx.load_w(b, self.x.mem, idx, vector),
+            states: (0..ns)
+                .map(|s| fx.load_w(b, self.states, &[t, fx.cidx(s as i64), e], vector))
+                .collect(),
+            gate: self
+                .gate
+                .map(|g| fx.load_bcast(b, g.mem, &g.dims, &self.x.dims, idx, vector)),
+            d: fx.load_w(b, self.dy.mem, idx, vector),
+        }
+    }
+
+    /// Accumulates the input's adjoint into dx and stores the gate's.
+    fn write(
+        &self,
+        bw: &Backward<'_, 'c, '_>,
+        b: &Block<'c>,
+        adj_input: V<'c>,
+        dgate: Option<V<'c>>,
+        idx: &[V<'c>],
+        vector: bool,
+    ) {
+        let fx = &bw.fx;
+        let old = fx.load_w(b, self.dx.mem, idx, vector);
+        let new = fx.addf(b, old, adj_input);
+        fx.store_w(b, new, self.dx.mem, idx, vector);
+        if let (Some(v), Some(m)) = (dgate, self.dgate) {
+            fx.store_w(b, v, m, idx, vector);
+        }
+    }
+}
 
 /// The backward function under construction.
 struct Backward<'a, 'c, 'e> {
@@ -545,9 +606,9 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
             let d = self.grad_of(out.0)?;
             let seed = self.d_outputs[k];
             let fx = &self.fx;
-            fx.par(fx.entry, &d.dims, |b, ivs| {
-                let v = fx.load(b, seed, ivs);
-                self.acc(b, v, d.mem, ivs);
+            fx.par_vec(fx.entry, &d.dims, |b, ivs, vector| {
+                let v = fx.load_w(b, seed, ivs, vector);
+                self.acc_w(b, v, d.mem, ivs, vector);
             });
         }
         for step in &grad.steps {
@@ -575,7 +636,9 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
 
     fn zero(&self, mem: V<'c>, dims: &[i64]) {
         let fx = &self.fx;
-        fx.par(fx.entry, dims, |b, ivs| fx.store(b, fx.cf(0.0), mem, ivs));
+        fx.par_vec(fx.entry, dims, |b, ivs, vector| {
+            fx.store_w(b, fx.cf_w(0.0, vector), mem, ivs, vector)
+        });
     }
 
     fn alloc(&self, dims: &[i64]) -> V<'c> {
@@ -594,9 +657,14 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
 
     /// `mem[idx] += v`.
     fn acc(&self, b: &Block<'c>, v: V<'c>, mem: V<'c>, idx: &[V<'c>]) {
-        let old = self.fx.load(b, mem, idx);
+        self.acc_w(b, v, mem, idx, false);
+    }
+
+    /// `mem[idx..idx + 4] += v` when `vector`, else [`Self::acc`].
+    fn acc_w(&self, b: &Block<'c>, v: V<'c>, mem: V<'c>, idx: &[V<'c>], vector: bool) {
+        let old = self.fx.load_w(b, mem, idx, vector);
         let new = self.fx.addf(b, old, v);
-        self.fx.store(b, new, mem, idx);
+        self.fx.store_w(b, new, mem, idx, vector);
     }
 
     /// The gradient buffer of node `v`, allocated and zeroed at its first contribution.
@@ -685,9 +753,9 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
             Op::Dropout { .. } => {
                 let dx = self.input_grad(node, 0)?;
                 let fx = &self.fx;
-                fx.par(fx.entry, &dx.dims, |b, ivs| {
-                    let v = fx.load(b, dy.mem, ivs);
-                    self.acc(b, v, dx.mem, ivs);
+                fx.par_vec(fx.entry, &dx.dims, |b, ivs, vector| {
+                    let v = fx.load_w(b, dy.mem, ivs, vector);
+                    self.acc_w(b, v, dx.mem, ivs, vector);
                 });
                 Ok(())
             }
@@ -1162,14 +1230,20 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
         let dx = self.input_grad(node, 0)?;
         let fx = &self.fx;
         let (h, w) = (dx.dims[ph], dx.dims[pw]);
-        fx.par(fx.entry, &dx.dims, |b, xi| {
+        // Consecutive W are consecutive N: vectors along W when it is the last axis.
+        let body = |b: &Block<'c>, xi: &[V<'c>], vector: bool| {
             let chw = fx.ilin(b, xi[pc], h, Some(xi[ph]), 0);
             let n = fx.ilin(b, chw, w, Some(xi[pw]), 0);
             let t = pt.map_or(fx.cidx(0), |p| xi[p]);
             let bb = pb.map_or(fx.cidx(0), |p| xi[p]);
-            let d = fx.load(b, dy.mem, &[t, bb, n]);
-            self.acc(b, d, dx.mem, xi);
-        });
+            let d = fx.load_w(b, dy.mem, &[t, bb, n], vector);
+            self.acc_w(b, d, dx.mem, xi, vector);
+        };
+        if pw + 1 == dx.dims.len() {
+            fx.par_vec(fx.entry, &dx.dims, body);
+        } else {
+            fx.par(fx.entry, &dx.dims, |b, xi| body(b, xi, false));
+        }
         Ok(())
     }
 
@@ -1223,11 +1297,8 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
         };
         match x {
             None => {
-                let scale = match kind {
-                    ReduceKind::Mean => Some(fx.cf(1.0 / count as f64)),
-                    _ => None,
-                };
-                fx.par(fx.entry, &dx.dims, |b, xi| {
+                let last_reduced = reduced.last() == Some(&true);
+                fx.par_vec(fx.entry, &dx.dims, |b, xi, vector| {
                     let mut yidx = Vec::new();
                     for (pos, red) in reduced.iter().enumerate() {
                         if !*red {
@@ -1236,12 +1307,18 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
                             yidx.push(fx.cidx(0));
                         }
                     }
-                    let d = fx.load(b, dy.mem, &yidx);
-                    let d = match scale {
-                        Some(s) => fx.mulf(b, d, s),
-                        None => d,
+                    // A reduced last axis: every lane reads the same dy.
+                    let d = if vector && last_reduced {
+                        let d = fx.load(b, dy.mem, &yidx);
+                        fx.splat(b, d)
+                    } else {
+                        fx.load_w(b, dy.mem, &yidx, vector)
                     };
-                    self.acc(b, d, dx.mem, xi);
+                    let d = match kind {
+                        ReduceKind::Mean => fx.mulf(b, d, fx.cf_as(1.0 / count as f64, d)),
+                        _ => d,
+                    };
+                    self.acc_w(b, d, dx.mem, xi, vector);
                 });
             }
             Some(x) => {
@@ -1288,50 +1365,58 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
         let x = self.saved(node, 0)?;
         let dx = self.input_grad(node, 0)?;
         let fx = &self.fx;
-        fx.par(fx.entry, &dx.dims, |b, xi| {
-            let v = fx.load(b, x.mem, xi);
+        fx.par_vec(fx.entry, &dx.dims, |b, xi, vector| {
+            let v = fx.load_w(b, x.mem, xi, vector);
             let deriv = match op {
                 UnaryOp::Relu => {
-                    let pos = fx.cmpf(b, fpred::OGT, v, fx.cf(0.0));
+                    let pos = fx.cmpf(b, fpred::OGT, v, fx.cf_as(0.0, v));
                     fx.bool_to_f32(b, pos)
                 }
                 UnaryOp::Sigmoid => {
                     let s = fx.sigmoid(b, v);
-                    let one_minus = fx.subf(b, fx.cf(1.0), s);
+                    let one_minus = fx.subf(b, fx.cf_as(1.0, v), s);
                     fx.mulf(b, s, one_minus)
                 }
             };
-            let d = fx.load(b, dy.mem, xi);
+            let d = fx.load_w(b, dy.mem, xi, vector);
             let p = fx.mulf(b, d, deriv);
-            self.acc(b, p, dx.mem, xi);
+            self.acc_w(b, p, dx.mem, xi, vector);
         });
         Ok(())
     }
 
     /// `dst += sum_to_shape(value)`: `value(b, y_index)` summed over the axes where `dst` has
     /// size 1 and the broadcast result does not.
+    /// `value(b, y_index, vector)` loads like [`Fx::load_w`]; vectors run along the last
+    /// axis unless it is one of the summed ones.
     fn sum_into(
         &self,
         dst: &Buf<'c>,
         ydims: &[i64],
-        value: &dyn Fn(&Block<'c>, &[V<'c>]) -> V<'c>,
+        value: &dyn Fn(&Block<'c>, &[V<'c>], bool) -> V<'c>,
     ) {
         let fx = &self.fx;
         let red: Vec<usize> = (0..ydims.len())
             .filter(|&k| dst.dims.get(k) == Some(&1) && ydims[k] != 1)
             .collect();
         let red_dims: Vec<i64> = red.iter().map(|&k| ydims[k]).collect();
-        fx.par(fx.entry, &dst.dims, |b, di| {
-            let acc = fx.acc_nest(b, &red_dims, fx.cf(0.0), &mut |b, r, acc| {
+        let body = |b: &Block<'c>, di: &[V<'c>], vector: bool| {
+            let init = fx.cf_w(0.0, vector);
+            let acc = fx.acc_nest(b, &red_dims, init, &mut |b, r, acc| {
                 let mut yidx = di.to_vec();
                 for (j, &k) in red.iter().enumerate() {
                     yidx[k] = r[j];
                 }
-                let v = value(b, &yidx);
+                let v = value(b, &yidx, vector);
                 fx.addf(b, acc, v)
             });
-            self.acc(b, acc, dst.mem, di);
-        });
+            self.acc_w(b, acc, dst.mem, di, vector);
+        };
+        if red.contains(&(ydims.len().saturating_sub(1))) {
+            fx.par(fx.entry, &dst.dims, |b, di| body(b, di, false));
+        } else {
+            fx.par_vec(fx.entry, &dst.dims, body);
+        }
     }
 
     fn binary(&mut self, node: &Node, dy: &Buf<'c>, op: BinaryOp) -> Result<(), LowerError> {
@@ -1345,12 +1430,12 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
             let other = operands
                 .as_ref()
                 .map(|(a, c)| if k == 0 { c.clone() } else { a.clone() });
-            self.sum_into(&dst, &dy.dims, &|b, yidx| {
-                let d = fx.load(b, dy.mem, yidx);
+            self.sum_into(&dst, &dy.dims, &|b, yidx, vector| {
+                let d = fx.load_w(b, dy.mem, yidx, vector);
                 match &other {
                     None => d,
                     Some(o) => {
-                        let ov = fx.load(b, o.mem, &broadcast(fx, &o.dims, &dy.dims, yidx));
+                        let ov = fx.load_bcast(b, o.mem, &o.dims, &dy.dims, yidx, vector);
                         fx.mulf(b, d, ov)
                     }
                 }
@@ -1386,123 +1471,45 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
         let steps = x.dims[pt];
         let others = remove_at(&x.dims, pt);
         let n_elems: i64 = others.iter().product();
-        let (ns, nl) = (neuron.states.len(), neuron.learns.len());
+        let nl = neuron.learns.len();
         let dx = self.input_grad(node, 0)?;
-        let fx = &self.fx;
         let mut learns = Vec::new();
         for k in 0..nl {
-            learns.push(fx.load(fx.entry, self.param(node, k)?, &[fx.cidx(0)]));
+            let p = self.param(node, k)?;
+            learns.push(self.fx.load(self.fx.entry, p, &[self.fx.cidx(0)]));
         }
         // Per-element partial sums of the learnable gradients and the gate gradient at the
         // input's shape: written once per element, reduced afterwards (no racing adds).
         let dlearn_tmp = (nl > 0).then(|| self.alloc(&[nl as i64, n_elems]));
         let dgate_tmp = gate.as_ref().map(|_| self.alloc(&x.dims));
-        let zero = fx.cf(0.0);
-        let r = fx.par(fx.entry, &others, |b, o| {
-            let inits = vec![zero; ns + nl];
-            let (fin, r) = fx.for_carry(b, steps, &inits, |b, rev, carried| {
-                let t = fx.bin(b, "arith.subi", fx.cidx(steps - 1), rev);
-                let idx = insert_at(o, pt, t);
-                let e = linear(fx, b, o, &others);
-                let input = fx.load(b, x.mem, &idx);
-                let mut env = Env {
-                    input,
-                    states: (0..ns)
-                        .map(|s| fx.load(b, states, &[t, fx.cidx(s as i64), e]))
-                        .collect(),
-                    learns: &learns,
-                    locals: vec![None; neuron.locals.len()],
-                };
-                let g = gate
-                    .as_ref()
-                    .map(|gb| fx.load(b, gb.mem, &broadcast(fx, &gb.dims, &x.dims, &idx)));
-                // Recompute the step, remembering the environment before each equation.
-                let mut before = Vec::with_capacity(neuron.steps.len());
-                let mut membrane_before_gate = zero;
-                for (j, (target, expr)) in neuron.steps.iter().enumerate() {
-                    if j == neuron.fire_step
-                        && let Some(g) = g
-                    {
-                        membrane_before_gate = env.states[0];
-                        env.states[0] = fx.mulf(b, env.states[0], g);
-                    }
-                    before.push((env.states.clone(), env.locals.clone()));
-                    match eval(fx, b, expr, &env) {
-                        Ok(v) => match target {
-                            Target::State(s) => env.states[*s] = v,
-                            Target::Local(l) => env.locals[*l] = Some(v),
-                        },
-                        Err(e) => return (carried.to_vec(), Err(e)),
-                    }
-                }
-                let mut adj_states: Vec<V<'c>> = carried[..ns].to_vec();
-                let mut dlearn: Vec<V<'c>> = carried[ns..].to_vec();
-                let mut adj_locals = vec![zero; neuron.locals.len()];
-                let mut adj_input = zero;
-                let d = fx.load(b, dy.mem, &idx);
-                match emit {
-                    ScanEmit::Spikes => {
-                        adj_locals[neuron.spike] = fx.addf(b, adj_locals[neuron.spike], d)
-                    }
-                    ScanEmit::Membrane => adj_states[0] = fx.addf(b, adj_states[0], d),
-                }
-                for (j, step) in adj.steps.iter().enumerate().rev() {
-                    let g_out = match step.target {
-                        Target::State(s) => std::mem::replace(&mut adj_states[s], zero),
-                        Target::Local(l) => std::mem::replace(&mut adj_locals[l], zero),
-                    };
-                    if !step.partials.is_empty() {
-                        // The interpreter skips a zero adjoint: 0 · inf must not become NaN.
-                        let live = fx.cmpf(b, fpred::UNE, g_out, zero);
-                        let (s, l) = &before[j];
-                        let env_j = Env {
-                            input,
-                            states: s.clone(),
-                            learns: &learns,
-                            locals: l.clone(),
-                        };
-                        for (var, dexpr) in &step.partials {
-                            let dv = match eval(fx, b, dexpr, &env_j) {
-                                Ok(v) => v,
-                                Err(e) => return (carried.to_vec(), Err(e)),
-                            };
-                            let c = fx.mulf(b, g_out, dv);
-                            let c = fx.select(b, live, c, zero);
-                            let slot = match var {
-                                Var::Input => &mut adj_input,
-                                Var::State(s) => &mut adj_states[*s],
-                                Var::Local(l) => &mut adj_locals[*l],
-                                Var::Learn(l) => &mut dlearn[*l],
-                            };
-                            *slot = fx.addf(b, *slot, c);
-                        }
-                    }
-                    if j == neuron.fire_step
-                        && let (Some(g), Some(dg)) = (g, dgate_tmp)
-                    {
-                        let v = fx.mulf(b, adj_states[0], membrane_before_gate);
-                        fx.store(b, v, dg, &idx);
-                        adj_states[0] = fx.mulf(b, adj_states[0], g);
-                    }
-                }
-                self.acc(b, adj_input, dx.mem, &idx);
-                let mut next = adj_states;
-                next.extend(dlearn);
-                (next, Ok(()))
-            });
-            if let Some(tmp) = dlearn_tmp {
-                let e = linear(fx, b, o, &others);
-                for l in 0..nl {
-                    fx.store(b, fin[ns + l], tmp, &[fx.cidx(l as i64), e]);
-                }
-            }
-            r
+        let last = x.dims.len() - 1;
+        let width = x.dims[last];
+        let gate_ok = gate.as_ref().is_none_or(|g| {
+            g.dims.len() == x.dims.len() && (g.dims[last] == 1 || g.dims[last] == width)
         });
-        r?;
+        let io = ScanIo {
+            x: &x,
+            gate: gate.as_ref(),
+            dy,
+            dx: &dx,
+            states,
+            dgate: dgate_tmp,
+            dlearn: dlearn_tmp,
+            pt,
+            steps,
+            others: &others,
+        };
+        let prog = (neuron, emit, adj);
+        if !self.fx.flat && pt != last && width >= LANES && gate_ok {
+            self.scan_time_outer(prog, &io, &learns)?;
+        } else {
+            self.scan_time_inner(prog, &io, &learns)?;
+        }
+        let fx = &self.fx;
         if let Some(tmp) = dlearn_tmp {
             for l in 0..nl {
                 if let Some(dp) = self.dparam(node, l) {
-                    let total = fx.acc_nest(fx.entry, &[n_elems], zero, &mut |b, r, acc| {
+                    let total = fx.acc_nest(fx.entry, &[n_elems], fx.cf(0.0), &mut |b, r, acc| {
                         let v = fx.load(b, tmp, &[fx.cidx(l as i64), r[0]]);
                         fx.addf(b, acc, v)
                     });
@@ -1514,9 +1521,206 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
         if let Some(tmp) = dgate_tmp {
             let dgate = self.input_grad(node, 1)?;
             let fx = &self.fx;
-            self.sum_into(&dgate, &x.dims, &|b, yidx| fx.load(b, tmp, yidx));
+            self.sum_into(&dgate, &x.dims, &|b, yidx, vector| {
+                fx.load_w(b, tmp, yidx, vector)
+            });
             fx.stmt(fx.entry, "memref.dealloc", &[tmp]);
         }
         Ok(())
+    }
+
+    /// The reverse scan with T innermost, one element per iteration, the adjoints carried in
+    /// registers (the flat GPU form, and layouts the vector form does not cover).
+    fn scan_time_inner(
+        &self,
+        (neuron, emit, adj): ScanProgram<'_>,
+        io: &ScanIo<'_, 'c>,
+        learns: &[V<'c>],
+    ) -> Result<(), LowerError> {
+        let fx = &self.fx;
+        let ns = neuron.states.len();
+        let zero = fx.cf(0.0);
+        fx.par(fx.entry, io.others, |b, o| {
+            let inits = vec![zero; ns + neuron.learns.len()];
+            let (fin, r) = fx.for_carry(b, io.steps, &inits, |b, rev, carried| {
+                let t = fx.bin(b, "arith.subi", fx.cidx(io.steps - 1), rev);
+                let idx = insert_at(o, io.pt, t);
+                let e = linear(fx, b, o, io.others);
+                let at = io.step_values(fx, b, ns, (t, e), &idx, false);
+                match self.adjoint_step(b, neuron, emit, adj, at, carried, learns) {
+                    Ok((next, adj_input, dgate)) => {
+                        io.write(self, b, adj_input, dgate, &idx, false);
+                        (next, Ok(()))
+                    }
+                    Err(e) => (carried.to_vec(), Err(e)),
+                }
+            });
+            if let Some(tmp) = io.dlearn {
+                let e = linear(fx, b, o, io.others);
+                for (l, v) in fin[ns..].iter().enumerate() {
+                    fx.store(b, *v, tmp, &[fx.cidx(l as i64), e]);
+                }
+            }
+            r
+        })
+    }
+
+    /// The reverse scan with the time loop outermost, the last axis in `vector<4xf32>` groups
+    /// (the forward's [`vector_parts`]) and the adjoints in buffers: like the forward scan,
+    /// every step streams x[t], dy[t], dx[t] and the saved states of step t contiguously
+    /// (T innermost strides B·N floats per step, a new page per load).
+    fn scan_time_outer(
+        &self,
+        (neuron, emit, adj): ScanProgram<'_>,
+        io: &ScanIo<'_, 'c>,
+        learns: &[V<'c>],
+    ) -> Result<(), LowerError> {
+        let fx = &self.fx;
+        let (ns, nl) = (neuron.states.len(), neuron.learns.len());
+        let bufs: Vec<V<'c>> = (0..ns + nl).map(|_| self.alloc(io.others)).collect();
+        for buf in &bufs {
+            self.zero(*buf, io.others);
+        }
+        let vec_learns: Vec<V<'c>> = learns.iter().map(|v| fx.splat(fx.entry, *v)).collect();
+        let outer = &io.others[..io.others.len() - 1];
+        let parts = vector_parts(io.others[io.others.len() - 1]);
+        let (_, r) = fx.for_carry(fx.entry, io.steps, &[], |b, rev, _| {
+            let t = fx.bin(b, "arith.subi", fx.cidx(io.steps - 1), rev);
+            let mut r = Ok(());
+            for &(start, count, lanes, copies) in &parts {
+                let mut dims = outer.to_vec();
+                dims.push(count);
+                let vector = lanes > 1;
+                let learns = if vector { &vec_learns } else { learns };
+                r = fx.par(b, &dims, |b, o| {
+                    for c in 0..copies {
+                        let base = lane_base(fx, b, o, start, (lanes, copies), c);
+                        let idx = insert_at(&base, io.pt, t);
+                        let e = linear(fx, b, &base, io.others);
+                        let at = io.step_values(fx, b, ns, (t, e), &idx, vector);
+                        let carried: Vec<V<'c>> = bufs
+                            .iter()
+                            .map(|m| fx.load_w(b, *m, &base, vector))
+                            .collect();
+                        let (next, adj_input, dgate) =
+                            self.adjoint_step(b, neuron, emit, adj, at, &carried, learns)?;
+                        for (v, m) in next.iter().zip(&bufs) {
+                            fx.store_w(b, *v, *m, &base, vector);
+                        }
+                        io.write(self, b, adj_input, dgate, &idx, vector);
+                    }
+                    Ok(())
+                });
+                if r.is_err() {
+                    break;
+                }
+            }
+            (vec![], r)
+        });
+        r?;
+        if let Some(tmp) = io.dlearn {
+            fx.par(fx.entry, io.others, |b, o| {
+                let e = linear(fx, b, o, io.others);
+                for l in 0..nl {
+                    let v = fx.load(b, bufs[ns + l], o);
+                    fx.store(b, v, tmp, &[fx.cidx(l as i64), e]);
+                }
+            });
+        }
+        for buf in bufs {
+            fx.stmt(fx.entry, "memref.dealloc", &[buf]);
+        }
+        Ok(())
+    }
+
+    /// One reverse step of a scan: recomputes the forward step from the states saved at its
+    /// start, then pushes the adjoints back through its equations, last first. `carried`:
+    /// the state adjoints, then the learnables' partial sums. Returns their next values, the
+    /// input's adjoint and (with a gate) the gate's. Scalars and `vector<4xf32>` alike.
+    #[allow(clippy::too_many_arguments)]
+    fn adjoint_step(
+        &self,
+        b: &Block<'c>,
+        neuron: &NeuronProgram,
+        emit: ScanEmit,
+        adj: &ScanAdjoint,
+        at: StepValues<'c>,
+        carried: &[V<'c>],
+        learns: &[V<'c>],
+    ) -> Result<(Vec<V<'c>>, V<'c>, Option<V<'c>>), LowerError> {
+        let fx = &self.fx;
+        let ns = neuron.states.len();
+        let zero = fx.cf_as(0.0, at.input);
+        let mut env = Env {
+            input: at.input,
+            states: at.states,
+            learns,
+            locals: vec![None; neuron.locals.len()],
+        };
+        // Recompute the step, remembering the environment before each equation.
+        let mut before = Vec::with_capacity(neuron.steps.len());
+        let mut membrane_before_gate = zero;
+        for (j, (target, expr)) in neuron.steps.iter().enumerate() {
+            if j == neuron.fire_step
+                && let Some(g) = at.gate
+            {
+                membrane_before_gate = env.states[0];
+                env.states[0] = fx.mulf(b, env.states[0], g);
+            }
+            before.push((env.states.clone(), env.locals.clone()));
+            let v = eval(fx, b, expr, &env)?;
+            match target {
+                Target::State(s) => env.states[*s] = v,
+                Target::Local(l) => env.locals[*l] = Some(v),
+            }
+        }
+        let mut adj_states: Vec<V<'c>> = carried[..ns].to_vec();
+        let mut dlearn: Vec<V<'c>> = carried[ns..].to_vec();
+        let mut adj_locals = vec![zero; neuron.locals.len()];
+        let mut adj_input = zero;
+        let mut dgate = None;
+        match emit {
+            ScanEmit::Spikes => {
+                adj_locals[neuron.spike] = fx.addf(b, adj_locals[neuron.spike], at.d)
+            }
+            ScanEmit::Membrane => adj_states[0] = fx.addf(b, adj_states[0], at.d),
+        }
+        for (j, step) in adj.steps.iter().enumerate().rev() {
+            let g_out = match step.target {
+                Target::State(s) => std::mem::replace(&mut adj_states[s], zero),
+                Target::Local(l) => std::mem::replace(&mut adj_locals[l], zero),
+            };
+            if !step.partials.is_empty() {
+                // The interpreter skips a zero adjoint: 0 · inf must not become NaN.
+                let live = fx.cmpf(b, fpred::UNE, g_out, zero);
+                let (s, l) = &before[j];
+                let env_j = Env {
+                    input: at.input,
+                    states: s.clone(),
+                    learns,
+                    locals: l.clone(),
+                };
+                for (var, dexpr) in &step.partials {
+                    let dv = eval(fx, b, dexpr, &env_j)?;
+                    let c = fx.mulf(b, g_out, dv);
+                    let c = fx.select(b, live, c, zero);
+                    let slot = match var {
+                        Var::Input => &mut adj_input,
+                        Var::State(s) => &mut adj_states[*s],
+                        Var::Local(l) => &mut adj_locals[*l],
+                        Var::Learn(l) => &mut dlearn[*l],
+                    };
+                    *slot = fx.addf(b, *slot, c);
+                }
+            }
+            if j == neuron.fire_step
+                && let Some(g) = at.gate
+            {
+                dgate = Some(fx.mulf(b, adj_states[0], membrane_before_gate));
+                adj_states[0] = fx.mulf(b, adj_states[0], g);
+            }
+        }
+        adj_states.extend(dlearn);
+        Ok((adj_states, adj_input, dgate))
     }
 }
