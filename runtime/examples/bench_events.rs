@@ -9,7 +9,9 @@ use std::time::Instant;
 
 use snn_runtime::data::{Loader, LoaderConfig};
 use snn_runtime::events::dataset::nmnist_list;
-use snn_runtime::events::{FrameSpec, ReadOptions, Sample, frame, read_events};
+use snn_runtime::events::{
+    EventReader, FrameBuffer, FrameSpec, ReadOptions, Sample, frame, frame_into, read_events,
+};
 
 /// AEDAT 4 window: 10 ms, as the Python peers use.
 const WINDOW_US: i64 = 10_000;
@@ -42,7 +44,26 @@ fn main() -> Result<(), Box<dyn Error>> {
         ),
     ];
     for (case, files, spec) in cases {
-        let pass = |check: bool| -> Result<(u64, f64), Box<dyn Error>> {
+        // `snnc`: one reader and one tensor kept for every file (what a training loop does
+        // with EventReader and the FrameBuffer of frame_into); `snnc-alloc`: read_events and
+        // frame, which allocate the columns and a fresh tensor per file.
+        let mut reader = EventReader::new(opts);
+        let mut frames = FrameBuffer::new();
+        let reused = |check: bool| -> Result<(u64, f64), Box<dyn Error>> {
+            let (mut events, mut framed) = (0u64, 0f64);
+            for f in files {
+                let ev = &reader.read(f)?.events;
+                events += ev.len() as u64;
+                frame_into(ev, &spec, &mut frames)?;
+                if check {
+                    framed += f64::from(frames.view().sum());
+                }
+                std::hint::black_box(frames.as_slice());
+            }
+            Ok((events, framed))
+        };
+        report(case, "snnc", runs, reused)?;
+        let fresh = |check: bool| -> Result<(u64, f64), Box<dyn Error>> {
             let (mut events, mut framed) = (0u64, 0f64);
             for f in files {
                 let ev = read_events(f, &opts)?.events;
@@ -55,7 +76,7 @@ fn main() -> Result<(), Box<dyn Error>> {
             }
             Ok((events, framed))
         };
-        report(case, "snnc", runs, pass)?;
+        report(case, "snnc-alloc", runs, fresh)?;
     }
 
     // The same N-MNIST read + frame through the loader (2 workers, batches of 64, no shuffle),
@@ -102,7 +123,7 @@ fn report(
     case: &str,
     tool: &str,
     runs: usize,
-    pass: impl Fn(bool) -> Result<(u64, f64), Box<dyn Error>>,
+    mut pass: impl FnMut(bool) -> Result<(u64, f64), Box<dyn Error>>,
 ) -> Result<(), Box<dyn Error>> {
     let (events, framed) = pass(true)?;
     let mut secs = Vec::with_capacity(runs);

@@ -70,7 +70,8 @@ pub(crate) fn decode(
                 .truncated(8, "AEDAT 2.0 record (address, timestamp)"),
         );
     }
-    let mut sink = Sink::new(file, opts, declared);
+    let mut rec = Recording::default();
+    let mut sink = Sink::new(&mut rec, file, opts, declared);
     sink.reserve(data.len() / 8);
     for (i, rec) in data.chunks_exact(8).enumerate() {
         let offset = (data_start + i * 8) as u64;
@@ -102,7 +103,7 @@ pub(crate) fn decode(
             }
         }
     }
-    Ok(sink.finish())
+    Ok(rec)
 }
 
 /// Sensor size and address layout from a jAER chip class name such as

@@ -67,7 +67,8 @@ pub(crate) fn decode(
         }
     }
 
-    let mut sink = Sink::new(file, opts, declared);
+    let mut rec = Recording::default();
+    let mut sink = Sink::new(&mut rec, file, opts, declared);
     while !cur.is_empty() {
         let header_at = cur.offset();
         let h = cur.take(28, "AEDAT 3 packet header (28 bytes)")?;
@@ -122,7 +123,7 @@ pub(crate) fn decode(
             _ => report.other += number as u64,
         }
     }
-    Ok(sink.finish())
+    Ok(rec)
 }
 
 /// Sensor size from a header `Source` value such as ` DVS128` or ` DAVIS240C`.

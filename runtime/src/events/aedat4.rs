@@ -8,6 +8,7 @@ use super::cursor::{Cursor, le_i64, le_u16};
 use super::error::EventError;
 use super::flatbuf::Buf;
 use super::io::map_file;
+use super::lz4::decompress_frame;
 use super::types::{ReadOptions, Recording, Sink};
 
 const MAGIC: &[u8] = b"#!AER-DAT";
@@ -46,6 +47,19 @@ pub(crate) fn decode(
     file: &Path,
     opts: &ReadOptions,
 ) -> Result<Recording, EventError> {
+    let mut rec = Recording::default();
+    decode_into(bytes, file, opts, &mut rec, &mut Vec::new())?;
+    Ok(rec)
+}
+
+/// [`decode`] into `out`, reusing its columns and `scratch` for decompressed packets.
+pub(crate) fn decode_into(
+    bytes: &[u8],
+    file: &Path,
+    opts: &ReadOptions,
+    out: &mut Recording,
+    scratch: &mut Vec<u8>,
+) -> Result<(), EventError> {
     let mut cur = Cursor::new(bytes, file);
     let first = cur.line("AEDAT 4 magic line")?;
     let Some(version) = first.strip_prefix(MAGIC) else {
@@ -103,8 +117,7 @@ pub(crate) fn decode(
         .iter()
         .find(|s| &s.type_id == b"EVTS")
         .and_then(|s| s.size);
-    let mut sink = Sink::new(file, opts, declared);
-    let mut scratch = Vec::new();
+    let mut sink = Sink::new(out, file, opts, declared);
     while !packets.is_empty() {
         let at = packets.offset();
         let id = packets.i32_le("packet stream id")?;
@@ -119,7 +132,7 @@ pub(crate) fn decode(
                 format!("packet for stream {id}, which the header does not declare"),
             ));
         };
-        let payload = decompress(compression, raw, &mut scratch).map_err(|e| {
+        let payload = decompress(compression, raw, scratch).map_err(|e| {
             EventError::corrupt(
                 file,
                 at,
@@ -158,7 +171,7 @@ pub(crate) fn decode(
             _ => sink.report().other += 1,
         }
     }
-    Ok(sink.finish())
+    Ok(())
 }
 
 fn decompress<'a>(
@@ -166,15 +179,16 @@ fn decompress<'a>(
     raw: &'a [u8],
     scratch: &'a mut Vec<u8>,
 ) -> std::io::Result<&'a [u8]> {
-    scratch.clear();
     match c {
         Compression::None => return Ok(raw),
         Compression::Lz4 => {
-            lz4_flex::frame::FrameDecoder::new(raw)
-                .take(MAX_PACKET)
-                .read_to_end(scratch)?;
+            // `scratch` keeps its length across packets (only the first `n` bytes are this
+            // packet's), so it is zero-filled once per file rather than once per packet.
+            let n = decompress_frame(raw, scratch, MAX_PACKET)?;
+            return Ok(&scratch[..n]);
         }
         Compression::Zstd => {
+            scratch.clear();
             let decoder =
                 ruzstd::decoding::StreamingDecoder::new(raw).map_err(std::io::Error::other)?;
             decoder.take(MAX_PACKET).read_to_end(scratch)?;

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use super::error::EventError;
-use super::io::map_file;
+use super::io::{load_into, map_file};
 use super::types::{ReadOptions, Recording};
 use super::{aedat2, aedat4, aedat31, evt3, nmnist, npy, npz};
 
@@ -64,6 +64,41 @@ pub fn read_events(path: impl AsRef<Path>, opts: &ReadOptions) -> Result<Recordi
     let path = path.as_ref();
     let bytes = map_file(path)?;
     decode_as(detect_format(&bytes, path)?, &bytes, path, opts)
+}
+
+/// Reads one file after another into buffers kept between calls: the bytes of small files,
+/// the event columns and AEDAT 4's decompression buffer. Results and errors are those of
+/// [`read_events`]; only the allocations (and their page faults) are saved. N-MNIST and
+/// AEDAT 4 decode into the kept columns; other formats read as `read_events` does.
+#[derive(Debug, Default)]
+pub struct EventReader {
+    opts: ReadOptions,
+    bytes: Vec<u8>,
+    scratch: Vec<u8>,
+    rec: Recording,
+}
+
+impl EventReader {
+    pub fn new(opts: ReadOptions) -> Self {
+        Self {
+            opts,
+            ..Self::default()
+        }
+    }
+
+    /// Reads `path`; the recording is valid until the next call.
+    pub fn read(&mut self, path: impl AsRef<Path>) -> Result<&Recording, EventError> {
+        let path = path.as_ref();
+        let bytes = load_into(path, &mut self.bytes)?;
+        match detect_format(&bytes, path)? {
+            Format::NMnist => nmnist::decode_into(&bytes, path, &self.opts, &mut self.rec)?,
+            Format::Aedat4 => {
+                aedat4::decode_into(&bytes, path, &self.opts, &mut self.rec, &mut self.scratch)?
+            }
+            format => self.rec = decode_as(format, &bytes, path, &self.opts)?,
+        }
+        Ok(&self.rec)
+    }
 }
 
 pub(crate) fn decode_as(

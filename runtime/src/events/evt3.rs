@@ -82,7 +82,8 @@ pub(crate) fn decode(
                 .truncated(2, "EVT 3.0 word (2 bytes)"),
         );
     }
-    let mut sink = Sink::new(file, opts, declared);
+    let mut rec = Recording::default();
+    let mut sink = Sink::new(&mut rec, file, opts, declared);
     let (mut y, mut base_x, mut pol) = (0i64, 0i64, false);
     let (mut low, mut high, mut epoch) = (0i64, 0i64, 0i64);
     for i in 0..data.len() / 2 {
@@ -116,7 +117,7 @@ pub(crate) fn decode(
             _ => sink.report().other += 1,
         }
     }
-    Ok(sink.finish())
+    Ok(rec)
 }
 
 fn geometry(value: &str) -> Option<(u16, u16)> {

@@ -28,15 +28,26 @@ pub(crate) fn decode(
     file: &Path,
     opts: &ReadOptions,
 ) -> Result<Recording, EventError> {
+    let mut rec = Recording::default();
+    decode_into(bytes, file, opts, &mut rec)?;
+    Ok(rec)
+}
+
+/// [`decode`] into `out`, reusing its columns.
+pub(crate) fn decode_into(
+    bytes: &[u8],
+    file: &Path,
+    opts: &ReadOptions,
+    out: &mut Recording,
+) -> Result<(), EventError> {
     let whole = bytes.len() / 5 * 5;
     if whole != bytes.len() {
         return Err(Cursor::with_base(&bytes[whole..], file, whole as u64)
             .truncated(5, "N-MNIST event (5 bytes)"));
     }
-    let mut sink = Sink::new(file, opts, Some(SENSOR));
+    let mut sink = Sink::new(out, file, opts, Some(SENSOR));
     sink.extend(bytes.chunks_exact(5).enumerate().map(|(i, b)| {
         let t = (i64::from(b[2] & 0x7F) << 16) | (i64::from(b[3]) << 8) | i64::from(b[4]);
         ((i * 5) as u64, t, b[0].into(), b[1].into(), b[2] >> 7 == 1)
-    }))?;
-    Ok(sink.finish())
+    }))
 }

@@ -55,7 +55,8 @@ pub(crate) fn decode(
             "the array's dtype lacks one of the fields t, x, y, p; save a structured array with those fields",
         ));
     };
-    let mut sink = Sink::new(file, opts, None);
+    let mut rec = Recording::default();
+    let mut sink = Sink::new(&mut rec, file, opts, None);
     sink.reserve(arr.len);
     for i in 0..arr.len {
         let at = arr.data_at + (i * arr.itemsize) as u64;
@@ -66,7 +67,7 @@ pub(crate) fn decode(
         let clamp = |v: i128| i64::try_from(v).unwrap_or(i64::MAX);
         sink.push(at, t, clamp(x), clamp(y), p > 0)?;
     }
-    Ok(sink.finish())
+    Ok(rec)
 }
 
 /// A parsed array header plus its data, borrowed from the file bytes.

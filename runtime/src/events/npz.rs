@@ -82,7 +82,8 @@ pub(crate) fn decode(
             "{} (t/x/y/p arrays; offsets are event indices)",
             file.display()
         ));
-        let mut sink = Sink::new(&label, opts, None);
+        let mut rec = Recording::default();
+        let mut sink = Sink::new(&mut rec, &label, opts, None);
         sink.reserve(n);
         for i in 0..n {
             let [t, x, y, p] = [0, 1, 2, 3].map(|k| cols[k].0.value(i, cols[k].1));
@@ -96,7 +97,7 @@ pub(crate) fn decode(
             let clamp = |v: i128| i64::try_from(v).unwrap_or(i64::MAX);
             sink.push(i as u64, t, clamp(x), clamp(y), p > 0)?;
         }
-        return Ok(sink.finish());
+        return Ok(rec);
     }
 
     for (stem, data) in &members {

@@ -149,7 +149,7 @@ pub(crate) type RawEvent = (u64, i64, i64, i64, bool);
 /// Where readers push decoded events: applies the sensor bounds and the timestamp policy once
 /// for every format, so no reader can forget either.
 pub(crate) struct Sink<'a> {
-    rec: Recording,
+    rec: &'a mut Recording,
     file: &'a Path,
     policy: TimestampPolicy,
     /// Exclusive coordinate bounds as `i64`, computed once instead of per event.
@@ -157,18 +157,28 @@ pub(crate) struct Sink<'a> {
 }
 
 impl<'a> Sink<'a> {
-    /// `declared` is the sensor size from the file header; `opts.sensor` overrides it.
-    pub(crate) fn new(file: &'a Path, opts: &ReadOptions, declared: Option<(u16, u16)>) -> Self {
-        let events = Events::new(opts.sensor.or(declared));
+    /// Empties `out` (keeping its column allocations) for the events of `file`. `declared` is
+    /// the sensor size from the file header; `opts.sensor` overrides it.
+    pub(crate) fn new(
+        out: &'a mut Recording,
+        file: &'a Path,
+        opts: &ReadOptions,
+        declared: Option<(u16, u16)>,
+    ) -> Self {
+        let sensor = opts.sensor.or(declared);
+        let ev = &mut out.events;
+        ev.t.clear();
+        ev.x.clear();
+        ev.y.clear();
+        ev.p.clear();
+        (ev.width, ev.height) = (sensor.map(|s| s.0), sensor.map(|s| s.1));
+        out.report = ReadReport::default();
         let bounds = (
-            events.width.map_or(u16::MAX as i64 + 1, i64::from),
-            events.height.map_or(u16::MAX as i64 + 1, i64::from),
+            ev.width.map_or(u16::MAX as i64 + 1, i64::from),
+            ev.height.map_or(u16::MAX as i64 + 1, i64::from),
         );
         Self {
-            rec: Recording {
-                events,
-                report: ReadReport::default(),
-            },
+            rec: out,
             file,
             policy: opts.timestamps,
             bounds,
@@ -269,9 +279,5 @@ impl<'a> Sink<'a> {
         }
         self.rec.report.non_monotonic += decreases;
         Ok(())
-    }
-
-    pub(crate) fn finish(self) -> Recording {
-        self.rec
     }
 }

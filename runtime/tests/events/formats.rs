@@ -2,8 +2,8 @@
 //! the shared reader behaviour: timestamp policy, sensor override, auto-detection.
 
 use snn_runtime::events::{
-    EventError, Events, Format, ReadOptions, TimestampPolicy, aedat2, aedat4, detect_format, evt3,
-    nmnist, npy, npz, read_events,
+    EventError, EventReader, Events, Format, ReadOptions, TimestampPolicy, aedat2, aedat4,
+    detect_format, evt3, nmnist, npy, npz, read_events,
 };
 
 use crate::common::example_data;
@@ -257,4 +257,59 @@ fn evt3_round_trip_with_vectors_and_time_wrap() {
         ev.t.last().expect("events") > &(1 << 24),
         "crosses the wrap"
     );
+}
+
+/// One `EventReader` over files of every format, big and small, good and bad, in a mixed order:
+/// each read equals `read_events` on that file, and no event or report carries over.
+#[test]
+fn event_reader_reuses_buffers_with_read_events_results() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let ev = |n, w, h, t0| fixtures::synthetic(n, w, h, t0, 7);
+    let mut backwards = ev(80, 34, 34, 100);
+    backwards.t[50] = 0;
+    let files = [
+        ("a.bs2", fixtures::nmnist(&ev(3_000, 34, 34, 5))),
+        (
+            "b.aedat4",
+            fixtures::aedat4(&ev(5_000, 346, 260, 1 << 40), 700, 1, true),
+        ),
+        ("c.bs2", fixtures::nmnist(&ev(10, 34, 34, 9))),
+        (
+            "d.aedat4",
+            fixtures::aedat4(&ev(300, 346, 260, 1 << 40), 64, 3, false),
+        ),
+        (
+            "e.aedat",
+            fixtures::aedat2(&ev(200, 240, 180, 5), "DAVIS240C", 9),
+        ),
+        ("f.bs2", fixtures::nmnist(&backwards)),
+        ("g.bs2", Vec::new()),
+        ("h.bs2", vec![1, 2, 3]),
+        (
+            "i.aedat4",
+            fixtures::aedat4(&ev(40, 346, 260, 1 << 40), 16, 0, false),
+        ),
+        ("j.npy", fixtures::npy_structured(&ev(90, 640, 480, 5))),
+    ];
+    for (name, bytes) in &files {
+        std::fs::write(tmp.path().join(name), bytes).expect("write");
+    }
+    let opts = ReadOptions::default();
+    let mut reader = EventReader::new(opts);
+    for round in 0..2 {
+        for (name, _) in files.iter().chain(files.iter().rev()) {
+            let path = tmp.path().join(name);
+            let want = read_events(&path, &opts);
+            match (reader.read(&path), want) {
+                (Ok(got), Ok(want)) => {
+                    assert_eq!(got.events, want.events, "{round} {name}");
+                    assert_eq!(got.report, want.report, "{round} {name}");
+                }
+                (Err(got), Err(want)) => {
+                    assert_eq!(got.to_string(), want.to_string(), "{round} {name}")
+                }
+                (got, want) => panic!("{name}: {:?} vs {want:?}", got.map(|r| r.events.len())),
+            }
+        }
+    }
 }
