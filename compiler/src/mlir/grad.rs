@@ -10,8 +10,8 @@
 
 use super::{
     Buf, Env, Fx, LANES, LoopForm, LowerError, LowerOptions, Lowering, V, append_func, block_arg,
-    check_program, declare_kernels, eval, forward_signature, fpred, insert_at, lane_base, linear,
-    remove_at, shape_of, to_i64, vector_parts,
+    check_program, declare_kernels, eval, forward_signature, fpred, insert_at, kernel_for,
+    lane_base, linear, remove_at, shape_of, to_i64, vector_parts,
 };
 use crate::autodiff::{GradGraph, ScanAdjoint, differentiate};
 use crate::ir::graph::{BinaryOp, Graph, Node, Op, PoolKind, ReduceKind, ScanEmit, UnaryOp};
@@ -857,7 +857,12 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
             ] {
                 args.push(fx.cidx(v));
             }
-            fx.call_kernel("snn_conv2d_backward_f32", &args);
+            let name = kernel_for(
+                self.g.ty(node.inputs[0]),
+                "snn_conv2d_backward_f32",
+                "snn_conv2d_backward_spike_f32",
+            );
+            fx.call_kernel(name, &args);
             return Ok(());
         }
         let fx = &self.fx;
@@ -967,7 +972,12 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
                 fx.cidx(x.dims[pa + 1..].iter().product()),
                 fx.cidx(n_out),
             ];
-            fx.call_kernel("snn_dense_backward_f32", &args);
+            let name = kernel_for(
+                self.g.ty(node.inputs[0]),
+                "snn_dense_backward_f32",
+                "snn_dense_backward_spike_f32",
+            );
+            fx.call_kernel(name, &args);
             return Ok(());
         }
         let fx = &self.fx;

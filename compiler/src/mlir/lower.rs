@@ -4,7 +4,7 @@
 use crate::ir::graph::{BinaryOp, Graph, Node, Op, ParamRole, PoolKind, ReduceKind, ScanEmit};
 use crate::ir::graph::{UnaryOp, ValueId};
 use crate::ir::scalar::{NeuronProgram, Scalar, ScalarBinary, ScalarUnary, Target, Var};
-use crate::ir::types::{Axis, TensorType};
+use crate::ir::types::{Axis, Elem, TensorType};
 use melior::{
     Context,
     dialect::func,
@@ -62,12 +62,27 @@ pub enum LoopForm {
 }
 
 /// The runtime kernels [`LoopForm::Kernels`] calls: name and number of `index` arguments.
-pub const RUNTIME_KERNELS: [(&str, usize); 4] = [
+/// The `_spike_` variants take the same arguments; they are called for inputs typed `spike`
+/// (binary), and choose between accumulate-only and GEMM at run time by the firing rate.
+pub const RUNTIME_KERNELS: [(&str, usize); 8] = [
     ("snn_conv2d_f32", 17),
     ("snn_dense_f32", 8),
     ("snn_conv2d_backward_f32", 19),
     ("snn_dense_backward_f32", 10),
+    ("snn_conv2d_spike_f32", 17),
+    ("snn_dense_spike_f32", 8),
+    ("snn_conv2d_backward_spike_f32", 19),
+    ("snn_dense_backward_spike_f32", 10),
 ];
+
+/// The kernel `dense` or `spike` (the input is binary spikes) names.
+fn kernel_for(node_input: &TensorType, dense: &'static str, spike: &'static str) -> &'static str {
+    if node_input.elem == Elem::Spike {
+        spike
+    } else {
+        dense
+    }
+}
 
 /// A loop-nest body: (block, induction variables, carried values) → the next carried values.
 type CarryBody<'f, 'c> = dyn FnMut(&Block<'c>, &[V<'c>], &[V<'c>]) -> Vec<V<'c>> + 'f;
@@ -1287,7 +1302,11 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
             ] {
                 args.push(fx.cidx(v));
             }
-            fx.call_kernel("snn_conv2d_f32", &args);
+            let input = self.g.ty(node.inputs[0]);
+            fx.call_kernel(
+                kernel_for(input, "snn_conv2d_f32", "snn_conv2d_spike_f32"),
+                &args,
+            );
             return Ok(());
         }
         let red = [x.dims[pc], kh, kw];
@@ -1361,7 +1380,11 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
                 fx.cidx(inner),
                 fx.cidx(y.dims[pa]),
             ];
-            fx.call_kernel("snn_dense_f32", &args);
+            let input = self.g.ty(node.inputs[0]);
+            fx.call_kernel(
+                kernel_for(input, "snn_dense_f32", "snn_dense_spike_f32"),
+                &args,
+            );
             return Ok(());
         }
         fx.par(fx.entry, &y.dims, |b, o| {
