@@ -84,10 +84,7 @@ fn run() -> Result<(), String> {
     let mut bufs: Vec<Vec<f32>> = Vec::new();
     for b in &m.buffers {
         bufs.push(match b.role.as_str() {
-            "input" if b.shape.len() == 5 && is_events(g, &b.name) => (0..b.elements)
-                .map(|_| (0..16).filter(|_| rng.unit() < 0.05).count() as f32)
-                .collect(),
-            "input" => (0..b.elements).map(|_| rng.unit()).collect(),
+            "input" => input_values(g, &b.name, b.elements, &mut rng),
             "output" => vec![0.0; b.elements],
             _ => {
                 p += 1;
@@ -151,11 +148,7 @@ fn time_fwd_bwd(
     let inputs: Vec<Vec<f32>> = fsig
         .iter()
         .filter(|a| a.role == snnc::mlir::grad::TrainRole::Input)
-        .map(|a| {
-            (0..a.shape.iter().product::<usize>())
-                .map(|_| rng.unit())
-                .collect()
-        })
+        .map(|a| input_values(g, &a.name, a.shape.iter().product(), &mut rng))
         .collect();
     let store = ParamStore::init(g, 0);
     let mut params: Vec<Vec<f32>> = store
@@ -196,17 +189,40 @@ fn time_fwd_bwd(
     }
     times.sort_by(f64::total_cmp);
     let ov: Vec<&str> = ov.iter().map(|s| s.as_str()).collect();
+    // Firing rate of every spike layer the forward saved (what the spike kernels see).
+    let rates: Vec<String> = g
+        .nodes
+        .iter()
+        .filter(|n| n.ty.elem == snnc::ir::Elem::Spike)
+        .filter_map(|n| {
+            let v = scratch.get(&n.name)?;
+            let mean = v.iter().map(|x| f64::from(*x)).sum::<f64>() / v.len().max(1) as f64;
+            Some(format!("\"{}\": {mean:.4}", n.name))
+        })
+        .collect();
     println!(
-        "{{\"bench\": \"cpu_fwd_bwd\", \"framework\": \"snnc-cranelift\", \"model\": \"{}\", \"batch\": {batch}, \"overrides\": \"{}\", \"threads\": {}, \"runs\": {runs}, \"compile_ms\": {compile_ms:.1}, \"median_ms\": {:.3}, \"min_ms\": {:.3}, \"max_ms\": {:.3}, \"output_mean\": {out_mean:.6}, \"input_grad_sum\": {grad_sum:.4}, \"saved_bytes\": {}}}",
+        "{{\"bench\": \"cpu_fwd_bwd\", \"framework\": \"snnc-cranelift\", \"model\": \"{}\", \"batch\": {batch}, \"overrides\": \"{}\", \"threads\": {}, \"runs\": {runs}, \"compile_ms\": {compile_ms:.1}, \"median_ms\": {:.3}, \"min_ms\": {:.3}, \"max_ms\": {:.3}, \"output_mean\": {out_mean:.6}, \"input_grad_sum\": {grad_sum:.4}, \"saved_bytes\": {}, \"firing_rates\": {{{}}}}}",
         g.name,
         ov.join(" "),
         snn_runtime::kernels::ffi::kernel_threads(),
         times[times.len() / 2],
         times[0],
         times[times.len() - 1],
-        scratch.bytes()
+        scratch.bytes(),
+        rates.join(", ")
     );
     Ok(())
+}
+
+/// `n` values for the input named `name` (see the module docs).
+fn input_values(g: &snnc::ir::Graph, name: &str, n: usize, rng: &mut Rng) -> Vec<f32> {
+    if is_events(g, name) {
+        (0..n)
+            .map(|_| (0..16).filter(|_| rng.unit() < 0.05).count() as f32)
+            .collect()
+    } else {
+        (0..n).map(|_| rng.unit()).collect()
+    }
 }
 
 /// Whether the input named `name` is an `events(...)` input (counts rather than intensities).

@@ -10,8 +10,8 @@
 
 use super::{
     Buf, Env, Fx, LANES, LoopForm, LowerError, LowerOptions, Lowering, V, append_func, block_arg,
-    check_program, declare_kernels, eval, forward_signature, fpred, insert_at, lane_base, linear,
-    remove_at, shape_of, to_i64, vector_parts,
+    check_program, declare_kernels, eval, forward_signature, fpred, insert_at, kernel_for,
+    lane_base, linear, remove_at, shape_of, to_i64, vector_parts,
 };
 use crate::autodiff::{GradGraph, ScanAdjoint, differentiate};
 use crate::ir::graph::{BinaryOp, Graph, Node, Op, PoolKind, ReduceKind, ScanEmit, UnaryOp};
@@ -423,9 +423,6 @@ fn lower_backward<'c>(
     })?;
     Ok(used)
 }
-
-/// A loop-nest body: (block, induction variables, carried values) → the next carried values.
-type CarryBody<'f, 'c> = dyn FnMut(&Block<'c>, &[V<'c>], &[V<'c>]) -> Vec<V<'c>> + 'f;
 
 /// A scan's neuron program, what it emits, and its adjoint equations.
 type ScanProgram<'a> = (&'a NeuronProgram, ScanEmit, &'a ScanAdjoint);
@@ -860,7 +857,12 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
             ] {
                 args.push(fx.cidx(v));
             }
-            fx.call_kernel("snn_conv2d_backward_f32", &args);
+            let name = kernel_for(
+                self.g.ty(node.inputs[0]),
+                "snn_conv2d_backward_f32",
+                "snn_conv2d_backward_spike_f32",
+            );
+            fx.call_kernel(name, &args);
             return Ok(());
         }
         let fx = &self.fx;
@@ -970,7 +972,12 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
                 fx.cidx(x.dims[pa + 1..].iter().product()),
                 fx.cidx(n_out),
             ];
-            fx.call_kernel("snn_dense_backward_f32", &args);
+            let name = kernel_for(
+                self.g.ty(node.inputs[0]),
+                "snn_dense_backward_f32",
+                "snn_dense_backward_spike_f32",
+            );
+            fx.call_kernel(name, &args);
             return Ok(());
         }
         let fx = &self.fx;
@@ -1092,7 +1099,7 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
         value: &dyn Fn(&Block<'c>, &[V<'c>]) -> V<'c>,
     ) -> (V<'c>, V<'c>) {
         let fx = &self.fx;
-        let r = self.nest_carry(
+        let r = fx.carry_nest(
             b,
             dims,
             &[fx.cidx(0), fx.cf(f64::NEG_INFINITY)],
@@ -1114,26 +1121,6 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
         (r[0], r[1])
     }
 
-    /// Nested `scf.for`s over `dims` carrying several values.
-    fn nest_carry(
-        &self,
-        b: &Block<'c>,
-        dims: &[i64],
-        inits: &[V<'c>],
-        outer: &[V<'c>],
-        body: &mut CarryBody<'_, 'c>,
-    ) -> Vec<V<'c>> {
-        let Some((&first, rest)) = dims.split_first() else {
-            return body(b, outer, inits);
-        };
-        let (results, ()) = self.fx.for_carry(b, first, inits, |blk, iv, carried| {
-            let mut ivs = outer.to_vec();
-            ivs.push(iv);
-            (self.nest_carry(blk, rest, carried, &ivs, body), ())
-        });
-        results
-    }
-
     fn batch_norm(
         &mut self,
         node: &Node,
@@ -1149,41 +1136,38 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
         let fx = &self.fx;
         let others = remove_at(&x.dims, pa);
         let m = fx.cf(others.iter().product::<i64>() as f64);
+        let lanes_ok = pa + 1 != x.dims.len();
         fx.par(fx.entry, &[x.dims[pa]], |b, c| {
             let c = c[0];
             // Batch statistics recomputed exactly as the forward computed them.
-            let sum = fx.acc_nest(b, &others, fx.cf(0.0), &mut |b, r, acc| {
-                let v = fx.load(b, x.mem, &insert_at(r, pa, c));
-                fx.addf(b, acc, v)
-            });
+            let sum = fx.sum_nest(b, &others, 1, lanes_ok, &mut |b, r, acc, vector| {
+                let v = fx.load_w(b, x.mem, &insert_at(r, pa, c), vector);
+                vec![fx.addf(b, acc[0], v)]
+            })[0];
             let mean = fx.divf(b, sum, m);
-            let sq = fx.acc_nest(b, &others, fx.cf(0.0), &mut |b, r, acc| {
-                let v = fx.load(b, x.mem, &insert_at(r, pa, c));
+            let sq = fx.sum_nest(b, &others, 1, lanes_ok, &mut |b, r, acc, vector| {
+                let v = fx.load_w(b, x.mem, &insert_at(r, pa, c), vector);
+                let mean = if vector { fx.splat(b, mean) } else { mean };
                 let d = fx.subf(b, v, mean);
                 let d2 = fx.mulf(b, d, d);
-                fx.addf(b, acc, d2)
-            });
+                vec![fx.addf(b, acc[0], d2)]
+            })[0];
             let var = fx.divf(b, sq, m);
             let var_eps = fx.addf(b, var, fx.cf(eps));
             let std = fx.unary(b, "math.sqrt", var_eps);
-            let xhat = |b: &Block<'c>, idx: &[V<'c>]| {
-                let v = fx.load(b, x.mem, idx);
-                let d = fx.subf(b, v, mean);
-                fx.divf(b, d, std)
+            let xhat = |b: &Block<'c>, idx: &[V<'c>], vector: bool| {
+                let w = |s: V<'c>| if vector { fx.splat(b, s) } else { s };
+                let v = fx.load_w(b, x.mem, idx, vector);
+                let d = fx.subf(b, v, w(mean));
+                fx.divf(b, d, w(std))
             };
-            let sums = self.nest_carry(
-                b,
-                &others,
-                &[fx.cf(0.0), fx.cf(0.0)],
-                &[],
-                &mut |b, r, acc| {
-                    let idx = insert_at(r, pa, c);
-                    let d = fx.load(b, dy.mem, &idx);
-                    let xh = xhat(b, &idx);
-                    let dxh = fx.mulf(b, d, xh);
-                    vec![fx.addf(b, acc[0], d), fx.addf(b, acc[1], dxh)]
-                },
-            );
+            let sums = fx.sum_nest(b, &others, 2, lanes_ok, &mut |b, r, acc, vector| {
+                let idx = insert_at(r, pa, c);
+                let d = fx.load_w(b, dy.mem, &idx, vector);
+                let xh = xhat(b, &idx, vector);
+                let dxh = fx.mulf(b, d, xh);
+                vec![fx.addf(b, acc[0], d), fx.addf(b, acc[1], dxh)]
+            });
             let (sum_dy, sum_dy_xhat) = (sums[0], sums[1]);
             if let Some(dg) = dgamma {
                 self.acc(b, sum_dy_xhat, dg, &[c]);
@@ -1195,17 +1179,23 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
             let g = fx.load(b, gamma, &[c]);
             let sm = fx.mulf(b, std, m);
             let scale = fx.divf(b, g, sm);
-            fx.par(b, &others, |b, r| {
+            let apply = |b: &Block<'c>, r: &[V<'c>], vector: bool| {
+                let w = |s: V<'c>| if vector { fx.splat(b, s) } else { s };
                 let idx = insert_at(r, pa, c);
-                let d = fx.load(b, dy.mem, &idx);
-                let md = fx.mulf(b, m, d);
-                let t = fx.subf(b, md, sum_dy);
-                let xh = xhat(b, &idx);
-                let u = fx.mulf(b, xh, sum_dy_xhat);
+                let d = fx.load_w(b, dy.mem, &idx, vector);
+                let md = fx.mulf(b, w(m), d);
+                let t = fx.subf(b, md, w(sum_dy));
+                let xh = xhat(b, &idx, vector);
+                let u = fx.mulf(b, xh, w(sum_dy_xhat));
                 let t = fx.subf(b, t, u);
-                let v = fx.mulf(b, scale, t);
-                self.acc(b, v, dx.mem, &idx);
-            });
+                let v = fx.mulf(b, w(scale), t);
+                self.acc_w(b, v, dx.mem, &idx, vector);
+            };
+            if lanes_ok {
+                fx.par_vec(b, &others, apply);
+            } else {
+                fx.par(b, &others, |b, r| apply(b, r, false));
+            }
         });
         Ok(())
     }

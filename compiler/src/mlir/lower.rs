@@ -4,7 +4,7 @@
 use crate::ir::graph::{BinaryOp, Graph, Node, Op, ParamRole, PoolKind, ReduceKind, ScanEmit};
 use crate::ir::graph::{UnaryOp, ValueId};
 use crate::ir::scalar::{NeuronProgram, Scalar, ScalarBinary, ScalarUnary, Target, Var};
-use crate::ir::types::{Axis, TensorType};
+use crate::ir::types::{Axis, Elem, TensorType};
 use melior::{
     Context,
     dialect::func,
@@ -12,8 +12,8 @@ use melior::{
         Attribute, Block, BlockLike, Identifier, Location, Module, Region, RegionLike, Type, Value,
         ValueLike,
         attribute::{
-            ArrayAttribute, DenseI32ArrayAttribute, DictionaryAttribute, FloatAttribute,
-            IntegerAttribute, StringAttribute, TypeAttribute,
+            ArrayAttribute, DenseI32ArrayAttribute, DenseI64ArrayAttribute, DictionaryAttribute,
+            FloatAttribute, IntegerAttribute, StringAttribute, TypeAttribute,
         },
         operation::OperationBuilder,
         r#type::{FunctionType, IntegerType, MemRefType, TypeLike},
@@ -62,12 +62,30 @@ pub enum LoopForm {
 }
 
 /// The runtime kernels [`LoopForm::Kernels`] calls: name and number of `index` arguments.
-pub const RUNTIME_KERNELS: [(&str, usize); 4] = [
+/// The `_spike_` variants take the same arguments; they are called for inputs typed `spike`
+/// (binary), and choose between accumulate-only and GEMM at run time by the firing rate.
+pub const RUNTIME_KERNELS: [(&str, usize); 8] = [
     ("snn_conv2d_f32", 17),
     ("snn_dense_f32", 8),
     ("snn_conv2d_backward_f32", 19),
     ("snn_dense_backward_f32", 10),
+    ("snn_conv2d_spike_f32", 17),
+    ("snn_dense_spike_f32", 8),
+    ("snn_conv2d_backward_spike_f32", 19),
+    ("snn_dense_backward_spike_f32", 10),
 ];
+
+/// The kernel `dense` or `spike` (the input is binary spikes) names.
+fn kernel_for(node_input: &TensorType, dense: &'static str, spike: &'static str) -> &'static str {
+    if node_input.elem == Elem::Spike {
+        spike
+    } else {
+        dense
+    }
+}
+
+/// A loop-nest body: (block, induction variables, carried values) → the next carried values.
+type CarryBody<'f, 'c> = dyn FnMut(&Block<'c>, &[V<'c>], &[V<'c>]) -> Vec<V<'c>> + 'f;
 
 /// Lanes of the vectorised neuron scans (`vector<4xf32>`: Cranelift's 128-bit vectors).
 const LANES: i64 = 4;
@@ -851,6 +869,92 @@ impl<'c, 'e> Fx<'c, 'e> {
         results[0]
     }
 
+    /// Nested `scf.for`s over `dims` carrying several values; `body(block, ivs, carried)`
+    /// returns the next ones. The dyn body keeps the recursion monomorphic.
+    fn carry_nest(
+        &self,
+        b: &Block<'c>,
+        dims: &[i64],
+        inits: &[V<'c>],
+        outer: &[V<'c>],
+        body: &mut CarryBody<'_, 'c>,
+    ) -> Vec<V<'c>> {
+        let Some((&first, rest)) = dims.split_first() else {
+            return body(b, outer, inits);
+        };
+        let (results, ()) = self.for_carry(b, first, inits, |blk, iv, carried| {
+            let mut ivs = outer.to_vec();
+            ivs.push(iv);
+            (self.carry_nest(blk, rest, carried, &ivs, body), ())
+        });
+        results
+    }
+
+    /// `n` sums over the nest `dims`, from 0: `body(block, ivs, sums, vector)` returns the
+    /// sums plus one more element (or, with `vector`, four consecutive ones along the last
+    /// axis from `ivs`; only when `contiguous`: the last of `dims` is the buffers' last
+    /// axis). Vector partial sums run over the last axis's whole groups of four,
+    /// then are added across lanes, then the scalar tail follows: summation order differs
+    /// from one element at a time, within f32 rounding.
+    fn sum_nest(
+        &self,
+        b: &Block<'c>,
+        dims: &[i64],
+        n: usize,
+        contiguous: bool,
+        body: &mut dyn FnMut(&Block<'c>, &[V<'c>], &[V<'c>], bool) -> Vec<V<'c>>,
+    ) -> Vec<V<'c>> {
+        let width = dims.last().copied().unwrap_or(1);
+        if self.flat || !contiguous || width < LANES {
+            let zeros = vec![self.cf(0.0); n];
+            return self.carry_nest(b, dims, &zeros, &[], &mut |b, r, acc| {
+                body(b, r, acc, false)
+            });
+        }
+        let last = dims.len() - 1;
+        let groups = width / LANES;
+        let mut part = dims.to_vec();
+        part[last] = groups;
+        let zeros = vec![self.cf_w(0.0, true); n];
+        let vsums = self.carry_nest(b, &part, &zeros, &[], &mut |b, r, acc| {
+            let mut r = r.to_vec();
+            r[last] = self.ilin(b, r[last], LANES, None, 0);
+            body(b, &r, acc, true)
+        });
+        let sums: Vec<V<'c>> = vsums.iter().map(|v| self.hsum(b, *v)).collect();
+        if width % LANES == 0 {
+            return sums;
+        }
+        part[last] = width % LANES;
+        self.carry_nest(b, &part, &sums, &[], &mut |b, r, acc| {
+            let mut r = r.to_vec();
+            r[last] = self.ilin(b, r[last], 1, None, groups * LANES);
+            body(b, &r, acc, false)
+        })
+    }
+
+    /// The sum of a `vector<4xf32>`'s lanes, ((l0 + l1) + l2) + l3.
+    fn hsum(&self, b: &Block<'c>, v: V<'c>) -> V<'c> {
+        let lane = |k: i64| {
+            self.val(
+                b,
+                "vector.extract",
+                &[v],
+                self.f32,
+                &[(
+                    "static_position",
+                    DenseI64ArrayAttribute::new(self.ctx, &[k]).into(),
+                )],
+            )
+        };
+        let mut acc = lane(0);
+        for k in 1..LANES {
+            let x = lane(k);
+            acc = self.addf(b, acc, x);
+        }
+        acc
+    }
+
     /// Element-wise copy between two buffers of the same static shape.
     fn copy(&self, b: &Block<'c>, src: V<'c>, dst: V<'c>, dims: &[i64]) {
         self.par_vec(b, dims, |b, ivs, vector| {
@@ -1198,7 +1302,11 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
             ] {
                 args.push(fx.cidx(v));
             }
-            fx.call_kernel("snn_conv2d_f32", &args);
+            let input = self.g.ty(node.inputs[0]);
+            fx.call_kernel(
+                kernel_for(input, "snn_conv2d_f32", "snn_conv2d_spike_f32"),
+                &args,
+            );
             return Ok(());
         }
         let red = [x.dims[pc], kh, kw];
@@ -1272,7 +1380,11 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
                 fx.cidx(inner),
                 fx.cidx(y.dims[pa]),
             ];
-            fx.call_kernel("snn_dense_f32", &args);
+            let input = self.g.ty(node.inputs[0]);
+            fx.call_kernel(
+                kernel_for(input, "snn_dense_f32", "snn_dense_spike_f32"),
+                &args,
+            );
             return Ok(());
         }
         fx.par(fx.entry, &y.dims, |b, o| {
@@ -1358,20 +1470,23 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
                 )],
             )
         });
+        // Vectors along the last axis need it to be one of `others`.
+        let lanes_ok = pa + 1 != x.dims.len();
         fx.par(fx.entry, &[x.dims[pa]], |b, c| {
             let c = c[0];
-            let sum = fx.acc_nest(b, &others, fx.cf(0.0), &mut |b, r, acc| {
-                let v = fx.load(b, x.mem, &insert_at(r, pa, c));
-                fx.addf(b, acc, v)
-            });
+            let sum = fx.sum_nest(b, &others, 1, lanes_ok, &mut |b, r, acc, vector| {
+                let v = fx.load_w(b, x.mem, &insert_at(r, pa, c), vector);
+                vec![fx.addf(b, acc[0], v)]
+            })[0];
             let mean = fx.divf(b, sum, fx.cf(m as f64));
             // Two passes (mean, then squared deviations): the one-pass formula cancels badly.
-            let sq = fx.acc_nest(b, &others, fx.cf(0.0), &mut |b, r, acc| {
-                let v = fx.load(b, x.mem, &insert_at(r, pa, c));
+            let sq = fx.sum_nest(b, &others, 1, lanes_ok, &mut |b, r, acc, vector| {
+                let v = fx.load_w(b, x.mem, &insert_at(r, pa, c), vector);
+                let mean = if vector { fx.splat(b, mean) } else { mean };
                 let d = fx.subf(b, v, mean);
                 let d2 = fx.mulf(b, d, d);
-                fx.addf(b, acc, d2)
-            });
+                vec![fx.addf(b, acc[0], d2)]
+            })[0];
             let var = fx.divf(b, sq, fx.cf(m as f64));
             let keep = fx.cf(1.0 - momentum);
             let mom = fx.cf(momentum);
@@ -1401,15 +1516,21 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
             }
             let g = fx.load(b, gamma, &[c]);
             let be = fx.load(b, beta, &[c]);
-            fx.par(b, &others, |b, r| {
+            let normalise = |b: &Block<'c>, r: &[V<'c>], vector: bool| {
                 let idx = insert_at(r, pa, c);
-                let v = fx.load(b, x.mem, &idx);
-                let d = fx.subf(b, v, mean);
-                let n = fx.divf(b, d, std);
-                let s = fx.mulf(b, n, g);
-                let out = fx.addf(b, s, be);
-                fx.store(b, out, y.mem, &idx);
-            });
+                let w = |s: V<'c>| if vector { fx.splat(b, s) } else { s };
+                let v = fx.load_w(b, x.mem, &idx, vector);
+                let d = fx.subf(b, v, w(mean));
+                let n = fx.divf(b, d, w(std));
+                let s = fx.mulf(b, n, w(g));
+                let out = fx.addf(b, s, w(be));
+                fx.store_w(b, out, y.mem, &idx, vector);
+            };
+            if lanes_ok {
+                fx.par_vec(b, &others, normalise);
+            } else {
+                fx.par(b, &others, |b, r| normalise(b, r, false));
+            }
         });
         if let Some(stats) = stats {
             fx.par(fx.entry, &x.dims, |b, idx| {
