@@ -394,6 +394,16 @@ impl<'a> Accumulator<'a> {
         }
     }
 
+    /// The inputs of a dense counting loop — counts, per-row and per-column offsets, plane
+    /// size — when no cell list is kept (else `None`: use [`Self::add`]). A caller's own loop
+    /// over these slices keeps them in registers, where `add` reloads them through `self`.
+    pub(crate) fn dense_parts(&mut self) -> Option<(&mut [f32], &[u32], &[u32], usize)> {
+        match self.cells {
+            Some(_) => None,
+            None => Some((&mut self.out.data, &self.rows, &self.cols, self.plane)),
+        }
+    }
+
     /// Counts events `range` (coordinates already checked against the sensor) into step `b`.
     fn add_run(&mut self, b: usize, ev: &Events, range: std::ops::Range<usize>) {
         let base = b * 2 * self.plane;

@@ -104,55 +104,91 @@ pub(crate) fn frame_bytes(
             hi: time(&bytes[bytes.len() - 5..]),
         }),
     };
-    let (w, h) = (usize::from(sensor.0), usize::from(sensor.1));
+    let sensor = (usize::from(sensor.0), usize::from(sensor.1));
     let allow = opts.timestamps == TimestampPolicy::Allow && bins_allow_disorder(&spec.slicing);
     let mut acc = Accumulator::new(out, &g, n);
-    let (mut previous, mut decreases) = (i64::MIN, 0u64);
-    // One event: checks (any failure leaves the fast path) and its coordinates.
-    let mut check = |b: &[u8]| -> Option<(i64, usize, usize, bool)> {
-        let (t, x, y) = (time(b), usize::from(b[0]), usize::from(b[1]));
-        if x >= w || y >= h {
-            return None;
-        }
-        if t < previous {
-            if !allow {
-                return None;
-            }
-            decreases += 1;
-        }
-        previous = t;
-        Some((t, x, y, b[2] >> 7 == 1))
+    let walk = Walk {
+        bytes,
+        sensor,
+        allow,
+        steps: g.steps,
+        bins,
     };
-    match bins {
-        None => {
-            for step in 0..g.steps {
-                let range = event_count_range(step, n, g.steps);
-                for b in bytes[range.start * 5..range.end * 5].chunks_exact(5) {
-                    let (_, x, y, on) = check(b)?;
-                    acc.add(step, x, y, on);
-                }
-            }
-        }
-        Some(bins) => {
-            // The step of the previous event and the time interval it covers (empty at first).
-            let (mut step, mut lo, mut hi) = (None, 1, 0);
-            for b in bytes.chunks_exact(5) {
-                let (t, x, y, on) = check(b)?;
-                if t < lo || t > hi {
-                    (step, lo, hi) = bins.locate(t, g.steps);
-                }
-                if let Some(step) = step {
-                    acc.add(step, x, y, on);
-                }
-            }
-        }
-    }
+    let decreases = match acc.dense_parts() {
+        Some((counts, rows, cols, plane)) => walk.run(|step, x, y, on| {
+            counts[(step * 2 + usize::from(on)) * plane + rows[y] as usize + cols[x] as usize] +=
+                1.0;
+        })?,
+        None => walk.run(|step, x, y, on| acc.add(step, x, y, on))?,
+    };
     acc.finish();
     let report = ReadReport {
         non_monotonic: decreases,
         ..ReadReport::default()
     };
     Some((n, report))
+}
+
+/// One checked pass over N-MNIST records, handing each event's step and coordinates to a
+/// counting function (monomorphised per caller, so the loop holds its state in registers).
+struct Walk<'a> {
+    bytes: &'a [u8],
+    /// Coordinates must lie below this `(width, height)`.
+    sensor: (usize, usize),
+    /// Timestamp decreases are counted rather than a reason to leave.
+    allow: bool,
+    steps: usize,
+    /// Step by time; `None` for event-count slicing.
+    bins: Option<Bins>,
+}
+
+impl Walk<'_> {
+    /// The number of timestamp decreases, or `None` at the first event the fast path cannot take.
+    fn run(&self, mut count: impl FnMut(usize, usize, usize, bool)) -> Option<u64> {
+        let (w, h) = self.sensor;
+        let (mut previous, mut decreases) = (i64::MIN, 0u64);
+        // One event: checks (any failure leaves the fast path) and its coordinates.
+        let mut check = |b: &[u8]| -> Option<(i64, usize, usize, bool)> {
+            let (t, x, y) = (time(b), usize::from(b[0]), usize::from(b[1]));
+            if x >= w || y >= h {
+                return None;
+            }
+            if t < previous {
+                if !self.allow {
+                    return None;
+                }
+                decreases += 1;
+            }
+            previous = t;
+            Some((t, x, y, b[2] >> 7 == 1))
+        };
+        let n = self.bytes.len() / 5;
+        match self.bins {
+            None => {
+                for step in 0..self.steps {
+                    let range = event_count_range(step, n, self.steps);
+                    for b in self.bytes[range.start * 5..range.end * 5].chunks_exact(5) {
+                        let (_, x, y, on) = check(b)?;
+                        count(step, x, y, on);
+                    }
+                }
+            }
+            Some(bins) => {
+                // The step of the previous event and the time interval it covers (empty at first).
+                let (mut step, mut lo, mut hi) = (None, 1, 0);
+                for b in self.bytes.chunks_exact(5) {
+                    let (t, x, y, on) = check(b)?;
+                    if t < lo || t > hi {
+                        (step, lo, hi) = bins.locate(t, self.steps);
+                    }
+                    if let Some(step) = step {
+                        count(step, x, y, on);
+                    }
+                }
+            }
+        }
+        Some(decreases)
+    }
 }
 
 /// Whether a slicing gives the same steps for unordered timestamps here as in `frame_into`:
