@@ -394,13 +394,18 @@ impl<'a> Accumulator<'a> {
         }
     }
 
-    /// The inputs of a dense counting loop — counts, per-row and per-column offsets, plane
-    /// size — when no cell list is kept (else `None`: use [`Self::add`]). A caller's own loop
-    /// over these slices keeps them in registers, where `add` reloads them through `self`.
-    pub(crate) fn dense_parts(&mut self) -> Option<(&mut [f32], &[u32], &[u32], usize)> {
+    /// The inputs of a dense counting loop when no cell list is kept (else `None`: use
+    /// [`Self::add`]). A caller's own loop over these slices keeps them in registers, where
+    /// `add` reloads them through `self`.
+    pub(crate) fn dense_parts(&mut self) -> Option<DenseParts<'_>> {
         match self.cells {
             Some(_) => None,
-            None => Some((&mut self.out.data, &self.rows, &self.cols, self.plane)),
+            None => Some(DenseParts {
+                counts: &mut self.out.data,
+                rows: &self.rows,
+                cols: &self.cols,
+                plane: self.plane,
+            }),
         }
     }
 
@@ -439,6 +444,15 @@ impl<'a> Accumulator<'a> {
             None => Dirty::All,
         };
     }
+}
+
+/// See [`Accumulator::dense_parts`]: event `(x, y, on)` of step `b` adds 1 to
+/// `counts[(2b + on) * plane + rows[y] + cols[x]]`.
+pub(crate) struct DenseParts<'a> {
+    pub(crate) counts: &'a mut [f32],
+    pub(crate) rows: &'a [u32],
+    pub(crate) cols: &'a [u32],
+    pub(crate) plane: usize,
 }
 
 /// Step assignment by time, for the modes that need it.

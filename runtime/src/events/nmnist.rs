@@ -6,7 +6,7 @@ use std::path::Path;
 use super::cursor::Cursor;
 use super::error::EventError;
 use super::frame::{
-    Accumulator, Bins, FrameBuffer, FrameSpec, Geometry, Slicing, event_count_range,
+    Accumulator, Bins, DenseParts, FrameBuffer, FrameSpec, Geometry, Slicing, event_count_range,
 };
 use super::io::map_file;
 use super::types::{ReadOptions, ReadReport, Recording, Sink, TimestampPolicy};
@@ -115,7 +115,12 @@ pub(crate) fn frame_bytes(
         bins,
     };
     let decreases = match acc.dense_parts() {
-        Some((counts, rows, cols, plane)) => walk.run(|step, x, y, on| {
+        Some(DenseParts {
+            counts,
+            rows,
+            cols,
+            plane,
+        }) => walk.run(|step, x, y, on| {
             counts[(step * 2 + usize::from(on)) * plane + rows[y] as usize + cols[x] as usize] +=
                 1.0;
         })?,
