@@ -8,13 +8,16 @@ use super::cursor::{Cursor, le_i64, le_u16};
 use super::error::EventError;
 use super::flatbuf::Buf;
 use super::io::map_file;
-use super::lz4::decompress_frame;
+use super::lz4::{check_frame, decompress_frame};
 use super::types::{ReadOptions, Recording, Sink};
 
 const MAGIC: &[u8] = b"#!AER-DAT";
 /// Largest decompressed packet accepted; DV writes packets of a few hundred kB, so anything
 /// near this is a corrupt length field, not data.
 const MAX_PACKET: u64 = 1 << 30;
+/// Bytes of an APS frame packet decoded to read its FlatBuffer header: the root table and its
+/// vtable sit at the front (FlatBuffers builds back to front), the pixels after them.
+const FRAME_HEADER_BYTES: usize = 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Compression {
@@ -132,6 +135,24 @@ pub(crate) fn decode_into(
                 format!("packet for stream {id}, which the header does not declare"),
             ));
         };
+        // APS frames are only counted: check that the packet decodes and read its FlatBuffer
+        // header, without writing out the pixels. Whatever this cannot settle takes the full path.
+        if &stream.type_id == b"FRME"
+            && compression == Compression::Lz4
+            && let Some((k, total)) = check_frame(raw, scratch, FRAME_HEADER_BYTES)
+            && total as u64 <= MAX_PACKET
+        {
+            let buf = Buf {
+                bytes: &scratch[..k],
+                file,
+                offset: at,
+                what: "packet",
+            };
+            if buf.identifier(4).ok() == Some(b"FRME") && buf.root(4).is_ok() {
+                sink.report().frames += 1;
+                continue;
+            }
+        }
         let payload = decompress(compression, raw, scratch).map_err(|e| {
             EventError::corrupt(
                 file,

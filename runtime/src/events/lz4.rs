@@ -42,9 +42,89 @@ pub(crate) fn decompress_frame(
 /// One frame with independent or linked blocks, no checksums, no content size, no dictionary,
 /// ending with an end mark exactly at the end of `raw`. `None` for anything else or any fault.
 fn fast(raw: &[u8], out: &mut Vec<u8>) -> Option<usize> {
-    let (&[m0, m1, m2, m3, flg, bd, hc], mut rest) = raw.split_first_chunk::<7>()?;
-    // Version 01; no block checksum (bit 4), content size (3), content checksum (2),
-    // reserved bit (1) or dictionary id (0); bit 5 is block independence.
+    let (header, mut rest) = frame_header(raw)?;
+    let mut pos = 0;
+    loop {
+        let Some(block) = next_block(&mut rest, header.max_block)? else {
+            return Some(pos);
+        };
+        let max_block = header.max_block;
+        if out.len() < pos + max_block {
+            out.resize(pos + max_block, 0);
+        }
+        let (before, after) = out.split_at_mut(pos);
+        let room = &mut after[..max_block];
+        let n = match block {
+            Block::Stored(bytes) => {
+                room[..bytes.len()].copy_from_slice(bytes);
+                bytes.len()
+            }
+            Block::Compressed(bytes) => {
+                // Linked blocks may copy from the previous 64 KB of output, as the frame
+                // decoder's prefix/dictionary does; independent blocks only from themselves.
+                let dict = if header.linked {
+                    &before[pos.saturating_sub(WINDOW)..]
+                } else {
+                    &[][..]
+                };
+                lz4_flex::block::decompress_into_with_dict(bytes, room, dict).ok()?
+            }
+        };
+        pos += n;
+    }
+}
+
+/// Checks that the frame in `raw` decodes, without writing its output, and puts at least the
+/// first `want` bytes of that output (fewer if the first block is shorter) in `out[..k]`.
+/// Returns `(k, total decompressed length)`, or `None` for a frame [`fast`] would not take, or
+/// one that any rule of lz4_flex's decoder might reject: the caller then decompresses it fully.
+///
+/// For AEDAT 4 `FRME` packets (10.6 MB of pixels in the bundled recording) only the FlatBuffer
+/// header at the start is read; the rest need only be valid, and checking is cheaper than
+/// copying every literal and match.
+pub(crate) fn check_frame(raw: &[u8], out: &mut Vec<u8>, want: usize) -> Option<(usize, usize)> {
+    let (header, mut rest) = frame_header(raw)?;
+    let (mut total, mut prefix) = (0, None);
+    loop {
+        let Some(block) = next_block(&mut rest, header.max_block)? else {
+            return Some((prefix.unwrap_or(0), total));
+        };
+        // Matches may reach into earlier blocks of a linked frame (at most 64 KB back, the
+        // largest offset); independent blocks start without history.
+        let history = if header.linked { total } else { 0 };
+        let n = match block {
+            Block::Stored(bytes) => {
+                if prefix.is_none() {
+                    out.clear();
+                    out.extend_from_slice(&bytes[..want.min(bytes.len())]);
+                }
+                bytes.len()
+            }
+            Block::Compressed(bytes) => {
+                let n = block_len(bytes, header.max_block, history)?;
+                if prefix.is_none() {
+                    block_prefix(bytes, want, out)?;
+                }
+                n
+            }
+        };
+        prefix.get_or_insert(out.len());
+        total += n;
+    }
+}
+
+/// What the frame descriptor says, for the frames [`fast`] takes.
+struct FrameHeader {
+    max_block: usize,
+    linked: bool,
+}
+
+/// Parses the magic and descriptor; `None` unless version 01 with no block checksum, content
+/// size, content checksum, reserved bit or dictionary id, and a valid header checksum.
+fn frame_header(raw: &[u8]) -> Option<(FrameHeader, &[u8])> {
+    let (&[m0, m1, m2, m3, flg, bd, hc], rest) = raw.split_first_chunk::<7>()?;
+    // Bits: 7-6 version, 5 block independence, 4 block checksum, 3 content size, 2 content
+    // checksum, 1 reserved, 0 dictionary id.
     if u32::from_le_bytes([m0, m1, m2, m3]) != MAGIC || flg & 0b1101_1111 != 0b0100_0000 {
         return None;
     }
@@ -59,40 +139,117 @@ fn fast(raw: &[u8], out: &mut Vec<u8>) -> Option<usize> {
         return None;
     }
     let linked = flg & 0b0010_0000 == 0;
-    let mut pos = 0;
+    Some((FrameHeader { max_block, linked }, rest))
+}
+
+/// One data block of a frame.
+enum Block<'a> {
+    Stored(&'a [u8]),
+    Compressed(&'a [u8]),
+}
+
+/// The next block, `Some(None)` at an end mark that ends `rest` exactly, `None` otherwise
+/// (a truncated block, a block over `max_block`, bytes after the end mark).
+fn next_block<'a>(rest: &mut &'a [u8], max_block: usize) -> Option<Option<Block<'a>>> {
+    let (&size, tail) = rest.split_first_chunk::<4>()?;
+    let size = u32::from_le_bytes(size);
+    if size == 0 {
+        return tail.is_empty().then_some(None);
+    }
+    let len = (size & 0x7FFF_FFFF) as usize;
+    if len > max_block || len > tail.len() {
+        return None;
+    }
+    let (block, tail) = tail.split_at(len);
+    *rest = tail;
+    Some(Some(if size & 0x8000_0000 != 0 {
+        Block::Stored(block)
+    } else {
+        Block::Compressed(block)
+    }))
+}
+
+/// The decompressed length of an LZ4 block, walked with the rules of lz4_flex's
+/// `decompress_internal` — a token and its length bytes present, literals within the input
+/// and within `room` bytes of output, a non-zero 2-byte offset reaching no further back than
+/// the block's own output plus `history` earlier bytes, matches within `room` — without
+/// copying anything. `None` where any of those fails.
+fn block_len(input: &[u8], room: usize, history: usize) -> Option<usize> {
+    let (mut ip, mut op) = (0usize, 0usize);
     loop {
-        let (&size, tail) = rest.split_first_chunk::<4>()?;
-        rest = tail;
-        let size = u32::from_le_bytes(size);
-        if size == 0 {
-            return rest.is_empty().then_some(pos);
+        let token = *input.get(ip)?;
+        ip += 1;
+        let mut literals = usize::from(token >> 4);
+        if literals == 15 {
+            literals += length_bytes(input, &mut ip)?;
         }
-        let len = (size & 0x7FFF_FFFF) as usize;
-        if len > max_block || len > rest.len() {
+        if literals > input.len() - ip || literals > room - op {
             return None;
         }
-        let (block, tail) = rest.split_at(len);
-        rest = tail;
-        if out.len() < pos + max_block {
-            out.resize(pos + max_block, 0);
+        ip += literals;
+        op += literals;
+        // The last sequence of a block is literals only.
+        if ip >= input.len() {
+            return Some(op);
         }
-        let (before, after) = out.split_at_mut(pos);
-        let room = &mut after[..max_block];
-        let n = if size & 0x8000_0000 != 0 {
-            room[..len].copy_from_slice(block);
-            len
-        } else {
-            // Linked blocks may copy from the previous 64 KB of output, as the frame decoder's
-            // prefix/dictionary does; independent blocks only from themselves.
-            let dict = if linked {
-                &before[pos.saturating_sub(WINDOW)..]
-            } else {
-                &[][..]
-            };
-            lz4_flex::block::decompress_into_with_dict(block, room, dict).ok()?
-        };
-        pos += n;
+        let offset = usize::from(u16::from_le_bytes([*input.get(ip)?, *input.get(ip + 1)?]));
+        ip += 2;
+        let mut length = 4 + usize::from(token & 0xF);
+        if length == 19 {
+            length += length_bytes(input, &mut ip)?;
+        }
+        if offset == 0 || offset > op + history || length > room - op {
+            return None;
+        }
+        op += length;
     }
+}
+
+/// An LZ4 length continuation: bytes added up to and including the first one below 255.
+fn length_bytes(input: &[u8], ip: &mut usize) -> Option<usize> {
+    let mut n = 0;
+    loop {
+        let b = *input.get(*ip)?;
+        *ip += 1;
+        n += usize::from(b);
+        if b != 0xFF {
+            return Some(n);
+        }
+    }
+}
+
+/// Decodes the first block of a frame (no history) into `out` until it holds at least `want`
+/// bytes or the block ends. Byte-wise and bounds-checked: it runs on a few hundred bytes.
+fn block_prefix(input: &[u8], want: usize, out: &mut Vec<u8>) -> Option<()> {
+    out.clear();
+    let mut ip = 0;
+    while out.len() < want {
+        let token = *input.get(ip)?;
+        ip += 1;
+        let mut literals = usize::from(token >> 4);
+        if literals == 15 {
+            literals += length_bytes(input, &mut ip)?;
+        }
+        out.extend_from_slice(input.get(ip..ip + literals)?);
+        ip += literals;
+        if ip >= input.len() {
+            break;
+        }
+        let offset = usize::from(u16::from_le_bytes([*input.get(ip)?, *input.get(ip + 1)?]));
+        ip += 2;
+        let mut length = 4 + usize::from(token & 0xF);
+        if length == 19 {
+            length += length_bytes(input, &mut ip)?;
+        }
+        // Overlapping copies repeat the bytes just written, so copy one at a time.
+        for _ in 0..length {
+            if out.len() >= want {
+                break;
+            }
+            out.push(*out.get(out.len().checked_sub(offset)?)?);
+        }
+    }
+    Some(())
 }
 
 /// The frame descriptor's checksum byte: second byte of xxHash32 (seed 0) of `[FLG, BD]`.
@@ -161,6 +318,64 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// `check_frame` may only accept what the frame decoder decodes, and must then give its
+    /// length and first bytes: checked over clean frames and thousands of damaged ones.
+    #[test]
+    fn checking_without_output_agrees_with_the_frame_decoder() {
+        use lz4_flex::frame::{BlockMode, FrameInfo};
+        let reference = |bytes: &[u8]| {
+            let mut v = Vec::new();
+            lz4_flex::frame::FrameDecoder::new(bytes)
+                .read_to_end(&mut v)
+                .ok()
+                .map(|_| v)
+        };
+        let mut accepted = 0;
+        for (k, mode) in [BlockMode::Linked, BlockMode::Independent]
+            .into_iter()
+            .enumerate()
+        {
+            let data = sample(150_000 + k * 7_000);
+            let raw = encode(&data, FrameInfo::new().block_mode(mode));
+            let mut out = Vec::new();
+            let (n, total) = check_frame(&raw, &mut out, 300).expect("clean frame");
+            assert_eq!((total, &out[..n]), (data.len(), &data[..300]));
+            let mut state = 0x1234_5678_9ABC_DEF1u64 + k as u64;
+            let mut rand = |m: usize| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state % m as u64) as usize
+            };
+            for trial in 0..3_000 {
+                let mut bad = raw.clone();
+                match trial % 3 {
+                    0 => bad.truncate(rand(raw.len())),
+                    1 => {
+                        let at = rand(raw.len());
+                        bad[at] ^= 1 << rand(8);
+                    }
+                    _ => {
+                        for _ in 0..1 + rand(4) {
+                            let at = rand(raw.len());
+                            bad[at] = rand(256) as u8;
+                        }
+                    }
+                }
+                let want = 1 + rand(70_000);
+                if let Some((n, total)) = check_frame(&bad, &mut out, want) {
+                    accepted += 1;
+                    let full = reference(&bad).unwrap_or_else(|| panic!("trial {trial}"));
+                    assert_eq!(total, full.len(), "trial {trial}");
+                    assert!(n >= want.min(full.len()).min(1) && n <= full.len());
+                    assert_eq!(&out[..n], &full[..n], "trial {trial}");
+                }
+            }
+        }
+        // Flips inside literals keep the frame valid: some damaged frames must be accepted.
+        assert!(accepted > 100, "{accepted}");
     }
 
     #[test]

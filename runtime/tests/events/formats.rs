@@ -313,3 +313,87 @@ fn event_reader_reuses_buffers_with_read_events_results() {
         }
     }
 }
+
+/// APS frame packets are checked without writing out their pixels. Damage inside them must
+/// still be found exactly as full decompression finds it: a packet lz4_flex's frame decoder
+/// rejects is a `Corrupt` error at that packet with the decoder's message, one it decodes
+/// (same header) reads as the clean file does.
+#[test]
+fn damaged_aps_frame_packets_in_the_bundled_aedat4() {
+    use std::io::Read;
+    let path = example_data().join("aedat4/aedat_crate_test_data.aedat4");
+    let clean = std::fs::read(&path).expect("bundled file");
+    let opts = ReadOptions::default();
+    let want = aedat4::from_bytes(&clean, &opts).expect("clean");
+    // Walk the packets: magic line, IOHeader, then (stream id, size, payload).
+    let mut at = clean.iter().position(|&b| b == b'\n').expect("magic line") + 1;
+    let header = i32::from_le_bytes(clean[at..at + 4].try_into().expect("4 bytes"));
+    at += 4 + header as usize;
+    let decode = |payload: &[u8]| {
+        let mut out = Vec::new();
+        lz4_flex::frame::FrameDecoder::new(payload)
+            .read_to_end(&mut out)
+            .map(|_| out)
+            .map_err(|e| e.to_string())
+    };
+    let mut frames = Vec::new();
+    while at + 8 <= clean.len() {
+        let size = i32::from_le_bytes(clean[at + 4..at + 8].try_into().expect("4 bytes"));
+        let Ok(size) = usize::try_from(size) else {
+            break;
+        };
+        if at + 8 + size > clean.len() {
+            break;
+        }
+        let payload = &clean[at + 8..at + 8 + size];
+        if decode(payload).is_ok_and(|p| &p[8..12] == b"FRME") {
+            frames.push((at, size));
+        }
+        at += 8 + size;
+    }
+    assert_eq!(frames.len() as u64, want.report.frames);
+    let mut rng = crate::common::Rng(0x00F4_A3E5);
+    let (mut rejected, mut accepted) = (0, 0);
+    for trial in 0..300 {
+        let (packet, size) = frames[rng.below(frames.len())];
+        let mut bad = clean.clone();
+        // Past the frame descriptor: the first block's size, runs of 0xFF (endless length
+        // bytes) or single bit flips among tokens, offsets and literals.
+        let hit = match trial % 3 {
+            0 => packet + 8 + 7 + rng.below(4),
+            _ => packet + 8 + 11 + rng.below(size - 50),
+        };
+        match trial % 3 {
+            1 => bad[hit..hit + 32].fill(0xFF),
+            _ => bad[hit] ^= 1 << rng.below(8),
+        }
+        let payload = &bad[packet + 8..packet + 8 + size];
+        let got = aedat4::from_bytes(&bad, &opts);
+        match decode(payload) {
+            Err(e) => {
+                rejected += 1;
+                let Err(EventError::Corrupt { offset, what, .. }) = &got else {
+                    panic!(
+                        "trial {trial}: byte {hit}: {e} but read {:?}",
+                        got.map(|r| r.report)
+                    )
+                };
+                assert_eq!(*offset, packet as u64, "trial {trial}");
+                assert!(what.contains(&e), "trial {trial}: {what} vs {e}");
+            }
+            // A payload that decodes with the clean header must read as the clean file.
+            Ok(p)
+                if p.get(..1024)
+                    == decode(&clean[packet + 8..packet + 8 + size])
+                        .expect("clean")
+                        .get(..1024) =>
+            {
+                accepted += 1;
+                let got = got.unwrap_or_else(|e| panic!("trial {trial}: byte {hit}: {e}"));
+                assert_eq!((got.events, got.report), (want.events.clone(), want.report));
+            }
+            Ok(_) => {}
+        }
+    }
+    assert!(rejected > 10 && accepted > 10, "{rejected} {accepted}");
+}
