@@ -58,12 +58,16 @@ fn forced() -> SpikeDispatch {
     }
 }
 
-/// A kernel case: `run(x, sparse)` times one call on spikes `x`.
+/// One call of a case's kernel on spikes `x`: the GEMM kernel, or the spike kernel's sparse
+/// path when `sparse`.
+type Run = Box<dyn FnMut(&[f32], bool)>;
+
+/// A kernel at one shape.
 struct Case {
     kernel: &'static str,
     shape: String,
     x_len: usize,
-    run: Box<dyn FnMut(&[f32], bool)>,
+    run: Run,
 }
 
 fn conv_case(backward: bool, [n, c, hw, o]: [usize; 4]) -> Case {

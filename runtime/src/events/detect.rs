@@ -4,8 +4,9 @@
 use std::path::Path;
 
 use super::error::EventError;
+use super::frame::{FrameBuffer, FrameSpec, frame_into};
 use super::io::{load_into, map_file};
-use super::types::{ReadOptions, Recording};
+use super::types::{ReadOptions, ReadReport, Recording};
 use super::{aedat2, aedat4, aedat31, evt3, nmnist, npy, npz};
 
 /// The event formats this crate reads.
@@ -90,14 +91,76 @@ impl EventReader {
     pub fn read(&mut self, path: impl AsRef<Path>) -> Result<&Recording, EventError> {
         let path = path.as_ref();
         let bytes = load_into(path, &mut self.bytes)?;
-        match detect_format(&bytes, path)? {
-            Format::NMnist => nmnist::decode_into(&bytes, path, &self.opts, &mut self.rec)?,
-            Format::Aedat4 => {
-                aedat4::decode_into(&bytes, path, &self.opts, &mut self.rec, &mut self.scratch)?
-            }
-            format => self.rec = decode_as(format, &bytes, path, &self.opts)?,
-        }
+        let format = detect_format(&bytes, path)?;
+        decode_kept(
+            format,
+            &bytes,
+            path,
+            &self.opts,
+            &mut self.rec,
+            &mut self.scratch,
+        )?;
         Ok(&self.rec)
+    }
+
+    /// Reads `path` and frames its events into `out`: the tensor
+    /// `frame(&read_events(path)?.events, spec)` gives, with the same errors (reading ones
+    /// first). N-MNIST files are decoded straight into the frames without event columns;
+    /// other formats go through [`Self::read`] and [`frame_into`].
+    pub fn read_frames(
+        &mut self,
+        path: impl AsRef<Path>,
+        spec: &FrameSpec,
+        out: &mut FrameBuffer,
+    ) -> Result<FramedRead, EventError> {
+        let path = path.as_ref();
+        let bytes = load_into(path, &mut self.bytes)?;
+        let format = detect_format(&bytes, path)?;
+        if format == Format::NMnist
+            && let Some((events, report)) = nmnist::frame_bytes(&bytes, &self.opts, spec, out)
+        {
+            return Ok(FramedRead { events, report });
+        }
+        decode_kept(
+            format,
+            &bytes,
+            path,
+            &self.opts,
+            &mut self.rec,
+            &mut self.scratch,
+        )?;
+        frame_into(&self.rec.events, spec, out)?;
+        Ok(FramedRead {
+            events: self.rec.events.len(),
+            report: self.rec.report,
+        })
+    }
+}
+
+/// What [`EventReader::read_frames`] read: the polarity events framed (before any denoising)
+/// and the reader's report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FramedRead {
+    pub events: usize,
+    pub report: ReadReport,
+}
+
+/// Decodes into `out`, reusing its columns where the format's reader can.
+fn decode_kept(
+    format: Format,
+    bytes: &[u8],
+    path: &Path,
+    opts: &ReadOptions,
+    out: &mut Recording,
+    scratch: &mut Vec<u8>,
+) -> Result<(), EventError> {
+    match format {
+        Format::NMnist => nmnist::decode_into(bytes, path, opts, out),
+        Format::Aedat4 => aedat4::decode_into(bytes, path, opts, out, scratch),
+        format => {
+            *out = decode_as(format, bytes, path, opts)?;
+            Ok(())
+        }
     }
 }
 

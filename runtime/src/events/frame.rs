@@ -79,7 +79,7 @@ impl FrameSpec {
         self
     }
 
-    fn steps(&self) -> usize {
+    pub(crate) fn steps(&self) -> usize {
         match self.slicing {
             Slicing::TimeWindow { steps, .. }
             | Slicing::EventCount { steps }
@@ -212,27 +212,8 @@ pub fn frame_into(
     spec: &FrameSpec,
     out: &mut FrameBuffer,
 ) -> Result<(), EventError> {
-    let (w, h) = spec
-        .sensor
-        .or(events.sensor())
-        .ok_or_else(|| EventError::Spec("sensor size unknown: set FrameSpec::sensor".into()))?;
-    let f = spec.downsample;
-    if f == 0 {
-        return Err(EventError::Spec(
-            "downsample factor must be at least 1".into(),
-        ));
-    }
-    let steps = spec.steps();
-    if steps == 0 {
-        return Err(EventError::Spec(
-            "number of time steps must be at least 1".into(),
-        ));
-    }
-    let (fw, fh) = (usize::from(w.div_ceil(f)), usize::from(h.div_ceil(f)));
-    steps
-        .checked_mul(2 * fw * fh)
-        .filter(|&n| n <= 1 << 32)
-        .ok_or_else(|| EventError::Spec(format!("a {steps}x2x{fh}x{fw} tensor is too large")))?;
+    let g = Geometry::new(spec, events.sensor())?;
+    let (w, h) = (g.w, g.h);
     // Maxima first: a branch-free pass the compiler vectorises; the exact offender is only
     // searched for when there is one.
     let max_x = events.x.iter().copied().max().unwrap_or(0);
@@ -258,31 +239,15 @@ pub fn frame_into(
     {
         return Err(EventError::Spec("time window must be at least 1 µs".into()));
     }
-    out.prepare((steps, 2, fh, fw));
     let n = events.len();
+    let mut acc = Accumulator::new(out, &g, n);
     if n == 0 {
+        acc.finish();
         return Ok(());
     }
-    let f = usize::from(f);
-    let plane = fh * fw;
-    let mut acc = Accumulator {
-        counts: &mut out.data,
-        // Per-coordinate offsets, so the per-event work is three table loads and no division.
-        cols: (0..usize::from(w)).map(|x| (x / f) as u32).collect(),
-        rows: (0..usize::from(h)).map(|y| ((y / f) * fw) as u32).collect(),
-        plane,
-        // Sparse bookkeeping only pays when the events are few next to the cells.
-        cells: match std::mem::take(&mut out.dirty) {
-            _ if n >= steps * 2 * plane / SPARSE_RATIO => None,
-            Dirty::Cells(mut cells) => {
-                cells.clear();
-                Some(cells)
-            }
-            _ => Some(Vec::with_capacity(n)),
-        },
-    };
+    let steps = g.steps;
     let t = &events.t;
-    let slicing = match spec.slicing {
+    let bins = match spec.slicing {
         Slicing::EventCount { .. } => None,
         Slicing::TimeWindow {
             window_us, start, ..
@@ -297,15 +262,10 @@ pub fn frame_into(
             Some(Bins::Span { lo, hi })
         }
     };
-    match slicing {
+    match bins {
         None => {
-            // Event i goes to step ⌊i·T/n⌋, so step b holds events [⌈b·n/T⌉, ⌈(b+1)·n/T⌉).
             for b in 0..steps {
-                let (lo, hi) = (
-                    (b * n).div_ceil(steps),
-                    ((b + 1) * n).div_ceil(steps).min(n),
-                );
-                acc.add(b, &events, lo..hi);
+                acc.add_run(b, &events, event_count_range(b, n, steps));
             }
         }
         Some(bins) => {
@@ -320,22 +280,74 @@ pub fn frame_into(
                     .position(|&v| v < lo || v > hi)
                     .unwrap_or(n - i);
                 if let Some(b) = step {
-                    acc.add(b, &events, i..i + run);
+                    acc.add_run(b, &events, i..i + run);
                 }
                 i += run;
             }
         }
     }
-    out.dirty = match acc.cells {
-        Some(cells) => Dirty::Cells(cells),
-        None => Dirty::All,
-    };
+    acc.finish();
     Ok(())
 }
 
-/// Adds events to a flat `[T, 2, H', W']` count buffer.
-struct Accumulator<'a> {
-    counts: &'a mut [f32],
+/// Event-count slicing: event i goes to step ⌊i·T/n⌋, so step b holds events
+/// `[⌈b·n/T⌉, ⌈(b+1)·n/T⌉)`.
+pub(crate) fn event_count_range(b: usize, n: usize, steps: usize) -> std::ops::Range<usize> {
+    (b * n).div_ceil(steps)..((b + 1) * n).div_ceil(steps).min(n)
+}
+
+/// The output geometry of a spec, after the checks that need no events.
+pub(crate) struct Geometry {
+    /// Sensor size that coordinates must lie within.
+    pub(crate) w: u16,
+    pub(crate) h: u16,
+    f: usize,
+    pub(crate) steps: usize,
+    fw: usize,
+    fh: usize,
+}
+
+impl Geometry {
+    /// `sensor` is the events' own size, used when the spec names none.
+    pub(crate) fn new(spec: &FrameSpec, sensor: Option<(u16, u16)>) -> Result<Self, EventError> {
+        let (w, h) = spec
+            .sensor
+            .or(sensor)
+            .ok_or_else(|| EventError::Spec("sensor size unknown: set FrameSpec::sensor".into()))?;
+        let f = spec.downsample;
+        if f == 0 {
+            return Err(EventError::Spec(
+                "downsample factor must be at least 1".into(),
+            ));
+        }
+        let steps = spec.steps();
+        if steps == 0 {
+            return Err(EventError::Spec(
+                "number of time steps must be at least 1".into(),
+            ));
+        }
+        let (fw, fh) = (usize::from(w.div_ceil(f)), usize::from(h.div_ceil(f)));
+        steps
+            .checked_mul(2 * fw * fh)
+            .filter(|&n| n <= 1 << 32)
+            .ok_or_else(|| {
+                EventError::Spec(format!("a {steps}x2x{fh}x{fw} tensor is too large"))
+            })?;
+        Ok(Self {
+            w,
+            h,
+            f: usize::from(f),
+            steps,
+            fw,
+            fh,
+        })
+    }
+}
+
+/// Adds events to a [`FrameBuffer`] made ready for one framing.
+pub(crate) struct Accumulator<'a> {
+    out: &'a mut FrameBuffer,
+    /// Per-coordinate offsets, so the per-event work is three table loads and no division.
     cols: Vec<u32>,
     rows: Vec<u32>,
     plane: usize,
@@ -343,20 +355,74 @@ struct Accumulator<'a> {
     cells: Option<Vec<u32>>,
 }
 
-impl Accumulator<'_> {
+impl<'a> Accumulator<'a> {
+    /// Zeroes `out` as a `[T, 2, H', W']` tensor for up to `n` events. Until [`Self::finish`],
+    /// `out` counts as entirely dirty, so a framing abandoned halfway (a reader that meets
+    /// a bad event) leaves no stale counts behind: the next framing clears it all.
+    pub(crate) fn new(out: &'a mut FrameBuffer, g: &Geometry, n: usize) -> Self {
+        out.prepare((g.steps, 2, g.fh, g.fw));
+        let plane = g.fh * g.fw;
+        // Sparse bookkeeping only pays when the events are few next to the cells.
+        let cells = match std::mem::replace(&mut out.dirty, Dirty::All) {
+            _ if n >= g.steps * 2 * plane / SPARSE_RATIO => None,
+            Dirty::Cells(mut cells) => {
+                cells.clear();
+                Some(cells)
+            }
+            _ => Some(Vec::with_capacity(n)),
+        };
+        Self {
+            out,
+            cols: (0..usize::from(g.w)).map(|x| (x / g.f) as u32).collect(),
+            rows: (0..usize::from(g.h))
+                .map(|y| ((y / g.f) * g.fw) as u32)
+                .collect(),
+            plane,
+            cells,
+        }
+    }
+
+    /// Counts one event at `(x, y)` (within the sensor: else this panics) into step `b`.
+    #[inline]
+    pub(crate) fn add(&mut self, b: usize, x: usize, y: usize, on: bool) {
+        let i =
+            (b * 2 + usize::from(on)) * self.plane + self.rows[y] as usize + self.cols[x] as usize;
+        self.out.data[i] += 1.0;
+        if let Some(cells) = &mut self.cells {
+            // Exact: tensors are limited to 2^32 cells.
+            cells.push(i as u32);
+        }
+    }
+
+    /// The inputs of a dense counting loop when no cell list is kept (else `None`: use
+    /// [`Self::add`]). A caller's own loop over these slices keeps them in registers, where
+    /// `add` reloads them through `self`.
+    pub(crate) fn dense_parts(&mut self) -> Option<DenseParts<'_>> {
+        match self.cells {
+            Some(_) => None,
+            None => Some(DenseParts {
+                counts: &mut self.out.data,
+                rows: &self.rows,
+                cols: &self.cols,
+                plane: self.plane,
+            }),
+        }
+    }
+
     /// Counts events `range` (coordinates already checked against the sensor) into step `b`.
-    fn add(&mut self, b: usize, ev: &Events, range: std::ops::Range<usize>) {
+    fn add_run(&mut self, b: usize, ev: &Events, range: std::ops::Range<usize>) {
         let base = b * 2 * self.plane;
         let chan = [base, base + self.plane];
         let (x, y, p) = (&ev.x[range.clone()], &ev.y[range.clone()], &ev.p[range]);
         let events = x.iter().zip(y).zip(p);
+        let counts = &mut self.out.data;
         match &mut self.cells {
             None => {
                 for ((&x, &y), &p) in events {
                     let i = chan[usize::from(p != 0)]
                         + self.rows[usize::from(y)] as usize
                         + self.cols[usize::from(x)] as usize;
-                    self.counts[i] += 1.0;
+                    counts[i] += 1.0;
                 }
             }
             Some(cells) => {
@@ -364,18 +430,34 @@ impl Accumulator<'_> {
                     let i = chan[usize::from(p != 0)]
                         + self.rows[usize::from(y)] as usize
                         + self.cols[usize::from(x)] as usize;
-                    self.counts[i] += 1.0;
-                    // Exact: tensors are limited to 2^32 cells.
+                    counts[i] += 1.0;
                     cells.push(i as u32);
                 }
             }
         }
     }
+
+    /// Records which cells the framing wrote, for the next reset.
+    pub(crate) fn finish(self) {
+        self.out.dirty = match self.cells {
+            Some(cells) => Dirty::Cells(cells),
+            None => Dirty::All,
+        };
+    }
+}
+
+/// See [`Accumulator::dense_parts`]: event `(x, y, on)` of step `b` adds 1 to
+/// `counts[(2b + on) * plane + rows[y] + cols[x]]`.
+pub(crate) struct DenseParts<'a> {
+    pub(crate) counts: &'a mut [f32],
+    pub(crate) rows: &'a [u32],
+    pub(crate) cols: &'a [u32],
+    pub(crate) plane: usize,
 }
 
 /// Step assignment by time, for the modes that need it.
 #[derive(Clone, Copy)]
-enum Bins {
+pub(crate) enum Bins {
     /// Step ⌊(t − t0) / window⌋ for 0 <= t − t0 (the difference must fit an i64); others dropped.
     TimeWindow { t0: i64, window: i64 },
     /// The span `[lo, hi]` cut into equal steps, `hi` in the last.
@@ -385,7 +467,7 @@ enum Bins {
 impl Bins {
     /// The step of `t` (or `None`: dropped) and the inclusive interval `[lo, hi]` around `t`
     /// in which every timestamp gets that same answer. Exact integer arithmetic in i128.
-    fn locate(self, t: i64, steps: usize) -> (Option<usize>, i64, i64) {
+    pub(crate) fn locate(self, t: i64, steps: usize) -> (Option<usize>, i64, i64) {
         // Every bound below lies between `t` and i64::MIN or i64::MAX, so the clamp is exact.
         let fit = |v: i128| v.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64;
         let s = steps as i128;

@@ -47,7 +47,10 @@ pub(crate) fn map_file(path: &Path) -> Result<Mapped<'static>, EventError> {
     let mut buf = Vec::new();
     Ok(match load(path, &mut buf, READ_LIMIT)? {
         Loaded::Empty => Mapped::Empty,
-        Loaded::Read => Mapped::Read(buf),
+        Loaded::Read(n) => {
+            buf.truncate(n);
+            Mapped::Read(buf)
+        }
         Loaded::Map(m) => Mapped::Map(m),
     })
 }
@@ -56,7 +59,7 @@ pub(crate) fn map_file(path: &Path) -> Result<Mapped<'static>, EventError> {
 pub(crate) fn load_into<'b>(path: &Path, buf: &'b mut Vec<u8>) -> Result<Mapped<'b>, EventError> {
     Ok(match load(path, buf, REUSE_LIMIT)? {
         Loaded::Empty => Mapped::Empty,
-        Loaded::Read => Mapped::Buffer(buf),
+        Loaded::Read(n) => Mapped::Buffer(&buf[..n]),
         Loaded::Map(m) => Mapped::Map(m),
     })
 }
@@ -64,27 +67,37 @@ pub(crate) fn load_into<'b>(path: &Path, buf: &'b mut Vec<u8>) -> Result<Mapped<
 /// Where [`load`] put the bytes.
 enum Loaded {
     Empty,
-    /// In the buffer passed to `load`.
-    Read,
+    /// The first `n` bytes of the buffer passed to `load`.
+    Read(usize),
     Map(Mmap),
 }
 
 /// Reads files up to `read_limit` bytes into `buf`, maps larger ones.
 fn load(path: &Path, buf: &mut Vec<u8>, read_limit: u64) -> Result<Loaded, EventError> {
-    let file = File::open(path).map_err(|e| EventError::io(path, e))?;
+    let mut file = File::open(path).map_err(|e| EventError::io(path, e))?;
     let len = file.metadata().map_err(|e| EventError::io(path, e))?.len();
     if len == 0 {
         return Ok(Loaded::Empty);
     }
     if len <= read_limit {
         // `len` bytes, as a map of the file at this moment would hold; a file that shrank
-        // meanwhile yields fewer, which the readers report as truncation.
-        buf.clear();
-        buf.reserve(len as usize);
-        file.take(len)
-            .read_to_end(buf)
-            .map_err(|e| EventError::io(path, e))?;
-        return Ok(Loaded::Read);
+        // meanwhile yields fewer, which the readers report as truncation. Reading into the
+        // sized buffer takes one `read` call where `read_to_end` starts with 8 KB reads, and
+        // a reused buffer is only zero-filled when it grows.
+        let len = len as usize;
+        if buf.len() < len {
+            buf.resize(len, 0);
+        }
+        let mut filled = 0;
+        while filled < len {
+            match file.read(&mut buf[filled..len]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(EventError::io(path, e)),
+            }
+        }
+        return Ok(Loaded::Read(filled));
     }
     // SAFETY: the map is read-only and lives only while one reader decodes it. Another process
     // truncating the file meanwhile could fault; that is the accepted trade-off of mmap for

@@ -25,7 +25,7 @@ mod render;
 mod types;
 
 pub use dataset::{FrameCache, Sample, Split};
-pub use detect::{EventReader, Format, detect_format, read_events};
+pub use detect::{EventReader, Format, FramedRead, detect_format, read_events};
 pub use error::EventError;
 pub use frame::{FrameBuffer, FrameSpec, Slicing, denoise, frame, frame_into, repeat_static};
 pub use io::write_atomic;

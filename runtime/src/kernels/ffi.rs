@@ -13,6 +13,10 @@
 //! Threads: `SNN_THREADS` (a positive integer) or else `std::thread::available_parallelism`,
 //! read once. Work is split into contiguous blocks of images (conv) or rows (dense), so each
 //! thread writes a disjoint part of `y`; results do not depend on the thread count.
+//!
+//! [`snn_conv2d_spike_f32`], [`snn_dense_spike_f32`] and their backward: the same kernels for
+//! binary (spike) input, accumulate-only and zero-skipping below a measured crossover density,
+//! these GEMM kernels above it.
 
 use std::sync::OnceLock;
 

@@ -3,8 +3,9 @@
 
 use ndarray::{Array3, Array4, s};
 use snn_runtime::events::{
-    EventError, Events, FrameBuffer, FrameSpec, ReadOptions, Slicing, denoise, frame, frame_into,
-    load_frames_npy, nmnist, render_frames_png, repeat_static, save_frames_npy,
+    EventError, EventReader, Events, FrameBuffer, FrameSpec, ReadOptions, Slicing, TimestampPolicy,
+    denoise, frame, frame_into, load_frames_npy, nmnist, read_events, render_frames_png,
+    repeat_static, save_frames_npy,
 };
 
 use crate::common::{Rng, example_data};
@@ -443,4 +444,111 @@ fn sparse_reset_leaves_no_counts_behind() {
     let bad = FrameSpec::event_count(0);
     assert!(frame_into(&c, &bad, &mut buf).is_err());
     assert_eq!(buf.as_slice().iter().sum::<f32>(), 5_000.0);
+}
+
+/// `EventReader::read_frames` (N-MNIST decoded straight into the frames) against
+/// `frame(read_events(..))`: same tensors, event counts, reports and errors, for every slicing,
+/// policy and sensor override, good files and bad ones, one reader and buffer throughout.
+#[test]
+fn read_frames_equals_read_then_frame() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let ev = |n, t0, dt| fixtures::synthetic(n, 34, 34, t0, dt);
+    let mut backwards = ev(500, 1_000, 3);
+    backwards.t.swap(100, 101);
+    backwards.t[300] = 2;
+    let mut outside = ev(200, 5, 3);
+    outside.x[150] = 40;
+    let mut files: Vec<(String, Vec<u8>)> = vec![
+        ("ok.bs2".into(), fixtures::nmnist(&ev(2_000, 500, 7))),
+        ("one.bs2".into(), fixtures::nmnist(&ev(1, 9, 1))),
+        ("same-t.bs2".into(), fixtures::nmnist(&ev(50, 77, 0))),
+        ("empty.bs2".into(), Vec::new()),
+        ("backwards.bs2".into(), fixtures::nmnist(&backwards)),
+        ("outside.bs2".into(), fixtures::nmnist(&outside)),
+        (
+            "cut.bs2".into(),
+            fixtures::nmnist(&ev(30, 5, 3))[..97].to_vec(),
+        ),
+        (
+            "other.aedat4".into(),
+            fixtures::aedat4(
+                &fixtures::synthetic(300, 346, 260, 1 << 40, 9),
+                64,
+                1,
+                false,
+            ),
+        ),
+    ];
+    for id in ["1", "60001"] {
+        let bytes = std::fs::read(example_data().join(format!("nmnist/{id}.bs2"))).expect("read");
+        files.push((format!("{id}.bs2"), bytes));
+    }
+    for (name, bytes) in &files {
+        std::fs::write(tmp.path().join(name), bytes).expect("write");
+    }
+    let window = |w, steps, start| FrameSpec {
+        slicing: Slicing::TimeWindow {
+            window_us: w,
+            steps,
+            start,
+        },
+        ..FrameSpec::event_count(1)
+    };
+    let specs = [
+        FrameSpec::event_count(8),
+        FrameSpec::event_count(3).downsample(4),
+        FrameSpec::frame_count(8),
+        FrameSpec::frame_count(5).downsample(3),
+        FrameSpec::time_window(1_000, 10),
+        window(300, 40, Some(200)),
+        window(50_000, 3, Some(i64::MIN)),
+        FrameSpec::event_count(4).denoise(500),
+        FrameSpec::event_count(4).sensor(40, 50),
+        // Invalid: the general path's error (after any read error) must come out.
+        FrameSpec::event_count(4).sensor(20, 20),
+        FrameSpec::event_count(0),
+        FrameSpec::time_window(0, 3),
+        FrameSpec::frame_count(2).downsample(0),
+    ];
+    let policies = [
+        ReadOptions::default(),
+        ReadOptions {
+            timestamps: TimestampPolicy::Allow,
+            ..Default::default()
+        },
+        ReadOptions {
+            sensor: Some((64, 48)),
+            ..Default::default()
+        },
+        ReadOptions {
+            sensor: Some((30, 30)),
+            timestamps: TimestampPolicy::Allow,
+        },
+    ];
+    let mut out = FrameBuffer::new();
+    for opts in policies {
+        let mut reader = EventReader::new(opts);
+        for spec in &specs {
+            for (name, _) in &files {
+                let path = tmp.path().join(name);
+                let want = read_events(&path, &opts).and_then(|rec| {
+                    let frames = frame(&rec.events, spec)?;
+                    Ok((rec.events.len(), rec.report, frames))
+                });
+                let got = reader.read_frames(&path, spec, &mut out);
+                let what = format!("{name} {spec:?} {opts:?}");
+                match (got, want) {
+                    (Ok(got), Ok((n, report, frames))) => {
+                        assert_eq!(got.events, n, "{what}");
+                        assert_eq!(got.report, report, "{what}");
+                        assert_eq!(out.view(), frames, "{what}");
+                    }
+                    (Err(got), Err(want)) => {
+                        assert_eq!(got.to_string(), want.to_string(), "{what}")
+                    }
+                    (got, want) => panic!("{what}: {got:?} vs {:?}", want.map(|w| w.0)),
+                }
+            }
+        }
+    }
 }

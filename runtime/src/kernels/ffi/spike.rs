@@ -32,17 +32,27 @@ const BLOCK: usize = 64;
 type Row = [f32; BLOCK];
 const ZERO: Row = [0.0; BLOCK];
 
+// The thresholds below are measured crossovers (bench/cpu/sparse.sh, bench/RESULTS.md "Spike-sparse
+// kernels: crossover firing rate"; 2-core AVX-512 VM, 2 threads, best of 4 sweeps), each set
+// under the lowest crossover measured for its kind so that the sparse path does not lose at the
+// gesture network's shapes.
+
 /// [`snn_conv2d_spike_f32`] takes the sparse path for an image whose density of ones is below
-/// this. Measured (bench/RESULTS.md, "Spike-sparse kernels"): TODO.
-pub const CONV_SPIKE_MAX_DENSITY: f64 = 0.2;
-/// [`snn_dense_spike_f32`]: the sparse path below this density of the whole input. Measured:
-/// TODO.
-pub const DENSE_SPIKE_MAX_DENSITY: f64 = 0.2;
+/// this. Measured crossovers: 31 % (64→128, 32×32) and 38 % (128→128, 16×16), 80 images;
+/// speed-up 1.2–1.6× at 25 %, 7–8× at 0.5 %.
+pub const CONV_SPIKE_MAX_DENSITY: f64 = 0.25;
+/// [`snn_dense_spike_f32`]: the sparse path below this density of the whole input. Measured
+/// crossovers: 16 % (8192→256, 80 rows) and 31 % (4096→4096, 400 rows): the per-call transposed
+/// copy of the weights (n_in·n_out) is amortised over the rows.
+pub const DENSE_SPIKE_MAX_DENSITY: f64 = 0.15;
 /// [`snn_conv2d_backward_spike_f32`]: dW on the sparse path below this density of the whole
-/// input. Measured: TODO.
+/// input. Measured crossovers (dx + dW + db against the GEMM backward): 21 % and 23 %; dx stays
+/// a GEMM, so the gain is at most ~2× (1.7–1.9× at 0.5 %).
 pub const CONV_BACKWARD_SPIKE_MAX_DENSITY: f64 = 0.2;
-/// [`snn_dense_backward_spike_f32`]: dW on the sparse path below this density. Measured: TODO.
-pub const DENSE_BACKWARD_SPIKE_MAX_DENSITY: f64 = 0.2;
+/// [`snn_dense_backward_spike_f32`]: dW on the sparse path below this density. Measured
+/// crossovers: 2 % (8192→256, 80 rows: the dW GEMM is small and the sparse path's fixed
+/// zeroing/transposition of an n_in·n_out table about as dear) and 22 % (4096→4096, 400 rows).
+pub const DENSE_BACKWARD_SPIKE_MAX_DENSITY: f64 = 0.02;
 
 /// How a spike kernel chooses its path: the sparse one when the input's density of ones is
 /// below `max_density` (`f64::INFINITY`: always, for binary input; `0.0`: never), on at most
@@ -317,14 +327,37 @@ multiversion! {
     }
 }
 
-/// Visits every `(k, l)` of a `k_len × lanes` transposition in 64-row tiles, so that both the
-/// `[k]`-major and the `[l]`-major side stay in cache.
-#[inline]
-fn tiles(k_len: usize, lanes: usize, mut f: impl FnMut(usize, usize)) {
-    for k0 in (0..k_len).step_by(64) {
-        for l in 0..lanes {
-            for k in k0..(k0 + 64).min(k_len) {
-                f(k, l);
+multiversion! {
+    /// Lanes `..width` of `dst[k]` = `src[l·stride + k]`: one block of a `[lane][k]` matrix
+    /// transposed into rows, in 16-row tiles (the tile's rows stay in L1 while the source is
+    /// read a cache line per lane).
+    fn gather_lanes(dst: &mut [Row], src: &[f32], stride: usize, width: usize) {
+        for (t, tile) in dst.chunks_mut(16).enumerate() {
+            for l in 0..width {
+                let s = &src[l * stride + t * 16..][..tile.len()];
+                for (d, &v) in tile.iter_mut().zip(s) {
+                    d[l] = v;
+                }
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// The inverse of [`gather_lanes`]: `dst[l·stride + k] = src[k][l]` (`+=` when `add`).
+    fn scatter_lanes(src: &[Row], dst: &mut [f32], stride: usize, width: usize, add: bool) {
+        for (t, tile) in src.chunks(16).enumerate() {
+            for l in 0..width {
+                let d = &mut dst[l * stride + t * 16..][..tile.len()];
+                if add {
+                    for (d, s) in d.iter_mut().zip(tile) {
+                        *d += s[l];
+                    }
+                } else {
+                    for (d, s) in d.iter_mut().zip(tile) {
+                        *d = s[l];
+                    }
+                }
             }
         }
     }
@@ -425,7 +458,7 @@ pub unsafe fn conv2d_spike(
                 let tb = &table[b * kk * g.c..(b + 1) * kk * g.c];
                 conv_sum(&g, &spikes, tb, &block_init(bias, o0, width), &mut out);
                 // out is [pixel][lane]; y is [channel][pixel].
-                tiles(px, width, |p, l| yi[(o0 + l) * px + p] = out[p][l]);
+                scatter_lanes(&out, &mut yi[o0 * px..], px, width, false);
             }
         }
         sparse
@@ -516,7 +549,7 @@ pub unsafe fn dense_spike(
             let (j0, width) = block(b, n_out);
             // table[k][l] = w[j0 + l][k]; lanes past `width` (last block) keep stale values
             // that only reach lanes never stored.
-            tiles(n_in, width, |k, l| table[k][l] = ws[(j0 + l) * n_in + k]);
+            gather_lanes(&mut table, &ws[j0 * n_in..], n_in, width);
             let init = block_init(bias, j0, width);
             for (a0, spikes) in &parts {
                 out.resize(spikes.rows(), ZERO);
@@ -645,18 +678,18 @@ pub unsafe fn conv2d_backward_spike(
                 let dyi = &dys[img * out_len..(img + 1) * out_len];
                 // dyt[pixel][l] = dy[o0 + l][pixel]; lanes past `width` stay stale and only
                 // reach table lanes never read.
-                tiles(px, width, |p, l| dyt[p][l] = dyi[(o0 + l) * px + p]);
+                gather_lanes(&mut dyt, &dyi[o0 * px..], px, width);
                 conv_scatter(&g, sp, &dyt, &mut table);
             }
-            for l in 0..width {
-                // SAFETY: dw's rows o0..o0 + width (c·kk each) belong to this thread.
-                let row = unsafe {
-                    std::slice::from_raw_parts_mut(dwp.get().add((o0 + l) * g.taps()), g.taps())
-                };
-                for (ci, wc) in row.chunks_exact_mut(kk).enumerate() {
-                    for (tap, v) in wc.iter_mut().enumerate() {
-                        *v += table[tap * g.c + ci][l];
-                    }
+            // SAFETY: dw's rows o0..o0 + width (c·kk each) belong to this thread.
+            let rows = unsafe {
+                std::slice::from_raw_parts_mut(dwp.get().add(o0 * g.taps()), width * g.taps())
+            };
+            // dw[o0 + l][ci][tap] += table[tap·c + ci][l].
+            for (t, lanes) in table.iter().enumerate() {
+                let (tap, ci) = (t / g.c, t % g.c);
+                for (l, &v) in lanes[..width].iter().enumerate() {
+                    rows[l * g.taps() + ci * kk + tap] += v;
                 }
             }
         }
@@ -765,7 +798,7 @@ pub unsafe fn dense_backward_spike(
             // SAFETY: dw's rows j0..j0 + width (n_in each) belong to this thread.
             let rows =
                 unsafe { std::slice::from_raw_parts_mut(dwp.get().add(j0 * n_in), width * n_in) };
-            tiles(n_in, width, |k, l| rows[l * n_in + k] += table[k][l]);
+            scatter_lanes(&table, rows, n_in, width, true);
         }
     });
     true
