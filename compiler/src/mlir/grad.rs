@@ -697,12 +697,26 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
     }
 
     /// The gradient buffer of node `v`, allocated and zeroed at its first contribution.
+    /// The gradient of a view is the same view of its operand's gradient: what flows into it
+    /// lands where the operand's gradient accumulates, and the view's own step does nothing.
     fn grad_of(&mut self, v: usize) -> Result<Buf<'c>, LowerError> {
         if let Some((buf, _)) = &self.grads[v] {
             return Ok(buf.clone());
         }
-        let node = &self.g.nodes[v];
+        let g = self.g;
+        let node = &g.nodes[v];
         let dims = to_i64(&shape_of(&node.ty, self.batch, &node.name)?);
+        if is_view(g, node)
+            && let Some(x) = node.inputs.first()
+        {
+            let dx = self.grad_of(x.0)?;
+            let buf = Buf {
+                mem: view_of(&self.fx, node, &dx, &dims),
+                dims,
+            };
+            self.grads[v] = Some((buf.clone(), false));
+            return Ok(buf);
+        }
         let mem = self.alloc(&dims);
         self.zero(mem, &dims);
         let buf = Buf { mem, dims };
@@ -779,15 +793,10 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
                 stride,
             } => self.pool(node, dy, *kind, *kernel as i64, *stride as i64),
             Op::BatchNorm { axis, eps, .. } => self.batch_norm(node, dy, *axis, *eps),
-            Op::Dropout { .. } => {
-                let dx = self.input_grad(node, 0)?;
-                let fx = &self.fx;
-                fx.par_vec(fx.entry, &dx.dims, |b, ivs, vector| {
-                    let v = fx.load_w(b, dy.mem, ivs, vector);
-                    self.acc_w(b, v, dx.mem, ivs, vector);
-                });
-                Ok(())
-            }
+            // Views (dropout always is one): their gradient is a view of the operand's (see
+            // `grad_of`).
+            Op::Dropout { .. } => Ok(()),
+            _ if is_view(self.g, node) => Ok(()),
             Op::Flatten => self.flatten(node, dy),
             Op::Reduce {
                 kind,
