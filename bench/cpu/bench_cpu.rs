@@ -7,6 +7,11 @@
 //! input, loss = the sum of the outputs, so every output's gradient is 1; a rate readout's
 //! output is the spike sum / T, so its gradient T makes the loss the sum of all spikes, as in
 //! the peers' `s.sum().backward()`).
+//!
+//! `--step` times one whole training step the way `snnc train --backend cpu` runs it
+//! (`CpuExecutor::train_step`: forward_train, MSE loss on the rate against one-hot labels,
+//! backward, then Adam from snn_runtime, running statistics written back), like the peer
+//! script masnn_gesture_step.py; the first step (JIT compilation) is reported separately.
 //! Inputs: `image` inputs ~ U(0, 1) (the peers' `torch.rand`); `events` inputs are event counts
 //! of a 4x4 sum-pool over binary events of density 0.05 (the gesture peer's preprocessing).
 //! Parameters: the interpreter's seeded init. Running statistics are reset before every call.
@@ -44,14 +49,17 @@ impl Rng {
 fn run() -> Result<(), String> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.len() < 4 {
-        return Err("usage: bench_cpu FILE MODEL BATCH RUNS [--fwd-bwd] [NAME=VALUE ...]".into());
+        return Err(
+            "usage: bench_cpu FILE MODEL BATCH RUNS [--fwd-bwd | --step] [NAME=VALUE ...]".into(),
+        );
     }
     let file = PathBuf::from(&args[0]);
     let model = &args[1];
     let batch: usize = args[2].parse().map_err(|e| format!("BATCH: {e}"))?;
     let runs: usize = args[3].parse().map_err(|e| format!("RUNS: {e}"))?;
     let fwd_bwd = args.iter().any(|a| a == "--fwd-bwd");
-    let rest: Vec<&String> = args[4..].iter().filter(|a| *a != "--fwd-bwd").collect();
+    let step = args.iter().any(|a| a == "--step");
+    let rest: Vec<&String> = args[4..].iter().filter(|a| !a.starts_with("--")).collect();
     let overrides: Vec<(String, String)> = rest
         .iter()
         .map(|s| {
@@ -71,6 +79,9 @@ fn run() -> Result<(), String> {
         .ok_or_else(|| format!("no model `{model}` in {}", file.display()))?;
     if fwd_bwd {
         return time_fwd_bwd(g, batch, runs, &rest);
+    }
+    if step {
+        return time_step(g, batch, runs);
     }
 
     let start = Instant::now();
@@ -210,6 +221,79 @@ fn time_fwd_bwd(
         times[times.len() - 1],
         scratch.bytes(),
         rates.join(", ")
+    );
+    Ok(())
+}
+
+/// Times `CpuExecutor::train_step` + Adam (see the module docs) and prints one JSON line.
+fn time_step(g: &snnc::ir::Graph, batch: usize, runs: usize) -> Result<(), String> {
+    use snn_runtime::train::{Optimizer, OptimizerConfig};
+    use snnc::train::{CpuExecutor, Executor, RunError};
+    let (name, shape) = g
+        .inputs()
+        .next()
+        .map(|(_, n)| (n.name.clone(), n.ty.clone()))
+        .ok_or("the model has no input")?;
+    let dims: Vec<usize> = shape
+        .dims
+        .iter()
+        .map(|(a, d)| if *a == snnc::ir::Axis::B { batch } else { *d })
+        .collect();
+    let [t, b, c, h, w] = dims[..] else {
+        return Err(format!(
+            "--step wants a [T, B, C, H, W] input, `{name}` is {dims:?}"
+        ));
+    };
+    let mut rng = Rng(0x5eed);
+    let values = input_values(g, &name, t * b * c * h * w, &mut rng);
+    let frames =
+        ndarray::Array5::from_shape_vec((t, b, c, h, w), values).map_err(|e| e.to_string())?;
+    let classes = g
+        .outputs
+        .first()
+        .and_then(|o| g.ty(*o).dims.last().map(|d| d.1))
+        .unwrap_or(1)
+        .max(1);
+    let batch_data = snn_runtime::data::Batch {
+        frames,
+        labels: (0..b as u32).map(|i| i % classes as u32).collect(),
+        indices: (0..b).collect(),
+    };
+    let targets: Vec<usize> = batch_data.labels.iter().map(|l| *l as usize).collect();
+    let mut params = ParamStore::init(g, 0);
+    let shapes: Vec<Vec<usize>> = g.params.iter().map(|p| p.shape.clone()).collect();
+    let mut adam =
+        Optimizer::new(OptimizerConfig::adam(1e-4), &shapes).map_err(|e| e.to_string())?;
+    let run_dir = std::env::temp_dir().join("snnc-bench-cpu-step-unused");
+    let mut cpu = CpuExecutor::new(g, 0, &run_dir).map_err(|e| e.to_string())?;
+    let mut loss = |r: &ndarray::ArrayD<f64>| {
+        snnc::interp::loss::mse_one_hot(r, &targets).map_err(|e| RunError(e.to_string()))
+    };
+    let mut times = Vec::with_capacity(runs + 1);
+    let mut spikes = 0.0;
+    for i in 0..=runs {
+        let started = Instant::now();
+        let step = cpu
+            .train_step(&params, &batch_data, i as u64, &mut loss)
+            .map_err(|e| e.to_string())?;
+        adam.step(&mut params.values, &step.grads, 1e-4)
+            .map_err(|e| e.to_string())?;
+        for (k, v) in step.running_updates {
+            params.values[k] = v;
+        }
+        times.push(started.elapsed().as_secs_f64() * 1e3);
+        spikes = step.spike_counts.iter().map(|s| s.1).sum::<f64>() / b as f64;
+    }
+    let first = times.remove(0);
+    times.sort_by(f64::total_cmp);
+    println!(
+        "{{\"bench\": \"cpu_train_step\", \"framework\": \"snnc-cranelift\", \"model\": \"{}\", \"T\": {t}, \"batch\": {b}, \"threads\": {}, \"runs\": {runs}, \"median_ms\": {:.1}, \"min_ms\": {:.1}, \"max_ms\": {:.1}, \"first_step_ms_incl_compile\": {first:.1}, \"compile_s\": {:.2}, \"spikes_per_sample\": {spikes:.0}}}",
+        g.name,
+        snn_runtime::kernels::ffi::kernel_threads(),
+        times[times.len() / 2],
+        times[0],
+        times[times.len() - 1],
+        cpu.compile_seconds
     );
     Ok(())
 }

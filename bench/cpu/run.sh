@@ -7,11 +7,14 @@
 #
 # Cases
 #   lif      one layer of N=4096 LIF neurons, T=100, B=16 (bench/cpu/lif_layer.snn vs
-#            lif_layer.py --frameworks plain,sj,snntorch,norse, mode "fwd")
+#            lif_layer.py --frameworks plain,sj,snntorch,norse), modes "fwd" and "fwd_bwd"
+#            (ours: bench_cpu --fwd-bwd = forward_train + backward down to the input)
 #   gesture  MA-SNN DVS128 Gesture forward, T=20, B=4, vanilla and TCSA (examples/gesture.snn vs
 #            masnn_gesture_step.py --single, its "infer_fwd" figure). Ours runs train-mode
-#            batchnorm (batch statistics: the only forward the lowering has); no training
-#            step yet (nothing drives mlir::grad's backward through this backend).
+#            batchnorm (batch statistics: the only forward the lowering has).
+#   step     MA-SNN gesture training step, T=20, B=4, vanilla and TCSA: bench_cpu --step (the
+#            `snnc train --backend cpu` step: forward_train, MSE, backward, Adam) vs
+#            masnn_gesture_step.py's "step" figure; peak RSS of both processes (GNU time)
 #   peak     this machine's FMA peak and the conv/dense runtime kernels' GFLOP/s at the
 #            gesture network's shapes (bench/cpu/peak_flops.rs)
 # Environment (defaults in brackets)
@@ -30,7 +33,7 @@ NCPU=$(awk -F, '{print NF}' <<<"$CPUS")
 PEERS_PY=${PEERS_PY:-/work/peers-venv/bin/python}
 SJ_PATH=${SJ_PATH:-/work/bench-sj}
 PEERS_DIR=${PEERS_DIR:-/work/shared/bench/peers}
-CASES=${CASES:-lif gesture peak}
+CASES=${CASES:-lif gesture step peak}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target-cpu}
 export OMP_NUM_THREADS=$NCPU MKL_NUM_THREADS=$NCPU OPENBLAS_NUM_THREADS=$NCPU SNN_THREADS=$NCPU
 export MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=4294967296
@@ -47,9 +50,10 @@ for case in $CASES; do
   case $case in
     lif)
       pin "$BENCH" bench/cpu/lif_layer.snn LIFLayer 16 "$RUNS" T=100 N=4096 | tee -a "$out"
+      pin "$BENCH" bench/cpu/lif_layer.snn LIFLayer 16 "$RUNS" --fwd-bwd T=100 N=4096 | tee -a "$out"
       PYTHONPATH=$SJ_PATH pin "$PEERS_PY" -W ignore "$PEERS_DIR/lif_layer.py" --neurons 4096 --steps 100 \
         --batch 16 --runs "$RUNS" --threads "$NCPU" --frameworks plain,sj,snntorch,norse \
-        | grep '"mode": "fwd"' | tee -a "$out"
+        | grep '"mode": "fwd' | tee -a "$out"
       ;;
     gesture)
       for m in Vanilla TCSA; do
@@ -57,6 +61,18 @@ for case in $CASES; do
         att=$([ $m = TCSA ] && echo TCSA || echo no)
         pin "$PEERS_PY" -W ignore "$PEERS_DIR/masnn_gesture_step.py" --single --T 20 --B 4 \
           --attention "$att" --runs "$RUNS" --threads "$NCPU" | tee -a "$out"
+      done
+      ;;
+    step)
+      for m in Vanilla TCSA; do
+        rss=$(mktemp)
+        /usr/bin/time -f '%M' -o "$rss" taskset -c "$CPUS" "$BENCH" examples/gesture.snn "Gesture$m" 4 "$RUNS" --step T=20 \
+          | sed "s/}\$/, \"peak_rss_mb\": PEAK}/" > "$rss.json"
+        sed "s/PEAK/$(awk '{printf "%.1f", $1/1024}' "$rss")/" "$rss.json" | tee -a "$out"
+        rm -f "$rss" "$rss.json"
+        att=$([ $m = TCSA ] && echo TCSA || echo no)
+        pin "$PEERS_PY" -W ignore "$PEERS_DIR/masnn_gesture_step.py" --single --T 20 --B 4 \
+          --attention "$att" --runs "$RUNS" --threads "$NCPU" | sed 's/^/STEP /' | tee -a "$out"
       done
       ;;
     peak)
@@ -67,24 +83,34 @@ done
 
 python3 - "$out" "$CPUS" "$RUNS" <<'PY'
 import json, sys
-rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
+lines = open(sys.argv[1]).read().splitlines()
+rows = [json.loads(l) for l in lines if l.startswith("{")]
+peer_steps = [json.loads(l[5:]) for l in lines if l.startswith("STEP {")]
 print(f"\npinned to CPUs {sys.argv[2]}; medians; ratio = snnc time / peer time (>1: snnc slower)")
 print("| case | framework | threads | median ms | snnc / peer |")
 print("|---|---|---:|---:|---:|")
 ours = [r for r in rows if r.get("framework") == "snnc-cranelift"]
-lif = next((r for r in ours if r["model"] == "LIFLayer"), None)
-if lif:
-    print(f"| LIF N=4096 T=100 B=16 fwd | snnc (Cranelift JIT) | {lif['threads']} | {lif['median_ms']:.1f} | 1.00 |")
-    for r in rows:
-        if r.get("bench") == "lif_layer":
-            print(f"| LIF N=4096 T=100 B=16 fwd | {r['version']} | {r['threads']} | {r['median_ms']:.1f} | {lif['median_ms'] / r['median_ms']:.2f} |")
+for mode, bench in (("fwd", "cpu_forward"), ("fwd_bwd", "cpu_fwd_bwd")):
+    lif = next((r for r in ours if r["model"] == "LIFLayer" and r["bench"] == bench), None)
+    if lif:
+        print(f"| LIF N=4096 T=100 B=16 {mode} | snnc (Cranelift JIT) | {lif['threads']} | {lif['median_ms']:.1f} | 1.00 |")
+        for r in rows:
+            if r.get("bench") == "lif_layer" and r.get("mode") == mode:
+                print(f"| LIF N=4096 T=100 B=16 {mode} | {r['version']} | {r['threads']} | {r['median_ms']:.1f} | {lif['median_ms'] / r['median_ms']:.2f} |")
 for att, model in (("no", "GestureVanilla"), ("TCSA", "GestureTCSA")):
-    o = next((r for r in ours if r["model"] == model), None)
+    o = next((r for r in ours if r["model"] == model and r["bench"] == "cpu_forward"), None)
     p = next((r for r in rows if r.get("bench") == "masnn_gesture_step" and r["attention"] == att), None)
     if o:
         print(f"| gesture {model[7:]} T=20 B=4 fwd | snnc (Cranelift JIT) | {o['threads']} | {o['median_ms']:.1f} | 1.00 |")
     if o and p:
         print(f"| gesture {model[7:]} T=20 B=4 fwd | torch {p['torch']} (eval) | {p['threads']} | {p['infer_fwd_median_ms']:.1f} | {o['median_ms'] / p['infer_fwd_median_ms']:.2f} |")
+for att, model in (("no", "GestureVanilla"), ("TCSA", "GestureTCSA")):
+    o = next((r for r in ours if r["model"] == model and r["bench"] == "cpu_train_step"), None)
+    p = next((r for r in peer_steps if r["attention"] == att), None)
+    if o:
+        print(f"| gesture {model[7:]} T=20 B=4 train step | snnc (Cranelift JIT) | {o['threads']} | {o['median_ms']:.1f} | 1.00 | peak RSS {o['peak_rss_mb']} MB |")
+    if o and p:
+        print(f"| gesture {model[7:]} T=20 B=4 train step | torch {p['torch']} | {p['threads']} | {p['step_median_ms']:.1f} | {o['median_ms'] / p['step_median_ms']:.2f} | peak RSS {p['peak_rss_mb']} MB ({o['peak_rss_mb'] / p['peak_rss_mb']:.2f}x) |")
 probes = [r for r in rows if "probe" in r]
 if probes:
     print("\n| probe | shape | threads | GFLOP/s | of peak |")

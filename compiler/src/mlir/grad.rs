@@ -10,8 +10,8 @@
 
 use super::{
     Buf, Env, Fx, LANES, LoopForm, LowerError, LowerOptions, Lowering, V, append_func, block_arg,
-    check_program, declare_kernels, eval, forward_signature, fpred, insert_at, kernel_for,
-    lane_base, linear, remove_at, shape_of, to_i64, vector_parts,
+    check_program, declare_kernels, eval, forward_signature, fpred, insert_at, is_view, kernel_for,
+    lane_base, linear, remove_at, shape_of, to_i64, vector_parts, view_of,
 };
 use crate::autodiff::{GradGraph, ScanAdjoint, differentiate};
 use crate::ir::graph::{BinaryOp, Graph, Node, Op, PoolKind, ReduceKind, ScanEmit, UnaryOp};
@@ -87,20 +87,22 @@ pub fn backward_symbol(g: &Graph) -> String {
     format!("{}_backward", g.name)
 }
 
-/// The saved values passed between the functions: `GradGraph::saved` without model inputs,
-/// which both functions receive as inputs anyway, then every spike-emitting scan output the
-/// backward does not need (node order): a training driver counts spikes from them.
+/// The saved values passed between the functions: `GradGraph::saved` with views replaced by
+/// the value they view (the backward rebuilds the views) and without model inputs (both
+/// functions receive them anyway), then every spike-emitting scan output the backward does
+/// not need (node order): a training driver counts spikes from them.
 fn saved_values(g: &Graph, grad: &GradGraph) -> Vec<usize> {
-    let mut saved: Vec<usize> = grad
-        .saved
-        .iter()
-        .map(|v| v.0)
-        .filter(|&v| {
-            g.nodes
-                .get(v)
-                .is_some_and(|n| !matches!(n.op, Op::Input { .. }))
-        })
-        .collect();
+    let mut saved: Vec<usize> = Vec::new();
+    for v in &grad.saved {
+        let r = view_root(g, v.0);
+        let input = g
+            .nodes
+            .get(r)
+            .is_none_or(|n| matches!(n.op, Op::Input { .. }));
+        if !input && !saved.contains(&r) {
+            saved.push(r);
+        }
+    }
     for (i, n) in g.nodes.iter().enumerate() {
         let spikes = matches!(
             n.op,
@@ -114,6 +116,17 @@ fn saved_values(g: &Graph, grad: &GradGraph) -> Vec<usize> {
         }
     }
     saved
+}
+
+/// The value node `v` views (through any chain of views), or `v` itself.
+fn view_root(g: &Graph, mut v: usize) -> usize {
+    while let Some(n) = g.nodes.get(v)
+        && is_view(g, n)
+        && let Some(x) = n.inputs.first()
+    {
+        v = x.0;
+    }
+    v
 }
 
 /// Scan nodes in node order with the shape of their per-step states buffer.
@@ -333,11 +346,19 @@ pub(super) struct TrainSinks<'c> {
 }
 
 impl<'c> TrainSinks<'c> {
-    /// Copies a just-computed node value into its saved-value buffer, if it has one.
+    /// Copies a just-computed node value into its saved-value buffer, if it has one and the
+    /// value was not computed there (views and model outputs are).
     pub(super) fn save(&self, fx: &Fx<'c, '_>, node: usize, here: &Buf<'c>) {
-        if let Some(dst) = self.saved.get(&node) {
+        if let Some(dst) = self.saved.get(&node)
+            && *dst != here.mem
+        {
             fx.copy(fx.entry, here.mem, *dst, &here.dims);
         }
+    }
+
+    /// The saved-value argument of node `node`, if the backward reads it.
+    pub(super) fn saved_buffer(&self, node: usize) -> Option<V<'c>> {
+        self.saved.get(&node).copied()
     }
 
     /// The states buffer of a scan node (identified by address: `scan` gets the node only).
@@ -545,6 +566,17 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
             });
             k += 1;
         }
+        // Views, which the forward does not pass, over the inputs and saved values they view.
+        for (i, node) in g.nodes.iter().enumerate() {
+            if fwd[i].is_none()
+                && is_view(g, node)
+                && let Some(x) = node.inputs.first().and_then(|x| fwd[x.0].clone())
+            {
+                let dims = to_i64(&shape_of(&node.ty, batch, &node.name)?);
+                let mem = view_of(&fx, node, &x, &dims);
+                fwd[i] = Some(Buf { mem, dims });
+            }
+        }
         let mut states = HashMap::new();
         for (v, _) in scan_state_shapes(g, batch)? {
             states.insert(v, arg(k));
@@ -665,12 +697,26 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
     }
 
     /// The gradient buffer of node `v`, allocated and zeroed at its first contribution.
+    /// The gradient of a view is the same view of its operand's gradient: what flows into it
+    /// lands where the operand's gradient accumulates, and the view's own step does nothing.
     fn grad_of(&mut self, v: usize) -> Result<Buf<'c>, LowerError> {
         if let Some((buf, _)) = &self.grads[v] {
             return Ok(buf.clone());
         }
-        let node = &self.g.nodes[v];
+        let g = self.g;
+        let node = &g.nodes[v];
         let dims = to_i64(&shape_of(&node.ty, self.batch, &node.name)?);
+        if is_view(g, node)
+            && let Some(x) = node.inputs.first()
+        {
+            let dx = self.grad_of(x.0)?;
+            let buf = Buf {
+                mem: view_of(&self.fx, node, &dx, &dims),
+                dims,
+            };
+            self.grads[v] = Some((buf.clone(), false));
+            return Ok(buf);
+        }
         let mem = self.alloc(&dims);
         self.zero(mem, &dims);
         let buf = Buf { mem, dims };
@@ -747,15 +793,10 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
                 stride,
             } => self.pool(node, dy, *kind, *kernel as i64, *stride as i64),
             Op::BatchNorm { axis, eps, .. } => self.batch_norm(node, dy, *axis, *eps),
-            Op::Dropout { .. } => {
-                let dx = self.input_grad(node, 0)?;
-                let fx = &self.fx;
-                fx.par_vec(fx.entry, &dx.dims, |b, ivs, vector| {
-                    let v = fx.load_w(b, dy.mem, ivs, vector);
-                    self.acc_w(b, v, dx.mem, ivs, vector);
-                });
-                Ok(())
-            }
+            // Views (dropout always is one): their gradient is a view of the operand's (see
+            // `grad_of`).
+            Op::Dropout { .. } => Ok(()),
+            _ if is_view(self.g, node) => Ok(()),
             Op::Flatten => self.flatten(node, dy),
             Op::Reduce {
                 kind,

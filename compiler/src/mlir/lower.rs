@@ -56,8 +56,8 @@ pub enum LoopForm {
     /// recovered with div/rem; no nested parallel loops, no loads outside loops (GPU).
     Flat,
     /// [`LoopForm::Nested`], except that conv2d and dense layers become calls to the runtime's
-    /// GEMM-based kernels (`snn_conv2d_f32`, `snn_dense_f32` in `snn_runtime::kernels::ffi`,
-    /// pointers passed as `index`): for the CPU JIT, which binds those symbols.
+    /// kernels of [`RUNTIME_KERNELS`] (`snn_runtime::kernels::ffi`, pointers passed as
+    /// `index`): for the CPU JIT, which binds those symbols.
     Kernels,
 }
 
@@ -1004,6 +1004,38 @@ struct Liveness {
 }
 
 /// Dropout, and flatten of a contiguous [T, B, C, H, W], are views of their input.
+/// The memref of view node `node` (see [`is_view`]) over its operand `x`, placed in the
+/// entry block.
+fn view_of<'c>(fx: &Fx<'c, '_>, node: &Node, x: &Buf<'c>, dims: &[i64]) -> V<'c> {
+    match node.op {
+        Op::Flatten => {
+            let reassociation = ArrayAttribute::new(
+                fx.ctx,
+                &[vec![0], vec![1], vec![2, 3, 4]]
+                    .iter()
+                    .map(|group| {
+                        let items: Vec<Attribute<'c>> = group
+                            .iter()
+                            .map(|&d| {
+                                IntegerAttribute::new(IntegerType::new(fx.ctx, 64).into(), d).into()
+                            })
+                            .collect();
+                        ArrayAttribute::new(fx.ctx, &items).into()
+                    })
+                    .collect::<Vec<_>>(),
+            );
+            fx.val(
+                fx.entry,
+                "memref.collapse_shape",
+                &[x.mem],
+                fx.memref_type(dims),
+                &[("reassociation", reassociation.into())],
+            )
+        }
+        _ => x.mem,
+    }
+}
+
 fn is_view(g: &Graph, node: &Node) -> bool {
     match node.op {
         Op::Dropout { .. } => true,
@@ -1129,6 +1161,7 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
         self.live.root[r] == r
             && !matches!(node.op, Op::Input { .. })
             && self.live.direct_out[r].is_none()
+            && self.train.saved_buffer(r).is_none()
     }
 
     fn buf(&self, id: ValueId) -> Result<Buf<'c>, LowerError> {
@@ -1174,43 +1207,16 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
         }
         if is_view(self.g, node) {
             let x = self.input(node, 0)?;
-            let mem = match node.op {
-                Op::Flatten => {
-                    let reassociation = ArrayAttribute::new(
-                        self.fx.ctx,
-                        &[vec![0], vec![1], vec![2, 3, 4]]
-                            .iter()
-                            .map(|group| {
-                                let items: Vec<Attribute<'c>> = group
-                                    .iter()
-                                    .map(|&d| {
-                                        IntegerAttribute::new(
-                                            IntegerType::new(self.fx.ctx, 64).into(),
-                                            d,
-                                        )
-                                        .into()
-                                    })
-                                    .collect();
-                                ArrayAttribute::new(self.fx.ctx, &items).into()
-                            })
-                            .collect::<Vec<_>>(),
-                    );
-                    self.fx.val(
-                        self.fx.entry,
-                        "memref.collapse_shape",
-                        &[x.mem],
-                        self.fx.memref_type(&dims),
-                        &[("reassociation", reassociation.into())],
-                    )
-                }
-                _ => x.mem,
-            };
+            let mem = view_of(&self.fx, node, &x, &dims);
             self.bufs[i] = Some(Buf { mem, dims });
             return Ok(());
         }
-        let out = match self.live.direct_out[i] {
-            Some(k) => self.outputs[k],
-            None => self.fx.val(
+        // A value the backward needs is computed straight into its saved-value argument
+        // (no copy, no second buffer).
+        let out = match (self.live.direct_out[i], self.train.saved_buffer(i)) {
+            (Some(k), _) => self.outputs[k],
+            (None, Some(saved)) => saved,
+            (None, None) => self.fx.val(
                 self.fx.entry,
                 "memref.alloc",
                 &[],

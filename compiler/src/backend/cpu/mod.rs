@@ -56,8 +56,8 @@ impl From<LowerError> for BackendError {
 
 /// Lowers `graphs` into one module and runs the LLVM pipeline; the caller keeps `context` alive
 /// as long as the module. Conv2d and dense layers call the runtime's GEMM kernels
-/// ([`LoopForm::Kernels`]): whoever runs the code must bind `snn_conv2d_f32`/`snn_dense_f32`
-/// (the JIT does, see `jit::register_runtime_symbols`).
+/// ([`LoopForm::Kernels`]): whoever runs the code must bind the symbols of
+/// [`crate::mlir::lower::RUNTIME_KERNELS`] (the JIT does, see `jit::runtime_kernels`).
 pub fn lower_to_llvm<'c>(
     context: &'c Context,
     graphs: &[&Graph],
