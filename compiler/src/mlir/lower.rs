@@ -893,9 +893,7 @@ impl<'c, 'e> Fx<'c, 'e> {
     /// `n` sums over the nest `dims`, from 0: `body(block, ivs, sums, vector)` returns the
     /// sums plus one more element (or, with `vector`, four consecutive ones along the last
     /// axis from `ivs`; only when `contiguous`: the last of `dims` is the buffers' last
-    /// axis). Vector partial sums run over the last axis's whole groups of four,
-    /// then are added across lanes, then the scalar tail follows: summation order differs
-    /// from one element at a time, within f32 rounding.
+    /// axis). See [`Self::fold_nest`].
     fn sum_nest(
         &self,
         b: &Block<'c>,
@@ -904,10 +902,27 @@ impl<'c, 'e> Fx<'c, 'e> {
         contiguous: bool,
         body: &mut dyn FnMut(&Block<'c>, &[V<'c>], &[V<'c>], bool) -> Vec<V<'c>>,
     ) -> Vec<V<'c>> {
+        self.fold_nest(b, dims, &vec![0.0; n], "arith.addf", contiguous, body)
+    }
+
+    /// Folds over the nest `dims` from `inits` with the associative `combine` (`arith.addf`,
+    /// `arith.maximumf`), which `body` applies to the values it reads. Vector partial results
+    /// run over the last axis's whole groups of four, then are combined across lanes, then
+    /// the scalar tail follows: for sums the order differs from one element at a time, within
+    /// f32 rounding.
+    fn fold_nest(
+        &self,
+        b: &Block<'c>,
+        dims: &[i64],
+        inits: &[f64],
+        combine: &str,
+        contiguous: bool,
+        body: &mut dyn FnMut(&Block<'c>, &[V<'c>], &[V<'c>], bool) -> Vec<V<'c>>,
+    ) -> Vec<V<'c>> {
         let width = dims.last().copied().unwrap_or(1);
         if self.flat || !contiguous || width < LANES {
-            let zeros = vec![self.cf(0.0); n];
-            return self.carry_nest(b, dims, &zeros, &[], &mut |b, r, acc| {
+            let inits: Vec<V<'c>> = inits.iter().map(|v| self.cf(*v)).collect();
+            return self.carry_nest(b, dims, &inits, &[], &mut |b, r, acc| {
                 body(b, r, acc, false)
             });
         }
@@ -915,26 +930,29 @@ impl<'c, 'e> Fx<'c, 'e> {
         let groups = width / LANES;
         let mut part = dims.to_vec();
         part[last] = groups;
-        let zeros = vec![self.cf_w(0.0, true); n];
-        let vsums = self.carry_nest(b, &part, &zeros, &[], &mut |b, r, acc| {
+        let vinits: Vec<V<'c>> = inits.iter().map(|v| self.cf_w(*v, true)).collect();
+        let partial = self.carry_nest(b, &part, &vinits, &[], &mut |b, r, acc| {
             let mut r = r.to_vec();
             r[last] = self.ilin(b, r[last], LANES, None, 0);
             body(b, &r, acc, true)
         });
-        let sums: Vec<V<'c>> = vsums.iter().map(|v| self.hsum(b, *v)).collect();
+        let folded: Vec<V<'c>> = partial
+            .iter()
+            .map(|v| self.across_lanes(b, *v, combine))
+            .collect();
         if width % LANES == 0 {
-            return sums;
+            return folded;
         }
         part[last] = width % LANES;
-        self.carry_nest(b, &part, &sums, &[], &mut |b, r, acc| {
+        self.carry_nest(b, &part, &folded, &[], &mut |b, r, acc| {
             let mut r = r.to_vec();
             r[last] = self.ilin(b, r[last], 1, None, groups * LANES);
             body(b, &r, acc, false)
         })
     }
 
-    /// The sum of a `vector<4xf32>`'s lanes, ((l0 + l1) + l2) + l3.
-    fn hsum(&self, b: &Block<'c>, v: V<'c>) -> V<'c> {
+    /// A `vector<4xf32>`'s lanes combined with `combine`: ((l0 ∘ l1) ∘ l2) ∘ l3.
+    fn across_lanes(&self, b: &Block<'c>, v: V<'c>, combine: &str) -> V<'c> {
         let lane = |k: i64| {
             self.val(
                 b,
@@ -950,7 +968,7 @@ impl<'c, 'e> Fx<'c, 'e> {
         let mut acc = lane(0);
         for k in 1..LANES {
             let x = lane(k);
-            acc = self.addf(b, acc, x);
+            acc = self.bin(b, combine, acc, x);
         }
         acc
     }
@@ -1618,6 +1636,37 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
             .map(|(d, _)| *d)
             .collect();
         let count: i64 = red_dims.iter().product();
+        let (init, combine) = match kind {
+            ReduceKind::Max => (f64::NEG_INFINITY, "arith.maximumf"),
+            ReduceKind::Mean | ReduceKind::Sum => (0.0, "arith.addf"),
+        };
+        // The reduced axes are the trailing ones (attention's pooling over H, W or C, H, W):
+        // each output folds one contiguous block, in vectors.
+        let first = reduced.iter().position(|r| *r).unwrap_or(reduced.len());
+        if first < reduced.len() && reduced[first..].iter().all(|r| *r) {
+            fx.par(fx.entry, &y.dims, |b, o| {
+                let kept = &o[..first];
+                let acc = fx.fold_nest(
+                    b,
+                    &red_dims,
+                    &[init],
+                    combine,
+                    true,
+                    &mut |b, r, acc, vector| {
+                        let mut idx = kept.to_vec();
+                        idx.extend_from_slice(r);
+                        let v = fx.load_w(b, x.mem, &idx, vector);
+                        vec![fx.bin(b, combine, acc[0], v)]
+                    },
+                )[0];
+                let v = match kind {
+                    ReduceKind::Mean => fx.divf(b, acc, fx.cf(count as f64)),
+                    ReduceKind::Max | ReduceKind::Sum => acc,
+                };
+                fx.store(b, v, y.mem, o);
+            });
+            return Ok(());
+        }
         let body = |b: &Block<'c>, o: &[V<'c>], vector: bool| {
             let init = match kind {
                 ReduceKind::Max => fx.cf_w(f64::NEG_INFINITY, vector),
