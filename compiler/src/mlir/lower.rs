@@ -87,6 +87,10 @@ fn kernel_for(node_input: &TensorType, dense: &'static str, spike: &'static str)
 /// A loop-nest body: (block, induction variables, carried values) → the next carried values.
 type CarryBody<'f, 'c> = dyn FnMut(&Block<'c>, &[V<'c>], &[V<'c>]) -> Vec<V<'c>> + 'f;
 
+/// A fold body: (block, induction variables, carried values, vector?) → the next carried
+/// values (see `Fx::fold_nest`).
+type FoldBody<'f, 'c> = dyn FnMut(&Block<'c>, &[V<'c>], &[V<'c>], bool) -> Vec<V<'c>> + 'f;
+
 /// Lanes of the vectorised neuron scans (`vector<4xf32>`: Cranelift's 128-bit vectors).
 const LANES: i64 = 4;
 /// Independent vectors each scan loop iteration advances (separate dependency chains that the
@@ -900,7 +904,7 @@ impl<'c, 'e> Fx<'c, 'e> {
         dims: &[i64],
         n: usize,
         contiguous: bool,
-        body: &mut dyn FnMut(&Block<'c>, &[V<'c>], &[V<'c>], bool) -> Vec<V<'c>>,
+        body: &mut FoldBody<'_, 'c>,
     ) -> Vec<V<'c>> {
         self.fold_nest(b, dims, &vec![0.0; n], "arith.addf", contiguous, body)
     }
@@ -917,7 +921,7 @@ impl<'c, 'e> Fx<'c, 'e> {
         inits: &[f64],
         combine: &str,
         contiguous: bool,
-        body: &mut dyn FnMut(&Block<'c>, &[V<'c>], &[V<'c>], bool) -> Vec<V<'c>>,
+        body: &mut FoldBody<'_, 'c>,
     ) -> Vec<V<'c>> {
         let width = dims.last().copied().unwrap_or(1);
         if self.flat || !contiguous || width < LANES {
