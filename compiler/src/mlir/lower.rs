@@ -36,11 +36,25 @@ type V<'c> = Value<'c, 'c>;
 pub struct LowerOptions {
     /// Size of the batch axis `B` (dynamic in the IR, static in MLIR).
     pub batch: usize,
+    /// Inference semantics: batchnorm normalises with the running statistics and leaves them
+    /// unchanged (PyTorch's `eval()`). Otherwise it uses the batch's statistics and updates
+    /// the running ones, as in training. Dropout is the identity either way.
+    pub eval: bool,
+}
+
+impl LowerOptions {
+    /// Training semantics (batch statistics) at batch size `batch`.
+    pub fn with_batch(batch: usize) -> Self {
+        LowerOptions { batch, eval: false }
+    }
 }
 
 impl Default for LowerOptions {
     fn default() -> Self {
-        LowerOptions { batch: 1 }
+        LowerOptions {
+            batch: 1,
+            eval: false,
+        }
     }
 }
 
@@ -326,6 +340,7 @@ fn lower_graph<'c>(
         fx.flat = form == LoopForm::Flat;
         fx.kernels = form == LoopForm::Kernels;
         let mut lowering = Lowering::new(fx, g, opts.batch)?;
+        lowering.eval = opts.eval;
         lowering.run()?;
         kernels = lowering.fx.used_kernels.take();
         entry.append_operation(func::r#return(&[], loc));
@@ -1119,6 +1134,8 @@ struct Lowering<'a, 'c, 'e> {
     live: Liveness,
     /// Extra buffers `forward_train` fills (see [`grad`]); empty for inference.
     train: grad::TrainSinks<'c>,
+    /// [`LowerOptions::eval`].
+    eval: bool,
 }
 
 impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
@@ -1146,6 +1163,7 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
             outputs,
             live: liveness(g),
             train: grad::TrainSinks::default(),
+            eval: false,
         })
     }
 
@@ -1268,6 +1286,11 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
                 kernel,
                 stride,
             } => self.pool(node, &y, *kind, *kernel as i64, *stride as i64),
+            Op::BatchNorm {
+                axis,
+                eps,
+                momentum,
+            } if self.eval => self.batch_norm_eval(node, &y, *axis, *eps),
             Op::BatchNorm {
                 axis,
                 eps,
@@ -1465,6 +1488,53 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
                 PoolKind::Max => acc,
             };
             fx.store(b, v, y.mem, o);
+        });
+        Ok(())
+    }
+
+    /// Inference batchnorm: `y = (x − running_mean) / √(running_var + ε) · γ + β`, one
+    /// elementwise pass (vectors along the last axis when it is not the channel axis).
+    fn batch_norm_eval(
+        &self,
+        node: &Node,
+        y: &Buf<'c>,
+        axis: Axis,
+        eps: f64,
+    ) -> Result<(), LowerError> {
+        let fx = &self.fx;
+        let x = self.input(node, 0)?;
+        let pa = self.position(node, 0, axis)?;
+        let (gamma, beta) = (self.param(node, 0)?, self.param(node, 1)?);
+        let (run_mean, run_var) = (self.param(node, 2)?, self.param(node, 3)?);
+        let channel = |b: &Block<'c>, c: V<'c>| {
+            let rm = fx.load(b, run_mean, &[c]);
+            let rv = fx.load(b, run_var, &[c]);
+            let var_eps = fx.addf(b, rv, fx.cf(eps));
+            let std = fx.unary(b, "math.sqrt", var_eps);
+            (rm, std, fx.load(b, gamma, &[c]), fx.load(b, beta, &[c]))
+        };
+        let normalise = |b: &Block<'c>, idx: &[V<'c>], (rm, std, g, be), vector: bool| {
+            let w = |s: V<'c>| if vector { fx.splat(b, s) } else { s };
+            let v = fx.load_w(b, x.mem, idx, vector);
+            let d = fx.subf(b, v, w(rm));
+            let n = fx.divf(b, d, w(std));
+            let s = fx.mulf(b, n, w(g));
+            let out = fx.addf(b, s, w(be));
+            fx.store_w(b, out, y.mem, idx, vector);
+        };
+        if fx.flat || pa + 1 == x.dims.len() {
+            fx.par(fx.entry, &x.dims, |b, idx| {
+                let stats = channel(b, idx[pa]);
+                normalise(b, idx, stats, false);
+            });
+            return Ok(());
+        }
+        let others = remove_at(&x.dims, pa);
+        fx.par(fx.entry, &[x.dims[pa]], |b, c| {
+            let stats = channel(b, c[0]);
+            fx.par_vec(b, &others, |b, r, vector| {
+                normalise(b, &insert_at(r, pa, c[0]), stats, vector)
+            });
         });
         Ok(())
     }
@@ -2303,7 +2373,8 @@ mod tests {
 
     fn lowered_text(g: &Graph, batch: usize) -> String {
         let context = new_context();
-        let module = lower_graphs(&context, &[g], &LowerOptions { batch }).expect("lowers");
+        let module =
+            lower_graphs(&context, &[g], &LowerOptions::with_batch(batch)).expect("lowers");
         assert!(module.as_operation().verify());
         module.as_operation().to_string()
     }
@@ -2330,7 +2401,7 @@ mod tests {
     #[test]
     fn signature_is_inputs_then_params_then_outputs() {
         let g = golden_small();
-        let sig = forward_signature(&g, &LowerOptions { batch: 3 }).expect("signature");
+        let sig = forward_signature(&g, &LowerOptions::with_batch(3)).expect("signature");
         assert_eq!(sig.len(), 1 + g.params.len() + 1);
         assert_eq!(sig[0].role, ArgRole::Input);
         assert_eq!(sig[0].shape, vec![4, 3, 2, 8, 8]);
@@ -2432,7 +2503,7 @@ mod tests {
     fn refuses_zero_batch_and_duplicate_models() {
         let g = golden_small();
         let context = new_context();
-        let Err(err) = lower_graphs(&context, &[&g], &LowerOptions { batch: 0 }) else {
+        let Err(err) = lower_graphs(&context, &[&g], &LowerOptions::with_batch(0)) else {
             panic!("batch 0 must be refused");
         };
         assert!(err.message.contains("batch"));
