@@ -14,7 +14,8 @@
 //! script masnn_gesture_step.py; the first step (JIT compilation) is reported separately.
 //! Inputs: `image` inputs ~ U(0, 1) (the peers' `torch.rand`); `events` inputs are event counts
 //! of a 4x4 sum-pool over binary events of density 0.05 (the gesture peer's preprocessing).
-//! Parameters: the interpreter's seeded init. Running statistics are reset before every call.
+//! Parameters: the interpreter's seeded init. The forward runs with inference semantics
+//! (`LowerOptions::eval`: batchnorm on the running statistics), like the peers' eval forward.
 
 use snnc::backend::cpu::CompiledModel;
 use snnc::interp::ParamStore;
@@ -85,7 +86,12 @@ fn run() -> Result<(), String> {
     }
 
     let start = Instant::now();
-    let compiled = CompiledModel::compile(g, &LowerOptions { batch }).map_err(|e| e.to_string())?;
+    // Inference semantics, like the peers' eval-mode forward.
+    let opts = LowerOptions {
+        eval: true,
+        ..LowerOptions::with_batch(batch)
+    };
+    let compiled = CompiledModel::compile(g, &opts).map_err(|e| e.to_string())?;
     let compile_ms = start.elapsed().as_secs_f64() * 1e3;
     let m = compiled.manifest().clone();
 
@@ -151,8 +157,8 @@ fn time_fwd_bwd(
 ) -> Result<(), String> {
     use snnc::backend::cpu::CompiledTraining;
     let start = Instant::now();
-    let compiled =
-        CompiledTraining::compile(g, &LowerOptions { batch }).map_err(|e| e.to_string())?;
+    let compiled = CompiledTraining::compile(g, &LowerOptions::with_batch(batch))
+        .map_err(|e| e.to_string())?;
     let compile_ms = start.elapsed().as_secs_f64() * 1e3;
     let (fsig, bsig) = compiled.signatures();
     let mut rng = Rng(0x5eed);

@@ -74,7 +74,7 @@ fn case(g: &Graph, batch: usize, seed: u64) -> Case {
     for v in &mut store.values {
         v.mapv_inplace(|x| f64::from(x as f32));
     }
-    let sig = forward_signature(g, &LowerOptions { batch }).expect("signature");
+    let sig = forward_signature(g, &LowerOptions::with_batch(batch)).expect("signature");
     let mut args = Vec::new();
     let mut inputs = Vec::new();
     let mut p = 0;
@@ -105,17 +105,53 @@ fn case(g: &Graph, batch: usize, seed: u64) -> Case {
     }
 }
 
-/// Runs the JIT and the interpreter (f64, train-mode batchnorm, which is what the lowering
-/// implements) on the same data; compares outputs and updated running statistics.
+/// Runs the JIT and the interpreter (f64) on the same data in training semantics (batch
+/// statistics); compares outputs and updated running statistics.
 fn jit_agrees_with_interpreter(what: &str, g: &Graph, batch: usize, tol: f64) {
+    jit_agrees_with_interpreter_in(what, g, batch, tol, Mode::Train);
+}
+
+/// [`jit_agrees_with_interpreter`] in `mode`: `Mode::Eval` compiles with
+/// `LowerOptions::eval` (batchnorm on the running statistics, which must stay unchanged).
+fn jit_agrees_with_interpreter_in(what: &str, g: &Graph, batch: usize, tol: f64, mode: Mode) {
     let mut c = case(g, batch, 7);
-    let model = CompiledModel::compile(g, &LowerOptions { batch })
-        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    let eval = mode == Mode::Eval;
+    if eval {
+        // Running statistics away from 0 / 1, so that batch statistics would not pass.
+        let n_inputs = c.inputs.len();
+        for (k, p) in g.params.iter().enumerate() {
+            let (scale, offset) = match p.role {
+                snnc::ir::ParamRole::RunningMean => (0.3, -0.1),
+                snnc::ir::ParamRole::RunningVar => (2.0, 0.2),
+                _ => continue,
+            };
+            for (i, v) in c.store.values[k].iter_mut().enumerate() {
+                *v = offset + scale * ((i % 5) as f64 / 5.0);
+            }
+            let values: Vec<f32> = c.store.values[k].iter().map(|x| *x as f32).collect();
+            c.args[n_inputs + k] = values;
+        }
+    }
+    let opts = LowerOptions {
+        eval,
+        ..LowerOptions::with_batch(batch)
+    };
+    let model = CompiledModel::compile(g, &opts).unwrap_or_else(|e| panic!("{what}: {e}"));
+    let params_before: Vec<Vec<f32>> =
+        c.args[c.inputs.len()..c.inputs.len() + g.params.len()].to_vec();
     model.forward_args(&mut c.args).expect("forward");
+    if eval {
+        let after = &c.args[c.inputs.len()..c.inputs.len() + g.params.len()];
+        assert_eq!(
+            after,
+            &params_before[..],
+            "{what}: eval changed the parameters"
+        );
+    }
     let interp = Interpreter::new(
         g,
         Options {
-            mode: Mode::Train,
+            mode,
             ..Options::default()
         },
     );
@@ -165,7 +201,7 @@ fn before_first_scan(g: &Graph) -> Option<Graph> {
 #[test]
 fn clif_of_golden_small() {
     let c = compile("tests/reference/golden_small.snn", &[]);
-    let text = emit_clif(&[&c.graphs[0]], &LowerOptions { batch: 1 }).expect("clif");
+    let text = emit_clif(&[&c.graphs[0]], &LowerOptions::with_batch(1)).expect("clif");
     // Spike selects must stay branch-free: floats are selected as their bit patterns.
     assert!(text.contains("bitcast.i32"), "no branch-free select");
     insta::assert_snapshot!("clif__golden_small", text);
@@ -229,7 +265,7 @@ fn cli_emits_clif_and_builds_artifacts() {
 /// running statistics at PyTorch's initial values and outputs NaN.
 fn golden_small_args(g: &Graph, batch: usize) -> Vec<Vec<f32>> {
     let dir = common::workspace().join("tests/reference/golden_small");
-    let sig = forward_signature(g, &LowerOptions { batch }).expect("signature");
+    let sig = forward_signature(g, &LowerOptions::with_batch(batch)).expect("signature");
     sig.iter()
         .map(|a| {
             let size: usize = a.shape.iter().product();
@@ -257,7 +293,7 @@ fn golden_small_runs_like_pytorch() {
     let c = compile("tests/reference/golden_small.snn", &[]);
     let g = &c.graphs[0];
     let batch = 2;
-    let model = CompiledModel::compile(g, &LowerOptions { batch }).expect("compiles");
+    let model = CompiledModel::compile(g, &LowerOptions::with_batch(batch)).expect("compiles");
     let t = model.timings();
     eprintln!(
         "golden_small: MLIR {:.1} ms, Cranelift {:.1} ms",
@@ -322,6 +358,25 @@ fn nmnist_and_custom_neuron_agree_with_the_interpreter_whole_network() {
     }
 }
 
+#[test]
+fn every_example_agrees_with_the_interpreter_in_eval_mode() {
+    for (rel, _) in common::snn_files("examples") {
+        let c = compile(&rel, &example_overrides(&rel));
+        for g in &c.graphs {
+            let Some(cut) = before_first_scan(g) else {
+                continue;
+            };
+            let what = format!("{rel}:{} (prefix, eval)", g.name);
+            jit_agrees_with_interpreter_in(&what, &cut, 2, 1e-4, Mode::Eval);
+        }
+    }
+    let c = compile("examples/nmnist.snn", &[("T", "4")]);
+    for g in &c.graphs {
+        let what = format!("examples/nmnist.snn:{} (eval)", g.name);
+        jit_agrees_with_interpreter_in(&what, g, 2, 1e-4, Mode::Eval);
+    }
+}
+
 /// A neuron using every intrinsic the pipeline leaves (tanh, exp, log, sqrt, fabs, pow, atan,
 /// maxnum, minnum), so that each libm import and native mapping meets the interpreter.
 const MATH_OPS: &str = r#"import std.surrogates.{atan}
@@ -347,7 +402,7 @@ fn every_intrinsic_agrees_with_the_interpreter() {
     let g = &c.graphs[0];
     // The object file names its imports: each transcendental is a libm call.
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cpu_mathops");
-    let art = build_aot(g, &LowerOptions { batch: 2 }, &dir).expect("AOT build");
+    let art = build_aot(g, &LowerOptions::with_batch(2), &dir).expect("AOT build");
     let object = std::fs::read(&art.object).expect("object");
     for f in ["tanhf", "expf", "logf", "powf", "atanf"] {
         assert!(
@@ -372,7 +427,7 @@ fn every_intrinsic_agrees_with_the_interpreter() {
 /// Runs `g`'s forward through MLIR's ExecutionEngine (LLVM's JIT) over `args` (signature order).
 fn execute_with_mlir(g: &Graph, batch: usize, args: &mut [Vec<f32>]) {
     let context = new_context();
-    let module = lower_to_llvm(&context, &[g], &LowerOptions { batch }).expect("lowers");
+    let module = lower_to_llvm(&context, &[g], &LowerOptions::with_batch(batch)).expect("lowers");
     // A packed entry point (one array of pointers) keeps the Rust side independent of the
     // argument count.
     let n = args.len();
@@ -434,7 +489,7 @@ fn agrees_with_mlir(rel: &str) {
             let mut ours = case(g, 2, 3).args;
             let mut theirs = ours.clone();
             let start = std::time::Instant::now();
-            let model = CompiledModel::compile(g, &LowerOptions { batch: 2 })
+            let model = CompiledModel::compile(g, &LowerOptions::with_batch(2))
                 .unwrap_or_else(|e| panic!("{what}: {e}"));
             let compiled = start.elapsed();
             model.forward_args(&mut ours).expect("forward");
@@ -485,7 +540,7 @@ fn c_program_calls_the_shared_library_like_the_interpreter() {
     let batch = 2;
     let tmp: PathBuf = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cpu_c_abi");
     let _ = std::fs::remove_dir_all(&tmp);
-    let art = build_aot(g, &LowerOptions { batch }, &tmp).expect("AOT build");
+    let art = build_aot(g, &LowerOptions::with_batch(batch), &tmp).expect("AOT build");
     let lib = art
         .shared_library
         .unwrap_or_else(|| panic!("no shared library: {}", art.link_note.unwrap_or_default()));
@@ -493,7 +548,8 @@ fn c_program_calls_the_shared_library_like_the_interpreter() {
 
     // Inputs, parameters and state in argument order, as raw little-endian f32.
     let args = golden_small_args(g, batch);
-    let m = snnc::backend::cpu::Manifest::new(g, &LowerOptions { batch }, "").expect("manifest");
+    let m = snnc::backend::cpu::Manifest::new(g, &LowerOptions::with_batch(batch), "")
+        .expect("manifest");
     let mut blob = Vec::new();
     for (b, a) in m.buffers.iter().zip(&args) {
         if b.role != "output" {
@@ -699,7 +755,7 @@ fn training_functions_of_every_example_translate() {
         let c = compile(&rel, &example_overrides(&rel));
         let context = new_context();
         let graphs: Vec<&Graph> = c.graphs.iter().collect();
-        let mut module = lower_training_module(&context, &graphs, &LowerOptions { batch: 2 })
+        let mut module = lower_training_module(&context, &graphs, &LowerOptions::with_batch(2))
             .unwrap_or_else(|e| panic!("{rel}: {e}"));
         run_pipeline(&context, &mut module, LLVM_PIPELINE).expect("pipeline");
         check_llvm_only(&module).expect("llvm only");

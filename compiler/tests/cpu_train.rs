@@ -156,10 +156,72 @@ fn one_cpu_step_matches_the_interpreter_on_nmnist() {
     }
 }
 
+/// Evaluation on the CPU backend (batchnorm on the running statistics) against the
+/// interpreter's eval mode, with running statistics far from their initial 0 / 1 so that using
+/// the batch's statistics instead would show.
+#[test]
+fn cpu_eval_uses_the_running_statistics_like_the_interpreter() {
+    let g = nmnist(4);
+    let dir = common::workspace();
+    let overrides = RunOverrides {
+        batch: Some(2),
+        limit_train: Some(2),
+        workers: Some(0),
+        ..Default::default()
+    };
+    let run_dir = std::env::temp_dir().join("snnc-cpu-eval-unused");
+    let cfg = RunConfig::resolve(&g, run_dir.clone(), &dir, &overrides).expect("config");
+    let (train, _) = cfg.loaders(&g).expect("loaders");
+    let batch = train
+        .epoch(0)
+        .next()
+        .expect("one batch")
+        .expect("readable batch");
+    let mut params = ParamStore::init(&g, 7);
+    let mut stats = 0;
+    for (k, p) in g.params.iter().enumerate() {
+        let (scale, offset) = match p.role {
+            snnc::ir::ParamRole::RunningMean => (0.3, -0.1),
+            snnc::ir::ParamRole::RunningVar => (2.0, 0.2),
+            _ => continue,
+        };
+        stats += 1;
+        for (i, v) in params.values[k].iter_mut().enumerate() {
+            *v = offset + scale * ((i % 7) as f64 / 7.0);
+        }
+    }
+    assert!(stats >= 2, "NMNISTTCSA should have batchnorm");
+    let before = params.values.clone();
+    let want = InterpExecutor::new(&g, 0, &run_dir)
+        .expect("interp")
+        .eval_batch(&params, &batch)
+        .expect("interpreter eval");
+    let got = CpuExecutor::new(&g, 0, &run_dir)
+        .expect("cpu")
+        .eval_batch(&params, &batch)
+        .expect("cpu eval");
+    assert_eq!(params.values, before, "evaluation changed the parameters");
+    let (r, w) = (
+        got.readout.as_slice().expect("contiguous"),
+        want.readout.as_slice().expect("contiguous"),
+    );
+    assert_eq!(r.len(), w.len());
+    for (a, b) in r.iter().zip(w) {
+        assert!((a - b).abs() <= 1e-5, "readout: cpu {a} vs interp {b}");
+    }
+    for ((id, s, _), (_, ws, _)) in got.spike_counts.iter().zip(&want.spike_counts) {
+        assert!(
+            (s - ws).abs() < 0.5,
+            "spikes of {id:?}: cpu {s} vs interp {ws}"
+        );
+    }
+    assert!(want.spike_counts.iter().any(|(_, s, _)| *s > 0.0));
+}
+
 #[test]
 fn compiled_training_checks_buffer_sizes() {
     let g = nmnist(2);
-    let code = CompiledTraining::compile(&g, &LowerOptions { batch: 1 }).expect("compiles");
+    let code = CompiledTraining::compile(&g, &LowerOptions::with_batch(1)).expect("compiles");
     let mut scratch = code.scratch();
     let mut params: Vec<Vec<f32>> = g
         .params

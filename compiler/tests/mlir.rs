@@ -36,7 +36,7 @@ fn snapshot_name(rel: &str) -> String {
 }
 
 fn emit_one(g: &Graph, batch: usize, stage: Stage) -> String {
-    match emit(&[g], &LowerOptions { batch }, stage) {
+    match emit(&[g], &LowerOptions::with_batch(batch), stage) {
         Ok((text, _)) => text,
         Err(e) => panic!("{}: {e}", g.name),
     }
@@ -67,7 +67,7 @@ fn llvm_mlir_of_golden_small() {
     let c = compile("tests/reference/golden_small.snn", &[]);
     let context = new_context();
     let mut module =
-        lower_graphs(&context, &[&c.graphs[0]], &LowerOptions { batch: 1 }).expect("lowers");
+        lower_graphs(&context, &[&c.graphs[0]], &LowerOptions::with_batch(1)).expect("lowers");
     verify(&context, &module).expect("verifies");
     run_pipeline(&context, &mut module, LLVM_PIPELINE).expect("pipeline");
     check_llvm_only(&module).expect("llvm only");
@@ -122,7 +122,7 @@ fn the_pipeline_leaves_only_llvm_ops_for_every_example() {
         let context = new_context();
         let graphs: Vec<&Graph> = c.graphs.iter().collect();
         let mut module =
-            lower_graphs(&context, &graphs, &LowerOptions { batch: 2 }).expect("lowers");
+            lower_graphs(&context, &graphs, &LowerOptions::with_batch(2)).expect("lowers");
         verify(&context, &module).expect("verifies");
         let before = non_llvm_ops(&module);
         assert!(before.contains("scf.parallel") && before.contains("func.func"));
@@ -142,7 +142,7 @@ fn batch_size_is_baked_into_static_shapes() {
     let text = emit_one(&c.graphs[0], 5, Stage::Mlir);
     assert!(text.contains("memref<4x5x2x8x8xf32>"), "{text}");
     assert!(text.contains("memref<5x3xf32> {snnc.name = \"readout0\", snnc.role = \"output\"}"));
-    let err = emit(&[&c.graphs[0]], &LowerOptions { batch: 0 }, Stage::Mlir)
+    let err = emit(&[&c.graphs[0]], &LowerOptions::with_batch(0), Stage::Mlir)
         .expect_err("batch 0 is refused");
     assert!(err.message.contains("batch"), "{err}");
 }
@@ -187,7 +187,8 @@ fn cli_emits_mlir_and_reports_errors() {
 /// forward once over `args` (one buffer per argument, in signature order).
 fn execute(g: &Graph, batch: usize, args: &mut [Vec<f32>]) {
     let context = new_context();
-    let mut module = lower_graphs(&context, &[g], &LowerOptions { batch }).expect("lowers");
+    let mut module =
+        lower_graphs(&context, &[g], &LowerOptions::with_batch(batch)).expect("lowers");
     verify(&context, &module).expect("verifies");
     run_pipeline(&context, &mut module, LLVM_PIPELINE).expect("pipeline");
     check_llvm_only(&module).expect("llvm only");
@@ -240,7 +241,7 @@ fn golden_small_runs_like_pytorch() {
     let g = &c.graphs[0];
     let dir = common::workspace().join("tests/reference/golden_small");
     let batch = 2;
-    let sig = forward_signature(g, &LowerOptions { batch }).expect("signature");
+    let sig = forward_signature(g, &LowerOptions::with_batch(batch)).expect("signature");
     let mut args: Vec<Vec<f32>> = Vec::new();
     for a in &sig {
         let size: usize = a.shape.iter().product();
@@ -288,7 +289,7 @@ fn graph_agrees_with_interpreter(rel: &str, g: &Graph, batch: usize) {
         for v in &mut store.values {
             v.mapv_inplace(|x| f64::from(x as f32));
         }
-        let sig = forward_signature(g, &LowerOptions { batch }).expect("signature");
+        let sig = forward_signature(g, &LowerOptions::with_batch(batch)).expect("signature");
         let mut args = Vec::new();
         let mut inputs = Vec::new();
         let mut n_params = 0;
@@ -387,7 +388,7 @@ fn gesture_models_agree_with_the_interpreter_up_to_bn1() {
 fn gesture_lowering_timings() {
     let c = compile("examples/gesture.snn", &[]);
     for g in &c.graphs {
-        let (text, t) = emit(&[g], &LowerOptions { batch: 16 }, Stage::LlvmMlir).expect("emits");
+        let (text, t) = emit(&[g], &LowerOptions::with_batch(16), Stage::LlvmMlir).expect("emits");
         eprintln!(
             "{}: lower {:.1} ms, verify {:.1} ms, pipeline {:.1} ms ({} bytes of LLVM dialect)",
             g.name,

@@ -41,7 +41,7 @@ fn packed_wrapper(symbol: &str, n: usize) -> String {
 /// JIT-compiles the training functions of `g` and hands `body` a caller: `call(symbol, args)`
 /// runs one function over `args` (one buffer per argument, in signature order).
 fn with_training_jit(g: &Graph, batch: usize, body: impl FnOnce(&dyn Fn(&str, &mut [Vec<f32>]))) {
-    let opts = LowerOptions { batch };
+    let opts = LowerOptions::with_batch(batch);
     let context = new_context();
     let mut module = lower_training_module(&context, &[g], &opts).expect("lowers");
     verify(&context, &module).expect("verifies");
@@ -175,7 +175,7 @@ fn golden_small_gradients_match_pytorch() {
     let g = &c.graphs[0];
     let dir = common::workspace().join("tests/reference/golden_small");
     let batch = 2;
-    let opts = LowerOptions { batch };
+    let opts = LowerOptions::with_batch(batch);
     let fsig = forward_train_signature(g, &opts).expect("signature");
     let bsig = backward_signature(g, &opts).expect("signature");
     let x = read_npy(&dir.join("input.npy"));
@@ -231,7 +231,7 @@ fn golden_small_gradients_match_pytorch() {
 /// same f32-representable data; compares outputs, then every parameter and input gradient
 /// within `rel` (see the callers for why it differs per model).
 fn gradients_agree_with_interpreter(what: &str, g: &Graph, batch: usize, seed: u64, rel: f64) {
-    let opts = LowerOptions { batch };
+    let opts = LowerOptions::with_batch(batch);
     let fsig = forward_train_signature(g, &opts).expect("signature");
     let bsig = backward_signature(g, &opts).expect("signature");
     let mut store = ParamStore::init(g, seed);
@@ -372,7 +372,7 @@ fn mixed_model_gradients_agree_with_the_interpreter() {
 
 #[test]
 fn mlir_grad_snapshot_of_a_tiny_model() {
-    let (text, _) = emit(&[&tiny()], &LowerOptions { batch: 1 }, Stage::MlirGrad).expect("emits");
+    let (text, _) = emit(&[&tiny()], &LowerOptions::with_batch(1), Stage::MlirGrad).expect("emits");
     insta::assert_snapshot!("mlir_grad__tiny", text);
 }
 
@@ -380,7 +380,7 @@ fn mlir_grad_snapshot_of_a_tiny_model() {
 fn signatures_follow_the_documented_abi() {
     let c = compile("tests/reference/golden_small.snn", &[]);
     let g = &c.graphs[0];
-    let opts = LowerOptions { batch: 2 };
+    let opts = LowerOptions::with_batch(2);
     let fsig = forward_train_signature(g, &opts).expect("signature");
     let bsig = backward_signature(g, &opts).expect("signature");
     let fwd = snnc::mlir::forward_signature(g, &opts).expect("signature");
@@ -455,7 +455,7 @@ fn mlir_opt_accepts_the_training_functions_of_every_example() {
         let c = compile(&rel, &[]);
         for g in &c.graphs {
             let what = format!("{rel}:{}", g.name);
-            let (text, _) = emit(&[g], &LowerOptions { batch: 2 }, Stage::MlirGrad)
+            let (text, _) = emit(&[g], &LowerOptions::with_batch(2), Stage::MlirGrad)
                 .unwrap_or_else(|e| panic!("{what}: {e}"));
             assert!(text.contains(&format!("func.func @{}(", backward_symbol(g))));
             run_mlir_opt(&tool, &["--verify-each"], &text, &what);

@@ -50,6 +50,12 @@ enum Command {
         /// Batch size baked into the static shapes of `--emit mlir|llvm-mlir`.
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
         batch: u32,
+        /// Inference semantics for the forward (`--emit mlir|llvm-mlir|clif`, `--target cpu`):
+        /// batchnorm normalises with the running statistics and leaves them unchanged.
+        /// Without it the forward uses the batch's statistics and updates the running ones,
+        /// as the training forward does.
+        #[arg(long)]
+        eval: bool,
         /// `cpu` with `-o DIR`: write DIR/<model>.o, DIR/lib<model>.so, DIR/<model>.h and
         /// DIR/<model>.json. `gpu`: emit PTX (`--emit ptx`), or with `-o DIR` write
         /// DIR/<model>.ptx and DIR/<model>.launch.json.
@@ -150,9 +156,14 @@ pub fn main() -> ExitCode {
             overrides,
             output,
             batch,
+            eval,
             target,
             chip,
         } => {
+            let lower = crate::mlir::LowerOptions {
+                eval,
+                ..crate::mlir::LowerOptions::with_batch(batch as usize)
+            };
             let c = crate::sema::compile_path_model(&file, &overrides, model.as_deref());
             report(&c);
             if c.diags.has_errors() {
@@ -179,19 +190,16 @@ pub fn main() -> ExitCode {
                     &file,
                     model.as_deref(),
                     output.as_deref(),
-                    batch as usize,
+                    &lower,
                 );
             }
             let text = match emit {
-                Emit::Clif => match crate::backend::cpu::cli::clif(
-                    &c,
-                    &file,
-                    model.as_deref(),
-                    batch as usize,
-                ) {
-                    Ok(text) => text,
-                    Err(code) => return code,
-                },
+                Emit::Clif => {
+                    match crate::backend::cpu::cli::clif(&c, &file, model.as_deref(), &lower) {
+                        Ok(text) => text,
+                        Err(code) => return code,
+                    }
+                }
                 Emit::Ptx => {
                     eprintln!("error: --emit ptx needs --target gpu");
                     return ExitCode::FAILURE;
@@ -248,7 +256,7 @@ pub fn main() -> ExitCode {
                         Emit::MlirGrad => crate::mlir::Stage::MlirGrad,
                         _ => crate::mlir::Stage::LlvmMlir,
                     };
-                    match emit_mlir(&c, &file, model.as_deref(), batch as usize, stage) {
+                    match emit_mlir(&c, &file, model.as_deref(), &lower, stage) {
                         Ok(text) => text,
                         Err(code) => return code,
                     }
@@ -280,7 +288,7 @@ fn emit_mlir(
     c: &Compilation,
     file: &std::path::Path,
     model: Option<&str>,
-    batch: usize,
+    opts: &crate::mlir::LowerOptions,
     stage: crate::mlir::Stage,
 ) -> Result<String, ExitCode> {
     let graphs: Vec<_> = c
@@ -302,8 +310,7 @@ fn emit_mlir(
         );
         return Err(ExitCode::FAILURE);
     }
-    let opts = crate::mlir::LowerOptions { batch };
-    crate::mlir::emit(&graphs, &opts, stage)
+    crate::mlir::emit(&graphs, opts, stage)
         .map(|(text, _)| text)
         .map_err(|e| {
             eprintln!("error: {e}");

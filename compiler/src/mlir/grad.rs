@@ -407,6 +407,9 @@ fn lower_forward_train<'c>(
             let mut fx = Fx::new(context, entry, loc);
             fx.kernels = kernels;
             let mut lowering = Lowering::new(fx, g, opts.batch)?;
+            // Eval: an evaluation pass that still wants the saved spikes (the driver's
+            // counts); its backward is not meaningful and is not called.
+            lowering.eval = opts.eval;
             for (k, v) in saved.iter().enumerate() {
                 lowering.train.saved.insert(*v, block_arg(entry, n_fwd + k));
             }

@@ -36,11 +36,25 @@ type V<'c> = Value<'c, 'c>;
 pub struct LowerOptions {
     /// Size of the batch axis `B` (dynamic in the IR, static in MLIR).
     pub batch: usize,
+    /// Inference semantics: batchnorm normalises with the running statistics and leaves them
+    /// unchanged (PyTorch's `eval()`). Otherwise it uses the batch's statistics and updates
+    /// the running ones, as in training. Dropout is the identity either way.
+    pub eval: bool,
+}
+
+impl LowerOptions {
+    /// Training semantics (batch statistics) at batch size `batch`.
+    pub fn with_batch(batch: usize) -> Self {
+        LowerOptions { batch, eval: false }
+    }
 }
 
 impl Default for LowerOptions {
     fn default() -> Self {
-        LowerOptions { batch: 1 }
+        LowerOptions {
+            batch: 1,
+            eval: false,
+        }
     }
 }
 
@@ -86,6 +100,10 @@ fn kernel_for(node_input: &TensorType, dense: &'static str, spike: &'static str)
 
 /// A loop-nest body: (block, induction variables, carried values) → the next carried values.
 type CarryBody<'f, 'c> = dyn FnMut(&Block<'c>, &[V<'c>], &[V<'c>]) -> Vec<V<'c>> + 'f;
+
+/// A fold body: (block, induction variables, carried values, vector?) → the next carried
+/// values (see `Fx::fold_nest`).
+type FoldBody<'f, 'c> = dyn FnMut(&Block<'c>, &[V<'c>], &[V<'c>], bool) -> Vec<V<'c>> + 'f;
 
 /// Lanes of the vectorised neuron scans (`vector<4xf32>`: Cranelift's 128-bit vectors).
 const LANES: i64 = 4;
@@ -322,6 +340,7 @@ fn lower_graph<'c>(
         fx.flat = form == LoopForm::Flat;
         fx.kernels = form == LoopForm::Kernels;
         let mut lowering = Lowering::new(fx, g, opts.batch)?;
+        lowering.eval = opts.eval;
         lowering.run()?;
         kernels = lowering.fx.used_kernels.take();
         entry.append_operation(func::r#return(&[], loc));
@@ -893,21 +912,36 @@ impl<'c, 'e> Fx<'c, 'e> {
     /// `n` sums over the nest `dims`, from 0: `body(block, ivs, sums, vector)` returns the
     /// sums plus one more element (or, with `vector`, four consecutive ones along the last
     /// axis from `ivs`; only when `contiguous`: the last of `dims` is the buffers' last
-    /// axis). Vector partial sums run over the last axis's whole groups of four,
-    /// then are added across lanes, then the scalar tail follows: summation order differs
-    /// from one element at a time, within f32 rounding.
+    /// axis). See [`Self::fold_nest`].
     fn sum_nest(
         &self,
         b: &Block<'c>,
         dims: &[i64],
         n: usize,
         contiguous: bool,
-        body: &mut dyn FnMut(&Block<'c>, &[V<'c>], &[V<'c>], bool) -> Vec<V<'c>>,
+        body: &mut FoldBody<'_, 'c>,
+    ) -> Vec<V<'c>> {
+        self.fold_nest(b, dims, &vec![0.0; n], "arith.addf", contiguous, body)
+    }
+
+    /// Folds over the nest `dims` from `inits` with the associative `combine` (`arith.addf`,
+    /// `arith.maximumf`), which `body` applies to the values it reads. Vector partial results
+    /// run over the last axis's whole groups of four, then are combined across lanes, then
+    /// the scalar tail follows: for sums the order differs from one element at a time, within
+    /// f32 rounding.
+    fn fold_nest(
+        &self,
+        b: &Block<'c>,
+        dims: &[i64],
+        inits: &[f64],
+        combine: &str,
+        contiguous: bool,
+        body: &mut FoldBody<'_, 'c>,
     ) -> Vec<V<'c>> {
         let width = dims.last().copied().unwrap_or(1);
         if self.flat || !contiguous || width < LANES {
-            let zeros = vec![self.cf(0.0); n];
-            return self.carry_nest(b, dims, &zeros, &[], &mut |b, r, acc| {
+            let inits: Vec<V<'c>> = inits.iter().map(|v| self.cf(*v)).collect();
+            return self.carry_nest(b, dims, &inits, &[], &mut |b, r, acc| {
                 body(b, r, acc, false)
             });
         }
@@ -915,26 +949,29 @@ impl<'c, 'e> Fx<'c, 'e> {
         let groups = width / LANES;
         let mut part = dims.to_vec();
         part[last] = groups;
-        let zeros = vec![self.cf_w(0.0, true); n];
-        let vsums = self.carry_nest(b, &part, &zeros, &[], &mut |b, r, acc| {
+        let vinits: Vec<V<'c>> = inits.iter().map(|v| self.cf_w(*v, true)).collect();
+        let partial = self.carry_nest(b, &part, &vinits, &[], &mut |b, r, acc| {
             let mut r = r.to_vec();
             r[last] = self.ilin(b, r[last], LANES, None, 0);
             body(b, &r, acc, true)
         });
-        let sums: Vec<V<'c>> = vsums.iter().map(|v| self.hsum(b, *v)).collect();
+        let folded: Vec<V<'c>> = partial
+            .iter()
+            .map(|v| self.across_lanes(b, *v, combine))
+            .collect();
         if width % LANES == 0 {
-            return sums;
+            return folded;
         }
         part[last] = width % LANES;
-        self.carry_nest(b, &part, &sums, &[], &mut |b, r, acc| {
+        self.carry_nest(b, &part, &folded, &[], &mut |b, r, acc| {
             let mut r = r.to_vec();
             r[last] = self.ilin(b, r[last], 1, None, groups * LANES);
             body(b, &r, acc, false)
         })
     }
 
-    /// The sum of a `vector<4xf32>`'s lanes, ((l0 + l1) + l2) + l3.
-    fn hsum(&self, b: &Block<'c>, v: V<'c>) -> V<'c> {
+    /// A `vector<4xf32>`'s lanes combined with `combine`: ((l0 ∘ l1) ∘ l2) ∘ l3.
+    fn across_lanes(&self, b: &Block<'c>, v: V<'c>, combine: &str) -> V<'c> {
         let lane = |k: i64| {
             self.val(
                 b,
@@ -950,7 +987,7 @@ impl<'c, 'e> Fx<'c, 'e> {
         let mut acc = lane(0);
         for k in 1..LANES {
             let x = lane(k);
-            acc = self.addf(b, acc, x);
+            acc = self.bin(b, combine, acc, x);
         }
         acc
     }
@@ -1097,6 +1134,8 @@ struct Lowering<'a, 'c, 'e> {
     live: Liveness,
     /// Extra buffers `forward_train` fills (see [`grad`]); empty for inference.
     train: grad::TrainSinks<'c>,
+    /// [`LowerOptions::eval`].
+    eval: bool,
 }
 
 impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
@@ -1124,6 +1163,7 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
             outputs,
             live: liveness(g),
             train: grad::TrainSinks::default(),
+            eval: false,
         })
     }
 
@@ -1246,6 +1286,11 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
                 kernel,
                 stride,
             } => self.pool(node, &y, *kind, *kernel as i64, *stride as i64),
+            Op::BatchNorm {
+                axis,
+                eps,
+                momentum,
+            } if self.eval => self.batch_norm_eval(node, &y, *axis, *eps),
             Op::BatchNorm {
                 axis,
                 eps,
@@ -1447,6 +1492,53 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
         Ok(())
     }
 
+    /// Inference batchnorm: `y = (x − running_mean) / √(running_var + ε) · γ + β`, one
+    /// elementwise pass (vectors along the last axis when it is not the channel axis).
+    fn batch_norm_eval(
+        &self,
+        node: &Node,
+        y: &Buf<'c>,
+        axis: Axis,
+        eps: f64,
+    ) -> Result<(), LowerError> {
+        let fx = &self.fx;
+        let x = self.input(node, 0)?;
+        let pa = self.position(node, 0, axis)?;
+        let (gamma, beta) = (self.param(node, 0)?, self.param(node, 1)?);
+        let (run_mean, run_var) = (self.param(node, 2)?, self.param(node, 3)?);
+        let channel = |b: &Block<'c>, c: V<'c>| {
+            let rm = fx.load(b, run_mean, &[c]);
+            let rv = fx.load(b, run_var, &[c]);
+            let var_eps = fx.addf(b, rv, fx.cf(eps));
+            let std = fx.unary(b, "math.sqrt", var_eps);
+            (rm, std, fx.load(b, gamma, &[c]), fx.load(b, beta, &[c]))
+        };
+        let normalise = |b: &Block<'c>, idx: &[V<'c>], (rm, std, g, be), vector: bool| {
+            let w = |s: V<'c>| if vector { fx.splat(b, s) } else { s };
+            let v = fx.load_w(b, x.mem, idx, vector);
+            let d = fx.subf(b, v, w(rm));
+            let n = fx.divf(b, d, w(std));
+            let s = fx.mulf(b, n, w(g));
+            let out = fx.addf(b, s, w(be));
+            fx.store_w(b, out, y.mem, idx, vector);
+        };
+        if fx.flat || pa + 1 == x.dims.len() {
+            fx.par(fx.entry, &x.dims, |b, idx| {
+                let stats = channel(b, idx[pa]);
+                normalise(b, idx, stats, false);
+            });
+            return Ok(());
+        }
+        let others = remove_at(&x.dims, pa);
+        fx.par(fx.entry, &[x.dims[pa]], |b, c| {
+            let stats = channel(b, c[0]);
+            fx.par_vec(b, &others, |b, r, vector| {
+                normalise(b, &insert_at(r, pa, c[0]), stats, vector)
+            });
+        });
+        Ok(())
+    }
+
     fn batch_norm(
         &self,
         node: &Node,
@@ -1618,6 +1710,37 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
             .map(|(d, _)| *d)
             .collect();
         let count: i64 = red_dims.iter().product();
+        let (init, combine) = match kind {
+            ReduceKind::Max => (f64::NEG_INFINITY, "arith.maximumf"),
+            ReduceKind::Mean | ReduceKind::Sum => (0.0, "arith.addf"),
+        };
+        // The reduced axes are the trailing ones (attention's pooling over H, W or C, H, W):
+        // each output folds one contiguous block, in vectors.
+        let first = reduced.iter().position(|r| *r).unwrap_or(reduced.len());
+        if first < reduced.len() && reduced[first..].iter().all(|r| *r) {
+            fx.par(fx.entry, &y.dims, |b, o| {
+                let kept = &o[..first];
+                let acc = fx.fold_nest(
+                    b,
+                    &red_dims,
+                    &[init],
+                    combine,
+                    true,
+                    &mut |b, r, acc, vector| {
+                        let mut idx = kept.to_vec();
+                        idx.extend_from_slice(r);
+                        let v = fx.load_w(b, x.mem, &idx, vector);
+                        vec![fx.bin(b, combine, acc[0], v)]
+                    },
+                )[0];
+                let v = match kind {
+                    ReduceKind::Mean => fx.divf(b, acc, fx.cf(count as f64)),
+                    ReduceKind::Max | ReduceKind::Sum => acc,
+                };
+                fx.store(b, v, y.mem, o);
+            });
+            return Ok(());
+        }
         let body = |b: &Block<'c>, o: &[V<'c>], vector: bool| {
             let init = match kind {
                 ReduceKind::Max => fx.cf_w(f64::NEG_INFINITY, vector),
@@ -2250,7 +2373,8 @@ mod tests {
 
     fn lowered_text(g: &Graph, batch: usize) -> String {
         let context = new_context();
-        let module = lower_graphs(&context, &[g], &LowerOptions { batch }).expect("lowers");
+        let module =
+            lower_graphs(&context, &[g], &LowerOptions::with_batch(batch)).expect("lowers");
         assert!(module.as_operation().verify());
         module.as_operation().to_string()
     }
@@ -2277,7 +2401,7 @@ mod tests {
     #[test]
     fn signature_is_inputs_then_params_then_outputs() {
         let g = golden_small();
-        let sig = forward_signature(&g, &LowerOptions { batch: 3 }).expect("signature");
+        let sig = forward_signature(&g, &LowerOptions::with_batch(3)).expect("signature");
         assert_eq!(sig.len(), 1 + g.params.len() + 1);
         assert_eq!(sig[0].role, ArgRole::Input);
         assert_eq!(sig[0].shape, vec![4, 3, 2, 8, 8]);
@@ -2379,7 +2503,7 @@ mod tests {
     fn refuses_zero_batch_and_duplicate_models() {
         let g = golden_small();
         let context = new_context();
-        let Err(err) = lower_graphs(&context, &[&g], &LowerOptions { batch: 0 }) else {
+        let Err(err) = lower_graphs(&context, &[&g], &LowerOptions::with_batch(0)) else {
             panic!("batch 0 must be refused");
         };
         assert!(err.message.contains("batch"));

@@ -182,25 +182,27 @@ struct Variant {
 
 /// The CPU backend: `forward_train` + `backward` JIT-compiled per batch size (the full batch,
 /// and lazily the smaller last batch of an epoch), run in f32 on f64 parameters converted per
-/// step. Evaluation runs the compiled forward when the graph has no batchnorm (then training-
-/// mode forward = eval mode: the lowered dropout is the identity) and the interpreter otherwise,
-/// because the lowering has no eval-mode batchnorm (running statistics).
+/// step. Evaluation runs `forward_train` compiled with [`LowerOptions::eval`] (batchnorm on
+/// the running statistics, which it leaves unchanged; the saved spikes give the counts) when
+/// the graph has batchnorm, and the training variant otherwise (the same code then).
 pub struct CpuExecutor<'g> {
     g: &'g Graph,
-    variants: HashMap<usize, Variant>,
+    /// Compiled code by (batch size, eval).
+    variants: HashMap<(usize, bool), Variant>,
     /// Spike-emitting scans in node order: (node, name of its `saved` buffer).
     spike_scans: Vec<(ValueId, String)>,
     /// The parameters in f32, rewritten from the store every step.
     params32: Vec<Vec<f32>>,
     has_batchnorm: bool,
-    interp: InterpExecutor<'g>,
     run_dir: PathBuf,
     /// Compile time of every variant so far (reported once by the driver).
     pub compile_seconds: f64,
 }
 
 impl<'g> CpuExecutor<'g> {
-    pub fn new(g: &'g Graph, seed: u64, run_dir: &Path) -> Result<Self, RunError> {
+    /// `_seed`: the interpreter's dropout seed; the compiled code's dropout is the identity
+    /// (docs/abi.md), so nothing here draws random numbers.
+    pub fn new(g: &'g Graph, _seed: u64, run_dir: &Path) -> Result<Self, RunError> {
         let spike_scans = g
             .nodes
             .iter()
@@ -225,24 +227,29 @@ impl<'g> CpuExecutor<'g> {
                 .params
                 .iter()
                 .any(|p| matches!(p.role, ParamRole::RunningMean | ParamRole::RunningVar)),
-            interp: InterpExecutor::new(g, seed, run_dir)?,
             run_dir: run_dir.to_path_buf(),
             compile_seconds: 0.0,
         })
     }
 
-    /// The compiled functions for batch size `b`, compiled on first use.
-    fn variant(&mut self, b: usize) -> Result<&mut Variant, RunError> {
-        if !self.variants.contains_key(&b) {
+    /// The compiled functions for batch size `b` (eval semantics when `eval`), compiled on
+    /// first use.
+    fn variant(&mut self, b: usize, eval: bool) -> Result<&mut Variant, RunError> {
+        let key = (b, eval);
+        if !self.variants.contains_key(&key) {
             let started = std::time::Instant::now();
-            let code = CompiledTraining::compile(self.g, &LowerOptions { batch: b })
+            let opts = LowerOptions {
+                eval,
+                ..LowerOptions::with_batch(b)
+            };
+            let code = CompiledTraining::compile(self.g, &opts)
                 .map_err(|e| run_err!("the CPU backend cannot compile `{}`: {e}\n  = help: train with `--backend interp`", self.g.name))?;
             self.compile_seconds += started.elapsed().as_secs_f64();
             let scratch = code.scratch();
-            self.variants.insert(b, Variant { code, scratch });
+            self.variants.insert(key, Variant { code, scratch });
         }
         self.variants
-            .get_mut(&b)
+            .get_mut(&key)
             .ok_or_else(|| run_err!("internal: batch {b} was not compiled"))
     }
 
@@ -279,11 +286,13 @@ impl<'g> CpuExecutor<'g> {
             .collect()
     }
 
-    /// Runs `forward_train` on `batch`; returns the batch size and the readout.
+    /// Runs `forward_train` (eval semantics when `eval`) on `batch`; returns the batch size
+    /// and the readout.
     fn forward(
         &mut self,
         params: &ParamStore,
         batch: &Batch,
+        eval: bool,
     ) -> Result<(usize, ArrayD<f64>), RunError> {
         self.load_params(params)?;
         let b = batch.labels.len();
@@ -296,7 +305,7 @@ impl<'g> CpuExecutor<'g> {
         // Taken out so that the variant (a borrow of `self`) and the parameters can be used
         // together; `load_params` refills it on the next step if an error leaves it empty.
         let mut params32 = std::mem::take(&mut self.params32);
-        let v = self.variant(b)?;
+        let v = self.variant(b, eval)?;
         let outputs = v
             .code
             .forward_train(&[x], &mut params32, &mut v.scratch)
@@ -331,7 +340,7 @@ impl Executor for CpuExecutor<'_> {
         _step: u64,
         loss: &mut LossFn,
     ) -> Result<Step, RunError> {
-        let (b, readout) = self.forward(params, batch)?;
+        let (b, readout) = self.forward(params, batch, false)?;
         let (l, d_out) = loss(&readout)?;
         let d_out: Vec<f32> = d_out.iter().map(|v| *v as f32).collect();
         // The backward reads the parameters the forward saw: the running statistics the forward
@@ -342,7 +351,7 @@ impl Executor for CpuExecutor<'_> {
             .ok_or_else(|| run_err!("internal: the batch is not contiguous"))?;
         let v = self
             .variants
-            .get(&b)
+            .get(&(b, false))
             .ok_or_else(|| run_err!("internal: batch {b} was not compiled"))?;
         let grads = v
             .code
@@ -387,13 +396,12 @@ impl Executor for CpuExecutor<'_> {
     }
 
     fn eval_batch(&mut self, params: &ParamStore, batch: &Batch) -> Result<EvalOutput, RunError> {
-        if self.has_batchnorm {
-            return self.interp.eval_batch(params, batch);
-        }
-        let (b, readout) = self.forward(params, batch)?;
+        // Without batchnorm both variants are the same code: reuse the training one.
+        let eval = self.has_batchnorm;
+        let (b, readout) = self.forward(params, batch, eval)?;
         let v = self
             .variants
-            .get(&b)
+            .get(&(b, eval))
             .ok_or_else(|| run_err!("internal: batch {b} was not compiled"))?;
         Ok(EvalOutput {
             spike_counts: self.spike_counts(&v.scratch)?,

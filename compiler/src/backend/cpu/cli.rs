@@ -41,10 +41,10 @@ pub fn clif(
     c: &Compilation,
     file: &Path,
     model: Option<&str>,
-    batch: usize,
+    opts: &LowerOptions,
 ) -> Result<String, ExitCode> {
     let graphs = select(c, file, model)?;
-    emit_clif(&graphs, &LowerOptions { batch }).map_err(|e| {
+    emit_clif(&graphs, opts).map_err(|e| {
         eprintln!("error: {e}");
         ExitCode::FAILURE
     })
@@ -56,7 +56,7 @@ pub fn build(
     file: &Path,
     model: Option<&str>,
     output: Option<&Path>,
-    batch: usize,
+    opts: &LowerOptions,
 ) -> ExitCode {
     let Some(dir) = output else {
         eprintln!(
@@ -69,7 +69,7 @@ pub fn build(
         Err(code) => return code,
     };
     for g in graphs {
-        match build_aot(g, &LowerOptions { batch }, dir) {
+        match build_aot(g, opts, dir) {
             Ok(art) => {
                 let mut wrote = vec![art.object.display().to_string()];
                 wrote.extend(art.shared_library.iter().map(|p| p.display().to_string()));

@@ -171,7 +171,7 @@ pub fn compile(g: &Graph, opts: &GpuOptions) -> Result<GpuArtifact, LowerError> 
             CHIPS.join(", ")
         )));
     }
-    let lower_opts = LowerOptions { batch: opts.batch };
+    let lower_opts = LowerOptions::with_batch(opts.batch);
     let context = new_context();
     let mut timings = GpuTimings::default();
     let start = Instant::now();
@@ -504,7 +504,7 @@ fn extract_manifest(
     opts: &GpuOptions,
     module: &Module,
 ) -> Result<LaunchManifest, LowerError> {
-    let sig = forward_signature(g, &LowerOptions { batch: opts.batch })?;
+    let sig = forward_signature(g, &LowerOptions::with_batch(opts.batch))?;
     let symbol = crate::mlir::lower::forward_symbol(g);
     let func = top_level(module)
         .into_iter()
