@@ -9,6 +9,8 @@
 #   TONIC_PY  python with tonic, numpy, aedat [/work/bench-venv/bin/python]
 #   SJ_PY     python with spikingjelly (+ torch) and aedat [/work/peers-venv/bin/python]
 #   SJ_PATH   extra PYTHONPATH for SJ_PY, e.g. a `pip install --target` dir [empty]
+#   BASELINE  a bench_events binary built from an older commit, run first with its rows
+#             relabelled `before-snnc…`, for a before/after comparison in the same run [none]
 #   CARGO_TARGET_DIR  [target-runtime]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -25,6 +27,9 @@ out=$(mktemp)
 trap 'rm -f "$out"' EXIT
 pin() { taskset -c "$CPUS" "$@"; }
 
+if [ -n "${BASELINE:-}" ]; then
+  pin "$BASELINE" "$RUNS" | sed -E 's/"tool": "(snnc[a-z0-9-]*)"/"tool": "before-\1"/; s/-before"/"/' | tee -a "$out"
+fi
 pin "$CARGO_TARGET_DIR/release/examples/bench_events" "$RUNS" | tee -a "$out"
 if [ -x "$TONIC_PY" ]; then
   pin "$TONIC_PY" bench/events/peers.py tonic "$RUNS" | tee -a "$out"
