@@ -1,13 +1,16 @@
 //! This machine's f32 peak (FMA throughput) and what the conv/dense kernels generated CPU code
 //! calls (`snn_runtime::kernels::ffi`) reach at the MA-SNN gesture network's shapes, as GFLOP/s
-//! and as a fraction of the peak, and the bare single-thread GEMM at the big convolutions' shapes.
+//! and as a fraction of the peak, forward and backward, and the bare single-thread GEMM
+//! (`matrixmultiply`, which the dense kernels use) at the big convolutions' shapes.
 //!
 //!   cargo run --release -p snn-runtime --example peak_flops [THREADS]
 //!
 //! One JSON line per measurement. THREADS (default: the kernels' own, `SNN_THREADS` or all
 //! CPUs) only labels the multi-threaded peak; pin with taskset to compare with other tools.
 
-use snn_runtime::kernels::ffi::{kernel_threads, snn_conv2d_f32, snn_dense_f32};
+use snn_runtime::kernels::ffi::{
+    kernel_threads, snn_conv2d_backward_f32, snn_conv2d_f32, snn_dense_backward_f32, snn_dense_f32,
+};
 use std::time::Instant;
 
 fn best_of(runs: usize, mut f: impl FnMut()) -> f64 {
@@ -167,6 +170,38 @@ fn main() {
             secs * 1e3,
             g / peak_of(kt)
         );
+        // Backward: dx (wᵀ·dy) and dW (dy·colsᵀ), each as many FLOPs as the forward; db is
+        // not counted.
+        let (mut dx, mut dw, mut db) = (vec![0f32; x.len()], vec![0f32; w.len()], vec![0f32; o]);
+        let secs = best_of(5, || unsafe {
+            snn_conv2d_backward_f32(
+                x.as_ptr(),
+                w.as_ptr(),
+                y.as_ptr(),
+                dx.as_mut_ptr(),
+                dw.as_mut_ptr(),
+                db.as_mut_ptr(),
+                n as i64,
+                c as i64,
+                hw as i64,
+                hw as i64,
+                o as i64,
+                3,
+                3,
+                1,
+                1,
+                1,
+                1,
+                hw as i64,
+                hw as i64,
+            )
+        });
+        let g = 2.0 * flops / secs / 1e9;
+        println!(
+            "{{\"probe\": \"snn_conv2d_backward_f32\", \"shape\": \"{name}\", \"images\": {n}, \"threads\": {kt}, \"ms\": {:.3}, \"gflops\": {g:.1}, \"of_peak\": {:.3}}}",
+            secs * 1e3,
+            g / peak_of(kt)
+        );
     }
     for &(name, rows, n_in, n_out) in &[
         ("dense 8192->256", 80usize, 8192usize, 256usize),
@@ -191,6 +226,29 @@ fn main() {
         let g = flops / secs / 1e9;
         println!(
             "{{\"probe\": \"snn_dense_f32\", \"shape\": \"{name}\", \"rows\": {rows}, \"threads\": {kt}, \"ms\": {:.3}, \"gflops\": {g:.1}, \"of_peak\": {:.3}}}",
+            secs * 1e3,
+            g / peak_of(kt)
+        );
+        // Backward: dx and dW, each as many FLOPs as the forward.
+        let (mut dx, mut dw, mut db) =
+            (vec![0f32; x.len()], vec![0f32; w.len()], vec![0f32; n_out]);
+        let secs = best_of(5, || unsafe {
+            snn_dense_backward_f32(
+                x.as_ptr(),
+                w.as_ptr(),
+                y.as_ptr(),
+                dx.as_mut_ptr(),
+                dw.as_mut_ptr(),
+                db.as_mut_ptr(),
+                rows as i64,
+                n_in as i64,
+                1,
+                n_out as i64,
+            )
+        });
+        let g = 2.0 * flops / secs / 1e9;
+        println!(
+            "{{\"probe\": \"snn_dense_backward_f32\", \"shape\": \"{name}\", \"rows\": {rows}, \"threads\": {kt}, \"ms\": {:.3}, \"gflops\": {g:.1}, \"of_peak\": {:.3}}}",
             secs * 1e3,
             g / peak_of(kt)
         );

@@ -314,12 +314,7 @@ impl Conv {
                 if self.sw == 1 {
                     let (lo, hi) = self.inside(q, j0, j1);
                     let s0 = lo + q - self.pw;
-                    for (d, v) in dst[s0..s0 + (hi - lo)]
-                        .iter_mut()
-                        .zip(&src[lo - j0..hi - j0])
-                    {
-                        *d += v;
-                    }
+                    add_run(&mut dst[s0..s0 + (hi - lo)], &src[lo - j0..hi - j0]);
                 } else {
                     for (j, v) in (j0..j1).zip(src) {
                         if let Some(d) = (j * self.sw + q)
@@ -354,6 +349,28 @@ fn copy_run(dst: &mut [f32], src: &[f32]) {
         16 => fixed::<16>(dst, src),
         8 => fixed::<8>(dst, src),
         _ => dst.copy_from_slice(src),
+    }
+}
+
+/// `dst += src` (equal lengths), with fixed-size loops for the usual lengths as [`copy_run`].
+#[inline(always)]
+fn add_run(dst: &mut [f32], src: &[f32]) {
+    fn fixed<const N: usize>(dst: &mut [f32], src: &[f32]) {
+        let d: &mut [f32; N] = dst.try_into().expect("N floats");
+        let s: &[f32; N] = src.try_into().expect("N floats");
+        for (d, s) in d.iter_mut().zip(s) {
+            *d += s;
+        }
+    }
+    match dst.len() {
+        32 => fixed::<32>(dst, src),
+        16 => fixed::<16>(dst, src),
+        8 => fixed::<8>(dst, src),
+        _ => {
+            for (d, s) in dst.iter_mut().zip(src) {
+                *d += s;
+            }
+        }
     }
 }
 

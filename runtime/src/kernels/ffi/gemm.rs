@@ -87,8 +87,15 @@ pub(super) unsafe fn pack<const W: usize>(dst: &mut [f32], src: View, lanes: usi
             for (kk, row) in strip.chunks_exact_mut(W).enumerate() {
                 // SAFETY: lanes l0..l0 + nl at depth kk, per the caller.
                 let from = unsafe { std::slice::from_raw_parts(src.p.add(l0 + kk * src.ks), nl) };
-                row[..nl].copy_from_slice(from);
-                row[nl..].fill(0.0);
+                if nl == W {
+                    // A fixed-size copy: a `memcpy` call per depth cost more than the copy.
+                    <&mut [f32; W]>::try_from(row)
+                        .expect("W floats")
+                        .copy_from_slice(from);
+                } else {
+                    row[..nl].copy_from_slice(from);
+                    row[nl..].fill(0.0);
+                }
             }
         } else {
             // SAFETY: as above.
@@ -97,25 +104,84 @@ pub(super) unsafe fn pack<const W: usize>(dst: &mut [f32], src: View, lanes: usi
     }
 }
 
-/// One strip of [`pack`] when lanes are not contiguous (typically depth is): each lane's run
-/// is read in order and written `W` apart, in depth blocks that keep the written lines in L1.
+/// One strip of [`pack`] when lanes are not contiguous: with depth contiguous (`ks == 1`, the
+/// usual case) in 8 × 8 blocks through AVX transposes, the rest element by element.
 ///
 /// # Safety
 /// As [`pack`], for lanes `l0..l0 + nl`.
 unsafe fn transpose<const W: usize>(strip: &mut [f32], src: View, l0: usize, nl: usize, k: usize) {
-    const DEPTH: usize = 64;
     if nl < W {
         strip.fill(0.0);
     }
-    for k0 in (0..k).step_by(DEPTH) {
-        let k1 = (k0 + DEPTH).min(k);
-        for l in 0..nl {
-            let base = src.p.wrapping_add((l0 + l) * src.ls);
-            for kk in k0..k1 {
-                // SAFETY: element (l0 + l, kk), per the caller.
-                strip[kk * W + l] = unsafe { *base.add(kk * src.ks) };
+    let at = |l: usize| src.p.wrapping_add((l0 + l) * src.ls);
+    // Lanes 0..l8 and depths 0..k8 in 8 × 8 blocks.
+    let (mut l8, mut k8) = (0, 0);
+    #[cfg(target_arch = "x86_64")]
+    if src.ks == 1 && std::arch::is_x86_feature_detected!("avx") {
+        (l8, k8) = (nl / 8 * 8, k / 8 * 8);
+        for g in (0..l8).step_by(8) {
+            for k0 in (0..k8).step_by(8) {
+                // SAFETY: lanes g..g + 8 at depths k0..k0 + 8, per the caller; the block's
+                // outputs lie within the strip.
+                unsafe {
+                    transpose8(at(g).add(k0), src.ls, strip[k0 * W + g..].as_mut_ptr(), W);
+                }
             }
         }
+    }
+    for l in 0..nl {
+        let ks = if l < l8 { k8..k } else { 0..k };
+        for kk in ks {
+            // SAFETY: element (l0 + l, kk), per the caller.
+            strip[kk * W + l] = unsafe { *at(l).add(kk * src.ks) };
+        }
+    }
+}
+
+/// `dst[c·ds + r] = src[r·ss + c]` for an 8 × 8 block.
+///
+/// # Safety
+/// The CPU must have AVX; `src` must address 8 rows of 8 floats `ss` apart, `dst` 8 rows of 8
+/// floats `ds` apart.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+unsafe fn transpose8(src: *const f32, ss: usize, dst: *mut f32, ds: usize) {
+    use std::arch::x86_64::*;
+    // SAFETY: the 8 source rows, per the caller.
+    let r: [__m256; 8] = std::array::from_fn(|i| unsafe { _mm256_loadu_ps(src.add(i * ss)) });
+    let t = [
+        _mm256_unpacklo_ps(r[0], r[1]),
+        _mm256_unpackhi_ps(r[0], r[1]),
+        _mm256_unpacklo_ps(r[2], r[3]),
+        _mm256_unpackhi_ps(r[2], r[3]),
+        _mm256_unpacklo_ps(r[4], r[5]),
+        _mm256_unpackhi_ps(r[4], r[5]),
+        _mm256_unpacklo_ps(r[6], r[7]),
+        _mm256_unpackhi_ps(r[6], r[7]),
+    ];
+    let u = [
+        _mm256_shuffle_ps::<0x44>(t[0], t[2]),
+        _mm256_shuffle_ps::<0xEE>(t[0], t[2]),
+        _mm256_shuffle_ps::<0x44>(t[1], t[3]),
+        _mm256_shuffle_ps::<0xEE>(t[1], t[3]),
+        _mm256_shuffle_ps::<0x44>(t[4], t[6]),
+        _mm256_shuffle_ps::<0xEE>(t[4], t[6]),
+        _mm256_shuffle_ps::<0x44>(t[5], t[7]),
+        _mm256_shuffle_ps::<0xEE>(t[5], t[7]),
+    ];
+    let out = [
+        _mm256_permute2f128_ps::<0x20>(u[0], u[4]),
+        _mm256_permute2f128_ps::<0x20>(u[1], u[5]),
+        _mm256_permute2f128_ps::<0x20>(u[2], u[6]),
+        _mm256_permute2f128_ps::<0x20>(u[3], u[7]),
+        _mm256_permute2f128_ps::<0x31>(u[0], u[4]),
+        _mm256_permute2f128_ps::<0x31>(u[1], u[5]),
+        _mm256_permute2f128_ps::<0x31>(u[2], u[6]),
+        _mm256_permute2f128_ps::<0x31>(u[3], u[7]),
+    ];
+    for (c, v) in out.into_iter().enumerate() {
+        // SAFETY: the 8 destination rows, per the caller.
+        unsafe { _mm256_storeu_ps(dst.add(c * ds), v) };
     }
 }
 
@@ -169,6 +235,7 @@ fn tile_fn() -> TileFn {
 /// # Safety
 /// `a` and `b` must hold [`packed_len`] floats for `m` and `strips·NR` lanes; every tile that
 /// `out` addresses must be writable (and readable for [`Init::Load`]) and not otherwise in use.
+#[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn tiles(
     m: usize,
     k: usize,
@@ -179,7 +246,26 @@ pub(super) unsafe fn tiles(
     rsc: usize,
     init: Init,
 ) {
-    let tile = tile_fn();
+    // SAFETY: forwarded.
+    unsafe { tiles_with(tile_fn(), m, k, a, b, strips, out, rsc, init) }
+}
+
+/// [`tiles`] with a given tile kernel.
+///
+/// # Safety
+/// As [`tiles`], and the CPU must run `tile`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn tiles_with(
+    tile: TileFn,
+    m: usize,
+    k: usize,
+    a: &[f32],
+    b: &[f32],
+    strips: usize,
+    out: impl Fn(usize) -> (*mut f32, usize),
+    rsc: usize,
+    init: Init,
+) {
     let kc = k.div_ceil(k.div_ceil(KC).max(1)).max(1);
     let mut k0 = 0;
     while k0 < k {
@@ -371,17 +457,38 @@ unsafe fn tile_avx2(
 mod tests {
     use super::*;
 
+    /// The tile kernels this CPU runs.
+    fn kernels() -> Vec<(&'static str, TileFn)> {
+        let mut all = vec![("scalar", tile_scalar as TileFn)];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                all.push(("avx2", tile_avx2 as TileFn));
+            }
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                all.push(("avx512", tile_avx512 as TileFn));
+            }
+        }
+        all
+    }
+
     #[test]
     fn tiles_match_a_naive_product() {
-        // Partial row and column tiles, several depth chunks, bias and accumulation.
+        use crate::kernels::ffi::tests::values;
+        // Partial row and column tiles and 8 × 8 blocks, several depth chunks, bias and
+        // accumulation; B packed both from its rows (copies) and its columns (transposes).
         let (m, n, k) = (13, 45, 2 * KC + 7);
-        let av = crate::kernels::ffi::tests::values(m * k, 1);
-        let bv = crate::kernels::ffi::tests::values(k * n, 2);
-        let bias = crate::kernels::ffi::tests::values(m, 3);
-        let (mut pa, mut pb) = (Scratch::default(), Scratch::default());
+        let av = values(m * k, 1);
+        let bv = values(k * n, 2);
+        let bt: Vec<f32> = (0..n * k).map(|i| bv[i % k * n + i / k]).collect();
+        let bias = values(m, 3);
+        let (mut pa, mut pb, mut pbt) =
+            (Scratch::default(), Scratch::default(), Scratch::default());
         let pa = pa.get(packed_len::<MR>(m, k));
         let pb = pb.get(packed_len::<NR>(n, k));
-        // A row-major (lanes = rows, transposed pack), B row-major (lanes = columns, copied).
+        let pbt = pbt.get(packed_len::<NR>(n, k));
         unsafe {
             pack::<MR>(
                 pa,
@@ -403,34 +510,40 @@ mod tests {
                 n,
                 k,
             );
+            pack::<NR>(
+                pbt,
+                View {
+                    p: bt.as_ptr(),
+                    ls: k,
+                    ks: 1,
+                },
+                n,
+                k,
+            );
         }
-        for init in [Init::Zero, Init::Load, Init::Bias(bias.as_ptr())] {
-            let mut c = vec![0.5f32; m * n];
-            let cp = c.as_mut_ptr();
-            unsafe {
-                tiles(
-                    m,
-                    k,
-                    pa,
-                    pb,
-                    n.div_ceil(NR),
-                    |s| (cp.wrapping_add(s * NR), NR.min(n - s * NR)),
-                    n,
-                    init,
-                );
-            }
-            for i in 0..m {
-                for j in 0..n {
-                    let mut want: f64 = match init {
-                        Init::Zero => 0.0,
-                        Init::Load => 0.5,
-                        Init::Bias(_) => f64::from(bias[i]),
-                    };
-                    for kk in 0..k {
-                        want += f64::from(av[i * k + kk]) * f64::from(bv[kk * n + j]);
+        assert_eq!(pb, pbt, "copied and transposed packs");
+        for (name, tile) in kernels() {
+            for init in [Init::Zero, Init::Load, Init::Bias(bias.as_ptr())] {
+                let mut c = vec![0.5f32; m * n];
+                let cp = c.as_mut_ptr();
+                let out = |s: usize| (cp.wrapping_add(s * NR), NR.min(n - s * NR));
+                unsafe { tiles_with(tile, m, k, pa, pb, n.div_ceil(NR), out, n, init) };
+                for i in 0..m {
+                    for j in 0..n {
+                        let mut want: f64 = match init {
+                            Init::Zero => 0.0,
+                            Init::Load => 0.5,
+                            Init::Bias(_) => f64::from(bias[i]),
+                        };
+                        for kk in 0..k {
+                            want += f64::from(av[i * k + kk]) * f64::from(bv[kk * n + j]);
+                        }
+                        let got = f64::from(c[i * n + j]);
+                        assert!(
+                            (got - want).abs() < 1e-3,
+                            "{name} ({i}, {j}): {got} vs {want}"
+                        );
                     }
-                    let got = f64::from(c[i * n + j]);
-                    assert!((got - want).abs() < 1e-3, "({i}, {j}): {got} vs {want}");
                 }
             }
         }
