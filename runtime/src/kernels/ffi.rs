@@ -92,6 +92,78 @@ unsafe fn sgemm(
     }
 }
 
+/// [`sgemm`] with the rows or the columns of `dst`, whichever are more, split over up to
+/// `threads` threads. Each thread packs the whole of the other operand, so the smaller one is
+/// the one packed more than once; every element's sum is the same whatever the split.
+///
+/// # Safety
+/// As [`sgemm`].
+#[allow(clippy::too_many_arguments)]
+unsafe fn sgemm_split(
+    threads: usize,
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_rs: isize,
+    accumulate: bool,
+    lhs: *const f32,
+    lhs_rs: isize,
+    lhs_cs: isize,
+    rhs: *const f32,
+    rhs_rs: isize,
+    rhs_cs: isize,
+) {
+    let (dp, lp, rp) = (
+        SendPtr(dst),
+        SendPtr(lhs.cast_mut()),
+        SendPtr(rhs.cast_mut()),
+    );
+    let at =
+        |p: SendPtr<f32>, i: usize, stride: isize| p.get().wrapping_offset(i as isize * stride);
+    if m >= n {
+        split(m, threads, |i0, i1| {
+            // SAFETY: rows i0..i1 of dst (and of lhs) are this thread's.
+            unsafe {
+                sgemm(
+                    i1 - i0,
+                    n,
+                    k,
+                    at(dp, i0, dst_rs),
+                    dst_rs,
+                    accumulate,
+                    at(lp, i0, lhs_rs),
+                    lhs_rs,
+                    lhs_cs,
+                    rp.get(),
+                    rhs_rs,
+                    rhs_cs,
+                );
+            }
+        });
+    } else {
+        split(n, threads, |j0, j1| {
+            // SAFETY: columns j0..j1 of dst (and of rhs) are this thread's.
+            unsafe {
+                sgemm(
+                    m,
+                    j1 - j0,
+                    k,
+                    at(dp, j0, 1),
+                    dst_rs,
+                    accumulate,
+                    lp.get(),
+                    lhs_rs,
+                    lhs_cs,
+                    at(rp, j0, rhs_cs),
+                    rhs_rs,
+                    rhs_cs,
+                );
+            }
+        });
+    }
+}
+
 /// Splits `0..items` into at most `threads` contiguous blocks and runs `f(start, end)` for each,
 /// in parallel when there is more than one block.
 fn split<F: Fn(usize, usize) + Sync>(items: usize, threads: usize, f: F) {
@@ -291,37 +363,34 @@ impl Conv {
         });
     }
 
-    /// The adjoint of [`Conv::im2col`] (same arguments): `dx[c][ih][iw] += src[..]`.
-    #[allow(clippy::too_many_arguments)]
-    fn col2im_add(
-        &self,
-        src: &[f32],
-        t0: usize,
-        t1: usize,
-        p0: usize,
-        len: usize,
-        dx: &mut [f32],
-        ld: usize,
-    ) {
+    /// The adjoint of [`Conv::im2col`] over all taps (`t0 = 0`, `t1 = taps`, else the same
+    /// arguments): `dx[c][ih][iw] += src[..]`.
+    fn col2im_add(&self, src: &[f32], p0: usize, len: usize, dx: &mut [f32], ld: usize) {
         let hw = self.h * self.w;
         self.runs(p0, len, |off, i, j0, j1| {
-            for ((c, p, q), row) in self.taps_from(t0, t1).zip(src.chunks(ld)) {
-                let Some(ih) = self.input_row(i, p) else {
-                    continue;
-                };
-                let src = &row[off..off + (j1 - j0)];
-                let dst = &mut dx[c * hw + ih * self.w..c * hw + (ih + 1) * self.w];
-                if self.sw == 1 {
-                    let (lo, hi) = self.inside(q, j0, j1);
-                    let s0 = lo + q - self.pw;
-                    add_run(&mut dst[s0..s0 + (hi - lo)], &src[lo - j0..hi - j0]);
-                } else {
-                    for (j, v) in (j0..j1).zip(src) {
-                        if let Some(d) = (j * self.sw + q)
-                            .checked_sub(self.pw)
-                            .and_then(|iw| dst.get_mut(iw))
-                        {
-                            *d += v;
+            // Kernel column outermost: taps (c, p, q) and (c, p, q + 1) add to overlapping,
+            // shifted ranges of one row, and back to back the second's loads wait on the
+            // first's stores.
+            for q in 0..self.kw {
+                let (lo, hi) = self.inside(q, j0, j1);
+                for cp in 0..self.c * self.kh {
+                    let (c, p) = (cp / self.kh, cp % self.kh);
+                    let Some(ih) = self.input_row(i, p) else {
+                        continue;
+                    };
+                    let row = &src[(cp * self.kw + q) * ld + off..][..j1 - j0];
+                    let dst = &mut dx[c * hw + ih * self.w..c * hw + (ih + 1) * self.w];
+                    if self.sw == 1 {
+                        let s0 = lo + q - self.pw;
+                        add_run(&mut dst[s0..s0 + (hi - lo)], &row[lo - j0..hi - j0]);
+                    } else {
+                        for (j, v) in (j0..j1).zip(row) {
+                            if let Some(d) = (j * self.sw + q)
+                                .checked_sub(self.pw)
+                                .and_then(|iw| dst.get_mut(iw))
+                            {
+                                *d += v;
+                            }
                         }
                     }
                 }
@@ -533,35 +602,32 @@ pub unsafe extern "C" fn snn_dense_f32(
     let (xp, wp, yp) = (SendPtr(x.cast_mut()), SendPtr(w.cast_mut()), SendPtr(y));
     let macs = outer * n_out * inner * n_in;
     if inner == 1 {
-        // One product over all rows: y[outer×n_out] = x[outer×n_in] · wᵀ, split by rows.
-        split(outer, threads_for(macs), |start, end| {
-            let rows = end - start;
-            // SAFETY: rows start..end of y belong to this thread.
-            let yr = unsafe { yp.get().add(start * n_out) };
-            if let Some(b) = bias {
-                let out = unsafe { std::slice::from_raw_parts_mut(yr, rows * n_out) };
-                for row in out.chunks_exact_mut(n_out) {
-                    row.copy_from_slice(b);
-                }
+        // One product over all rows: y[outer×n_out] = x[outer×n_in] · wᵀ.
+        if let Some(b) = bias {
+            // SAFETY: y holds outer × n_out.
+            let out = unsafe { std::slice::from_raw_parts_mut(y, outer * n_out) };
+            for row in out.chunks_exact_mut(n_out) {
+                row.copy_from_slice(b);
             }
-            // SAFETY: x rows start..end (n_in each), w n_out×n_in read as its transpose.
-            unsafe {
-                sgemm(
-                    rows,
-                    n_out,
-                    n_in,
-                    yr,
-                    n_out as isize,
-                    bias.is_some(),
-                    xp.get().add(start * n_in),
-                    n_in as isize,
-                    1,
-                    wp.get(),
-                    1,
-                    n_in as isize,
-                );
-            }
-        });
+        }
+        // SAFETY: x is outer × n_in, w n_out × n_in read as its transpose.
+        unsafe {
+            sgemm_split(
+                threads_for(macs),
+                outer,
+                n_out,
+                n_in,
+                y,
+                n_out as isize,
+                bias.is_some(),
+                x,
+                n_in as isize,
+                1,
+                w,
+                1,
+                n_in as isize,
+            );
+        }
         return;
     }
     // Per outer index: y_a[n_out×inner] = w[n_out×n_in] · x_a[n_in×inner].
@@ -689,7 +755,7 @@ pub unsafe extern "C" fn snn_conv2d_backward_f32(
                     );
                     tiles(taps, g.o, wt, dyp, 1, |_| (out, len), NR, Init::Zero);
                 }
-                g.col2im_add(dcols, 0, taps, p0, len, dxi, NR);
+                g.col2im_add(dcols, p0, len, dxi, NR);
             }
         }
     });
@@ -830,25 +896,24 @@ pub unsafe extern "C" fn snn_dense_backward_f32(
     let macs = outer * n_out * inner * n_in;
     // dx_a[n_in×inner] += wᵀ[n_in×n_out] · dy_a[n_out×inner], threads over a (or rows).
     if inner == 1 {
-        split(outer, threads_for(macs), |start, end| {
-            // SAFETY: rows start..end of dx belong to this thread; dy rows likewise read.
-            unsafe {
-                sgemm(
-                    end - start,
-                    n_in,
-                    n_out,
-                    dxp.get().add(start * n_in),
-                    n_in as isize,
-                    true,
-                    dyp.get().add(start * n_out),
-                    n_out as isize,
-                    1,
-                    wp.get(),
-                    n_in as isize,
-                    1,
-                );
-            }
-        });
+        // SAFETY: dy is outer × n_out, w n_out × n_in, dx outer × n_in.
+        unsafe {
+            sgemm_split(
+                threads_for(macs),
+                outer,
+                n_in,
+                n_out,
+                dx,
+                n_in as isize,
+                true,
+                dy,
+                n_out as isize,
+                1,
+                w,
+                n_in as isize,
+                1,
+            );
+        }
     } else {
         split(outer, threads_for(macs), |start, end| {
             for a in start..end {
@@ -872,30 +937,29 @@ pub unsafe extern "C" fn snn_dense_backward_f32(
             }
         });
     }
-    if !dw.is_null() {
+    if !dw.is_null() && inner == 1 {
+        // One product: dw[n_out×n_in] += dyᵀ[n_out×outer] · x[outer×n_in].
+        // SAFETY: as above; dw is n_out × n_in.
+        unsafe {
+            sgemm_split(
+                threads_for(macs),
+                n_out,
+                n_in,
+                outer,
+                dw,
+                n_in as isize,
+                true,
+                dy,
+                1,
+                n_out as isize,
+                x,
+                n_in as isize,
+                1,
+            );
+        }
+    } else if !dw.is_null() {
         // dw[n_out×n_in] += Σ_a dy_a[n_out×inner] · x_aᵀ[inner×n_in], threads over dw's rows.
         split(n_out, threads_for(macs), |start, end| {
-            if inner == 1 {
-                // One product: dw[rows×n_in] += dyᵀ[rows×outer] · x[outer×n_in].
-                // SAFETY: rows start..end of dw belong to this thread.
-                unsafe {
-                    sgemm(
-                        end - start,
-                        n_in,
-                        outer,
-                        dwp.get().add(start * n_in),
-                        n_in as isize,
-                        true,
-                        dyp.get().add(start),
-                        1,
-                        n_out as isize,
-                        xp.get(),
-                        n_in as isize,
-                        1,
-                    );
-                }
-                return;
-            }
             for a in 0..outer {
                 // SAFETY: rows start..end of dw belong to this thread.
                 unsafe {
