@@ -316,12 +316,46 @@ impl Conv {
         }
     }
 
-    /// im2col of one image `x`, taps `t0..t1` over output pixels `p0..p0 + len`:
+    /// Rows and columns of a padded plane (see [`Conv::pad`]).
+    fn padded_plane(&self) -> (usize, usize) {
+        (self.h + 2 * self.ph, self.w + 2 * self.pw)
+    }
+
+    /// Floats of channels `c0..c1` padded, rounded up to whole 64-byte lines (so that what
+    /// follows them in a [`Scratch`] stays aligned).
+    fn padded_len(&self, c0: usize, c1: usize) -> usize {
+        let (hp, wp) = self.padded_plane();
+        ((c1 - c0) * hp * wp).next_multiple_of(16)
+    }
+
+    /// Channels `c0..c1` of image `x` with the zero padding written out, plane `c − c0` of `xp`
+    /// `hp × wp` ([`Conv::padded_plane`]): [`Conv::im2col`] then reads every tap without
+    /// bounds checks.
+    fn pad(&self, x: &[f32], c0: usize, c1: usize, xp: &mut [f32]) {
+        let (hp, wp) = self.padded_plane();
+        let (h, w, ph, pw) = (self.h, self.w, self.ph, self.pw);
+        let planes = x[c0 * h * w..c1 * h * w].chunks_exact(h * w);
+        for (plane, src) in xp.chunks_exact_mut(hp * wp).zip(planes) {
+            plane[..ph * wp].fill(0.0);
+            plane[(ph + h) * wp..].fill(0.0);
+            let rows = plane[ph * wp..(ph + h) * wp].chunks_exact_mut(wp);
+            for (row, s) in rows.zip(src.chunks_exact(w)) {
+                row[..pw].fill(0.0);
+                row[pw..pw + w].copy_from_slice(s);
+                row[pw + w..].fill(0.0);
+            }
+        }
+    }
+
+    /// im2col of one image, taps `t0..t1` over output pixels `p0..p0 + len`:
     /// `dst[(t − t0)·ld + px − p0] = x_pad[c][i·sh + p][j·sw + q]` for tap t = (c, p, q) and
-    /// pixel px = (i, j). Owns the index logic that [`Conv::col2im_add`] inverts.
+    /// pixel px = (i, j), read from `xp`, the image's channels from `c0` on padded by
+    /// [`Conv::pad`]. Owns the index logic that [`Conv::col2im_add`] inverts.
+    #[allow(clippy::too_many_arguments)]
     fn im2col(
         &self,
-        x: &[f32],
+        xp: &[f32],
+        c0: usize,
         t0: usize,
         t1: usize,
         p0: usize,
@@ -329,34 +363,18 @@ impl Conv {
         dst: &mut [f32],
         ld: usize,
     ) {
-        let hw = self.h * self.w;
-        // Runs outside, taps inside: the per-tap step is a bounds check and one short copy.
+        let (hp, wp) = self.padded_plane();
+        // Runs outside, taps inside: the per-tap step is one short copy.
         self.runs(p0, len, |off, i, j0, j1| {
             let n = j1 - j0;
             for ((c, p, q), row) in self.taps_from(t0, t1).zip(dst.chunks_mut(ld)) {
+                let start = ((c - c0) * hp + i * self.sh + p) * wp + j0 * self.sw + q;
                 let dst = &mut row[off..off + n];
-                let Some(ih) = self.input_row(i, p) else {
-                    dst.fill(0.0);
-                    continue;
-                };
-                let src = &x[c * hw + ih * self.w..c * hw + (ih + 1) * self.w];
                 if self.sw == 1 {
-                    let (lo, hi) = self.inside(q, j0, j1);
-                    let s0 = lo + q - self.pw;
-                    if hi - lo == n {
-                        copy_run(dst, &src[s0..s0 + n]);
-                        continue;
-                    }
-                    dst[..lo - j0].fill(0.0);
-                    dst[hi - j0..].fill(0.0);
-                    copy_run(&mut dst[lo - j0..hi - j0], &src[s0..s0 + (hi - lo)]);
+                    copy_run(dst, &xp[start..start + n]);
                 } else {
-                    for (j, d) in (j0..j1).zip(dst.iter_mut()) {
-                        *d = (j * self.sw + q)
-                            .checked_sub(self.pw)
-                            .and_then(|iw| src.get(iw))
-                            .copied()
-                            .unwrap_or(0.0);
+                    for (d, s) in dst.iter_mut().zip(xp[start..].iter().step_by(self.sw)) {
+                        *d = *s;
                     }
                 }
             }
@@ -475,13 +493,13 @@ impl<'a> ConvForward<'a> {
         ConvForward { g, w, bias }
     }
 
-    /// Output strips `u0..u1` of `y` from the images `xs`, im2col packed block by block into
-    /// `cols`.
+    /// Output strips `u0..u1` of `y` from the images `xs`: each image padded and its strips
+    /// im2col-packed block by block, both in `scratch`.
     ///
     /// # Safety
     /// `y` must address the call's `n·o·oh·ow` outputs; nothing else may access these strips'
     /// outputs meanwhile.
-    unsafe fn strips(&self, xs: &[f32], y: *mut f32, u0: usize, u1: usize, cols: &mut Scratch) {
+    unsafe fn strips(&self, xs: &[f32], y: *mut f32, u0: usize, u1: usize, scratch: &mut Scratch) {
         let g = &self.g;
         let (k, px, per) = (g.taps(), g.pixels(), g.strips());
         let (in_len, out_len) = (g.c * g.h * g.w, g.o * px);
@@ -489,21 +507,22 @@ impl<'a> ConvForward<'a> {
         let w = self.w.slice(packed_len::<MR>(g.o, k));
         let block = (COLS_BLOCK / (k * NR)).clamp(1, 64);
         let init = self.bias.map_or(Init::Zero, |b| Init::Bias(b.as_ptr()));
+        let padded = g.padded_len(0, g.c);
+        let (xp, cols) = scratch
+            .get(padded + block.min(u1 - u0) * k * NR)
+            .split_at_mut(padded);
+        let mut padded_image = None;
         for b0 in (u0..u1).step_by(block) {
             let b1 = (b0 + block).min(u1);
-            let packed = cols.get((b1 - b0) * k * NR);
+            let packed = &mut cols[..(b1 - b0) * k * NR];
             for (strip, u) in packed.chunks_exact_mut(k * NR).zip(b0..b1) {
                 let (img, p0) = at(u);
+                if padded_image != Some(img) {
+                    g.pad(&xs[img * in_len..(img + 1) * in_len], 0, g.c, xp);
+                    padded_image = Some(img);
+                }
                 let len = NR.min(px - p0);
-                g.im2col(
-                    &xs[img * in_len..(img + 1) * in_len],
-                    0,
-                    k,
-                    p0,
-                    len,
-                    strip,
-                    NR,
-                );
+                g.im2col(xp, 0, 0, k, p0, len, strip, NR);
                 if len < NR {
                     for row in strip.chunks_exact_mut(NR) {
                         row[len..].fill(0.0);
@@ -515,7 +534,18 @@ impl<'a> ConvForward<'a> {
                 (y.wrapping_add(img * out_len + p0), NR.min(px - p0))
             };
             // SAFETY: w and packed as packed above; the strips' outputs per the caller.
-            unsafe { tiles(g.o, k, w, packed, b1 - b0, out, px, init) };
+            unsafe {
+                tiles(
+                    g.o,
+                    k,
+                    w,
+                    &cols[..(b1 - b0) * k * NR],
+                    b1 - b0,
+                    out,
+                    px,
+                    init,
+                )
+            };
         }
     }
 }
@@ -784,8 +814,16 @@ pub unsafe extern "C" fn snn_conv2d_backward_f32(
             let a = a.get(packed_len::<MR>(m1 - m0, KC));
             let cols = cols.get((t1 - t0) * KC);
             let b = b.get(packed_len::<NR>(t1 - t0, KC));
+            // The channels that taps t0..t1 read, padded per image.
+            let kk = g.kh * g.kw;
+            let (c0, c1) = (t0 / kk, (t1 - 1) / kk + 1);
+            let mut xp = Scratch::default();
+            let xp = xp.get(g.padded_len(c0, c1));
             for img in 0..n {
                 let (xi, dyi) = (&xs[img * in_len..(img + 1) * in_len], &dys[img * out_len..]);
+                if !dwp.get().is_null() {
+                    g.pad(xi, c0, c1, xp);
+                }
                 for k0 in (0..px).step_by(KC) {
                     let k = KC.min(px - k0);
                     // SAFETY: dy's channels m0..m1, pixels k0..k0 + k.
@@ -812,7 +850,7 @@ pub unsafe extern "C" fn snn_conv2d_backward_f32(
                     if dwp.get().is_null() {
                         continue;
                     }
-                    g.im2col(xi, t0, t1, k0, k, cols, k);
+                    g.im2col(xp, c0, t0, t1, k0, k, cols, k);
                     let out = |s: usize| {
                         let t = t0 + s * NR;
                         (dwp.get().wrapping_add(m0 * taps + t), NR.min(t1 - t))
