@@ -7,9 +7,10 @@ use std::path::Path;
 use super::cursor::{Cursor, le_i64, le_u16};
 use super::error::EventError;
 use super::flatbuf::Buf;
+use super::frame::{FrameBuffer, FrameSink, FrameSpec};
 use super::io::map_file;
 use super::lz4::{check_frame, decompress_frame};
-use super::types::{ReadOptions, Recording, Sink};
+use super::types::{EventSink, ReadOptions, ReadReport, Recording, Sink};
 
 const MAGIC: &[u8] = b"#!AER-DAT";
 /// Largest decompressed packet accepted; DV writes packets of a few hundred kB, so anything
@@ -63,6 +64,41 @@ pub(crate) fn decode_into(
     out: &mut Recording,
     scratch: &mut Vec<u8>,
 ) -> Result<(), EventError> {
+    let header = parse_header(bytes, file)?;
+    let mut sink = Sink::new(out, file, opts, header.declared);
+    decode_packets(header, file, &mut sink, scratch)
+}
+
+/// Reads and frames in one pass: events go from each decompressed packet straight into `out`
+/// (see [`FrameSink`]), with the checks and errors of [`decode`]. `Ok(None)` (after reading
+/// only the header) when the spec is not one that path takes; the caller then reads and
+/// frames separately.
+pub(crate) fn frame_into(
+    bytes: &[u8],
+    file: &Path,
+    opts: &ReadOptions,
+    spec: &FrameSpec,
+    out: &mut FrameBuffer,
+    scratch: &mut Vec<u8>,
+) -> Result<Option<(usize, ReadReport)>, EventError> {
+    let header = parse_header(bytes, file)?;
+    let Some(mut sink) = FrameSink::new(file, opts, header.declared, spec, out) else {
+        return Ok(None);
+    };
+    decode_packets(header, file, &mut sink, scratch)?;
+    Ok(Some(sink.finish()))
+}
+
+/// The file header: how packets are compressed, the declared streams, the event sensor size
+/// and the packet area.
+struct Header<'a> {
+    compression: Compression,
+    streams: Vec<Stream>,
+    declared: Option<(u16, u16)>,
+    packets: Cursor<'a>,
+}
+
+fn parse_header<'a>(bytes: &'a [u8], file: &'a Path) -> Result<Header<'a>, EventError> {
     let mut cur = Cursor::new(bytes, file);
     let first = cur.line("AEDAT 4 magic line")?;
     let Some(version) = first.strip_prefix(MAGIC) else {
@@ -114,13 +150,33 @@ pub(crate) fn decode_into(
         }
         Err(_) => bytes.len(),
     };
-    let mut packets = Cursor::with_base(&bytes[cur.pos()..end], file, cur.offset());
+    let packets = Cursor::with_base(&bytes[cur.pos()..end], file, cur.offset());
     // The first event stream declares the sensor, even for a recording without event packets.
     let declared = streams
         .iter()
         .find(|s| &s.type_id == b"EVTS")
         .and_then(|s| s.size);
-    let mut sink = Sink::new(out, file, opts, declared);
+    Ok(Header {
+        compression,
+        streams,
+        declared,
+        packets,
+    })
+}
+
+/// Decodes every packet after the header, handing polarity events to `sink`.
+fn decode_packets<S: EventSink>(
+    header: Header<'_>,
+    file: &Path,
+    sink: &mut S,
+    scratch: &mut Vec<u8>,
+) -> Result<(), EventError> {
+    let Header {
+        compression,
+        streams,
+        mut packets,
+        ..
+    } = header;
     while !packets.is_empty() {
         let at = packets.offset();
         let id = packets.i32_le("packet stream id")?;

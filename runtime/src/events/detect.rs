@@ -105,8 +105,9 @@ impl EventReader {
 
     /// Reads `path` and frames its events into `out`: the tensor
     /// `frame(&read_events(path)?.events, spec)` gives, with the same errors (reading ones
-    /// first). N-MNIST files are decoded straight into the frames without event columns;
-    /// other formats go through [`Self::read`] and [`frame_into`].
+    /// first). N-MNIST files, and AEDAT 4 files framed by time window, are decoded straight
+    /// into the frames without event columns; the rest go through [`Self::read`] and
+    /// [`frame_into`].
     pub fn read_frames(
         &mut self,
         path: impl AsRef<Path>,
@@ -116,9 +117,14 @@ impl EventReader {
         let path = path.as_ref();
         let bytes = load_into(path, &mut self.bytes)?;
         let format = detect_format(&bytes, path)?;
-        if format == Format::NMnist
-            && let Some((events, report)) = nmnist::frame_bytes(&bytes, &self.opts, spec, out)
-        {
+        let fused = match format {
+            Format::NMnist => nmnist::frame_bytes(&bytes, &self.opts, spec, out),
+            Format::Aedat4 => {
+                aedat4::frame_into(&bytes, path, &self.opts, spec, out, &mut self.scratch)?
+            }
+            _ => None,
+        };
+        if let Some((events, report)) = fused {
             return Ok(FramedRead { events, report });
         }
         decode_kept(

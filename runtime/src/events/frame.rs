@@ -2,11 +2,12 @@
 //! time window, event count or fixed frame count, with integer downsampling and an optional denoise filter.
 
 use std::borrow::Cow;
+use std::path::Path;
 
 use ndarray::{Array4, ArrayView3, ArrayView4};
 
 use super::error::EventError;
-use super::types::Events;
+use super::types::{Checks, EventSink, Events, RawEvent, ReadOptions, ReadReport};
 
 /// How events are assigned to the T time steps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -353,18 +354,22 @@ pub(crate) struct Accumulator<'a> {
     plane: usize,
     /// Flat indices written, when the buffer resets sparsely.
     cells: Option<Vec<u32>>,
+    /// Longest cell list worth keeping; past it a full reset is cheaper (see [`SPARSE_RATIO`]).
+    cap: usize,
 }
 
 impl<'a> Accumulator<'a> {
-    /// Zeroes `out` as a `[T, 2, H', W']` tensor for up to `n` events. Until [`Self::finish`],
+    /// Zeroes `out` as a `[T, 2, H', W']` tensor for `n` events (0 when not known: the cell
+    /// list is then dropped once it reaches its cap). Until [`Self::finish`],
     /// `out` counts as entirely dirty, so a framing abandoned halfway (a reader that meets
     /// a bad event) leaves no stale counts behind: the next framing clears it all.
     pub(crate) fn new(out: &'a mut FrameBuffer, g: &Geometry, n: usize) -> Self {
         out.prepare((g.steps, 2, g.fh, g.fw));
         let plane = g.fh * g.fw;
         // Sparse bookkeeping only pays when the events are few next to the cells.
+        let cap = g.steps * 2 * plane / SPARSE_RATIO;
         let cells = match std::mem::replace(&mut out.dirty, Dirty::All) {
-            _ if n >= g.steps * 2 * plane / SPARSE_RATIO => None,
+            _ if n >= cap => None,
             Dirty::Cells(mut cells) => {
                 cells.clear();
                 Some(cells)
@@ -379,18 +384,47 @@ impl<'a> Accumulator<'a> {
                 .collect(),
             plane,
             cells,
+            cap,
         }
     }
 
     /// Counts one event at `(x, y)` (within the sensor: else this panics) into step `b`.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn add(&mut self, b: usize, x: usize, y: usize, on: bool) {
         let i =
             (b * 2 + usize::from(on)) * self.plane + self.rows[y] as usize + self.cols[x] as usize;
         self.out.data[i] += 1.0;
         if let Some(cells) = &mut self.cells {
-            // Exact: tensors are limited to 2^32 cells.
-            cells.push(i as u32);
+            if cells.len() < self.cap {
+                // Exact: tensors are limited to 2^32 cells.
+                cells.push(i as u32);
+            } else {
+                self.cells = None;
+            }
+        }
+    }
+
+    /// The flat index of event `(x, y, on)` of step `b` (`x`, `y` within the sensor: else
+    /// this panics).
+    #[inline(always)]
+    pub(crate) fn index(&self, b: usize, x: usize, y: usize, on: bool) -> u32 {
+        // Exact: tensors are limited to 2^32 cells.
+        ((b * 2 + usize::from(on)) * self.plane + self.rows[y] as usize + self.cols[x] as usize)
+            as u32
+    }
+
+    /// Counts one event per flat index. A loop of nothing but increments keeps many cache
+    /// misses in flight; in a 170 MB tensor nearly every event's cell is one.
+    pub(crate) fn add_indices(&mut self, cells: &[u32]) {
+        for &i in cells {
+            self.out.data[i as usize] += 1.0;
+        }
+        if let Some(list) = &mut self.cells {
+            if list.len() + cells.len() <= self.cap {
+                list.extend_from_slice(cells);
+            } else {
+                self.cells = None;
+            }
         }
     }
 
@@ -443,6 +477,111 @@ impl<'a> Accumulator<'a> {
             Some(cells) => Dirty::Cells(cells),
             None => Dirty::All,
         };
+    }
+}
+
+/// Frames events as a reader decodes them, with the reader's [`Checks`]: what
+/// `frame_into(&decode(bytes)?.events, spec, out)` computes, without event columns. Only
+/// time-window slicing, whose steps need neither the event count nor the span of the whole
+/// recording, and only specs that `frame_into` would accept for every event that passes the
+/// checks (so a framing error can never come after a reading one).
+pub(crate) struct FrameSink<'a> {
+    acc: Accumulator<'a>,
+    checks: Checks<'a>,
+    window: i64,
+    start: Option<i64>,
+    steps: usize,
+    /// Set from the first event when the spec has no start.
+    bins: Option<Bins>,
+    /// The previous event's step and the time interval it covers (empty at first).
+    step: (Option<usize>, i64, i64),
+    previous: Option<i64>,
+    events: usize,
+    report: ReadReport,
+    /// Flat indices of one run of events, counted after the run (see `add_indices`).
+    pending: Vec<u32>,
+}
+
+impl<'a> FrameSink<'a> {
+    /// `None` when the spec is not one this sink takes: not time windows, denoising, a
+    /// non-positive window, no sensor size, an invalid geometry, or a spec sensor smaller
+    /// than the reading one (`opts.sensor`, else `declared`).
+    pub(crate) fn new(
+        file: &'a Path,
+        opts: &ReadOptions,
+        declared: Option<(u16, u16)>,
+        spec: &FrameSpec,
+        out: &'a mut FrameBuffer,
+    ) -> Option<Self> {
+        let Slicing::TimeWindow {
+            window_us, start, ..
+        } = spec.slicing
+        else {
+            return None;
+        };
+        let sensor = opts.sensor.or(declared)?;
+        if window_us <= 0 || spec.denoise_us.is_some() {
+            return None;
+        }
+        let g = Geometry::new(spec, Some(sensor)).ok()?;
+        if g.w < sensor.0 || g.h < sensor.1 {
+            return None;
+        }
+        Some(Self {
+            // The event count is unknown until the end: start with a cell list, capped.
+            acc: Accumulator::new(out, &g, 0),
+            checks: Checks::new(file, opts, Some(sensor)),
+            window: window_us,
+            start,
+            steps: g.steps,
+            bins: None,
+            step: (None, 1, 0),
+            previous: None,
+            events: 0,
+            report: ReadReport::default(),
+            pending: Vec::new(),
+        })
+    }
+
+    /// The number of events framed and the report; records the written cells in the buffer.
+    pub(crate) fn finish(self) -> (usize, ReadReport) {
+        self.acc.finish();
+        (self.events, self.report)
+    }
+}
+
+impl EventSink for FrameSink<'_> {
+    fn extend<I>(&mut self, events: I) -> Result<(), EventError>
+    where
+        I: ExactSizeIterator<Item = RawEvent> + Clone,
+    {
+        for (offset, t, x, y, on) in events {
+            if self.checks.event(offset, t, x, y, self.previous)? {
+                self.report.non_monotonic += 1;
+            }
+            self.previous = Some(t);
+            let (start, window) = (self.start, self.window);
+            let bins = *self.bins.get_or_insert_with(|| Bins::TimeWindow {
+                t0: start.unwrap_or(t),
+                window,
+            });
+            if t < self.step.1 || t > self.step.2 {
+                self.step = bins.locate(t, self.steps);
+            }
+            if let Some(b) = self.step.0 {
+                // Exact casts: the checks put x and y inside the sensor, which the frame covers.
+                self.pending
+                    .push(self.acc.index(b, x as usize, y as usize, on));
+            }
+            self.events += 1;
+        }
+        self.acc.add_indices(&self.pending);
+        self.pending.clear();
+        Ok(())
+    }
+
+    fn report(&mut self) -> &mut ReadReport {
+        &mut self.report
     }
 }
 

@@ -146,14 +146,87 @@ pub struct Recording {
 /// One decoded event before any check: `(file offset, t, x, y, on)`, as [`Sink::push`] takes it.
 pub(crate) type RawEvent = (u64, i64, i64, i64, bool);
 
+/// The rules every decoded event must pass, in this order: coordinates within the sensor,
+/// then a timestamp no smaller than the previous event's (or only counted, under
+/// [`TimestampPolicy::Allow`]). Shared by the column sink and the framing sink, so both fail
+/// on the same event with the same error.
+#[derive(Clone, Copy)]
+pub(crate) struct Checks<'a> {
+    file: &'a Path,
+    policy: TimestampPolicy,
+    sensor: Option<(u16, u16)>,
+    /// Exclusive coordinate bounds as `i64`, computed once instead of per event.
+    bounds: (i64, i64),
+}
+
+impl<'a> Checks<'a> {
+    pub(crate) fn new(file: &'a Path, opts: &ReadOptions, sensor: Option<(u16, u16)>) -> Self {
+        let bounds = (
+            sensor.map_or(u16::MAX as i64 + 1, |s| i64::from(s.0)),
+            sensor.map_or(u16::MAX as i64 + 1, |s| i64::from(s.1)),
+        );
+        Self {
+            file,
+            policy: opts.timestamps,
+            sensor,
+            bounds,
+        }
+    }
+
+    /// Checks one event read at file offset `offset` after an event at time `previous`.
+    /// `Ok(true)`: a tolerated timestamp decrease, to be counted.
+    #[inline]
+    pub(crate) fn event(
+        &self,
+        offset: u64,
+        t: i64,
+        x: i64,
+        y: i64,
+        previous: Option<i64>,
+    ) -> Result<bool, EventError> {
+        let (w, h) = self.bounds;
+        if !(0..w).contains(&x) || !(0..h).contains(&y) {
+            return Err(EventError::OutOfRange {
+                file: self.file.to_path_buf(),
+                offset,
+                x,
+                y,
+                width: self.sensor.map_or(u16::MAX, |s| s.0),
+                height: self.sensor.map_or(u16::MAX, |s| s.1),
+            });
+        }
+        match previous {
+            Some(previous) if t < previous => match self.policy {
+                TimestampPolicy::Error => Err(EventError::NonMonotonic {
+                    file: self.file.to_path_buf(),
+                    offset,
+                    previous,
+                    t,
+                }),
+                TimestampPolicy::Allow => Ok(true),
+            },
+            _ => Ok(false),
+        }
+    }
+}
+
+/// Where a reader hands its decoded events: the checked columns of a [`Sink`], or (for the
+/// readers that can) a framing sink that counts them straight into frames.
+pub(crate) trait EventSink {
+    /// Checks and takes a run of events, failing on the first bad one.
+    fn extend<I>(&mut self, events: I) -> Result<(), EventError>
+    where
+        I: ExactSizeIterator<Item = RawEvent> + Clone;
+
+    /// The counts of what the reader skipped.
+    fn report(&mut self) -> &mut ReadReport;
+}
+
 /// Where readers push decoded events: applies the sensor bounds and the timestamp policy once
 /// for every format, so no reader can forget either.
 pub(crate) struct Sink<'a> {
     rec: &'a mut Recording,
-    file: &'a Path,
-    policy: TimestampPolicy,
-    /// Exclusive coordinate bounds as `i64`, computed once instead of per event.
-    bounds: (i64, i64),
+    checks: Checks<'a>,
 }
 
 impl<'a> Sink<'a> {
@@ -173,15 +246,9 @@ impl<'a> Sink<'a> {
         ev.p.clear();
         (ev.width, ev.height) = (sensor.map(|s| s.0), sensor.map(|s| s.1));
         out.report = ReadReport::default();
-        let bounds = (
-            ev.width.map_or(u16::MAX as i64 + 1, i64::from),
-            ev.height.map_or(u16::MAX as i64 + 1, i64::from),
-        );
         Self {
             rec: out,
-            file,
-            policy: opts.timestamps,
-            bounds,
+            checks: Checks::new(file, opts, sensor),
         }
     }
 
@@ -202,32 +269,9 @@ impl<'a> Sink<'a> {
         y: i64,
         on: bool,
     ) -> Result<(), EventError> {
-        let ev = &self.rec.events;
-        let (w, h) = self.bounds;
-        if !(0..w).contains(&x) || !(0..h).contains(&y) {
-            return Err(EventError::OutOfRange {
-                file: self.file.to_path_buf(),
-                offset,
-                x,
-                y,
-                width: ev.width.unwrap_or(u16::MAX),
-                height: ev.height.unwrap_or(u16::MAX),
-            });
-        }
-        if let Some(&previous) = ev.t.last()
-            && t < previous
-        {
-            match self.policy {
-                TimestampPolicy::Error => {
-                    return Err(EventError::NonMonotonic {
-                        file: self.file.to_path_buf(),
-                        offset,
-                        previous,
-                        t,
-                    });
-                }
-                TimestampPolicy::Allow => self.rec.report.non_monotonic += 1,
-            }
+        let previous = self.rec.events.t.last().copied();
+        if self.checks.event(offset, t, x, y, previous)? {
+            self.rec.report.non_monotonic += 1;
         }
         // Both casts are exact: x and y were just checked against 0..=u16::MAX.
         self.rec.events.push((t, x as u16, y as u16, u8::from(on)));
@@ -244,7 +288,7 @@ impl<'a> Sink<'a> {
     where
         I: ExactSizeIterator<Item = RawEvent> + Clone,
     {
-        let (w, h) = self.bounds;
+        let (w, h) = self.checks.bounds;
         let ev = &mut self.rec.events;
         let start = ev.len();
         let end = start + events.len();
@@ -267,7 +311,7 @@ impl<'a> Sink<'a> {
             // Truncating casts are harmless: a run with any coordinate outside is replayed.
             (*t, *x, *y, *p) = (te, xe as u16, ye as u16, u8::from(on));
         }
-        if outside || (decreases > 0 && self.policy == TimestampPolicy::Error) {
+        if outside || (decreases > 0 && self.checks.policy == TimestampPolicy::Error) {
             ev.t.truncate(start);
             ev.x.truncate(start);
             ev.y.truncate(start);
@@ -279,5 +323,18 @@ impl<'a> Sink<'a> {
         }
         self.rec.report.non_monotonic += decreases;
         Ok(())
+    }
+}
+
+impl EventSink for Sink<'_> {
+    fn extend<I>(&mut self, events: I) -> Result<(), EventError>
+    where
+        I: ExactSizeIterator<Item = RawEvent> + Clone,
+    {
+        Sink::extend(self, events)
+    }
+
+    fn report(&mut self) -> &mut ReadReport {
+        Sink::report(self)
     }
 }

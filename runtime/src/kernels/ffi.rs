@@ -20,7 +20,9 @@
 
 use std::sync::OnceLock;
 
+mod gemm;
 mod spike;
+use gemm::{Init, KC, MR, NR, Scratch, View, pack, packed_len, tiles};
 pub use spike::{
     CONV_BACKWARD_SPIKE_MAX_DENSITY, CONV_SPIKE_MAX_DENSITY, DENSE_BACKWARD_SPIKE_MAX_DENSITY,
     DENSE_SPIKE_MAX_DENSITY, SpikeDispatch, conv2d_backward_spike, conv2d_spike,
@@ -194,155 +196,240 @@ impl Conv {
     fn pixels(&self) -> usize {
         self.oh * self.ow
     }
-    /// A 1×1, stride-1, unpadded convolution reads the image itself as the column matrix.
-    fn is_pointwise(&self) -> bool {
-        self.kh == 1 && self.kw == 1 && self.sh == 1 && self.sw == 1 && self.ph == 0 && self.pw == 0
+    /// Tap `t` of the column matrix as (channel, kernel row, kernel column).
+    fn tap(&self, t: usize) -> (usize, usize, usize) {
+        let kk = self.kh * self.kw;
+        (t / kk, t % kk / self.kw, t % self.kw)
     }
 
-    /// The adjoint of [`Conv::im2col`] over the whole image: `dx[c][ih][iw] += cols[..]`.
-    fn col2im_add(&self, cols: &[f32], dx: &mut [f32]) {
-        let (oh, ow) = (self.oh, self.ow);
-        let mut row = 0;
-        for c in 0..self.c {
-            let plane = &mut dx[c * self.h * self.w..(c + 1) * self.h * self.w];
-            for p in 0..self.kh {
-                for q in 0..self.kw {
-                    let src = &cols[row * oh * ow..(row + 1) * oh * ow];
-                    row += 1;
-                    for i in 0..oh {
-                        let ih = (i * self.sh + p) as isize - self.ph as isize;
-                        if ih < 0 || ih >= self.h as isize {
-                            continue;
-                        }
-                        let dst = &mut plane[ih as usize * self.w..(ih as usize + 1) * self.w];
-                        for (j, v) in src[i * ow..(i + 1) * ow].iter().enumerate() {
-                            let iw = (j * self.sw + q) as isize - self.pw as isize;
-                            if iw >= 0 && iw < self.w as isize {
-                                dst[iw as usize] += v;
-                            }
+    /// Taps `t0..t1` as (channel, kernel row, kernel column), counted up without divisions.
+    fn taps_from(&self, t0: usize, t1: usize) -> impl Iterator<Item = (usize, usize, usize)> {
+        let (kh, kw) = (self.kh, self.kw);
+        std::iter::successors(Some(self.tap(t0)), move |&(c, p, q)| {
+            Some(if q + 1 < kw {
+                (c, p, q + 1)
+            } else if p + 1 < kh {
+                (c, p + 1, 0)
+            } else {
+                (c + 1, 0, 0)
+            })
+        })
+        .take(t1.saturating_sub(t0))
+    }
+
+    /// Input row of output row `i` under kernel row `p`, None in the padding.
+    fn input_row(&self, i: usize, p: usize) -> Option<usize> {
+        (i * self.sh + p)
+            .checked_sub(self.ph)
+            .filter(|&ih| ih < self.h)
+    }
+
+    /// For kernel column `q` at stride 1: the output columns `lo..hi` (within `j0..j1`) whose
+    /// input column `j + q − pw` lies inside the row, as one contiguous run.
+    fn inside(&self, q: usize, j0: usize, j1: usize) -> (usize, usize) {
+        let lo = self.pw.saturating_sub(q).clamp(j0, j1);
+        let hi = (self.w + self.pw).saturating_sub(q).clamp(lo, j1);
+        (lo, hi)
+    }
+
+    /// Splits output pixels `p0..p0 + len` into runs within one output row: `f(offset, i, j0,
+    /// j1)` for pixels `i·ow + j0 .. i·ow + j1`, `offset` from `p0`.
+    fn runs(&self, p0: usize, len: usize, mut f: impl FnMut(usize, usize, usize, usize)) {
+        let (mut px, end) = (p0, p0 + len);
+        while px < end {
+            let (i, j0) = (px / self.ow, px % self.ow);
+            let j1 = self.ow.min(j0 + end - px);
+            f(px - p0, i, j0, j1);
+            px += j1 - j0;
+        }
+    }
+
+    /// im2col of one image `x`, taps `t0..t1` over output pixels `p0..p0 + len`:
+    /// `dst[(t − t0)·ld + px − p0] = x_pad[c][i·sh + p][j·sw + q]` for tap t = (c, p, q) and
+    /// pixel px = (i, j). Owns the index logic that [`Conv::col2im_add`] inverts.
+    fn im2col(
+        &self,
+        x: &[f32],
+        t0: usize,
+        t1: usize,
+        p0: usize,
+        len: usize,
+        dst: &mut [f32],
+        ld: usize,
+    ) {
+        let hw = self.h * self.w;
+        // Runs outside, taps inside: the per-tap step is a bounds check and one short copy.
+        self.runs(p0, len, |off, i, j0, j1| {
+            let n = j1 - j0;
+            for ((c, p, q), row) in self.taps_from(t0, t1).zip(dst.chunks_mut(ld)) {
+                let dst = &mut row[off..off + n];
+                let Some(ih) = self.input_row(i, p) else {
+                    dst.fill(0.0);
+                    continue;
+                };
+                let src = &x[c * hw + ih * self.w..c * hw + (ih + 1) * self.w];
+                if self.sw == 1 {
+                    let (lo, hi) = self.inside(q, j0, j1);
+                    let s0 = lo + q - self.pw;
+                    if hi - lo == n {
+                        copy_run(dst, &src[s0..s0 + n]);
+                        continue;
+                    }
+                    dst[..lo - j0].fill(0.0);
+                    dst[hi - j0..].fill(0.0);
+                    copy_run(&mut dst[lo - j0..hi - j0], &src[s0..s0 + (hi - lo)]);
+                } else {
+                    for (j, d) in (j0..j1).zip(dst.iter_mut()) {
+                        *d = (j * self.sw + q)
+                            .checked_sub(self.pw)
+                            .and_then(|iw| src.get(iw))
+                            .copied()
+                            .unwrap_or(0.0);
+                    }
+                }
+            }
+        });
+    }
+
+    /// The adjoint of [`Conv::im2col`] (same arguments): `dx[c][ih][iw] += src[..]`.
+    #[allow(clippy::too_many_arguments)]
+    fn col2im_add(
+        &self,
+        src: &[f32],
+        t0: usize,
+        t1: usize,
+        p0: usize,
+        len: usize,
+        dx: &mut [f32],
+        ld: usize,
+    ) {
+        let hw = self.h * self.w;
+        self.runs(p0, len, |off, i, j0, j1| {
+            for ((c, p, q), row) in self.taps_from(t0, t1).zip(src.chunks(ld)) {
+                let Some(ih) = self.input_row(i, p) else {
+                    continue;
+                };
+                let src = &row[off..off + (j1 - j0)];
+                let dst = &mut dx[c * hw + ih * self.w..c * hw + (ih + 1) * self.w];
+                if self.sw == 1 {
+                    let (lo, hi) = self.inside(q, j0, j1);
+                    let s0 = lo + q - self.pw;
+                    for (d, v) in dst[s0..s0 + (hi - lo)]
+                        .iter_mut()
+                        .zip(&src[lo - j0..hi - j0])
+                    {
+                        *d += v;
+                    }
+                } else {
+                    for (j, v) in (j0..j1).zip(src) {
+                        if let Some(d) = (j * self.sw + q)
+                            .checked_sub(self.pw)
+                            .and_then(|iw| dst.get_mut(iw))
+                        {
+                            *d += v;
                         }
                     }
                 }
             }
+        });
+    }
+
+    /// Packed strips per image: output pixels in runs of [`NR`].
+    fn strips(&self) -> usize {
+        self.pixels().div_ceil(NR)
+    }
+}
+
+/// `dst = src` (equal lengths). im2col's runs are short (an output row within a strip), and a
+/// `memcpy` call per run cost more than the copy: the usual lengths get fixed-size copies that
+/// compile to a few vector moves.
+#[inline(always)]
+fn copy_run(dst: &mut [f32], src: &[f32]) {
+    fn fixed<const N: usize>(dst: &mut [f32], src: &[f32]) {
+        let d: &mut [f32; N] = dst.try_into().expect("N floats");
+        d.copy_from_slice(src);
+    }
+    match dst.len() {
+        32 => fixed::<32>(dst, src),
+        16 => fixed::<16>(dst, src),
+        8 => fixed::<8>(dst, src),
+        _ => dst.copy_from_slice(src),
+    }
+}
+
+/// The forward product of one [`snn_conv2d_f32`] call, `y[o][px] = w[o][taps] · cols[taps][px]`
+/// (+ bias): owns the weights packed once for all threads, and computes any range of output
+/// strips (strip `u`: image `u / strips`, pixels `(u % strips)·NR ..`) from the input.
+struct ConvForward<'a> {
+    g: Conv,
+    w: Scratch,
+    bias: Option<&'a [f32]>,
+}
+
+/// Floats of packed im2col columns per block of strips (512 KiB: packed and consumed in L2).
+const COLS_BLOCK: usize = 1 << 17;
+
+impl<'a> ConvForward<'a> {
+    fn new(g: Conv, ws: &[f32], bias: Option<&'a [f32]>) -> ConvForward<'a> {
+        let mut w = Scratch::default();
+        let k = g.taps();
+        // SAFETY: ws holds o × taps, row-major.
+        unsafe {
+            pack::<MR>(
+                w.get(packed_len::<MR>(g.o, k)),
+                View {
+                    p: ws.as_ptr(),
+                    ls: k,
+                    ks: 1,
+                },
+                g.o,
+                k,
+            );
         }
+        ConvForward { g, w, bias }
     }
 
-    /// Output rows per im2col block: the block's columns stay within ~4 MiB, in blocks of
-    /// equal size (every block re-packs the weights, so no thin remainder block).
-    fn block_rows(&self) -> usize {
-        let most = ((4 << 20) / (self.taps() * self.ow * 4).max(1)).clamp(1, self.oh);
-        self.oh.div_ceil(self.oh.div_ceil(most))
-    }
-
-    /// Scratch elements [`Conv::forward_image`] needs: one block of im2col columns.
-    fn forward_scratch(&self) -> usize {
-        if self.is_pointwise() {
-            0
-        } else {
-            self.taps() * self.block_rows() * self.ow
-        }
-    }
-
-    /// The GEMM forward of one image: `yi[o][oh·ow] = w[o][taps] · im2col(xi)` (+ `bias[o]`),
-    /// in blocks of output rows; `cols` holds [`Conv::forward_scratch`] elements.
+    /// Output strips `u0..u1` of `y` from the images `xs`, im2col packed block by block into
+    /// `cols`.
     ///
     /// # Safety
-    /// `yi` must address `o·oh·ow` writable elements that nothing else accesses meanwhile; `xi`
-    /// and `ws` hold one image and the weights.
-    unsafe fn forward_image(
-        &self,
-        xi: &[f32],
-        ws: &[f32],
-        bias: Option<&[f32]>,
-        yi: *mut f32,
-        cols: &mut [f32],
-    ) {
-        let p = self.pixels();
-        if let Some(b) = bias {
-            // SAFETY: the caller's `o·oh·ow` elements from `yi`.
-            let out = unsafe { std::slice::from_raw_parts_mut(yi, self.o * p) };
-            for (plane, &bo) in out.chunks_exact_mut(p).zip(b) {
-                plane.fill(bo);
-            }
-        }
-        let rows = if self.is_pointwise() {
-            self.oh
-        } else {
-            self.block_rows()
-        };
-        // Blocks of output rows: y[:, i0·ow ..] = w · cols(i0..i1).
-        let mut i0 = 0;
-        while i0 < self.oh {
-            let i1 = (i0 + rows).min(self.oh);
-            let n_px = (i1 - i0) * self.ow;
-            let (rhs, rhs_rs) = if self.is_pointwise() {
-                (xi.as_ptr(), p as isize)
-            } else {
-                self.im2col(xi, cols, i0, i1);
-                (cols.as_ptr(), n_px as isize)
-            };
-            // SAFETY: w is o×taps row-major, rhs taps×n_px, y's block o×n_px (row stride = the
-            // image's pixels).
-            unsafe {
-                sgemm(
-                    self.o,
-                    n_px,
-                    self.taps(),
-                    yi.add(i0 * self.ow),
-                    p as isize,
-                    bias.is_some(),
-                    ws.as_ptr(),
-                    self.taps() as isize,
-                    1,
-                    rhs,
-                    rhs_rs,
-                    1,
+    /// `y` must address the call's `n·o·oh·ow` outputs; nothing else may access these strips'
+    /// outputs meanwhile.
+    unsafe fn strips(&self, xs: &[f32], y: *mut f32, u0: usize, u1: usize, cols: &mut Scratch) {
+        let g = &self.g;
+        let (k, px, per) = (g.taps(), g.pixels(), g.strips());
+        let (in_len, out_len) = (g.c * g.h * g.w, g.o * px);
+        let at = |u: usize| (u / per, u % per * NR);
+        let w = self.w.slice(packed_len::<MR>(g.o, k));
+        let block = (COLS_BLOCK / (k * NR)).clamp(1, 64);
+        let init = self.bias.map_or(Init::Zero, |b| Init::Bias(b.as_ptr()));
+        for b0 in (u0..u1).step_by(block) {
+            let b1 = (b0 + block).min(u1);
+            let packed = cols.get((b1 - b0) * k * NR);
+            for (strip, u) in packed.chunks_exact_mut(k * NR).zip(b0..b1) {
+                let (img, p0) = at(u);
+                let len = NR.min(px - p0);
+                g.im2col(
+                    &xs[img * in_len..(img + 1) * in_len],
+                    0,
+                    k,
+                    p0,
+                    len,
+                    strip,
+                    NR,
                 );
-            }
-            i0 = i1;
-        }
-    }
-
-    /// Output rows `i0..i1`: `cols[(c·kh + p)·kw + q][(i − i0)·ow + j] = x_pad[c][i·sh + p][j·sw + q]`.
-    fn im2col(&self, x: &[f32], cols: &mut [f32], i0: usize, i1: usize) {
-        let ow = self.ow;
-        let oh = i1 - i0;
-        let mut row = 0;
-        for c in 0..self.c {
-            let plane = &x[c * self.h * self.w..(c + 1) * self.h * self.w];
-            for p in 0..self.kh {
-                for q in 0..self.kw {
-                    let out = &mut cols[row * oh * ow..(row + 1) * oh * ow];
-                    row += 1;
-                    for i in i0..i1 {
-                        let dst = &mut out[(i - i0) * ow..(i - i0 + 1) * ow];
-                        let ih = (i * self.sh + p) as isize - self.ph as isize;
-                        if ih < 0 || ih >= self.h as isize {
-                            dst.fill(0.0);
-                            continue;
-                        }
-                        let src = &plane[ih as usize * self.w..(ih as usize + 1) * self.w];
-                        if self.sw == 1 {
-                            // Columns j with 0 <= j + q - pw < w form one contiguous run.
-                            let lo = self.pw.saturating_sub(q).min(ow);
-                            let hi = (self.w + self.pw).saturating_sub(q).clamp(lo, ow);
-                            dst[..lo].fill(0.0);
-                            dst[hi..].fill(0.0);
-                            let s0 = lo + q - self.pw;
-                            dst[lo..hi].copy_from_slice(&src[s0..s0 + (hi - lo)]);
-                        } else {
-                            for (j, d) in dst.iter_mut().enumerate() {
-                                let iw = (j * self.sw + q) as isize - self.pw as isize;
-                                *d = if iw < 0 || iw >= self.w as isize {
-                                    0.0
-                                } else {
-                                    src[iw as usize]
-                                };
-                            }
-                        }
+                if len < NR {
+                    for row in strip.chunks_exact_mut(NR) {
+                        row[len..].fill(0.0);
                     }
                 }
             }
+            let out = |s: usize| {
+                let (img, p0) = at(b0 + s);
+                (y.wrapping_add(img * out_len + p0), NR.min(px - p0))
+            };
+            // SAFETY: w and packed as packed above; the strips' outputs per the caller.
+            unsafe { tiles(g.o, k, w, packed, b1 - b0, out, px, init) };
         }
     }
 }
@@ -380,32 +467,22 @@ pub unsafe extern "C" fn snn_conv2d_f32(
     if n == 0 || g.c == 0 || g.o == 0 || g.pixels() == 0 || g.kh == 0 || g.kw == 0 {
         return;
     }
-    let in_len = g.c * g.h * g.w;
-    let out_len = g.o * g.pixels();
     // SAFETY: sizes as documented above.
     let (xs, ws) = unsafe {
         (
-            std::slice::from_raw_parts(x, n * in_len),
+            std::slice::from_raw_parts(x, n * g.c * g.h * g.w),
             std::slice::from_raw_parts(w, g.o * g.taps()),
         )
     };
     let bias = (!bias.is_null()).then(|| unsafe { std::slice::from_raw_parts(bias, g.o) });
+    let fwd = ConvForward::new(g, ws, bias);
     let yp = SendPtr(y);
-    let macs = n * out_len * g.taps();
-    split(n, threads_for(macs), |start, end| {
-        let mut cols = vec![0f32; g.forward_scratch()];
-        for img in start..end {
-            // SAFETY: image `img`'s output block is written by this thread only.
-            unsafe {
-                g.forward_image(
-                    &xs[img * in_len..(img + 1) * in_len],
-                    ws,
-                    bias,
-                    yp.get().add(img * out_len),
-                    &mut cols,
-                );
-            }
-        }
+    let macs = n * g.o * g.pixels() * g.taps();
+    // Threads take contiguous runs of output strips (disjoint outputs; a strip's sums do not
+    // depend on who computes it).
+    split(n * g.strips(), threads_for(macs), |u0, u1| {
+        // SAFETY: strips u0..u1 are this thread's.
+        unsafe { fwd.strips(xs, yp.get(), u0, u1, &mut Scratch::default()) };
     });
 }
 
@@ -505,6 +582,12 @@ pub unsafe extern "C" fn snn_dense_f32(
 /// Backward of [`snn_conv2d_f32`], accumulating: `dx += ∂L/∂x`, `dw += ∂L/∂w` and
 /// `db += ∂L/∂bias` from `dy` (`dw`, `db` may be null when not wanted). Same layouts and sizes.
 ///
+/// dx: per image, `dcols[taps][px] = wᵀ · dy` strip by strip, scattered into dx (threads over
+/// images: neighbouring strips' scatters overlap). dW: `dw[o][taps] += Σ_images dy · colsᵀ`
+/// with the images' pixels as the product's depth, threads over disjoint blocks of dw; db from
+/// the same packed dy. Every sum runs in an order fixed by the shapes, so results do not
+/// depend on the thread count.
+///
 /// # Safety
 /// As [`snn_conv2d_f32`], with `dy` like `y` and `dx`, `dw`, `db` like `x`, `w`, `bias`; the
 /// written buffers must not overlap any other.
@@ -545,78 +628,146 @@ pub unsafe extern "C" fn snn_conv2d_backward_f32(
             std::slice::from_raw_parts(dy, n * out_len),
         )
     };
+    let macs = n * out_len * taps;
+    // wᵀ[taps × o] as the left operand of dx's product, packed once.
+    let mut wt = Scratch::default();
+    // SAFETY: w holds o × taps.
+    unsafe {
+        pack::<MR>(
+            wt.get(packed_len::<MR>(taps, g.o)),
+            View {
+                p: ws.as_ptr(),
+                ls: 1,
+                ks: taps,
+            },
+            taps,
+            g.o,
+        );
+    }
+    let wt = wt.slice(packed_len::<MR>(taps, g.o));
     let dxp = SendPtr(dx);
-    let (want_dw, want_db) = (!dw.is_null(), !db.is_null());
-    // Per-thread dW/db partial sums, added up in a fixed order afterwards.
-    let work = |start: usize, end: usize| {
-        let mut dw_part = vec![0f32; if want_dw { g.o * taps } else { 0 }];
-        let mut db_part = vec![0f32; if want_db { g.o } else { 0 }];
-        let mut cols = vec![0f32; taps * px];
-        let mut dcols = vec![0f32; taps * px];
+    split(n, threads_for(macs), |start, end| {
+        let (mut dyp, mut dcols) = (Scratch::default(), Scratch::default());
+        let dyp = dyp.get(g.o * NR);
+        let dcols = dcols.get(taps * NR);
         for img in start..end {
             let dyi = &dys[img * out_len..(img + 1) * out_len];
-            if !dw_part.is_empty() {
-                g.im2col(&xs[img * in_len..(img + 1) * in_len], &mut cols, 0, g.oh);
-                // dW[o×taps] += dy[o×px] · colsᵀ[px×taps].
-                // SAFETY: the operands are the local buffers and slices above.
-                unsafe {
-                    sgemm(
-                        g.o,
-                        taps,
-                        px,
-                        dw_part.as_mut_ptr(),
-                        taps as isize,
-                        true,
-                        dyi.as_ptr(),
-                        px as isize,
-                        1,
-                        cols.as_ptr(),
-                        1,
-                        px as isize,
-                    );
-                }
-            }
-            for (acc, plane) in db_part.iter_mut().zip(dyi.chunks_exact(px)) {
-                *acc += plane.iter().sum::<f32>();
-            }
-            // dcols[taps×px] = wᵀ[taps×o] · dy[o×px], then scattered into dx.
-            // SAFETY: as above.
-            unsafe {
-                sgemm(
-                    taps,
-                    px,
-                    g.o,
-                    dcols.as_mut_ptr(),
-                    px as isize,
-                    false,
-                    ws.as_ptr(),
-                    1,
-                    taps as isize,
-                    dyi.as_ptr(),
-                    px as isize,
-                    1,
-                );
-            }
             // SAFETY: image `img` of dx is written by this thread only.
             let dxi =
                 unsafe { std::slice::from_raw_parts_mut(dxp.get().add(img * in_len), in_len) };
-            g.col2im_add(&dcols, dxi);
-        }
-        (dw_part, db_part)
-    };
-    let partials = split_map(n, threads_for(3 * n * out_len * taps), work);
-    for (dw_part, db_part) in &partials {
-        if !dw.is_null() {
-            // SAFETY: dw holds o·taps elements.
-            let dws = unsafe { std::slice::from_raw_parts_mut(dw, g.o * taps) };
-            for (d, p) in dws.iter_mut().zip(dw_part) {
-                *d += p;
+            for p0 in (0..px).step_by(NR) {
+                let len = NR.min(px - p0);
+                let out = dcols.as_mut_ptr();
+                // SAFETY: dy's pixels p0..p0 + len of every channel; dcols holds taps × NR.
+                unsafe {
+                    pack::<NR>(
+                        dyp,
+                        View {
+                            p: dyi[p0..].as_ptr(),
+                            ls: 1,
+                            ks: px,
+                        },
+                        len,
+                        g.o,
+                    );
+                    tiles(taps, g.o, wt, dyp, 1, |_| (out, len), NR, Init::Zero);
+                }
+                g.col2im_add(dcols, 0, taps, p0, len, dxi, NR);
             }
         }
-        if !db.is_null() {
-            // SAFETY: db holds o elements.
-            let dbs = unsafe { std::slice::from_raw_parts_mut(db, g.o) };
-            for (d, p) in dbs.iter_mut().zip(db_part) {
+    });
+    if dw.is_null() && db.is_null() {
+        return;
+    }
+    // Threads own dw's column strips (taps) when there are enough of them, else row strips
+    // (channels); each packs its rows of dy and its taps of the columns per depth block.
+    let threads = threads_for(macs);
+    let (m_strips, n_strips) = (g.o.div_ceil(MR), taps.div_ceil(NR));
+    let by_taps = n_strips >= threads;
+    let (dwp, want_db) = (SendPtr(dw), !db.is_null());
+    let db_parts = split_map(
+        if by_taps { n_strips } else { m_strips },
+        threads,
+        |s0, s1| {
+            let (m0, m1, t0, t1) = if by_taps {
+                (0, g.o, s0 * NR, (s1 * NR).min(taps))
+            } else {
+                (s0 * MR, (s1 * MR).min(g.o), 0, taps)
+            };
+            // db: the thread holding tap 0 sums its channels' dy as it packs them.
+            let mut db_part = vec![0f32; if want_db && t0 == 0 { m1 - m0 } else { 0 }];
+            let (mut a, mut cols, mut b) =
+                (Scratch::default(), Scratch::default(), Scratch::default());
+            let a = a.get(packed_len::<MR>(m1 - m0, KC));
+            let cols = cols.get((t1 - t0) * KC);
+            let b = b.get(packed_len::<NR>(t1 - t0, KC));
+            for img in 0..n {
+                let (xi, dyi) = (&xs[img * in_len..(img + 1) * in_len], &dys[img * out_len..]);
+                for k0 in (0..px).step_by(KC) {
+                    let k = KC.min(px - k0);
+                    // SAFETY: dy's channels m0..m1, pixels k0..k0 + k.
+                    unsafe {
+                        pack::<MR>(
+                            a,
+                            View {
+                                p: dyi[m0 * px + k0..].as_ptr(),
+                                ls: px,
+                                ks: 1,
+                            },
+                            m1 - m0,
+                            k,
+                        )
+                    };
+                    let packed = &a[..packed_len::<MR>(m1 - m0, k)];
+                    for (strip, sums) in packed.chunks_exact(k * MR).zip(db_part.chunks_mut(MR)) {
+                        for step in strip.chunks_exact(MR) {
+                            for (s, v) in sums.iter_mut().zip(step) {
+                                *s += v;
+                            }
+                        }
+                    }
+                    if dwp.get().is_null() {
+                        continue;
+                    }
+                    g.im2col(xi, t0, t1, k0, k, cols, k);
+                    let out = |s: usize| {
+                        let t = t0 + s * NR;
+                        (dwp.get().wrapping_add(m0 * taps + t), NR.min(t1 - t))
+                    };
+                    // SAFETY: cols holds taps t0..t1 × k; dw's block (m0..m1, t0..t1) is this
+                    // thread's.
+                    unsafe {
+                        pack::<NR>(
+                            b,
+                            View {
+                                p: cols.as_ptr(),
+                                ls: k,
+                                ks: 1,
+                            },
+                            t1 - t0,
+                            k,
+                        );
+                        tiles(
+                            m1 - m0,
+                            k,
+                            a,
+                            b,
+                            (t1 - t0).div_ceil(NR),
+                            out,
+                            taps,
+                            Init::Load,
+                        );
+                    }
+                }
+            }
+            (m0, db_part)
+        },
+    );
+    if !db.is_null() {
+        // SAFETY: db holds o elements.
+        let dbs = unsafe { std::slice::from_raw_parts_mut(db, g.o) };
+        for (m0, part) in db_parts {
+            for (d, p) in dbs[m0..].iter_mut().zip(part) {
                 *d += p;
             }
         }

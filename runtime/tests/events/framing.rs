@@ -552,3 +552,116 @@ fn read_frames_equals_read_then_frame() {
         }
     }
 }
+
+/// The AEDAT 4 framing sink (time windows framed as packets decode) against
+/// `frame(read_events(..))`: tensors, counts, reports and errors, including packets with
+/// events out of order or out of range, truncated files and sensor overrides.
+#[test]
+fn read_frames_equals_read_then_frame_for_aedat4() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let ev = |n, t0, dt| fixtures::synthetic(n, 346, 260, t0, dt);
+    let mut backwards = ev(900, 1 << 40, 31);
+    backwards.t.swap(300, 301);
+    backwards.t[700] = 5;
+    let mut outside = ev(600, 1 << 40, 31);
+    outside.y[450] = 260;
+    let whole = fixtures::aedat4(&ev(500, 1 << 40, 20), 64, 1, true);
+    let mut files: Vec<(String, Vec<u8>)> = vec![
+        (
+            "lz4.aedat4".into(),
+            fixtures::aedat4(&ev(3_000, 1 << 40, 17), 256, 1, true),
+        ),
+        (
+            "zstd.aedat4".into(),
+            fixtures::aedat4(&ev(700, 77, 50), 100, 3, false),
+        ),
+        (
+            "raw.aedat4".into(),
+            fixtures::aedat4(&ev(40, 1_000, 0), 7, 0, false),
+        ),
+        (
+            "none.aedat4".into(),
+            fixtures::aedat4(&ev(0, 0, 1), 8, 1, false),
+        ),
+        (
+            "backwards.aedat4".into(),
+            fixtures::aedat4(&backwards, 128, 1, false),
+        ),
+        (
+            "outside.aedat4".into(),
+            fixtures::aedat4(&outside, 128, 1, false),
+        ),
+        ("cut.aedat4".into(), whole[..whole.len() * 2 / 3].to_vec()),
+    ];
+    files.push((
+        "bundled.aedat4".into(),
+        std::fs::read(example_data().join("aedat4/aedat_crate_test_data.aedat4")).expect("read"),
+    ));
+    for (name, bytes) in &files {
+        std::fs::write(tmp.path().join(name), bytes).expect("write");
+    }
+    let window = |w, steps, start| FrameSpec {
+        slicing: Slicing::TimeWindow {
+            window_us: w,
+            steps,
+            start,
+        },
+        ..FrameSpec::event_count(1)
+    };
+    let specs = [
+        FrameSpec::time_window(10_000, 237),
+        FrameSpec::time_window(1_000, 40).downsample(4),
+        window(2_000, 30, Some((1 << 40) + 5_000)),
+        window(500, 20, Some(-3)),
+        window(i64::MAX, 2, Some(i64::MIN + 1)),
+        FrameSpec::time_window(1_000, 5).sensor(400, 300),
+        // The general path's ground: a smaller spec sensor, denoising, invalid specs, other slicings.
+        FrameSpec::time_window(1_000, 5).sensor(100, 100),
+        FrameSpec::time_window(1_000, 5).denoise(1_000),
+        FrameSpec::time_window(0, 5),
+        FrameSpec::time_window(1_000, 0),
+        FrameSpec::frame_count(6),
+        FrameSpec::event_count(6),
+    ];
+    let policies = [
+        ReadOptions::default(),
+        ReadOptions {
+            timestamps: TimestampPolicy::Allow,
+            ..Default::default()
+        },
+        ReadOptions {
+            sensor: Some((640, 480)),
+            timestamps: TimestampPolicy::Allow,
+        },
+        ReadOptions {
+            sensor: Some((300, 200)),
+            ..Default::default()
+        },
+    ];
+    let mut out = FrameBuffer::new();
+    for opts in policies {
+        let mut reader = EventReader::new(opts);
+        for spec in &specs {
+            for (name, _) in &files {
+                let path = tmp.path().join(name);
+                let want = read_events(&path, &opts).and_then(|rec| {
+                    let frames = frame(&rec.events, spec)?;
+                    Ok((rec.events.len(), rec.report, frames))
+                });
+                let got = reader.read_frames(&path, spec, &mut out);
+                let what = format!("{name} {spec:?} {opts:?}");
+                match (got, want) {
+                    (Ok(got), Ok((n, report, frames))) => {
+                        assert_eq!(got.events, n, "{what}");
+                        assert_eq!(got.report, report, "{what}");
+                        assert!(out.view() == frames, "{what}");
+                    }
+                    (Err(got), Err(want)) => {
+                        assert_eq!(got.to_string(), want.to_string(), "{what}")
+                    }
+                    (got, want) => panic!("{what}: {got:?} vs {:?}", want.map(|w| w.0)),
+                }
+            }
+        }
+    }
+}

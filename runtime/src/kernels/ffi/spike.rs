@@ -21,8 +21,8 @@
 //! not depend on the thread count.
 
 use super::{
-    Conv, SendPtr, kernel_threads, snn_conv2d_backward_f32, snn_dense_backward_f32, snn_dense_f32,
-    split, split_map, threads_capped, to_usize,
+    Conv, ConvForward, Scratch, SendPtr, kernel_threads, snn_conv2d_backward_f32,
+    snn_dense_backward_f32, snn_dense_f32, split, split_map, threads_capped, to_usize,
 };
 use std::sync::OnceLock;
 
@@ -433,18 +433,28 @@ pub unsafe fn conv2d_spike(
         }
         t
     };
+    // The GEMM path's packed weights: built by the first dense image.
+    let gemm: OnceLock<ConvForward> = OnceLock::new();
     let yp = SendPtr(y);
     split_map(n, d.threads_for(n * out_len * g.taps()), |start, end| {
-        let (mut cols, mut out) = (Vec::new(), Vec::new());
+        let (mut cols, mut out) = (Scratch::default(), Vec::new());
         let mut sparse = 0;
         for img in start..end {
             let xi = &xs[img * in_len..(img + 1) * in_len];
             // SAFETY: image `img`'s output block is written by this thread only.
             let yi = unsafe { yp.get().add(img * out_len) };
             if !d.sparse(count_spikes(xi), in_len) {
-                cols.resize(g.forward_scratch(), 0.0);
-                // SAFETY: as above.
-                unsafe { g.forward_image(xi, ws, bias, yi, &mut cols) };
+                let fwd = gemm.get_or_init(|| ConvForward::new(g, ws, bias));
+                // SAFETY: as above (the image's strips).
+                unsafe {
+                    fwd.strips(
+                        xs,
+                        yp.get(),
+                        img * g.strips(),
+                        (img + 1) * g.strips(),
+                        &mut cols,
+                    )
+                };
                 continue;
             }
             sparse += 1;

@@ -1,0 +1,438 @@
+//! The packed f32 matrix product behind the conv kernels ([`super`]): operands packed into
+//! strips ([`pack`]) and `MR × NR` tiles of the result computed by an AVX-512 (or AVX2+FMA)
+//! register-blocked kernel ([`tiles`]).
+//!
+//! Why not `matrixmultiply` here: it packs both operands on every call, so a convolution that
+//! multiplies the same weights by 80 images packed the weights 80 times, and its 16 × 16
+//! AVX-512 kernel needs 17 loads per 16 FMAs; this one packs the weights once per call, packs
+//! the image side straight from the input (im2col into the packed layout), and its 8 × 32
+//! tile needs 10 loads per 16 FMAs. The dense kernels keep `matrixmultiply` (their weights are
+//! used once per call, transposed, so packing them is the cost either way).
+//!
+//! Packed layout: an operand with `lanes` rows (of A) or columns (of B) and depth `k` is stored
+//! as strips of `W` lanes (`W` = [`MR`] or [`NR`]), strip `s` at `s·k·W`, element (lane
+//! `s·W + l`, depth `kk`) at `(s·k + kk)·W + l`, lanes past the end zero. A tile kernel reads
+//! one A strip and one B strip over any range of depths.
+//!
+//! Every element of the result is summed in an order fixed by the shapes (depth chunks of
+//! [`KC`], each in depth order), whichever thread computes it.
+
+use std::sync::OnceLock;
+
+/// Rows of a result tile: the A lanes broadcast per step.
+pub(super) const MR: usize = 8;
+/// Columns of a result tile: two AVX-512 vectors of B per step.
+pub(super) const NR: usize = 32;
+/// Depth per pass over a tile: a B strip chunk (`KC·NR` floats, 32 KiB) stays in L1 while the
+/// A strips run past it.
+pub(super) const KC: usize = 256;
+
+#[repr(C, align(64))]
+#[derive(Clone, Copy)]
+struct Line([f32; 16]);
+
+/// 64-byte-aligned f32 scratch that keeps its allocation from one use to the next.
+#[derive(Default)]
+pub(super) struct Scratch(Vec<Line>);
+
+impl Scratch {
+    /// `len` elements of the buffer (contents unspecified), grown when needed.
+    pub(super) fn get(&mut self, len: usize) -> &mut [f32] {
+        let lines = len.div_ceil(16);
+        if self.0.len() < lines {
+            self.0.resize(lines, Line([0.0; 16]));
+        }
+        // SAFETY: `lines·16 >= len` initialised f32s; `Line` is 16 f32s with no padding.
+        unsafe { std::slice::from_raw_parts_mut(self.0.as_mut_ptr().cast::<f32>(), len) }
+    }
+
+    /// The first `len` elements, as [`Scratch::get`] left them (`len` at most what it gave).
+    pub(super) fn slice(&self, len: usize) -> &[f32] {
+        assert!(
+            len <= self.0.len() * 16,
+            "scratch of {} floats read as {len}",
+            self.0.len() * 16
+        );
+        // SAFETY: as in `get`, within the allocation.
+        unsafe { std::slice::from_raw_parts(self.0.as_ptr().cast::<f32>(), len) }
+    }
+}
+
+/// A strided operand to pack: element (lane `l`, depth `kk`) at `p[l·ls + kk·ks]`.
+#[derive(Clone, Copy)]
+pub(super) struct View {
+    pub p: *const f32,
+    pub ls: usize,
+    pub ks: usize,
+}
+
+/// Floats that [`pack`] writes for `lanes` lanes of depth `k` in strips of `W`.
+pub(super) fn packed_len<const W: usize>(lanes: usize, k: usize) -> usize {
+    lanes.div_ceil(W) * k * W
+}
+
+/// Packs `lanes × k` of `src` into `dst` in strips of `W` lanes (see the module docs).
+///
+/// # Safety
+/// `src` must address every element (l < lanes, kk < k) it describes.
+pub(super) unsafe fn pack<const W: usize>(dst: &mut [f32], src: View, lanes: usize, k: usize) {
+    for (s, strip) in dst[..packed_len::<W>(lanes, k)]
+        .chunks_exact_mut(k * W)
+        .enumerate()
+    {
+        let l0 = s * W;
+        let nl = W.min(lanes - l0);
+        if src.ls == 1 {
+            // Each depth's lanes are contiguous: one copy per depth.
+            for (kk, row) in strip.chunks_exact_mut(W).enumerate() {
+                // SAFETY: lanes l0..l0 + nl at depth kk, per the caller.
+                let from = unsafe { std::slice::from_raw_parts(src.p.add(l0 + kk * src.ks), nl) };
+                row[..nl].copy_from_slice(from);
+                row[nl..].fill(0.0);
+            }
+        } else {
+            // SAFETY: as above.
+            unsafe { transpose::<W>(strip, src, l0, nl, k) };
+        }
+    }
+}
+
+/// One strip of [`pack`] when lanes are not contiguous (typically depth is): each lane's run
+/// is read in order and written `W` apart, in depth blocks that keep the written lines in L1.
+///
+/// # Safety
+/// As [`pack`], for lanes `l0..l0 + nl`.
+unsafe fn transpose<const W: usize>(strip: &mut [f32], src: View, l0: usize, nl: usize, k: usize) {
+    const DEPTH: usize = 64;
+    if nl < W {
+        strip.fill(0.0);
+    }
+    for k0 in (0..k).step_by(DEPTH) {
+        let k1 = (k0 + DEPTH).min(k);
+        for l in 0..nl {
+            let base = src.p.wrapping_add((l0 + l) * src.ls);
+            for kk in k0..k1 {
+                // SAFETY: element (l0 + l, kk), per the caller.
+                strip[kk * W + l] = unsafe { *base.add(kk * src.ks) };
+            }
+        }
+    }
+}
+
+/// How a tile's first depth chunk starts: from zero, from the result already there (to add to
+/// it), or from a per-row bias (`bias[r]` for the tile's row `r`).
+#[derive(Clone, Copy)]
+pub(super) enum Init {
+    Zero,
+    Load,
+    Bias(*const f32),
+}
+
+impl Init {
+    /// This start for the tile whose first row is row `m0` of the result.
+    fn at_row(self, m0: usize) -> Init {
+        match self {
+            // SAFETY (of the later reads): the caller's bias covers every row of the result.
+            Init::Bias(b) => Init::Bias(b.wrapping_add(m0)),
+            other => other,
+        }
+    }
+}
+
+/// `c[r·rsc + j] = init + Σ_kk a[kk·MR + r] · b[kk·NR + j]` for `r < rows`, `j < cols`: one tile
+/// from an A strip and a B strip (`k` depths each).
+type TileFn = unsafe fn(usize, *const f32, *const f32, *mut f32, usize, usize, usize, Init);
+
+/// The widest tile kernel this CPU runs.
+fn tile_fn() -> TileFn {
+    static TILE: OnceLock<TileFn> = OnceLock::new();
+    *TILE.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                return tile_avx512 as TileFn;
+            }
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                return tile_avx2 as TileFn;
+            }
+        }
+        tile_scalar as TileFn
+    })
+}
+
+/// The tiles of `C = A·B` (rows `0..m`) for `strips` B strips: A and B packed over depth `k`,
+/// `out(s)` gives strip `s`'s first result column (row 0) and its valid columns (≤ [`NR`]),
+/// rows `rsc` apart. Depth runs in chunks of [`KC`]: the first starts from `init`, the rest add.
+///
+/// # Safety
+/// `a` and `b` must hold [`packed_len`] floats for `m` and `strips·NR` lanes; every tile that
+/// `out` addresses must be writable (and readable for [`Init::Load`]) and not otherwise in use.
+pub(super) unsafe fn tiles(
+    m: usize,
+    k: usize,
+    a: &[f32],
+    b: &[f32],
+    strips: usize,
+    out: impl Fn(usize) -> (*mut f32, usize),
+    rsc: usize,
+    init: Init,
+) {
+    let tile = tile_fn();
+    let kc = k.div_ceil(k.div_ceil(KC).max(1)).max(1);
+    let mut k0 = 0;
+    while k0 < k {
+        let kl = kc.min(k - k0);
+        let init = if k0 == 0 { init } else { Init::Load };
+        for s in 0..strips {
+            let (c, cols) = out(s);
+            let bs = &b[(s * k + k0) * NR..];
+            for (ms, m0) in (0..m).step_by(MR).enumerate() {
+                let ap = &a[(ms * k + k0) * MR..];
+                // SAFETY: strips of `k` depths, chunk k0..k0 + kl; the tile per the caller.
+                unsafe {
+                    tile(
+                        kl,
+                        ap.as_ptr(),
+                        bs.as_ptr(),
+                        c.wrapping_add(m0 * rsc),
+                        rsc,
+                        MR.min(m - m0),
+                        cols,
+                        init.at_row(m0),
+                    );
+                }
+            }
+        }
+        k0 += kl;
+    }
+}
+
+/// Adds the tile's start (see [`Init`]) to row `r`'s accumulated value `v` at column `j`.
+///
+/// # Safety
+/// As the tile kernels.
+#[inline(always)]
+unsafe fn start(init: Init, c: *const f32, r: usize) -> f32 {
+    match init {
+        Init::Zero => 0.0,
+        // SAFETY: per the caller.
+        Init::Load => unsafe { *c },
+        Init::Bias(b) => unsafe { *b.add(r) },
+    }
+}
+
+/// [`TileFn`] without vector instructions (CPUs with neither AVX-512 nor AVX2).
+///
+/// # Safety
+/// `a`, `b`: `k` depths of a packed strip each; `c`: `rows × cols` writable at row stride
+/// `rsc`, readable for [`Init::Load`]; `bias` (Init::Bias) `rows` floats.
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_scalar(
+    k: usize,
+    a: *const f32,
+    b: *const f32,
+    c: *mut f32,
+    rsc: usize,
+    rows: usize,
+    cols: usize,
+    init: Init,
+) {
+    for r in 0..rows {
+        for j in 0..cols {
+            // SAFETY: per the contract above.
+            unsafe {
+                let cp = c.add(r * rsc + j);
+                let mut acc = 0.0f32;
+                for kk in 0..k {
+                    acc = (*a.add(kk * MR + r)).mul_add(*b.add(kk * NR + j), acc);
+                }
+                *cp = start(init, cp, r) + acc;
+            }
+        }
+    }
+}
+
+/// [`TileFn`] for AVX-512: 16 accumulators (`MR` rows × 2 vectors), each step one B pair and
+/// `MR` broadcast FMAs; partial tiles through masked loads and stores.
+///
+/// # Safety
+/// As [`tile_scalar`], on a CPU with AVX-512F; the strips 64-byte aligned.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_avx512(
+    k: usize,
+    a: *const f32,
+    b: *const f32,
+    c: *mut f32,
+    rsc: usize,
+    rows: usize,
+    cols: usize,
+    init: Init,
+) {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+    let (mut a, mut b) = (a, b);
+    for _ in 0..k {
+        // SAFETY: one depth of each strip; packed strips are 64-byte aligned.
+        unsafe {
+            let b0 = _mm512_load_ps(b);
+            let b1 = _mm512_load_ps(b.add(16));
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let av = _mm512_set1_ps(*a.add(r));
+                acc[0] = _mm512_fmadd_ps(av, b0, acc[0]);
+                acc[1] = _mm512_fmadd_ps(av, b1, acc[1]);
+            }
+            a = a.add(MR);
+            b = b.add(NR);
+        }
+    }
+    let lanes = |n: usize| -> __mmask16 { ((1u32 << n.min(16)) - 1) as __mmask16 };
+    let (m0, m1) = (lanes(cols), lanes(cols.saturating_sub(16)));
+    for (r, acc) in acc.iter().enumerate() {
+        if r >= rows {
+            break;
+        }
+        // SAFETY: row r, columns < cols (masked), per the caller.
+        unsafe {
+            let cr = c.add(r * rsc);
+            let (v0, v1) = match init {
+                Init::Zero => (acc[0], acc[1]),
+                Init::Load => (
+                    _mm512_add_ps(_mm512_maskz_loadu_ps(m0, cr), acc[0]),
+                    _mm512_add_ps(_mm512_maskz_loadu_ps(m1, cr.add(16)), acc[1]),
+                ),
+                Init::Bias(bp) => {
+                    let bv = _mm512_set1_ps(*bp.add(r));
+                    (_mm512_add_ps(bv, acc[0]), _mm512_add_ps(bv, acc[1]))
+                }
+            };
+            _mm512_mask_storeu_ps(cr, m0, v0);
+            _mm512_mask_storeu_ps(cr.add(16), m1, v1);
+        }
+    }
+}
+
+/// [`TileFn`] for AVX2+FMA: the tile as four 8-column quarters, each `MR` accumulators, one B
+/// vector and `MR` broadcasts per step (the A strip is re-read from L1 per quarter).
+///
+/// # Safety
+/// As [`tile_scalar`], on a CPU with AVX2 and FMA; the strips 32-byte aligned.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_avx2(
+    k: usize,
+    a: *const f32,
+    b: *const f32,
+    c: *mut f32,
+    rsc: usize,
+    rows: usize,
+    cols: usize,
+    init: Init,
+) {
+    use std::arch::x86_64::*;
+    for q0 in (0..cols).step_by(8) {
+        let mut acc = [_mm256_setzero_ps(); MR];
+        let (mut ap, mut bp) = (a, b.wrapping_add(q0));
+        for _ in 0..k {
+            // SAFETY: one depth of each strip, aligned.
+            unsafe {
+                let bv = _mm256_load_ps(bp);
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    *acc = _mm256_fmadd_ps(_mm256_broadcast_ss(&*ap.add(r)), bv, *acc);
+                }
+                ap = ap.add(MR);
+                bp = bp.add(NR);
+            }
+        }
+        let n = (cols - q0).min(8);
+        for (r, acc) in acc.iter().enumerate() {
+            if r >= rows {
+                break;
+            }
+            let mut v = [0f32; 8];
+            // SAFETY: `v` holds 8 floats.
+            unsafe { _mm256_storeu_ps(v.as_mut_ptr(), *acc) };
+            for (j, v) in v[..n].iter().enumerate() {
+                // SAFETY: row r, column q0 + j < cols, per the caller.
+                unsafe {
+                    let cp = c.add(r * rsc + q0 + j);
+                    *cp = start(init, cp, r) + v;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tiles_match_a_naive_product() {
+        // Partial row and column tiles, several depth chunks, bias and accumulation.
+        let (m, n, k) = (13, 45, 2 * KC + 7);
+        let av = crate::kernels::ffi::tests::values(m * k, 1);
+        let bv = crate::kernels::ffi::tests::values(k * n, 2);
+        let bias = crate::kernels::ffi::tests::values(m, 3);
+        let (mut pa, mut pb) = (Scratch::default(), Scratch::default());
+        let pa = pa.get(packed_len::<MR>(m, k));
+        let pb = pb.get(packed_len::<NR>(n, k));
+        // A row-major (lanes = rows, transposed pack), B row-major (lanes = columns, copied).
+        unsafe {
+            pack::<MR>(
+                pa,
+                View {
+                    p: av.as_ptr(),
+                    ls: k,
+                    ks: 1,
+                },
+                m,
+                k,
+            );
+            pack::<NR>(
+                pb,
+                View {
+                    p: bv.as_ptr(),
+                    ls: 1,
+                    ks: n,
+                },
+                n,
+                k,
+            );
+        }
+        for init in [Init::Zero, Init::Load, Init::Bias(bias.as_ptr())] {
+            let mut c = vec![0.5f32; m * n];
+            let cp = c.as_mut_ptr();
+            unsafe {
+                tiles(
+                    m,
+                    k,
+                    pa,
+                    pb,
+                    n.div_ceil(NR),
+                    |s| (cp.wrapping_add(s * NR), NR.min(n - s * NR)),
+                    n,
+                    init,
+                );
+            }
+            for i in 0..m {
+                for j in 0..n {
+                    let mut want: f64 = match init {
+                        Init::Zero => 0.0,
+                        Init::Load => 0.5,
+                        Init::Bias(_) => f64::from(bias[i]),
+                    };
+                    for kk in 0..k {
+                        want += f64::from(av[i * k + kk]) * f64::from(bv[kk * n + j]);
+                    }
+                    let got = f64::from(c[i * n + j]);
+                    assert!((got - want).abs() < 1e-3, "({i}, {j}): {got} vs {want}");
+                }
+            }
+        }
+    }
+}
