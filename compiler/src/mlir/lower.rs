@@ -1513,19 +1513,10 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
             let std = fx.unary(b, "math.sqrt", var_eps);
             (rm, std, fx.load(b, gamma, &[c]), fx.load(b, beta, &[c]))
         };
-        let normalise = |b: &Block<'c>, idx: &[V<'c>], (rm, std, g, be), vector: bool| {
-            let w = |s: V<'c>| if vector { fx.splat(b, s) } else { s };
-            let v = fx.load_w(b, x.mem, idx, vector);
-            let d = fx.subf(b, v, w(rm));
-            let n = fx.divf(b, d, w(std));
-            let s = fx.mulf(b, n, w(g));
-            let out = fx.addf(b, s, w(be));
-            fx.store_w(b, out, y.mem, idx, vector);
-        };
         if fx.flat || pa + 1 == x.dims.len() {
             fx.par(fx.entry, &x.dims, |b, idx| {
                 let stats = channel(b, idx[pa]);
-                normalise(b, idx, stats, false);
+                bn_apply(fx, b, (&x, y), idx, stats, false);
             });
             return Ok(());
         }
@@ -1533,7 +1524,7 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
         fx.par(fx.entry, &[x.dims[pa]], |b, c| {
             let stats = channel(b, c[0]);
             fx.par_vec(b, &others, |b, r, vector| {
-                normalise(b, &insert_at(r, pa, c[0]), stats, vector)
+                bn_apply(fx, b, (&x, y), &insert_at(r, pa, c[0]), stats, vector)
             });
         });
         Ok(())
@@ -1616,13 +1607,7 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
             let be = fx.load(b, beta, &[c]);
             let normalise = |b: &Block<'c>, r: &[V<'c>], vector: bool| {
                 let idx = insert_at(r, pa, c);
-                let w = |s: V<'c>| if vector { fx.splat(b, s) } else { s };
-                let v = fx.load_w(b, x.mem, &idx, vector);
-                let d = fx.subf(b, v, w(mean));
-                let n = fx.divf(b, d, w(std));
-                let s = fx.mulf(b, n, w(g));
-                let out = fx.addf(b, s, w(be));
-                fx.store_w(b, out, y.mem, &idx, vector);
+                bn_apply(fx, b, (&x, y), &idx, (mean, std, g, be), vector);
             };
             if lanes_ok {
                 fx.par_vec(b, &others, normalise);
@@ -1635,14 +1620,8 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
                 let c = idx[pa];
                 let mean = fx.load(b, stats, &[fx.cidx(0), c]);
                 let std = fx.load(b, stats, &[fx.cidx(1), c]);
-                let v = fx.load(b, x.mem, idx);
-                let d = fx.subf(b, v, mean);
-                let n = fx.divf(b, d, std);
-                let g = fx.load(b, gamma, &[c]);
-                let s = fx.mulf(b, n, g);
-                let be = fx.load(b, beta, &[c]);
-                let out = fx.addf(b, s, be);
-                fx.store(b, out, y.mem, idx);
+                let (g, be) = (fx.load(b, gamma, &[c]), fx.load(b, beta, &[c]));
+                bn_apply(fx, b, (&x, y), idx, (mean, std, g, be), false);
             });
             fx.stmt(fx.entry, "memref.dealloc", &[stats]);
         }
@@ -2152,6 +2131,25 @@ fn broadcast<'c>(fx: &Fx<'c, '_>, src: &[i64], dst: &[i64], ivs: &[V<'c>]) -> Ve
         .zip(ivs)
         .map(|((s, d), iv)| if s == d { *iv } else { fx.cidx(0) })
         .collect()
+}
+
+/// `y[idx] = (x[idx] − mean) / std · γ + β` for one channel's `(mean, std, γ, β)` (scalars,
+/// splat when `vector`): batchnorm's normalisation, in training and inference alike.
+fn bn_apply<'c>(
+    fx: &Fx<'c, '_>,
+    b: &Block<'c>,
+    (x, y): (&Buf<'c>, &Buf<'c>),
+    idx: &[V<'c>],
+    (mean, std, g, be): (V<'c>, V<'c>, V<'c>, V<'c>),
+    vector: bool,
+) {
+    let w = |s: V<'c>| if vector { fx.splat(b, s) } else { s };
+    let v = fx.load_w(b, x.mem, idx, vector);
+    let d = fx.subf(b, v, w(mean));
+    let n = fx.divf(b, d, w(std));
+    let s = fx.mulf(b, n, w(g));
+    let out = fx.addf(b, s, w(be));
+    fx.store_w(b, out, y.mem, idx, vector);
 }
 
 /// How a vectorised scan covers `width` elements of its last axis: `(start, count, lanes,
