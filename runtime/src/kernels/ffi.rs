@@ -30,8 +30,18 @@ pub use spike::{
     snn_dense_backward_spike_f32, snn_dense_spike_f32,
 };
 
+#[cfg(test)]
+thread_local! {
+    /// A test's thread count for the kernels it calls (see `tests::with_threads`).
+    static TEST_THREADS: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
 /// Worker threads for the kernels (see the module docs).
 pub fn kernel_threads() -> usize {
+    #[cfg(test)]
+    if let Some(n) = TEST_THREADS.get() {
+        return n;
+    }
     static THREADS: OnceLock<usize> = OnceLock::new();
     *THREADS.get_or_init(|| {
         std::env::var("SNN_THREADS")
@@ -1059,111 +1069,187 @@ mod tests {
         ArrayD::from_shape_vec(IxDyn(s), v.iter().map(|&a| f64::from(a)).collect()).expect("shape")
     }
 
+    /// `f()` with the kernels it calls on this thread using `threads` threads.
+    fn with_threads<R>(threads: usize, f: impl FnOnce() -> R) -> R {
+        TEST_THREADS.set(Some(threads));
+        let r = f();
+        TEST_THREADS.set(None);
+        r
+    }
+
+    /// (n, c, h, w, o, kh, kw, sh, sw, ph, pw).
+    type ConvShape = [usize; 11];
+
+    /// Padded, strided, pointwise, wider than tall; then shapes across the packed GEMM's blocks.
+    const CONV_SHAPES: [ConvShape; 7] = [
+        [3, 2, 7, 6, 4, 3, 3, 1, 1, 1, 1],
+        [2, 3, 9, 8, 5, 3, 2, 2, 3, 1, 0],
+        [4, 6, 5, 5, 3, 1, 1, 1, 1, 0, 0],
+        [1, 1, 4, 4, 2, 5, 5, 1, 1, 2, 2],
+        // 289 pixels: 9 full strips and a partial one, two dW depth blocks; 576 taps: 7 strips
+        // per im2col block, so blocks straddle images; 10 channels: a partial row tile.
+        [3, 64, 17, 17, 10, 3, 3, 1, 1, 1, 1],
+        // Stride 2, an odd image count, dW split by taps over 3 strips.
+        [5, 8, 31, 29, 12, 3, 3, 2, 2, 1, 1],
+        // One tap strip (25 taps): dW split by channels; a 5 × 5 kernel with padding 2.
+        [4, 1, 20, 20, 20, 5, 5, 1, 1, 2, 2],
+    ];
+
+    /// `y` from [`snn_conv2d_f32`] (with bias) and `dx`, `dw`, `db` from
+    /// [`snn_conv2d_backward_f32`] (accumulated onto ones) at `shape` on `threads` threads.
+    fn run_conv(shape: ConvShape, threads: usize) -> [Vec<f32>; 4] {
+        let [n, c, h, w, o, kh, kw, sh, sw, ph, pw] = shape;
+        let (oh, ow) = ((h + 2 * ph - kh) / sh + 1, (w + 2 * pw - kw) / sw + 1);
+        let (x, wt, b) = (
+            values(n * c * h * w, 1),
+            values(o * c * kh * kw, 2),
+            values(o, 3),
+        );
+        let dy = values(n * o * oh * ow, 4);
+        let geometry = [c, h, w, o, kh, kw, sh, sw, ph, pw, oh, ow].map(|v| v as i64);
+        let [c, h, w, o, kh, kw, sh, sw, ph, pw, oh, ow] = geometry;
+        let mut y = vec![f32::NAN; dy.len()];
+        let (mut dx, mut dw, mut db) = (
+            vec![1f32; x.len()],
+            vec![1f32; wt.len()],
+            vec![1f32; b.len()],
+        );
+        with_threads(threads, || unsafe {
+            let (x, wt, n) = (x.as_ptr(), wt.as_ptr(), n as i64);
+            snn_conv2d_f32(
+                x,
+                wt,
+                b.as_ptr(),
+                y.as_mut_ptr(),
+                n,
+                c,
+                h,
+                w,
+                o,
+                kh,
+                kw,
+                sh,
+                sw,
+                ph,
+                pw,
+                oh,
+                ow,
+            );
+            snn_conv2d_backward_f32(
+                x,
+                wt,
+                dy.as_ptr(),
+                dx.as_mut_ptr(),
+                dw.as_mut_ptr(),
+                db.as_mut_ptr(),
+                n,
+                c,
+                h,
+                w,
+                o,
+                kh,
+                kw,
+                sh,
+                sw,
+                ph,
+                pw,
+                oh,
+                ow,
+            );
+        });
+        [y, dx, dw, db]
+    }
+
     #[test]
-    fn conv_matches_the_reference() {
-        // (n, c, h, w, o, kh, kw, sh, sw, ph, pw): padded, strided, pointwise, wider than tall.
-        for &(n, c, h, w, o, kh, kw, sh, sw, ph, pw) in &[
-            (3, 2, 7, 6, 4, 3, 3, 1, 1, 1, 1),
-            (2, 3, 9, 8, 5, 3, 2, 2, 3, 1, 0),
-            (4, 6, 5, 5, 3, 1, 1, 1, 1, 0, 0),
-            (1, 1, 4, 4, 2, 5, 5, 1, 1, 2, 2),
-        ] {
-            let oh = (h + 2 * ph - kh) / sh + 1;
-            let ow = (w + 2 * pw - kw) / sw + 1;
-            let x = values(n * c * h * w, 1);
-            let wt = values(o * c * kh * kw, 2);
-            let b = values(o, 3);
-            let mut y = vec![f32::NAN; n * o * oh * ow];
-            unsafe {
-                snn_conv2d_f32(
-                    x.as_ptr(),
-                    wt.as_ptr(),
-                    b.as_ptr(),
-                    y.as_mut_ptr(),
-                    n as i64,
-                    c as i64,
-                    h as i64,
-                    w as i64,
-                    o as i64,
-                    kh as i64,
-                    kw as i64,
-                    sh as i64,
-                    sw as i64,
-                    ph as i64,
-                    pw as i64,
-                    oh as i64,
-                    ow as i64,
-                );
+    fn conv_matches_the_reference_for_any_thread_count() {
+        use crate::kernels::reference::conv2d_backward;
+        for shape in CONV_SHAPES {
+            let got = run_conv(shape, 1);
+            for threads in [2, 3] {
+                let other = run_conv(shape, threads);
+                for (a, b) in got.iter().zip(&other) {
+                    let same = a.iter().zip(b).all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(same, "{shape:?}: 1 thread vs {threads} differ");
+                }
             }
-            let want = conv2d(
-                to64(&x, &[n, c, h, w]).view(),
-                to64(&wt, &[o, c, kh, kw]).view(),
-                Some(to64(&b, &[o]).view()),
-                Conv2dParams {
-                    stride: (sh, sw),
-                    padding: (ph, pw),
-                },
-            )
-            .expect("reference conv");
-            for (g, r) in y.iter().zip(want.iter()) {
-                assert!((f64::from(*g) - r).abs() < 1e-4, "{g} vs {r}");
+            let [n, c, h, w, o, kh, kw, sh, sw, ph, pw] = shape;
+            let (oh, ow) = ((h + 2 * ph - kh) / sh + 1, (w + 2 * pw - kw) / sw + 1);
+            let p = Conv2dParams {
+                stride: (sh, sw),
+                padding: (ph, pw),
+            };
+            let x = to64(&values(n * c * h * w, 1), &[n, c, h, w]);
+            let wt = to64(&values(o * c * kh * kw, 2), &[o, c, kh, kw]);
+            let b = to64(&values(o, 3), &[o]);
+            let dy = to64(&values(n * o * oh * ow, 4), &[n, o, oh, ow]);
+            let y = conv2d(x.view(), wt.view(), Some(b.view()), p).expect("reference conv");
+            let back =
+                conv2d_backward(x.view(), wt.view(), dy.view(), p).expect("reference backward");
+            // The backward's outputs started from ones.
+            for (what, got, want, start) in [
+                ("y", &got[0], &y, 0.0),
+                ("dx", &got[1], &back.dx, 1.0),
+                ("dw", &got[2], &back.dw, 1.0),
+                ("db", &got[3], &back.db, 1.0),
+            ] {
+                for (g, r) in got.iter().zip(want.iter()) {
+                    let err = (f64::from(*g) - start - r).abs();
+                    assert!(
+                        err < 1e-4 * (1.0 + r.abs()),
+                        "{shape:?} {what}: {g} - {start} vs {r}"
+                    );
+                }
             }
         }
     }
 
     #[test]
-    fn conv_backward_matches_the_reference() {
-        use crate::kernels::reference::conv2d_backward;
-        for &(n, c, h, w, o, kh, kw, sh, sw, ph, pw) in &[
-            (3, 2, 7, 6, 4, 3, 3, 1, 1, 1, 1),
-            (2, 3, 9, 8, 5, 3, 2, 2, 3, 1, 0),
-        ] {
-            let oh = (h + 2 * ph - kh) / sh + 1;
-            let ow = (w + 2 * pw - kw) / sw + 1;
-            let x = values(n * c * h * w, 7);
-            let wt = values(o * c * kh * kw, 8);
-            let dy = values(n * o * oh * ow, 9);
-            // Accumulates: start from ones and subtract them afterwards.
-            let mut dx = vec![1f32; x.len()];
-            let mut dw = vec![1f32; wt.len()];
-            let mut db = vec![1f32; o];
-            unsafe {
-                snn_conv2d_backward_f32(
-                    x.as_ptr(),
-                    wt.as_ptr(),
-                    dy.as_ptr(),
-                    dx.as_mut_ptr(),
-                    dw.as_mut_ptr(),
-                    db.as_mut_ptr(),
-                    n as i64,
-                    c as i64,
-                    h as i64,
-                    w as i64,
-                    o as i64,
-                    kh as i64,
-                    kw as i64,
-                    sh as i64,
-                    sw as i64,
-                    ph as i64,
-                    pw as i64,
-                    oh as i64,
-                    ow as i64,
+    fn dense_is_the_same_for_any_thread_count() {
+        // (outer, n_in, inner, n_out): split by rows, by columns, and per outer index.
+        for [outer, n_in, inner, n_out] in [[80, 512, 1, 64], [7, 300, 1, 700], [3, 64, 40, 50]] {
+            let (x, w, b) = (
+                values(outer * n_in * inner, 1),
+                values(n_out * n_in, 2),
+                values(n_out, 3),
+            );
+            let dy = values(outer * n_out * inner, 4);
+            let run = |threads| {
+                let mut y = vec![f32::NAN; dy.len()];
+                let (mut dx, mut dw, mut db) =
+                    (vec![1f32; x.len()], vec![1f32; w.len()], vec![1f32; n_out]);
+                let dims = [outer, n_in, inner, n_out].map(|v| v as i64);
+                with_threads(threads, || unsafe {
+                    snn_dense_f32(
+                        x.as_ptr(),
+                        w.as_ptr(),
+                        b.as_ptr(),
+                        y.as_mut_ptr(),
+                        dims[0],
+                        dims[1],
+                        dims[2],
+                        dims[3],
+                    );
+                    snn_dense_backward_f32(
+                        x.as_ptr(),
+                        w.as_ptr(),
+                        dy.as_ptr(),
+                        dx.as_mut_ptr(),
+                        dw.as_mut_ptr(),
+                        db.as_mut_ptr(),
+                        dims[0],
+                        dims[1],
+                        dims[2],
+                        dims[3],
+                    );
+                });
+                [y, dx, dw, db].map(|v| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>())
+            };
+            let one = run(1);
+            for threads in [2, 3] {
+                assert!(
+                    run(threads) == one,
+                    "{outer}, {n_in}, {inner}, {n_out}: {threads} threads"
                 );
-            }
-            let want = conv2d_backward(
-                to64(&x, &[n, c, h, w]).view(),
-                to64(&wt, &[o, c, kh, kw]).view(),
-                to64(&dy, &[n, o, oh, ow]).view(),
-                Conv2dParams {
-                    stride: (sh, sw),
-                    padding: (ph, pw),
-                },
-            )
-            .expect("reference backward");
-            for (got, want) in [(&dx, &want.dx), (&dw, &want.dw), (&db, &want.db)] {
-                for (g, r) in got.iter().zip(want.iter()) {
-                    assert!((f64::from(*g) - 1.0 - r).abs() < 1e-4, "{g} - 1 vs {r}");
-                }
             }
         }
     }
