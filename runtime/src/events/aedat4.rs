@@ -1,5 +1,6 @@
 //! AEDAT 4.0 reader (DV / dv-processing): FlatBuffer `IOHeader`, then `(stream id, size, payload)`
-//! packets, each an LZ4 frame, zstd frame or raw FlatBuffer; returns polarity events, counts the rest.
+//! packets, each an LZ4 frame, zstd frame or raw FlatBuffer; returns polarity events (or frames them
+//! as they decode, for `EventReader::read_frames`), counts the rest.
 
 use std::io::Read;
 use std::path::Path;

@@ -1,4 +1,5 @@
-//! Format auto-detection and the one-call `read_events(path)` entry point.
+//! Format auto-detection, the one-call `read_events(path)` entry point and `EventReader`, which reads
+//! file after file with its buffers kept (and frames while decoding where a reader can).
 //! Magic bytes decide where a format has them; the extension decides for headerless N-MNIST files.
 
 use std::path::Path;

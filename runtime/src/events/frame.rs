@@ -1,5 +1,7 @@
 //! Framing (paper Sec. III-A): accumulate events into `[T, 2, H, W]` per-polarity count frames by
 //! time window, event count or fixed frame count, with integer downsampling and an optional denoise filter.
+//! Owns the reusable `FrameBuffer` and the pieces readers use to frame while decoding (`Accumulator`,
+//! `FrameSink`), so that every path computes steps and cells with the same code.
 
 use std::borrow::Cow;
 use std::path::Path;

@@ -1,9 +1,10 @@
 //! Event-camera data: one SoA `Events` type, readers for AEDAT 2/3.1/4, Prophesee EVT 3, N-MNIST, `.npy`/`.npz`,
 //! DVS128 Gesture labels, framing into `[T, 2, H, W]` tensors, PNG previews, datasets and a frame cache.
 //!
-//! Every reader has `read(path, &ReadOptions)` (memory-mapped) and `from_bytes(&[u8], &ReadOptions)`;
-//! [`read_events`] picks the reader itself. All failures are [`EventError`]s that name the file and
-//! the byte offset (or line) — no reader panics on malformed input.
+//! Every reader has `read(path, &ReadOptions)` (small files read in one call, large ones memory-mapped)
+//! and `from_bytes(&[u8], &ReadOptions)`; [`read_events`] picks the reader itself, and [`EventReader`]
+//! does the same for many files with its buffers kept between them. All failures are [`EventError`]s
+//! that name the file and the byte offset (or line) — no reader panics on malformed input.
 
 pub mod aedat2;
 pub mod aedat31;

@@ -1,5 +1,6 @@
 //! N-MNIST `.bin` / `.bs2` reader: headerless 5-byte events on the 34 x 34 ATIS crop.
 //! `x = b0, y = b1, p = b2 >> 7, t = (b2 & 0x7F) << 16 | b3 << 8 | b4` (µs, 23 bits).
+//! Also frames those records directly, without event columns, for `EventReader::read_frames`.
 
 use std::path::Path;
 

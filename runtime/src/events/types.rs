@@ -1,5 +1,6 @@
 //! The structure-of-arrays `Events` container, read options and the per-read report.
-//! Also the checking sink every reader pushes through, so range and order rules live in one place.
+//! Also the event `Checks` and the column `Sink` every reader pushes through (or, for the readers
+//! that frame while decoding, the `EventSink` trait), so range and order rules live in one place.
 
 use std::path::Path;
 
