@@ -108,7 +108,8 @@ impl EventReader {
     /// `frame(&read_events(path)?.events, spec)` gives, with the same errors (reading ones
     /// first). N-MNIST files, and AEDAT 4 files framed by time window, are decoded straight
     /// into the frames without event columns; the rest go through [`Self::read`] and
-    /// [`frame_into`].
+    /// [`frame_into`]. After an error, `out` may hold a partial framing until the next
+    /// successful one (which resets it fully).
     pub fn read_frames(
         &mut self,
         path: impl AsRef<Path>,
