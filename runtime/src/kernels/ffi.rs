@@ -22,7 +22,7 @@ use std::sync::OnceLock;
 
 mod gemm;
 mod spike;
-use gemm::{Init, KC, MR, NR, Scratch, View, pack, packed_len, tiles};
+use gemm::{BSrc, Init, KC, MR, NR, Scratch, View, pack, packed_len, tiles};
 pub use spike::{
     CONV_BACKWARD_SPIKE_MAX_DENSITY, CONV_SPIKE_MAX_DENSITY, DENSE_BACKWARD_SPIKE_MAX_DENSITY,
     DENSE_SPIKE_MAX_DENSITY, SpikeDispatch, conv2d_backward_spike, conv2d_spike,
@@ -472,19 +472,26 @@ fn add_run(dst: &mut [f32], src: &[f32]) {
 }
 
 /// The forward product of one [`snn_conv2d_f32`] call, `y[o][px] = w[o][taps] · cols[taps][px]`
-/// (+ bias): owns the weights packed once for all threads, and computes any range of output
-/// strips (strip `u`: image `u / strips`, pixels `(u % strips)·NR ..`) from the input.
+/// (+ bias, or added to `y`): owns the weights packed once for all threads, and computes any
+/// range of output strips (strip `u`: image `u / strips`, pixels `(u % strips)·NR ..`) from
+/// the input.
 struct ConvForward<'a> {
     g: Conv,
     w: Scratch,
     bias: Option<&'a [f32]>,
+    /// Add to `y` (the bias unused) instead of overwriting it.
+    accumulate: bool,
+    /// The taps' offsets in a padded image ([`Conv::pad`]) when the tile kernels read the
+    /// columns there in place: at stride 1 along rows, with output rows of whole 16-pixel
+    /// halves of a strip. Empty: strips are im2col-packed first.
+    taps_at: Vec<usize>,
 }
 
 /// Floats of packed im2col columns per block of strips (512 KiB: packed and consumed in L2).
 const COLS_BLOCK: usize = 1 << 17;
 
 impl<'a> ConvForward<'a> {
-    fn new(g: Conv, ws: &[f32], bias: Option<&'a [f32]>) -> ConvForward<'a> {
+    fn new(g: Conv, ws: &[f32], bias: Option<&'a [f32]>, accumulate: bool) -> ConvForward<'a> {
         let mut w = Scratch::default();
         let k = g.taps();
         // SAFETY: ws holds o × taps, row-major.
@@ -500,11 +507,25 @@ impl<'a> ConvForward<'a> {
                 k,
             );
         }
-        ConvForward { g, w, bias }
+        let (hp, wp) = g.padded_plane();
+        let taps_at = if g.sw == 1 && g.ow.is_multiple_of(16) {
+            g.taps_from(0, k)
+                .map(|(c, p, q)| (c * hp + p) * wp + q)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        ConvForward {
+            g,
+            w,
+            bias,
+            accumulate,
+            taps_at,
+        }
     }
 
-    /// Output strips `u0..u1` of `y` from the images `xs`: each image padded and its strips
-    /// im2col-packed block by block, both in `scratch`.
+    /// Output strips `u0..u1` of `y` from the images `xs`: each image padded in `scratch`, and
+    /// its columns read there in place or im2col-packed block by block after it.
     ///
     /// # Safety
     /// `y` must address the call's `n·o·oh·ow` outputs; nothing else may access these strips'
@@ -514,10 +535,49 @@ impl<'a> ConvForward<'a> {
         let (k, px, per) = (g.taps(), g.pixels(), g.strips());
         let (in_len, out_len) = (g.c * g.h * g.w, g.o * px);
         let at = |u: usize| (u / per, u % per * NR);
+        let out = |u: usize| {
+            let (img, p0) = at(u);
+            (y.wrapping_add(img * out_len + p0), NR.min(px - p0))
+        };
         let w = self.w.slice(packed_len::<MR>(g.o, k));
-        let block = (COLS_BLOCK / (k * NR)).clamp(1, 64);
-        let init = self.bias.map_or(Init::Zero, |b| Init::Bias(b.as_ptr()));
+        let init = match self.bias {
+            _ if self.accumulate => Init::Load,
+            Some(b) => Init::Bias(b.as_ptr()),
+            None => Init::Zero,
+        };
         let padded = g.padded_len(0, g.c);
+        if !self.taps_at.is_empty() {
+            let xp = scratch.get(padded);
+            let wp = g.padded_plane().1;
+            let mut u = u0;
+            while u < u1 {
+                // This image's strips.
+                let img = u / per;
+                let end = u1.min((img + 1) * per);
+                g.pad(&xs[img * in_len..(img + 1) * in_len], 0, g.c, xp);
+                // Pixel `p`'s tap (0, 0, 0) in the padded image (a past-the-end half is
+                // masked: any pixel will do).
+                let tap0 = |p: usize| {
+                    let p = p.min(px - 1);
+                    xp.as_ptr().wrapping_add(p / g.ow * g.sh * wp + p % g.ow)
+                };
+                let b = |s: usize| {
+                    let p0 = at(u + s).1;
+                    BSrc {
+                        lo: tap0(p0),
+                        hi: tap0(p0 + 16),
+                        step: 0,
+                        table: self.taps_at.as_ptr(),
+                    }
+                };
+                // SAFETY: every tap of these strips' pixels lies in the padded image; the
+                // strips' outputs per the caller.
+                unsafe { tiles(g.o, k, w, b, end - u, |s| out(u + s), px, init) };
+                u = end;
+            }
+            return;
+        }
+        let block = (COLS_BLOCK / (k * NR)).clamp(1, 64);
         let (xp, cols) = scratch
             .get(padded + block.min(u1 - u0) * k * NR)
             .split_at_mut(padded);
@@ -539,19 +599,16 @@ impl<'a> ConvForward<'a> {
                     }
                 }
             }
-            let out = |s: usize| {
-                let (img, p0) = at(b0 + s);
-                (y.wrapping_add(img * out_len + p0), NR.min(px - p0))
-            };
-            // SAFETY: w and packed as packed above; the strips' outputs per the caller.
+            let packed = &cols[..(b1 - b0) * k * NR];
+            // SAFETY: w and the strips packed above; the strips' outputs per the caller.
             unsafe {
                 tiles(
                     g.o,
                     k,
                     w,
-                    &cols[..(b1 - b0) * k * NR],
+                    |s| BSrc::packed(packed, k, s),
                     b1 - b0,
-                    out,
+                    |s| out(b0 + s),
                     px,
                     init,
                 )
@@ -601,7 +658,7 @@ pub unsafe extern "C" fn snn_conv2d_f32(
         )
     };
     let bias = (!bias.is_null()).then(|| unsafe { std::slice::from_raw_parts(bias, g.o) });
-    let fwd = ConvForward::new(g, ws, bias);
+    let fwd = ConvForward::new(g, ws, bias, false);
     let yp = SendPtr(y);
     let macs = n * g.o * g.pixels() * g.taps();
     // Threads take contiguous runs of output strips (disjoint outputs; a strip's sums do not
@@ -702,6 +759,104 @@ pub unsafe extern "C" fn snn_dense_f32(
     });
 }
 
+/// The dx part of [`snn_conv2d_backward_f32`]: `dx += ∂L/∂x` for `n` images.
+///
+/// At stride 1 (padding under the kernel size) dx is itself a convolution of dy, with the
+/// weights transposed (`c` outputs from `o` inputs) and flipped, and padding `k − 1 − p`: the
+/// forward's kernel, threads over disjoint strips of dx, no col2im. Otherwise (or when that
+/// product's `c` rows would fill fewer of the tile rows than the `taps` rows of `dcols`), per
+/// image: `dcols[taps][px] = wᵀ · dy` strip by strip, read from dy in place and scattered
+/// into dx, threads over images (neighbouring strips' scatters overlap).
+///
+/// # Safety
+/// `dx` must address `n·c·h·w` writable floats that nothing else accesses meanwhile; the
+/// slices as [`snn_conv2d_backward_f32`] documents.
+unsafe fn conv_backward_dx(
+    g: Conv,
+    n: usize,
+    xs: &[f32],
+    ws: &[f32],
+    dys: &[f32],
+    dx: *mut f32,
+    threads: usize,
+) {
+    let (in_len, out_len, taps, px) = (xs.len() / n, dys.len() / n, g.taps(), g.pixels());
+    let kk = g.kh * g.kw;
+    let rows_used = |rows: usize| rows as f64 / rows.next_multiple_of(MR) as f64;
+    if g.sh == 1 && g.sw == 1 && g.ph < g.kh && g.pw < g.kw && rows_used(g.c) >= rows_used(taps) {
+        let t = Conv {
+            c: g.o,
+            h: g.oh,
+            w: g.ow,
+            o: g.c,
+            ph: g.kh - 1 - g.ph,
+            pw: g.kw - 1 - g.pw,
+            oh: g.h,
+            ow: g.w,
+            ..g
+        };
+        // wt[c][o][p][q] = w[o][c][kh − 1 − p][kw − 1 − q].
+        let mut wt = vec![0f32; ws.len()];
+        for (o, wo) in ws.chunks_exact(taps).enumerate() {
+            for (c, wc) in wo.chunks_exact(kk).enumerate() {
+                let dst = &mut wt[(c * g.o + o) * kk..][..kk];
+                for (d, v) in dst.iter_mut().zip(wc.iter().rev()) {
+                    *d = *v;
+                }
+            }
+        }
+        let fwd = ConvForward::new(t, &wt, None, true);
+        let dxp = SendPtr(dx);
+        split(n * t.strips(), threads, |u0, u1| {
+            // SAFETY: strips u0..u1 of dx are this thread's.
+            unsafe { fwd.strips(dys, dxp.get(), u0, u1, &mut Scratch::default()) };
+        });
+        return;
+    }
+    // wᵀ[taps × o] as the left operand of dx's product, packed once.
+    let mut wt = Scratch::default();
+    // SAFETY: w holds o × taps.
+    unsafe {
+        pack::<MR>(
+            wt.get(packed_len::<MR>(taps, g.o)),
+            View {
+                p: ws.as_ptr(),
+                ls: 1,
+                ks: taps,
+            },
+            taps,
+            g.o,
+        );
+    }
+    let wt = wt.slice(packed_len::<MR>(taps, g.o));
+    let dxp = SendPtr(dx);
+    split(n, threads, |start, end| {
+        let mut dcols = Scratch::default();
+        let dcols = dcols.get(taps * NR);
+        for img in start..end {
+            let dyi = &dys[img * out_len..(img + 1) * out_len];
+            // SAFETY: image `img` of dx is written by this thread only.
+            let dxi =
+                unsafe { std::slice::from_raw_parts_mut(dxp.get().add(img * in_len), in_len) };
+            for p0 in (0..px).step_by(NR) {
+                let len = NR.min(px - p0);
+                let out = dcols.as_mut_ptr();
+                // dy's pixels p0..p0 + len of each channel, read in place.
+                let b = |_| BSrc {
+                    lo: dyi[p0..].as_ptr(),
+                    hi: dyi[p0..].as_ptr().wrapping_add(16),
+                    step: px,
+                    table: std::ptr::null(),
+                };
+                // SAFETY: dy's channels (px apart) at pixels p0..p0 + len; dcols holds
+                // taps × NR.
+                unsafe { tiles(taps, g.o, wt, b, 1, |_| (out, len), NR, Init::Zero) };
+                g.col2im_add(dcols, p0, len, dxi, NR);
+            }
+        }
+    });
+}
+
 /// Backward of [`snn_conv2d_f32`], accumulating: `dx += ∂L/∂x`, `dw += ∂L/∂w` and
 /// `db += ∂L/∂bias` from `dy` (`dw`, `db` may be null when not wanted). Same layouts and sizes.
 ///
@@ -752,53 +907,8 @@ pub unsafe extern "C" fn snn_conv2d_backward_f32(
         )
     };
     let macs = n * out_len * taps;
-    // wᵀ[taps × o] as the left operand of dx's product, packed once.
-    let mut wt = Scratch::default();
-    // SAFETY: w holds o × taps.
-    unsafe {
-        pack::<MR>(
-            wt.get(packed_len::<MR>(taps, g.o)),
-            View {
-                p: ws.as_ptr(),
-                ls: 1,
-                ks: taps,
-            },
-            taps,
-            g.o,
-        );
-    }
-    let wt = wt.slice(packed_len::<MR>(taps, g.o));
-    let dxp = SendPtr(dx);
-    split(n, threads_for(macs), |start, end| {
-        let (mut dyp, mut dcols) = (Scratch::default(), Scratch::default());
-        let dyp = dyp.get(g.o * NR);
-        let dcols = dcols.get(taps * NR);
-        for img in start..end {
-            let dyi = &dys[img * out_len..(img + 1) * out_len];
-            // SAFETY: image `img` of dx is written by this thread only.
-            let dxi =
-                unsafe { std::slice::from_raw_parts_mut(dxp.get().add(img * in_len), in_len) };
-            for p0 in (0..px).step_by(NR) {
-                let len = NR.min(px - p0);
-                let out = dcols.as_mut_ptr();
-                // SAFETY: dy's pixels p0..p0 + len of every channel; dcols holds taps × NR.
-                unsafe {
-                    pack::<NR>(
-                        dyp,
-                        View {
-                            p: dyi[p0..].as_ptr(),
-                            ls: 1,
-                            ks: px,
-                        },
-                        len,
-                        g.o,
-                    );
-                    tiles(taps, g.o, wt, dyp, 1, |_| (out, len), NR, Init::Zero);
-                }
-                g.col2im_add(dcols, p0, len, dxi, NR);
-            }
-        }
-    });
+    // SAFETY: dx holds n·c·h·w (the rest as documented).
+    unsafe { conv_backward_dx(g, n, xs, ws, dys, dx, threads_for(macs)) };
     if dw.is_null() && db.is_null() {
         return;
     }
@@ -882,7 +992,7 @@ pub unsafe extern "C" fn snn_conv2d_backward_f32(
                             m1 - m0,
                             k,
                             a,
-                            b,
+                            |s| BSrc::packed(b, k, s),
                             (t1 - t0).div_ceil(NR),
                             out,
                             taps,
@@ -1081,7 +1191,7 @@ mod tests {
     type ConvShape = [usize; 11];
 
     /// Padded, strided, pointwise, wider than tall; then shapes across the packed GEMM's blocks.
-    const CONV_SHAPES: [ConvShape; 7] = [
+    const CONV_SHAPES: [ConvShape; 12] = [
         [3, 2, 7, 6, 4, 3, 3, 1, 1, 1, 1],
         [2, 3, 9, 8, 5, 3, 2, 2, 3, 1, 0],
         [4, 6, 5, 5, 3, 1, 1, 1, 1, 0, 0],
@@ -1093,6 +1203,14 @@ mod tests {
         [5, 8, 31, 29, 12, 3, 3, 2, 2, 1, 1],
         // One tap strip (25 taps): dW split by channels; a 5 × 5 kernel with padding 2.
         [4, 1, 20, 20, 20, 5, 5, 1, 1, 2, 2],
+        // Rows of 32 and 16 pixels: columns read in place from the padded input; dx as the
+        // transposed convolution (8 or 16 channels), in place or packed (rows of 10 or 17).
+        [2, 16, 12, 32, 10, 3, 3, 1, 1, 1, 1],
+        [3, 8, 10, 10, 6, 3, 3, 1, 1, 1, 1],
+        [2, 8, 8, 17, 4, 3, 2, 1, 1, 1, 0],
+        // In place with row stride 2 (dx through col2im); a partial last strip (5 × 16 pixels).
+        [2, 8, 9, 32, 5, 3, 3, 2, 1, 1, 1],
+        [3, 4, 5, 16, 7, 3, 3, 1, 1, 1, 1],
     ];
 
     /// `y` from [`snn_conv2d_f32`] (with bias) and `dx`, `dw`, `db` from

@@ -205,9 +205,50 @@ impl Init {
     }
 }
 
-/// `c[r·rsc + j] = init + Σ_kk a[kk·MR + r] · b[kk·NR + j]` for `r < rows`, `j < cols`: one tile
-/// from an A strip and a B strip (`k` depths each).
-type TileFn = unsafe fn(usize, *const f32, *const f32, *mut f32, usize, usize, usize, Init);
+/// Where a tile kernel reads B: at depth `kk`, columns `0..16` from `lo + off(kk)` and
+/// columns `16..32` from `hi + off(kk)`, with `off(kk) = table[kk]` when `table` is not null,
+/// else `kk·step`. A packed strip is `lo` = the strip, `hi` = `lo + 16`, `step` = [`NR`]; a
+/// convolution's padded input is read in place through a table of tap offsets.
+#[derive(Clone, Copy)]
+pub(super) struct BSrc {
+    pub lo: *const f32,
+    pub hi: *const f32,
+    pub step: usize,
+    pub table: *const usize,
+}
+
+impl BSrc {
+    /// Packed strip `s` of `b` (strips of depth `k`).
+    pub(super) fn packed(b: &[f32], k: usize, s: usize) -> BSrc {
+        let lo = b[s * k * NR..].as_ptr();
+        BSrc {
+            lo,
+            hi: lo.wrapping_add(16),
+            step: NR,
+            table: std::ptr::null(),
+        }
+    }
+
+    /// The same source from depth `k0` on.
+    fn at_depth(self, k0: usize) -> BSrc {
+        if self.table.is_null() {
+            BSrc {
+                lo: self.lo.wrapping_add(k0 * self.step),
+                hi: self.hi.wrapping_add(k0 * self.step),
+                ..self
+            }
+        } else {
+            BSrc {
+                table: self.table.wrapping_add(k0),
+                ..self
+            }
+        }
+    }
+}
+
+/// `c[r·rsc + j] = init + Σ_kk a[kk·MR + r] · B(kk, j)` for `r < rows`, `j < cols`: one tile from
+/// an A strip and a B source (`k` depths each).
+type TileFn = unsafe fn(usize, *const f32, BSrc, *mut f32, usize, usize, usize, Init);
 
 /// The widest tile kernel this CPU runs.
 fn tile_fn() -> TileFn {
@@ -228,19 +269,21 @@ fn tile_fn() -> TileFn {
     })
 }
 
-/// The tiles of `C = A·B` (rows `0..m`) for `strips` B strips: A and B packed over depth `k`,
-/// `out(s)` gives strip `s`'s first result column (row 0) and its valid columns (≤ [`NR`]),
-/// rows `rsc` apart. Depth runs in chunks of [`KC`]: the first starts from `init`, the rest add.
+/// The tiles of `C = A·B` (rows `0..m`) for `strips` column strips: A packed over depth `k`,
+/// `b(s)` strip `s`'s B source, `out(s)` its first result column (row 0) and valid columns
+/// (≤ [`NR`]), rows `rsc` apart. Depth runs in chunks of [`KC`]: the first starts from `init`,
+/// the rest add.
 ///
 /// # Safety
-/// `a` and `b` must hold [`packed_len`] floats for `m` and `strips·NR` lanes; every tile that
-/// `out` addresses must be writable (and readable for [`Init::Load`]) and not otherwise in use.
+/// `a` must hold [`packed_len`] floats for `m` lanes; every `b(s)` must address `k` depths of
+/// its valid columns; every tile that `out` addresses must be writable (and readable for
+/// [`Init::Load`]) and not otherwise in use.
 #[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn tiles(
     m: usize,
     k: usize,
     a: &[f32],
-    b: &[f32],
+    b: impl Fn(usize) -> BSrc,
     strips: usize,
     out: impl Fn(usize) -> (*mut f32, usize),
     rsc: usize,
@@ -260,7 +303,7 @@ unsafe fn tiles_with(
     m: usize,
     k: usize,
     a: &[f32],
-    b: &[f32],
+    b: impl Fn(usize) -> BSrc,
     strips: usize,
     out: impl Fn(usize) -> (*mut f32, usize),
     rsc: usize,
@@ -273,15 +316,16 @@ unsafe fn tiles_with(
         let init = if k0 == 0 { init } else { Init::Load };
         for s in 0..strips {
             let (c, cols) = out(s);
-            let bs = &b[(s * k + k0) * NR..];
+            let bs = b(s).at_depth(k0);
             for (ms, m0) in (0..m).step_by(MR).enumerate() {
                 let ap = &a[(ms * k + k0) * MR..];
-                // SAFETY: strips of `k` depths, chunk k0..k0 + kl; the tile per the caller.
+                // SAFETY: A strips of `k` depths, chunk k0..k0 + kl; B and the tile per the
+                // caller.
                 unsafe {
                     tile(
                         kl,
                         ap.as_ptr(),
-                        bs.as_ptr(),
+                        bs,
                         c.wrapping_add(m0 * rsc),
                         rsc,
                         MR.min(m - m0),
@@ -312,13 +356,14 @@ unsafe fn start(init: Init, c: *const f32, r: usize) -> f32 {
 /// [`TileFn`] without vector instructions (CPUs with neither AVX-512 nor AVX2).
 ///
 /// # Safety
-/// `a`, `b`: `k` depths of a packed strip each; `c`: `rows × cols` writable at row stride
-/// `rsc`, readable for [`Init::Load`]; `bias` (Init::Bias) `rows` floats.
+/// `a`: `k` depths of a packed strip; `b`: `k` depths of columns `0..cols`; `c`: `rows × cols`
+/// writable at row stride `rsc`, readable for [`Init::Load`]; `bias` (Init::Bias) `rows`
+/// floats.
 #[allow(clippy::too_many_arguments)]
 unsafe fn tile_scalar(
     k: usize,
     a: *const f32,
-    b: *const f32,
+    b: BSrc,
     c: *mut f32,
     rsc: usize,
     rows: usize,
@@ -327,12 +372,22 @@ unsafe fn tile_scalar(
 ) {
     for r in 0..rows {
         for j in 0..cols {
+            let col = if j < 16 {
+                b.lo.wrapping_add(j)
+            } else {
+                b.hi.wrapping_add(j - 16)
+            };
             // SAFETY: per the contract above.
             unsafe {
                 let cp = c.add(r * rsc + j);
                 let mut acc = 0.0f32;
                 for kk in 0..k {
-                    acc = (*a.add(kk * MR + r)).mul_add(*b.add(kk * NR + j), acc);
+                    let off = if b.table.is_null() {
+                        kk * b.step
+                    } else {
+                        *b.table.add(kk)
+                    };
+                    acc = (*a.add(kk * MR + r)).mul_add(*col.add(off), acc);
                 }
                 *cp = start(init, cp, r) + acc;
             }
@@ -340,18 +395,18 @@ unsafe fn tile_scalar(
     }
 }
 
-/// [`TileFn`] for AVX-512: 16 accumulators (`MR` rows × 2 vectors), each step one B pair and
-/// `MR` broadcast FMAs; partial tiles through masked loads and stores.
+/// [`TileFn`] for AVX-512: 16 accumulators (`MR` rows × 2 vectors), each step one B pair
+/// (masked to the valid columns) and `MR` broadcast FMAs.
 ///
 /// # Safety
-/// As [`tile_scalar`], on a CPU with AVX-512F; the strips 64-byte aligned.
+/// As [`tile_scalar`], on a CPU with AVX-512F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn tile_avx512(
     k: usize,
     a: *const f32,
-    b: *const f32,
+    b: BSrc,
     c: *mut f32,
     rsc: usize,
     rows: usize,
@@ -359,24 +414,17 @@ unsafe fn tile_avx512(
     init: Init,
 ) {
     use std::arch::x86_64::*;
-    let mut acc = [[_mm512_setzero_ps(); 2]; MR];
-    let (mut a, mut b) = (a, b);
-    for _ in 0..k {
-        // SAFETY: one depth of each strip; packed strips are 64-byte aligned.
-        unsafe {
-            let b0 = _mm512_load_ps(b);
-            let b1 = _mm512_load_ps(b.add(16));
-            for (r, acc) in acc.iter_mut().enumerate() {
-                let av = _mm512_set1_ps(*a.add(r));
-                acc[0] = _mm512_fmadd_ps(av, b0, acc[0]);
-                acc[1] = _mm512_fmadd_ps(av, b1, acc[1]);
-            }
-            a = a.add(MR);
-            b = b.add(NR);
-        }
-    }
     let lanes = |n: usize| -> __mmask16 { ((1u32 << n.min(16)) - 1) as __mmask16 };
     let (m0, m1) = (lanes(cols), lanes(cols.saturating_sub(16)));
+    // SAFETY: per the caller.
+    let acc = unsafe {
+        if b.table.is_null() {
+            let step = b.step;
+            avx512_steps(k, a, b, m0, m1, |kk| kk * step)
+        } else {
+            avx512_steps(k, a, b, m0, m1, |kk| *b.table.add(kk))
+        }
+    };
     for (r, acc) in acc.iter().enumerate() {
         if r >= rows {
             break;
@@ -401,18 +449,51 @@ unsafe fn tile_avx512(
     }
 }
 
+/// The accumulation loop of [`tile_avx512`], for one way of finding B's depth offsets.
+///
+/// # Safety
+/// As [`tile_avx512`]; `off(kk)` for `kk < k` as [`BSrc`] describes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn avx512_steps(
+    k: usize,
+    a: *const f32,
+    b: BSrc,
+    m0: std::arch::x86_64::__mmask16,
+    m1: std::arch::x86_64::__mmask16,
+    off: impl Fn(usize) -> usize,
+) -> [[std::arch::x86_64::__m512; 2]; MR] {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+    for kk in 0..k {
+        // SAFETY: one depth of the A strip and of B's valid columns, per the caller.
+        unsafe {
+            let o = off(kk);
+            let b0 = _mm512_maskz_loadu_ps(m0, b.lo.add(o));
+            let b1 = _mm512_maskz_loadu_ps(m1, b.hi.add(o));
+            let ak = a.add(kk * MR);
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let av = _mm512_set1_ps(*ak.add(r));
+                acc[0] = _mm512_fmadd_ps(av, b0, acc[0]);
+                acc[1] = _mm512_fmadd_ps(av, b1, acc[1]);
+            }
+        }
+    }
+    acc
+}
+
 /// [`TileFn`] for AVX2+FMA: the tile as four 8-column quarters, each `MR` accumulators, one B
 /// vector and `MR` broadcasts per step (the A strip is re-read from L1 per quarter).
 ///
 /// # Safety
-/// As [`tile_scalar`], on a CPU with AVX2 and FMA; the strips 32-byte aligned.
+/// As [`tile_scalar`], on a CPU with AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn tile_avx2(
     k: usize,
     a: *const f32,
-    b: *const f32,
+    b: BSrc,
     c: *mut f32,
     rsc: usize,
     rows: usize,
@@ -421,20 +502,31 @@ unsafe fn tile_avx2(
 ) {
     use std::arch::x86_64::*;
     for q0 in (0..cols).step_by(8) {
+        let n = (cols - q0).min(8);
+        let col = if q0 < 16 {
+            b.lo.wrapping_add(q0)
+        } else {
+            b.hi.wrapping_add(q0 - 16)
+        };
+        // Lanes past the valid columns are not read.
+        let mask = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(n as i32), mask);
         let mut acc = [_mm256_setzero_ps(); MR];
-        let (mut ap, mut bp) = (a, b.wrapping_add(q0));
-        for _ in 0..k {
-            // SAFETY: one depth of each strip, aligned.
+        for kk in 0..k {
+            // SAFETY: one depth of the A strip and of B's valid columns, per the caller.
             unsafe {
-                let bv = _mm256_load_ps(bp);
+                let off = if b.table.is_null() {
+                    kk * b.step
+                } else {
+                    *b.table.add(kk)
+                };
+                let bv = _mm256_maskload_ps(col.add(off), mask);
+                let ak = a.add(kk * MR);
                 for (r, acc) in acc.iter_mut().enumerate() {
-                    *acc = _mm256_fmadd_ps(_mm256_broadcast_ss(&*ap.add(r)), bv, *acc);
+                    *acc = _mm256_fmadd_ps(_mm256_broadcast_ss(&*ak.add(r)), bv, *acc);
                 }
-                ap = ap.add(MR);
-                bp = bp.add(NR);
             }
         }
-        let n = (cols - q0).min(8);
         for (r, acc) in acc.iter().enumerate() {
             if r >= rows {
                 break;
@@ -527,7 +619,8 @@ mod tests {
                 let mut c = vec![0.5f32; m * n];
                 let cp = c.as_mut_ptr();
                 let out = |s: usize| (cp.wrapping_add(s * NR), NR.min(n - s * NR));
-                unsafe { tiles_with(tile, m, k, pa, pb, n.div_ceil(NR), out, n, init) };
+                let b = |s: usize| BSrc::packed(pb, k, s);
+                unsafe { tiles_with(tile, m, k, pa, b, n.div_ceil(NR), out, n, init) };
                 for i in 0..m {
                     for j in 0..n {
                         let mut want: f64 = match init {

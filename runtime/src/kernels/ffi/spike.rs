@@ -444,7 +444,7 @@ pub unsafe fn conv2d_spike(
             // SAFETY: image `img`'s output block is written by this thread only.
             let yi = unsafe { yp.get().add(img * out_len) };
             if !d.sparse(count_spikes(xi), in_len) {
-                let fwd = gemm.get_or_init(|| ConvForward::new(g, ws, bias));
+                let fwd = gemm.get_or_init(|| ConvForward::new(g, ws, bias, false));
                 // SAFETY: as above (the image's strips).
                 unsafe {
                     fwd.strips(
