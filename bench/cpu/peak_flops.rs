@@ -7,6 +7,7 @@
 //!
 //! One JSON line per measurement. THREADS (default: the kernels' own, `SNN_THREADS` or all
 //! CPUs) only labels the multi-threaded peak; pin with taskset to compare with other tools.
+//! `PROBE_ONLY=text` runs only the kernel probes whose shape contains `text` (for profiling).
 
 use snn_runtime::kernels::ffi::{
     kernel_threads, snn_conv2d_backward_f32, snn_conv2d_f32, snn_dense_backward_f32, snn_dense_f32,
@@ -129,11 +130,15 @@ fn main() {
     let kt = kernel_threads();
     // The gesture network at T=20, B=4 (80 images): conv 2→64, 64→128 at 32×32, 128→128 at
     // 16×16 (3×3, padding 1), dense 8192→256 and 256→11 over 80 rows.
+    let wanted = |name: &str| std::env::var("PROBE_ONLY").map_or(true, |p| name.contains(&p));
     for &(name, n, c, hw, o) in &[
         ("conv 2->64 32x32", 80usize, 2usize, 32usize, 64usize),
         ("conv 64->128 32x32", 80, 64, 32, 128),
         ("conv 128->128 16x16", 80, 128, 16, 128),
     ] {
+        if !wanted(name) {
+            continue;
+        }
         let x = values(n * c * hw * hw);
         let w = values(o * c * 9);
         let b = values(o);
@@ -207,6 +212,9 @@ fn main() {
         ("dense 8192->256", 80usize, 8192usize, 256usize),
         ("dense 256->11", 80, 256, 11),
     ] {
+        if !wanted(name) {
+            continue;
+        }
         let x = values(rows * n_in);
         let w = values(n_out * n_in);
         let mut y = vec![0f32; rows * n_out];
@@ -258,6 +266,9 @@ fn main() {
         ("gemm 128x576 * 576x1024", 128usize, 576usize, 1024usize),
         ("gemm 128x1152 * 1152x256", 128, 1152, 256),
     ] {
+        if !wanted(name) {
+            continue;
+        }
         let a = values(m * k);
         let b = values(k * n);
         let mut c = vec![0f32; m * n];

@@ -765,8 +765,8 @@ pub unsafe extern "C" fn snn_dense_f32(
 /// weights transposed (`c` outputs from `o` inputs) and flipped, and padding `k − 1 − p`: the
 /// forward's kernel, threads over disjoint strips of dx, no col2im. Otherwise (or when that
 /// product's `c` rows would fill fewer of the tile rows than the `taps` rows of `dcols`), per
-/// image: `dcols[taps][px] = wᵀ · dy` strip by strip, read from dy in place and scattered
-/// into dx, threads over images (neighbouring strips' scatters overlap).
+/// image: `dcols[taps][px] = wᵀ · dy` strip by strip, scattered into dx, threads over images
+/// (neighbouring strips' scatters overlap).
 ///
 /// # Safety
 /// `dx` must address `n·c·h·w` writable floats that nothing else accesses meanwhile; the
@@ -831,7 +831,8 @@ unsafe fn conv_backward_dx(
     let wt = wt.slice(packed_len::<MR>(taps, g.o));
     let dxp = SendPtr(dx);
     split(n, threads, |start, end| {
-        let mut dcols = Scratch::default();
+        let (mut dyp, mut dcols) = (Scratch::default(), Scratch::default());
+        let dyp = dyp.get(packed_len::<NR>(NR, g.o));
         let dcols = dcols.get(taps * NR);
         for img in start..end {
             let dyi = &dys[img * out_len..(img + 1) * out_len];
@@ -841,16 +842,19 @@ unsafe fn conv_backward_dx(
             for p0 in (0..px).step_by(NR) {
                 let len = NR.min(px - p0);
                 let out = dcols.as_mut_ptr();
-                // dy's pixels p0..p0 + len of each channel, read in place.
-                let b = |_| BSrc {
-                    lo: dyi[p0..].as_ptr(),
-                    hi: dyi[p0..].as_ptr().wrapping_add(16),
-                    step: px,
-                    table: std::ptr::null(),
+                // dy's pixels p0..p0 + len of each channel, packed: read in place, its rows
+                // (often 4 KiB apart) would share L1 sets.
+                let dy_strip = View {
+                    p: dyi[p0..].as_ptr(),
+                    ls: 1,
+                    ks: px,
                 };
-                // SAFETY: dy's channels (px apart) at pixels p0..p0 + len; dcols holds
-                // taps × NR.
-                unsafe { tiles(taps, g.o, wt, b, 1, |_| (out, len), NR, Init::Zero) };
+                // SAFETY: dy's channels at pixels p0..p0 + len; dcols holds taps × NR.
+                unsafe {
+                    pack::<NR>(dyp, dy_strip, len, g.o);
+                    let b = |_| BSrc::packed(dyp, g.o, 0);
+                    tiles(taps, g.o, wt, b, 1, |_| (out, len), NR, Init::Zero);
+                }
                 g.col2im_add(dcols, p0, len, dxi, NR);
             }
         }
@@ -961,10 +965,15 @@ pub unsafe extern "C" fn snn_conv2d_backward_f32(
                     };
                     let packed = &a[..packed_len::<MR>(m1 - m0, k)];
                     for (strip, sums) in packed.chunks_exact(k * MR).zip(db_part.chunks_mut(MR)) {
+                        // The block's sums in registers, then added to the running ones.
+                        let mut acc = [0f32; MR];
                         for step in strip.chunks_exact(MR) {
-                            for (s, v) in sums.iter_mut().zip(step) {
-                                *s += v;
+                            for (a, v) in acc.iter_mut().zip(step) {
+                                *a += v;
                             }
+                        }
+                        for (s, a) in sums.iter_mut().zip(acc) {
+                            *s += a;
                         }
                     }
                     if dwp.get().is_null() {
