@@ -22,7 +22,7 @@ use std::sync::OnceLock;
 
 mod gemm;
 mod spike;
-use gemm::{BSrc, Init, KC, MR, NR, Scratch, View, pack, packed_len, tiles};
+use gemm::{BSrc, Init, KC, MR, NR, Pooled, Scratch, View, pack, packed_len, tiles};
 pub use spike::{
     CONV_BACKWARD_SPIKE_MAX_DENSITY, CONV_SPIKE_MAX_DENSITY, DENSE_BACKWARD_SPIKE_MAX_DENSITY,
     DENSE_SPIKE_MAX_DENSITY, SpikeDispatch, conv2d_backward_spike, conv2d_spike,
@@ -477,7 +477,7 @@ fn add_run(dst: &mut [f32], src: &[f32]) {
 /// the input.
 struct ConvForward<'a> {
     g: Conv,
-    w: Scratch,
+    w: Pooled,
     bias: Option<&'a [f32]>,
     /// Add to `y` (the bias unused) instead of overwriting it.
     accumulate: bool,
@@ -492,7 +492,7 @@ const COLS_BLOCK: usize = 1 << 17;
 
 impl<'a> ConvForward<'a> {
     fn new(g: Conv, ws: &[f32], bias: Option<&'a [f32]>, accumulate: bool) -> ConvForward<'a> {
-        let mut w = Scratch::default();
+        let mut w = Scratch::pooled();
         let k = g.taps();
         // SAFETY: ws holds o × taps, row-major.
         unsafe {
@@ -665,7 +665,7 @@ pub unsafe extern "C" fn snn_conv2d_f32(
     // depend on who computes it).
     split(n * g.strips(), threads_for(macs), |u0, u1| {
         // SAFETY: strips u0..u1 are this thread's.
-        unsafe { fwd.strips(xs, yp.get(), u0, u1, &mut Scratch::default()) };
+        unsafe { fwd.strips(xs, yp.get(), u0, u1, &mut Scratch::pooled()) };
     });
 }
 
@@ -809,12 +809,12 @@ unsafe fn conv_backward_dx(
         let dxp = SendPtr(dx);
         split(n * t.strips(), threads, |u0, u1| {
             // SAFETY: strips u0..u1 of dx are this thread's.
-            unsafe { fwd.strips(dys, dxp.get(), u0, u1, &mut Scratch::default()) };
+            unsafe { fwd.strips(dys, dxp.get(), u0, u1, &mut Scratch::pooled()) };
         });
         return;
     }
     // wᵀ[taps × o] as the left operand of dx's product, packed once.
-    let mut wt = Scratch::default();
+    let mut wt = Scratch::pooled();
     // SAFETY: w holds o × taps.
     unsafe {
         pack::<MR>(
@@ -831,7 +831,7 @@ unsafe fn conv_backward_dx(
     let wt = wt.slice(packed_len::<MR>(taps, g.o));
     let dxp = SendPtr(dx);
     split(n, threads, |start, end| {
-        let (mut dyp, mut dcols) = (Scratch::default(), Scratch::default());
+        let (mut dyp, mut dcols) = (Scratch::pooled(), Scratch::pooled());
         let dyp = dyp.get(packed_len::<NR>(NR, g.o));
         let dcols = dcols.get(taps * NR);
         for img in start..end {
@@ -934,14 +934,14 @@ pub unsafe extern "C" fn snn_conv2d_backward_f32(
             // db: the thread holding tap 0 sums its channels' dy as it packs them.
             let mut db_part = vec![0f32; if want_db && t0 == 0 { m1 - m0 } else { 0 }];
             let (mut a, mut cols, mut b) =
-                (Scratch::default(), Scratch::default(), Scratch::default());
+                (Scratch::pooled(), Scratch::pooled(), Scratch::pooled());
             let a = a.get(packed_len::<MR>(m1 - m0, KC));
             let cols = cols.get((t1 - t0) * KC);
             let b = b.get(packed_len::<NR>(t1 - t0, KC));
             // The channels that taps t0..t1 read, padded per image.
             let kk = g.kh * g.kw;
             let (c0, c1) = (t0 / kk, (t1 - 1) / kk + 1);
-            let mut xp = Scratch::default();
+            let mut xp = Scratch::pooled();
             let xp = xp.get(g.padded_len(c0, c1));
             for img in 0..n {
                 let (xi, dyi) = (&xs[img * in_len..(img + 1) * in_len], &dys[img * out_len..]);

@@ -17,7 +17,7 @@
 //! Every element of the result is summed in an order fixed by the shapes (depth chunks of
 //! [`KC`], each in depth order), whichever thread computes it.
 
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 /// Rows of a result tile: the A lanes broadcast per step.
 pub(super) const MR: usize = 8;
@@ -55,6 +55,46 @@ impl Scratch {
         );
         // SAFETY: as in `get`, within the allocation.
         unsafe { std::slice::from_raw_parts(self.0.as_ptr().cast::<f32>(), len) }
+    }
+}
+
+/// Scratch buffers between kernel calls: the workers are new threads every call, so
+/// thread-locals would not outlive them, and fresh multi-MiB buffers cost page faults.
+static POOL: Mutex<Vec<Scratch>> = Mutex::new(Vec::new());
+
+/// Buffers the pool keeps at most (a few per worker thread).
+const POOL_MAX: usize = 64;
+
+impl Scratch {
+    /// A buffer from the pool (a new, empty one when there is none), returned when dropped.
+    pub(super) fn pooled() -> Pooled {
+        let s = POOL.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        Pooled(s.unwrap_or_default())
+    }
+}
+
+/// A [`Scratch`] on loan from the pool.
+pub(super) struct Pooled(Scratch);
+
+impl std::ops::Deref for Pooled {
+    type Target = Scratch;
+    fn deref(&self) -> &Scratch {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Pooled {
+    fn deref_mut(&mut self) -> &mut Scratch {
+        &mut self.0
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
+        if pool.len() < POOL_MAX {
+            pool.push(std::mem::take(&mut self.0));
+        }
     }
 }
 

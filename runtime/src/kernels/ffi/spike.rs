@@ -437,7 +437,7 @@ pub unsafe fn conv2d_spike(
     let gemm: OnceLock<ConvForward> = OnceLock::new();
     let yp = SendPtr(y);
     split_map(n, d.threads_for(n * out_len * g.taps()), |start, end| {
-        let (mut cols, mut out) = (Scratch::default(), Vec::new());
+        let (mut cols, mut out) = (Scratch::pooled(), Vec::new());
         let mut sparse = 0;
         for img in start..end {
             let xi = &xs[img * in_len..(img + 1) * in_len];
