@@ -104,7 +104,9 @@ unsafe fn sgemm(
 
 /// [`sgemm`] with the rows or the columns of `dst`, whichever are more, split over up to
 /// `threads` threads. Each thread packs the whole of the other operand, so the smaller one is
-/// the one packed more than once; every element's sum is the same whatever the split.
+/// the one packed more than once; every element's sum is the same whatever the split. The
+/// dense backward's products (a short depth or a long, thin result) measured faster here than
+/// through [`gemm::gemm`] (bench/RESULTS.md).
 ///
 /// # Safety
 /// As [`sgemm`].
@@ -707,22 +709,30 @@ pub unsafe extern "C" fn snn_dense_f32(
                 row.copy_from_slice(b);
             }
         }
-        // SAFETY: x is outer × n_in, w n_out × n_in read as its transpose.
+        // SAFETY: x is outer × n_in, w n_out × n_in (both with depth n_in contiguous).
         unsafe {
-            sgemm_split(
+            gemm::gemm(
                 threads_for(macs),
                 outer,
                 n_out,
                 n_in,
+                View {
+                    p: x,
+                    ls: n_in,
+                    ks: 1,
+                },
+                View {
+                    p: w,
+                    ls: n_in,
+                    ks: 1,
+                },
                 y,
-                n_out as isize,
-                bias.is_some(),
-                x,
-                n_in as isize,
-                1,
-                w,
-                1,
-                n_in as isize,
+                n_out,
+                if bias.is_some() {
+                    Init::Load
+                } else {
+                    Init::Zero
+                },
             );
         }
         return;

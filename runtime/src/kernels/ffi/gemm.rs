@@ -106,6 +106,10 @@ pub(super) struct View {
     pub ks: usize,
 }
 
+// SAFETY: a `View` only reads, and its users keep what it addresses alive and unwritten.
+unsafe impl Send for View {}
+unsafe impl Sync for View {}
+
 /// Floats that [`pack`] writes for `lanes` lanes of depth `k` in strips of `W`.
 pub(super) fn packed_len<const W: usize>(lanes: usize, k: usize) -> usize {
     lanes.div_ceil(W) * k * W
@@ -233,6 +237,10 @@ pub(super) enum Init {
     Load,
     Bias(*const f32),
 }
+
+// SAFETY: the bias is only read, and kept alive by the caller.
+unsafe impl Send for Init {}
+unsafe impl Sync for Init {}
 
 impl Init {
     /// This start for the tile whose first row is row `m0` of the result.
@@ -377,6 +385,90 @@ unsafe fn tiles_with(
         }
         k0 += kl;
     }
+}
+
+/// `C[m×n] = init + A·B` on up to `threads` threads, with A as `m` lanes and B as `n` lanes
+/// over depth `k` in any layout (both packed per block of [`KC`] depths). Threads take
+/// disjoint column strips of C (row strips when there are fewer column strips than threads);
+/// every element sums its depth blocks in order, so the result does not depend on the thread
+/// count.
+///
+/// # Safety
+/// `a` and `b` must address the elements they describe; `c`: `m` rows of `n` writable floats
+/// `rsc` apart (also read for [`Init::Load`]) that nothing else accesses meanwhile; a bias
+/// `m` floats.
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn gemm(
+    threads: usize,
+    m: usize,
+    n: usize,
+    k: usize,
+    a: View,
+    b: View,
+    c: *mut f32,
+    rsc: usize,
+    init: Init,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    let cp = super::SendPtr(c);
+    if k == 0 {
+        for r in 0..m {
+            for j in 0..n {
+                // SAFETY: element (r, j) of C, per the caller.
+                unsafe {
+                    let e = cp.get().add(r * rsc + j);
+                    *e = start(init, e, r);
+                }
+            }
+        }
+        return;
+    }
+    let (m_strips, n_strips) = (m.div_ceil(MR), n.div_ceil(NR));
+    let by_columns = n_strips >= threads;
+    super::split(
+        if by_columns { n_strips } else { m_strips },
+        threads,
+        |s0, s1| {
+            // The whole views (a closure would capture their pointer fields alone).
+            let (a, b) = (a, b);
+            let (m0, m1, n0, n1) = if by_columns {
+                (0, m, s0 * NR, (s1 * NR).min(n))
+            } else {
+                (s0 * MR, (s1 * MR).min(m), 0, n)
+            };
+            let (mut pa, mut pb) = (Scratch::pooled(), Scratch::pooled());
+            let pa = pa.get(packed_len::<MR>(m1 - m0, KC.min(k)));
+            let pb = pb.get(packed_len::<NR>(n1 - n0, KC.min(k)));
+            for k0 in (0..k).step_by(KC) {
+                let kb = KC.min(k - k0);
+                let (a, b) = (
+                    View {
+                        p: a.p.wrapping_add(m0 * a.ls + k0 * a.ks),
+                        ..a
+                    },
+                    View {
+                        p: b.p.wrapping_add(n0 * b.ls + k0 * b.ks),
+                        ..b
+                    },
+                );
+                let out = |s: usize| {
+                    let j = n0 + s * NR;
+                    (cp.get().wrapping_add(m0 * rsc + j), NR.min(n1 - j))
+                };
+                let init = if k0 == 0 { init.at_row(m0) } else { Init::Load };
+                // SAFETY: the block's rows and lanes, per the caller; C's block (m0..m1, n0..n1)
+                // is this thread's.
+                unsafe {
+                    pack::<MR>(pa, a, m1 - m0, kb);
+                    pack::<NR>(pb, b, n1 - n0, kb);
+                    let b = |s: usize| BSrc::packed(pb, kb, s);
+                    tiles(m1 - m0, kb, pa, b, (n1 - n0).div_ceil(NR), out, rsc, init);
+                }
+            }
+        },
+    );
 }
 
 /// Adds the tile's start (see [`Init`]) to row `r`'s accumulated value `v` at column `j`.
