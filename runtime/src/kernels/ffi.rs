@@ -842,29 +842,28 @@ unsafe fn conv_backward_dx(
     let dxp = SendPtr(dx);
     split(n, threads, |start, end| {
         let (mut dyp, mut dcols) = (Scratch::pooled(), Scratch::pooled());
-        let dyp = dyp.get(packed_len::<NR>(NR, g.o));
+        let dyp = dyp.get(packed_len::<NR>(px, g.o));
         let dcols = dcols.get(taps * NR);
         for img in start..end {
             let dyi = &dys[img * out_len..(img + 1) * out_len];
             // SAFETY: image `img` of dx is written by this thread only.
             let dxi =
                 unsafe { std::slice::from_raw_parts_mut(dxp.get().add(img * in_len), in_len) };
-            for p0 in (0..px).step_by(NR) {
+            // dy packed whole, row by row: strip by strip, its rows (often 4 KiB apart) would
+            // be read as many short streams sharing L1 sets.
+            let dy_image = View {
+                p: dyi.as_ptr(),
+                ls: 1,
+                ks: px,
+            };
+            // SAFETY: dy's o × px.
+            unsafe { pack::<NR>(dyp, dy_image, px, g.o) };
+            for (s, p0) in (0..px).step_by(NR).enumerate() {
                 let len = NR.min(px - p0);
                 let out = dcols.as_mut_ptr();
-                // dy's pixels p0..p0 + len of each channel, packed: read in place, its rows
-                // (often 4 KiB apart) would share L1 sets.
-                let dy_strip = View {
-                    p: dyi[p0..].as_ptr(),
-                    ls: 1,
-                    ks: px,
-                };
-                // SAFETY: dy's channels at pixels p0..p0 + len; dcols holds taps × NR.
-                unsafe {
-                    pack::<NR>(dyp, dy_strip, len, g.o);
-                    let b = |_| BSrc::packed(dyp, g.o, 0);
-                    tiles(taps, g.o, wt, b, 1, |_| (out, len), NR, Init::Zero);
-                }
+                let b = |_| BSrc::packed(dyp, g.o, s);
+                // SAFETY: strip s of the packed dy; dcols holds taps × NR.
+                unsafe { tiles(taps, g.o, wt, b, 1, |_| (out, len), NR, Init::Zero) };
                 g.col2im_add(dcols, p0, len, dxi, NR);
             }
         }

@@ -120,31 +120,32 @@ pub(super) fn packed_len<const W: usize>(lanes: usize, k: usize) -> usize {
 /// # Safety
 /// `src` must address every element (l < lanes, kk < k) it describes.
 pub(super) unsafe fn pack<const W: usize>(dst: &mut [f32], src: View, lanes: usize, k: usize) {
-    for (s, strip) in dst[..packed_len::<W>(lanes, k)]
-        .chunks_exact_mut(k * W)
-        .enumerate()
-    {
-        let l0 = s * W;
-        let nl = W.min(lanes - l0);
-        if src.ls == 1 {
-            // Each depth's lanes are contiguous: one copy per depth.
-            for (kk, row) in strip.chunks_exact_mut(W).enumerate() {
-                // SAFETY: lanes l0..l0 + nl at depth kk, per the caller.
-                let from = unsafe { std::slice::from_raw_parts(src.p.add(l0 + kk * src.ks), nl) };
-                if nl == W {
+    let dst = &mut dst[..packed_len::<W>(lanes, k)];
+    if src.ls == 1 {
+        // Each depth's lanes are contiguous: depth by depth (one streaming read of each), one
+        // copy per strip.
+        for kk in 0..k {
+            // SAFETY: the lanes at depth kk, per the caller.
+            let from = unsafe { std::slice::from_raw_parts(src.p.add(kk * src.ks), lanes) };
+            for (s, from) in from.chunks(W).enumerate() {
+                let row = &mut dst[(s * k + kk) * W..][..W];
+                if let Ok(from) = <&[f32; W]>::try_from(from) {
                     // A fixed-size copy: a `memcpy` call per depth cost more than the copy.
                     <&mut [f32; W]>::try_from(row)
                         .expect("W floats")
                         .copy_from_slice(from);
                 } else {
-                    row[..nl].copy_from_slice(from);
-                    row[nl..].fill(0.0);
+                    row[..from.len()].copy_from_slice(from);
+                    row[from.len()..].fill(0.0);
                 }
             }
-        } else {
-            // SAFETY: as above.
-            unsafe { transpose::<W>(strip, src, l0, nl, k) };
         }
+        return;
+    }
+    for (s, strip) in dst.chunks_exact_mut(k * W).enumerate() {
+        let l0 = s * W;
+        // SAFETY: as above.
+        unsafe { transpose::<W>(strip, src, l0, W.min(lanes - l0), k) };
     }
 }
 
