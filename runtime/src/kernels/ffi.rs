@@ -1,7 +1,8 @@
 //! `extern "C"` kernels that code generated for the CPU calls: f32 convolution and dense layers
-//! as matrix products through `matrixmultiply` (blocked, packed, AVX-512/AVX2+FMA microkernels
-//! chosen at run time; see docs/decisions.md for why not the `gemm` crate), multi-threaded over
-//! the batch of images / rows.
+//! as matrix products. The convolutions and the dense forward use this module's packed GEMM
+//! (`ffi/gemm.rs`: weights packed once per call, the input's columns read in place from a padded copy
+//! or im2col-packed, AVX-512 / AVX2+FMA tile kernels); the dense backward uses `matrixmultiply`
+//! (measured faster for its shapes; see docs/decisions.md for why not the `gemm` crate).
 //!
 //! Layouts (dense, row-major, as the lowering's memrefs):
 //! - [`snn_conv2d_f32`]: `x[n][c][h][w]`, `w[o][c][kh][kw]`, `bias[o]` (or null), `y[n][o][oh][ow]`,
@@ -11,8 +12,9 @@
 //!   `y[outer][n_out][inner]`: a dense layer along one axis of a tensor.
 //!
 //! Threads: `SNN_THREADS` (a positive integer) or else `std::thread::available_parallelism`,
-//! read once. Work is split into contiguous blocks of images (conv) or rows (dense), so each
-//! thread writes a disjoint part of `y`; results do not depend on the thread count.
+//! read once. Work is split into contiguous blocks of output strips, images, rows or columns, so
+//! each thread writes a disjoint part of the result, and every element is summed in an order
+//! fixed by the shapes: results do not depend on the thread count.
 //!
 //! [`snn_conv2d_spike_f32`], [`snn_dense_spike_f32`] and their backward: the same kernels for
 //! binary (spike) input, accumulate-only and zero-skipping below a measured crossover density,
