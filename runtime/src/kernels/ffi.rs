@@ -512,7 +512,10 @@ impl<'a> ConvForward<'a> {
             );
         }
         let (hp, wp) = g.padded_plane();
-        let taps_at = if g.sw == 1 && g.ow.is_multiple_of(16) {
+        // Reads in place are unchecked: only when every tap of every output lies in the padded
+        // image (`oh`, `ow` as documented; the packed path's slicing checks them otherwise).
+        let inside = (g.oh - 1) * g.sh + g.kh <= hp && g.ow - 1 + g.kw <= wp;
+        let taps_at = if g.sw == 1 && g.ow.is_multiple_of(16) && inside {
             g.taps_from(0, k)
                 .map(|(c, p, q)| (c * hp + p) * wp + q)
                 .collect()
@@ -793,6 +796,9 @@ unsafe fn conv_backward_dx(
     threads: usize,
 ) {
     let (in_len, out_len, taps, px) = (xs.len() / n, dys.len() / n, g.taps(), g.pixels());
+    if in_len == 0 {
+        return;
+    }
     let kk = g.kh * g.kw;
     let rows_used = |rows: usize| rows as f64 / rows.next_multiple_of(MR) as f64;
     if g.sh == 1 && g.sw == 1 && g.ph < g.kh && g.pw < g.kw && rows_used(g.c) >= rows_used(taps) {
