@@ -355,7 +355,7 @@ impl Conv {
             let rows = plane[ph * wp..(ph + h) * wp].chunks_exact_mut(wp);
             for (row, s) in rows.zip(src.chunks_exact(w)) {
                 row[..pw].fill(0.0);
-                row[pw..pw + w].copy_from_slice(s);
+                copy_run(&mut row[pw..pw + w], s);
                 row[pw + w..].fill(0.0);
             }
         }

@@ -747,12 +747,34 @@ mod tests {
             );
         }
         assert_eq!(pb, pbt, "copied and transposed packs");
-        for (name, tile) in kernels() {
+        // B row-major read in place: rows `n` apart, or through a table of row offsets.
+        let rows: Vec<usize> = (0..k).map(|kk| kk * n).collect();
+        let in_place = |s: usize, table: bool| {
+            let lo = bv.as_ptr().wrapping_add(s * NR);
+            BSrc {
+                lo,
+                hi: lo.wrapping_add(16),
+                step: n,
+                table: if table {
+                    rows.as_ptr()
+                } else {
+                    std::ptr::null()
+                },
+            }
+        };
+        let sources: [(&str, &dyn Fn(usize) -> BSrc); 3] = [
+            ("packed", &|s| BSrc::packed(pb, k, s)),
+            ("strided", &|s| in_place(s, false)),
+            ("table", &|s| in_place(s, true)),
+        ];
+        for ((name, tile), (source, b)) in kernels()
+            .into_iter()
+            .flat_map(|t| sources.iter().map(move |s| (t, *s)))
+        {
             for init in [Init::Zero, Init::Load, Init::Bias(bias.as_ptr())] {
                 let mut c = vec![0.5f32; m * n];
                 let cp = c.as_mut_ptr();
                 let out = |s: usize| (cp.wrapping_add(s * NR), NR.min(n - s * NR));
-                let b = |s: usize| BSrc::packed(pb, k, s);
                 unsafe { tiles_with(tile, m, k, pa, b, n.div_ceil(NR), out, n, init) };
                 for i in 0..m {
                     for j in 0..n {
