@@ -789,7 +789,7 @@ mod tests {
                         let got = f64::from(c[i * n + j]);
                         assert!(
                             (got - want).abs() < 1e-3,
-                            "{name} ({i}, {j}): {got} vs {want}"
+                            "{name} {source} ({i}, {j}): {got} vs {want}"
                         );
                     }
                 }
