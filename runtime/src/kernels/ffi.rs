@@ -814,7 +814,8 @@ unsafe fn conv_backward_dx(
             ..g
         };
         // wt[c][o][p][q] = w[o][c][kh − 1 − p][kw − 1 − q].
-        let mut wt = vec![0f32; ws.len()];
+        let mut wt = Scratch::pooled();
+        let wt = wt.get(ws.len());
         for (o, wo) in ws.chunks_exact(taps).enumerate() {
             for (c, wc) in wo.chunks_exact(kk).enumerate() {
                 let dst = &mut wt[(c * g.o + o) * kk..][..kk];
@@ -823,7 +824,7 @@ unsafe fn conv_backward_dx(
                 }
             }
         }
-        let fwd = ConvForward::new(t, &wt, None, true);
+        let fwd = ConvForward::new(t, wt, None, true);
         let dxp = SendPtr(dx);
         split(n * t.strips(), threads, |u0, u1| {
             // SAFETY: strips u0..u1 of dx are this thread's.
