@@ -24,7 +24,7 @@ use std::sync::OnceLock;
 
 mod gemm;
 mod spike;
-use gemm::{BSrc, Init, KC, MR, NR, Pooled, Scratch, View, pack, packed_len, tiles};
+use gemm::{BSrc, DEPTH_BLOCK, Init, MR, NR, Pooled, Scratch, View, pack, packed_len, tiles};
 pub use spike::{
     CONV_BACKWARD_SPIKE_MAX_DENSITY, CONV_SPIKE_MAX_DENSITY, DENSE_BACKWARD_SPIKE_MAX_DENSITY,
     DENSE_SPIKE_MAX_DENSITY, SpikeDispatch, conv2d_backward_spike, conv2d_spike,
@@ -953,9 +953,9 @@ pub unsafe extern "C" fn snn_conv2d_backward_f32(
             let mut db_part = vec![0f32; if want_db && t0 == 0 { m1 - m0 } else { 0 }];
             let (mut a, mut cols, mut b) =
                 (Scratch::pooled(), Scratch::pooled(), Scratch::pooled());
-            let a = a.get(packed_len::<MR>(m1 - m0, KC));
-            let cols = cols.get((t1 - t0) * KC);
-            let b = b.get(packed_len::<NR>(t1 - t0, KC));
+            let a = a.get(packed_len::<MR>(m1 - m0, DEPTH_BLOCK));
+            let cols = cols.get((t1 - t0) * DEPTH_BLOCK);
+            let b = b.get(packed_len::<NR>(t1 - t0, DEPTH_BLOCK));
             // The channels that taps t0..t1 read, padded per image.
             let kk = g.kh * g.kw;
             let (c0, c1) = (t0 / kk, (t1 - 1) / kk + 1);
@@ -966,8 +966,8 @@ pub unsafe extern "C" fn snn_conv2d_backward_f32(
                 if !dwp.get().is_null() {
                     g.pad(xi, c0, c1, xp);
                 }
-                for k0 in (0..px).step_by(KC) {
-                    let k = KC.min(px - k0);
+                for k0 in (0..px).step_by(DEPTH_BLOCK) {
+                    let k = DEPTH_BLOCK.min(px - k0);
                     // SAFETY: dy's channels m0..m1, pixels k0..k0 + k.
                     unsafe {
                         pack::<MR>(

@@ -14,8 +14,8 @@
 //! `s·W + l`, depth `kk`) at `(s·k + kk)·W + l`, lanes past the end zero. A tile kernel reads
 //! one A strip and one B strip over any range of depths.
 //!
-//! Every element of the result is summed in an order fixed by the shapes (depth chunks of
-//! [`KC`], each in depth order), whichever thread computes it.
+//! Every element of the result is summed in an order fixed by the shapes (depth passes of at
+//! most [`KC`], or blocks of [`DEPTH_BLOCK`], each in depth order), whichever thread computes it.
 
 use std::sync::{Mutex, OnceLock};
 
@@ -23,9 +23,15 @@ use std::sync::{Mutex, OnceLock};
 pub(super) const MR: usize = 8;
 /// Columns of a result tile: two AVX-512 vectors of B per step.
 pub(super) const NR: usize = 32;
-/// Depth per pass over a tile: a B strip chunk (`KC·NR` floats, 32 KiB) stays in L1 while the
-/// A strips run past it.
-pub(super) const KC: usize = 256;
+/// Depth per pass over a tile (at most; passes split the depth evenly): each pass reloads the
+/// result tile, and its B strip (`KC·NR` floats, L2-resident) is re-read by every A strip.
+/// Measured on the gesture convs: 1152 (one pass for all of them) beat 256 (64→128 forward
+/// 0.89 vs 0.79 of the 2-thread peak), 640 in between.
+pub(super) const KC: usize = 1152;
+/// Depths packed at a time where both operands are packed per block ([`gemm`], the conv dW).
+pub(super) const DEPTH_BLOCK: usize = 256;
+/// Floats of packed B per chunk in [`gemm`] (256 KiB).
+const B_CHUNK: usize = 1 << 16;
 
 #[repr(C, align(64))]
 #[derive(Clone, Copy)]
@@ -389,7 +395,7 @@ unsafe fn tiles_with(
 }
 
 /// `C[m×n] = init + A·B` on up to `threads` threads, with A as `m` lanes and B as `n` lanes
-/// over depth `k` in any layout (both packed per block of [`KC`] depths). Threads take
+/// over depth `k` in any layout (both packed per block of [`DEPTH_BLOCK`] depths). Threads take
 /// disjoint column strips of C (row strips when there are fewer column strips than threads);
 /// every element sums its depth blocks in order, so the result does not depend on the thread
 /// count.
@@ -439,33 +445,38 @@ pub(super) unsafe fn gemm(
             } else {
                 (s0 * MR, (s1 * MR).min(m), 0, n)
             };
+            // B in chunks of strips that stay in L2 between packing and use.
+            let depth = DEPTH_BLOCK.min(k);
+            let chunk = (B_CHUNK / (depth * NR)).max(1) * NR;
             let (mut pa, mut pb) = (Scratch::pooled(), Scratch::pooled());
-            let pa = pa.get(packed_len::<MR>(m1 - m0, KC.min(k)));
-            let pb = pb.get(packed_len::<NR>(n1 - n0, KC.min(k)));
-            for k0 in (0..k).step_by(KC) {
-                let kb = KC.min(k - k0);
-                let (a, b) = (
-                    View {
-                        p: a.p.wrapping_add(m0 * a.ls + k0 * a.ks),
-                        ..a
-                    },
-                    View {
-                        p: b.p.wrapping_add(n0 * b.ls + k0 * b.ks),
-                        ..b
-                    },
-                );
-                let out = |s: usize| {
-                    let j = n0 + s * NR;
-                    (cp.get().wrapping_add(m0 * rsc + j), NR.min(n1 - j))
+            let pa = pa.get(packed_len::<MR>(m1 - m0, depth));
+            let pb = pb.get(packed_len::<NR>(chunk.min(n1 - n0), depth));
+            for k0 in (0..k).step_by(DEPTH_BLOCK) {
+                let kb = DEPTH_BLOCK.min(k - k0);
+                let a = View {
+                    p: a.p.wrapping_add(m0 * a.ls + k0 * a.ks),
+                    ..a
                 };
                 let init = if k0 == 0 { init.at_row(m0) } else { Init::Load };
-                // SAFETY: the block's rows and lanes, per the caller; C's block (m0..m1, n0..n1)
-                // is this thread's.
-                unsafe {
-                    pack::<MR>(pa, a, m1 - m0, kb);
-                    pack::<NR>(pb, b, n1 - n0, kb);
-                    let b = |s: usize| BSrc::packed(pb, kb, s);
-                    tiles(m1 - m0, kb, pa, b, (n1 - n0).div_ceil(NR), out, rsc, init);
+                // SAFETY: rows m0..m1 of A at depths k0..k0 + kb, per the caller.
+                unsafe { pack::<MR>(pa, a, m1 - m0, kb) };
+                for c0 in (n0..n1).step_by(chunk) {
+                    let c1 = (c0 + chunk).min(n1);
+                    let b = View {
+                        p: b.p.wrapping_add(c0 * b.ls + k0 * b.ks),
+                        ..b
+                    };
+                    let out = |s: usize| {
+                        let j = c0 + s * NR;
+                        (cp.get().wrapping_add(m0 * rsc + j), NR.min(c1 - j))
+                    };
+                    // SAFETY: lanes c0..c1 of B at those depths, per the caller; C's block
+                    // (m0..m1, c0..c1) is this thread's.
+                    unsafe {
+                        pack::<NR>(pb, b, c1 - c0, kb);
+                        let b = |s: usize| BSrc::packed(pb, kb, s);
+                        tiles(m1 - m0, kb, pa, b, (c1 - c0).div_ceil(NR), out, rsc, init);
+                    }
                 }
             }
         },
