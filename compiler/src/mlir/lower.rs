@@ -247,7 +247,9 @@ fn to_i64(shape: &[usize]) -> Vec<i64> {
 /// order with `B = opts.batch`; each argument carries `{snnc.name, snnc.role}`.
 ///
 /// Semantics: batchnorm is the training-mode forward (batch statistics; the running statistics
-/// are updated in place with momentum and the unbiased variance); dropout is the identity (its
+/// are updated in place with momentum and the unbiased variance), or with
+/// [`LowerOptions::eval`] the inference one (running statistics, unchanged); dropout is the
+/// identity (its
 /// inference behaviour: training masks need the runtime's RNG); `detach` is the identity in a
 /// forward pass; `fire` is the branch-free `x >= 0 ? 1 : 0`; intermediates are
 /// `memref.alloc`ed at their definition and freed after their last use.
