@@ -38,21 +38,22 @@ const ZERO: Row = [0.0; BLOCK];
 // gesture network's shapes.
 
 /// [`snn_conv2d_spike_f32`] takes the sparse path for an image whose density of ones is below
-/// this. Measured crossovers: 31 % (64→128, 32×32) and 38 % (128→128, 16×16), 80 images;
-/// speed-up 1.2–1.6× at 25 %, 7–8× at 0.5 %.
-pub const CONV_SPIKE_MAX_DENSITY: f64 = 0.25;
+/// this. Measured crossovers against the packed GEMM (`ffi::gemm`, 0.84–0.90 of peak):
+/// 21 % (64→128, 32×32) and 22 % (128→128, 16×16), 80 images (against the earlier
+/// `matrixmultiply` path they were 31 % and 38 %).
+pub const CONV_SPIKE_MAX_DENSITY: f64 = 0.2;
 /// [`snn_dense_spike_f32`]: the sparse path below this density of the whole input. Measured
-/// crossovers: 16 % (8192→256, 80 rows) and 31 % (4096→4096, 400 rows): the per-call transposed
-/// copy of the weights (n_in·n_out) is amortised over the rows.
-pub const DENSE_SPIKE_MAX_DENSITY: f64 = 0.15;
+/// crossovers: 4.4 % (8192→256, 80 rows) and 20 % (4096→4096, 400 rows): the per-call
+/// transposed copy of the weights (n_in·n_out) is amortised over the rows.
+pub const DENSE_SPIKE_MAX_DENSITY: f64 = 0.04;
 /// [`snn_conv2d_backward_spike_f32`]: dW on the sparse path below this density of the whole
-/// input. Measured crossovers (dx + dW + db against the GEMM backward): 21 % and 23 %; dx stays
-/// a GEMM, so the gain is at most ~2× (1.7–1.9× at 0.5 %).
-pub const CONV_BACKWARD_SPIKE_MAX_DENSITY: f64 = 0.2;
+/// input. Measured crossovers (dx + dW + db against the GEMM backward): 11 % and 14 %; dx stays
+/// a GEMM, so the gain is at most ~2×.
+pub const CONV_BACKWARD_SPIKE_MAX_DENSITY: f64 = 0.1;
 /// [`snn_dense_backward_spike_f32`]: dW on the sparse path below this density. Measured
-/// crossovers: 2 % (8192→256, 80 rows: the dW GEMM is small and the sparse path's fixed
-/// zeroing/transposition of an n_in·n_out table about as dear) and 22 % (4096→4096, 400 rows).
-pub const DENSE_BACKWARD_SPIKE_MAX_DENSITY: f64 = 0.02;
+/// crossovers: 1.2 % (8192→256, 80 rows: the dW GEMM is small and the sparse path's fixed
+/// zeroing/transposition of an n_in·n_out table about as dear) and 8.9 % (4096→4096, 400 rows).
+pub const DENSE_BACKWARD_SPIKE_MAX_DENSITY: f64 = 0.01;
 
 /// How a spike kernel chooses its path: the sparse one when the input's density of ones is
 /// below `max_density` (`f64::INFINITY`: always, for binary input; `0.0`: never), on at most
