@@ -42,6 +42,37 @@ fn gesture_example_prints_typed_ir() {
     assert!(ir.contains("reduce_mean"), "{ir}");
 }
 
+/// `--eval` reaches the lowering: the inference forward normalises with the running
+/// statistics in one pass, so it has no loops computing batch statistics.
+#[test]
+fn build_eval_lowers_inference_batchnorm() {
+    let mlir = |eval: bool| {
+        let mut args = vec![
+            "build",
+            "examples/nmnist.snn",
+            "--model",
+            "NMNISTVanilla",
+            "--emit",
+            "mlir",
+        ];
+        if eval {
+            args.push("--eval");
+        }
+        let out = snnc(&args);
+        assert!(out.status.success(), "{}", stderr(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let (train, eval) = (mlir(false), mlir(true));
+    let loops = |text: &str| text.matches("scf.for").count();
+    assert!(
+        loops(&eval) < loops(&train),
+        "eval {} loops, train {}",
+        loops(&eval),
+        loops(&train)
+    );
+    assert!(eval.contains("func.func @NMNISTVanilla"), "{eval}");
+}
+
 #[test]
 fn malformed_files_fail_with_location_and_no_panic() {
     let dir = std::env::temp_dir().join(format!("snnc-e2e-{}", std::process::id()));
