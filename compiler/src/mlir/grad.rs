@@ -22,7 +22,8 @@ use melior::{
     dialect::func,
     ir::{
         Block, BlockLike, Location, Module, Region, RegionLike, Type,
-        attribute::DenseI32ArrayAttribute, r#type::MemRefType,
+        attribute::DenseI32ArrayAttribute,
+        r#type::{IntegerType, MemRefType},
     },
 };
 use std::collections::{BTreeSet, HashMap};
@@ -1134,6 +1135,50 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
         Ok(())
     }
 
+    /// Max-reduce gradient for four outputs at once (lanes along a kept last axis): the first
+    /// maximum of every lane over `dims` (row-major; a NaN beats any number, as in
+    /// [`Self::argmax`]), tracked as a lane vector of linear indices in f32 (exact below 2^24),
+    /// then a second pass adds dy where a lane's index matches.
+    fn argmax_lanes(
+        &self,
+        b: &Block<'c>,
+        dims: &[i64],
+        (x, dy, dx): (&Buf<'c>, &Buf<'c>, &Buf<'c>),
+        o: &[V<'c>],
+        x_index: &dyn Fn(&[V<'c>], &[V<'c>]) -> Vec<V<'c>>,
+    ) {
+        let fx = &self.fx;
+        let lane_index = |b: &Block<'c>, r: &[V<'c>]| {
+            let i = linear(fx, b, r, dims);
+            let i64t: Type<'c> = IntegerType::new(fx.ctx, 64).into();
+            let i = fx.val(b, "arith.index_cast", &[i], i64t, &[]);
+            let f = fx.val(b, "arith.sitofp", &[i], fx.f32, &[]);
+            fx.splat(b, f)
+        };
+        let inits = [fx.cf_w(f64::NEG_INFINITY, true), fx.cf_w(0.0, true)];
+        let best = fx.carry_nest(b, dims, &inits, &[], &mut |b, r, carried| {
+            let v = fx.vload(b, x.mem, &x_index(o, r));
+            let gt = fx.cmpf(b, fpred::OGT, v, carried[0]);
+            let v_nan = fx.cmpf(b, UNO, v, v);
+            let best_num = fx.cmpf(b, ORD, carried[0], carried[0]);
+            let nan_wins = fx.bin(b, "arith.andi", v_nan, best_num);
+            let upd = fx.bin(b, "arith.ori", gt, nan_wins);
+            let i = lane_index(b, r);
+            vec![
+                fx.select(b, upd, v, carried[0]),
+                fx.select(b, upd, i, carried[1]),
+            ]
+        });
+        let d = fx.vload(b, dy.mem, o);
+        let zero = fx.cf_w(0.0, true);
+        fx.carry_nest(b, dims, &[], &[], &mut |b, r, _| {
+            let hit = fx.cmpf(b, fpred::OEQ, best[1], lane_index(b, r));
+            let add = fx.select(b, hit, d, zero);
+            self.acc_w(b, add, dx.mem, &x_index(o, r), true);
+            vec![]
+        });
+    }
+
     /// Index (row-major over `dims`) and value of the first maximum of `value` over `dims`;
     /// a NaN beats any number, as in the runtime kernels' `first_argmax`.
     fn argmax(
@@ -1356,7 +1401,7 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
                 });
             }
             Some(x) => {
-                fx.par(fx.entry, &dy.dims, |b, o| {
+                let scalar = |b: &Block<'c>, o: &[V<'c>]| {
                     let (best, _) =
                         self.argmax(b, &red_dims, &|b, r| fx.load(b, x.mem, &x_index(o, r)));
                     // Delinearise the argmax into reduced-axis indices.
@@ -1372,7 +1417,20 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
                     }
                     let d = fx.load(b, dy.mem, o);
                     self.acc(b, d, dx.mem, &x_index(o, &r));
-                });
+                };
+                if reduced.last() == Some(&false) && !fx.flat {
+                    // The last axis is kept: each lane is an output of its own, and scans the
+                    // reduced axes in the same row-major order under the same rule.
+                    fx.par_vec(fx.entry, &dy.dims, |b, o, vector| {
+                        if vector {
+                            self.argmax_lanes(b, &red_dims, (&x, dy, &dx), o, &x_index);
+                        } else {
+                            scalar(b, o);
+                        }
+                    });
+                } else {
+                    fx.par(fx.entry, &dy.dims, scalar);
+                }
             }
         }
         Ok(())
