@@ -449,6 +449,9 @@ fn lower_backward<'c>(
     Ok(used)
 }
 
+/// The input index of a reduction from its output index and the reduced axes' indices.
+type XIndex<'f, 'c> = dyn Fn(&[V<'c>], &[V<'c>]) -> Vec<V<'c>> + 'f;
+
 /// A scan's neuron program, what it emits, and its adjoint equations.
 type ScanProgram<'a> = (&'a NeuronProgram, ScanEmit, &'a ScanAdjoint);
 
@@ -1145,7 +1148,7 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
         dims: &[i64],
         (x, dy, dx): (&Buf<'c>, &Buf<'c>, &Buf<'c>),
         o: &[V<'c>],
-        x_index: &dyn Fn(&[V<'c>], &[V<'c>]) -> Vec<V<'c>>,
+        x_index: &XIndex<'_, 'c>,
     ) {
         let fx = &self.fx;
         let lane_index = |b: &Block<'c>, r: &[V<'c>]| {
