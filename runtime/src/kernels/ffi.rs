@@ -282,6 +282,10 @@ impl Conv {
     fn pixels(&self) -> usize {
         self.oh * self.ow
     }
+    /// Whether a call over `n` images has nothing to compute (the ABI's no-op sizes).
+    fn is_empty(&self, n: usize) -> bool {
+        n == 0 || self.c == 0 || self.o == 0 || self.pixels() == 0 || self.kh == 0 || self.kw == 0
+    }
     /// Tap `t` of the column matrix as (channel, kernel row, kernel column).
     fn tap(&self, t: usize) -> (usize, usize, usize) {
         let kk = self.kh * self.kw;
@@ -654,7 +658,7 @@ pub unsafe extern "C" fn snn_conv2d_f32(
 ) {
     let g = Conv::from_abi([c, h, wd, o, kh, kw, sh, sw, ph, pw, oh, ow]);
     let n = to_usize(n);
-    if n == 0 || g.c == 0 || g.o == 0 || g.pixels() == 0 || g.kh == 0 || g.kw == 0 {
+    if g.is_empty(n) {
         return;
     }
     // SAFETY: sizes as documented above.
@@ -916,7 +920,7 @@ pub unsafe extern "C" fn snn_conv2d_backward_f32(
 ) {
     let g = Conv::from_abi([c, h, wd, o, kh, kw, sh, sw, ph, pw, oh, ow]);
     let n = to_usize(n);
-    if n == 0 || g.c == 0 || g.o == 0 || g.pixels() == 0 || g.kh == 0 || g.kw == 0 {
+    if g.is_empty(n) {
         return;
     }
     let (in_len, out_len, taps, px) = (g.c * g.h * g.w, g.o * g.pixels(), g.taps(), g.pixels());

@@ -407,7 +407,7 @@ pub unsafe fn conv2d_spike(
 ) -> usize {
     let g = Conv::from_abi([c, h, wd, o, kh, kw, sh, sw, ph, pw, oh, ow]);
     let n = to_usize(n);
-    if n == 0 || g.c == 0 || g.o == 0 || g.pixels() == 0 || g.kh == 0 || g.kw == 0 {
+    if g.is_empty(n) {
         return 0;
     }
     let (in_len, out_len, px, kk) = (g.c * g.h * g.w, g.o * g.pixels(), g.pixels(), g.kh * g.kw);
@@ -647,7 +647,7 @@ pub unsafe fn conv2d_backward_spike(
 ) -> bool {
     let g = Conv::from_abi([c, h, wd, o, kh, kw, sh, sw, ph, pw, oh, ow]);
     let n_ = to_usize(n);
-    let empty = n_ == 0 || g.c == 0 || g.o == 0 || g.pixels() == 0 || g.kh == 0 || g.kw == 0;
+    let empty = g.is_empty(n_);
     let (in_len, out_len, px, kk) = (g.c * g.h * g.w, g.o * g.pixels(), g.pixels(), g.kh * g.kw);
     // SAFETY: sizes as documented.
     let xs = unsafe { std::slice::from_raw_parts(x, if empty { 0 } else { n_ * in_len }) };
