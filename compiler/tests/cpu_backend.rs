@@ -114,6 +114,7 @@ fn jit_agrees_with_interpreter(what: &str, g: &Graph, batch: usize, tol: f64) {
 /// [`jit_agrees_with_interpreter`] in `mode`: `Mode::Eval` compiles with
 /// `LowerOptions::eval` (batchnorm on the running statistics, which must stay unchanged).
 fn jit_agrees_with_interpreter_in(what: &str, g: &Graph, batch: usize, tol: f64, mode: Mode) {
+    common::split_every_parallel_loop();
     let mut c = case(g, batch, 7);
     let eval = mode == Mode::Eval;
     if eval {
@@ -290,6 +291,7 @@ fn golden_small_args(g: &Graph, batch: usize) -> Vec<Vec<f32>> {
 
 #[test]
 fn golden_small_runs_like_pytorch() {
+    common::split_every_parallel_loop();
     let c = compile("tests/reference/golden_small.snn", &[]);
     let g = &c.graphs[0];
     let batch = 2;
@@ -482,6 +484,7 @@ fn att_resnet18_agrees_with_mlirs_execution_engine_whole_network() {
 }
 
 fn agrees_with_mlir(rel: &str) {
+    common::split_every_parallel_loop();
     {
         let c = compile(rel, &example_overrides(rel));
         for g in &c.graphs {

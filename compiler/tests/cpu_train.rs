@@ -37,6 +37,7 @@ fn max_abs(v: &[f64]) -> f64 {
 
 /// One step on each executor from the same parameters and batch.
 fn one_step(g: &Graph, batch_size: usize) -> (Step, Step) {
+    common::split_every_parallel_loop();
     // The model's `dataset` path is relative to the workspace; tests run in compiler/.
     let dir = common::workspace();
     let overrides = RunOverrides {

@@ -7,6 +7,13 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+/// Runs every parallel loop of JIT-compiled code split over all the runtime's threads, however
+/// short (normally only loops measured to be worth it are): the differential tests then also
+/// check that the generated parallel loops are free of races.
+pub fn split_every_parallel_loop() {
+    snn_runtime::kernels::ffi::set_min_parallel_ns(0);
+}
+
 /// The workspace root (parent of `compiler/`).
 pub fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

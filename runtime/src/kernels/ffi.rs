@@ -23,8 +23,10 @@
 use std::sync::OnceLock;
 
 mod gemm;
+mod parallel;
 mod spike;
 use gemm::{BSrc, DEPTH_BLOCK, Init, MR, NR, Pooled, Scratch, View, pack, packed_len, tiles};
+pub use parallel::{LoopBody, set_min_parallel_ns, snn_parallel_for};
 pub use spike::{
     CONV_BACKWARD_SPIKE_MAX_DENSITY, CONV_SPIKE_MAX_DENSITY, DENSE_BACKWARD_SPIKE_MAX_DENSITY,
     DENSE_SPIKE_MAX_DENSITY, SpikeDispatch, conv2d_backward_spike, conv2d_spike,

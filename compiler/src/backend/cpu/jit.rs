@@ -3,7 +3,7 @@
 
 use super::manifest::Manifest;
 use super::translate::{define_packed_entry, translate_module};
-use super::{BackendError, host_isa, lower_to_llvm, target_description};
+use super::{BackendError, host_isa, lower_to_llvm_threaded, target_description};
 use crate::ir::Graph;
 use crate::mlir::LowerOptions;
 use crate::mlir::context::new_context;
@@ -34,7 +34,7 @@ impl CompiledModel {
     pub fn compile(g: &Graph, opts: &LowerOptions) -> Result<CompiledModel, BackendError> {
         let start = Instant::now();
         let context = new_context();
-        let mlir = lower_to_llvm(&context, &[g], opts)?;
+        let mlir = lower_to_llvm_threaded(&context, &[g], opts)?;
         let mlir_time = start.elapsed();
 
         let start = Instant::now();
@@ -240,6 +240,11 @@ pub(super) fn register_runtime_symbols(builder: &mut JITBuilder) {
     for (name, f) in runtime_kernels() {
         builder.symbol(name, f);
     }
+    // Outlined parallel loops run through this (`translate::parallel`).
+    builder.symbol(
+        "snn_parallel_for",
+        snn_runtime::kernels::ffi::snn_parallel_for as *const u8,
+    );
     // One block per function: the inner `fn` items must not clash.
     {
         libm1!("exp" => f32::exp, f64::exp;);

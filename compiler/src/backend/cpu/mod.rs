@@ -19,7 +19,8 @@ use crate::mlir::LowerOptions;
 use crate::mlir::context::new_context;
 use crate::mlir::lower::{LoopForm, LowerError, lower_graphs_with};
 use crate::mlir::pipeline::{
-    LLVM_PIPELINE, check_llvm_only, run_pipeline, verify, with_diagnostics,
+    LLVM_PIPELINE, LLVM_PIPELINE_THREADED, PARALLEL_LOOP_OPS, check_llvm_only,
+    check_llvm_only_except, run_pipeline, verify, with_diagnostics,
 };
 use cranelift_codegen::isa::OwnedTargetIsa;
 use cranelift_codegen::settings::{self, Configurable};
@@ -66,6 +67,17 @@ pub fn lower_to_llvm<'c>(
     lower_to_llvm_with(context, graphs, opts, LoopForm::Kernels)
 }
 
+/// [`lower_to_llvm`] as the JIT compiles it: parallel loops are left as `omp.*` regions
+/// ([`LLVM_PIPELINE_THREADED`]), which the translation outlines and runs on the runtime's
+/// threads. Only this crate's translation can run the result (not MLIR's ExecutionEngine).
+pub fn lower_to_llvm_threaded<'c>(
+    context: &'c Context,
+    graphs: &[&Graph],
+    opts: &LowerOptions,
+) -> Result<Module<'c>, BackendError> {
+    lower_through(context, graphs, opts, LoopForm::Kernels, true)
+}
+
 /// [`lower_to_llvm`] with a choice of loop form ([`LoopForm::Nested`]: plain loops only, for
 /// code that must not depend on the runtime, such as the AOT shared library).
 pub fn lower_to_llvm_with<'c>(
@@ -73,6 +85,16 @@ pub fn lower_to_llvm_with<'c>(
     graphs: &[&Graph],
     opts: &LowerOptions,
     form: LoopForm,
+) -> Result<Module<'c>, BackendError> {
+    lower_through(context, graphs, opts, form, false)
+}
+
+fn lower_through<'c>(
+    context: &'c Context,
+    graphs: &[&Graph],
+    opts: &LowerOptions,
+    form: LoopForm,
+    threaded: bool,
 ) -> Result<Module<'c>, BackendError> {
     let (lowered, messages) =
         with_diagnostics(context, || lower_graphs_with(context, graphs, opts, form));
@@ -88,16 +110,32 @@ pub fn lower_to_llvm_with<'c>(
         }
     };
     verify(context, &module)?;
-    run_pipeline(context, &mut module, LLVM_PIPELINE)?;
-    check_llvm_only(&module)?;
+    run_llvm_pipeline(context, &mut module, threaded)?;
     Ok(module)
+}
+
+/// [`LLVM_PIPELINE`], or [`LLVM_PIPELINE_THREADED`] when `threaded`, and the check that only
+/// what the translation supports is left.
+pub(crate) fn run_llvm_pipeline(
+    context: &Context,
+    module: &mut Module,
+    threaded: bool,
+) -> Result<(), BackendError> {
+    if threaded {
+        run_pipeline(context, module, LLVM_PIPELINE_THREADED)?;
+        check_llvm_only_except(module, &PARALLEL_LOOP_OPS)?;
+    } else {
+        run_pipeline(context, module, LLVM_PIPELINE)?;
+        check_llvm_only(module)?;
+    }
+    Ok(())
 }
 
 /// The CLIF text of the selected graphs' forward functions (the `--emit clif` stage), before
 /// Cranelift's own optimisations.
 pub fn emit_clif(graphs: &[&Graph], opts: &LowerOptions) -> Result<String, BackendError> {
     let context = new_context();
-    let module = lower_to_llvm(&context, graphs, opts)?;
+    let module = lower_to_llvm_threaded(&context, graphs, opts)?;
     let isa = host_isa(false)?;
     let builder = cranelift_object::ObjectBuilder::new(
         isa,

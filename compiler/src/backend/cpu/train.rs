@@ -3,7 +3,7 @@
 
 use super::jit::{CompileTimings, register_runtime_symbols};
 use super::translate::{define_packed_entry, translate_module};
-use super::{BackendError, host_isa};
+use super::{BackendError, host_isa, run_llvm_pipeline};
 use crate::ir::Graph;
 use crate::mlir::LowerOptions;
 use crate::mlir::context::new_context;
@@ -12,9 +12,7 @@ use crate::mlir::grad::{
     forward_train_symbol, lower_training_module_with,
 };
 use crate::mlir::lower::LoopForm;
-use crate::mlir::pipeline::{
-    LLVM_PIPELINE, check_llvm_only, run_pipeline, verify, with_diagnostics,
-};
+use crate::mlir::pipeline::{verify, with_diagnostics};
 use cranelift_jit::{JITBuilder, JITModule};
 use cranelift_module::Linkage;
 use std::time::Instant;
@@ -86,8 +84,7 @@ impl CompiledTraining {
             }
         })?;
         verify(&context, &mlir)?;
-        run_pipeline(&context, &mut mlir, LLVM_PIPELINE)?;
-        check_llvm_only(&mlir)?;
+        run_llvm_pipeline(&context, &mut mlir, true)?;
         let mlir_time = start.elapsed();
 
         let start = Instant::now();

@@ -6,6 +6,9 @@
 //! lives in `I8` (0 or 1), pointers in the pointer-sized integer. Aggregates (`struct`/`array`
 //! values from `insertvalue`/`extractvalue`) exist only at translation time as vectors of
 //! scalars. Transcendental intrinsics become calls to libm (`expf`, `tanhf`, ...), imported.
+//!
+//! Parallel loops (`omp.parallel` from `LLVM_PIPELINE_THREADED`) are outlined into functions of
+//! their own and run through the runtime's `snn_parallel_for` (see [`parallel`]).
 
 use super::BackendError;
 use cranelift_codegen::ir::{
@@ -24,8 +27,11 @@ use melior::ir::{
     },
     operation::{OperationLike, OperationRef},
 };
+use parallel::Outlined;
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
+
+mod parallel;
 
 /// What `translate_module` produced: the defined functions and, when asked, their CLIF text.
 #[derive(Debug, Default)]
@@ -113,8 +119,22 @@ pub fn translate_module<M: ClifModule>(
 
     let mut ctx = target.make_context();
     let mut fbc = FunctionBuilderContext::new();
-    for (sym, id, sig, f) in bodies {
-        ctx.func.signature = sig;
+    // Functions first, then the parallel loops they outlined (which outline nothing more:
+    // nested parallel loops run inline).
+    let mut outlined: Vec<Outlined> = Vec::new();
+    let mut next_outlined = 0;
+    let mut work = bodies.into_iter();
+    loop {
+        let (sym, id, f, loop_body) = if let Some((sym, id, sig, f)) = work.next() {
+            ctx.func.signature = sig;
+            (sym, id, f, None)
+        } else if let Some(o) = outlined.get(next_outlined) {
+            next_outlined += 1;
+            ctx.func.signature = parallel::body_signature(target);
+            (o.sym.clone(), o.id, o.parallel, Some(next_outlined - 1))
+        } else {
+            break;
+        };
         ctx.func.name = UserFuncName::user(0, id.as_u32());
         let cfg = target.target_config();
         {
@@ -129,8 +149,14 @@ pub fn translate_module<M: ClifModule>(
                 consts: HashMap::new(),
                 func_refs: HashMap::new(),
                 types: HashMap::new(),
+                outlined: &mut outlined,
+                yield_to: Vec::new(),
+                inline_parallel: loop_body.is_some(),
             };
-            fx.function(&f)?;
+            match loop_body {
+                None => fx.function(&f)?,
+                Some(i) => fx.loop_body(i)?,
+            }
             // `finalize` consumes the builder.
             fx.b.finalize(cfg);
         }
@@ -485,7 +511,7 @@ enum Val {
     Agg(Vec<Val>),
 }
 
-struct FnTranslator<'a, 'f, M: ClifModule> {
+struct FnTranslator<'a, 'f, 'c, 'm, M: ClifModule> {
     b: FunctionBuilder<'f>,
     module: &'a mut M,
     funcs: &'a HashMap<String, Callee>,
@@ -496,6 +522,12 @@ struct FnTranslator<'a, 'f, M: ClifModule> {
     consts: HashMap<usize, i64>,
     func_refs: HashMap<String, ir::FuncRef>,
     types: HashMap<String, LTy>,
+    /// The module's outlined parallel loops, translated after the functions.
+    outlined: &'a mut Vec<Outlined<'c, 'm>>,
+    /// Where `omp.yield` continues: the latch of the innermost parallel loop being translated.
+    yield_to: Vec<ir::Block>,
+    /// Translate `omp.parallel` as plain loops (inside an outlined loop body).
+    inline_parallel: bool,
 }
 
 fn key<'c>(v: impl ValueLike<'c>) -> usize {
@@ -510,7 +542,7 @@ fn block_key(b: &BlockRef) -> usize {
 /// bit patterns as integers gives a `cmov`.
 const BRANCH_FREE_FLOAT_SELECT: bool = true;
 
-impl<'a, 'f, M: ClifModule> FnTranslator<'a, 'f, M> {
+impl<'a, 'f, 'c, 'm, M: ClifModule> FnTranslator<'a, 'f, 'c, 'm, M> {
     fn err(&self, msg: impl std::fmt::Display) -> BackendError {
         BackendError::new(format!("@{}: {msg}", self.sym))
     }
@@ -519,7 +551,7 @@ impl<'a, 'f, M: ClifModule> FnTranslator<'a, 'f, M> {
         self.module.target_config().pointer_type()
     }
 
-    fn lty_of<'c>(&mut self, v: impl ValueLike<'c>) -> Result<LTy, BackendError> {
+    fn lty_of<'v>(&mut self, v: impl ValueLike<'v>) -> Result<LTy, BackendError> {
         let text = v.r#type().to_string();
         if let Some(t) = self.types.get(&text) {
             return Ok(t.clone());
@@ -533,13 +565,41 @@ impl<'a, 'f, M: ClifModule> FnTranslator<'a, 'f, M> {
         clif_type(t, self.ptr_ty(), self.sym)
     }
 
-    fn function(&mut self, f: &OperationRef) -> Result<(), BackendError> {
+    fn function(&mut self, f: &OperationRef<'c, 'm>) -> Result<(), BackendError> {
         let region = f.region(0).map_err(|e| self.err(e))?;
         let entry = region
             .first_block()
             .ok_or_else(|| self.err("function without a body"))?;
         let order = reverse_post_order(entry);
-        for (i, blk) in order.iter().enumerate() {
+        self.create_blocks(&order)?;
+        let cl = self.block_of(&entry)?;
+        let want: Vec<ir::Type> = self
+            .b
+            .func
+            .signature
+            .params
+            .iter()
+            .map(|p| p.value_type)
+            .collect();
+        let got: Vec<ir::Type> = self
+            .b
+            .block_params(cl)
+            .iter()
+            .map(|v| self.b.func.dfg.value_type(*v))
+            .collect();
+        if want != got {
+            return Err(self.err(format!(
+                "entry block arguments {got:?} do not match the signature {want:?}"
+            )));
+        }
+        self.translate_blocks(&order)?;
+        self.b.seal_all_blocks();
+        Ok(())
+    }
+
+    /// A Cranelift block, with parameters, for each MLIR block of `order`.
+    fn create_blocks(&mut self, order: &[BlockRef<'c, 'm>]) -> Result<(), BackendError> {
+        for blk in order {
             let cl = self.b.create_block();
             self.blocks.insert(block_key(blk), cl);
             for a in 0..blk.argument_count() {
@@ -555,30 +615,14 @@ impl<'a, 'f, M: ClifModule> FnTranslator<'a, 'f, M> {
                 let p = self.b.append_block_param(cl, ty);
                 self.vals.insert(key(arg), Val::S(p));
             }
-            if i == 0 {
-                let want: Vec<ir::Type> = self
-                    .b
-                    .func
-                    .signature
-                    .params
-                    .iter()
-                    .map(|p| p.value_type)
-                    .collect();
-                let got: Vec<ir::Type> = self
-                    .b
-                    .block_params(cl)
-                    .iter()
-                    .map(|v| self.b.func.dfg.value_type(*v))
-                    .collect();
-                if want != got {
-                    return Err(self.err(format!(
-                        "entry block arguments {got:?} do not match the signature {want:?}"
-                    )));
-                }
-            }
         }
-        for blk in &order {
-            let cl = self.blocks[&block_key(blk)];
+        Ok(())
+    }
+
+    /// Translates the ops of `order`'s blocks (created by [`Self::create_blocks`]).
+    fn translate_blocks(&mut self, order: &[BlockRef<'c, 'm>]) -> Result<(), BackendError> {
+        for blk in order {
+            let cl = self.block_of(blk)?;
             self.b.switch_to_block(cl);
             let mut op = blk.first_operation();
             while let Some(o) = op {
@@ -586,7 +630,6 @@ impl<'a, 'f, M: ClifModule> FnTranslator<'a, 'f, M> {
                 self.op(&o)?;
             }
         }
-        self.b.seal_all_blocks();
         Ok(())
     }
 
@@ -634,8 +677,11 @@ impl<'a, 'f, M: ClifModule> FnTranslator<'a, 'f, M> {
             .ok_or_else(|| self.err(format!("`{}` lacks the integer `{name}`", op_name(op))))
     }
 
-    fn op(&mut self, op: &OperationRef) -> Result<(), BackendError> {
+    fn op(&mut self, op: &OperationRef<'c, 'm>) -> Result<(), BackendError> {
         let full = op_name(op);
+        if let Some(omp) = full.strip_prefix("omp.") {
+            return self.parallel_op(op, omp);
+        }
         let name = full.strip_prefix("llvm.").unwrap_or(&full);
         match name {
             "mlir.constant" => self.constant(op),
@@ -1379,6 +1425,10 @@ impl<'a, 'f, M: ClifModule> FnTranslator<'a, 'f, M> {
                 | "dbg.value"
                 | "dbg.declare"
                 | "dbg.label"
+                // Every `alloca` is a fixed slot of the function's frame: a stack scope (around
+                // a parallel loop's body) has nothing to free.
+                | "stacksave"
+                | "stackrestore"
         ) {
             if op.result_count() > 0 {
                 let t = self.result_lty(op)?;
