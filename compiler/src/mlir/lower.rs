@@ -107,6 +107,8 @@ type FoldBody<'f, 'c> = dyn FnMut(&Block<'c>, &[V<'c>], &[V<'c>], bool) -> Vec<V
 
 /// Lanes of the vectorised neuron scans (`vector<4xf32>`: Cranelift's 128-bit vectors).
 const LANES: i64 = 4;
+/// Independent vector partial results of a fold (see `Fx::fold_nest`).
+const FOLD_COPIES: i64 = 4;
 /// Independent vectors each scan loop iteration advances (separate dependency chains that the
 /// out-of-order core overlaps): 4 × 4 = 16 neurons per iteration.
 const SCAN_COPIES: i64 = 4;
@@ -926,11 +928,12 @@ impl<'c, 'e> Fx<'c, 'e> {
         self.fold_nest(b, dims, &vec![0.0; n], "arith.addf", contiguous, body)
     }
 
-    /// Folds over the nest `dims` from `inits` with the associative `combine` (`arith.addf`,
-    /// `arith.maximumf`), which `body` applies to the values it reads. Vector partial results
-    /// run over the last axis's whole groups of four, then are combined across lanes, then
-    /// the scalar tail follows: for sums the order differs from one element at a time, within
-    /// f32 rounding.
+    /// Folds over the nest `dims` from `inits` (identities of `combine`) with the associative
+    /// `combine` (`arith.addf`, `arith.maximumf`), which `body` applies to the values it reads.
+    /// Vector partial results run over the last axis's whole groups of four, in up to
+    /// [`FOLD_COPIES`] interleaved sets (`body` is called once per set, with that set's
+    /// values), then are combined with each other and across lanes, then the scalar tail
+    /// follows: for sums the order differs from one element at a time, within f32 rounding.
     fn fold_nest(
         &self,
         b: &Block<'c>,
@@ -949,17 +952,34 @@ impl<'c, 'e> Fx<'c, 'e> {
         }
         let last = dims.len() - 1;
         let groups = width / LANES;
+        // Independent partial results over consecutive vectors: one chain of dependent adds
+        // runs at one vector per add latency (~4 cycles), several chains at the load rate.
+        let copies = [FOLD_COPIES, 2, 1]
+            .into_iter()
+            .find(|c| groups % c == 0)
+            .unwrap_or(1);
+        let n = inits.len();
         let mut part = dims.to_vec();
-        part[last] = groups;
-        let vinits: Vec<V<'c>> = inits.iter().map(|v| self.cf_w(*v, true)).collect();
+        part[last] = groups / copies;
+        let vinits: Vec<V<'c>> = (0..copies)
+            .flat_map(|_| inits.iter().map(|v| self.cf_w(*v, true)))
+            .collect();
         let partial = self.carry_nest(b, &part, &vinits, &[], &mut |b, r, acc| {
-            let mut r = r.to_vec();
-            r[last] = self.ilin(b, r[last], LANES, None, 0);
-            body(b, &r, acc, true)
+            let mut next = Vec::with_capacity(acc.len());
+            for (k, acc) in acc.chunks(n).enumerate() {
+                let mut r = r.to_vec();
+                r[last] = self.ilin(b, r[last], LANES * copies, None, k as i64 * LANES);
+                next.extend(body(b, &r, acc, true));
+            }
+            next
         });
-        let folded: Vec<V<'c>> = partial
-            .iter()
-            .map(|v| self.across_lanes(b, *v, combine))
+        let folded: Vec<V<'c>> = (0..n)
+            .map(|j| {
+                let v = (1..copies as usize).fold(partial[j], |v, k| {
+                    self.bin(b, combine, v, partial[k * n + j])
+                });
+                self.across_lanes(b, v, combine)
+            })
             .collect();
         if width % LANES == 0 {
             return folded;
