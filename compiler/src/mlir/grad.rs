@@ -1247,11 +1247,13 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
             let var = fx.divf(b, sq, m);
             let var_eps = fx.addf(b, var, fx.cf(eps));
             let std = fx.unary(b, "math.sqrt", var_eps);
+            let inv_std = fx.divf(b, fx.cf(1.0), std);
             let xhat = |b: &Block<'c>, idx: &[V<'c>], vector: bool| {
                 let w = |s: V<'c>| if vector { fx.splat(b, s) } else { s };
                 let v = fx.load_w(b, x.mem, idx, vector);
                 let d = fx.subf(b, v, w(mean));
-                fx.divf(b, d, w(std))
+                // As the forward's `bn_apply`: a product with the reciprocal.
+                fx.mulf(b, d, w(inv_std))
             };
             let sums = fx.sum_nest(b, &others, 2, lanes_ok, &mut |b, r, acc, vector| {
                 let idx = insert_at(r, pa, c);

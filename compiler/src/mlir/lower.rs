@@ -1533,7 +1533,8 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
             let rv = fx.load(b, run_var, &[c]);
             let var_eps = fx.addf(b, rv, fx.cf(eps));
             let std = fx.unary(b, "math.sqrt", var_eps);
-            (rm, std, fx.load(b, gamma, &[c]), fx.load(b, beta, &[c]))
+            let inv_std = fx.divf(b, fx.cf(1.0), std);
+            (rm, inv_std, fx.load(b, gamma, &[c]), fx.load(b, beta, &[c]))
         };
         if fx.flat || pa + 1 == x.dims.len() {
             fx.par(fx.entry, &x.dims, |b, idx| {
@@ -1567,7 +1568,7 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
         let (run_mean, run_var) = (self.param(node, 2)?, self.param(node, 3)?);
         let others = remove_at(&x.dims, pa);
         let m: i64 = others.iter().product();
-        // Flat form keeps per-channel mean and std in a [2, C] buffer between two kernels:
+        // Flat form keeps per-channel mean and 1/std in a [2, C] buffer between two kernels:
         // a nested parallel loop after side effects cannot be mapped to one GPU launch.
         let stats = fx.flat.then(|| {
             fx.val(
@@ -1619,17 +1620,18 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
             fx.store(b, rv_new, run_var, &[c]);
             let var_eps = fx.addf(b, var, fx.cf(eps));
             let std = fx.unary(b, "math.sqrt", var_eps);
+            let inv_std = fx.divf(b, fx.cf(1.0), std);
             if let Some(stats) = stats {
                 // Flat form: the normalisation is a second kernel over every element.
                 fx.store(b, mean, stats, &[fx.cidx(0), c]);
-                fx.store(b, std, stats, &[fx.cidx(1), c]);
+                fx.store(b, inv_std, stats, &[fx.cidx(1), c]);
                 return;
             }
             let g = fx.load(b, gamma, &[c]);
             let be = fx.load(b, beta, &[c]);
             let normalise = |b: &Block<'c>, r: &[V<'c>], vector: bool| {
                 let idx = insert_at(r, pa, c);
-                bn_apply(fx, b, (&x, y), &idx, (mean, std, g, be), vector);
+                bn_apply(fx, b, (&x, y), &idx, (mean, inv_std, g, be), vector);
             };
             if lanes_ok {
                 fx.par_vec(b, &others, normalise);
@@ -1641,9 +1643,9 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
             fx.par(fx.entry, &x.dims, |b, idx| {
                 let c = idx[pa];
                 let mean = fx.load(b, stats, &[fx.cidx(0), c]);
-                let std = fx.load(b, stats, &[fx.cidx(1), c]);
+                let inv_std = fx.load(b, stats, &[fx.cidx(1), c]);
                 let (g, be) = (fx.load(b, gamma, &[c]), fx.load(b, beta, &[c]));
-                bn_apply(fx, b, (&x, y), idx, (mean, std, g, be), false);
+                bn_apply(fx, b, (&x, y), idx, (mean, inv_std, g, be), false);
             });
             fx.stmt(fx.entry, "memref.dealloc", &[stats]);
         }
@@ -2162,13 +2164,15 @@ fn bn_apply<'c>(
     b: &Block<'c>,
     (x, y): (&Buf<'c>, &Buf<'c>),
     idx: &[V<'c>],
-    (mean, std, g, be): (V<'c>, V<'c>, V<'c>, V<'c>),
+    (mean, inv_std, g, be): (V<'c>, V<'c>, V<'c>, V<'c>),
     vector: bool,
 ) {
     let w = |s: V<'c>| if vector { fx.splat(b, s) } else { s };
     let v = fx.load_w(b, x.mem, idx, vector);
     let d = fx.subf(b, v, w(mean));
-    let n = fx.divf(b, d, w(std));
+    // A product with the reciprocal, as PyTorch's kernels do: a vector division per element
+    // cost more than the rest of the pass.
+    let n = fx.mulf(b, d, w(inv_std));
     let s = fx.mulf(b, n, w(g));
     let out = fx.addf(b, s, w(be));
     fx.store_w(b, out, y.mem, idx, vector);
