@@ -10,8 +10,9 @@
 
 use super::{
     Buf, Env, Fx, LANES, LoopForm, LowerError, LowerOptions, Lowering, V, append_func, block_arg,
-    check_program, declare_kernels, eval, forward_signature, fpred, insert_at, is_view, kernel_for,
-    lane_base, linear, remove_at, shape_of, to_i64, vector_parts, view_of,
+    check_program, declare_kernels, delinearise, eval, forward_signature, fpred, insert_at,
+    is_view, kernel_for, lane_base, linear, reduce_index, remove_at, shape_of, to_i64,
+    vector_parts, view_of,
 };
 use crate::autodiff::{GradGraph, ScanAdjoint, differentiate};
 use crate::ir::graph::{BinaryOp, Graph, Node, Op, PoolKind, ReduceKind, ScanEmit, UnaryOp};
@@ -22,15 +23,11 @@ use melior::{
     dialect::func,
     ir::{
         Block, BlockLike, Location, Module, Region, RegionLike, Type,
-        attribute::DenseI32ArrayAttribute,
-        r#type::{IntegerType, MemRefType},
+        attribute::DenseI32ArrayAttribute, r#type::MemRefType,
     },
 };
 use std::collections::{BTreeSet, HashMap};
 
-/// `arith.cmpf` predicates beyond the forward's (MLIR's enum order).
-const ORD: i64 = 7;
-const UNO: i64 = 14;
 /// `arith.cmpi` predicates (MLIR's enum order).
 const IEQ: i64 = 0;
 const ISLT: i64 = 2;
@@ -119,6 +116,26 @@ fn saved_values(g: &Graph, grad: &GradGraph) -> Vec<usize> {
     saved
 }
 
+/// Max-reductions in node order: the forward saves where each output's first maximum is
+/// (`<node>.argmax`, a linear index over the reduced axes in f32, exact below 2^24), so that
+/// the backward adds the gradient there instead of searching the input again.
+fn argmax_nodes(g: &Graph) -> Vec<usize> {
+    g.nodes
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| {
+            matches!(
+                n.op,
+                Op::Reduce {
+                    kind: ReduceKind::Max,
+                    ..
+                }
+            )
+        })
+        .map(|(i, _)| i)
+        .collect()
+}
+
 /// The value node `v` views (through any chain of views), or `v` itself.
 fn view_root(g: &Graph, mut v: usize) -> usize {
     while let Some(n) = g.nodes.get(v)
@@ -159,6 +176,14 @@ fn saved_and_states(g: &Graph, opts: &LowerOptions) -> Result<Vec<TrainArg>, Low
         let node = &g.nodes[v];
         args.push(TrainArg {
             name: node.name.clone(),
+            role: TrainRole::Saved,
+            shape: shape_of(&node.ty, opts.batch, &node.name)?,
+        });
+    }
+    for v in argmax_nodes(g) {
+        let node = &g.nodes[v];
+        args.push(TrainArg {
+            name: format!("{}.argmax", node.name),
             role: TrainRole::Saved,
             shape: shape_of(&node.ty, opts.batch, &node.name)?,
         });
@@ -344,6 +369,8 @@ pub(super) struct TrainSinks<'c> {
     saved: HashMap<usize, V<'c>>,
     /// Scan node → its `[T, states, elements]` output buffer.
     states: HashMap<usize, V<'c>>,
+    /// Max-reduction node → where each output's first maximum is (see [`argmax_nodes`]).
+    argmax: HashMap<usize, V<'c>>,
 }
 
 impl<'c> TrainSinks<'c> {
@@ -360,6 +387,12 @@ impl<'c> TrainSinks<'c> {
     /// The saved-value argument of node `node`, if the backward reads it.
     pub(super) fn saved_buffer(&self, node: usize) -> Option<V<'c>> {
         self.saved.get(&node).copied()
+    }
+
+    /// The argmax buffer of a max-reduction node (identified by address), when training.
+    pub(super) fn argmax_for(&self, g: &Graph, node: &Node) -> Option<V<'c>> {
+        let i = g.nodes.iter().position(|n| std::ptr::eq(n, node))?;
+        self.argmax.get(&i).copied()
     }
 
     /// The states buffer of a scan node (identified by address: `scan` gets the node only).
@@ -398,6 +431,7 @@ fn lower_forward_train<'c>(
     let n_fwd = forward_signature(g, opts)?.len();
     let grad = differentiate(g);
     let saved = saved_values(g, &grad);
+    let argmax = argmax_nodes(g);
     let scans = scan_state_shapes(g, opts.batch)?;
     define(
         context,
@@ -414,11 +448,18 @@ fn lower_forward_train<'c>(
             for (k, v) in saved.iter().enumerate() {
                 lowering.train.saved.insert(*v, block_arg(entry, n_fwd + k));
             }
+            let n_saved = saved.len();
+            for (k, v) in argmax.iter().enumerate() {
+                lowering
+                    .train
+                    .argmax
+                    .insert(*v, block_arg(entry, n_fwd + n_saved + k));
+            }
             for (k, (v, _)) in scans.iter().enumerate() {
                 lowering
                     .train
                     .states
-                    .insert(*v, block_arg(entry, n_fwd + saved.len() + k));
+                    .insert(*v, block_arg(entry, n_fwd + n_saved + argmax.len() + k));
             }
             lowering.run()?;
             used = lowering.fx.used_kernels.take();
@@ -536,6 +577,8 @@ struct Backward<'a, 'c, 'e> {
     params: Vec<V<'c>>,
     /// Per-step states buffer of each scan node.
     states: HashMap<usize, V<'c>>,
+    /// Where each max-reduction's outputs took their maximum (see [`argmax_nodes`]).
+    argmax: HashMap<usize, V<'c>>,
     /// Gradient of each node while it is live; `owned` when `memref.alloc`ed here.
     grads: Vec<Option<(Buf<'c>, bool)>>,
     /// Gradient output buffer of each trainable parameter.
@@ -584,6 +627,11 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
                 fwd[i] = Some(Buf { mem, dims });
             }
         }
+        let mut argmax = HashMap::new();
+        for v in argmax_nodes(g) {
+            argmax.insert(v, arg(k));
+            k += 1;
+        }
         let mut states = HashMap::new();
         for (v, _) in scan_state_shapes(g, batch)? {
             states.insert(v, arg(k));
@@ -621,6 +669,7 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
             fwd,
             params,
             states,
+            argmax,
             grads,
             dparams,
             d_outputs,
@@ -1153,19 +1202,13 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
         let fx = &self.fx;
         let lane_index = |b: &Block<'c>, r: &[V<'c>]| {
             let i = linear(fx, b, r, dims);
-            let i64t: Type<'c> = IntegerType::new(fx.ctx, 64).into();
-            let i = fx.val(b, "arith.index_cast", &[i], i64t, &[]);
-            let f = fx.val(b, "arith.sitofp", &[i], fx.f32, &[]);
+            let f = fx.index_to_f32(b, i);
             fx.splat(b, f)
         };
         let inits = [fx.cf_w(f64::NEG_INFINITY, true), fx.cf_w(0.0, true)];
         let best = fx.carry_nest(b, dims, &inits, &[], &mut |b, r, carried| {
             let v = fx.vload(b, x.mem, &x_index(o, r));
-            let gt = fx.cmpf(b, fpred::OGT, v, carried[0]);
-            let v_nan = fx.cmpf(b, UNO, v, v);
-            let best_num = fx.cmpf(b, ORD, carried[0], carried[0]);
-            let nan_wins = fx.bin(b, "arith.andi", v_nan, best_num);
-            let upd = fx.bin(b, "arith.ori", gt, nan_wins);
+            let upd = fx.first_max_wins(b, v, carried[0]);
             let i = lane_index(b, r);
             vec![
                 fx.select(b, upd, v, carried[0]),
@@ -1199,11 +1242,7 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
             &mut |b, ivs, carried| {
                 let v = value(b, ivs);
                 let lin = linear(fx, b, ivs, dims);
-                let gt = fx.cmpf(b, fpred::OGT, v, carried[1]);
-                let v_nan = fx.cmpf(b, UNO, v, v);
-                let best_num = fx.cmpf(b, ORD, carried[1], carried[1]);
-                let nan_wins = fx.bin(b, "arith.andi", v_nan, best_num);
-                let upd = fx.bin(b, "arith.ori", gt, nan_wins);
+                let upd = fx.first_max_wins(b, v, carried[1]);
                 vec![
                     fx.select(b, upd, lin, carried[0]),
                     fx.select(b, upd, v, carried[1]),
@@ -1364,21 +1403,7 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
             .map(|(d, _)| *d)
             .collect();
         let count: i64 = red_dims.iter().product();
-        // The input index from an output index `o` and reduced-axis indices `r`.
-        let x_index = |o: &[V<'c>], r: &[V<'c>]| {
-            let (mut k, mut kept) = (0, 0);
-            let mut idx = Vec::with_capacity(reduced.len());
-            for (pos, red) in reduced.iter().enumerate() {
-                if *red {
-                    idx.push(r[k]);
-                    k += 1;
-                } else {
-                    idx.push(o[if keepdim { pos } else { kept }]);
-                    kept += 1;
-                }
-            }
-            idx
-        };
+        let x_index = |o: &[V<'c>], r: &[V<'c>]| reduce_index(&reduced, keepdim, o, r);
         match x {
             None => {
                 let last_reduced = reduced.last() == Some(&true);
@@ -1405,21 +1430,28 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
                     self.acc_w(b, d, dx.mem, xi, vector);
                 });
             }
+            Some(_)
+                if let Some(ab) = self
+                    .g
+                    .nodes
+                    .iter()
+                    .position(|n| std::ptr::eq(n, node))
+                    .and_then(|i| self.argmax.get(&i).copied()) =>
+            {
+                // The forward saved where each output's maximum is: one add per output.
+                fx.par(fx.entry, &dy.dims, |b, o| {
+                    let at = fx.load(b, ab, o);
+                    let best = fx.f32_to_index(b, at);
+                    let r = delinearise(fx, b, best, &red_dims);
+                    let d = fx.load(b, dy.mem, o);
+                    self.acc(b, d, dx.mem, &x_index(o, &r));
+                });
+            }
             Some(x) => {
                 let scalar = |b: &Block<'c>, o: &[V<'c>]| {
                     let (best, _) =
                         self.argmax(b, &red_dims, &|b, r| fx.load(b, x.mem, &x_index(o, r)));
-                    // Delinearise the argmax into reduced-axis indices.
-                    let mut r = vec![fx.cidx(0); red_dims.len()];
-                    let mut rest = best;
-                    for (k, &d) in red_dims.iter().enumerate().rev() {
-                        if k == 0 {
-                            r[k] = rest;
-                        } else {
-                            r[k] = fx.bin(b, "arith.remui", rest, fx.cidx(d));
-                            rest = fx.bin(b, "arith.divui", rest, fx.cidx(d));
-                        }
-                    }
+                    let r = delinearise(fx, b, best, &red_dims);
                     let d = fx.load(b, dy.mem, o);
                     self.acc(b, d, dx.mem, &x_index(o, &r));
                 };

@@ -413,7 +413,9 @@ mod fpred {
     pub const OGE: i64 = 3;
     pub const OLT: i64 = 4;
     pub const OLE: i64 = 5;
+    pub const ORD: i64 = 7;
     pub const UNE: i64 = 13;
+    pub const UNO: i64 = 14;
 }
 
 /// `arith.cmpi` predicates (MLIR's enum order).
@@ -629,6 +631,31 @@ impl<'c, 'e> Fx<'c, 'e> {
 
     fn select(&self, b: &Block<'c>, c: V<'c>, x: V<'c>, y: V<'c>) -> V<'c> {
         self.val(b, "arith.select", &[c, x, y], x.r#type(), &[])
+    }
+
+    /// Whether `v` replaces `best` as a running first maximum (scalars or vectors): it is
+    /// greater, or a NaN over a number. A NaN beats any number and the earliest of equal
+    /// values or of NaNs stays, as in the runtime kernels' `first_argmax`.
+    fn first_max_wins(&self, b: &Block<'c>, v: V<'c>, best: V<'c>) -> V<'c> {
+        let gt = self.cmpf(b, fpred::OGT, v, best);
+        let v_nan = self.cmpf(b, fpred::UNO, v, v);
+        let best_num = self.cmpf(b, fpred::ORD, best, best);
+        let nan_wins = self.bin(b, "arith.andi", v_nan, best_num);
+        self.bin(b, "arith.ori", gt, nan_wins)
+    }
+
+    /// An index as f32 (exact below 2^24): how argmax buffers hold indices.
+    fn index_to_f32(&self, b: &Block<'c>, i: V<'c>) -> V<'c> {
+        let i64t: Type<'c> = IntegerType::new(self.ctx, 64).into();
+        let i = self.val(b, "arith.index_cast", &[i], i64t, &[]);
+        self.val(b, "arith.sitofp", &[i], self.f32, &[])
+    }
+
+    /// The inverse of [`Self::index_to_f32`].
+    fn f32_to_index(&self, b: &Block<'c>, f: V<'c>) -> V<'c> {
+        let i64t: Type<'c> = IntegerType::new(self.ctx, 64).into();
+        let i = self.val(b, "arith.fptosi", &[f], i64t, &[]);
+        self.val(b, "arith.index_cast", &[i], self.index, &[])
     }
 
     /// 1.0 where the i1 `c` holds, else 0.0: how predicates and `fire` stay branch-free.
@@ -1712,6 +1739,42 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
             .filter(|(_, r)| **r)
             .map(|(d, _)| *d)
             .collect();
+        if kind == ReduceKind::Max
+            && let Some(at) = self.train.argmax_for(self.g, node)
+        {
+            let x_index = |o: &[V<'c>], r: &[V<'c>]| reduce_index(&reduced, keepdim, o, r);
+            if reduced.last() == Some(&false) && y.dims.last().is_some_and(|&w| w >= LANES) {
+                fx.par_vec(fx.entry, &y.dims, |b, o, vector| {
+                    let lanes = if vector {
+                        MaxLanes::Outputs
+                    } else {
+                        MaxLanes::Scalar
+                    };
+                    let (v, i) = first_max(fx, b, &red_dims, lanes, &|b, r, vector| {
+                        fx.load_w(b, x.mem, &x_index(o, r), vector)
+                    });
+                    fx.store_w(b, v, y.mem, o, vector);
+                    fx.store_w(b, i, at, o, vector);
+                });
+            } else {
+                let contiguous = reduced.last() == Some(&true)
+                    && !fx.flat
+                    && red_dims.last().is_some_and(|&w| w % LANES == 0);
+                let lanes = if contiguous {
+                    MaxLanes::Block
+                } else {
+                    MaxLanes::Scalar
+                };
+                fx.par(fx.entry, &y.dims, |b, o| {
+                    let (v, i) = first_max(fx, b, &red_dims, lanes, &|b, r, vector| {
+                        fx.load_w(b, x.mem, &x_index(o, r), vector)
+                    });
+                    fx.store(b, v, y.mem, o);
+                    fx.store(b, i, at, o);
+                });
+            }
+            return Ok(());
+        }
         let count: i64 = red_dims.iter().product();
         let (init, combine) = match kind {
             ReduceKind::Max => (f64::NEG_INFINITY, "arith.maximumf"),
@@ -2212,6 +2275,127 @@ fn lane_base<'c>(
 }
 
 /// Row-major linear index of `ivs` over `dims` (0 for no dims).
+/// The index into a reduction's input from its output index `o` and the reduced axes'
+/// indices `r` (`reduced` marks the input's reduced axes; with `keepdim` the output keeps them
+/// at size 1).
+fn reduce_index<'c>(reduced: &[bool], keepdim: bool, o: &[V<'c>], r: &[V<'c>]) -> Vec<V<'c>> {
+    let (mut k, mut kept) = (0, 0);
+    let mut idx = Vec::with_capacity(reduced.len());
+    for (pos, red) in reduced.iter().enumerate() {
+        if *red {
+            idx.push(r[k]);
+            k += 1;
+        } else {
+            idx.push(o[if keepdim { pos } else { kept }]);
+            kept += 1;
+        }
+    }
+    idx
+}
+
+/// The row-major indices over `dims` of the linear index `i` (the inverse of [`linear`]).
+fn delinearise<'c>(fx: &Fx<'c, '_>, b: &Block<'c>, i: V<'c>, dims: &[i64]) -> Vec<V<'c>> {
+    let mut r = vec![fx.cidx(0); dims.len()];
+    let mut rest = i;
+    for (k, &d) in dims.iter().enumerate().rev() {
+        if k == 0 {
+            r[k] = rest;
+        } else {
+            r[k] = fx.bin(b, "arith.remui", rest, fx.cidx(d));
+            rest = fx.bin(b, "arith.divui", rest, fx.cidx(d));
+        }
+    }
+    r
+}
+
+/// How [`first_max`] uses vectors.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum MaxLanes {
+    /// One output, one element at a time.
+    Scalar,
+    /// Four outputs at once, one per lane (a kept last axis).
+    Outputs,
+    /// One output, four consecutive elements of the last axis of the nest at a time (its
+    /// length a multiple of four); the lanes' winners are combined at the end.
+    Block,
+}
+
+/// The first maximum of `value` over the nest `dims` in row-major order, by
+/// [`Fx::first_max_wins`]'s rule: `(value, linear index over dims as f32)`, vectors with
+/// [`MaxLanes::Outputs`]. `value(block, r, vector)` loads the element(s) at reduced indices `r`.
+fn first_max<'c>(
+    fx: &Fx<'c, '_>,
+    b: &Block<'c>,
+    dims: &[i64],
+    lanes: MaxLanes,
+    value: &dyn Fn(&Block<'c>, &[V<'c>], bool) -> V<'c>,
+) -> (V<'c>, V<'c>) {
+    let vector = lanes != MaxLanes::Scalar;
+    let Some(last) = dims.len().checked_sub(1) else {
+        return (value(b, &[], vector), fx.cf_w(0.0, vector));
+    };
+    let block = lanes == MaxLanes::Block;
+    let mut part = dims.to_vec();
+    // Lane k of a block reads element 4g + k: its index is the group's plus k.
+    let offsets = block.then(|| {
+        part[last] /= LANES;
+        let lanes: Vec<V<'c>> = (0..LANES).map(|k| fx.cf(k as f64)).collect();
+        fx.val(b, "vector.from_elements", &lanes, fx.vec_type(fx.f32), &[])
+    });
+    let inits = [fx.cf_w(f64::NEG_INFINITY, vector), fx.cf_w(0.0, vector)];
+    let best = fx.carry_nest(b, &part, &inits, &[], &mut |b, r, carried| {
+        let mut r = r.to_vec();
+        if block {
+            r[last] = fx.ilin(b, r[last], LANES, None, 0);
+        }
+        let v = value(b, &r, vector);
+        let i = fx.index_to_f32(b, linear(fx, b, &r, dims));
+        let i = if vector { fx.splat(b, i) } else { i };
+        let i = match offsets {
+            Some(o) => fx.addf(b, i, o),
+            None => i,
+        };
+        let wins = fx.first_max_wins(b, v, carried[0]);
+        vec![
+            fx.select(b, wins, v, carried[0]),
+            fx.select(b, wins, i, carried[1]),
+        ]
+    });
+    if !block {
+        return (best[0], best[1]);
+    }
+    // Each lane holds the first maximum of its own subsequence: the winner is the greatest
+    // (a NaN first), and of equals the one with the smallest index.
+    let lane = |v: V<'c>, k: i64| {
+        fx.val(
+            b,
+            "vector.extract",
+            &[v],
+            fx.f32,
+            &[(
+                "static_position",
+                DenseI64ArrayAttribute::new(fx.ctx, &[k]).into(),
+            )],
+        )
+    };
+    let (mut bv, mut bi) = (lane(best[0], 0), lane(best[1], 0));
+    for k in 1..LANES {
+        let (v, i) = (lane(best[0], k), lane(best[1], k));
+        let wins = fx.first_max_wins(b, v, bv);
+        let equal = fx.cmpf(b, fpred::OEQ, v, bv);
+        let v_nan = fx.cmpf(b, fpred::UNO, v, v);
+        let best_nan = fx.cmpf(b, fpred::UNO, bv, bv);
+        let both_nan = fx.bin(b, "arith.andi", v_nan, best_nan);
+        let tie = fx.bin(b, "arith.ori", equal, both_nan);
+        let earlier = fx.cmpf(b, fpred::OLT, i, bi);
+        let tie_earlier = fx.bin(b, "arith.andi", tie, earlier);
+        let take = fx.bin(b, "arith.ori", wins, tie_earlier);
+        bv = fx.select(b, take, v, bv);
+        bi = fx.select(b, take, i, bi);
+    }
+    (bv, bi)
+}
+
 fn linear<'c>(fx: &Fx<'c, '_>, b: &Block<'c>, ivs: &[V<'c>], dims: &[i64]) -> V<'c> {
     let mut acc = fx.cidx(0);
     for (k, (iv, d)) in ivs.iter().zip(dims).enumerate() {
