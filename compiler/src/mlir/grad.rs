@@ -116,24 +116,53 @@ fn saved_values(g: &Graph, grad: &GradGraph) -> Vec<usize> {
     saved
 }
 
-/// Max-reductions in node order: the forward saves where each output's first maximum is
-/// (`<node>.argmax`, a linear index over the reduced axes in f32, exact below 2^24), so that
-/// the backward adds the gradient there instead of searching the input again.
-fn argmax_nodes(g: &Graph) -> Vec<usize> {
-    g.nodes
-        .iter()
-        .enumerate()
-        .filter(|(_, n)| {
-            matches!(
-                n.op,
-                Op::Reduce {
-                    kind: ReduceKind::Max,
-                    ..
-                }
-            )
-        })
-        .map(|(i, _)| i)
-        .collect()
+/// What the forward computes anyway and saves beside a node's value so that the backward
+/// need not compute it again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(super) enum Aux {
+    /// A max-reduction's `<node>.argmax`: where each output's first maximum is, a linear index
+    /// over the reduced axes in f32 (exact below 2^24); the backward adds the gradient there
+    /// instead of searching the input again. The output's shape.
+    Argmax,
+    /// A batchnorm's `<node>.batch_stats`: the batch mean and 1/sqrt(var + eps) per channel,
+    /// `[2, C]`; the backward would otherwise take two more passes over the input.
+    BatchStats,
+}
+
+impl Aux {
+    fn suffix(self) -> &'static str {
+        match self {
+            Aux::Argmax => "argmax",
+            Aux::BatchStats => "batch_stats",
+        }
+    }
+}
+
+/// The auxiliary saved buffers, in node order: (node, kind, shape).
+fn aux_buffers(g: &Graph, batch: usize) -> Result<Vec<(usize, Aux, Vec<usize>)>, LowerError> {
+    let mut out = Vec::new();
+    for (i, n) in g.nodes.iter().enumerate() {
+        match &n.op {
+            Op::Reduce {
+                kind: ReduceKind::Max,
+                ..
+            } => out.push((i, Aux::Argmax, shape_of(&n.ty, batch, &n.name)?)),
+            Op::BatchNorm { axis, .. } => {
+                let channels = n
+                    .ty
+                    .dims
+                    .iter()
+                    .find(|(a, _)| a == axis)
+                    .map(|(_, d)| *d)
+                    .ok_or_else(|| {
+                        LowerError::new(format!("batchnorm `{}` lacks its channel axis", n.name))
+                    })?;
+                out.push((i, Aux::BatchStats, vec![2, channels]));
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
 }
 
 /// The value node `v` views (through any chain of views), or `v` itself.
@@ -180,12 +209,11 @@ fn saved_and_states(g: &Graph, opts: &LowerOptions) -> Result<Vec<TrainArg>, Low
             shape: shape_of(&node.ty, opts.batch, &node.name)?,
         });
     }
-    for v in argmax_nodes(g) {
-        let node = &g.nodes[v];
+    for (v, aux, shape) in aux_buffers(g, opts.batch)? {
         args.push(TrainArg {
-            name: format!("{}.argmax", node.name),
+            name: format!("{}.{}", g.nodes[v].name, aux.suffix()),
             role: TrainRole::Saved,
-            shape: shape_of(&node.ty, opts.batch, &node.name)?,
+            shape,
         });
     }
     for (i, shape) in scan_state_shapes(g, opts.batch)? {
@@ -369,8 +397,8 @@ pub(super) struct TrainSinks<'c> {
     saved: HashMap<usize, V<'c>>,
     /// Scan node → its `[T, states, elements]` output buffer.
     states: HashMap<usize, V<'c>>,
-    /// Max-reduction node → where each output's first maximum is (see [`argmax_nodes`]).
-    argmax: HashMap<usize, V<'c>>,
+    /// (node, kind) → its auxiliary saved buffer (see [`Aux`]).
+    aux: HashMap<(usize, Aux), V<'c>>,
 }
 
 impl<'c> TrainSinks<'c> {
@@ -389,10 +417,10 @@ impl<'c> TrainSinks<'c> {
         self.saved.get(&node).copied()
     }
 
-    /// The argmax buffer of a max-reduction node (identified by address), when training.
-    pub(super) fn argmax_for(&self, g: &Graph, node: &Node) -> Option<V<'c>> {
+    /// The auxiliary buffer `aux` of a node (identified by address), when training.
+    pub(super) fn aux_for(&self, g: &Graph, node: &Node, aux: Aux) -> Option<V<'c>> {
         let i = g.nodes.iter().position(|n| std::ptr::eq(n, node))?;
-        self.argmax.get(&i).copied()
+        self.aux.get(&(i, aux)).copied()
     }
 
     /// The states buffer of a scan node (identified by address: `scan` gets the node only).
@@ -431,7 +459,7 @@ fn lower_forward_train<'c>(
     let n_fwd = forward_signature(g, opts)?.len();
     let grad = differentiate(g);
     let saved = saved_values(g, &grad);
-    let argmax = argmax_nodes(g);
+    let aux = aux_buffers(g, opts.batch)?;
     let scans = scan_state_shapes(g, opts.batch)?;
     define(
         context,
@@ -449,17 +477,17 @@ fn lower_forward_train<'c>(
                 lowering.train.saved.insert(*v, block_arg(entry, n_fwd + k));
             }
             let n_saved = saved.len();
-            for (k, v) in argmax.iter().enumerate() {
+            for (k, (v, kind, _)) in aux.iter().enumerate() {
                 lowering
                     .train
-                    .argmax
-                    .insert(*v, block_arg(entry, n_fwd + n_saved + k));
+                    .aux
+                    .insert((*v, *kind), block_arg(entry, n_fwd + n_saved + k));
             }
             for (k, (v, _)) in scans.iter().enumerate() {
                 lowering
                     .train
                     .states
-                    .insert(*v, block_arg(entry, n_fwd + n_saved + argmax.len() + k));
+                    .insert(*v, block_arg(entry, n_fwd + n_saved + aux.len() + k));
             }
             lowering.run()?;
             used = lowering.fx.used_kernels.take();
@@ -577,8 +605,8 @@ struct Backward<'a, 'c, 'e> {
     params: Vec<V<'c>>,
     /// Per-step states buffer of each scan node.
     states: HashMap<usize, V<'c>>,
-    /// Where each max-reduction's outputs took their maximum (see [`argmax_nodes`]).
-    argmax: HashMap<usize, V<'c>>,
+    /// (node, kind) → its auxiliary saved buffer (see [`Aux`]).
+    aux: HashMap<(usize, Aux), V<'c>>,
     /// Gradient of each node while it is live; `owned` when `memref.alloc`ed here.
     grads: Vec<Option<(Buf<'c>, bool)>>,
     /// Gradient output buffer of each trainable parameter.
@@ -627,9 +655,9 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
                 fwd[i] = Some(Buf { mem, dims });
             }
         }
-        let mut argmax = HashMap::new();
-        for v in argmax_nodes(g) {
-            argmax.insert(v, arg(k));
+        let mut aux = HashMap::new();
+        for (v, kind, _) in aux_buffers(g, batch)? {
+            aux.insert((v, kind), arg(k));
             k += 1;
         }
         let mut states = HashMap::new();
@@ -669,7 +697,7 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
             fwd,
             params,
             states,
-            argmax,
+            aux,
             grads,
             dparams,
             d_outputs,
@@ -778,6 +806,12 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
         let buf = Buf { mem, dims };
         self.grads[v] = Some((buf.clone(), true));
         Ok(buf)
+    }
+
+    /// The auxiliary saved buffer `aux` of `node`, if the forward saved one.
+    fn aux_of(&self, node: &Node, aux: Aux) -> Option<V<'c>> {
+        let i = self.g.nodes.iter().position(|n| std::ptr::eq(n, node))?;
+        self.aux.get(&(i, aux)).copied()
     }
 
     fn saved(&self, node: &Node, k: usize) -> Result<Buf<'c>, LowerError> {
@@ -1268,25 +1302,34 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
         let others = remove_at(&x.dims, pa);
         let m = fx.cf(others.iter().product::<i64>() as f64);
         let lanes_ok = pa + 1 != x.dims.len();
+        let saved_stats = self.aux_of(node, Aux::BatchStats);
         fx.par(fx.entry, &[x.dims[pa]], |b, c| {
             let c = c[0];
-            // Batch statistics recomputed exactly as the forward computed them.
-            let sum = fx.sum_nest(b, &others, 1, lanes_ok, &mut |b, r, acc, vector| {
-                let v = fx.load_w(b, x.mem, &insert_at(r, pa, c), vector);
-                vec![fx.addf(b, acc[0], v)]
-            })[0];
-            let mean = fx.divf(b, sum, m);
-            let sq = fx.sum_nest(b, &others, 1, lanes_ok, &mut |b, r, acc, vector| {
-                let v = fx.load_w(b, x.mem, &insert_at(r, pa, c), vector);
-                let mean = if vector { fx.splat(b, mean) } else { mean };
-                let d = fx.subf(b, v, mean);
-                let d2 = fx.mulf(b, d, d);
-                vec![fx.addf(b, acc[0], d2)]
-            })[0];
-            let var = fx.divf(b, sq, m);
-            let var_eps = fx.addf(b, var, fx.cf(eps));
-            let std = fx.unary(b, "math.sqrt", var_eps);
-            let inv_std = fx.divf(b, fx.cf(1.0), std);
+            let (mean, inv_std) = match saved_stats {
+                Some(st) => (
+                    fx.load(b, st, &[fx.cidx(0), c]),
+                    fx.load(b, st, &[fx.cidx(1), c]),
+                ),
+                // Batch statistics recomputed exactly as the forward computed them.
+                None => {
+                    let sum = fx.sum_nest(b, &others, 1, lanes_ok, &mut |b, r, acc, vector| {
+                        let v = fx.load_w(b, x.mem, &insert_at(r, pa, c), vector);
+                        vec![fx.addf(b, acc[0], v)]
+                    })[0];
+                    let mean = fx.divf(b, sum, m);
+                    let sq = fx.sum_nest(b, &others, 1, lanes_ok, &mut |b, r, acc, vector| {
+                        let v = fx.load_w(b, x.mem, &insert_at(r, pa, c), vector);
+                        let mean = if vector { fx.splat(b, mean) } else { mean };
+                        let d = fx.subf(b, v, mean);
+                        let d2 = fx.mulf(b, d, d);
+                        vec![fx.addf(b, acc[0], d2)]
+                    })[0];
+                    let var = fx.divf(b, sq, m);
+                    let var_eps = fx.addf(b, var, fx.cf(eps));
+                    let std = fx.unary(b, "math.sqrt", var_eps);
+                    (mean, fx.divf(b, fx.cf(1.0), std))
+                }
+            };
             let xhat = |b: &Block<'c>, idx: &[V<'c>], vector: bool| {
                 let w = |s: V<'c>| if vector { fx.splat(b, s) } else { s };
                 let v = fx.load_w(b, x.mem, idx, vector);
@@ -1310,8 +1353,8 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
             }
             // dx = γ/(σ·M) · (M·dy − Σdy − x̂·Σ(dy·x̂)).
             let g = fx.load(b, gamma, &[c]);
-            let sm = fx.mulf(b, std, m);
-            let scale = fx.divf(b, g, sm);
+            let g_inv = fx.mulf(b, g, inv_std);
+            let scale = fx.divf(b, g_inv, m);
             let apply = |b: &Block<'c>, r: &[V<'c>], vector: bool| {
                 let w = |s: V<'c>| if vector { fx.splat(b, s) } else { s };
                 let idx = insert_at(r, pa, c);
@@ -1430,14 +1473,7 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
                     self.acc_w(b, d, dx.mem, xi, vector);
                 });
             }
-            Some(_)
-                if let Some(ab) = self
-                    .g
-                    .nodes
-                    .iter()
-                    .position(|n| std::ptr::eq(n, node))
-                    .and_then(|i| self.argmax.get(&i).copied()) =>
-            {
+            Some(_) if let Some(ab) = self.aux_of(node, Aux::Argmax) => {
                 // The forward saved where each output's maximum is: one add per output.
                 fx.par(fx.entry, &dy.dims, |b, o| {
                     let at = fx.load(b, ab, o);

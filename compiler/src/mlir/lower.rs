@@ -1611,6 +1611,7 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
         });
         // Vectors along the last axis need it to be one of `others`.
         let lanes_ok = pa + 1 != x.dims.len();
+        let saved_stats = self.train.aux_for(self.g, node, grad::Aux::BatchStats);
         fx.par(fx.entry, &[x.dims[pa]], |b, c| {
             let c = c[0];
             let sum = fx.sum_nest(b, &others, 1, lanes_ok, &mut |b, r, acc, vector| {
@@ -1648,6 +1649,10 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
             let var_eps = fx.addf(b, var, fx.cf(eps));
             let std = fx.unary(b, "math.sqrt", var_eps);
             let inv_std = fx.divf(b, fx.cf(1.0), std);
+            if let Some(saved) = saved_stats {
+                fx.store(b, mean, saved, &[fx.cidx(0), c]);
+                fx.store(b, inv_std, saved, &[fx.cidx(1), c]);
+            }
             if let Some(stats) = stats {
                 // Flat form: the normalisation is a second kernel over every element.
                 fx.store(b, mean, stats, &[fx.cidx(0), c]);
@@ -1740,7 +1745,7 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
             .map(|(d, _)| *d)
             .collect();
         if kind == ReduceKind::Max
-            && let Some(at) = self.train.argmax_for(self.g, node)
+            && let Some(at) = self.train.aux_for(self.g, node, grad::Aux::Argmax)
         {
             let x_index = |o: &[V<'c>], r: &[V<'c>]| reduce_index(&reduced, keepdim, o, r);
             if reduced.last() == Some(&false) && y.dims.last().is_some_and(|&w| w >= LANES) {
