@@ -11,8 +11,8 @@
 use super::{
     Buf, Env, Fx, LANES, LoopForm, LowerError, LowerOptions, Lowering, V, append_func, block_arg,
     check_program, declare_kernels, delinearise, eval, forward_signature, fpred, insert_at,
-    is_view, kernel_for, lane_base, linear, reduce_index, remove_at, shape_of, to_i64,
-    vector_parts, view_of,
+    is_view, kernel_for, lane_base, linear, pairs_in_lanes, reduce_index, remove_at, shape_of,
+    to_i64, vector_parts, view_of,
 };
 use crate::autodiff::{GradGraph, ScanAdjoint, differentiate};
 use crate::ir::graph::{BinaryOp, Graph, Node, Op, PoolKind, ReduceKind, ScanEmit, UnaryOp};
@@ -1217,6 +1217,28 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
                 }
             }
         };
+        if x.is_none() && pairs_in_lanes(fx, k, s, pw, dy.dims.len()) {
+            // 2×2 windows at stride 2: each lane's share goes to two neighbouring columns of
+            // two rows (the forward's shuffles in reverse); windows do not overlap.
+            fx.par_vec(fx.entry, &dy.dims, |b, o, vector| {
+                if !vector {
+                    return body(b, o);
+                }
+                let d = fx.vload(b, dy.mem, o);
+                let share = fx.divf(b, d, fx.cf_w(4.0, true));
+                let lo = fx.shuffle(b, share, share, [0, 0, 1, 1]);
+                let hi = fx.shuffle(b, share, share, [2, 2, 3, 3]);
+                for kh in 0..2 {
+                    let mut idx = o.to_vec();
+                    idx[ph] = fx.ilin(b, o[ph], 2, None, kh);
+                    idx[pw] = fx.ilin(b, o[pw], 2, None, 0);
+                    self.acc_w(b, lo, dx.mem, &idx, true);
+                    idx[pw] = fx.ilin(b, o[pw], 2, None, LANES);
+                    self.acc_w(b, hi, dx.mem, &idx, true);
+                }
+            });
+            return Ok(());
+        }
         self.windows(&dy.dims, ph, pw, s < k, &body);
         Ok(())
     }

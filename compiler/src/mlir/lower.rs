@@ -633,6 +633,18 @@ impl<'c, 'e> Fx<'c, 'e> {
         self.val(b, "arith.select", &[c, x, y], x.r#type(), &[])
     }
 
+    /// `vector.shuffle` of two `vector<4xf32>`: lane `i` of the result is lane `mask[i]` of
+    /// `x ++ y`.
+    fn shuffle(&self, b: &Block<'c>, x: V<'c>, y: V<'c>, mask: [i64; 4]) -> V<'c> {
+        self.val(
+            b,
+            "vector.shuffle",
+            &[x, y],
+            self.vec_type(self.f32),
+            &[("mask", DenseI64ArrayAttribute::new(self.ctx, &mask).into())],
+        )
+    }
+
     /// Whether `v` replaces `best` as a running first maximum (scalars or vectors): it is
     /// greater, or a NaN over a number. A NaN beats any number and the earliest of equal
     /// values or of NaNs stays, as in the runtime kernels' `first_argmax`.
@@ -1517,7 +1529,65 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
         let x = self.input(node, 0)?;
         let ph = self.position(node, 0, Axis::H)?;
         let pw = self.position(node, 0, Axis::W)?;
+        let combine = |b: &Block<'c>, acc: V<'c>, v: V<'c>| match kind {
+            PoolKind::Avg => fx.addf(b, acc, v),
+            PoolKind::Max => fx.bin(b, "arith.maximumf", acc, v),
+        };
+        if pairs_in_lanes(fx, k, s, pw, x.dims.len()) {
+            // 2×2 windows, stride 2: four outputs from two rows of eight inputs, the even
+            // and odd columns separated by shuffles; the same order of operations as one
+            // output at a time.
+            fx.par_vec(fx.entry, &y.dims, |b, o, vector| {
+                if !vector {
+                    return self.pool_one(b, &x, y, o, (ph, pw), kind, (k, s));
+                }
+                let mut acc = fx.cf_w(
+                    match kind {
+                        PoolKind::Avg => 0.0,
+                        PoolKind::Max => f64::NEG_INFINITY,
+                    },
+                    true,
+                );
+                for kh in 0..2 {
+                    let mut idx = o.to_vec();
+                    idx[ph] = fx.ilin(b, o[ph], 2, None, kh);
+                    idx[pw] = fx.ilin(b, o[pw], 2, None, 0);
+                    let lo = fx.vload(b, x.mem, &idx);
+                    idx[pw] = fx.ilin(b, o[pw], 2, None, LANES);
+                    let hi = fx.vload(b, x.mem, &idx);
+                    let even = fx.shuffle(b, lo, hi, [0, 2, 4, 6]);
+                    let odd = fx.shuffle(b, lo, hi, [1, 3, 5, 7]);
+                    acc = combine(b, acc, even);
+                    acc = combine(b, acc, odd);
+                }
+                let v = match kind {
+                    PoolKind::Avg => fx.divf(b, acc, fx.cf_w(4.0, true)),
+                    PoolKind::Max => acc,
+                };
+                fx.vstore(b, v, y.mem, o);
+            });
+            return Ok(());
+        }
         fx.par(fx.entry, &y.dims, |b, o| {
+            self.pool_one(b, &x, y, o, (ph, pw), kind, (k, s))
+        });
+        Ok(())
+    }
+
+    /// One output of a pooling window.
+    #[allow(clippy::too_many_arguments)]
+    fn pool_one(
+        &self,
+        b: &Block<'c>,
+        x: &Buf<'c>,
+        y: &Buf<'c>,
+        o: &[V<'c>],
+        (ph, pw): (usize, usize),
+        kind: PoolKind,
+        (k, s): (i64, i64),
+    ) {
+        let fx = &self.fx;
+        {
             let init = match kind {
                 PoolKind::Avg => fx.cf(0.0),
                 PoolKind::Max => fx.cf(f64::NEG_INFINITY),
@@ -1537,8 +1607,7 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
                 PoolKind::Max => acc,
             };
             fx.store(b, v, y.mem, o);
-        });
-        Ok(())
+        }
     }
 
     /// Inference batchnorm: `y = (x − running_mean) / √(running_var + ε) · γ + β`, one
@@ -2280,6 +2349,12 @@ fn lane_base<'c>(
 }
 
 /// Row-major linear index of `ivs` over `dims` (0 for no dims).
+/// Whether a `k`×`k` pooling with stride `s` over the width axis `pw` (of `rank` axes) runs
+/// four outputs per vector: 2×2 windows at stride 2 along the last axis, with vectors.
+fn pairs_in_lanes(fx: &Fx<'_, '_>, k: i64, s: i64, pw: usize, rank: usize) -> bool {
+    k == 2 && s == 2 && pw + 1 == rank && !fx.flat
+}
+
 /// The index into a reduction's input from its output index `o` and the reduced axes'
 /// indices `r` (`reduced` marks the input's reduced axes; with `keepdim` the output keeps them
 /// at size 1).

@@ -949,9 +949,25 @@ impl<'a, 'f, 'c, 'm, M: ClifModule> FnTranslator<'a, 'f, 'c, 'm, M> {
         if mask.len() != ty.lane_count() as usize {
             return Err(self.err("shufflevector mask does not match its result"));
         }
+        let in_ty = self.b.func.dfg.value_type(a);
         let r = if mask.iter().all(|&m| m == mask[0]) {
             let x = pick(self, mask[0]);
             self.b.ins().splat(ty, x)
+        } else if ty.bits() == 128 && in_ty == ty && mask.iter().all(|&m| m >= 0) {
+            // One byte shuffle of the two inputs (`pshufb`/`shufps` and friends) instead of a
+            // lane extract and insert per lane.
+            let width = ty.lane_bits() / 8;
+            let bytes: Vec<u8> = mask
+                .iter()
+                .flat_map(|&m| (0..width).map(move |j| (m as u32 * width + j) as u8))
+                .collect();
+            let imm = self.b.func.dfg.immediates.push(bytes.into());
+            let (a8, b8) = (
+                self.b.ins().bitcast(types::I8X16, lane_bitcast(), a),
+                self.b.ins().bitcast(types::I8X16, lane_bitcast(), b),
+            );
+            let r = self.b.ins().shuffle(a8, b8, imm);
+            self.b.ins().bitcast(ty, lane_bitcast(), r)
         } else {
             let Val::S(mut v) = self.zero_of(&t)? else {
                 return Err(self.err("shufflevector of aggregates"));
