@@ -19,6 +19,9 @@
 //! [`snn_conv2d_spike_f32`], [`snn_dense_spike_f32`] and their backward: the same kernels for
 //! binary (spike) input, accumulate-only and zero-skipping below a measured crossover density,
 //! these GEMM kernels above it.
+//!
+//! [`snn_parallel_for`]: the generated code's own parallel loops (outlined by the CPU backend),
+//! on the same number of threads.
 
 use std::sync::OnceLock;
 
