@@ -22,12 +22,29 @@ pub type LoopBody = unsafe extern "C" fn(ctx: *const u8, start: i64, end: i64);
 /// on this kind of VM; a loop of 40 µs gains ~15 µs from a second core.
 const DEFAULT_MIN_PARALLEL_NS: u64 = 40_000;
 
-/// The threshold in effect (see [`set_min_parallel_ns`]).
-static MIN_PARALLEL_NS: AtomicU64 = AtomicU64::new(DEFAULT_MIN_PARALLEL_NS);
+/// The threshold in effect (see [`set_min_parallel_ns`]); `u64::MAX` until first read, when
+/// `SNN_PARALLEL_MIN_NS` (if set) or the default replaces it.
+static MIN_PARALLEL_NS: AtomicU64 = AtomicU64::new(UNSET);
+const UNSET: u64 = u64::MAX - 1;
 
-/// Sets the single-thread time from which a loop runs in parallel: `0` runs every loop with more
-/// than one iteration on all threads (the tests use this to check that generated parallel loops
-/// really are free of races); `u64::MAX` keeps every loop on the calling thread.
+fn min_parallel_ns() -> u64 {
+    let v = MIN_PARALLEL_NS.load(Ordering::Relaxed);
+    if v != UNSET {
+        return v;
+    }
+    let from_env = std::env::var("SNN_PARALLEL_MIN_NS")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(DEFAULT_MIN_PARALLEL_NS);
+    // A concurrent `set_min_parallel_ns` wins over the environment.
+    let _ = MIN_PARALLEL_NS.compare_exchange(UNSET, from_env, Ordering::Relaxed, Ordering::Relaxed);
+    MIN_PARALLEL_NS.load(Ordering::Relaxed)
+}
+
+/// Sets the single-thread time from which a loop runs in parallel (default 40 µs, or the
+/// environment's `SNN_PARALLEL_MIN_NS`): `0` runs every loop with more than one iteration on all
+/// threads (the tests use this to check that generated parallel loops really are free of
+/// races); `u64::MAX` keeps every loop on the calling thread.
 pub fn set_min_parallel_ns(ns: u64) {
     MIN_PARALLEL_NS.store(ns, Ordering::Relaxed);
     decisions()
@@ -87,7 +104,7 @@ pub unsafe extern "C" fn snn_parallel_for(body: LoopBody, ctx: *const u8, n: i64
         return;
     }
     let key = body as usize;
-    let min_ns = MIN_PARALLEL_NS.load(Ordering::Relaxed);
+    let min_ns = min_parallel_ns();
     let known = decisions()
         .lock()
         .unwrap_or_else(|e| e.into_inner())
