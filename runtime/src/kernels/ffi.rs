@@ -201,21 +201,36 @@ fn split_map<R: Send, F: Fn(usize, usize) -> R + Sync>(
         return vec![f(0, items)];
     }
     let per = items.div_ceil(threads);
-    std::thread::scope(|s| {
-        let f = &f;
-        let handles: Vec<_> = (per..items)
+    let Some(pool) = parallel::pool() else {
+        return (0..items)
             .step_by(per)
-            .map(|start| s.spawn(move || f(start, (start + per).min(items))))
+            .map(|start| f(start, (start + per).min(items)))
             .collect();
-        let mut out = vec![f(0, per.min(items))];
-        // A panicking block re-raises its panic here, as `thread::scope` would.
-        out.extend(
-            handles
-                .into_iter()
-                .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))),
-        );
-        out
-    })
+    };
+    // The generated loops' pool: no thread is created per call. Blocks beyond the first go to
+    // the workers; each result lands in its block's slot.
+    let rest: Vec<std::sync::Mutex<Option<R>>> = (per..items)
+        .step_by(per)
+        .map(|_| std::sync::Mutex::new(None))
+        .collect();
+    let first = pool.in_place_scope(|s| {
+        let f = &f;
+        for (k, slot) in rest.iter().enumerate() {
+            let start = per * (k + 1);
+            s.spawn(move |_| {
+                let r = f(start, (start + per).min(items));
+                *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
+            });
+        }
+        f(0, per.min(items))
+    });
+    // `in_place_scope` re-raises a block's panic, so every slot is filled here.
+    let mut out = vec![first];
+    out.extend(
+        rest.into_iter()
+            .filter_map(|slot| slot.into_inner().unwrap_or_else(|e| e.into_inner())),
+    );
+    out
 }
 
 fn threads_for(macs: usize) -> usize {

@@ -61,8 +61,8 @@ fn decisions() -> &'static Mutex<HashMap<usize, bool>> {
 }
 
 /// The workers besides the calling thread (`kernel_threads() - 1` of them), or None for one
-/// thread.
-fn pool() -> Option<&'static rayon_core::ThreadPool> {
+/// thread: shared by the parallel loops and the kernels.
+pub(super) fn pool() -> Option<&'static rayon_core::ThreadPool> {
     static POOL: OnceLock<Option<rayon_core::ThreadPool>> = OnceLock::new();
     POOL.get_or_init(|| {
         let workers = kernel_threads().saturating_sub(1);
