@@ -882,7 +882,7 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
                 kernel,
                 stride,
             } => self.pool(node, dy, *kind, *kernel as i64, *stride as i64),
-            Op::BatchNorm { axis, eps, .. } => self.batch_norm(node, dy, *axis, *eps),
+            Op::BatchNorm { axis, .. } => self.batch_norm(node, dy, *axis),
             // Views (dropout always is one): their gradient is a view of the operand's (see
             // `grad_of`).
             Op::Dropout { .. } => Ok(()),
@@ -1308,13 +1308,7 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
         (r[0], r[1])
     }
 
-    fn batch_norm(
-        &mut self,
-        node: &Node,
-        dy: &Buf<'c>,
-        axis: Axis,
-        eps: f64,
-    ) -> Result<(), LowerError> {
+    fn batch_norm(&mut self, node: &Node, dy: &Buf<'c>, axis: Axis) -> Result<(), LowerError> {
         let x = self.saved(node, 0)?;
         let pa = self.position(node, 0, axis)?;
         let gamma = self.param(node, 0)?;
@@ -1324,34 +1318,17 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
         let others = remove_at(&x.dims, pa);
         let m = fx.cf(others.iter().product::<i64>() as f64);
         let lanes_ok = pa + 1 != x.dims.len();
-        let saved_stats = self.aux_of(node, Aux::BatchStats);
+        // The forward's batch mean and 1/std (every training forward saves them).
+        let stats = self.aux_of(node, Aux::BatchStats).ok_or_else(|| {
+            LowerError::new(format!(
+                "internal: batchnorm `{}` has no saved batch statistics",
+                node.name
+            ))
+        })?;
         fx.par(fx.entry, &[x.dims[pa]], |b, c| {
             let c = c[0];
-            let (mean, inv_std) = match saved_stats {
-                Some(st) => (
-                    fx.load(b, st, &[fx.cidx(0), c]),
-                    fx.load(b, st, &[fx.cidx(1), c]),
-                ),
-                // Batch statistics recomputed exactly as the forward computed them.
-                None => {
-                    let sum = fx.sum_nest(b, &others, 1, lanes_ok, &mut |b, r, acc, vector| {
-                        let v = fx.load_w(b, x.mem, &insert_at(r, pa, c), vector);
-                        vec![fx.addf(b, acc[0], v)]
-                    })[0];
-                    let mean = fx.divf(b, sum, m);
-                    let sq = fx.sum_nest(b, &others, 1, lanes_ok, &mut |b, r, acc, vector| {
-                        let v = fx.load_w(b, x.mem, &insert_at(r, pa, c), vector);
-                        let mean = if vector { fx.splat(b, mean) } else { mean };
-                        let d = fx.subf(b, v, mean);
-                        let d2 = fx.mulf(b, d, d);
-                        vec![fx.addf(b, acc[0], d2)]
-                    })[0];
-                    let var = fx.divf(b, sq, m);
-                    let var_eps = fx.addf(b, var, fx.cf(eps));
-                    let std = fx.unary(b, "math.sqrt", var_eps);
-                    (mean, fx.divf(b, fx.cf(1.0), std))
-                }
-            };
+            let mean = fx.load(b, stats, &[fx.cidx(0), c]);
+            let inv_std = fx.load(b, stats, &[fx.cidx(1), c]);
             let xhat = |b: &Block<'c>, idx: &[V<'c>], vector: bool| {
                 let w = |s: V<'c>| if vector { fx.splat(b, s) } else { s };
                 let v = fx.load_w(b, x.mem, idx, vector);

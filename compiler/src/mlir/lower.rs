@@ -1887,17 +1887,7 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
                 ReduceKind::Mean | ReduceKind::Sum => fx.cf_w(0.0, vector),
             };
             let acc = fx.acc_nest(b, &red_dims, init, &mut |b, r, acc| {
-                let mut idx = Vec::with_capacity(reduced.len());
-                let (mut k, mut kept) = (0, 0);
-                for (pos, red) in reduced.iter().enumerate() {
-                    if *red {
-                        idx.push(r[k]);
-                        k += 1;
-                    } else {
-                        idx.push(o[if keepdim { pos } else { kept }]);
-                        kept += 1;
-                    }
-                }
+                let idx = reduce_index(&reduced, keepdim, o, r);
                 let v = fx.load_w(b, x.mem, &idx, vector);
                 match kind {
                     ReduceKind::Max => fx.bin(b, "arith.maximumf", acc, v),
