@@ -32,16 +32,28 @@ const BLOCK: usize = 64;
 type Row = [f32; BLOCK];
 const ZERO: Row = [0.0; BLOCK];
 
+/// A [`Row`] on a cache line of its own (the conv forward's weight table: every vector load
+/// from it stays within one line).
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Line(Row);
+
 // The thresholds below are measured crossovers (bench/cpu/sparse.sh, bench/RESULTS.md "Spike-sparse
 // kernels: crossover firing rate"; 2-core AVX-512 VM, 2 threads, best of 4 sweeps), each set
 // under the lowest crossover measured for its kind so that the sparse path does not lose at the
 // gesture network's shapes.
 
 /// [`snn_conv2d_spike_f32`] takes the sparse path for an image whose density of ones is below
-/// this. Measured crossovers against the packed GEMM (`ffi::gemm`, 0.84–0.90 of peak):
-/// 21 % (64→128, 32×32) and 22 % (128→128, 16×16), 80 images (against the earlier
-/// `matrixmultiply` path they were 31 % and 38 %).
-pub const CONV_SPIKE_MAX_DENSITY: f64 = 0.2;
+/// this (on a CPU with AVX-512F, else [`CONV_SPIKE_MAX_DENSITY_PORTABLE`]). Measured crossovers
+/// of the AVX-512 kernel (weight lines L1-resident per pass over a group of taps, sums in
+/// registers per pixel) against the packed GEMM (`ffi::gemm`, 0.84–0.90 of peak): 43–48 %
+/// (64→128, 32×32) and above 50 % (128→128, 16×16: the sparse path wins at every density
+/// measured), 80 images (the earlier [pixel][lane] kernel: 21 % and 22 %; against the earlier
+/// `matrixmultiply` path 31 % and 38 %).
+pub const CONV_SPIKE_MAX_DENSITY: f64 = 0.4;
+/// [`CONV_SPIKE_MAX_DENSITY`] without AVX-512F (the portable [pixel][lane] kernel, measured with
+/// AVX-512 code generation: 21 % and 22 %).
+pub const CONV_SPIKE_MAX_DENSITY_PORTABLE: f64 = 0.2;
 /// [`snn_dense_spike_f32`]: the sparse path below this density of the whole input. Measured
 /// crossovers: 4.4 % (8192→256, 80 rows) and 20 % (4096→4096, 400 rows): the per-call
 /// transposed copy of the weights (n_in·n_out) is amortised over the rows.
@@ -263,7 +275,7 @@ multiversion! {
     /// Conv forward of one image, one block of output channels, output-stationary:
     /// `out[i·ow + j] = init + Σ_{tap (p, q)} Σ_{c active at input (i·sh + p − ph, j·sw + q − pw)}
     /// table[(p·kw + q)·c_total + c]`; `spikes` has a row per input pixel listing its channels.
-    fn conv_sum(g: &Conv, spikes: &Spikes, table: &[Row], init: &Row, out: &mut [Row]) {
+    fn conv_sum(g: &Conv, spikes: &Spikes, table: &[Line], init: &Row, out: &mut [Row]) {
         for i in 0..g.oh {
             for j in 0..g.ow {
                 let mut acc = *init;
@@ -280,7 +292,7 @@ multiversion! {
                         }
                         let taps = &table[(p * g.kw + q) * g.c..][..g.c];
                         for &c in spikes.row(ih * g.w + iw) {
-                            add(&mut acc, &taps[c as usize]);
+                            add(&mut acc, &taps[c as usize].0);
                         }
                     }
                 }
@@ -288,6 +300,233 @@ multiversion! {
             }
         }
     }
+}
+
+/// The sparse forward of one image (`y` = its `[o][pixel]` output) from its [`Spikes`] (a row
+/// per input pixel listing its active channels) and the weight table of [`conv_forward_spike`]:
+/// [`conv_image_avx512`] when `wide`, else [`conv_sum`] per block and a transposition (`out`,
+/// `acc`: their scratch).
+#[allow(clippy::too_many_arguments)]
+fn conv_image(
+    g: &Conv,
+    spikes: &Spikes,
+    table: &[Line],
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+    out: &mut Vec<Row>,
+    acc: &mut Vec<Line>,
+    wide: bool,
+) {
+    let (px, kk) = (g.pixels(), g.kh * g.kw);
+    #[cfg(target_arch = "x86_64")]
+    if wide {
+        // SAFETY: `wide` only when the CPU has AVX-512F ([`avx512`]); the table and the lists
+        // are as documented there.
+        unsafe { conv_image_avx512(g, spikes, table, bias, y, acc) };
+        return;
+    }
+    let _ = (wide, acc);
+    out.resize(px, ZERO);
+    for b in 0..g.o.div_ceil(BLOCK) {
+        let (o0, width) = block(b, g.o);
+        let tb = &table[b * kk * g.c..(b + 1) * kk * g.c];
+        conv_sum(g, spikes, tb, &block_init(bias, o0, width), out);
+        // out is [pixel][lane]; y is [channel][pixel].
+        scatter_lanes(out, &mut y[o0 * px..], px, width, false);
+    }
+}
+
+/// Bytes of weight lines [`conv_image_avx512`] keeps in L1 per pass (of 48 KiB).
+const L1_TABLE: usize = 32 << 10;
+
+/// Whether the CPU runs [`conv_image_avx512`].
+fn avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// [`conv_image`] with AVX-512, output-stationary: for each block of `BLOCK` output channels and
+/// each output pixel, its sums stay in 8 vector registers (two sets of 4, even and odd list
+/// entries, for two independent add chains per lane) while the rows of every active
+/// (tap, input channel) it sees are added: per tap, one walk down the list of the input pixel
+/// under it. Every 16 pixels the 16 × `BLOCK` sums are transposed in registers into `y`'s
+/// `[channel][pixel]` rows.
+///
+/// # Safety
+/// The CPU has AVX-512F; `table` holds `blocks · kh·kw · c` lines (as built by
+/// [`conv_forward_spike`]), `spikes` has `h·w` rows of channels below `c`, `y` holds `o · oh·ow`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+// The loops over `v` step several register arrays in lockstep; `k` picks `buf` or `acc`.
+#[allow(clippy::needless_range_loop)]
+unsafe fn conv_image_avx512(
+    g: &Conv,
+    spikes: &Spikes,
+    table: &[Line],
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+    acc: &mut Vec<Line>,
+) {
+    use std::arch::x86_64::*;
+    let (px, kk) = (g.pixels(), g.kh * g.kw);
+    // Taps per pass: their weight lines (c each) stay within L1 (the image's sums, one line per
+    // pixel, wait in `acc` between passes).
+    // Below ~3 % of inputs active the table's traffic costs less than those passes: one pass.
+    let group = if spikes.k.len() * 32 < g.c * g.h * g.w {
+        kk.max(1)
+    } else {
+        (L1_TABLE / (g.c * std::mem::size_of::<Line>()).max(1)).clamp(1, kk.max(1))
+    };
+    if group < kk {
+        acc.resize(px, Line(ZERO));
+    }
+    let mut buf = [Line(ZERO); 16];
+    let (starts, ks) = (spikes.start.as_ptr(), spikes.k.as_ptr());
+    for b in 0..g.o.div_ceil(BLOCK) {
+        let (o0, width) = block(b, g.o);
+        let init = Line(block_init(bias, o0, width));
+        let tb = &table[b * kk * g.c..(b + 1) * kk * g.c];
+        let tp = tb.as_ptr().cast::<f32>();
+        for t0 in (0..kk).step_by(group) {
+            let t1 = kk.min(t0 + group);
+            let last = t1 == kk;
+            for p0 in (0..px).step_by(16) {
+                let count = 16.min(px - p0);
+                for k in 0..count {
+                    let pix = p0 + k;
+                    let (i, j) = (pix / g.ow, pix % g.ow);
+                    let from = if t0 == 0 { &init } else { &acc[pix] };
+                    // SAFETY: lanes 16v..16v + 16 of one line.
+                    let mut a: [__m512; 4] = std::array::from_fn(|v| unsafe {
+                        _mm512_load_ps(from.0.as_ptr().add(16 * v))
+                    });
+                    let mut s = [_mm512_setzero_ps(); 4];
+                    for t in t0..t1 {
+                        let (p, q) = (t / g.kw, t % g.kw);
+                        // Above the image this wraps to a huge value, like below it.
+                        let ih = (i * g.sh + p).wrapping_sub(g.ph);
+                        let iw = (j * g.sw + q).wrapping_sub(g.pw);
+                        if ih >= g.h || iw >= g.w {
+                            continue;
+                        }
+                        let r = ih * g.w + iw;
+                        // SAFETY: r < h·w = spikes.rows(); the list's entries are channels
+                        // below c, so every row read lies in the tap's c lines of `tb`.
+                        unsafe {
+                            let (mut e, end) = (*starts.add(r), *starts.add(r + 1));
+                            let base = tp.add(t * g.c * BLOCK);
+                            while e + 2 <= end {
+                                let r0 = base.add(*ks.add(e) as usize * BLOCK);
+                                let r1 = base.add(*ks.add(e + 1) as usize * BLOCK);
+                                for v in 0..4 {
+                                    a[v] = _mm512_add_ps(a[v], _mm512_load_ps(r0.add(16 * v)));
+                                    s[v] = _mm512_add_ps(s[v], _mm512_load_ps(r1.add(16 * v)));
+                                }
+                                e += 2;
+                            }
+                            if e < end {
+                                let r0 = base.add(*ks.add(e) as usize * BLOCK);
+                                for v in 0..4 {
+                                    a[v] = _mm512_add_ps(a[v], _mm512_load_ps(r0.add(16 * v)));
+                                }
+                            }
+                        }
+                    }
+                    let to = if last { &mut buf[k] } else { &mut acc[pix] };
+                    for v in 0..4 {
+                        // SAFETY: lanes 16v..16v + 16 of one line.
+                        unsafe {
+                            _mm512_store_ps(
+                                to.0.as_mut_ptr().add(16 * v),
+                                _mm512_add_ps(a[v], s[v]),
+                            )
+                        };
+                    }
+                }
+                if !last {
+                    continue;
+                }
+                // buf is [pixel][lane]; y is [channel][pixel].
+                for v in 0..width.div_ceil(16) {
+                    let lanes = 16.min(width - 16 * v);
+                    if count < 16 {
+                        for (k, line) in buf.iter().enumerate().take(count) {
+                            for l in 0..lanes {
+                                y[(o0 + 16 * v + l) * px + p0 + k] = line.0[16 * v + l];
+                            }
+                        }
+                        continue;
+                    }
+                    // SAFETY: lanes 16v..16v + 16 of each line.
+                    let rows: [__m512; 16] = std::array::from_fn(|k| unsafe {
+                        _mm512_load_ps(buf[k].0.as_ptr().add(16 * v))
+                    });
+                    let cols = transpose16(rows);
+                    for (l, col) in cols.iter().enumerate().take(lanes) {
+                        let dst = &mut y[(o0 + 16 * v + l) * px + p0..][..16];
+                        // SAFETY: dst holds 16 floats.
+                        unsafe { _mm512_storeu_ps(dst.as_mut_ptr(), *col) };
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The 16 × 16 transpose of `r` (`out[l]` lane `k` = `r[k]` lane `l`).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn transpose16(r: [std::arch::x86_64::__m512; 16]) -> [std::arch::x86_64::__m512; 16] {
+    use std::arch::x86_64::*;
+    // Pairs of rows interleaved by 32-bit, then by 64-bit elements: each 128-bit lane of u[4m + n]
+    // holds element n of rows 4m..4m + 4, per lane.
+    let t: [__m512; 16] = std::array::from_fn(|k| {
+        let (a, b) = (r[k & !1], r[k | 1]);
+        if k & 1 == 0 {
+            _mm512_unpacklo_ps(a, b)
+        } else {
+            _mm512_unpackhi_ps(a, b)
+        }
+    });
+    let u: [__m512; 16] = std::array::from_fn(|k| {
+        // k = 4m + n: from t[4m + (n >> 1)] and t[4m + 2 + (n >> 1)], low or high by n & 1.
+        let (m, n) = (k / 4, k % 4);
+        let (a, b) = (
+            _mm512_castps_pd(t[4 * m + (n >> 1)]),
+            _mm512_castps_pd(t[4 * m + 2 + (n >> 1)]),
+        );
+        _mm512_castpd_ps(if n & 1 == 0 {
+            _mm512_unpacklo_pd(a, b)
+        } else {
+            _mm512_unpackhi_pd(a, b)
+        })
+    });
+    // 128-bit lanes: w[k] for k = 8h + 4e + n takes lanes of u[n] and u[4 + n] (h = 0) or
+    // u[8 + n] and u[12 + n] (h = 1), even (e = 0) or odd 128-bit lanes.
+    let w: [__m512; 16] = std::array::from_fn(|k| {
+        let (h, e, n) = (k / 8, (k / 4) % 2, k % 4);
+        let (a, b) = (u[8 * h + n], u[8 * h + 4 + n]);
+        if e == 0 {
+            _mm512_shuffle_f32x4::<0x88>(a, b)
+        } else {
+            _mm512_shuffle_f32x4::<0xdd>(a, b)
+        }
+    });
+    std::array::from_fn(|k| {
+        let (e, m) = (k / 8, k % 8);
+        let (a, b) = (w[m], w[8 + m]);
+        if e == 0 {
+            _mm512_shuffle_f32x4::<0x88>(a, b)
+        } else {
+            _mm512_shuffle_f32x4::<0xdd>(a, b)
+        }
+    })
 }
 
 /// The output index `o` with `o·stride + tap − pad = input`, if there is one below `len`.
@@ -406,11 +645,29 @@ pub unsafe fn conv2d_spike(
     ow: i64,
 ) -> usize {
     let g = Conv::from_abi([c, h, wd, o, kh, kw, sh, sw, ph, pw, oh, ow]);
-    let n = to_usize(n);
+    // SAFETY: forwarded.
+    unsafe { conv_forward_spike(d, avx512(), x, w, bias, y, to_usize(n), g) }
+}
+
+/// [`conv2d_spike`] on geometry `g`, its sparse images with [`conv_image_avx512`] when `wide`.
+///
+/// # Safety
+/// As [`snn_conv2d_f32`](super::snn_conv2d_f32); `wide` only on a CPU with AVX-512F.
+#[allow(clippy::too_many_arguments)]
+unsafe fn conv_forward_spike(
+    d: SpikeDispatch,
+    wide: bool,
+    x: *const f32,
+    w: *const f32,
+    bias: *const f32,
+    y: *mut f32,
+    n: usize,
+    g: Conv,
+) -> usize {
     if g.is_empty(n) {
         return 0;
     }
-    let (in_len, out_len, px, kk) = (g.c * g.h * g.w, g.o * g.pixels(), g.pixels(), g.kh * g.kw);
+    let (in_len, out_len, kk) = (g.c * g.h * g.w, g.o * g.pixels(), g.kh * g.kw);
     // SAFETY: sizes as documented.
     let (xs, ws) = unsafe {
         (
@@ -420,15 +677,16 @@ pub unsafe fn conv2d_spike(
     };
     let bias = (!bias.is_null()).then(|| unsafe { std::slice::from_raw_parts(bias, g.o) });
     let blocks = g.o.div_ceil(BLOCK);
-    // table[(b·kk + tap)·c + ci][l] = w[b·BLOCK + l][ci][tap]: built by the first sparse image.
-    let table: OnceLock<Vec<Row>> = OnceLock::new();
+    // table[(b·kk + tap)·c + ci][l] = w[b·BLOCK + l][ci][tap] (zero past o): built by the first
+    // sparse image.
+    let table: OnceLock<Vec<Line>> = OnceLock::new();
     let build_table = || {
-        let mut t = vec![ZERO; blocks * kk * g.c];
+        let mut t = vec![Line(ZERO); blocks * kk * g.c];
         for (oc, wo) in ws.chunks_exact(g.taps()).enumerate() {
             let (b, l) = (oc / BLOCK, oc % BLOCK);
             for (ci, wc) in wo.chunks_exact(kk).enumerate() {
                 for (tap, &v) in wc.iter().enumerate() {
-                    t[(b * kk + tap) * g.c + ci][l] = v;
+                    t[(b * kk + tap) * g.c + ci].0[l] = v;
                 }
             }
         }
@@ -438,15 +696,13 @@ pub unsafe fn conv2d_spike(
     let gemm: OnceLock<ConvForward> = OnceLock::new();
     let yp = SendPtr(y);
     split_map(n, d.threads_for(n * out_len * g.taps()), |start, end| {
-        let (mut cols, mut out) = (Scratch::pooled(), Vec::new());
+        let (mut cols, mut out, mut acc) = (Scratch::pooled(), Vec::new(), Vec::new());
         let mut sparse = 0;
         for img in start..end {
             let xi = &xs[img * in_len..(img + 1) * in_len];
-            // SAFETY: image `img`'s output block is written by this thread only.
-            let yi = unsafe { yp.get().add(img * out_len) };
             if !d.sparse(count_spikes(xi), in_len) {
                 let fwd = gemm.get_or_init(|| ConvForward::new(g, ws, bias, false));
-                // SAFETY: as above (the image's strips).
+                // SAFETY: image `img`'s strips are written by this thread only.
                 unsafe {
                     fwd.strips(
                         xs,
@@ -461,16 +717,10 @@ pub unsafe fn conv2d_spike(
             sparse += 1;
             let table = table.get_or_init(&build_table);
             let spikes = scan_spikes(xi, 1, g.c, g.h * g.w);
-            out.resize(px, ZERO);
-            // SAFETY: as above.
-            let yi = unsafe { std::slice::from_raw_parts_mut(yi, out_len) };
-            for b in 0..blocks {
-                let (o0, width) = block(b, g.o);
-                let tb = &table[b * kk * g.c..(b + 1) * kk * g.c];
-                conv_sum(&g, &spikes, tb, &block_init(bias, o0, width), &mut out);
-                // out is [pixel][lane]; y is [channel][pixel].
-                scatter_lanes(&out, &mut yi[o0 * px..], px, width, false);
-            }
+            // SAFETY: image `img`'s output block is written by this thread only.
+            let yi =
+                unsafe { std::slice::from_raw_parts_mut(yp.get().add(img * out_len), out_len) };
+            conv_image(&g, &spikes, table, bias, yi, &mut out, &mut acc, wide);
         }
         sparse
     })
@@ -504,7 +754,11 @@ pub unsafe extern "C" fn snn_conv2d_spike_f32(
     oh: i64,
     ow: i64,
 ) {
-    let d = SpikeDispatch::with(CONV_SPIKE_MAX_DENSITY);
+    let d = SpikeDispatch::with(if avx512() {
+        CONV_SPIKE_MAX_DENSITY
+    } else {
+        CONV_SPIKE_MAX_DENSITY_PORTABLE
+    });
     // SAFETY: forwarded.
     unsafe {
         conv2d_spike(
@@ -870,10 +1124,14 @@ mod tests {
 
     /// Equal to f32 rounding: the sparse sums run in another order than the GEMM's.
     fn assert_close(what: &str, got: &[f32], want: &[f32]) {
+        assert_near(what, got, want, 1e-5);
+    }
+
+    fn assert_near(what: &str, got: &[f32], want: &[f32], tol: f32) {
         assert_eq!(got.len(), want.len());
         for (i, (g, w)) in got.iter().zip(want).enumerate() {
             assert!(
-                (g - w).abs() <= 1e-5 * (1.0 + w.abs()),
+                (g - w).abs() <= tol * (1.0 + w.abs()),
                 "{what}[{i}]: {g} vs {w}"
             );
         }
@@ -887,12 +1145,16 @@ mod tests {
 
     /// (n, c, h, w, o, kh, kw, sh, sw, ph, pw): padded, stride 2, odd sizes, a partial and
     /// several channel blocks (o = 70, 130), pointwise, kernel larger than the padding.
-    const CONVS: [[usize; 11]; 5] = [
+    /// The last two have enough input channels for the AVX-512 forward's passes over groups
+    /// of taps (2 taps a pass, 1), odd widths and pixel counts not a multiple of 16.
+    const CONVS: [[usize; 11]; 7] = [
         [3, 2, 7, 6, 4, 3, 3, 1, 1, 1, 1],
         [2, 3, 9, 8, 70, 3, 2, 2, 3, 1, 0],
         [4, 6, 5, 5, 3, 1, 1, 1, 1, 0, 0],
         [1, 5, 4, 4, 130, 5, 5, 1, 1, 2, 2],
         [2, 4, 11, 10, 9, 3, 3, 2, 2, 1, 1],
+        [2, 48, 7, 9, 70, 3, 3, 1, 1, 1, 1],
+        [1, 130, 6, 5, 20, 3, 3, 1, 2, 1, 1],
     ];
 
     fn conv_abi([n, c, h, w, o, kh, kw, sh, sw, ph, pw]: [usize; 11]) -> ([i64; 13], usize, usize) {
@@ -945,6 +1207,89 @@ mod tests {
                     assert!(same_bits(&one, &three), "thread count changed conv {case}");
                     assert!(same_bits(&dense, &want), "dense path differs");
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn conv_spike_paths_agree() {
+        // The portable forward (conv_sum per block, then a transposition) and the AVX-512 one
+        // (where the CPU has it) against the GEMM kernel, whatever the dispatch would pick.
+        let widths: &[bool] = if avx512() { &[false, true] } else { &[false] };
+        for (case, &shape) in CONVS.iter().enumerate() {
+            let (a, x_len, y_len) = conv_abi(shape);
+            let [n, c, h, wd, o, kh, kw, sh, sw, ph, pw, oh, ow] = a;
+            let g = Conv::from_abi([c, h, wd, o, kh, kw, sh, sw, ph, pw, oh, ow]);
+            let wt = values((o * c * kh * kw) as usize, 4);
+            let bias = values(o as usize, 5);
+            for (di, &density) in [0.0, 0.1, 0.3, 0.5, 1.0].iter().enumerate() {
+                let x = spikes(x_len, density, (case * 7 + di) as u32);
+                let mut want = vec![f32::NAN; y_len];
+                unsafe {
+                    snn_conv2d_f32(
+                        x.as_ptr(),
+                        wt.as_ptr(),
+                        bias.as_ptr(),
+                        want.as_mut_ptr(),
+                        n,
+                        c,
+                        h,
+                        wd,
+                        o,
+                        kh,
+                        kw,
+                        sh,
+                        sw,
+                        ph,
+                        pw,
+                        oh,
+                        ow,
+                    )
+                };
+                for &wide in widths {
+                    for threads in [1, 2] {
+                        let mut y = vec![f32::NAN; y_len];
+                        let sparse = unsafe {
+                            conv_forward_spike(
+                                always(threads),
+                                wide,
+                                x.as_ptr(),
+                                wt.as_ptr(),
+                                bias.as_ptr(),
+                                y.as_mut_ptr(),
+                                n as usize,
+                                g,
+                            )
+                        };
+                        assert_eq!(sparse, n as usize);
+                        let what = format!("conv {case} density {density} wide {wide}");
+                        // Up to c·kh·kw = 1170 terms, summed in another order.
+                        assert_near(&what, &y, &want, 1e-4);
+                    }
+                }
+            }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn transpose16_transposes() {
+        if !avx512() {
+            return;
+        }
+        use std::arch::x86_64::*;
+        let m: Vec<f32> = (0..256).map(|v| v as f32).collect();
+        let mut t = vec![0f32; 256];
+        // SAFETY: the CPU has AVX-512F; 16 rows of 16 floats each way.
+        unsafe {
+            let rows: [__m512; 16] = std::array::from_fn(|k| _mm512_loadu_ps(m[16 * k..].as_ptr()));
+            for (l, col) in transpose16(rows).iter().enumerate() {
+                _mm512_storeu_ps(t[16 * l..].as_mut_ptr(), *col);
+            }
+        }
+        for k in 0..16 {
+            for l in 0..16 {
+                assert_eq!(t[16 * l + k], m[16 * k + l]);
             }
         }
     }
