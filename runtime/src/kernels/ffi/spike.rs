@@ -59,9 +59,16 @@ pub const CONV_SPIKE_MAX_DENSITY_PORTABLE: f64 = 0.2;
 /// transposed copy of the weights (n_in·n_out) is amortised over the rows.
 pub const DENSE_SPIKE_MAX_DENSITY: f64 = 0.04;
 /// [`snn_conv2d_backward_spike_f32`]: dW on the sparse path below this density of the whole
-/// input. Measured crossovers (dx + dW + db against the GEMM backward): 11 % and 14 %; dx stays
-/// a GEMM, so the gain is at most ~2×.
-pub const CONV_BACKWARD_SPIKE_MAX_DENSITY: f64 = 0.1;
+/// input (with AVX-512F and stride 1, else [`CONV_BACKWARD_SPIKE_MAX_DENSITY_PORTABLE`]).
+/// Measured crossovers (dx + dW + db against the GEMM backward; dx stays a GEMM, so the gain is
+/// at most ~2×) of the AVX-512 input-stationary kernel (per channel and 3 taps, the sums in
+/// registers while the channel's active pixels add their dy lines; bands of rows keep those
+/// lines in L1): 38–39 % (64→128, 32×32) and 43 % (128→128, 16×16), 80 images (the earlier
+/// table-scatter kernel: 10 % and 14 %).
+pub const CONV_BACKWARD_SPIKE_MAX_DENSITY: f64 = 0.35;
+/// [`CONV_BACKWARD_SPIKE_MAX_DENSITY`] without AVX-512F or with a stride above 1 (the portable
+/// `[tap·c + ci][lane]` table kernel, measured with AVX-512 code generation: 11 % and 14 %).
+pub const CONV_BACKWARD_SPIKE_MAX_DENSITY_PORTABLE: f64 = 0.1;
 /// [`snn_dense_backward_spike_f32`]: dW on the sparse path below this density. Measured
 /// crossovers: 1.2 % (8192→256, 80 rows: the dW GEMM is small and the sparse path's fixed
 /// zeroing/transposition of an n_in·n_out table about as dear) and 8.9 % (4096→4096, 400 rows).
@@ -567,6 +574,174 @@ multiversion! {
     }
 }
 
+/// Whether [`conv2d_backward_spike`]'s sparse dW runs [`conv_dw_image_avx512`] for geometry
+/// `g`: AVX-512F, stride 1 and input sides below 2¹⁶ (the packed pixel lists of
+/// [`channel_pixels`]); else the portable [`conv_scatter`].
+fn dw_wide(g: &Conv) -> bool {
+    avx512() && g.sh == 1 && g.sw == 1 && g.h < 1 << 16 && g.w < 1 << 16
+}
+
+multiversion! {
+    /// The active pixels of one image `x[c][h][w]` (0/1) per channel: channel `ci`'s are
+    /// `at[start[ci]..start[ci + 1]]`, each packed as `ih << 16 | iw`, increasing.
+    fn channel_pixels(x: &[f32], c: usize, h: usize, w: usize) -> (Vec<usize>, Vec<u32>) {
+        let hw = h * w;
+        let mut start = Vec::with_capacity(c + 1);
+        let mut at = Vec::new();
+        start.push(0);
+        for ci in 0..c {
+            for ih in 0..h {
+                let row = &x[ci * hw + ih * w..][..w];
+                for_each_nonzero(row, |iw| at.push(((ih as u32) << 16) | iw as u32));
+            }
+            start.push(at.len());
+        }
+        (start, at)
+    }
+}
+
+/// Taps whose dW sums [`conv_dw_image_avx512`] keeps in registers per walk down a channel's
+/// pixel list (4 vector registers each).
+const DW_GROUP: usize = 3;
+
+/// `dyt[pixel]` lanes `l < width` = `src[l·px + pixel]`, lanes past `width` zero: one image's
+/// output gradient of a `BLOCK`-channel block transposed to `[pixel][lane]` lines, 16 × 16
+/// tiles transposed in registers.
+///
+/// # Safety
+/// The CPU has AVX-512F; `src` holds `width · px` values, `dyt` at least `px` lines.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn gather_dy_avx512(dyt: &mut [Line], src: &[f32], px: usize, width: usize) {
+    use std::arch::x86_64::*;
+    for p0 in (0..px).step_by(16) {
+        let count = 16.min(px - p0);
+        for v in 0..BLOCK / 16 {
+            let lanes = 16.min(width.saturating_sub(16 * v));
+            if count < 16 || lanes < 16 {
+                for k in 0..count {
+                    for l in 0..16 {
+                        dyt[p0 + k].0[16 * v + l] = if l < lanes {
+                            src[(16 * v + l) * px + p0 + k]
+                        } else {
+                            0.0
+                        };
+                    }
+                }
+                continue;
+            }
+            let rows: [__m512; 16] = std::array::from_fn(|l| {
+                let s = &src[(16 * v + l) * px + p0..][..16];
+                // SAFETY: s holds 16 floats.
+                unsafe { _mm512_loadu_ps(s.as_ptr()) }
+            });
+            let cols = transpose16(rows);
+            for (k, col) in cols.iter().enumerate() {
+                // SAFETY: lanes 16v..16v + 16 of one line.
+                unsafe { _mm512_store_ps(dyt[p0 + k].0.as_mut_ptr().add(16 * v), *col) };
+            }
+        }
+    }
+}
+
+/// Conv dW of one image and one `BLOCK`-channel block with AVX-512, input-stationary: for
+/// each input channel and group of [`DW_GROUP`] taps, the group's sums stay in registers
+/// while the channel's active pixels are walked, each adding the `dyt` line of the output
+/// pixel it feeds through every tap; then `table[ci·kk + tap] += sums`. Taps falling outside
+/// the output read the zero line `dyt[oh·ow]` instead of branching (stride 1 only).
+///
+/// # Safety
+/// The CPU has AVX-512F; `g` has stride 1; `start`/`at` are [`channel_pixels`] of the image;
+/// `dyt` holds `oh·ow + 1` lines, the last zero; `table` holds `c · kh·kw` lines.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::needless_range_loop)]
+unsafe fn conv_dw_image_avx512(
+    g: &Conv,
+    start: &[usize],
+    at: &[u32],
+    dyt: &[Line],
+    table: &mut [Line],
+) {
+    use std::arch::x86_64::*;
+    let (kk, px) = (g.kh * g.kw, g.pixels());
+    assert!(dyt.len() > px && table.len() >= g.c * kk && start.len() > g.c);
+    let dp = dyt.as_ptr().cast::<f32>();
+    // Bands of input rows whose dy lines under one kernel row fit L1 (`L1_TABLE`): per band
+    // and group of taps, every channel's pixels in the band are walked.
+    let rows = (L1_TABLE / (g.ow * std::mem::size_of::<Line>()).max(1)).max(1);
+    let mut pos = start[..g.c].to_vec();
+    let mut ends = vec![0usize; g.c];
+    for r0 in (0..g.h).step_by(rows) {
+        let r1 = g.h.min(r0 + rows) as u32;
+        for ci in 0..g.c {
+            let mut e = pos[ci];
+            while e < start[ci + 1] && at[e] >> 16 < r1 {
+                e += 1;
+            }
+            ends[ci] = e;
+        }
+        for t0 in (0..kk).step_by(DW_GROUP) {
+            for ci in 0..g.c {
+                let pixels = &at[pos[ci]..ends[ci]];
+                if pixels.is_empty() {
+                    continue;
+                }
+                let n = DW_GROUP.min(kk - t0);
+                // Per tap of the group: kernel row and column, and the offset of its output
+                // pixel from (ih + ph)·ow + (iw + pw); unused slots repeat the last tap.
+                let tap = |k: usize| t0 + k.min(n - 1);
+                let tp: [usize; DW_GROUP] = std::array::from_fn(|k| tap(k) / g.kw);
+                let tq: [usize; DW_GROUP] = std::array::from_fn(|k| tap(k) % g.kw);
+                let off: [usize; DW_GROUP] = std::array::from_fn(|k| tp[k] * g.ow + tq[k]);
+                // Input pixels whose every tap lands inside the output: i0 in [kh - 1, oh),
+                // j0 in [kw - 1, ow) (i0, j0 = the pixel shifted by the padding).
+                let (lo_i, lo_j) = (g.kh - 1, g.kw - 1);
+                let mut a = [[_mm512_setzero_ps(); 4]; DW_GROUP];
+                for &pk in pixels {
+                    let (i0, j0) = ((pk >> 16) as usize + g.ph, (pk & 0xffff) as usize + g.pw);
+                    let inside = i0 >= lo_i && i0 < g.oh && j0 >= lo_j && j0 < g.ow;
+                    let base = i0 * g.ow + j0;
+                    for k in 0..DW_GROUP {
+                        if k >= n {
+                            break;
+                        }
+                        let r = if inside {
+                            base - off[k]
+                        } else {
+                            // Above/left of the output this wraps to a huge value, like below it.
+                            let (i, j) = (i0.wrapping_sub(tp[k]), j0.wrapping_sub(tq[k]));
+                            if i < g.oh && j < g.ow {
+                                i * g.ow + j
+                            } else {
+                                px
+                            }
+                        };
+                        // SAFETY: r ≤ px < dyt.len(); lanes 16v..16v + 16 of line r.
+                        unsafe {
+                            let row = dp.add(r * BLOCK);
+                            for v in 0..4 {
+                                a[k][v] = _mm512_add_ps(a[k][v], _mm512_load_ps(row.add(16 * v)));
+                            }
+                        }
+                    }
+                }
+                for k in 0..n {
+                    let line = &mut table[ci * kk + t0 + k];
+                    for v in 0..4 {
+                        // SAFETY: lanes 16v..16v + 16 of one line.
+                        unsafe {
+                            let p = line.0.as_mut_ptr().add(16 * v);
+                            _mm512_store_ps(p, _mm512_add_ps(_mm512_load_ps(p), a[k][v]));
+                        }
+                    }
+                }
+            }
+        }
+        pos.copy_from_slice(&ends);
+    }
+}
+
 multiversion! {
     /// Lanes `..width` of `dst[k]` = `src[l·stride + k]`: one block of a `[lane][k]` matrix
     /// transposed into rows, in 16-row tiles (the tile's rows stay in L1 while the source is
@@ -900,6 +1075,42 @@ pub unsafe fn conv2d_backward_spike(
     ow: i64,
 ) -> bool {
     let g = Conv::from_abi([c, h, wd, o, kh, kw, sh, sw, ph, pw, oh, ow]);
+    // SAFETY: forwarded.
+    unsafe {
+        conv_backward_spike(
+            d,
+            dw_wide(&g),
+            x,
+            w,
+            dy,
+            dx,
+            dw,
+            db,
+            [n, c, h, wd, o, kh, kw, sh, sw, ph, pw, oh, ow],
+        )
+    }
+}
+
+/// [`conv2d_backward_spike`] with the ABI's sizes in `a`, its sparse dW with
+/// [`conv_dw_image_avx512`] when `wide`.
+///
+/// # Safety
+/// As [`snn_conv2d_backward_f32`](super::snn_conv2d_backward_f32); `wide` only where
+/// [`dw_wide`] holds.
+#[allow(clippy::too_many_arguments)]
+unsafe fn conv_backward_spike(
+    d: SpikeDispatch,
+    wide: bool,
+    x: *const f32,
+    w: *const f32,
+    dy: *const f32,
+    dx: *mut f32,
+    dw: *mut f32,
+    db: *mut f32,
+    a: [i64; 13],
+) -> bool {
+    let [n, c, h, wd, o, kh, kw, sh, sw, ph, pw, oh, ow] = a;
+    let g = Conv::from_abi([c, h, wd, o, kh, kw, sh, sw, ph, pw, oh, ow]);
     let n_ = to_usize(n);
     let empty = g.is_empty(n_);
     let (in_len, out_len, px, kk) = (g.c * g.h * g.w, g.o * g.pixels(), g.pixels(), g.kh * g.kw);
@@ -920,6 +1131,11 @@ pub unsafe fn conv2d_backward_spike(
     let n = n_;
     // SAFETY: sizes as documented.
     let dys = unsafe { std::slice::from_raw_parts(dy, n * out_len) };
+    if wide {
+        // SAFETY: `wide` as documented.
+        unsafe { conv_dw_wide(&d, &g, xs, dys, dw, n) };
+        return true;
+    }
     let spikes: Vec<Spikes> = split_map(n, d.threads_for(xs.len()), |start, end| {
         (start..end)
             .map(|img| scan_spikes(&xs[img * in_len..(img + 1) * in_len], 1, g.c, g.h * g.w))
@@ -962,6 +1178,66 @@ pub unsafe fn conv2d_backward_spike(
     true
 }
 
+/// The sparse dW of [`conv_backward_spike`] with [`conv_dw_image_avx512`]: per thread a block
+/// of `BLOCK` output channels, its `[ci·kk + tap][lane]` sums in `table` over all images, then
+/// added into dw's rows.
+///
+/// # Safety
+/// [`dw_wide`] holds for `g`; `xs`, `dys` hold `n` images of `g`'s input and output gradient,
+/// `dw` points to `o · c·kh·kw` floats.
+unsafe fn conv_dw_wide(
+    d: &SpikeDispatch,
+    g: &Conv,
+    xs: &[f32],
+    dys: &[f32],
+    dw: *mut f32,
+    n: usize,
+) {
+    let (in_len, out_len, px, kk) = (g.c * g.h * g.w, g.o * g.pixels(), g.pixels(), g.kh * g.kw);
+    let lists: Vec<(Vec<usize>, Vec<u32>)> = split_map(n, d.threads_for(xs.len()), |i0, i1| {
+        (i0..i1)
+            .map(|img| channel_pixels(&xs[img * in_len..(img + 1) * in_len], g.c, g.h, g.w))
+            .collect::<Vec<_>>()
+    })
+    .into_iter()
+    .flatten()
+    .collect();
+    let nnz: usize = lists.iter().map(|l| l.1.len()).sum();
+    let dwp = SendPtr(dw);
+    let work = nnz * kk * g.o + n * out_len;
+    split(g.o.div_ceil(BLOCK), d.threads_for(work), |b0, b1| {
+        // One line past the pixels stays zero: the taps that miss the output read it.
+        let (mut table, mut dyt) = (vec![Line(ZERO); kk * g.c], vec![Line(ZERO); px + 1]);
+        for b in b0..b1 {
+            let (o0, width) = block(b, g.o);
+            table.fill(Line(ZERO));
+            for (img, (start, at)) in lists.iter().enumerate() {
+                if at.is_empty() {
+                    continue;
+                }
+                let dyi = &dys[img * out_len..(img + 1) * out_len];
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: the CPU has AVX-512F and g stride 1 ([`dw_wide`]); sizes as there.
+                unsafe {
+                    gather_dy_avx512(&mut dyt, &dyi[o0 * px..(o0 + width) * px], px, width);
+                    conv_dw_image_avx512(g, start, at, &dyt, &mut table);
+                }
+                #[cfg(not(target_arch = "x86_64"))]
+                let _ = (dyi, start);
+            }
+            // SAFETY: dw's rows o0..o0 + width (c·kk each) belong to this thread.
+            let rows = unsafe {
+                std::slice::from_raw_parts_mut(dwp.get().add(o0 * g.taps()), width * g.taps())
+            };
+            // SAFETY: Line is a Row with a larger alignment.
+            let t =
+                unsafe { std::slice::from_raw_parts(table.as_ptr().cast::<Row>(), table.len()) };
+            // dw[o0 + l][ci·kk + tap] += table[ci·kk + tap][l].
+            scatter_lanes(t, rows, g.taps(), width, true);
+        }
+    });
+}
+
 /// [`snn_conv2d_backward_f32`](super::snn_conv2d_backward_f32) for binary `x`: dx and db as
 /// there; dW accumulate-only below [`CONV_BACKWARD_SPIKE_MAX_DENSITY`] (density over the whole
 /// call), else the GEMM one.
@@ -991,7 +1267,12 @@ pub unsafe extern "C" fn snn_conv2d_backward_spike_f32(
     oh: i64,
     ow: i64,
 ) {
-    let d = SpikeDispatch::with(CONV_BACKWARD_SPIKE_MAX_DENSITY);
+    let g = Conv::from_abi([c, h, wd, o, kh, kw, sh, sw, ph, pw, oh, ow]);
+    let d = SpikeDispatch::with(if dw_wide(&g) {
+        CONV_BACKWARD_SPIKE_MAX_DENSITY
+    } else {
+        CONV_BACKWARD_SPIKE_MAX_DENSITY_PORTABLE
+    });
     // SAFETY: forwarded.
     unsafe {
         conv2d_backward_spike(
@@ -1429,6 +1710,63 @@ mod tests {
                 assert!(same_bits(&dense.1, &want.1), "{what}: dense path");
                 assert!(no_dw.1.iter().all(|&v| v == 1.0), "{what}: wrote a null dw");
                 assert!(same_bits(&no_dw.0, &want.0), "{what}: dx without dw");
+            }
+        }
+    }
+
+    /// The AVX-512 dW (where [`dw_wide`] holds: stride 1) and the portable one agree with the
+    /// GEMM's on 1 and 2 threads, the wide one bit-identical across thread counts; the shapes of
+    /// `CONVS` and one tall and wide enough for several bands of rows (`rows` = 3).
+    #[test]
+    fn conv_backward_dw_paths_agree() {
+        let shapes = CONVS
+            .iter()
+            .copied()
+            .chain([[2, 3, 13, 40, 70, 3, 3, 1, 1, 1, 1]]);
+        for (case, shape) in shapes.enumerate() {
+            let (a, x_len, y_len) = conv_abi(shape);
+            let [n, c, h, wd, o, kh, kw, sh, sw, ph, pw, oh, ow] = a;
+            let g = Conv::from_abi([c, h, wd, o, kh, kw, sh, sw, ph, pw, oh, ow]);
+            assert_eq!(dw_wide(&g), avx512() && sh == 1 && sw == 1, "{case}: wide");
+            let w = values((o * c * kh * kw) as usize, 21);
+            let dy = values(y_len, 22);
+            for (di, &density) in [0.0, 0.1, 0.35, 1.0].iter().enumerate() {
+                let x = spikes(x_len, density, (case * 10 + di + 300) as u32);
+                let run = |d: Option<SpikeDispatch>, wide: bool| -> Vec<f32> {
+                    let (mut dx, mut dw, mut db) = (
+                        vec![0f32; x_len],
+                        vec![0.5f32; w.len()],
+                        vec![0f32; o as usize],
+                    );
+                    let p = (x.as_ptr(), w.as_ptr(), dy.as_ptr());
+                    let (pdx, pdw, pdb) = (dx.as_mut_ptr(), dw.as_mut_ptr(), db.as_mut_ptr());
+                    unsafe {
+                        match d {
+                            None => snn_conv2d_backward_f32(
+                                p.0, p.1, p.2, pdx, pdw, pdb, n, c, h, wd, o, kh, kw, sh, sw, ph,
+                                pw, oh, ow,
+                            ),
+                            Some(d) => {
+                                let sparse =
+                                    conv_backward_spike(d, wide, p.0, p.1, p.2, pdx, pdw, pdb, a);
+                                assert!(sparse, "{case}: sparse path");
+                            }
+                        }
+                    }
+                    dw
+                };
+                let want = run(None, false);
+                let what = format!("conv dW {case} density {density}");
+                for wide in [false, dw_wide(&g)] {
+                    let one = run(Some(always(1)), wide);
+                    let two = run(Some(always(2)), wide);
+                    // Sums of up to n·oh·ow terms of either sign.
+                    assert_near(&format!("{what} wide {wide}"), &one, &want, 1e-4);
+                    assert!(
+                        same_bits(&one, &two),
+                        "{what} wide {wide}: threads changed dw"
+                    );
+                }
             }
         }
     }
