@@ -1577,22 +1577,20 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
             self.acc_w(b, acc, dst.mem, di, vector);
         };
         let n = ydims.len();
-        let trailing =
-            !red.is_empty() && red.iter().enumerate().all(|(j, &k)| k == n - red.len() + j);
-        if trailing {
-            // Summed axes at the end (a gate broadcast over H, W or C, H, W): each output folds
-            // one contiguous block, in vectors.
+        if red.contains(&(n.saturating_sub(1))) {
+            // The last axis is summed (a gate broadcast over H, W, or over T, H, W): each output
+            // folds rows of contiguous elements, in vectors.
             fx.par(fx.entry, &dst.dims, |b, di| {
                 let sum = fx.sum_nest(b, &red_dims, 1, true, &mut |b, r, acc, vector| {
-                    let mut yidx = di[..n - red.len()].to_vec();
-                    yidx.extend_from_slice(r);
+                    let mut yidx = di.to_vec();
+                    for (j, &k) in red.iter().enumerate() {
+                        yidx[k] = r[j];
+                    }
                     let v = value(b, &yidx, vector);
                     vec![fx.addf(b, acc[0], v)]
                 });
                 self.acc(b, sum[0], dst.mem, di);
             });
-        } else if red.contains(&(n.saturating_sub(1))) {
-            fx.par(fx.entry, &dst.dims, |b, di| body(b, di, false));
         } else {
             fx.par_vec(fx.entry, &dst.dims, body);
         }

@@ -1854,12 +1854,10 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
             ReduceKind::Max => (f64::NEG_INFINITY, "arith.maximumf"),
             ReduceKind::Mean | ReduceKind::Sum => (0.0, "arith.addf"),
         };
-        // The reduced axes are the trailing ones (attention's pooling over H, W or C, H, W):
-        // each output folds one contiguous block, in vectors.
-        let first = reduced.iter().position(|r| *r).unwrap_or(reduced.len());
-        if first < reduced.len() && reduced[first..].iter().all(|r| *r) {
+        // The last axis is reduced (attention's pooling over H, W, or T, H, W, or C, H, W):
+        // each output folds rows of contiguous elements, in vectors.
+        if reduced.last() == Some(&true) {
             fx.par(fx.entry, &y.dims, |b, o| {
-                let kept = &o[..first];
                 let acc = fx.fold_nest(
                     b,
                     &red_dims,
@@ -1867,8 +1865,7 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
                     combine,
                     true,
                     &mut |b, r, acc, vector| {
-                        let mut idx = kept.to_vec();
-                        idx.extend_from_slice(r);
+                        let idx = reduce_index(&reduced, keepdim, o, r);
                         let v = fx.load_w(b, x.mem, &idx, vector);
                         vec![fx.bin(b, combine, acc[0], v)]
                     },
@@ -1900,8 +1897,8 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
             };
             fx.store_w(b, v, y.mem, o, vector);
         };
-        // Vectors along a kept last axis (its lanes are consecutive in x and y alike).
-        if reduced.last() == Some(&true) || (keepdim && y.dims.last() == Some(&1)) {
+        // Vectors along the kept last axis (its lanes are consecutive in x and y alike).
+        if y.dims.last() == Some(&1) {
             fx.par(fx.entry, &y.dims, |b, o| body(b, o, false));
         } else {
             fx.par_vec(fx.entry, &y.dims, body);
