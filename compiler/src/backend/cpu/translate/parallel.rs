@@ -168,6 +168,13 @@ fn constant_def<'c, 'm>(v: Value<'c, 'm>) -> Option<OperationRef<'c, 'm>> {
     .then_some(def)
 }
 
+/// A counted loop under construction: its induction variable, header and latch blocks.
+struct Loop {
+    iv: ir::Value,
+    header: ir::Block,
+    latch: ir::Block,
+}
+
 /// Lower bounds, upper bounds and steps, one per dimension, as `(lb, ub, step)`.
 type Bounds = Vec<(ir::Value, ir::Value, ir::Value)>;
 
@@ -254,22 +261,35 @@ impl<'c, 'm, M: ClifModule> FnTranslator<'_, '_, 'c, 'm, M> {
         let Some((&(lb, ub, step), inner)) = bounds.split_first() else {
             return self.nest_body(nest, &ivs, exit);
         };
+        let l = self.open_loop(lb, ub, exit);
+        let mut ivs = ivs;
+        ivs.push(l.iv);
+        self.nest_loops(inner, ivs, nest, l.latch)?;
+        self.close_loop(&l, step);
+        Ok(())
+    }
+
+    /// Starts `for iv in (start..end)` (signed, the step added by [`Self::close_loop`]),
+    /// leaving to `exit` when done; continues in the loop's body, which must end in the
+    /// returned latch block.
+    fn open_loop(&mut self, start: ir::Value, end: ir::Value, exit: ir::Block) -> Loop {
         let header = self.b.create_block();
         let iv = self.b.append_block_param(header, types::I64);
         let body = self.b.create_block();
         let latch = self.b.create_block();
-        self.b.ins().jump(header, &[BlockArg::Value(lb)]);
+        self.b.ins().jump(header, &[BlockArg::Value(start)]);
         self.b.switch_to_block(header);
-        let more = self.b.ins().icmp(IntCC::SignedLessThan, iv, ub);
+        let more = self.b.ins().icmp(IntCC::SignedLessThan, iv, end);
         self.b.ins().brif(more, body, &[], exit, &[]);
         self.b.switch_to_block(body);
-        let mut ivs = ivs;
-        ivs.push(iv);
-        self.nest_loops(inner, ivs, nest, latch)?;
-        self.b.switch_to_block(latch);
-        let next = self.b.ins().iadd(iv, step);
-        self.b.ins().jump(header, &[BlockArg::Value(next)]);
-        Ok(())
+        Loop { iv, header, latch }
+    }
+
+    /// The latch of a loop from [`Self::open_loop`]: `iv += step`, back to its header.
+    fn close_loop(&mut self, l: &Loop, step: ir::Value) {
+        self.b.switch_to_block(l.latch);
+        let next = self.b.ins().iadd(l.iv, step);
+        self.b.ins().jump(l.header, &[BlockArg::Value(next)]);
     }
 
     /// The nest's body region for the induction variables `ivs`; its `omp.yield` continues at
@@ -454,16 +474,10 @@ impl<'c, 'm, M: ClifModule> FnTranslator<'_, '_, 'c, 'm, M> {
             .iter()
             .map(|&dim| self.trip_count(dim))
             .collect();
-        let header = self.b.create_block();
-        let flat = self.b.append_block_param(header, types::I64);
-        let body = self.b.create_block();
-        let latch = self.b.create_block();
+        let one = self.b.ins().iconst(types::I64, 1);
         let exit = self.b.create_block();
-        self.b.ins().jump(header, &[BlockArg::Value(start)]);
-        self.b.switch_to_block(header);
-        let more = self.b.ins().icmp(IntCC::SignedLessThan, flat, end);
-        self.b.ins().brif(more, body, &[], exit, &[]);
-        self.b.switch_to_block(body);
+        let l = self.open_loop(start, end, exit);
+        let flat = l.iv;
         // Row-major: the last split dimension varies fastest.
         let mut ivs = vec![flat; split];
         let mut rest = flat;
@@ -479,10 +493,8 @@ impl<'c, 'm, M: ClifModule> FnTranslator<'_, '_, 'c, 'm, M> {
             let offset = self.b.ins().imul(position, step);
             ivs[d] = self.b.ins().iadd(lb, offset);
         }
-        self.nest_loops(&bounds[split..], ivs, &nest, latch)?;
-        self.b.switch_to_block(latch);
-        let next = self.b.ins().iadd_imm_s(flat, 1);
-        self.b.ins().jump(header, &[BlockArg::Value(next)]);
+        self.nest_loops(&bounds[split..], ivs, &nest, l.latch)?;
+        self.close_loop(&l, one);
         self.b.switch_to_block(exit);
         self.b.ins().return_(&[]);
         self.b.seal_all_blocks();
