@@ -231,6 +231,19 @@ fn golden_small_gradients_match_pytorch() {
 /// same f32-representable data; compares outputs, then every parameter and input gradient
 /// within `rel` (see the callers for why it differs per model).
 fn gradients_agree_with_interpreter(what: &str, g: &Graph, batch: usize, seed: u64, rel: f64) {
+    gradients_agree_with_interpreter_on(what, g, batch, seed, rel, false);
+}
+
+/// [`gradients_agree_with_interpreter`]; with `integers`, the inputs are rounded to 0, 1 or 2,
+/// so that maxima are tied all over (the first in row-major order must win on both sides).
+fn gradients_agree_with_interpreter_on(
+    what: &str,
+    g: &Graph,
+    batch: usize,
+    seed: u64,
+    rel: f64,
+    integers: bool,
+) {
     let opts = LowerOptions::with_batch(batch);
     let fsig = forward_train_signature(g, &opts).expect("signature");
     let bsig = backward_signature(g, &opts).expect("signature");
@@ -245,9 +258,10 @@ fn gradients_agree_with_interpreter(what: &str, g: &Graph, batch: usize, seed: u
         .map(|(k, a)| {
             let size = a.shape.iter().product();
             let data = random_f32(size, seed * 31 + k as u64, 0.0, 2.0);
+            let value = |v: f32| if integers { v.round() } else { v };
             let arr = ArrayD::from_shape_vec(
                 IxDyn(&a.shape),
-                data.iter().map(|v| f64::from(*v)).collect(),
+                data.iter().map(|v| f64::from(value(*v))).collect(),
             )
             .expect("shape");
             (a.name.clone(), arr)
@@ -357,6 +371,22 @@ fn tiny() -> Graph {
 #[test]
 fn tiny_model_gradients_agree_with_the_interpreter() {
     gradients_agree_with_interpreter("tiny", &tiny(), 3, 5, 1e-4);
+}
+
+/// Attention straight on integer-valued inputs: the temporal, channel and spatial max poolings
+/// see ties everywhere, in each of the forward's argmax forms (vector lanes within a row for
+/// widths that are a multiple of four, lanes as outputs along a kept last axis with a scalar
+/// tail, one element at a time otherwise), and the backward must route every gradient to the
+/// first maximum as the interpreter does.
+const TIES: &str = "import std.neurons.{LIF}\nimport std.attention.{TCSA}\nmodel Ties8(T: int = 4) {\n    input x: image(channels = 3, height = 5, width = 8, T = T)\n    x -> attend(TCSA(r_t = 2, r_c = 3, k = 3)) -> LIF(v_th = 0.5) -> flatten -> linear(3) -> readout.rate\n}\nmodel Ties6(T: int = 4) {\n    input x: image(channels = 3, height = 5, width = 6, T = T)\n    x -> attend(TCSA(r_t = 2, r_c = 3, k = 3)) -> LIF(v_th = 0.5) -> flatten -> linear(3) -> readout.rate\n}\n";
+
+#[test]
+fn tied_maxima_route_gradients_like_the_interpreter() {
+    let c = compile_text(Path::new("ties.snn"), TIES.to_string(), &[]);
+    assert_eq!(c.graphs.len(), 2);
+    for g in &c.graphs {
+        gradients_agree_with_interpreter_on(&format!("ties:{}", g.name), g, 2, 11, 1e-4, true);
+    }
 }
 
 /// What the other models miss: overlapping max and average windows (scattered adds done
