@@ -1,8 +1,10 @@
-//! Snapshot tests of every emitted stage (AST, IR) for every example and stdlib file, in the
-//! naga style: one glance at a snapshot diff shows what a change did to every model.
+//! Snapshot tests of every emitted stage (AST, IR; the backward program for the examples) for
+//! every example and stdlib file, in the naga style: one glance at a snapshot diff shows what a
+//! change did to every model.
 
 mod common;
 
+use snnc::autodiff::{differentiate, print_grad};
 use snnc::ir::printer::print_graph;
 use snnc::sema::compile_source;
 use std::path::Path;
@@ -33,6 +35,21 @@ fn ir_of_every_example_and_stdlib_model() {
                     print_graph(g)
                 );
             }
+        }
+    }
+}
+
+/// `--emit grad`: the steps, what the forward saves for them (BPTT memory) and the neuron
+/// adjoints.
+#[test]
+fn grad_of_every_example_model() {
+    for (rel, text) in common::snn_files("examples") {
+        let c = compile_ok(&rel, &text);
+        for g in &c.graphs {
+            insta::assert_snapshot!(
+                format!("grad__{}__{}", snapshot_name(&rel), g.name),
+                print_grad(g, &differentiate(g))
+            );
         }
     }
 }

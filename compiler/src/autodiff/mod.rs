@@ -85,6 +85,9 @@ pub fn differentiate(g: &Graph) -> GradGraph {
                 kind: ReduceKind::Max,
                 ..
             } => (input(0).into_iter().collect(), None),
+            // relu'(x) = [x > 0] = [relu(x) > 0]: the output, which the next layer usually
+            // saves anyway (a neuron scan's input current), serves instead of a second tensor.
+            Op::Unary(UnaryOp::Relu) => (vec![id], None),
             Op::Unary(_) => (input(0).into_iter().collect(), None),
             Op::Binary(BinaryOp::Mul) => (node.inputs.clone(), None),
             Op::Pool { .. }

@@ -678,9 +678,15 @@ impl<'g> Interpreter<'g> {
                     }
                 }
                 Op::Unary(u) => {
+                    // relu's derivative from its output (see `autodiff::differentiate`).
+                    let at = if *u == UnaryOp::Relu {
+                        step.node
+                    } else {
+                        input(0)?
+                    };
                     to_input.push((
                         input(0)?,
-                        k::unary_backward(unary_op(*u), saved(input(0)?)?, dy.view())
+                        k::unary_backward(unary_op(*u), saved(at)?, dy.view())
                             .map_err(kernel(name))?,
                     ));
                 }

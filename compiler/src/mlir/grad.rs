@@ -808,6 +808,16 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
         Ok(buf)
     }
 
+    /// `node`'s own forward value (saved by the forward).
+    fn own_value(&self, node: &Node) -> Result<Buf<'c>, LowerError> {
+        self.g
+            .nodes
+            .iter()
+            .position(|n| std::ptr::eq(n, node))
+            .and_then(|i| self.fwd[i].clone())
+            .ok_or_else(|| LowerError::new(format!("`{}` was not saved by the forward", node.name)))
+    }
+
     /// The auxiliary saved buffer `aux` of `node`, if the forward saved one.
     fn aux_of(&self, node: &Node, aux: Aux) -> Option<V<'c>> {
         let i = self.g.nodes.iter().position(|n| std::ptr::eq(n, node))?;
@@ -1526,7 +1536,12 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
     }
 
     fn unary(&mut self, node: &Node, dy: &Buf<'c>, op: UnaryOp) -> Result<(), LowerError> {
-        let x = self.saved(node, 0)?;
+        // relu's derivative reads its output (`autodiff::differentiate` saves that instead).
+        let x = if op == UnaryOp::Relu {
+            self.own_value(node)?
+        } else {
+            self.saved(node, 0)?
+        };
         let dx = self.input_grad(node, 0)?;
         let fx = &self.fx;
         fx.par_vec(fx.entry, &dx.dims, |b, xi, vector| {
