@@ -26,6 +26,7 @@ use melior::{
         attribute::DenseI32ArrayAttribute, r#type::MemRefType,
     },
 };
+use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
 
 /// `arith.cmpi` predicates (MLIR's enum order).
@@ -87,20 +88,39 @@ pub fn backward_symbol(g: &Graph) -> String {
 
 /// The saved values passed between the functions: `GradGraph::saved` with views replaced by
 /// the value they view (the backward rebuilds the views) and without model inputs (both
-/// functions receive them anyway), then every spike-emitting scan output the backward does
-/// not need (node order): a training driver counts spikes from them.
+/// functions receive them anyway) and without the products the backward recomputes
+/// ([`rematerialized`]), then every spike-emitting scan output the backward does not need (node
+/// order): a training driver counts spikes from them.
 fn saved_values(g: &Graph, grad: &GradGraph) -> Vec<usize> {
-    let mut saved: Vec<usize> = Vec::new();
+    let mut saved = needed_values(g, grad);
+    let remat = rematerialized(g, &saved);
+    saved.retain(|v| !remat.contains(v));
+    saved_spikes(g, saved)
+}
+
+/// `GradGraph::saved` with views replaced by the value they view, without model inputs.
+fn needed_values(g: &Graph, grad: &GradGraph) -> Vec<usize> {
+    let mut needed: Vec<usize> = Vec::new();
     for v in &grad.saved {
         let r = view_root(g, v.0);
         let input = g
             .nodes
             .get(r)
             .is_none_or(|n| matches!(n.op, Op::Input { .. }));
-        if !input && !saved.contains(&r) {
-            saved.push(r);
+        if !input && !needed.contains(&r) {
+            needed.push(r);
         }
     }
+    needed
+}
+
+/// The products `saved_values` leaves to the backward to recompute (see [`rematerialized`]).
+fn recomputed_values(g: &Graph, grad: &GradGraph) -> Vec<usize> {
+    rematerialized(g, &needed_values(g, grad))
+}
+
+/// `saved` plus every spike-emitting scan output not among them, in node order.
+fn saved_spikes(g: &Graph, mut saved: Vec<usize>) -> Vec<usize> {
     for (i, n) in g.nodes.iter().enumerate() {
         let spikes = matches!(
             n.op,
@@ -114,6 +134,37 @@ fn saved_values(g: &Graph, grad: &GradGraph) -> Vec<usize> {
         }
     }
     saved
+}
+
+/// The saved products the backward recomputes instead of receiving: elementwise (broadcast)
+/// multiplications whose operands are model inputs, other saved values or themselves
+/// recomputed, and that no view reads (attention's gated activations, `x · gate`, each a full
+/// feature map). One multiply per element in the backward buys one feature map less memory.
+fn rematerialized(g: &Graph, saved: &[usize]) -> Vec<usize> {
+    let viewed: Vec<usize> = g
+        .nodes
+        .iter()
+        .filter(|n| is_view(g, n))
+        .filter_map(|n| n.inputs.first().map(|x| x.0))
+        .collect();
+    let mut order = saved.to_vec();
+    order.sort_unstable();
+    let mut remat: Vec<usize> = Vec::new();
+    for &v in &order {
+        let node = &g.nodes[v];
+        if !matches!(node.op, Op::Binary(BinaryOp::Mul)) || viewed.contains(&v) {
+            continue;
+        }
+        // Operands precede `v`: saved ones are either kept or recomputed before it.
+        let available = |u: usize| {
+            let r = view_root(g, u);
+            matches!(g.nodes[r].op, Op::Input { .. }) || saved.contains(&r)
+        };
+        if node.inputs.iter().all(|u| available(u.0)) {
+            remat.push(v);
+        }
+    }
+    remat
 }
 
 /// What the forward computes anyway and saves beside a node's value so that the backward
@@ -518,6 +569,38 @@ fn lower_backward<'c>(
     Ok(used)
 }
 
+/// A forward value the backward reads: a buffer, or a product it recomputes where it reads it
+/// (see [`rematerialized`]).
+#[derive(Clone)]
+enum FwdValue<'c> {
+    Stored(Buf<'c>),
+    Product(Box<(FwdValue<'c>, FwdValue<'c>)>),
+}
+
+impl<'c> FwdValue<'c> {
+    /// The element(s) at `idx` of a `dims`-shaped loop, broadcasting size-1 axes: for a
+    /// product, the same multiply the forward did.
+    fn load(
+        &self,
+        fx: &Fx<'c, '_>,
+        b: &Block<'c>,
+        dims: &[i64],
+        idx: &[V<'c>],
+        vector: bool,
+    ) -> V<'c> {
+        match self {
+            FwdValue::Stored(buf) => fx.load_bcast(b, buf.mem, &buf.dims, dims, idx, vector),
+            FwdValue::Product(p) => {
+                let (a, c) = (
+                    p.0.load(fx, b, dims, idx, vector),
+                    p.1.load(fx, b, dims, idx, vector),
+                );
+                fx.mulf(b, a, c)
+            }
+        }
+    }
+}
+
 /// The input index of a reduction from its output index and the reduced axes' indices.
 type XIndex<'f, 'c> = dyn Fn(&[V<'c>], &[V<'c>]) -> Vec<V<'c>> + 'f;
 
@@ -607,6 +690,10 @@ struct Backward<'a, 'c, 'e> {
     states: HashMap<usize, V<'c>>,
     /// (node, kind) → its auxiliary saved buffer (see [`Aux`]).
     aux: HashMap<(usize, Aux), V<'c>>,
+    /// Products the forward does not pass, recomputed when a step reads them.
+    recomputed: Vec<usize>,
+    /// Buffers recomputed for the current step, freed after it.
+    temps: RefCell<Vec<V<'c>>>,
     /// Gradient of each node while it is live; `owned` when `memref.alloc`ed here.
     grads: Vec<Option<(Buf<'c>, bool)>>,
     /// Gradient output buffer of each trainable parameter.
@@ -698,6 +785,8 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
             params,
             states,
             aux,
+            recomputed: recomputed_values(g, grad),
+            temps: RefCell::new(Vec::new()),
             grads,
             dparams,
             d_outputs,
@@ -742,6 +831,9 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
             self.grads[i] = None;
             if owned {
                 self.fx.stmt(self.fx.entry, "memref.dealloc", &[dy.mem]);
+            }
+            for t in self.temps.borrow_mut().drain(..) {
+                self.fx.stmt(self.fx.entry, "memref.dealloc", &[t]);
             }
         }
         Ok(())
@@ -829,12 +921,36 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
             .inputs
             .get(k)
             .ok_or_else(|| LowerError::new(format!("operand {k} is missing")))?;
-        self.fwd[id.0].clone().ok_or_else(|| {
-            LowerError::new(format!(
+        self.forward_value(id.0)
+    }
+
+    /// Node `v`'s forward value: passed by the forward, or recomputed into a buffer that lives
+    /// until the end of the current step.
+    fn forward_value(&self, v: usize) -> Result<Buf<'c>, LowerError> {
+        if let Some(buf) = self.fwd[v].clone() {
+            return Ok(buf);
+        }
+        let node = &self.g.nodes[v];
+        if !self.recomputed.contains(&v) {
+            return Err(LowerError::new(format!(
                 "`{}` was not saved by the forward",
-                self.g.nodes[id.0].name
-            ))
-        })
+                node.name
+            )));
+        }
+        // As the forward's elementwise product (`Lowering::binary`): the same multiply of the
+        // same values, so the same bits.
+        let (a, c) = (self.saved(node, 0)?, self.saved(node, 1)?);
+        let dims = to_i64(&shape_of(&node.ty, self.batch, &node.name)?);
+        let mem = self.alloc(&dims);
+        let fx = &self.fx;
+        fx.par_vec(fx.entry, &dims, |b, o, vector| {
+            let va = fx.load_bcast(b, a.mem, &a.dims, &dims, o, vector);
+            let vc = fx.load_bcast(b, c.mem, &c.dims, &dims, o, vector);
+            let r = fx.mulf(b, va, vc);
+            fx.store_w(b, r, mem, o, vector);
+        });
+        self.temps.borrow_mut().push(mem);
+        Ok(Buf { mem, dims })
     }
 
     fn input_grad(&mut self, node: &Node, k: usize) -> Result<Buf<'c>, LowerError> {
@@ -1614,7 +1730,16 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
     fn binary(&mut self, node: &Node, dy: &Buf<'c>, op: BinaryOp) -> Result<(), LowerError> {
         let operands = match op {
             BinaryOp::Add => None,
-            BinaryOp::Mul => Some((self.saved(node, 0)?, self.saved(node, 1)?)),
+            BinaryOp::Mul => {
+                let operand = |k: usize| {
+                    let id = node
+                        .inputs
+                        .get(k)
+                        .ok_or_else(|| LowerError::new(format!("operand {k} is missing")))?;
+                    self.product_of(id.0)
+                };
+                Some((operand(0)?, operand(1)?))
+            }
         };
         for k in 0..2 {
             let dst = self.input_grad(node, k)?;
@@ -1627,13 +1752,29 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
                 match &other {
                     None => d,
                     Some(o) => {
-                        let ov = fx.load_bcast(b, o.mem, &o.dims, &dy.dims, yidx, vector);
+                        let ov = o.load(fx, b, &dy.dims, yidx, vector);
                         fx.mulf(b, d, ov)
                     }
                 }
             });
         }
         Ok(())
+    }
+
+    /// Node `v`'s forward value as a buffer, or, for a product the backward recomputes, as the
+    /// product of its operands, loaded element by element where it is read (no buffer).
+    fn product_of(&self, v: usize) -> Result<FwdValue<'c>, LowerError> {
+        if self.fwd[v].is_none() && self.recomputed.contains(&v) {
+            let node = &self.g.nodes[v];
+            let operand = |k: usize| {
+                node.inputs
+                    .get(k)
+                    .ok_or_else(|| LowerError::new(format!("operand {k} is missing")))
+                    .and_then(|id| self.product_of(id.0))
+            };
+            return Ok(FwdValue::Product(Box::new((operand(0)?, operand(1)?))));
+        }
+        self.forward_value(v).map(FwdValue::Stored)
     }
 
     /// BPTT for one neuron layer: every element runs an `scf.for` over T descending that
