@@ -233,6 +233,13 @@ fn split_map<R: Send, F: Fn(usize, usize) -> R + Sync>(
     out
 }
 
+/// Runs `f(start, end)` over contiguous blocks of `0..items` on the kernels' threads, in
+/// blocks of at least `min_block` items (so that small jobs stay on the calling thread).
+pub(crate) fn for_blocks<F: Fn(usize, usize) + Sync>(items: usize, min_block: usize, f: F) {
+    let threads = kernel_threads().min(items / min_block.max(1)).max(1);
+    split(items, threads, f);
+}
+
 fn threads_for(macs: usize) -> usize {
     threads_capped(kernel_threads(), macs)
 }
