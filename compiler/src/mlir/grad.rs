@@ -470,13 +470,13 @@ impl<'c> TrainSinks<'c> {
 
     /// The auxiliary buffer `aux` of a node (identified by address), when training.
     pub(super) fn aux_for(&self, g: &Graph, node: &Node, aux: Aux) -> Option<V<'c>> {
-        let i = g.nodes.iter().position(|n| std::ptr::eq(n, node))?;
+        let i = index_of(g, node)?;
         self.aux.get(&(i, aux)).copied()
     }
 
     /// The states buffer of a scan node (identified by address: `scan` gets the node only).
     pub(super) fn states_for(&self, g: &Graph, node: &Node) -> Option<V<'c>> {
-        let i = g.nodes.iter().position(|n| std::ptr::eq(n, node))?;
+        let i = index_of(g, node)?;
         self.states.get(&i).copied()
     }
 }
@@ -599,6 +599,12 @@ impl<'c> FwdValue<'c> {
             }
         }
     }
+}
+
+/// The position of `node` in `g` (nodes are handed around by reference; lowering state is
+/// indexed by position).
+fn index_of(g: &Graph, node: &Node) -> Option<usize> {
+    g.nodes.iter().position(|n| std::ptr::eq(n, node))
 }
 
 /// The input index of a reduction from its output index and the reduced axes' indices.
@@ -902,17 +908,14 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
 
     /// `node`'s own forward value (saved by the forward).
     fn own_value(&self, node: &Node) -> Result<Buf<'c>, LowerError> {
-        self.g
-            .nodes
-            .iter()
-            .position(|n| std::ptr::eq(n, node))
+        index_of(self.g, node)
             .and_then(|i| self.fwd[i].clone())
             .ok_or_else(|| LowerError::new(format!("`{}` was not saved by the forward", node.name)))
     }
 
     /// The auxiliary saved buffer `aux` of `node`, if the forward saved one.
     fn aux_of(&self, node: &Node, aux: Aux) -> Option<V<'c>> {
-        let i = self.g.nodes.iter().position(|n| std::ptr::eq(n, node))?;
+        let i = index_of(self.g, node)?;
         self.aux.get(&(i, aux)).copied()
     }
 
@@ -937,16 +940,12 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
                 node.name
             )));
         }
-        // As the forward's elementwise product (`Lowering::binary`): the same multiply of the
-        // same values, so the same bits.
-        let (a, c) = (self.saved(node, 0)?, self.saved(node, 1)?);
+        let value = self.product_of(v)?;
         let dims = to_i64(&shape_of(&node.ty, self.batch, &node.name)?);
         let mem = self.alloc(&dims);
         let fx = &self.fx;
         fx.par_vec(fx.entry, &dims, |b, o, vector| {
-            let va = fx.load_bcast(b, a.mem, &a.dims, &dims, o, vector);
-            let vc = fx.load_bcast(b, c.mem, &c.dims, &dims, o, vector);
-            let r = fx.mulf(b, va, vc);
+            let r = value.load(fx, b, &dims, o, vector);
             fx.store_w(b, r, mem, o, vector);
         });
         self.temps.borrow_mut().push(mem);

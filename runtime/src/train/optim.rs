@@ -486,16 +486,18 @@ fn adam_step(
     ) && ps.len() >= PARALLEL_UPDATE_MIN
     {
         let n = ps.len();
-        let cells = Cells([ps.as_mut_ptr(), ms.as_mut_ptr(), vs.as_mut_ptr()]);
-        let gp = gs.as_ptr() as usize;
+        let cells = Cells {
+            pmv: [ps.as_mut_ptr(), ms.as_mut_ptr(), vs.as_mut_ptr()],
+            g: gs.as_ptr(),
+        };
         for_blocks(n, PARALLEL_UPDATE_MIN / 2, |start, end| {
             let cells = &cells;
             for i in start..end {
                 // SAFETY: blocks are disjoint ranges of 0..n, and each of the four slices
                 // holds n elements.
                 unsafe {
-                    let [p, m, v] = cells.0.map(|c| &mut *c.add(i));
-                    update(p, *(gp as *const f64).add(i), m, v);
+                    let [p, m, v] = cells.pmv.map(|c| &mut *c.add(i));
+                    update(p, *cells.g.add(i), m, v);
                 }
             }
         });
@@ -511,9 +513,12 @@ fn adam_step(
 /// Elements from which [`adam_step`] splits a tensor over threads.
 const PARALLEL_UPDATE_MIN: usize = 1 << 16;
 
-/// The parameter, first- and second-moment pointers of one tensor, shared by the blocks of
-/// [`adam_step`] (each writes its own range).
-struct Cells([*mut f64; 3]);
+/// The parameter, first- and second-moment pointers of one tensor and its gradient's, shared
+/// by the blocks of [`adam_step`] (each writes its own range).
+struct Cells {
+    pmv: [*mut f64; 3],
+    g: *const f64,
+}
 // SAFETY: the blocks touch disjoint index ranges.
 unsafe impl Sync for Cells {}
 
