@@ -4,8 +4,10 @@
 mod common;
 
 use snn_runtime::gpu::manifest::{BufferKind, LaunchManifest, Step};
-use snnc::backend::gpu::{GpuOptions, compile};
+use snnc::backend::gpu::{GpuOptions, GpuTrainingArtifact, compile, compile_training};
 use snnc::ir::Graph;
+use snnc::mlir::LowerOptions;
+use snnc::mlir::grad::{backward_signature, forward_train_signature};
 use snnc::sema::{Compilation, compile_source};
 use std::process::Command;
 
@@ -195,4 +197,97 @@ fn cli_emits_ptx_and_writes_a_directory() {
         .expect("snnc runs");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--target gpu"));
+}
+
+fn gpu_training(g: &Graph, batch: usize) -> GpuTrainingArtifact {
+    let opts = GpuOptions {
+        chip: "sm_90".into(),
+        batch,
+    };
+    compile_training(g, &opts).unwrap_or_else(|e| panic!("{} (training): {e}", g.name))
+}
+
+/// The training PTX holds the kernels of both functions, each launched by its own manifest;
+/// the manifests follow the training ABI (docs/abi.md).
+fn check_training(g: &Graph, art: &GpuTrainingArtifact, batch: usize) {
+    let opts = LowerOptions::with_batch(batch);
+    for (manifest, sig) in [
+        (&art.forward_train, forward_train_signature(g, &opts)),
+        (&art.backward, backward_signature(g, &opts)),
+    ] {
+        let sig = sig.expect("signature");
+        assert_eq!(manifest.args.len(), sig.len(), "{}", g.name);
+        for (a, s) in manifest.args.iter().zip(&sig) {
+            assert_eq!(
+                (&a.name, a.role.as_str(), &a.shape),
+                (&s.name, s.role.as_str(), &s.shape)
+            );
+        }
+        manifest.check().expect("consistent manifest");
+        assert!(manifest.launches().count() >= 1, "{}", g.name);
+    }
+    let fwd: Vec<&str> = art
+        .forward_train
+        .kernels
+        .iter()
+        .map(|k| k.name.as_str())
+        .collect();
+    let bwd: Vec<&str> = art
+        .backward
+        .kernels
+        .iter()
+        .map(|k| k.name.as_str())
+        .collect();
+    assert!(
+        fwd.iter().all(|k| !bwd.contains(k)),
+        "{}: a kernel in both",
+        g.name
+    );
+    assert_eq!(
+        entries(&art.ptx),
+        fwd.len() + bwd.len(),
+        "{}: every entry is launched",
+        g.name
+    );
+    assert!(art.ptx.contains(".target sm_90"), "{}", g.name);
+    assert!(!art.ptx.contains(".extern"), "{}: unresolved call", g.name);
+}
+
+/// `forward_train` and `backward` of every example map to GPU kernels; the PTX of those under
+/// the size limit is snapshotted (at batch 1, as the forward's).
+#[test]
+fn training_ptx_of_every_example() {
+    let mut skipped = Vec::new();
+    for (rel, _) in common::snn_files("examples") {
+        let c = compile_file(&rel);
+        for g in &c.graphs {
+            let art = gpu_training(g, 1);
+            check_training(g, &art, 1);
+            if art.ptx.len() > MAX_SNAPSHOT_BYTES {
+                skipped.push(format!("{}:{} ({} bytes)", rel, g.name, art.ptx.len()));
+                continue;
+            }
+            insta::assert_snapshot!(
+                format!("train_ptx__{}__{}", rel.replace(['/', '.'], "_"), g.name),
+                art.ptx
+            );
+        }
+    }
+    eprintln!("training PTX snapshots skipped (over {MAX_SNAPSHOT_BYTES} bytes): {skipped:?}");
+}
+
+/// A learnable neuron scalar (PLIF's `w`) is read inside the kernels and its gradient summed
+/// by one: the host program never touches device memory.
+#[test]
+fn learnable_neuron_scalars_train_on_the_gpu() {
+    let text = "import std.neurons.{PLIF}\nmodel P(T: int = 3) {\n    input x: image(channels = 1, height = 4, width = 4, T = T)\n    x -> conv(2, 3) -> bn -> PLIF -> flatten -> linear(2) -> readout.rate\n}\n";
+    let c = compile_source(std::path::Path::new("p.snn"), text.to_string(), &[]);
+    assert!(
+        !c.diags.has_errors(),
+        "{}",
+        c.diags.render_plain(&c.program.sources)
+    );
+    let g = &c.graphs[0];
+    let art = gpu_training(g, 2);
+    check_training(g, &art, 2);
 }

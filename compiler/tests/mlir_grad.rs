@@ -13,8 +13,9 @@ use snnc::ir::{Graph, Op};
 use snnc::mlir::context::new_context;
 use snnc::mlir::grad::{
     TrainArg, TrainRole, backward_signature, backward_symbol, forward_train_signature,
-    forward_train_symbol, lower_training_module,
+    forward_train_symbol, lower_training_module_with,
 };
+use snnc::mlir::lower::LoopForm;
 use snnc::mlir::pipeline::{check_llvm_only, run_pipeline, verify};
 use snnc::mlir::{LLVM_PIPELINE, LowerOptions, Stage, emit};
 use std::path::Path;
@@ -38,12 +39,21 @@ fn packed_wrapper(symbol: &str, n: usize) -> String {
     w
 }
 
-/// JIT-compiles the training functions of `g` and hands `body` a caller: `call(symbol, args)`
+/// Both CPU loop forms, and the flat one-dimension-per-loop form the GPU backend compiles:
+/// running it here checks its index arithmetic without a GPU.
+const FORMS: [LoopForm; 2] = [LoopForm::Nested, LoopForm::Flat];
+
+/// JIT-compiles the training functions of `g` (loops in `form`) and hands `body` a caller: `call(symbol, args)`
 /// runs one function over `args` (one buffer per argument, in signature order).
-fn with_training_jit(g: &Graph, batch: usize, body: impl FnOnce(&dyn Fn(&str, &mut [Vec<f32>]))) {
+fn with_training_jit(
+    g: &Graph,
+    batch: usize,
+    form: LoopForm,
+    body: impl FnOnce(&dyn Fn(&str, &mut [Vec<f32>])),
+) {
     let opts = LowerOptions::with_batch(batch);
     let context = new_context();
-    let mut module = lower_training_module(&context, &[g], &opts).expect("lowers");
+    let mut module = lower_training_module_with(&context, &[g], &opts, form).expect("lowers");
     verify(&context, &module).expect("verifies");
     run_pipeline(&context, &mut module, LLVM_PIPELINE).expect("pipeline");
     check_llvm_only(&module).expect("llvm only");
@@ -179,52 +189,55 @@ fn golden_small_gradients_match_pytorch() {
     let fsig = forward_train_signature(g, &opts).expect("signature");
     let bsig = backward_signature(g, &opts).expect("signature");
     let x = read_npy(&dir.join("input.npy"));
-    let mut fargs = forward_args(&fsig, &|_| to_f32(&x), &|name| {
-        to_f32(&read_npy(&dir.join(format!("param.{name}.npy"))))
-    });
     let target = read_npy(&dir.join("target.npy"));
     let classes: Vec<usize> = target
         .outer_iter()
         .map(|row| row.iter().position(|v| *v == 1.0).expect("one-hot"))
         .collect();
-    with_training_jit(g, batch, |call| {
-        call(&forward_train_symbol(g), &mut fargs);
-        let readout = buffer(&fsig, &fargs, TrainRole::Output, "readout0");
-        assert_close(
-            "readout0",
-            readout,
-            read_npy(&dir.join("out.readout0.npy"))
-                .as_slice()
-                .expect("contiguous"),
-            1e-5,
-        );
-        // The seed is the MSE gradient of our own (f32) readout, as in training.
-        let r = ArrayD::from_shape_vec(
-            IxDyn(&[batch, 3]),
-            readout.iter().map(|v| f64::from(*v)).collect(),
-        )
-        .expect("shape");
-        let (_, d_out) = loss::mse_one_hot(&r, &classes).expect("loss");
-        let mut bargs = backward_args(&fsig, &fargs, &bsig, &[to_f32(&d_out)]);
-        call(&backward_symbol(g), &mut bargs);
-        let wanted: Vec<(usize, Vec<f64>)> = bsig
-            .iter()
-            .enumerate()
-            .filter_map(|(k, a)| {
-                let file = match a.role {
-                    TrainRole::DParam => dir.join(format!("grad.{}.npy", &a.name[1..])),
-                    TrainRole::DInput => dir.join("grad.input.npy"),
-                    _ => return None,
-                };
-                Some((k, read_npy(&file).iter().copied().collect()))
-            })
-            .collect();
-        assert_eq!(wanted.len(), 12, "11 trainable parameters and the input");
-        let largest = wanted.iter().map(|(_, w)| max_abs(w)).fold(0.0, f64::max);
-        for (k, want) in &wanted {
-            assert_close_floor(&bsig[*k].name, &bargs[*k], want, 1e-4, 1e-3 * largest);
-        }
-    });
+    for form in FORMS {
+        let mut fargs = forward_args(&fsig, &|_| to_f32(&x), &|name| {
+            to_f32(&read_npy(&dir.join(format!("param.{name}.npy"))))
+        });
+        with_training_jit(g, batch, form, |call| {
+            call(&forward_train_symbol(g), &mut fargs);
+            let readout = buffer(&fsig, &fargs, TrainRole::Output, "readout0");
+            assert_close(
+                "readout0",
+                readout,
+                read_npy(&dir.join("out.readout0.npy"))
+                    .as_slice()
+                    .expect("contiguous"),
+                1e-5,
+            );
+            // The seed is the MSE gradient of our own (f32) readout, as in training.
+            let r = ArrayD::from_shape_vec(
+                IxDyn(&[batch, 3]),
+                readout.iter().map(|v| f64::from(*v)).collect(),
+            )
+            .expect("shape");
+            let (_, d_out) = loss::mse_one_hot(&r, &classes).expect("loss");
+            let mut bargs = backward_args(&fsig, &fargs, &bsig, &[to_f32(&d_out)]);
+            call(&backward_symbol(g), &mut bargs);
+            let wanted: Vec<(usize, Vec<f64>)> = bsig
+                .iter()
+                .enumerate()
+                .filter_map(|(k, a)| {
+                    let file = match a.role {
+                        TrainRole::DParam => dir.join(format!("grad.{}.npy", &a.name[1..])),
+                        TrainRole::DInput => dir.join("grad.input.npy"),
+                        _ => return None,
+                    };
+                    Some((k, read_npy(&file).iter().copied().collect()))
+                })
+                .collect();
+            assert_eq!(wanted.len(), 12, "11 trainable parameters and the input");
+            let largest = wanted.iter().map(|(_, w)| max_abs(w)).fold(0.0, f64::max);
+            for (k, want) in &wanted {
+                let what = format!("{form:?} {}", bsig[*k].name);
+                assert_close_floor(&what, &bargs[*k], want, 1e-4, 1e-3 * largest);
+            }
+        });
+    }
 }
 
 /// Runs forward_train + backward through the JIT and the interpreter (f64, train mode) on the
@@ -292,51 +305,54 @@ fn gradients_agree_with_interpreter_on(
     let grads = interp
         .backward(&store, &fwd, &d_outputs)
         .expect("interpreter backward");
-    let mut fargs = forward_args(
-        &fsig,
-        &|name| {
-            let (_, a) = inputs.iter().find(|(n, _)| n == name).expect("input");
-            to_f32(a)
-        },
-        &|name| to_f32(store.get(g, name).expect("param")),
-    );
-    with_training_jit(g, batch, |call| {
-        call(&forward_train_symbol(g), &mut fargs);
-        let outs: Vec<&Vec<f32>> = fsig
-            .iter()
-            .zip(&fargs)
-            .filter(|(a, _)| a.role == TrainRole::Output)
-            .map(|(_, b)| b)
-            .collect();
-        for (k, want) in fwd.outputs.iter().enumerate() {
-            let want: Vec<f64> = want.iter().copied().collect();
-            assert_close(&format!("{what} output {k}"), outs[k], &want, 1e-4);
-        }
-        let d_out: Vec<Vec<f32>> = d_outputs.iter().map(to_f32).collect();
-        let mut bargs = backward_args(&fsig, &fargs, &bsig, &d_out);
-        call(&backward_symbol(g), &mut bargs);
-        let mut pairs: Vec<(String, &[f32], Vec<f64>)> = Vec::new();
-        for (p, want) in g.params.iter().zip(&grads.params) {
-            let Some(want) = want else {
-                assert!(!p.role.trainable(), "{}: no interpreter gradient", p.name);
-                continue;
-            };
-            let name = format!("d{}", p.name);
-            let got = buffer(&bsig, &bargs, TrainRole::DParam, &name);
-            pairs.push((name, got, want.iter().copied().collect()));
-        }
-        let trainable = g.params.iter().filter(|p| p.role.trainable()).count();
-        assert_eq!(pairs.len(), trainable);
-        for (name, want) in &grads.inputs {
-            let name = format!("d{name}");
-            let got = buffer(&bsig, &bargs, TrainRole::DInput, &name);
-            pairs.push((name, got, want.iter().copied().collect()));
-        }
-        let largest = pairs.iter().map(|(_, _, w)| max_abs(w)).fold(0.0, f64::max);
-        for (name, got, want) in &pairs {
-            assert_close_floor(&format!("{what} {name}"), got, want, rel, 1e-3 * largest);
-        }
-    });
+    for form in FORMS {
+        let what = format!("{what} ({form:?})");
+        let mut fargs = forward_args(
+            &fsig,
+            &|name| {
+                let (_, a) = inputs.iter().find(|(n, _)| n == name).expect("input");
+                to_f32(a)
+            },
+            &|name| to_f32(store.get(g, name).expect("param")),
+        );
+        with_training_jit(g, batch, form, |call| {
+            call(&forward_train_symbol(g), &mut fargs);
+            let outs: Vec<&Vec<f32>> = fsig
+                .iter()
+                .zip(&fargs)
+                .filter(|(a, _)| a.role == TrainRole::Output)
+                .map(|(_, b)| b)
+                .collect();
+            for (k, want) in fwd.outputs.iter().enumerate() {
+                let want: Vec<f64> = want.iter().copied().collect();
+                assert_close(&format!("{what} output {k}"), outs[k], &want, 1e-4);
+            }
+            let d_out: Vec<Vec<f32>> = d_outputs.iter().map(to_f32).collect();
+            let mut bargs = backward_args(&fsig, &fargs, &bsig, &d_out);
+            call(&backward_symbol(g), &mut bargs);
+            let mut pairs: Vec<(String, &[f32], Vec<f64>)> = Vec::new();
+            for (p, want) in g.params.iter().zip(&grads.params) {
+                let Some(want) = want else {
+                    assert!(!p.role.trainable(), "{}: no interpreter gradient", p.name);
+                    continue;
+                };
+                let name = format!("d{}", p.name);
+                let got = buffer(&bsig, &bargs, TrainRole::DParam, &name);
+                pairs.push((name, got, want.iter().copied().collect()));
+            }
+            let trainable = g.params.iter().filter(|p| p.role.trainable()).count();
+            assert_eq!(pairs.len(), trainable);
+            for (name, want) in &grads.inputs {
+                let name = format!("d{name}");
+                let got = buffer(&bsig, &bargs, TrainRole::DInput, &name);
+                pairs.push((name, got, want.iter().copied().collect()));
+            }
+            let largest = pairs.iter().map(|(_, _, w)| max_abs(w)).fold(0.0, f64::max);
+            for (name, got, want) in &pairs {
+                assert_close_floor(&format!("{what} {name}"), got, want, rel, 1e-3 * largest);
+            }
+        });
+    }
 }
 
 /// The examples at T = 4 compare within 1e-3, not 1e-4: their batchnorm and conv weight

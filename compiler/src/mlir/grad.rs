@@ -347,8 +347,9 @@ pub fn lower_training<'c>(
     lower_training_with(context, module, graphs, opts, LoopForm::Nested)
 }
 
-/// [`lower_training`] with a loop form: [`LoopForm::Kernels`] makes `forward_train`'s conv2d and
-/// dense layers call the runtime's GEMM kernels (the backward keeps its loop nests).
+/// [`lower_training`] with a loop form: [`LoopForm::Kernels`] makes conv2d and dense layers call
+/// the runtime's kernels; [`LoopForm::Flat`] makes every parallel loop one flat dimension (the
+/// GPU form).
 pub fn lower_training_with<'c>(
     context: &'c Context,
     module: &Module<'c>,
@@ -369,20 +370,8 @@ pub fn lower_training_with<'c>(
                 problems.join("\n  ")
             )));
         }
-        kernels.extend(lower_forward_train(
-            context,
-            module,
-            g,
-            opts,
-            form == LoopForm::Kernels,
-        )?);
-        kernels.extend(lower_backward(
-            context,
-            module,
-            g,
-            opts,
-            form == LoopForm::Kernels,
-        )?);
+        kernels.extend(lower_forward_train(context, module, g, opts, form)?);
+        kernels.extend(lower_backward(context, module, g, opts, form)?);
     }
     declare_kernels(context, module, &kernels);
     Ok(())
@@ -503,7 +492,7 @@ fn lower_forward_train<'c>(
     module: &Module<'c>,
     g: &Graph,
     opts: &LowerOptions,
-    kernels: bool,
+    form: LoopForm,
 ) -> Result<BTreeSet<&'static str>, LowerError> {
     let sig = forward_train_signature(g, opts)?;
     let mut used = BTreeSet::new();
@@ -519,7 +508,7 @@ fn lower_forward_train<'c>(
         &sig,
         |entry, loc| {
             let mut fx = Fx::new(context, entry, loc);
-            fx.kernels = kernels;
+            fx.set_form(form);
             let mut lowering = Lowering::new(fx, g, opts.batch)?;
             // Eval: an evaluation pass that still wants the saved spikes (the driver's
             // counts); its backward is not meaningful and is not called.
@@ -553,14 +542,14 @@ fn lower_backward<'c>(
     module: &Module<'c>,
     g: &Graph,
     opts: &LowerOptions,
-    kernels: bool,
+    form: LoopForm,
 ) -> Result<BTreeSet<&'static str>, LowerError> {
     let sig = backward_signature(g, opts)?;
     let grad = differentiate(g);
     let mut used = BTreeSet::new();
     define(context, module, &backward_symbol(g), &sig, |entry, loc| {
         let mut fx = Fx::new(context, entry, loc);
-        fx.kernels = kernels;
+        fx.set_form(form);
         let mut bw = Backward::new(fx, g, opts.batch, &grad, &sig)?;
         bw.run(&grad)?;
         used = bw.fx.used_kernels.take();
@@ -1450,21 +1439,48 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
                 node.name
             ))
         })?;
-        fx.par(fx.entry, &[x.dims[pa]], |b, c| {
-            let c = c[0];
+        // Flat form keeps Σdy and Σdy·x̂ per channel in a [2, C] buffer between two kernels
+        // (as the forward does its statistics): a nested parallel loop after side effects
+        // cannot be one GPU launch.
+        let sums_buf = fx.flat.then(|| self.alloc(&[2, x.dims[pa]]));
+        let xhat = |b: &Block<'c>, idx: &[V<'c>], (mean, inv_std): (V<'c>, V<'c>), vector: bool| {
+            let w = |s: V<'c>| if vector { fx.splat(b, s) } else { s };
+            let v = fx.load_w(b, x.mem, idx, vector);
+            let d = fx.subf(b, v, w(mean));
+            // As the forward's `bn_apply`: a product with the reciprocal.
+            fx.mulf(b, d, w(inv_std))
+        };
+        // Per channel: mean, 1/std and γ/(σ·M).
+        let channel = |b: &Block<'c>, c: V<'c>| {
             let mean = fx.load(b, stats, &[fx.cidx(0), c]);
             let inv_std = fx.load(b, stats, &[fx.cidx(1), c]);
-            let xhat = |b: &Block<'c>, idx: &[V<'c>], vector: bool| {
-                let w = |s: V<'c>| if vector { fx.splat(b, s) } else { s };
-                let v = fx.load_w(b, x.mem, idx, vector);
-                let d = fx.subf(b, v, w(mean));
-                // As the forward's `bn_apply`: a product with the reciprocal.
-                fx.mulf(b, d, w(inv_std))
-            };
+            let g = fx.load(b, gamma, &[c]);
+            let g_inv = fx.mulf(b, g, inv_std);
+            (mean, inv_std, fx.divf(b, g_inv, m))
+        };
+        // dx = γ/(σ·M) · (M·dy − Σdy − x̂·Σ(dy·x̂)).
+        let apply = |b: &Block<'c>,
+                     idx: &[V<'c>],
+                     (mean, inv_std, scale): (V<'c>, V<'c>, V<'c>),
+                     (sum_dy, sum_dy_xhat): (V<'c>, V<'c>),
+                     vector: bool| {
+            let w = |s: V<'c>| if vector { fx.splat(b, s) } else { s };
+            let d = fx.load_w(b, dy.mem, idx, vector);
+            let md = fx.mulf(b, w(m), d);
+            let t = fx.subf(b, md, w(sum_dy));
+            let xh = xhat(b, idx, (mean, inv_std), vector);
+            let u = fx.mulf(b, xh, w(sum_dy_xhat));
+            let t = fx.subf(b, t, u);
+            let v = fx.mulf(b, w(scale), t);
+            self.acc_w(b, v, dx.mem, idx, vector);
+        };
+        fx.par(fx.entry, &[x.dims[pa]], |b, c| {
+            let c = c[0];
+            let ch = channel(b, c);
             let sums = fx.sum_nest(b, &others, 2, lanes_ok, &mut |b, r, acc, vector| {
                 let idx = insert_at(r, pa, c);
                 let d = fx.load_w(b, dy.mem, &idx, vector);
-                let xh = xhat(b, &idx, vector);
+                let xh = xhat(b, &idx, (ch.0, ch.1), vector);
                 let dxh = fx.mulf(b, d, xh);
                 vec![fx.addf(b, acc[0], d), fx.addf(b, acc[1], dxh)]
             });
@@ -1475,21 +1491,13 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
             if let Some(dbe) = dbeta {
                 self.acc(b, sum_dy, dbe, &[c]);
             }
-            // dx = γ/(σ·M) · (M·dy − Σdy − x̂·Σ(dy·x̂)).
-            let g = fx.load(b, gamma, &[c]);
-            let g_inv = fx.mulf(b, g, inv_std);
-            let scale = fx.divf(b, g_inv, m);
+            if let Some(buf) = sums_buf {
+                fx.store(b, sum_dy, buf, &[fx.cidx(0), c]);
+                fx.store(b, sum_dy_xhat, buf, &[fx.cidx(1), c]);
+                return;
+            }
             let apply = |b: &Block<'c>, r: &[V<'c>], vector: bool| {
-                let w = |s: V<'c>| if vector { fx.splat(b, s) } else { s };
-                let idx = insert_at(r, pa, c);
-                let d = fx.load_w(b, dy.mem, &idx, vector);
-                let md = fx.mulf(b, w(m), d);
-                let t = fx.subf(b, md, w(sum_dy));
-                let xh = xhat(b, &idx, vector);
-                let u = fx.mulf(b, xh, w(sum_dy_xhat));
-                let t = fx.subf(b, t, u);
-                let v = fx.mulf(b, w(scale), t);
-                self.acc_w(b, v, dx.mem, &idx, vector);
+                apply(b, &insert_at(r, pa, c), ch, (sum_dy, sum_dy_xhat), vector)
             };
             if lanes_ok {
                 fx.par_vec(b, &others, apply);
@@ -1497,6 +1505,17 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
                 fx.par(b, &others, |b, r| apply(b, r, false));
             }
         });
+        if let Some(buf) = sums_buf {
+            fx.par(fx.entry, &x.dims, |b, idx| {
+                let c = idx[pa];
+                let sums = (
+                    fx.load(b, buf, &[fx.cidx(0), c]),
+                    fx.load(b, buf, &[fx.cidx(1), c]),
+                );
+                apply(b, idx, channel(b, c), sums, false);
+            });
+            fx.stmt(fx.entry, "memref.dealloc", &[buf]);
+        }
         Ok(())
     }
 
@@ -1805,11 +1824,19 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
         let n_elems: i64 = others.iter().product();
         let nl = neuron.learns.len();
         let dx = self.input_grad(node, 0)?;
-        let mut learns = Vec::new();
-        for k in 0..nl {
-            let p = self.param(node, k)?;
-            learns.push(self.fx.load(self.fx.entry, p, &[self.fx.cidx(0)]));
-        }
+        // Loaded once on the host side in loop form; in flat form inside the kernel
+        // ([`Self::scan_time_inner`]), since a GPU host never reads device memory.
+        let learn_params = (0..nl)
+            .map(|k| self.param(node, k))
+            .collect::<Result<Vec<_>, _>>()?;
+        let learns: Vec<V<'c>> = if self.fx.flat {
+            Vec::new()
+        } else {
+            learn_params
+                .iter()
+                .map(|p| self.fx.load(self.fx.entry, *p, &[self.fx.cidx(0)]))
+                .collect()
+        };
         // Per-element partial sums of the learnable gradients and the gate gradient at the
         // input's shape: written once per element, reduced afterwards (no racing adds).
         let dlearn_tmp = (nl > 0).then(|| self.alloc(&[nl as i64, n_elems]));
@@ -1835,17 +1862,25 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
         if !self.fx.flat && pt != last && width >= LANES && gate_ok {
             self.scan_time_outer(prog, &io, &learns)?;
         } else {
-            self.scan_time_inner(prog, &io, &learns)?;
+            self.scan_time_inner(prog, &io, &learns, &learn_params)?;
         }
         let fx = &self.fx;
         if let Some(tmp) = dlearn_tmp {
             for l in 0..nl {
                 if let Some(dp) = self.dparam(node, l) {
-                    let total = fx.acc_nest(fx.entry, &[n_elems], fx.cf(0.0), &mut |b, r, acc| {
-                        let v = fx.load(b, tmp, &[fx.cidx(l as i64), r[0]]);
-                        fx.addf(b, acc, v)
-                    });
-                    self.acc(fx.entry, total, dp, &[fx.cidx(0)]);
+                    let sum = |b: &Block<'c>| {
+                        let total = fx.acc_nest(b, &[n_elems], fx.cf(0.0), &mut |b, r, acc| {
+                            let v = fx.load(b, tmp, &[fx.cidx(l as i64), r[0]]);
+                            fx.addf(b, acc, v)
+                        });
+                        self.acc(b, total, dp, &[fx.cidx(0)]);
+                    };
+                    if fx.flat {
+                        // One GPU thread: the host cannot read the partial sums.
+                        fx.par(fx.entry, &[1], |b, _| sum(b));
+                    } else {
+                        sum(fx.entry);
+                    }
                 }
             }
             fx.stmt(fx.entry, "memref.dealloc", &[tmp]);
@@ -1862,17 +1897,30 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
     }
 
     /// The reverse scan with T innermost, one element per iteration, the adjoints carried in
-    /// registers (the flat GPU form, and layouts the vector form does not cover).
+    /// registers (the flat GPU form, and layouts the vector form does not cover). `learns`:
+    /// the learnable scalars loaded on entry; in flat form they are loaded per element from
+    /// `learn_params` instead.
     fn scan_time_inner(
         &self,
         (neuron, emit, adj): ScanProgram<'_>,
         io: &ScanIo<'_, 'c>,
         learns: &[V<'c>],
+        learn_params: &[V<'c>],
     ) -> Result<(), LowerError> {
         let fx = &self.fx;
         let ns = neuron.states.len();
         let zero = fx.cf(0.0);
         fx.par(fx.entry, io.others, |b, o| {
+            let loaded: Vec<V<'c>>;
+            let learns = if fx.flat {
+                loaded = learn_params
+                    .iter()
+                    .map(|p| fx.load(b, *p, &[fx.cidx(0)]))
+                    .collect();
+                &loaded
+            } else {
+                learns
+            };
             let inits = vec![zero; ns + neuron.learns.len()];
             let (fin, r) = fx.for_carry(b, io.steps, &inits, |b, rev, carried| {
                 let t = fx.bin(b, "arith.subi", fx.cidx(io.steps - 1), rev);

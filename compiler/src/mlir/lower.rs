@@ -341,8 +341,7 @@ fn lower_graph<'c>(
     let kernels;
     {
         let mut fx = Fx::new(context, &entry, loc);
-        fx.flat = form == LoopForm::Flat;
-        fx.kernels = form == LoopForm::Kernels;
+        fx.set_form(form);
         let mut lowering = Lowering::new(fx, g, opts.batch)?;
         lowering.eval = opts.eval;
         lowering.run()?;
@@ -446,6 +445,12 @@ struct Fx<'c, 'e> {
 }
 
 impl<'c, 'e> Fx<'c, 'e> {
+    /// Flat loops and runtime kernel calls as `form` asks.
+    pub(super) fn set_form(&mut self, form: LoopForm) {
+        self.flat = form == LoopForm::Flat;
+        self.kernels = form == LoopForm::Kernels;
+    }
+
     fn new(ctx: &'c Context, entry: &'e Block<'c>, loc: Location<'c>) -> Self {
         Fx {
             ctx,

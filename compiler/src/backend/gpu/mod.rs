@@ -5,6 +5,10 @@ pub mod cli;
 
 use crate::ir::Graph;
 use crate::mlir::context::new_context;
+use crate::mlir::grad::{
+    TrainArg, backward_signature, backward_symbol, forward_train_signature, forward_train_symbol,
+    lower_training_module_with,
+};
 use crate::mlir::lower::{
     LoopForm, LowerError, LowerOptions, forward_signature, lower_graphs_with,
 };
@@ -164,6 +168,87 @@ pub struct GpuTimings {
 /// Lowers `g` (flat loops), maps its loops to kernels, generates PTX for `opts.chip` and
 /// extracts the launch manifest.
 pub fn compile(g: &Graph, opts: &GpuOptions) -> Result<GpuArtifact, LowerError> {
+    let lower_opts = LowerOptions::with_batch(opts.batch);
+    let sig = forward_signature(g, &lower_opts)?;
+    let functions = [(crate::mlir::lower::forward_symbol(g), arg_specs(&sig))];
+    let (ptx, mut manifests, timings) = compile_functions(g, opts, &functions, |context| {
+        lower_graphs_with(context, &[g], &lower_opts, LoopForm::Flat)
+    })?;
+    let manifest = manifests.remove(0);
+    Ok(GpuArtifact {
+        model: g.name.clone(),
+        ptx,
+        manifest,
+        timings,
+    })
+}
+
+/// One model's training functions compiled for the GPU: `forward_train` and `backward`
+/// (docs/abi.md) share one PTX module.
+#[derive(Clone, Debug)]
+pub struct GpuTrainingArtifact {
+    pub model: String,
+    /// One PTX module holding the kernels of both functions.
+    pub ptx: String,
+    pub forward_train: LaunchManifest,
+    pub backward: LaunchManifest,
+    pub timings: GpuTimings,
+}
+
+/// [`compile`] for training: `@<model>_forward_train` and `@<model>_backward` in flat form,
+/// their kernels in one PTX module, one launch manifest per function. `opts.eval` is not
+/// read: training runs batchnorm on batch statistics.
+pub fn compile_training(g: &Graph, opts: &GpuOptions) -> Result<GpuTrainingArtifact, LowerError> {
+    let lower_opts = LowerOptions::with_batch(opts.batch);
+    let fsig = forward_train_signature(g, &lower_opts)?;
+    let bsig = backward_signature(g, &lower_opts)?;
+    let functions = [
+        (forward_train_symbol(g), train_arg_specs(&fsig)),
+        (backward_symbol(g), train_arg_specs(&bsig)),
+    ];
+    let (ptx, mut manifests, timings) = compile_functions(g, opts, &functions, |context| {
+        lower_training_module_with(context, &[g], &lower_opts, LoopForm::Flat)
+    })?;
+    let backward = manifests.remove(1);
+    let forward_train = manifests.remove(0);
+    Ok(GpuTrainingArtifact {
+        model: g.name.clone(),
+        ptx,
+        forward_train,
+        backward,
+        timings,
+    })
+}
+
+fn arg_specs(sig: &[crate::mlir::lower::ForwardArg]) -> Vec<ArgSpec> {
+    sig.iter()
+        .map(|a| ArgSpec {
+            name: a.name.clone(),
+            role: a.role.as_str().into(),
+            shape: a.shape.clone(),
+        })
+        .collect()
+}
+
+fn train_arg_specs(sig: &[TrainArg]) -> Vec<ArgSpec> {
+    sig.iter()
+        .map(|a| ArgSpec {
+            name: a.name.clone(),
+            role: a.role.as_str().into(),
+            shape: a.shape.clone(),
+        })
+        .collect()
+}
+
+/// The shared pipeline: `lower` builds a module of flat-form functions; every host function
+/// is mapped to kernels, all kernels go into one PTX module, and each of `functions`
+/// (symbol, arguments) gets a launch manifest, in that order.
+fn compile_functions<'c>(
+    g: &Graph,
+    opts: &GpuOptions,
+    functions: &[(String, Vec<ArgSpec>)],
+    lower: impl for<'a> FnOnce(&'a Context) -> Result<Module<'a>, LowerError>,
+) -> Result<(String, Vec<LaunchManifest>, GpuTimings), LowerError> {
     if !CHIPS.contains(&opts.chip.as_str()) {
         return Err(LowerError::new(format!(
             "unsupported GPU chip `{}` (supported: {})",
@@ -171,13 +256,10 @@ pub fn compile(g: &Graph, opts: &GpuOptions) -> Result<GpuArtifact, LowerError> 
             CHIPS.join(", ")
         )));
     }
-    let lower_opts = LowerOptions::with_batch(opts.batch);
     let context = new_context();
     let mut timings = GpuTimings::default();
     let start = Instant::now();
-    let (lowered, messages) = with_diagnostics(&context, || {
-        lower_graphs_with(&context, &[g], &lower_opts, LoopForm::Flat)
-    });
+    let (lowered, messages) = with_diagnostics(&context, || lower(&context));
     let mut module = lowered.map_err(|e| {
         if messages.is_empty() {
             e
@@ -202,21 +284,20 @@ pub fn compile(g: &Graph, opts: &GpuOptions) -> Result<GpuArtifact, LowerError> 
     let ptx = binary_ptx(&module)?;
     timings.to_ptx = start.elapsed();
 
-    let manifest = extract_manifest(g, opts, &module)?;
-    for k in &manifest.kernels {
-        if !ptx.contains(&format!(".entry {}(", k.name)) {
-            return Err(LowerError::new(format!(
-                "kernel `{}` is launched but not in the PTX",
-                k.name
-            )));
+    let mut manifests = Vec::with_capacity(functions.len());
+    for (symbol, args) in functions {
+        let manifest = extract_manifest(g, opts, &module, symbol, args.clone())?;
+        for k in &manifest.kernels {
+            if !ptx.contains(&format!(".entry {}(", k.name)) {
+                return Err(LowerError::new(format!(
+                    "kernel `{}` is launched but not in the PTX",
+                    k.name
+                )));
+            }
         }
+        manifests.push(manifest);
     }
-    Ok(GpuArtifact {
-        model: g.name.clone(),
-        ptx,
-        manifest,
-        timings,
-    })
+    Ok((ptx, manifests, timings))
 }
 
 fn op_name(op: &OperationRef) -> String {
@@ -503,9 +584,9 @@ fn extract_manifest(
     g: &Graph,
     opts: &GpuOptions,
     module: &Module,
+    symbol: &str,
+    args: Vec<ArgSpec>,
 ) -> Result<LaunchManifest, LowerError> {
-    let sig = forward_signature(g, &LowerOptions::with_batch(opts.batch))?;
-    let symbol = crate::mlir::lower::forward_symbol(g);
     let func = top_level(module)
         .into_iter()
         .find(|o| {
@@ -666,14 +747,7 @@ fn extract_manifest(
         chip: opts.chip.clone(),
         batch: opts.batch,
         ptx: format!("{}.ptx", g.name),
-        args: sig
-            .iter()
-            .map(|a| ArgSpec {
-                name: a.name.clone(),
-                role: a.role.as_str().into(),
-                shape: a.shape.clone(),
-            })
-            .collect(),
+        args,
         buffers,
         kernels,
         steps,
