@@ -55,9 +55,9 @@ if command -v nvidia-smi >/dev/null 2>&1; then
     SAMPLER=$!
 fi
 
-echo "== gpu_check $BUNDLE (golden_small vs PyTorch, N-MNIST vs interpreter, gesture timing)"
+echo "== gpu_check $BUNDLE (forward and one training step: golden_small vs PyTorch, N-MNIST vs interpreter, gesture timing)"
 start=$(date +%s)
-timeout 200 "$GPU_CHECK" "$BUNDLE" | tee "$LOG.out"
+timeout 400 "$GPU_CHECK" "$BUNDLE" | tee "$LOG.out"
 rc=${PIPESTATUS[0]}
 elapsed=$(( $(date +%s) - start ))
 [ -n "$SAMPLER" ] && kill "$SAMPLER" 2>/dev/null && wait "$SAMPLER" 2>/dev/null

@@ -4,13 +4,16 @@
 //! ```text
 //! gpu_prepare OUT_DIR [ROOT]   # ROOT: the repository (default .)
 //! ```
-//! Cases: golden_small vs PyTorch (tests/reference), each N-MNIST model vs the reference
-//! interpreter (T=4, B=2), and the gesture MA-SNN timed at T=60, B=16.
+//! Cases, each for the forward and for training (`forward_train` then `backward`):
+//! golden_small vs PyTorch (tests/reference: outputs, running statistics and gradients), each
+//! N-MNIST model vs the reference interpreter (T=4, B=2), and the gesture MA-SNN timed at
+//! T=60, B=16.
 
 use ndarray::{ArrayD, IxDyn};
+use snn_runtime::gpu::manifest::ArgSpec;
 use snn_runtime::gpu::manifest::CheckCase;
-use snnc::backend::gpu::{GpuArtifact, GpuOptions, compile};
-use snnc::interp::{Interpreter, Mode, Options, ParamStore};
+use snnc::backend::gpu::{GpuArtifact, GpuOptions, GpuTrainingArtifact, compile, compile_training};
+use snnc::interp::{Interpreter, Mode, Options, ParamStore, loss};
 use snnc::ir::Graph;
 use snnc::sema::{Compilation, compile_source};
 use std::path::Path;
@@ -18,6 +21,9 @@ use std::process::ExitCode;
 
 /// |got - want| <= TOL * max(1, |want|), as the CPU backend's interpreter checks.
 const TOL: f64 = 1e-4;
+/// The same for gradients: sums over up to T·B·H·W terms per weight, in f32 on the GPU, in
+/// f64 in the interpreter (the CPU backend's gradient tests allow 1e-3 of the largest value).
+const GRAD_TOL: f64 = 1e-3;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -42,10 +48,12 @@ fn prepare(out: &Path, root: &Path) -> Result<usize, String> {
     std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
     let mut cases = Vec::new();
     cases.push(golden(out, root)?);
+    cases.push(training_golden(out, root)?);
     let sets = [("T".to_string(), "4".to_string())];
     let c = load(&root.join("examples/nmnist.snn"), &sets)?;
     for g in &c.graphs {
         cases.push(versus_interpreter(out, g, 2)?);
+        cases.push(training_versus_interpreter(out, g, 2)?);
     }
     let sets = [("T".to_string(), "60".to_string())];
     let c = load(&root.join("examples/gesture.snn"), &sets)?;
@@ -55,6 +63,7 @@ fn prepare(out: &Path, root: &Path) -> Result<usize, String> {
         .find(|g| g.name == "GestureTCSA")
         .ok_or("no GestureTCSA in examples/gesture.snn")?;
     cases.push(timing(out, g, 16, 10)?);
+    cases.push(training_timing(out, g, 16, 3)?);
     let text = serde_json::to_string_pretty(&cases).map_err(|e| e.to_string())?;
     write(&out.join("cases.json"), text.as_bytes())?;
     Ok(cases.len())
@@ -111,55 +120,178 @@ fn case(name: &str, kind: &str, n_args: usize, reference: &str, iters: usize) ->
         reference: reference.into(),
         tolerance: TOL,
         iters,
+        backward_manifest: None,
+        backward_args: Vec::new(),
+        backward_expected: Vec::new(),
+        grad_tolerance: None,
     }
 }
 
-fn golden(out: &Path, root: &Path) -> Result<CheckCase, String> {
+/// Training PTX for sm_90 and the manifests of `forward_train` and `backward`.
+fn train_artifact(
+    out: &Path,
+    g: &Graph,
+    batch: usize,
+    case: &str,
+) -> Result<GpuTrainingArtifact, String> {
+    let opts = GpuOptions {
+        chip: "sm_90".into(),
+        batch,
+    };
+    let art = compile_training(g, &opts).map_err(|e| format!("{} (training): {e}", g.name))?;
+    write(&out.join(format!("{case}.ptx")), art.ptx.as_bytes())?;
+    for (m, which) in [
+        (&art.forward_train, "forward_train"),
+        (&art.backward, "backward"),
+    ] {
+        write(
+            &out.join(format!("{case}.{which}.launch.json")),
+            m.to_json().as_bytes(),
+        )?;
+    }
+    eprintln!(
+        "{case}: {} + {} kernels, {} + {} launches, PTX {} KB",
+        art.forward_train.kernels.len(),
+        art.backward.kernels.len(),
+        art.forward_train.launches().count(),
+        art.backward.launches().count(),
+        art.ptx.len() / 1024
+    );
+    Ok(art)
+}
+
+/// A training case over `art`: forward_train's arguments and expectations in `args` /
+/// `expected`, backward's in `backward_args` / `backward_expected`.
+fn training_case(
+    name: &str,
+    kind: &str,
+    art: &GpuTrainingArtifact,
+    reference: &str,
+    iters: usize,
+) -> CheckCase {
+    let mut k = case(name, kind, art.forward_train.args.len(), reference, iters);
+    k.manifest = format!("{name}.forward_train.launch.json");
+    k.backward_manifest = Some(format!("{name}.backward.launch.json"));
+    k.backward_args = vec![None; art.backward.args.len()];
+    k.backward_expected = vec![None; art.backward.args.len()];
+    k.grad_tolerance = Some(GRAD_TOL);
+    k
+}
+
+/// Writes `data` as argument or expectation file `what{i}` of case `name`.
+fn case_file(
+    out: &Path,
+    name: &str,
+    what: &str,
+    i: usize,
+    data: impl IntoIterator<Item = f32>,
+) -> Result<Option<String>, String> {
+    write_f32(out, &format!("{name}.{what}{i}.f32"), data).map(Some)
+}
+
+/// golden_small's value of a forward argument: inputs and parameters from PyTorch's files,
+/// running statistics at PyTorch's initial values (mean 0, variance 1); `None` for what the
+/// forward writes.
+fn golden_arg(dir: &Path, a: &ArgSpec) -> Result<Option<Vec<f32>>, String> {
+    let n: usize = a.shape.iter().product();
+    let file = match a.role.as_str() {
+        "input" => dir.join("input.npy"),
+        "param" => dir.join(format!("param.{}.npy", a.name)),
+        "state" if a.name.ends_with("running_var") => return Ok(Some(vec![1.0; n])),
+        "state" => return Ok(Some(vec![0.0; n])),
+        _ => return Ok(None),
+    };
+    let (shape, data) = read_npy(&file)?;
+    if shape != a.shape {
+        return Err(format!(
+            "{}: shape {shape:?}, expected {:?}",
+            a.name, a.shape
+        ));
+    }
+    Ok(Some(data.iter().map(|v| *v as f32).collect()))
+}
+
+/// PyTorch's forward results for golden_small: outputs and updated running statistics.
+fn golden_expected(dir: &Path, a: &ArgSpec) -> Result<Option<Vec<f32>>, String> {
+    let file = match a.role.as_str() {
+        "output" => dir.join(format!("out.{}.npy", a.name)),
+        "state" => dir.join(format!("running.{}.npy", a.name)),
+        _ => return Ok(None),
+    };
+    let (_, want) = read_npy(&file)?;
+    Ok(Some(want.iter().map(|v| *v as f32).collect()))
+}
+
+fn golden_model(root: &Path) -> Result<(Compilation, std::path::PathBuf, usize), String> {
     let c = load(&root.join("tests/reference/golden_small.snn"), &[])?;
-    let g = c.graphs.first().ok_or("no model in golden_small.snn")?;
     let dir = root.join("tests/reference/golden_small");
     let (in_shape, _) = read_npy(&dir.join("input.npy"))?;
     let batch = *in_shape.get(1).ok_or("input.npy has no batch axis")?;
+    Ok((c, dir, batch))
+}
+
+fn golden(out: &Path, root: &Path) -> Result<CheckCase, String> {
+    let (c, dir, batch) = golden_model(root)?;
+    let g = c.graphs.first().ok_or("no model in golden_small.snn")?;
     let name = "golden_small";
     let art = artifact(out, g, batch, name)?;
     let args = &art.manifest.args;
     let mut k = case(name, "check", args.len(), "PyTorch golden values", 1);
     for (i, a) in args.iter().enumerate() {
-        let n: usize = a.shape.iter().product();
-        let file = match a.role.as_str() {
-            "input" => Some(dir.join("input.npy")),
-            "param" => Some(dir.join(format!("param.{}.npy", a.name))),
-            _ => None,
-        };
-        let data: Vec<f32> = match file {
-            Some(f) => {
-                let (shape, data) = read_npy(&f)?;
-                if shape != a.shape {
-                    return Err(format!(
-                        "{}: shape {shape:?}, expected {:?}",
-                        a.name, a.shape
-                    ));
-                }
-                data.iter().map(|v| *v as f32).collect()
-            }
-            // PyTorch's initial running statistics: mean 0, variance 1.
-            None if a.name.ends_with("running_var") => vec![1.0; n],
-            None => vec![0.0; n],
-        };
-        if a.role != "output" {
-            k.args[i] = Some(write_f32(out, &format!("{name}.arg{i}.f32"), data)?);
+        if let Some(data) = golden_arg(&dir, a)? {
+            k.args[i] = case_file(out, name, "arg", i, data)?;
         }
-        let want = match a.role.as_str() {
-            "output" => dir.join(format!("out.{}.npy", a.name)),
-            "state" => dir.join(format!("running.{}.npy", a.name)),
+        if let Some(want) = golden_expected(&dir, a)? {
+            k.expected[i] = case_file(out, name, "want", i, want)?;
+        }
+    }
+    Ok(k)
+}
+
+/// golden_small trained one step: outputs, running statistics and every gradient against
+/// PyTorch's; the backward is seeded with the MSE gradient of PyTorch's readout.
+fn training_golden(out: &Path, root: &Path) -> Result<CheckCase, String> {
+    let (c, dir, batch) = golden_model(root)?;
+    let g = c.graphs.first().ok_or("no model in golden_small.snn")?;
+    let name = "golden_small_train";
+    let art = train_artifact(out, g, batch, name)?;
+    let mut k = training_case(
+        name,
+        "train",
+        &art,
+        "PyTorch golden values and gradients",
+        1,
+    );
+    for (i, a) in art.forward_train.args.iter().enumerate() {
+        if let Some(data) = golden_arg(&dir, a)? {
+            k.args[i] = case_file(out, name, "arg", i, data)?;
+        }
+        if let Some(want) = golden_expected(&dir, a)? {
+            k.expected[i] = case_file(out, name, "want", i, want)?;
+        }
+    }
+    let (_, target) = read_npy(&dir.join("target.npy"))?;
+    let (r_shape, readout) = read_npy(&dir.join("out.readout0.npy"))?;
+    let classes_n = *r_shape.last().ok_or("readout has no class axis")?;
+    let classes: Vec<usize> = target
+        .chunks(classes_n)
+        .map(|row| row.iter().position(|v| *v == 1.0).unwrap_or(0))
+        .collect();
+    let r = ArrayD::from_shape_vec(IxDyn(&r_shape), readout).map_err(|e| e.to_string())?;
+    let (_, d_out) = loss::mse_one_hot(&r, &classes).map_err(|e| e.to_string())?;
+    for (i, a) in art.backward.args.iter().enumerate() {
+        let file = match a.role.as_str() {
+            "d_output" => {
+                k.backward_args[i] =
+                    case_file(out, name, "darg", i, d_out.iter().map(|v| *v as f32))?;
+                continue;
+            }
+            "d_param" => dir.join(format!("grad.{}.npy", &a.name[1..])),
+            "d_input" => dir.join("grad.input.npy"),
             _ => continue,
         };
-        let (_, want) = read_npy(&want)?;
-        k.expected[i] = Some(write_f32(
-            out,
-            &format!("{name}.want{i}.f32"),
-            want.iter().map(|v| *v as f32),
-        )?);
+        let (_, want) = read_npy(&file)?;
+        k.backward_expected[i] = case_file(out, name, "dwant", i, want.iter().map(|v| *v as f32))?;
     }
     Ok(k)
 }
@@ -192,6 +324,21 @@ fn versus_interpreter(out: &Path, g: &Graph, batch: usize) -> Result<CheckCase, 
     let art = artifact(out, g, batch, &name)?;
     let args = &art.manifest.args;
     let mut k = case(&name, "check", args.len(), "reference interpreter (f64)", 1);
+    interpreter_forward(out, g, args, &mut k)?;
+    Ok(k)
+}
+
+/// Fills `k`'s forward arguments (seeded inputs in [0, 2), parameters rounded to f32) and
+/// expectations (outputs and running statistics from the interpreter in train mode, f64);
+/// `args` starts with the forward's arguments in order (inputs, parameters, outputs), as
+/// `forward_train`'s do. Returns the parameters and the interpreter's forward.
+fn interpreter_forward(
+    out: &Path,
+    g: &Graph,
+    args: &[ArgSpec],
+    k: &mut CheckCase,
+) -> Result<(ParamStore, snnc::interp::Forward), String> {
+    let name = k.name.clone();
     let store = params_f32(g);
     let mut inputs = Vec::new();
     let mut p = 0;
@@ -215,15 +362,9 @@ fn versus_interpreter(out: &Path, g: &Graph, batch: usize) -> Result<CheckCase, 
             }
             _ => continue,
         };
-        k.args[i] = Some(write_f32(out, &format!("{name}.arg{i}.f32"), data)?);
+        k.args[i] = case_file(out, &name, "arg", i, data)?;
     }
-    let interp = Interpreter::new(
-        g,
-        Options {
-            mode: Mode::Train,
-            ..Options::default()
-        },
-    );
+    let interp = train_interpreter(g);
     let named: Vec<(&str, ArrayD<f64>)> = inputs
         .iter()
         .map(|(n, a)| (n.as_str(), a.clone()))
@@ -232,19 +373,73 @@ fn versus_interpreter(out: &Path, g: &Graph, batch: usize) -> Result<CheckCase, 
     let first_out = inputs.len() + g.params.len();
     for (j, want) in fwd.outputs.iter().enumerate() {
         let i = first_out + j;
-        k.expected[i] = Some(write_f32(
-            out,
-            &format!("{name}.want{i}.f32"),
-            want.iter().map(|v| *v as f32),
-        )?);
+        k.expected[i] = case_file(out, &name, "want", i, want.iter().map(|v| *v as f32))?;
     }
     for (pid, want) in &fwd.running_updates {
         let i = inputs.len() + pid.0;
-        k.expected[i] = Some(write_f32(
-            out,
-            &format!("{name}.want{i}.f32"),
-            want.iter().map(|v| *v as f32),
-        )?);
+        k.expected[i] = case_file(out, &name, "want", i, want.iter().map(|v| *v as f32))?;
+    }
+    Ok((store, fwd))
+}
+
+fn train_interpreter(g: &Graph) -> Interpreter<'_> {
+    Interpreter::new(
+        g,
+        Options {
+            mode: Mode::Train,
+            ..Options::default()
+        },
+    )
+}
+
+/// One training step against the interpreter: the forward as in [`versus_interpreter`], then
+/// the backward seeded with deterministic output gradients in [-1, 1); every parameter and
+/// input gradient is compared.
+fn training_versus_interpreter(out: &Path, g: &Graph, batch: usize) -> Result<CheckCase, String> {
+    let name = format!("{}_train", g.name);
+    let art = train_artifact(out, g, batch, &name)?;
+    let mut k = training_case(&name, "train", &art, "reference interpreter (f64)", 1);
+    let (store, fwd) = interpreter_forward(out, g, &art.forward_train.args, &mut k)?;
+    let d_outputs: Vec<ArrayD<f64>> = fwd
+        .outputs
+        .iter()
+        .enumerate()
+        .map(|(j, o)| {
+            let data = random_f32(o.len(), 1000 + j as u64, -1.0, 1.0);
+            ArrayD::from_shape_vec(o.raw_dim(), data.iter().map(|v| f64::from(*v)).collect())
+                .map_err(|e| e.to_string())
+        })
+        .collect::<Result<_, _>>()?;
+    let grads = train_interpreter(g)
+        .backward(&store, &fwd, &d_outputs)
+        .map_err(|e| e.to_string())?;
+    let (mut d, mut dp) = (0, 0);
+    let trainable: Vec<&ArrayD<f64>> = grads.params.iter().flatten().collect();
+    for (i, a) in art.backward.args.iter().enumerate() {
+        let (what, values) = match a.role.as_str() {
+            "d_output" => {
+                d += 1;
+                ("darg", d_outputs.get(d - 1).ok_or("output gradient count")?)
+            }
+            "d_param" => {
+                dp += 1;
+                ("dwant", *trainable.get(dp - 1).ok_or("gradient count")?)
+            }
+            "d_input" => (
+                "dwant",
+                grads
+                    .inputs
+                    .get(&a.name[1..])
+                    .ok_or_else(|| format!("no interpreter gradient for `{}`", a.name))?,
+            ),
+            _ => continue,
+        };
+        let file = case_file(out, &name, what, i, values.iter().map(|v| *v as f32))?;
+        if what == "darg" {
+            k.backward_args[i] = file;
+        } else {
+            k.backward_expected[i] = file;
+        }
     }
     Ok(k)
 }
@@ -265,6 +460,30 @@ fn timing(out: &Path, g: &Graph, batch: usize, iters: usize) -> Result<CheckCase
                 &format!("{name}.arg{i}.f32"),
                 v.iter().map(|x| *x as f32),
             )?);
+        }
+    }
+    Ok(k)
+}
+
+/// The gesture training step (forward_train + backward) timed; random event frames in, the
+/// parameters the other cases use, output gradients of ones / batch.
+fn training_timing(out: &Path, g: &Graph, batch: usize, iters: usize) -> Result<CheckCase, String> {
+    let name = format!("{}_T60_B{batch}_train", g.name);
+    let art = train_artifact(out, g, batch, &name)?;
+    let mut k = training_case(&name, "train_time", &art, "none (timing)", iters);
+    let store = params_f32(g);
+    let mut p = 0;
+    for (i, a) in art.forward_train.args.iter().enumerate() {
+        if a.role == "param" || a.role == "state" {
+            let v = store.values.get(p).ok_or("parameter count")?;
+            p += 1;
+            k.args[i] = case_file(out, &name, "arg", i, v.iter().map(|x| *x as f32))?;
+        }
+    }
+    for (i, a) in art.backward.args.iter().enumerate() {
+        if a.role == "d_output" {
+            let n: usize = a.shape.iter().product();
+            k.backward_args[i] = case_file(out, &name, "darg", i, vec![1.0 / batch as f32; n])?;
         }
     }
     Ok(k)

@@ -246,7 +246,8 @@ fn compiled_training_checks_buffer_sizes() {
             .is_err()
     );
     assert_eq!("cpu".parse::<Backend>().ok(), Some(Backend::Cpu));
-    assert!("gpu".parse::<Backend>().is_err());
+    assert_eq!("gpu".parse::<Backend>().ok(), Some(Backend::Gpu));
+    assert!("tpu".parse::<Backend>().is_err());
 }
 
 fn temp(name: &str) -> PathBuf {

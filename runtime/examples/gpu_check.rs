@@ -1,10 +1,12 @@
 //! Replays a GPU check bundle (see snnc's `examples/gpu_prepare.rs`) on the first GPU:
-//! differential checks against the bundled references and forward timings.
+//! differential checks of the forward and of one training step (forward_train + backward)
+//! against the bundled references, and timings of both.
 //!
 //! `gpu_check BUNDLE_DIR` — exit 0 all pass, 1 a failure, 2 usage, 3 no GPU (skipped).
 
+use snn_runtime::gpu::manifest::ArgSpec;
 use snn_runtime::gpu::manifest::{CheckCase, LaunchManifest};
-use snn_runtime::gpu::{GpuDevice, GpuError, GpuModel};
+use snn_runtime::gpu::{GpuDevice, GpuError, GpuModel, TrainingPair};
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -92,19 +94,23 @@ fn random_spikes(n: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
-fn run_case(dev: &GpuDevice, dir: &Path, case: &CheckCase) -> Result<String, String> {
-    let ptx =
-        std::fs::read_to_string(dir.join(&case.ptx)).map_err(|e| format!("{}: {e}", case.ptx))?;
-    let text = std::fs::read_to_string(dir.join(&case.manifest))
-        .map_err(|e| format!("{}: {e}", case.manifest))?;
-    let manifest = LaunchManifest::from_json(&text)?;
-    let model = GpuModel::load(dev, &ptx, manifest).map_err(|e| e.to_string())?;
-    let m = model.manifest();
-    if case.args.len() != m.args.len() {
+fn read_manifest(dir: &Path, rel: &str) -> Result<LaunchManifest, String> {
+    let text = std::fs::read_to_string(dir.join(rel)).map_err(|e| format!("{rel}: {e}"))?;
+    LaunchManifest::from_json(&text)
+}
+
+/// Host values of `args` from the case's files: random event frames for inputs without one,
+/// NaN (poison: the function must write it) for the rest.
+fn host_args(
+    dir: &Path,
+    args: &[ArgSpec],
+    files: &[Option<String>],
+) -> Result<Vec<Vec<f32>>, String> {
+    if files.len() != args.len() {
         return Err("case and manifest disagree on the arguments".into());
     }
     let mut host = Vec::new();
-    for (i, (a, file)) in m.args.iter().zip(&case.args).enumerate() {
+    for (i, (a, file)) in args.iter().zip(files).enumerate() {
         let n: usize = a.shape.iter().product();
         let data = match file {
             Some(f) => read_f32(&dir.join(f))?,
@@ -121,6 +127,25 @@ fn run_case(dev: &GpuDevice, dir: &Path, case: &CheckCase) -> Result<String, Str
         }
         host.push(data);
     }
+    Ok(host)
+}
+
+fn run_case(dev: &GpuDevice, dir: &Path, case: &CheckCase) -> Result<String, String> {
+    let ptx =
+        std::fs::read_to_string(dir.join(&case.ptx)).map_err(|e| format!("{}: {e}", case.ptx))?;
+    let manifest = read_manifest(dir, &case.manifest)?;
+    if matches!(case.kind.as_str(), "train" | "train_time") {
+        let backward = case
+            .backward_manifest
+            .as_deref()
+            .ok_or("a training case without a backward manifest")?;
+        let backward = read_manifest(dir, backward)?;
+        let pair = TrainingPair::load(dev, &ptx, manifest, backward).map_err(|e| e.to_string())?;
+        return run_training_case(dev, dir, case, pair);
+    }
+    let model = GpuModel::load(dev, &ptx, manifest).map_err(|e| e.to_string())?;
+    let m = model.manifest();
+    let mut host = host_args(dir, &m.args, &case.args)?;
     match case.kind.as_str() {
         "check" => {
             let stats = model.forward(&mut host).map_err(|e| e.to_string())?;
@@ -142,10 +167,14 @@ fn run_case(dev: &GpuDevice, dir: &Path, case: &CheckCase) -> Result<String, Str
             }
             let (free0, total) = dev.mem_info().map_err(|e| e.to_string())?;
             // The first replay pays for lazy loading of the module's kernels.
-            let first = model.run(&bufs).map_err(|e| e.to_string())?;
+            let first = model
+                .run(&bufs.iter().collect::<Vec<_>>())
+                .map_err(|e| e.to_string())?;
             let (mut dev_ms, mut wall_ms, mut peak) = (Vec::new(), Vec::new(), first.peak_bytes);
             for _ in 0..case.iters.max(1) {
-                let s = model.run(&bufs).map_err(|e| e.to_string())?;
+                let s = model
+                    .run(&bufs.iter().collect::<Vec<_>>())
+                    .map_err(|e| e.to_string())?;
                 dev_ms.push(s.device_ms);
                 wall_ms.push(s.wall_ms);
                 peak = peak.max(s.peak_bytes);
@@ -171,6 +200,142 @@ fn run_case(dev: &GpuDevice, dir: &Path, case: &CheckCase) -> Result<String, Str
         }
         other => Err(format!("unknown case kind `{other}`")),
     }
+}
+
+/// Uploads the case's values into the forward's inputs, parameters and state and the
+/// backward's output gradients.
+fn upload_training(dir: &Path, case: &CheckCase, pair: &mut TrainingPair) -> Result<(), String> {
+    let host = host_args(dir, pair.forward_args(), &case.args)?;
+    let roles: Vec<String> = pair.forward_args().iter().map(|a| a.role.clone()).collect();
+    for (k, (h, role)) in host.iter().zip(&roles).enumerate() {
+        if matches!(role.as_str(), "input" | "param" | "state") {
+            let b = pair.forward_buffer_mut(k).ok_or("forward buffer")?;
+            b.upload(h).map_err(|e| e.to_string())?;
+        }
+    }
+    let host = host_args(dir, pair.backward_args(), &case.backward_args)?;
+    let roles: Vec<String> = pair
+        .backward_args()
+        .iter()
+        .map(|a| a.role.clone())
+        .collect();
+    for (k, (h, role)) in host.iter().zip(&roles).enumerate() {
+        if role == "d_output" {
+            let b = pair.backward_buffer_mut(k).ok_or("backward buffer")?;
+            b.upload(h).map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(())
+}
+
+/// `train`: one forward_train + backward, outputs, running statistics and gradients checked;
+/// `train_time`: the step timed over `iters` runs after a warm-up, gradients finite.
+fn run_training_case(
+    dev: &GpuDevice,
+    dir: &Path,
+    case: &CheckCase,
+    mut pair: TrainingPair,
+) -> Result<String, String> {
+    upload_training(dir, case, &mut pair)?;
+    let grad_tol = case.grad_tolerance.unwrap_or(case.tolerance);
+    let (free0, total) = dev.mem_info().map_err(|e| e.to_string())?;
+    let mut runs = Vec::new();
+    for _ in 0..if case.kind == "train" {
+        1
+    } else {
+        case.iters.max(1) + 1
+    } {
+        // Parameters and running statistics as uploaded for every step.
+        if !runs.is_empty() {
+            upload_training(dir, case, &mut pair)?;
+        }
+        let f = pair.run_forward().map_err(|e| e.to_string())?;
+        let b = pair.run_backward().map_err(|e| e.to_string())?;
+        runs.push((f, b));
+    }
+    let (free1, _) = dev.mem_info().map_err(|e| e.to_string())?;
+    let mut worst = (0f64, 0f64);
+    let mut checked = 0;
+    for (k, (a, want)) in pair.forward_args().iter().zip(&case.expected).enumerate() {
+        let Some(want) = want else { continue };
+        let got = pair
+            .forward_buffer(k)
+            .ok_or("buffer")?
+            .download()
+            .map_err(|e| e.to_string())?;
+        let want = read_f32(&dir.join(want))?;
+        worst.0 = worst.0.max(compare(&a.name, &got, &want, case.tolerance)?);
+        checked += 1;
+    }
+    let mut grads = 0;
+    for (k, a) in pair.backward_args().iter().enumerate() {
+        if !matches!(a.role.as_str(), "d_param" | "d_input") {
+            continue;
+        }
+        let got = pair
+            .backward_buffer(k)
+            .ok_or("buffer")?
+            .download()
+            .map_err(|e| e.to_string())?;
+        if let Some(want) = case.backward_expected.get(k).and_then(Option::as_ref) {
+            let want = read_f32(&dir.join(want))?;
+            worst.1 = worst.1.max(compare(&a.name, &got, &want, grad_tol)?);
+            checked += 1;
+        } else if got.iter().any(|x| !x.is_finite()) {
+            return Err(format!("gradient `{}` is not finite", a.name));
+        }
+        grads += 1;
+    }
+    let (f, b) = runs[0];
+    if case.kind == "train" {
+        return Ok(format!(
+            "vs {}: forward_train {} + backward {} launches, {:.3} + {:.3} ms device; {checked} tensors checked; max rel err {:.2e} values (tol {:.0e}), {:.2e} gradients (tol {:.0e})",
+            case.reference,
+            f.launches,
+            b.launches,
+            f.device_ms,
+            b.device_ms,
+            worst.0,
+            case.tolerance,
+            worst.1,
+            grad_tol
+        ));
+    }
+    let timed = &runs[1..];
+    let mean = |v: &mut dyn Iterator<Item = f64>| {
+        let v: Vec<f64> = v.collect();
+        v.iter().sum::<f64>() / v.len().max(1) as f64
+    };
+    let fwd = mean(&mut timed.iter().map(|(f, _)| f.device_ms));
+    let bwd = mean(&mut timed.iter().map(|(_, b)| b.device_ms));
+    let wall = mean(&mut timed.iter().map(|(f, b)| f.wall_ms + b.wall_ms));
+    let peak = timed
+        .iter()
+        .map(|(f, b)| f.peak_bytes.max(b.peak_bytes))
+        .max()
+        .unwrap_or(0);
+    let args_bytes: usize = pair
+        .forward_args()
+        .iter()
+        .chain(
+            pair.backward_args()
+                .iter()
+                .filter(|a| a.role.starts_with("d_")),
+        )
+        .map(|a| a.shape.iter().product::<usize>() * 4)
+        .sum();
+    Ok(format!(
+        "training step: forward_train {fwd:.2} ms + backward {bwd:.2} ms device (mean of {}), {wall:.2} ms wall; {} + {} launches (first step {:.2} ms wall); {grads} gradients finite; peak {:.1} MiB in one function's buffers (all arguments {:.1} MiB), device used {:.0}/{:.0} MiB (before {:.0})",
+        timed.len(),
+        f.launches,
+        b.launches,
+        f.wall_ms + b.wall_ms,
+        peak as f64 / 1048576.0,
+        args_bytes as f64 / 1048576.0,
+        (total - free1) as f64 / 1048576.0,
+        total as f64 / 1048576.0,
+        (total - free0) as f64 / 1048576.0
+    ))
 }
 
 /// A timing run still has to produce finite outputs.

@@ -33,11 +33,14 @@ pub struct Budget {
     /// Loader worker threads.
     #[arg(long)]
     workers: Option<usize>,
-    /// Execution backend: `interp` (reference interpreter, f64) or `cpu` (forward_train and
-    /// backward JIT-compiled by Cranelift, f32; evaluation of models with batchnorm stays on
-    /// the interpreter, which has eval-mode batchnorm).
-    #[arg(long, default_value = "interp", value_parser = ["interp", "cpu"])]
+    /// Execution backend: `interp` (reference interpreter, f64), `cpu` (forward_train and
+    /// backward JIT-compiled by Cranelift, f32) or `gpu` (the same functions as PTX kernels on
+    /// CUDA device 0, f32).
+    #[arg(long, default_value = "interp", value_parser = ["interp", "cpu", "gpu"])]
     backend: String,
+    /// Where the compiled code runs: `cpu` or `gpu` (the same as `--backend cpu|gpu`).
+    #[arg(long, value_parser = ["cpu", "gpu"], conflicts_with = "backend")]
+    device: Option<String>,
     #[arg(long = "set", value_name = "NAME=EXPR", value_parser = super::parse_override)]
     overrides: Vec<Override>,
 }
@@ -53,8 +56,8 @@ impl Budget {
             limit_train: self.limit_train,
             limit_test: self.limit_test,
             workers: self.workers,
-            // The value parser admits only names `Backend` knows.
-            backend: self.backend.parse().ok(),
+            // The value parsers admit only names `Backend` knows.
+            backend: self.device.as_deref().unwrap_or(&self.backend).parse().ok(),
         }
     }
 }

@@ -7,7 +7,7 @@ use crate::interp::{Interpreter, Mode, Options, ParamStore};
 use crate::ir::graph::ScanEmit;
 use crate::ir::{Graph, Op, ParamRole, ValueId};
 use crate::mlir::LowerOptions;
-use crate::mlir::grad::TrainRole;
+use crate::mlir::grad::{TrainArg, TrainRole};
 use ndarray::{ArrayD, IxDyn};
 use snn_runtime::data::Batch;
 use std::collections::HashMap;
@@ -21,6 +21,8 @@ pub enum Backend {
     Interp,
     /// The CPU backend: forward_train and backward JIT-compiled by Cranelift, in f32.
     Cpu,
+    /// The GPU backend: forward_train and backward as PTX kernels on CUDA device 0, in f32.
+    Gpu,
 }
 
 impl std::str::FromStr for Backend {
@@ -29,7 +31,8 @@ impl std::str::FromStr for Backend {
         match s {
             "interp" => Ok(Backend::Interp),
             "cpu" => Ok(Backend::Cpu),
-            _ => Err(run_err!("unknown backend `{s}` (interp, cpu)")),
+            "gpu" => Ok(Backend::Gpu),
+            _ => Err(run_err!("unknown backend `{s}` (interp, cpu, gpu)")),
         }
     }
 }
@@ -80,7 +83,21 @@ pub fn executor<'g>(
     Ok(match backend {
         Backend::Interp => Box::new(InterpExecutor::new(g, seed, run_dir)?),
         Backend::Cpu => Box::new(CpuExecutor::new(g, seed, run_dir)?),
+        Backend::Gpu => gpu_executor(g, run_dir)?,
     })
+}
+
+#[cfg(feature = "gpu")]
+fn gpu_executor<'g>(g: &'g Graph, run_dir: &Path) -> Result<Box<dyn Executor + 'g>, RunError> {
+    Ok(Box::new(super::gpu::GpuExecutor::new(g, run_dir)?))
+}
+
+#[cfg(not(feature = "gpu"))]
+fn gpu_executor<'g>(g: &'g Graph, _run_dir: &Path) -> Result<Box<dyn Executor + 'g>, RunError> {
+    Err(run_err!(
+        "cannot run `{}` on the GPU: this snnc was built without its `gpu` feature\n  = help: rebuild with `cargo build --release --features gpu`, or run it on the CPU with `--device cpu`",
+        g.name
+    ))
 }
 
 /// The batch as the interpreter takes it: f64, [T, B, C, H, W].
@@ -88,7 +105,7 @@ fn batch_input(batch: &Batch) -> ArrayD<f64> {
     batch.frames.mapv(f64::from).into_dyn()
 }
 
-fn nan_error(e: impl std::fmt::Display, run_dir: &Path) -> RunError {
+pub(super) fn nan_error(e: impl std::fmt::Display, run_dir: &Path) -> RunError {
     run_err!(
         "training stopped: {e}\n  = note: the last good checkpoint in {} is kept\n  = help: lower the learning rate or check the input data",
         run_dir.display()
@@ -203,30 +220,12 @@ impl<'g> CpuExecutor<'g> {
     /// `_seed`: the interpreter's dropout seed; the compiled code's dropout is the identity
     /// (docs/abi.md), so nothing here draws random numbers.
     pub fn new(g: &'g Graph, _seed: u64, run_dir: &Path) -> Result<Self, RunError> {
-        let spike_scans = g
-            .nodes
-            .iter()
-            .enumerate()
-            .filter(|(_, n)| {
-                matches!(
-                    n.op,
-                    Op::Scan {
-                        emit: ScanEmit::Spikes,
-                        ..
-                    }
-                )
-            })
-            .map(|(i, n)| (ValueId(i), n.name.clone()))
-            .collect();
         Ok(CpuExecutor {
             g,
             variants: HashMap::new(),
-            spike_scans,
+            spike_scans: spike_scans(g),
             params32: Vec::new(),
-            has_batchnorm: g
-                .params
-                .iter()
-                .any(|p| matches!(p.role, ParamRole::RunningMean | ParamRole::RunningVar)),
+            has_batchnorm: has_batchnorm(g),
             run_dir: run_dir.to_path_buf(),
             compile_seconds: 0.0,
         })
@@ -253,27 +252,6 @@ impl<'g> CpuExecutor<'g> {
             .ok_or_else(|| run_err!("internal: batch {b} was not compiled"))
     }
 
-    /// Converts the store to f32 in place of the last step's values.
-    ///
-    /// The store, the optimiser and the checkpoints stay f64 for both backends (one checkpoint
-    /// format; runs can switch backends on resume); f32 exists only for the compiled code.
-    fn load_params(&mut self, params: &ParamStore) -> Result<(), RunError> {
-        if params.values.len() != self.g.params.len() {
-            return Err(run_err!(
-                "{} parameters for the {} of `{}`",
-                params.values.len(),
-                self.g.params.len(),
-                self.g.name
-            ));
-        }
-        self.params32.resize_with(params.values.len(), Vec::new);
-        for (dst, src) in self.params32.iter_mut().zip(&params.values) {
-            dst.clear();
-            dst.extend(src.iter().map(|v| *v as f32));
-        }
-        Ok(())
-    }
-
     fn spike_counts(&self, scratch: &TrainScratch) -> Result<Vec<(ValueId, f64, usize)>, RunError> {
         self.spike_scans
             .iter()
@@ -294,14 +272,13 @@ impl<'g> CpuExecutor<'g> {
         batch: &Batch,
         eval: bool,
     ) -> Result<(usize, ArrayD<f64>), RunError> {
-        self.load_params(params)?;
+        params_to_f32(self.g, params, &mut self.params32)?;
         let b = batch.labels.len();
         let frames = batch.frames.as_standard_layout();
         let x = frames
             .as_slice()
             .ok_or_else(|| run_err!("internal: the batch is not contiguous"))?;
         let g: &Graph = self.g;
-        let name = &g.name;
         // Taken out so that the variant (a borrow of `self`) and the parameters can be used
         // together; `load_params` refills it on the next step if an error leaves it empty.
         let mut params32 = std::mem::take(&mut self.params32);
@@ -311,24 +288,122 @@ impl<'g> CpuExecutor<'g> {
             .forward_train(&[x], &mut params32, &mut v.scratch)
             .map_err(|e| run_err!("{e}"))?;
         let (fsig, _) = v.code.signatures();
-        let shape = fsig
-            .iter()
-            .find(|a| a.role == TrainRole::Output)
-            .map(|a| a.shape.clone())
-            .ok_or_else(|| run_err!("`{name}` has no output"))?;
+        let readout = readout_array(g, fsig, outputs)?;
         self.params32 = params32;
-        let first = outputs.into_iter().next().unwrap_or_default();
-        let readout =
-            ArrayD::from_shape_vec(IxDyn(&shape), first.iter().map(|v| f64::from(*v)).collect())
-                .map_err(|e| run_err!("internal: readout shape: {e}"))?;
         Ok((b, readout))
     }
+}
+
+/// Spike-emitting scans in node order: (node, name of its `saved` buffer).
+pub(super) fn spike_scans(g: &Graph) -> Vec<(ValueId, String)> {
+    g.nodes
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| {
+            matches!(
+                n.op,
+                Op::Scan {
+                    emit: ScanEmit::Spikes,
+                    ..
+                }
+            )
+        })
+        .map(|(i, n)| (ValueId(i), n.name.clone()))
+        .collect()
+}
+
+/// Whether evaluation differs from training (batchnorm on running statistics).
+pub(super) fn has_batchnorm(g: &Graph) -> bool {
+    g.params
+        .iter()
+        .any(|p| matches!(p.role, ParamRole::RunningMean | ParamRole::RunningVar))
+}
+
+/// Converts the store to f32 in place of the last step's values.
+///
+/// The store, the optimiser and the checkpoints stay f64 for every backend (one checkpoint
+/// format; runs can switch backends on resume); f32 exists only for the compiled code.
+pub(super) fn params_to_f32(
+    g: &Graph,
+    params: &ParamStore,
+    params32: &mut Vec<Vec<f32>>,
+) -> Result<(), RunError> {
+    if params.values.len() != g.params.len() {
+        return Err(run_err!(
+            "{} parameters for the {} of `{}`",
+            params.values.len(),
+            g.params.len(),
+            g.name
+        ));
+    }
+    params32.resize_with(params.values.len(), Vec::new);
+    for (dst, src) in params32.iter_mut().zip(&params.values) {
+        dst.clear();
+        dst.extend(src.iter().map(|v| *v as f32));
+    }
+    Ok(())
+}
+
+/// The first model output of the compiled forward (`fsig`'s first `output`) as f64.
+pub(super) fn readout_array(
+    g: &Graph,
+    fsig: &[TrainArg],
+    outputs: Vec<Vec<f32>>,
+) -> Result<ArrayD<f64>, RunError> {
+    let shape = fsig
+        .iter()
+        .find(|a| a.role == TrainRole::Output)
+        .map(|a| a.shape.clone())
+        .ok_or_else(|| run_err!("`{}` has no output", g.name))?;
+    let first = outputs.into_iter().next().unwrap_or_default();
+    ArrayD::from_shape_vec(IxDyn(&shape), first.iter().map(|v| f64::from(*v)).collect())
+        .map_err(|e| run_err!("internal: readout shape: {e}"))
+}
+
+/// Per parameter its gradient (`None`: not trainable), and the new running statistics.
+pub(super) type StepResults = (Vec<Option<ArrayD<f64>>>, Vec<(usize, ArrayD<f64>)>);
+
+/// The driver's view of a compiled backward: trainable gradients (`grads`, `Graph::params`
+/// order) checked for non-finite values and widened to f64, and the running statistics the
+/// forward left in `params32`.
+pub(super) fn compiled_step_results(
+    g: &Graph,
+    grads: Vec<Vec<f32>>,
+    params32: &[Vec<f32>],
+    run_dir: &Path,
+) -> Result<StepResults, RunError> {
+    let mut trainable = grads.into_iter();
+    let mut out = Vec::with_capacity(g.params.len());
+    let mut running_updates = Vec::new();
+    for (k, p) in g.params.iter().enumerate() {
+        let shape = IxDyn(&p.shape);
+        if p.role.trainable() {
+            let grad = trainable
+                .next()
+                .ok_or_else(|| run_err!("internal: missing gradient of `{}`", p.name))?;
+            // The interpreter stops on non-finite values; the compiled code cannot, so the
+            // gradients are checked before the optimiser would spread a NaN.
+            all_finite(&format!("d{}", p.name), &grad).map_err(|e| nan_error(e, run_dir))?;
+            let grad = ArrayD::from_shape_vec(shape, grad.iter().map(|v| f64::from(*v)).collect())
+                .map_err(|e| run_err!("internal: gradient shape of `{}`: {e}", p.name))?;
+            out.push(Some(grad));
+        } else {
+            out.push(None);
+            if matches!(p.role, ParamRole::RunningMean | ParamRole::RunningVar) {
+                let v = &params32[k];
+                let stat = ArrayD::from_shape_vec(shape, v.iter().map(|x| f64::from(*x)).collect())
+                    .map_err(|e| run_err!("internal: shape of `{}`: {e}", p.name))?;
+                running_updates.push((k, stat));
+            }
+        }
+    }
+    Ok((out, running_updates))
 }
 
 /// The sum of a spike buffer: f32 partial sums in eight lanes (the loop vectorises; a single
 /// f64 chain was an add latency per element), exact for 0/1 values since each chunk's sums stay
 /// below 2^24, combined in f64.
-fn spike_sum(y: &[f32]) -> f64 {
+pub(super) fn spike_sum(y: &[f32]) -> f64 {
     y.chunks(1 << 20)
         .map(|chunk| {
             let mut lanes = [0f32; 8];
@@ -377,34 +452,8 @@ impl Executor for CpuExecutor<'_> {
             .backward(&[x], &self.params32, &v.scratch, &[&d_out])
             .map_err(|e| run_err!("{e}"))?;
         let spike_counts = self.spike_counts(&v.scratch)?;
-        let mut trainable = grads.params.into_iter();
-        let mut out = Vec::with_capacity(self.g.params.len());
-        let mut running_updates = Vec::new();
-        for (k, p) in self.g.params.iter().enumerate() {
-            let shape = IxDyn(&p.shape);
-            if p.role.trainable() {
-                let grad = trainable
-                    .next()
-                    .ok_or_else(|| run_err!("internal: missing gradient of `{}`", p.name))?;
-                // The interpreter stops on non-finite values; the compiled code cannot, so the
-                // gradients are checked before the optimiser would spread a NaN.
-                all_finite(&format!("d{}", p.name), &grad)
-                    .map_err(|e| nan_error(e, &self.run_dir))?;
-                let grad =
-                    ArrayD::from_shape_vec(shape, grad.iter().map(|v| f64::from(*v)).collect())
-                        .map_err(|e| run_err!("internal: gradient shape of `{}`: {e}", p.name))?;
-                out.push(Some(grad));
-            } else {
-                out.push(None);
-                if matches!(p.role, ParamRole::RunningMean | ParamRole::RunningVar) {
-                    let v = &self.params32[k];
-                    let stat =
-                        ArrayD::from_shape_vec(shape, v.iter().map(|x| f64::from(*x)).collect())
-                            .map_err(|e| run_err!("internal: shape of `{}`: {e}", p.name))?;
-                    running_updates.push((k, stat));
-                }
-            }
-        }
+        let (out, running_updates) =
+            compiled_step_results(self.g, grads.params, &self.params32, &self.run_dir)?;
         Ok(Step {
             loss: l,
             readout,

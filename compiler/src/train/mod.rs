@@ -1,11 +1,14 @@
 //! The training driver behind `snnc train / eval / compare`: resolves a model's `train { }`
 //! section and command-line overrides into a run, feeds batches from the runtime's loader
-//! through an execution backend (`executor`: the interpreter or the CPU backend's JIT), steps
+//! through an execution backend (`executor`: the interpreter, the CPU backend's JIT or the GPU
+//! backend's kernels), steps
 //! the optimiser, logs, evaluates spikes and energy, and checkpoints atomically so `--resume`
 //! continues exactly.
 
 mod config;
 mod executor;
+#[cfg(feature = "gpu")]
+mod gpu;
 
 pub use config::{DataSource, RunConfig, RunOverrides};
 pub use executor::{
@@ -267,8 +270,10 @@ pub fn train(g: &Graph, cfg: &RunConfig, resume: bool) -> Result<RunResult, RunE
         };
         (ParamStore::init(g, cfg.seed), optimizer, state)
     };
-    let mut log = RunLog::open(&cfg.run_dir).map_err(|e| run_err!("{e}"))?;
+    // The executor first: a backend that cannot start (no GPU) leaves the run directory as it
+    // was.
     let mut exec = executor(cfg.backend, g, cfg.seed, &cfg.run_dir)?;
+    let mut log = RunLog::open(&cfg.run_dir).map_err(|e| run_err!("{e}"))?;
     let mut last_test = None;
     for epoch in state.epoch..cfg.epochs {
         let lr = cfg

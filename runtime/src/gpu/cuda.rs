@@ -5,6 +5,7 @@ use super::GpuError;
 use super::manifest::{BufferKind, LaunchManifest, Step};
 use cudarc::driver::{CudaContext, CudaStream, DriverError, result, sys};
 use std::ffi::{CString, c_void};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -161,12 +162,34 @@ impl DeviceBuffer {
 
     pub fn download(&self) -> Result<Vec<f32>, GpuError> {
         let mut out = vec![0f32; self.len];
+        self.download_into(&mut out)?;
+        Ok(out)
+    }
+
+    /// Copies the buffer into `out`, which must have the buffer's length.
+    pub fn download_into(&self, out: &mut [f32]) -> Result<(), GpuError> {
+        if out.len() != self.len {
+            return Err(GpuError::Usage(format!(
+                "download of a buffer of {} values into {}",
+                self.len,
+                out.len()
+            )));
+        }
         self.ctx
             .bind_to_thread()
             .map_err(driver("cuCtxSetCurrent"))?;
-        // SAFETY: `out` has `len` elements; the copy is synchronous.
-        unsafe { result::memcpy_dtoh_sync(&mut out, self.ptr) }.map_err(driver("cuMemcpyDtoH"))?;
-        Ok(out)
+        // SAFETY: lengths checked above; the copy is synchronous.
+        unsafe { result::memcpy_dtoh_sync(out, self.ptr) }.map_err(driver("cuMemcpyDtoH"))
+    }
+
+    /// Sets every value to zero.
+    pub fn zero(&mut self) -> Result<(), GpuError> {
+        self.ctx
+            .bind_to_thread()
+            .map_err(driver("cuCtxSetCurrent"))?;
+        // SAFETY: `ptr` holds at least `len.max(1) * 4` bytes.
+        unsafe { result::memset_d8_sync(self.ptr, 0, self.len.max(1) * 4) }
+            .map_err(driver("cuMemsetD8"))
     }
 }
 
@@ -192,19 +215,17 @@ pub struct RunStats {
     pub peak_bytes: usize,
 }
 
-/// A loaded PTX module and the manifest that drives it.
-pub struct GpuModel {
+/// A PTX module JIT-compiled by the driver into a device's context. Several manifests (a
+/// model's `forward_train` and `backward`) launch kernels of one module.
+pub struct GpuModule {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     module: sys::CUmodule,
-    functions: Vec<(String, sys::CUfunction)>,
-    manifest: LaunchManifest,
 }
 
-impl GpuModel {
-    /// JIT-compiles `ptx` with the driver and resolves every kernel of `manifest`.
-    pub fn load(dev: &GpuDevice, ptx: &str, manifest: LaunchManifest) -> Result<Self, GpuError> {
-        manifest.check().map_err(GpuError::Manifest)?;
+impl GpuModule {
+    /// JIT-compiles `ptx` with the driver.
+    pub fn load(dev: &GpuDevice, ptx: &str) -> Result<Rc<Self>, GpuError> {
         let image = CString::new(ptx)
             .map_err(|_| GpuError::Manifest("the PTX contains a NUL byte".into()))?;
         dev.ctx
@@ -213,22 +234,65 @@ impl GpuModel {
         // SAFETY: a NUL-terminated PTX text.
         let module = unsafe { result::module::load_data(image.as_ptr().cast()) }
             .map_err(driver("cuModuleLoadData (PTX JIT)"))?;
-        let mut model = GpuModel {
+        Ok(Rc::new(GpuModule {
             ctx: Arc::clone(&dev.ctx),
             stream: Arc::clone(&dev.stream),
             module,
-            functions: Vec::new(),
-            manifest,
-        };
-        for k in &model.manifest.kernels {
+        }))
+    }
+}
+
+impl Drop for GpuModule {
+    fn drop(&mut self) {
+        if self.ctx.bind_to_thread().is_ok() {
+            // SAFETY: loaded in `load`, unloaded once here, after every `GpuModel` holding
+            // this module (through its `Rc`) is gone.
+            let _ = unsafe { result::module::unload(self.module) };
+        }
+    }
+}
+
+/// One host function of a loaded module: its manifest and resolved kernels.
+pub struct GpuModel {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    /// Keeps the module loaded while its functions may be launched.
+    _module: Rc<GpuModule>,
+    functions: Vec<(String, sys::CUfunction)>,
+    manifest: LaunchManifest,
+}
+
+impl GpuModel {
+    /// JIT-compiles `ptx` with the driver and resolves every kernel of `manifest`.
+    pub fn load(dev: &GpuDevice, ptx: &str, manifest: LaunchManifest) -> Result<Self, GpuError> {
+        manifest.check().map_err(GpuError::Manifest)?;
+        let module = GpuModule::load(dev, ptx)?;
+        Self::in_module(&module, manifest)
+    }
+
+    /// Resolves every kernel of `manifest` in an already loaded `module`.
+    pub fn in_module(module: &Rc<GpuModule>, manifest: LaunchManifest) -> Result<Self, GpuError> {
+        manifest.check().map_err(GpuError::Manifest)?;
+        module
+            .ctx
+            .bind_to_thread()
+            .map_err(driver("cuCtxSetCurrent"))?;
+        let mut functions = Vec::with_capacity(manifest.kernels.len());
+        for k in &manifest.kernels {
             let name = CString::new(k.name.as_str())
                 .map_err(|_| GpuError::Manifest(format!("kernel name `{}`", k.name)))?;
-            // SAFETY: `module` is loaded and alive for the model's lifetime.
-            let f = unsafe { result::module::get_function(module, name) }
+            // SAFETY: the module is loaded and kept alive by the `Rc` this model holds.
+            let f = unsafe { result::module::get_function(module.module, name) }
                 .map_err(driver("cuModuleGetFunction"))?;
-            model.functions.push((k.name.clone(), f));
+            functions.push((k.name.clone(), f));
         }
-        Ok(model)
+        Ok(GpuModel {
+            ctx: Arc::clone(&module.ctx),
+            stream: Arc::clone(&module.stream),
+            _module: Rc::clone(module),
+            functions,
+            manifest,
+        })
     }
 
     pub fn manifest(&self) -> &LaunchManifest {
@@ -244,8 +308,8 @@ impl GpuModel {
             .collect()
     }
 
-    /// Replays the host sequence over `args` (one buffer per forward argument) and waits.
-    pub fn run(&self, args: &[DeviceBuffer]) -> Result<RunStats, GpuError> {
+    /// Replays the host sequence over `args` (one buffer per argument) and waits.
+    pub fn run(&self, args: &[&DeviceBuffer]) -> Result<RunStats, GpuError> {
         let m = &self.manifest;
         if args.len() != m.args.len() {
             return Err(GpuError::Usage(format!(
@@ -376,22 +440,13 @@ impl GpuModel {
         for (b, h) in bufs.iter_mut().zip(host.iter()) {
             b.upload(h)?;
         }
-        let stats = self.run(&bufs)?;
+        let stats = self.run(&bufs.iter().collect::<Vec<_>>())?;
         for ((a, b), h) in self.manifest.args.iter().zip(&bufs).zip(host.iter_mut()) {
             if a.role == "output" || a.role == "state" {
                 *h = b.download()?;
             }
         }
         Ok(stats)
-    }
-}
-
-impl Drop for GpuModel {
-    fn drop(&mut self) {
-        if self.ctx.bind_to_thread().is_ok() {
-            // SAFETY: loaded in `load`, unloaded once here.
-            let _ = unsafe { result::module::unload(self.module) };
-        }
     }
 }
 

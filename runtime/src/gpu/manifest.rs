@@ -358,7 +358,8 @@ mod tests {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CheckCase {
     pub name: String,
-    /// `check` (compare against `expected`) or `time` (run `iters` times).
+    /// `check` (compare against `expected`), `time` (run `iters` times), or their training
+    /// forms `train` and `train_time` (`forward_train`, then `backward`).
     pub kind: String,
     /// Paths relative to the bundle.
     pub ptx: String,
@@ -372,4 +373,18 @@ pub struct CheckCase {
     pub reference: String,
     pub tolerance: f64,
     pub iters: usize,
+    /// Training cases (`train`: check, `train_time`: timing): `manifest` is `forward_train`'s,
+    /// this is `backward`'s (the same PTX).
+    #[serde(default)]
+    pub backward_manifest: Option<String>,
+    /// Per backward argument: a file for the output gradients (arguments shared with the
+    /// forward are the forward's buffers).
+    #[serde(default)]
+    pub backward_args: Vec<Option<String>>,
+    /// Per backward argument: the reference gradients for `train`.
+    #[serde(default)]
+    pub backward_expected: Vec<Option<String>>,
+    /// The tolerance for gradients (`tolerance` when absent).
+    #[serde(default)]
+    pub grad_tolerance: Option<f64>,
 }

@@ -6,7 +6,11 @@ pub mod manifest;
 #[cfg(feature = "gpu")]
 mod cuda;
 #[cfg(feature = "gpu")]
-pub use cuda::{DeviceBuffer, DeviceInfo, GpuDevice, GpuModel, RunStats};
+mod train;
+#[cfg(feature = "gpu")]
+pub use cuda::{DeviceBuffer, DeviceInfo, GpuDevice, GpuModel, GpuModule, RunStats};
+#[cfg(feature = "gpu")]
+pub use train::TrainingPair;
 
 pub use manifest::LaunchManifest;
 

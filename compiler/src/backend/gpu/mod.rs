@@ -2,6 +2,8 @@
 //! plus the launch manifest (buffers, kernels, host launch sequence) the CUDA runtime replays.
 
 pub mod cli;
+#[cfg(feature = "gpu")]
+pub mod train;
 
 use crate::ir::Graph;
 use crate::mlir::context::new_context;
@@ -196,10 +198,22 @@ pub struct GpuTrainingArtifact {
 }
 
 /// [`compile`] for training: `@<model>_forward_train` and `@<model>_backward` in flat form,
-/// their kernels in one PTX module, one launch manifest per function. `opts.eval` is not
-/// read: training runs batchnorm on batch statistics.
+/// their kernels in one PTX module, one launch manifest per function.
 pub fn compile_training(g: &Graph, opts: &GpuOptions) -> Result<GpuTrainingArtifact, LowerError> {
-    let lower_opts = LowerOptions::with_batch(opts.batch);
+    compile_training_with(g, opts, false)
+}
+
+/// [`compile_training`]; with `eval`, `forward_train` runs batchnorm on the running statistics
+/// (an evaluation pass that still saves the spikes the driver counts).
+pub fn compile_training_with(
+    g: &Graph,
+    opts: &GpuOptions,
+    eval: bool,
+) -> Result<GpuTrainingArtifact, LowerError> {
+    let lower_opts = LowerOptions {
+        eval,
+        ..LowerOptions::with_batch(opts.batch)
+    };
     let fsig = forward_train_signature(g, &lower_opts)?;
     let bsig = backward_signature(g, &lower_opts)?;
     let functions = [
