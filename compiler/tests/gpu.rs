@@ -188,6 +188,35 @@ fn cli_emits_ptx_and_writes_a_directory() {
     for k in &m.kernels {
         assert!(ptx.contains(&format!(".entry {}(", k.name)), "{}", k.name);
     }
+
+    // --train: the training PTX beside the forward's, one manifest per function.
+    let out = Command::new(bin)
+        .args(["build", "--target", "gpu", "--train", "--batch", "2", "-o"])
+        .arg(&dir)
+        .arg(&file)
+        .output()
+        .expect("snnc runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ptx = std::fs::read_to_string(dir.join("GoldenSmall.train.ptx")).expect("ptx written");
+    let mut roles = Vec::new();
+    for which in ["forward_train", "backward"] {
+        let json = std::fs::read_to_string(dir.join(format!("GoldenSmall.{which}.launch.json")))
+            .expect("manifest");
+        let m = LaunchManifest::from_json(&json).expect("valid manifest");
+        assert_eq!((m.ptx.as_str(), m.batch), ("GoldenSmall.train.ptx", 2));
+        for k in &m.kernels {
+            assert!(ptx.contains(&format!(".entry {}(", k.name)), "{}", k.name);
+        }
+        roles.extend(m.args.iter().map(|a| a.role.clone()));
+    }
+    for role in ["saved", "scan_states", "d_output", "d_param", "d_input"] {
+        assert!(roles.iter().any(|r| r == role), "no `{role}` argument");
+    }
+    assert!(dir.join("GoldenSmall.ptx").exists(), "the forward's files stay");
     let _ = std::fs::remove_dir_all(&dir);
 
     let out = Command::new(bin)

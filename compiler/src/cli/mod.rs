@@ -64,6 +64,11 @@ enum Command {
         /// PTX target architecture for `--target gpu` (sm_90 or sm_80).
         #[arg(long, default_value = "sm_90")]
         chip: String,
+        /// `--target gpu`: the training functions (forward_train and backward) instead of the
+        /// forward; with `-o DIR`: DIR/<model>.train.ptx, DIR/<model>.forward_train.launch.json
+        /// and DIR/<model>.backward.launch.json.
+        #[arg(long)]
+        train: bool,
     },
     /// Explain an error code, e.g. `snnc explain E0006`.
     Explain { code: String },
@@ -159,6 +164,7 @@ pub fn main() -> ExitCode {
             eval,
             target,
             chip,
+            train,
         } => {
             let lower = crate::mlir::LowerOptions {
                 eval,
@@ -181,6 +187,7 @@ pub fn main() -> ExitCode {
                     model.as_deref(),
                     output.as_deref(),
                     &opts,
+                    train,
                 );
             }
             // Object code is the CPU target's product, like PTX for the GPU.

@@ -1,8 +1,10 @@
 //! `snnc build --target gpu`: PTX to stdout, or `-o DIR` with `<model>.ptx` and
-//! `<model>.launch.json` per model.
+//! `<model>.launch.json` per model (with `--train`: `<model>.train.ptx` and the launch
+//! manifests of `forward_train` and `backward`).
 
-use super::{GpuOptions, compile};
+use super::{GpuOptions, compile, compile_training};
 use crate::sema::Compilation;
+use snn_runtime::gpu::LaunchManifest;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -13,6 +15,7 @@ pub fn build(
     model: Option<&str>,
     output: Option<&Path>,
     opts: &GpuOptions,
+    train: bool,
 ) -> ExitCode {
     let graphs: Vec<_> = c
         .graphs
@@ -41,41 +44,60 @@ pub fn build(
     }
     let mut stdout = String::new();
     for g in graphs {
-        let art = match compile(g, opts) {
-            Ok(a) => a,
-            Err(e) => {
-                eprintln!("error: {}: {e}", g.name);
-                return ExitCode::FAILURE;
-            }
+        // (PTX, its file name, [(manifest, its file name)]).
+        let built = if train {
+            compile_training(g, opts).map(|a| {
+                let json = |which| format!("{}.{which}.launch.json", a.model);
+                let (f, b) = (json("forward_train"), json("backward"));
+                let ptx_name = a.forward_train.ptx.clone();
+                (a.ptx, ptx_name, vec![(a.forward_train, f), (a.backward, b)])
+            })
+        } else {
+            compile(g, opts).map(|a| {
+                let json = format!("{}.launch.json", a.model);
+                (a.ptx, a.manifest.ptx.clone(), vec![(a.manifest, json)])
+            })
         };
+        let (ptx, ptx_name, manifests): (String, String, Vec<(LaunchManifest, String)>) =
+            match built {
+                Ok(b) => b,
+                Err(e) => {
+                    eprintln!("error: {}: {e}", g.name);
+                    return ExitCode::FAILURE;
+                }
+            };
+        let kernels: usize = manifests.iter().map(|(m, _)| m.kernels.len()).sum();
         match output {
             Some(dir) => {
-                let ptx = dir.join(&art.manifest.ptx);
-                let json = dir.join(format!("{}.launch.json", art.model));
-                for (path, text) in [(&ptx, &art.ptx), (&json, &(art.manifest.to_json() + "\n"))] {
+                let ptx_path = dir.join(&ptx_name);
+                let mut files = vec![(ptx_path, ptx)];
+                for (m, json) in &manifests {
+                    files.push((dir.join(json), m.to_json() + "\n"));
+                }
+                for (path, text) in &files {
                     if let Err(e) = write_atomic(path, text) {
                         eprintln!("error: cannot write {}: {e}", path.display());
                         return ExitCode::FAILURE;
                     }
                 }
+                let launches: usize = manifests.iter().map(|(m, _)| m.launches().count()).sum();
+                let names: Vec<String> =
+                    files.iter().map(|(p, _)| p.display().to_string()).collect();
                 eprintln!(
-                    "{}: {} kernels, {} launches -> {}, {}",
-                    art.model,
-                    art.manifest.kernels.len(),
-                    art.manifest.launches().count(),
-                    ptx.display(),
-                    json.display()
+                    "{}: {kernels} kernels, {launches} launches -> {}",
+                    g.name,
+                    names.join(", ")
                 );
             }
             None => {
                 stdout.push_str(&format!(
-                    "// snnc: model {}, {} kernels, batch {}\n",
-                    art.model,
-                    art.manifest.kernels.len(),
+                    "// snnc: model {}{}, {kernels} kernels, batch {}\n",
+                    g.name,
+                    if train { " (training)" } else { "" },
                     opts.batch
                 ));
-                stdout.push_str(&art.ptx);
-                if !art.ptx.ends_with('\n') {
+                stdout.push_str(&ptx);
+                if !ptx.ends_with('\n') {
                     stdout.push('\n');
                 }
             }

@@ -223,6 +223,10 @@ pub fn compile_training_with(
     let (ptx, mut manifests, timings) = compile_functions(g, opts, &functions, |context| {
         lower_training_module_with(context, &[g], &lower_opts, LoopForm::Flat)
     })?;
+    // Both manifests name the training PTX, which sits beside the forward's `<model>.ptx`.
+    for m in &mut manifests {
+        m.ptx = format!("{}.train.ptx", g.name);
+    }
     let backward = manifests.remove(1);
     let forward_train = manifests.remove(0);
     Ok(GpuTrainingArtifact {
