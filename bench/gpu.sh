@@ -71,6 +71,19 @@ case $rc in
     *) status_check="FAILED (exit $rc)" ;;
 esac
 
+# Peers on the same card: the gesture step in PyTorch (official LIF loop) and with SpikingJelly's
+# neuron when it is importable (its wheels can be carried in .whl/, see docs/gpu.md).
+peer_status="not run (no python3 with CUDA torch)"
+if [ "$rc" = 0 ] && python3 -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
+    if ls .whl/*.whl >/dev/null 2>&1; then
+        python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+            --target /tmp/snnc-peer-site .whl/*.whl && export PYTHONPATH=/tmp/snnc-peer-site
+    fi
+    echo "== peers: bench/gpu/peer_gesture_step.py --T 60 --B 16"
+    timeout 300 python3 bench/gpu/peer_gesture_step.py --T 60 --B 16 --runs 5 | tee "$LOG.peer"
+    peer_status="ran"
+fi
+
 echo
 echo "================ snnc GPU summary ================"
 echo "nvidia-smi:          $status_smi"
@@ -79,5 +92,25 @@ echo "checks:              $status_check in ${elapsed}s"
 grep -E "^(PASS|FAIL|SKIP)" "$LOG.out" | sed 's/^/  /'
 grep -E "passed, .* failed" "$LOG.out" | sed 's/^/  /'
 echo "peak GPU memory:     ${peak_mib} MiB (nvidia-smi, whole device, sampled every 50 ms)"
+echo "peers:               $peer_status"
+if [ -s "$LOG.peer" ]; then
+    # Ratio of each peer's median step to ours (wall, with transfers, without the optimiser).
+    python3 - "$LOG.out" "$LOG.peer" <<'PY'
+import json, re, sys
+ours = None
+for line in open(sys.argv[1]):
+    m = re.search(r"_train: training step: .*?step ([0-9.]+) ms wall", line)
+    if m:
+        ours = float(m.group(1))
+print(f"  snnc gesture step (T=60, B=16): {ours} ms wall")
+for line in open(sys.argv[2]):
+    r = json.loads(line)
+    if "step_median_ms" in r:
+        ratio = f"{r['step_median_ms'] / ours:.2f}x" if ours else "?"
+        print(f"  {r['framework']}: {r['step_median_ms']} ms median, peak {r['peak_allocated_mib']} MiB; peer/snnc = {ratio}")
+    else:
+        print(f"  {r.get('framework', 'peer')}: skipped ({r.get('skipped')})")
+PY
+fi
 echo "=================================================="
 exit $rc

@@ -216,7 +216,10 @@ fn cli_emits_ptx_and_writes_a_directory() {
     for role in ["saved", "scan_states", "d_output", "d_param", "d_input"] {
         assert!(roles.iter().any(|r| r == role), "no `{role}` argument");
     }
-    assert!(dir.join("GoldenSmall.ptx").exists(), "the forward's files stay");
+    assert!(
+        dir.join("GoldenSmall.ptx").exists(),
+        "the forward's files stay"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 
     let out = Command::new(bin)

@@ -202,24 +202,36 @@ fn run_case(dev: &GpuDevice, dir: &Path, case: &CheckCase) -> Result<String, Str
     }
 }
 
-/// Uploads the case's values into the forward's inputs, parameters and state and the
-/// backward's output gradients.
-fn upload_training(dir: &Path, case: &CheckCase, pair: &mut TrainingPair) -> Result<(), String> {
-    let host = host_args(dir, pair.forward_args(), &case.args)?;
+/// The case's host values of every forward and backward argument (see [`host_args`]).
+type TrainingHost = (Vec<Vec<f32>>, Vec<Vec<f32>>);
+
+fn training_host(
+    dir: &Path,
+    case: &CheckCase,
+    pair: &TrainingPair,
+) -> Result<TrainingHost, String> {
+    Ok((
+        host_args(dir, pair.forward_args(), &case.args)?,
+        host_args(dir, pair.backward_args(), &case.backward_args)?,
+    ))
+}
+
+/// What a training step sends to the device: the forward's inputs, parameters and running
+/// statistics, and the backward's output gradients.
+fn upload_training(pair: &mut TrainingPair, (fwd, bwd): &TrainingHost) -> Result<(), String> {
     let roles: Vec<String> = pair.forward_args().iter().map(|a| a.role.clone()).collect();
-    for (k, (h, role)) in host.iter().zip(&roles).enumerate() {
+    for (k, (h, role)) in fwd.iter().zip(&roles).enumerate() {
         if matches!(role.as_str(), "input" | "param" | "state") {
             let b = pair.forward_buffer_mut(k).ok_or("forward buffer")?;
             b.upload(h).map_err(|e| e.to_string())?;
         }
     }
-    let host = host_args(dir, pair.backward_args(), &case.backward_args)?;
     let roles: Vec<String> = pair
         .backward_args()
         .iter()
         .map(|a| a.role.clone())
         .collect();
-    for (k, (h, role)) in host.iter().zip(&roles).enumerate() {
+    for (k, (h, role)) in bwd.iter().zip(&roles).enumerate() {
         if role == "d_output" {
             let b = pair.backward_buffer_mut(k).ok_or("backward buffer")?;
             b.upload(h).map_err(|e| e.to_string())?;
@@ -228,30 +240,44 @@ fn upload_training(dir: &Path, case: &CheckCase, pair: &mut TrainingPair) -> Res
     Ok(())
 }
 
+/// The backward's results: (index, name, values) of every parameter and input gradient.
+fn download_gradients(pair: &TrainingPair) -> Result<Vec<(usize, String, Vec<f32>)>, String> {
+    let mut out = Vec::new();
+    for (k, a) in pair.backward_args().iter().enumerate() {
+        if matches!(a.role.as_str(), "d_param" | "d_input") {
+            let b = pair.backward_buffer(k).ok_or("backward buffer")?;
+            out.push((k, a.name.clone(), b.download().map_err(|e| e.to_string())?));
+        }
+    }
+    Ok(out)
+}
+
 /// `train`: one forward_train + backward, outputs, running statistics and gradients checked;
-/// `train_time`: the step timed over `iters` runs after a warm-up, gradients finite.
+/// `train_time`: the step timed over `iters` runs after a warm-up (each run uploads the
+/// parameters and output gradients and downloads the gradients, as the executor does),
+/// gradients finite.
 fn run_training_case(
     dev: &GpuDevice,
     dir: &Path,
     case: &CheckCase,
     mut pair: TrainingPair,
 ) -> Result<String, String> {
-    upload_training(dir, case, &mut pair)?;
+    let host = training_host(dir, case, &pair)?;
     let grad_tol = case.grad_tolerance.unwrap_or(case.tolerance);
     let (free0, total) = dev.mem_info().map_err(|e| e.to_string())?;
-    let mut runs = Vec::new();
-    for _ in 0..if case.kind == "train" {
+    let steps = if case.kind == "train" {
         1
     } else {
         case.iters.max(1) + 1
-    } {
-        // Parameters and running statistics as uploaded for every step.
-        if !runs.is_empty() {
-            upload_training(dir, case, &mut pair)?;
-        }
+    };
+    let (mut runs, mut grads) = (Vec::new(), Vec::new());
+    for _ in 0..steps {
+        let start = std::time::Instant::now();
+        upload_training(&mut pair, &host)?;
         let f = pair.run_forward().map_err(|e| e.to_string())?;
         let b = pair.run_backward().map_err(|e| e.to_string())?;
-        runs.push((f, b));
+        grads = download_gradients(&pair)?;
+        runs.push((f, b, start.elapsed().as_secs_f64() * 1e3));
     }
     let (free1, _) = dev.mem_info().map_err(|e| e.to_string())?;
     let mut worst = (0f64, 0f64);
@@ -267,26 +293,16 @@ fn run_training_case(
         worst.0 = worst.0.max(compare(&a.name, &got, &want, case.tolerance)?);
         checked += 1;
     }
-    let mut grads = 0;
-    for (k, a) in pair.backward_args().iter().enumerate() {
-        if !matches!(a.role.as_str(), "d_param" | "d_input") {
-            continue;
-        }
-        let got = pair
-            .backward_buffer(k)
-            .ok_or("buffer")?
-            .download()
-            .map_err(|e| e.to_string())?;
-        if let Some(want) = case.backward_expected.get(k).and_then(Option::as_ref) {
+    for (k, name, got) in &grads {
+        if let Some(want) = case.backward_expected.get(*k).and_then(Option::as_ref) {
             let want = read_f32(&dir.join(want))?;
-            worst.1 = worst.1.max(compare(&a.name, &got, &want, grad_tol)?);
+            worst.1 = worst.1.max(compare(name, got, &want, grad_tol)?);
             checked += 1;
         } else if got.iter().any(|x| !x.is_finite()) {
-            return Err(format!("gradient `{}` is not finite", a.name));
+            return Err(format!("gradient `{name}` is not finite"));
         }
-        grads += 1;
     }
-    let (f, b) = runs[0];
+    let (f, b, first_wall) = runs[0];
     if case.kind == "train" {
         return Ok(format!(
             "vs {}: forward_train {} + backward {} launches, {:.3} + {:.3} ms device; {checked} tensors checked; max rel err {:.2e} values (tol {:.0e}), {:.2e} gradients (tol {:.0e})",
@@ -306,12 +322,12 @@ fn run_training_case(
         let v: Vec<f64> = v.collect();
         v.iter().sum::<f64>() / v.len().max(1) as f64
     };
-    let fwd = mean(&mut timed.iter().map(|(f, _)| f.device_ms));
-    let bwd = mean(&mut timed.iter().map(|(_, b)| b.device_ms));
-    let wall = mean(&mut timed.iter().map(|(f, b)| f.wall_ms + b.wall_ms));
+    let fwd = mean(&mut timed.iter().map(|(f, _, _)| f.device_ms));
+    let bwd = mean(&mut timed.iter().map(|(_, b, _)| b.device_ms));
+    let wall = mean(&mut timed.iter().map(|(_, _, w)| *w));
     let peak = timed
         .iter()
-        .map(|(f, b)| f.peak_bytes.max(b.peak_bytes))
+        .map(|(f, b, _)| f.peak_bytes.max(b.peak_bytes))
         .max()
         .unwrap_or(0);
     let args_bytes: usize = pair
@@ -325,11 +341,11 @@ fn run_training_case(
         .map(|a| a.shape.iter().product::<usize>() * 4)
         .sum();
     Ok(format!(
-        "training step: forward_train {fwd:.2} ms + backward {bwd:.2} ms device (mean of {}), {wall:.2} ms wall; {} + {} launches (first step {:.2} ms wall); {grads} gradients finite; peak {:.1} MiB in one function's buffers (all arguments {:.1} MiB), device used {:.0}/{:.0} MiB (before {:.0})",
+        "training step: forward_train {fwd:.2} ms + backward {bwd:.2} ms device (mean of {}); step {wall:.2} ms wall with uploads and gradient downloads, no optimiser; {} + {} launches (first step {first_wall:.2} ms wall); {} gradients finite; peak {:.1} MiB in one function's buffers (all arguments {:.1} MiB), device used {:.0}/{:.0} MiB (before {:.0})",
         timed.len(),
         f.launches,
         b.launches,
-        f.wall_ms + b.wall_ms,
+        grads.len(),
         peak as f64 / 1048576.0,
         args_bytes as f64 / 1048576.0,
         (total - free1) as f64 / 1048576.0,
