@@ -21,10 +21,7 @@ use crate::ir::types::Axis;
 use melior::{
     Context,
     dialect::func,
-    ir::{
-        Block, BlockLike, Location, Module, Region, RegionLike, Type,
-        attribute::DenseI32ArrayAttribute, r#type::MemRefType,
-    },
+    ir::{Block, BlockLike, Location, Module, Region, RegionLike, Type, r#type::MemRefType},
 };
 use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
@@ -842,17 +839,7 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
     }
 
     fn alloc(&self, dims: &[i64]) -> V<'c> {
-        let fx = &self.fx;
-        fx.val(
-            fx.entry,
-            "memref.alloc",
-            &[],
-            fx.memref_type(dims),
-            &[(
-                "operandSegmentSizes",
-                DenseI32ArrayAttribute::new(fx.ctx, &[0, 0]).into(),
-            )],
-        )
+        self.fx.alloc(dims)
     }
 
     /// `mem[idx] += v`.
@@ -1114,34 +1101,32 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
         let y_wo_c = remove_at(&dy.dims, pc);
         // dW[oc, ic, kh, kw] = Σ dy[.., oc, oh, ow] · x[.., ic, oh·s + kh − p, ow·s + kw − p].
         if let Some(dw) = self.dparam(node, 0) {
-            fx.par(fx.entry, &wdims, |b, wi| {
-                let acc = fx.acc_nest(b, &y_wo_c, fx.cf(0.0), &mut |b, r, acc| {
-                    let yidx = insert_at(r, pc, wi[0]);
-                    let d = fx.load(b, dy.mem, &yidx);
-                    let ih = fx.ilin(b, yidx[ph], sh, Some(wi[2]), -padh);
-                    let iw = fx.ilin(b, yidx[pw], sw, Some(wi[3]), -padw);
-                    let mut xidx = yidx.clone();
-                    xidx[pc] = wi[1];
-                    xidx[ph] = ih;
-                    xidx[pw] = iw;
-                    let xv = if padh == 0 && padw == 0 {
-                        fx.load(b, x.mem, &xidx)
-                    } else {
-                        self.load_padded(b, &x, &mut xidx, [(ph, ih), (pw, iw)])
-                    };
-                    let p = fx.mulf(b, d, xv);
-                    fx.addf(b, acc, p)
-                });
-                self.acc(b, acc, dw, wi);
+            let term = |b: &Block<'c>, wi: &[V<'c>], r: &[V<'c>]| {
+                let yidx = insert_at(r, pc, wi[0]);
+                let d = fx.load(b, dy.mem, &yidx);
+                let ih = fx.ilin(b, yidx[ph], sh, Some(wi[2]), -padh);
+                let iw = fx.ilin(b, yidx[pw], sw, Some(wi[3]), -padw);
+                let mut xidx = yidx.clone();
+                xidx[pc] = wi[1];
+                xidx[ph] = ih;
+                xidx[pw] = iw;
+                let xv = if padh == 0 && padw == 0 {
+                    fx.load(b, x.mem, &xidx)
+                } else {
+                    self.load_padded(b, &x, &mut xidx, [(ph, ih), (pw, iw)])
+                };
+                vec![fx.mulf(b, d, xv)]
+            };
+            fx.split_sums(&wdims, &y_wo_c, 1, &term, &|b, wi, s| {
+                self.acc(b, s[0], dw, wi)
             });
         }
         if let Some(db) = self.dparam(node, 1) {
-            fx.par(fx.entry, &[oc_n], |b, oc| {
-                let acc = fx.acc_nest(b, &y_wo_c, fx.cf(0.0), &mut |b, r, acc| {
-                    let d = fx.load(b, dy.mem, &insert_at(r, pc, oc[0]));
-                    fx.addf(b, acc, d)
-                });
-                self.acc(b, acc, db, oc);
+            let term = |b: &Block<'c>, oc: &[V<'c>], r: &[V<'c>]| {
+                vec![fx.load(b, dy.mem, &insert_at(r, pc, oc[0]))]
+            };
+            fx.split_sums(&[oc_n], &y_wo_c, 1, &term, &|b, oc, s| {
+                self.acc(b, s[0], db, oc)
             });
         }
         // dx as a gather (a transposed conv): each input element sums the output taps that
@@ -1227,23 +1212,21 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
         }
         let fx = &self.fx;
         if let Some(dw) = self.dparam(node, 0) {
-            fx.par(fx.entry, &[n_out, n_in], |b, oi| {
-                let acc = fx.acc_nest(b, &others, fx.cf(0.0), &mut |b, r, acc| {
-                    let d = fx.load(b, dy.mem, &insert_at(r, pa, oi[0]));
-                    let xv = fx.load(b, x.mem, &insert_at(r, pa, oi[1]));
-                    let p = fx.mulf(b, d, xv);
-                    fx.addf(b, acc, p)
-                });
-                self.acc(b, acc, dw, oi);
+            let term = |b: &Block<'c>, oi: &[V<'c>], r: &[V<'c>]| {
+                let d = fx.load(b, dy.mem, &insert_at(r, pa, oi[0]));
+                let xv = fx.load(b, x.mem, &insert_at(r, pa, oi[1]));
+                vec![fx.mulf(b, d, xv)]
+            };
+            fx.split_sums(&[n_out, n_in], &others, 1, &term, &|b, oi, s| {
+                self.acc(b, s[0], dw, oi)
             });
         }
         if let Some(db) = self.dparam(node, 1) {
-            fx.par(fx.entry, &[n_out], |b, o| {
-                let acc = fx.acc_nest(b, &others, fx.cf(0.0), &mut |b, r, acc| {
-                    let d = fx.load(b, dy.mem, &insert_at(r, pa, o[0]));
-                    fx.addf(b, acc, d)
-                });
-                self.acc(b, acc, db, o);
+            let term = |b: &Block<'c>, o: &[V<'c>], r: &[V<'c>]| {
+                vec![fx.load(b, dy.mem, &insert_at(r, pa, o[0]))]
+            };
+            fx.split_sums(&[n_out], &others, 1, &term, &|b, o, s| {
+                self.acc(b, s[0], db, o)
             });
         }
         let dx = self.input_grad(node, 0)?;
@@ -1439,10 +1422,6 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
                 node.name
             ))
         })?;
-        // Flat form keeps Σdy and Σdy·x̂ per channel in a [2, C] buffer between two kernels
-        // (as the forward does its statistics): a nested parallel loop after side effects
-        // cannot be one GPU launch.
-        let sums_buf = fx.flat.then(|| self.alloc(&[2, x.dims[pa]]));
         let xhat = |b: &Block<'c>, idx: &[V<'c>], (mean, inv_std): (V<'c>, V<'c>), vector: bool| {
             let w = |s: V<'c>| if vector { fx.splat(b, s) } else { s };
             let v = fx.load_w(b, x.mem, idx, vector);
@@ -1450,10 +1429,15 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
             // As the forward's `bn_apply`: a product with the reciprocal.
             fx.mulf(b, d, w(inv_std))
         };
+        let moments = |b: &Block<'c>, c: V<'c>| {
+            (
+                fx.load(b, stats, &[fx.cidx(0), c]),
+                fx.load(b, stats, &[fx.cidx(1), c]),
+            )
+        };
         // Per channel: mean, 1/std and γ/(σ·M).
         let channel = |b: &Block<'c>, c: V<'c>| {
-            let mean = fx.load(b, stats, &[fx.cidx(0), c]);
-            let inv_std = fx.load(b, stats, &[fx.cidx(1), c]);
+            let (mean, inv_std) = moments(b, c);
             let g = fx.load(b, gamma, &[c]);
             let g_inv = fx.mulf(b, g, inv_std);
             (mean, inv_std, fx.divf(b, g_inv, m))
@@ -1474,6 +1458,39 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
             let v = fx.mulf(b, w(scale), t);
             self.acc_w(b, v, dx.mem, idx, vector);
         };
+        let params = |b: &Block<'c>, c: V<'c>, (sum_dy, sum_dy_xhat): (V<'c>, V<'c>)| {
+            if let Some(dg) = dgamma {
+                self.acc(b, sum_dy_xhat, dg, &[c]);
+            }
+            if let Some(dbe) = dbeta {
+                self.acc(b, sum_dy, dbe, &[c]);
+            }
+        };
+        if fx.flat {
+            // Flat form: Σdy and Σdy·x̂ per channel (split over the leading axes by
+            // `split_sums`) into a [2, C] buffer, then one kernel applies dx, as the forward
+            // does its statistics.
+            let sums = self.alloc(&[2, x.dims[pa]]);
+            let at = |k: i64, c: V<'c>| [fx.cidx(k), c];
+            let terms = |b: &Block<'c>, o: &[V<'c>], r: &[V<'c>]| {
+                let idx = insert_at(r, pa, o[0]);
+                let d = fx.load(b, dy.mem, &idx);
+                let xh = xhat(b, &idx, moments(b, o[0]), false);
+                vec![d, fx.mulf(b, d, xh)]
+            };
+            fx.split_sums(&[x.dims[pa]], &others, 2, &terms, &|b, o, s| {
+                params(b, o[0], (s[0], s[1]));
+                fx.store(b, s[0], sums, &at(0, o[0]));
+                fx.store(b, s[1], sums, &at(1, o[0]));
+            });
+            fx.par(fx.entry, &x.dims, |b, idx| {
+                let c = idx[pa];
+                let s = (fx.load(b, sums, &at(0, c)), fx.load(b, sums, &at(1, c)));
+                apply(b, idx, channel(b, c), s, false);
+            });
+            fx.stmt(fx.entry, "memref.dealloc", &[sums]);
+            return Ok(());
+        }
         fx.par(fx.entry, &[x.dims[pa]], |b, c| {
             let c = c[0];
             let ch = channel(b, c);
@@ -1484,20 +1501,10 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
                 let dxh = fx.mulf(b, d, xh);
                 vec![fx.addf(b, acc[0], d), fx.addf(b, acc[1], dxh)]
             });
-            let (sum_dy, sum_dy_xhat) = (sums[0], sums[1]);
-            if let Some(dg) = dgamma {
-                self.acc(b, sum_dy_xhat, dg, &[c]);
-            }
-            if let Some(dbe) = dbeta {
-                self.acc(b, sum_dy, dbe, &[c]);
-            }
-            if let Some(buf) = sums_buf {
-                fx.store(b, sum_dy, buf, &[fx.cidx(0), c]);
-                fx.store(b, sum_dy_xhat, buf, &[fx.cidx(1), c]);
-                return;
-            }
+            let sums = (sums[0], sums[1]);
+            params(b, c, sums);
             let apply = |b: &Block<'c>, r: &[V<'c>], vector: bool| {
-                apply(b, &insert_at(r, pa, c), ch, (sum_dy, sum_dy_xhat), vector)
+                apply(b, &insert_at(r, pa, c), ch, sums, vector)
             };
             if lanes_ok {
                 fx.par_vec(b, &others, apply);
@@ -1505,17 +1512,6 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
                 fx.par(b, &others, |b, r| apply(b, r, false));
             }
         });
-        if let Some(buf) = sums_buf {
-            fx.par(fx.entry, &x.dims, |b, idx| {
-                let c = idx[pa];
-                let sums = (
-                    fx.load(b, buf, &[fx.cidx(0), c]),
-                    fx.load(b, buf, &[fx.cidx(1), c]),
-                );
-                apply(b, idx, channel(b, c), sums, false);
-            });
-            fx.stmt(fx.entry, "memref.dealloc", &[buf]);
-        }
         Ok(())
     }
 
@@ -1868,19 +1864,15 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
         if let Some(tmp) = dlearn_tmp {
             for l in 0..nl {
                 if let Some(dp) = self.dparam(node, l) {
-                    let sum = |b: &Block<'c>| {
-                        let total = fx.acc_nest(b, &[n_elems], fx.cf(0.0), &mut |b, r, acc| {
-                            let v = fx.load(b, tmp, &[fx.cidx(l as i64), r[0]]);
-                            fx.addf(b, acc, v)
-                        });
-                        self.acc(b, total, dp, &[fx.cidx(0)]);
+                    // Over the elements' own axes, so that flat form can split the sum; one
+                    // output as a one-iteration loop (on a GPU, the host cannot read `tmp`).
+                    let term = |b: &Block<'c>, _: &[V<'c>], r: &[V<'c>]| {
+                        let e = linear(fx, b, r, &others);
+                        vec![fx.load(b, tmp, &[fx.cidx(l as i64), e])]
                     };
-                    if fx.flat {
-                        // One GPU thread: the host cannot read the partial sums.
-                        fx.par(fx.entry, &[1], |b, _| sum(b));
-                    } else {
-                        sum(fx.entry);
-                    }
+                    fx.split_sums(&[1], &others, 1, &term, &|b, _, s| {
+                        self.acc(b, s[0], dp, &[fx.cidx(0)])
+                    });
                 }
             }
             fx.stmt(fx.entry, "memref.dealloc", &[tmp]);

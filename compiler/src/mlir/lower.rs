@@ -58,6 +58,17 @@ impl Default for LowerOptions {
     }
 }
 
+/// [`Fx::split_sums`]'s terms: `(block, output index, reduced index)` to the values to add.
+pub(super) type SumTerms<'a, 'c> = dyn Fn(&Block<'c>, &[V<'c>], &[V<'c>]) -> Vec<V<'c>> + 'a;
+/// [`Fx::split_sums`]'s finish: `(block, output index, sums)`.
+pub(super) type SumFinish<'a, 'c> = dyn Fn(&Block<'c>, &[V<'c>], &[V<'c>]) + 'a;
+/// [`Fx::split_sums`]: this many outputs keep one thread each (enough to fill a GPU).
+const SPLIT_ENOUGH_OUTPUTS: i64 = 1 << 16;
+/// [`Fx::split_sums`]: the most partial sums held per sum (16 MiB of f32).
+const SPLIT_MAX_PARTIALS: i64 = 1 << 22;
+/// [`Fx::split_sums`]: the fewest terms one partial sum adds.
+const SPLIT_MIN_TERMS: i64 = 32;
+
 /// How data-parallel loop nests are emitted. The CPU path keeps one `scf.parallel` dimension
 /// per tensor axis; the GPU path wants a single flat dimension per kernel so that tiling and
 /// `gpu-map-parallel-loops` give full 1-D thread blocks, and no host-side work between kernels.
@@ -750,6 +761,103 @@ impl<'c, 'e> Fx<'c, 'e> {
         MemRefType::new(self.f32, dims, None, None).into()
     }
 
+    /// A new f32 buffer of shape `dims`, allocated in the entry block (the caller frees it).
+    pub(super) fn alloc(&self, dims: &[i64]) -> V<'c> {
+        self.val(
+            self.entry,
+            "memref.alloc",
+            &[],
+            self.memref_type(dims),
+            &[(
+                "operandSegmentSizes",
+                DenseI32ArrayAttribute::new(self.ctx, &[0, 0]).into(),
+            )],
+        )
+    }
+
+    /// `n` sums over the nest `red` for every index `o` of `out`: `terms(block, o, r)` gives
+    /// the `n` values at reduced index `r`, and `finish(block, o, sums)` consumes the totals.
+    ///
+    /// In flat form a GPU runs one thread per output, so few outputs over many terms (batchnorm
+    /// statistics per channel, bias gradients) would leave the device idle. When there are
+    /// fewer than
+    /// [`SPLIT_ENOUGH_OUTPUTS`] outputs, the leading reduced axes become parallel too: one
+    /// kernel writes partial sums per (output, leading index) into a temporary, a second adds
+    /// them up and finishes. Each partial still sums at least [`SPLIT_MIN_TERMS`] terms, and
+    /// the temporary holds at most [`SPLIT_MAX_PARTIALS`] values per sum. The order of the
+    /// additions changes, within f32 rounding.
+    pub(super) fn split_sums(
+        &self,
+        out: &[i64],
+        red: &[i64],
+        n: usize,
+        terms: &SumTerms<'_, 'c>,
+        finish: &SumFinish<'_, 'c>,
+    ) {
+        let zeros = vec![self.cf(0.0); n];
+        let out_n: i64 = out.iter().product();
+        let red_n: i64 = red.iter().product();
+        let (mut lead, mut parts) = (0, 1i64);
+        while self.flat && lead < red.len() && out_n < SPLIT_ENOUGH_OUTPUTS {
+            let d = red[lead];
+            if out_n * parts * d > SPLIT_MAX_PARTIALS || red_n / (parts * d) < SPLIT_MIN_TERMS {
+                break;
+            }
+            parts *= d;
+            lead += 1;
+        }
+        let add = |b: &Block<'c>, acc: &[V<'c>], vals: Vec<V<'c>>| -> Vec<V<'c>> {
+            acc.iter()
+                .zip(vals)
+                .map(|(a, v)| self.addf(b, *a, v))
+                .collect()
+        };
+        if lead == 0 {
+            self.par(self.entry, out, |b, o| {
+                let sums = self.carry_nest(b, red, &zeros, &[], &mut |b, r, acc| {
+                    add(b, acc, terms(b, o, r))
+                });
+                finish(b, o, &sums);
+            });
+            return;
+        }
+        let (outer, inner) = red.split_at(lead);
+        let mut part_dims = vec![n as i64];
+        part_dims.extend_from_slice(out);
+        part_dims.extend_from_slice(outer);
+        let partials = self.alloc(&part_dims);
+        let mut dims = out.to_vec();
+        dims.extend_from_slice(outer);
+        self.par(self.entry, &dims, |b, idx| {
+            let (o, l) = idx.split_at(out.len());
+            let sums = self.carry_nest(b, inner, &zeros, &[], &mut |b, r, acc| {
+                let mut full = l.to_vec();
+                full.extend_from_slice(r);
+                add(b, acc, terms(b, o, &full))
+            });
+            for (k, v) in sums.iter().enumerate() {
+                let mut at = vec![self.cidx(k as i64)];
+                at.extend_from_slice(idx);
+                self.store(b, *v, partials, &at);
+            }
+        });
+        self.par(self.entry, out, |b, o| {
+            let sums = self.carry_nest(b, outer, &zeros, &[], &mut |b, l, acc| {
+                let vals = (0..n)
+                    .map(|k| {
+                        let mut at = vec![self.cidx(k as i64)];
+                        at.extend_from_slice(o);
+                        at.extend_from_slice(l);
+                        self.load(b, partials, &at)
+                    })
+                    .collect();
+                add(b, acc, vals)
+            });
+            finish(b, o, &sums);
+        });
+        self.stmt(self.entry, "memref.dealloc", &[partials]);
+    }
+
     /// `scf.parallel` over `[0, dims)`: iterations must write disjoint elements. In flat form
     /// one dimension over the element count, the row-major indices recovered with div/rem.
     fn par<R>(
@@ -1322,16 +1430,7 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
         let out = match (self.live.direct_out[i], self.train.saved_buffer(i)) {
             (Some(k), _) => self.outputs[k],
             (None, Some(saved)) => saved,
-            (None, None) => self.fx.val(
-                self.fx.entry,
-                "memref.alloc",
-                &[],
-                self.fx.memref_type(&dims),
-                &[(
-                    "operandSegmentSizes",
-                    DenseI32ArrayAttribute::new(self.fx.ctx, &[0, 0]).into(),
-                )],
-            ),
+            (None, None) => self.fx.alloc(&dims),
         };
         self.bufs[i] = Some(Buf {
             mem: out,
@@ -1669,38 +1768,12 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
         let (run_mean, run_var) = (self.param(node, 2)?, self.param(node, 3)?);
         let others = remove_at(&x.dims, pa);
         let m: i64 = others.iter().product();
-        // Flat form keeps per-channel mean and 1/std in a [2, C] buffer between two kernels:
-        // a nested parallel loop after side effects cannot be mapped to one GPU launch.
-        let stats = fx.flat.then(|| {
-            fx.val(
-                fx.entry,
-                "memref.alloc",
-                &[],
-                fx.memref_type(&[2, x.dims[pa]]),
-                &[(
-                    "operandSegmentSizes",
-                    DenseI32ArrayAttribute::new(fx.ctx, &[0, 0]).into(),
-                )],
-            )
-        });
         // Vectors along the last axis need it to be one of `others`.
         let lanes_ok = pa + 1 != x.dims.len();
         let saved_stats = self.train.aux_for(self.g, node, grad::Aux::BatchStats);
-        fx.par(fx.entry, &[x.dims[pa]], |b, c| {
-            let c = c[0];
-            let sum = fx.sum_nest(b, &others, 1, lanes_ok, &mut |b, r, acc, vector| {
-                let v = fx.load_w(b, x.mem, &insert_at(r, pa, c), vector);
-                vec![fx.addf(b, acc[0], v)]
-            })[0];
-            let mean = fx.divf(b, sum, fx.cf(m as f64));
-            // Two passes (mean, then squared deviations): the one-pass formula cancels badly.
-            let sq = fx.sum_nest(b, &others, 1, lanes_ok, &mut |b, r, acc, vector| {
-                let v = fx.load_w(b, x.mem, &insert_at(r, pa, c), vector);
-                let mean = if vector { fx.splat(b, mean) } else { mean };
-                let d = fx.subf(b, v, mean);
-                let d2 = fx.mulf(b, d, d);
-                vec![fx.addf(b, acc[0], d2)]
-            })[0];
+        // From a channel's mean and Σ(x − mean)²: the running statistics' update, the saved
+        // batch statistics; returns 1/std.
+        let channel_stats = |b: &Block<'c>, c: V<'c>, mean: V<'c>, sq: V<'c>| {
             let var = fx.divf(b, sq, fx.cf(m as f64));
             let keep = fx.cf(1.0 - momentum);
             let mom = fx.cf(momentum);
@@ -1727,12 +1800,64 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
                 fx.store(b, mean, saved, &[fx.cidx(0), c]);
                 fx.store(b, inv_std, saved, &[fx.cidx(1), c]);
             }
-            if let Some(stats) = stats {
-                // Flat form: the normalisation is a second kernel over every element.
-                fx.store(b, mean, stats, &[fx.cidx(0), c]);
-                fx.store(b, inv_std, stats, &[fx.cidx(1), c]);
-                return;
-            }
+            inv_std
+        };
+        if fx.flat {
+            // Flat form: mean and 1/std per channel in a [2, C] buffer between kernels (a
+            // nested parallel loop after side effects cannot be one GPU launch), each sum
+            // split over the leading axes (`split_sums`), then one kernel normalises.
+            let stats = fx.alloc(&[2, x.dims[pa]]);
+            let at = |k: i64, c: V<'c>| [fx.cidx(k), c];
+            let value = |b: &Block<'c>, o: &[V<'c>], r: &[V<'c>]| {
+                fx.load(b, x.mem, &insert_at(r, pa, o[0]))
+            };
+            fx.split_sums(
+                &[x.dims[pa]],
+                &others,
+                1,
+                &|b, o, r| vec![value(b, o, r)],
+                &|b, o, s| {
+                    let mean = fx.divf(b, s[0], fx.cf(m as f64));
+                    fx.store(b, mean, stats, &at(0, o[0]));
+                },
+            );
+            // Two passes (mean, then squared deviations): the one-pass formula cancels badly.
+            let deviation = |b: &Block<'c>, o: &[V<'c>], r: &[V<'c>]| {
+                let mean = fx.load(b, stats, &at(0, o[0]));
+                let d = fx.subf(b, value(b, o, r), mean);
+                vec![fx.mulf(b, d, d)]
+            };
+            fx.split_sums(&[x.dims[pa]], &others, 1, &deviation, &|b, o, s| {
+                let mean = fx.load(b, stats, &at(0, o[0]));
+                let inv_std = channel_stats(b, o[0], mean, s[0]);
+                fx.store(b, inv_std, stats, &at(1, o[0]));
+            });
+            fx.par(fx.entry, &x.dims, |b, idx| {
+                let c = idx[pa];
+                let mean = fx.load(b, stats, &at(0, c));
+                let inv_std = fx.load(b, stats, &at(1, c));
+                let (g, be) = (fx.load(b, gamma, &[c]), fx.load(b, beta, &[c]));
+                bn_apply(fx, b, (&x, y), idx, (mean, inv_std, g, be), false);
+            });
+            fx.stmt(fx.entry, "memref.dealloc", &[stats]);
+            return Ok(());
+        }
+        fx.par(fx.entry, &[x.dims[pa]], |b, c| {
+            let c = c[0];
+            let sum = fx.sum_nest(b, &others, 1, lanes_ok, &mut |b, r, acc, vector| {
+                let v = fx.load_w(b, x.mem, &insert_at(r, pa, c), vector);
+                vec![fx.addf(b, acc[0], v)]
+            })[0];
+            let mean = fx.divf(b, sum, fx.cf(m as f64));
+            // Two passes (mean, then squared deviations): the one-pass formula cancels badly.
+            let sq = fx.sum_nest(b, &others, 1, lanes_ok, &mut |b, r, acc, vector| {
+                let v = fx.load_w(b, x.mem, &insert_at(r, pa, c), vector);
+                let mean = if vector { fx.splat(b, mean) } else { mean };
+                let d = fx.subf(b, v, mean);
+                let d2 = fx.mulf(b, d, d);
+                vec![fx.addf(b, acc[0], d2)]
+            })[0];
+            let inv_std = channel_stats(b, c, mean, sq);
             let g = fx.load(b, gamma, &[c]);
             let be = fx.load(b, beta, &[c]);
             let normalise = |b: &Block<'c>, r: &[V<'c>], vector: bool| {
@@ -1745,16 +1870,6 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
                 fx.par(b, &others, |b, r| normalise(b, r, false));
             }
         });
-        if let Some(stats) = stats {
-            fx.par(fx.entry, &x.dims, |b, idx| {
-                let c = idx[pa];
-                let mean = fx.load(b, stats, &[fx.cidx(0), c]);
-                let inv_std = fx.load(b, stats, &[fx.cidx(1), c]);
-                let (g, be) = (fx.load(b, gamma, &[c]), fx.load(b, beta, &[c]));
-                bn_apply(fx, b, (&x, y), idx, (mean, inv_std, g, be), false);
-            });
-            fx.stmt(fx.entry, "memref.dealloc", &[stats]);
-        }
         Ok(())
     }
 
@@ -2033,22 +2148,7 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
         let parts = vector_parts(width);
         if SCAN_TIME_OUTER {
             // States in buffers; for t: every element (streams x[t] and y[t] contiguously).
-            let bufs: Vec<V<'c>> = neuron
-                .states
-                .iter()
-                .map(|_| {
-                    fx.val(
-                        fx.entry,
-                        "memref.alloc",
-                        &[],
-                        fx.memref_type(&others),
-                        &[(
-                            "operandSegmentSizes",
-                            DenseI32ArrayAttribute::new(fx.ctx, &[0, 0]).into(),
-                        )],
-                    )
-                })
-                .collect();
+            let bufs: Vec<V<'c>> = neuron.states.iter().map(|_| fx.alloc(&others)).collect();
             fx.par(fx.entry, &others, |b, o| {
                 for (buf, (_, v)) in bufs.iter().zip(&neuron.states) {
                     fx.store(b, fx.cf(*v), *buf, o);
