@@ -309,10 +309,11 @@ fn training_ptx_of_every_example() {
 }
 
 /// A learnable neuron scalar (PLIF's `w`) is read inside the kernels and its gradient summed
-/// by one: the host program never touches device memory.
+/// there, and a dropout mask is one more argument: the host program never touches device
+/// memory.
 #[test]
 fn learnable_neuron_scalars_train_on_the_gpu() {
-    let text = "import std.neurons.{PLIF}\nmodel P(T: int = 3) {\n    input x: image(channels = 1, height = 4, width = 4, T = T)\n    x -> conv(2, 3) -> bn -> PLIF -> flatten -> linear(2) -> readout.rate\n}\n";
+    let text = "import std.neurons.{PLIF}\nmodel P(T: int = 3) {\n    input x: image(channels = 1, height = 4, width = 4, T = T)\n    x -> conv(2, 3) -> bn -> PLIF -> flatten -> dropout(0.5) -> linear(2) -> readout.rate\n}\n";
     let c = compile_source(std::path::Path::new("p.snn"), text.to_string(), &[]);
     assert!(
         !c.diags.has_errors(),
@@ -322,4 +323,7 @@ fn learnable_neuron_scalars_train_on_the_gpu() {
     let g = &c.graphs[0];
     let art = gpu_training(g, 2);
     check_training(g, &art, 2);
+    for m in [&art.forward_train, &art.backward] {
+        assert!(m.args.iter().any(|a| a.role == "dropout_mask"));
+    }
 }

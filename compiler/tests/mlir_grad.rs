@@ -8,12 +8,12 @@ use common::{compile, compile_text, mlir_opt, random_f32, read_npy, run_mlir_opt
 use melior::ExecutionEngine;
 use melior::ir::Module;
 use ndarray::{ArrayD, IxDyn};
-use snnc::interp::{Interpreter, Mode, Options, ParamStore, loss};
+use snnc::interp::{Interpreter, Mode, Options, ParamStore, dropout_mask, loss};
 use snnc::ir::{Graph, Op};
 use snnc::mlir::context::new_context;
 use snnc::mlir::grad::{
-    TrainArg, TrainRole, backward_signature, backward_symbol, forward_train_signature,
-    forward_train_symbol, lower_training_module_with,
+    TrainArg, TrainRole, backward_signature, backward_symbol, dropout_mask_name, dropout_nodes,
+    forward_train_signature, forward_train_symbol, lower_training_module_with,
 };
 use snnc::mlir::lower::LoopForm;
 use snnc::mlir::pipeline::{check_llvm_only, run_pipeline, verify};
@@ -124,12 +124,26 @@ fn to_f32(a: &ArrayD<f64>) -> Vec<f32> {
     a.iter().map(|v| *v as f32).collect()
 }
 
-/// Buffers for `@<model>_forward_train`: inputs and parameters from the callbacks, running
-/// variance 1 (PyTorch's start), everything written by the function NaN-poisoned.
+/// The interpreter's dropout seed in these tests; the compiled functions get its masks.
+const DROPOUT_SEED: u64 = 0x5eed;
+
+/// The interpreter's dropout mask for mask argument `name` of `g`, as f32.
+fn interpreter_mask(g: &Graph, name: &str, shape: &[usize]) -> Vec<f32> {
+    let (i, p) = dropout_nodes(g)
+        .into_iter()
+        .find(|(i, _)| dropout_mask_name(&g.nodes[*i]) == name)
+        .unwrap_or_else(|| panic!("no dropout node for `{name}`"));
+    to_f32(&dropout_mask(DROPOUT_SEED, i, shape, p))
+}
+
+/// Buffers for `@<model>_forward_train`: inputs, parameters and dropout masks from the
+/// callbacks, running variance 1 (PyTorch's start), everything written by the function
+/// NaN-poisoned.
 fn forward_args(
     sig: &[TrainArg],
     input: &dyn Fn(&str) -> Vec<f32>,
     param: &dyn Fn(&str) -> Vec<f32>,
+    mask: &dyn Fn(&str, &[usize]) -> Vec<f32>,
 ) -> Vec<Vec<f32>> {
     sig.iter()
         .map(|a| {
@@ -137,6 +151,7 @@ fn forward_args(
             match a.role {
                 TrainRole::Input => input(&a.name),
                 TrainRole::Param => param(&a.name),
+                TrainRole::DropoutMask => mask(&a.name, &a.shape),
                 TrainRole::State if a.name.ends_with("running_var") => vec![1.0; size],
                 TrainRole::State => vec![0.0; size],
                 _ => vec![f32::NAN; size],
@@ -195,9 +210,12 @@ fn golden_small_gradients_match_pytorch() {
         .map(|row| row.iter().position(|v| *v == 1.0).expect("one-hot"))
         .collect();
     for form in FORMS {
-        let mut fargs = forward_args(&fsig, &|_| to_f32(&x), &|name| {
-            to_f32(&read_npy(&dir.join(format!("param.{name}.npy"))))
-        });
+        let mut fargs = forward_args(
+            &fsig,
+            &|_| to_f32(&x),
+            &|name| to_f32(&read_npy(&dir.join(format!("param.{name}.npy")))),
+            &|name, _| panic!("golden_small has no dropout, yet `{name}`"),
+        );
         with_training_jit(g, batch, form, |call| {
             call(&forward_train_symbol(g), &mut fargs);
             let readout = buffer(&fsig, &fargs, TrainRole::Output, "readout0");
@@ -284,6 +302,7 @@ fn gradients_agree_with_interpreter_on(
         g,
         Options {
             mode: Mode::Train,
+            dropout_seed: DROPOUT_SEED,
             ..Options::default()
         },
     );
@@ -314,6 +333,7 @@ fn gradients_agree_with_interpreter_on(
                 to_f32(a)
             },
             &|name| to_f32(store.get(g, name).expect("param")),
+            &|name, shape| interpreter_mask(g, name, shape),
         );
         with_training_jit(g, batch, form, |call| {
             call(&forward_train_symbol(g), &mut fargs);
@@ -410,6 +430,19 @@ fn tied_maxima_route_gradients_like_the_interpreter() {
 /// the interpreter's mask is all ones, so both sides are the identity) and a membrane readout.
 const MIXED: &str = "import std.neurons.{LIF}\nimport std.blocks.{MSRes}\nmodel Mixed(T: int = 3) {\n    input x: image(channels = 2, height = 9, width = 9, T = T)\n    x -> conv(4, 3, stride = 2) -> bn -> LIF -> pool.max(3, stride = 1) -> MSRes(4)\n      -> pool.avg(2, stride = 1) -> flatten -> dropout(0.0) -> linear(3)\n      -> readout.membrane(cell = LIF(v_th = 1000.0))\n}\n";
 
+/// Dropout that drops (p > 0): on a [T, B, C, H, W] value before batchnorm and on a [T, B, N]
+/// one before a dense layer. The compiled functions get the interpreter's masks for the same
+/// seed, so outputs and gradients must agree.
+const DROPOUT: &str = "import std.neurons.{LIF}\nmodel Drop(T: int = 3) {\n    input x: image(channels = 2, height = 6, width = 6, T = T)\n    x -> conv(4, 3) -> dropout(0.25) -> bn -> LIF -> flatten -> dropout(0.5) -> linear(3) -> readout.rate\n}\n";
+
+#[test]
+fn dropout_gradients_agree_with_the_interpreter() {
+    let c = compile_text(Path::new("drop.snn"), DROPOUT.to_string(), &[]);
+    let g = &c.graphs[0];
+    assert_eq!(dropout_nodes(g).len(), 2);
+    gradients_agree_with_interpreter("dropout", g, 2, 9, 1e-4);
+}
+
 #[test]
 fn mixed_model_gradients_agree_with_the_interpreter() {
     let c = compile_text(Path::new("mixed.snn"), MIXED.to_string(), &[]);
@@ -441,10 +474,11 @@ fn signatures_follow_the_documented_abi() {
         TrainRole::Param | TrainRole::State => 1,
         TrainRole::Saved => 2,
         TrainRole::ScanStates => 3,
-        TrainRole::DOutput => 4,
-        TrainRole::DParam => 5,
-        TrainRole::DInput => 6,
-        TrainRole::Output => 7,
+        TrainRole::DropoutMask => 4,
+        TrainRole::DOutput => 5,
+        TrainRole::DParam => 6,
+        TrainRole::DInput => 7,
+        TrainRole::Output => 8,
     };
     sorted.sort_by_key(rank);
     assert_eq!(roles, sorted, "backward arguments are grouped in ABI order");

@@ -134,6 +134,19 @@ impl SplitMix {
     }
 }
 
+/// The dropout seed of training step `step` of a run seeded with `seed`: masks depend on
+/// (seed, step) alone, so a resumed run draws the same ones, on every backend.
+pub fn dropout_seed(seed: u64, step: u64) -> u64 {
+    seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
+/// The keep mask (1 kept, 0 dropped, row-major) of dropout node `node` for `dropout_seed`:
+/// what the interpreter applies, and what the compiled backends are given.
+pub fn dropout_mask(dropout_seed: u64, node: usize, shape: &[usize], p: f64) -> ArrayD<f64> {
+    let mut rng = SplitMix(dropout_seed ^ (node as u64).wrapping_mul(0x9E37_79B9));
+    ArrayD::from_shape_fn(IxDyn(shape), |_| f64::from(rng.unit() >= p))
+}
+
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Options {
     pub mode: Mode,
@@ -401,11 +414,7 @@ impl<'g> Interpreter<'g> {
                     Mode::Eval => arg(0)?.to_owned(),
                     Mode::Train => {
                         let x = arg(0)?;
-                        let mut rng = SplitMix(
-                            self.options.dropout_seed ^ (i as u64).wrapping_mul(0x9E37_79B9),
-                        );
-                        let mask =
-                            ArrayD::from_shape_fn(x.raw_dim(), |_| f64::from(rng.unit() >= *p));
+                        let mask = dropout_mask(self.options.dropout_seed, i, x.shape(), *p);
                         let y = k::dropout(x, mask.view(), *p).map_err(kernel(name))?;
                         fwd.dropout_masks.insert(id, mask);
                         y

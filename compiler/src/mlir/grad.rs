@@ -4,15 +4,16 @@
 //! A child module of `lower` (declared there with `#[path]`) so that it reuses the forward's
 //! op builders, buffers, loops and scalar-expression emission instead of duplicating them.
 //!
-//! Semantics are those of `Interpreter::backward` in train mode, with three documented
-//! differences: dropout is the identity both ways (the forward has no RNG), every model input
-//! gets a gradient buffer (zeros when no gradient reaches it), and `smooth_fire` does not exist.
+//! Semantics are those of `Interpreter::backward` in train mode, with two documented
+//! differences: every model input gets a gradient buffer (zeros when no gradient reaches it),
+//! and `smooth_fire` does not exist. Dropout masks are arguments, drawn by the caller as the
+//! interpreter draws them.
 
 use super::{
     Buf, Env, Fx, LANES, LoopForm, LowerError, LowerOptions, Lowering, V, append_func, block_arg,
-    check_program, declare_kernels, delinearise, eval, forward_signature, fpred, insert_at,
-    is_view, kernel_for, lane_base, linear, pairs_in_lanes, reduce_index, remove_at, shape_of,
-    to_i64, vector_parts, view_of,
+    check_program, declare_kernels, delinearise, dropout_scale, eval, forward_signature, fpred,
+    insert_at, is_view, kernel_for, lane_base, linear, pairs_in_lanes, reduce_index, remove_at,
+    shape_of, to_i64, vector_parts, view_of,
 };
 use crate::autodiff::{GradGraph, ScanAdjoint, differentiate};
 use crate::ir::graph::{BinaryOp, Graph, Node, Op, PoolKind, ReduceKind, ScanEmit, UnaryOp};
@@ -49,6 +50,9 @@ pub enum TrainRole {
     DParam,
     /// The gradient of a model input (written by the backward).
     DInput,
+    /// A dropout node's keep mask (1 kept, 0 dropped), written by the caller before
+    /// `forward_train`, read by both functions; absent from evaluation builds.
+    DropoutMask,
 }
 
 impl TrainRole {
@@ -63,7 +67,17 @@ impl TrainRole {
             TrainRole::DOutput => "d_output",
             TrainRole::DParam => "d_param",
             TrainRole::DInput => "d_input",
+            TrainRole::DropoutMask => "dropout_mask",
         }
+    }
+
+    /// Whether `forward_train` and `backward` both take it, beyond the forward's own
+    /// arguments: saved values, scan states and dropout masks.
+    pub fn between_functions(self) -> bool {
+        matches!(
+            self,
+            TrainRole::Saved | TrainRole::ScanStates | TrainRole::DropoutMask
+        )
     }
 }
 
@@ -246,6 +260,24 @@ fn scan_state_shapes(g: &Graph, batch: usize) -> Result<Vec<(usize, Vec<usize>)>
     Ok(out)
 }
 
+/// Dropout nodes that drop something (p > 0), in node order, with p: each takes a mask
+/// argument in training builds.
+pub fn dropout_nodes(g: &Graph) -> Vec<(usize, f64)> {
+    g.nodes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, n)| match n.op {
+            Op::Dropout { p } if !is_view(g, n) => Some((i, p)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The name of dropout node `node`'s mask argument.
+pub fn dropout_mask_name(node: &Node) -> String {
+    format!("{}.mask", node.name)
+}
+
 fn saved_and_states(g: &Graph, opts: &LowerOptions) -> Result<Vec<TrainArg>, LowerError> {
     let grad = differentiate(g);
     let mut args = Vec::new();
@@ -270,6 +302,16 @@ fn saved_and_states(g: &Graph, opts: &LowerOptions) -> Result<Vec<TrainArg>, Low
             role: TrainRole::ScanStates,
             shape,
         });
+    }
+    if !opts.eval {
+        for (i, _) in dropout_nodes(g) {
+            let node = &g.nodes[i];
+            args.push(TrainArg {
+                name: dropout_mask_name(node),
+                role: TrainRole::DropoutMask,
+                shape: shape_of(&node.ty, opts.batch, &node.name)?,
+            });
+        }
     }
     Ok(args)
 }
@@ -436,6 +478,8 @@ pub(super) struct TrainSinks<'c> {
     states: HashMap<usize, V<'c>>,
     /// (node, kind) → its auxiliary saved buffer (see [`Aux`]).
     aux: HashMap<(usize, Aux), V<'c>>,
+    /// Dropout node → its mask argument.
+    masks: HashMap<usize, V<'c>>,
 }
 
 impl<'c> TrainSinks<'c> {
@@ -447,6 +491,11 @@ impl<'c> TrainSinks<'c> {
         {
             fx.copy(fx.entry, here.mem, *dst, &here.dims);
         }
+    }
+
+    /// Dropout node `node`'s mask argument (training builds only).
+    pub(super) fn mask_for(&self, g: &Graph, node: &Node) -> Option<V<'c>> {
+        index_of(g, node).and_then(|i| self.masks.get(&i).copied())
     }
 
     /// The saved-value argument of node `node`, if the backward reads it.
@@ -525,6 +574,12 @@ fn lower_forward_train<'c>(
                     .train
                     .states
                     .insert(*v, block_arg(entry, n_fwd + n_saved + aux.len() + k));
+            }
+            if !opts.eval {
+                let first = n_fwd + n_saved + aux.len() + scans.len();
+                for (k, (v, _)) in dropout_nodes(g).iter().enumerate() {
+                    lowering.train.masks.insert(*v, block_arg(entry, first + k));
+                }
             }
             lowering.run()?;
             used = lowering.fx.used_kernels.take();
@@ -691,6 +746,8 @@ struct Backward<'a, 'c, 'e> {
     /// Gradient output buffer of each trainable parameter.
     dparams: Vec<Option<V<'c>>>,
     d_outputs: Vec<V<'c>>,
+    /// Dropout node → its mask argument.
+    masks: HashMap<usize, V<'c>>,
 }
 
 impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
@@ -744,6 +801,11 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
             states.insert(v, arg(k));
             k += 1;
         }
+        let mut masks = HashMap::new();
+        for (v, _) in dropout_nodes(g) {
+            masks.insert(v, arg(k));
+            k += 1;
+        }
         let d_outputs: Vec<V<'c>> = (0..g.outputs.len()).map(|o| arg(k + o)).collect();
         k += g.outputs.len();
         let mut dparams = vec![None; g.params.len()];
@@ -777,6 +839,7 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
             params,
             states,
             aux,
+            masks,
             recomputed: recomputed_values(g, grad),
             temps: RefCell::new(Vec::new()),
             grads,
@@ -984,10 +1047,10 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
                 stride,
             } => self.pool(node, dy, *kind, *kernel as i64, *stride as i64),
             Op::BatchNorm { axis, .. } => self.batch_norm(node, dy, *axis),
-            // Views (dropout always is one): their gradient is a view of the operand's (see
-            // `grad_of`).
-            Op::Dropout { .. } => Ok(()),
+            // Views (dropout with p = 0 is one): their gradient is a view of the operand's
+            // (see `grad_of`).
             _ if is_view(self.g, node) => Ok(()),
+            Op::Dropout { p } => self.dropout(i, node, dy, *p),
             Op::Flatten => self.flatten(node, dy),
             Op::Reduce {
                 kind,
@@ -1511,6 +1574,24 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
             } else {
                 fx.par(b, &others, |b, r| apply(b, r, false));
             }
+        });
+        Ok(())
+    }
+
+    /// dx += dy · mask · 1/(1 − p): the forward's mask and scale (the op is linear).
+    fn dropout(&mut self, i: usize, node: &Node, dy: &Buf<'c>, p: f64) -> Result<(), LowerError> {
+        let mask = *self.masks.get(&i).ok_or_else(|| {
+            LowerError::new(format!("internal: dropout `{}` has no mask", node.name))
+        })?;
+        let dx = self.input_grad(node, 0)?;
+        let fx = &self.fx;
+        let scale = dropout_scale(p);
+        fx.par_vec(fx.entry, &dx.dims, |b, idx, vector| {
+            let d = fx.load_w(b, dy.mem, idx, vector);
+            let m = fx.load_w(b, mask, idx, vector);
+            let v = fx.mulf(b, d, m);
+            let v = fx.mulf(b, v, fx.cf_as(scale, v));
+            self.acc_w(b, v, dx.mem, idx, vector);
         });
         Ok(())
     }

@@ -38,7 +38,8 @@ pub struct LowerOptions {
     pub batch: usize,
     /// Inference semantics: batchnorm normalises with the running statistics and leaves them
     /// unchanged (PyTorch's `eval()`). Otherwise it uses the batch's statistics and updates
-    /// the running ones, as in training. Dropout is the identity either way.
+    /// the running ones, as in training. Dropout is the identity in `@<model>_forward`; in
+    /// `_forward_train` it applies the caller's masks unless `eval`.
     pub eval: bool,
 }
 
@@ -1247,9 +1248,15 @@ fn view_of<'c>(fx: &Fx<'c, '_>, node: &Node, x: &Buf<'c>, dims: &[i64]) -> V<'c>
     }
 }
 
-fn is_view(g: &Graph, node: &Node) -> bool {
+/// Dropout's scale of the kept values, as the reference kernel has it (0 when all are dropped).
+pub(super) fn dropout_scale(p: f64) -> f64 {
+    if p >= 1.0 { 0.0 } else { 1.0 / (1.0 - p) }
+}
+
+pub(super) fn is_view(g: &Graph, node: &Node) -> bool {
     match node.op {
-        Op::Dropout { .. } => true,
+        // Dropout with p > 0 multiplies by its mask in training (see `Lowering::dropout`).
+        Op::Dropout { p } => p <= 0.0,
         Op::Flatten => node
             .inputs
             .first()
@@ -1438,7 +1445,8 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
         });
         let y = Buf { mem: out, dims };
         match &node.op {
-            Op::Input { .. } | Op::Dropout { .. } => Ok(()),
+            Op::Input { .. } => Ok(()),
+            Op::Dropout { p } => self.dropout(node, &y, *p),
             Op::Conv2d {
                 kernel,
                 stride,
@@ -1749,6 +1757,26 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
             fx.par_vec(b, &others, |b, r, vector| {
                 bn_apply(fx, b, (&x, y), &insert_at(r, pa, c[0]), stats, vector)
             });
+        });
+        Ok(())
+    }
+
+    /// Dropout with p > 0: `x · mask · 1/(1 − p)` with the training forward's mask argument
+    /// (the product order of the interpreter's kernel); a copy of `x` without one (inference
+    /// and evaluation, where dropout is the identity).
+    fn dropout(&self, node: &Node, y: &Buf<'c>, p: f64) -> Result<(), LowerError> {
+        let fx = &self.fx;
+        let x = self.input(node, 0)?;
+        let mask = self.train.mask_for(self.g, node);
+        let scale = dropout_scale(p);
+        fx.par_vec(fx.entry, &y.dims, |b, idx, vector| {
+            let mut v = fx.load_w(b, x.mem, idx, vector);
+            if let Some(mask) = mask {
+                let m = fx.load_w(b, mask, idx, vector);
+                v = fx.mulf(b, v, m);
+                v = fx.mulf(b, v, fx.cf_as(scale, v));
+            }
+            fx.store_w(b, v, y.mem, idx, vector);
         });
         Ok(())
     }

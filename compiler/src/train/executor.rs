@@ -83,17 +83,25 @@ pub fn executor<'g>(
     Ok(match backend {
         Backend::Interp => Box::new(InterpExecutor::new(g, seed, run_dir)?),
         Backend::Cpu => Box::new(CpuExecutor::new(g, seed, run_dir)?),
-        Backend::Gpu => gpu_executor(g, run_dir)?,
+        Backend::Gpu => gpu_executor(g, seed, run_dir)?,
     })
 }
 
 #[cfg(feature = "gpu")]
-fn gpu_executor<'g>(g: &'g Graph, run_dir: &Path) -> Result<Box<dyn Executor + 'g>, RunError> {
-    Ok(Box::new(super::gpu::GpuExecutor::new(g, run_dir)?))
+fn gpu_executor<'g>(
+    g: &'g Graph,
+    seed: u64,
+    run_dir: &Path,
+) -> Result<Box<dyn Executor + 'g>, RunError> {
+    Ok(Box::new(super::gpu::GpuExecutor::new(g, seed, run_dir)?))
 }
 
 #[cfg(not(feature = "gpu"))]
-fn gpu_executor<'g>(g: &'g Graph, _run_dir: &Path) -> Result<Box<dyn Executor + 'g>, RunError> {
+fn gpu_executor<'g>(
+    g: &'g Graph,
+    _seed: u64,
+    _run_dir: &Path,
+) -> Result<Box<dyn Executor + 'g>, RunError> {
     Err(run_err!(
         "cannot run `{}` on the GPU: this snnc was built without its `gpu` feature\n  = help: rebuild with `cargo build --release --features gpu`, or run it on the CPU with `--device cpu`",
         g.name
@@ -149,7 +157,7 @@ impl Executor for InterpExecutor<'_> {
         loss: &mut LossFn,
     ) -> Result<Step, RunError> {
         // Dropout masks derive from (seed, step) alone, so a resumed run draws the same ones.
-        self.train.options.dropout_seed = self.seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        self.train.options.dropout_seed = crate::interp::dropout_seed(self.seed, step);
         let fwd = self
             .train
             .forward(params, &[(&self.input, batch_input(batch))])
@@ -200,8 +208,10 @@ struct Variant {
 /// The CPU backend: `forward_train` + `backward` JIT-compiled per batch size (the full batch,
 /// and lazily the smaller last batch of an epoch), run in f32 on f64 parameters converted per
 /// step. Evaluation runs `forward_train` compiled with [`LowerOptions::eval`] (batchnorm on
-/// the running statistics, which it leaves unchanged; the saved spikes give the counts) when
-/// the graph has batchnorm, and the training variant otherwise (the same code then).
+/// the running statistics, which it leaves unchanged; no dropout; the saved spikes give the
+/// counts) when the graph has batchnorm or dropout, and the training variant otherwise (the
+/// same code then). Dropout masks are drawn on the host per step, as the interpreter draws
+/// them.
 pub struct CpuExecutor<'g> {
     g: &'g Graph,
     /// Compiled code by (batch size, eval).
@@ -210,22 +220,23 @@ pub struct CpuExecutor<'g> {
     spike_scans: Vec<(ValueId, String)>,
     /// The parameters in f32, rewritten from the store every step.
     params32: Vec<Vec<f32>>,
-    has_batchnorm: bool,
+    eval_differs: bool,
+    seed: u64,
     run_dir: PathBuf,
     /// Compile time of every variant so far (reported once by the driver).
     pub compile_seconds: f64,
 }
 
 impl<'g> CpuExecutor<'g> {
-    /// `_seed`: the interpreter's dropout seed; the compiled code's dropout is the identity
-    /// (docs/abi.md), so nothing here draws random numbers.
-    pub fn new(g: &'g Graph, _seed: u64, run_dir: &Path) -> Result<Self, RunError> {
+    /// `seed`: the run's seed, which with the step gives the dropout masks.
+    pub fn new(g: &'g Graph, seed: u64, run_dir: &Path) -> Result<Self, RunError> {
         Ok(CpuExecutor {
             g,
             variants: HashMap::new(),
             spike_scans: spike_scans(g),
             params32: Vec::new(),
-            has_batchnorm: has_batchnorm(g),
+            eval_differs: eval_differs(g),
+            seed,
             run_dir: run_dir.to_path_buf(),
             compile_seconds: 0.0,
         })
@@ -264,14 +275,16 @@ impl<'g> CpuExecutor<'g> {
             .collect()
     }
 
-    /// Runs `forward_train` (eval semantics when `eval`) on `batch`; returns the batch size
-    /// and the readout.
+    /// Runs `forward_train` on `batch`: training step `step`, or with eval semantics when
+    /// `None`. Returns the batch size and the readout.
     fn forward(
         &mut self,
         params: &ParamStore,
         batch: &Batch,
-        eval: bool,
+        step: Option<u64>,
     ) -> Result<(usize, ArrayD<f64>), RunError> {
+        let eval = step.is_none() && self.eval_differs;
+        let seed = self.seed;
         params_to_f32(self.g, params, &mut self.params32)?;
         let b = batch.labels.len();
         let frames = batch.frames.as_standard_layout();
@@ -283,6 +296,15 @@ impl<'g> CpuExecutor<'g> {
         // together; `load_params` refills it on the next step if an error leaves it empty.
         let mut params32 = std::mem::take(&mut self.params32);
         let v = self.variant(b, eval)?;
+        if let Some(step) = step {
+            for (name, mask) in dropout_masks(g, v.code.signatures().0, seed, step)? {
+                let dst = v
+                    .scratch
+                    .get_mut(&name)
+                    .ok_or_else(|| run_err!("internal: no buffer for `{name}`"))?;
+                dst.copy_from_slice(&mask);
+            }
+        }
         let outputs = v
             .code
             .forward_train(&[x], &mut params32, &mut v.scratch)
@@ -312,11 +334,35 @@ pub(super) fn spike_scans(g: &Graph) -> Vec<(ValueId, String)> {
         .collect()
 }
 
-/// Whether evaluation differs from training (batchnorm on running statistics).
-pub(super) fn has_batchnorm(g: &Graph) -> bool {
-    g.params
-        .iter()
-        .any(|p| matches!(p.role, ParamRole::RunningMean | ParamRole::RunningVar))
+/// Whether evaluation differs from training: batchnorm on running statistics, no dropout.
+pub(super) fn eval_differs(g: &Graph) -> bool {
+    !crate::mlir::grad::dropout_nodes(g).is_empty()
+        || g.params
+            .iter()
+            .any(|p| matches!(p.role, ParamRole::RunningMean | ParamRole::RunningVar))
+}
+
+/// Training step `step`'s dropout masks as f32, by argument name (`fsig`'s `dropout_mask`
+/// arguments): the interpreter's masks for the same run seed and step.
+pub(super) fn dropout_masks(
+    g: &Graph,
+    fsig: &[TrainArg],
+    seed: u64,
+    step: u64,
+) -> Result<Vec<(String, Vec<f32>)>, RunError> {
+    let dropout_seed = crate::interp::dropout_seed(seed, step);
+    crate::mlir::grad::dropout_nodes(g)
+        .into_iter()
+        .map(|(i, p)| {
+            let name = crate::mlir::grad::dropout_mask_name(&g.nodes[i]);
+            let arg = fsig
+                .iter()
+                .find(|a| a.role == TrainRole::DropoutMask && a.name == name)
+                .ok_or_else(|| run_err!("internal: no mask argument `{name}`"))?;
+            let mask = crate::interp::dropout_mask(dropout_seed, i, &arg.shape, p);
+            Ok((name, mask.iter().map(|v| *v as f32).collect()))
+        })
+        .collect()
 }
 
 /// Converts the store to f32 in place of the last step's values.
@@ -431,10 +477,10 @@ impl Executor for CpuExecutor<'_> {
         &mut self,
         params: &ParamStore,
         batch: &Batch,
-        _step: u64,
+        step: u64,
         loss: &mut LossFn,
     ) -> Result<Step, RunError> {
-        let (b, readout) = self.forward(params, batch, false)?;
+        let (b, readout) = self.forward(params, batch, Some(step))?;
         let (l, d_out) = loss(&readout)?;
         let d_out: Vec<f32> = d_out.iter().map(|v| *v as f32).collect();
         // The backward reads the parameters the forward saw: the running statistics the forward
@@ -464,9 +510,10 @@ impl Executor for CpuExecutor<'_> {
     }
 
     fn eval_batch(&mut self, params: &ParamStore, batch: &Batch) -> Result<EvalOutput, RunError> {
-        // Without batchnorm both variants are the same code: reuse the training one.
-        let eval = self.has_batchnorm;
-        let (b, readout) = self.forward(params, batch, eval)?;
+        // Without batchnorm and dropout both variants are the same code: reuse the training
+        // one.
+        let eval = self.eval_differs;
+        let (b, readout) = self.forward(params, batch, None)?;
         let v = self
             .variants
             .get(&(b, eval))

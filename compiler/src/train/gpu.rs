@@ -4,8 +4,8 @@
 //! the host.
 
 use super::executor::{
-    EvalOutput, Executor, LossFn, Step, compiled_step_results, has_batchnorm, params_to_f32,
-    readout_array, spike_scans, spike_sum,
+    EvalOutput, Executor, LossFn, Step, compiled_step_results, dropout_masks, eval_differs,
+    params_to_f32, readout_array, spike_scans, spike_sum,
 };
 use super::{RunError, run_err};
 use crate::backend::gpu::train::GpuTraining;
@@ -24,13 +24,15 @@ pub struct GpuExecutor<'g> {
     variants: HashMap<(usize, bool), GpuTraining>,
     spike_scans: Vec<(ValueId, String)>,
     params32: Vec<Vec<f32>>,
-    has_batchnorm: bool,
+    eval_differs: bool,
+    seed: u64,
     run_dir: PathBuf,
 }
 
 impl<'g> GpuExecutor<'g> {
     /// Opens GPU 0; without a driver or a device, an error that says how to train instead.
-    pub fn new(g: &'g Graph, run_dir: &Path) -> Result<Self, RunError> {
+    /// `seed`: the run's seed, which with the step gives the dropout masks.
+    pub fn new(g: &'g Graph, seed: u64, run_dir: &Path) -> Result<Self, RunError> {
         let device = GpuDevice::open(0).map_err(|e| {
             run_err!(
                 "cannot run `{}` on the GPU: {e}\n  = help: run it on the CPU with `--device cpu`",
@@ -43,7 +45,8 @@ impl<'g> GpuExecutor<'g> {
             variants: HashMap::new(),
             spike_scans: spike_scans(g),
             params32: Vec::new(),
-            has_batchnorm: has_batchnorm(g),
+            eval_differs: eval_differs(g),
+            seed,
             run_dir: run_dir.to_path_buf(),
         })
     }
@@ -64,13 +67,16 @@ impl<'g> GpuExecutor<'g> {
             .ok_or_else(|| run_err!("internal: batch {b} was not compiled"))
     }
 
-    /// Runs `forward_train` (eval semantics when `eval`); returns the batch size and readout.
+    /// Runs `forward_train`: training step `step`, or with eval semantics when `None`.
+    /// Returns the batch size and the readout.
     fn forward(
         &mut self,
         params: &ParamStore,
         batch: &Batch,
-        eval: bool,
+        step: Option<u64>,
     ) -> Result<(usize, ArrayD<f64>), RunError> {
+        let eval = step.is_none() && self.eval_differs;
+        let seed = self.seed;
         params_to_f32(self.g, params, &mut self.params32)?;
         let b = batch.labels.len();
         let frames = batch.frames.as_standard_layout();
@@ -80,6 +86,11 @@ impl<'g> GpuExecutor<'g> {
         let mut params32 = std::mem::take(&mut self.params32);
         let g: &Graph = self.g;
         let v = self.variant(b, eval)?;
+        if let Some(step) = step {
+            for (name, mask) in dropout_masks(g, v.signatures().0, seed, step)? {
+                v.set_mask(&name, &mask).map_err(|e| run_err!("{e}"))?;
+            }
+        }
         let outputs = v
             .forward_train(&[x], &mut params32)
             .map_err(|e| run_err!("{e}"))?;
@@ -108,10 +119,10 @@ impl Executor for GpuExecutor<'_> {
         &mut self,
         params: &ParamStore,
         batch: &Batch,
-        _step: u64,
+        step: u64,
         loss: &mut LossFn,
     ) -> Result<Step, RunError> {
-        let (b, readout) = self.forward(params, batch, false)?;
+        let (b, readout) = self.forward(params, batch, Some(step))?;
         let (l, d_out) = loss(&readout)?;
         let d_out: Vec<f32> = d_out.iter().map(|v| *v as f32).collect();
         let v = self
@@ -132,9 +143,10 @@ impl Executor for GpuExecutor<'_> {
     }
 
     fn eval_batch(&mut self, params: &ParamStore, batch: &Batch) -> Result<EvalOutput, RunError> {
-        // Without batchnorm both variants are the same code: reuse the training one.
-        let eval = self.has_batchnorm;
-        let (b, readout) = self.forward(params, batch, eval)?;
+        // Without batchnorm and dropout both variants are the same code: reuse the training
+        // one.
+        let eval = self.eval_differs;
+        let (b, readout) = self.forward(params, batch, None)?;
         Ok(EvalOutput {
             spike_counts: self.spike_counts((b, eval))?,
             readout,

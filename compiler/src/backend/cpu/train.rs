@@ -34,8 +34,9 @@ pub struct CompiledTraining {
     timings: CompileTimings,
 }
 
-/// What `forward_train` writes for the backward (saved values, then per-scan states, in
-/// signature order). Allocated once per compiled batch size and overwritten by every step.
+/// What passes between the functions, in signature order: what `forward_train` writes for the
+/// backward (saved values, per-scan states) and the dropout masks the caller writes before it
+/// ([`TrainScratch::get_mut`]). Allocated once per compiled batch size, reused by every step.
 pub struct TrainScratch {
     names: Vec<String>,
     buffers: Vec<Vec<f32>>,
@@ -46,6 +47,12 @@ impl TrainScratch {
     pub fn get(&self, name: &str) -> Option<&[f32]> {
         let k = self.names.iter().position(|n| n == name)?;
         Some(&self.buffers[k])
+    }
+
+    /// A buffer by name, to write: the caller fills each `dropout_mask` before `forward_train`.
+    pub fn get_mut(&mut self, name: &str) -> Option<&mut [f32]> {
+        let k = self.names.iter().position(|n| n == name)?;
+        Some(&mut self.buffers[k])
     }
 
     /// Bytes held between the forward and the backward.
@@ -157,7 +164,7 @@ impl CompiledTraining {
         let between = self
             .forward_sig
             .iter()
-            .filter(|a| matches!(a.role, TrainRole::Saved | TrainRole::ScanStates));
+            .filter(|a| a.role.between_functions());
         TrainScratch {
             names: between.clone().map(|a| a.name.clone()).collect(),
             buffers: between.map(|a| vec![0.0; elements(a)]).collect(),
@@ -195,7 +202,7 @@ impl CompiledTraining {
         let sig = self
             .forward_sig
             .iter()
-            .filter(|a| matches!(a.role, TrainRole::Saved | TrainRole::ScanStates));
+            .filter(|a| a.role.between_functions());
         self.count("saved buffers", sig.clone().count(), scratch.buffers.len())?;
         for (a, (name, b)) in sig.zip(scratch.names.iter().zip(&scratch.buffers)) {
             if &a.name != name {
@@ -249,7 +256,7 @@ impl CompiledTraining {
                     o += 1;
                     (outputs[o - 1].len(), outputs[o - 1].as_mut_ptr())
                 }
-                TrainRole::Saved | TrainRole::ScanStates => {
+                TrainRole::Saved | TrainRole::ScanStates | TrainRole::DropoutMask => {
                     s += 1;
                     let b = &mut scratch.buffers[s - 1];
                     (b.len(), b.as_mut_ptr())
@@ -318,7 +325,7 @@ impl CompiledTraining {
                     p += 1;
                     ro(&params[p - 1])
                 }
-                TrainRole::Saved | TrainRole::ScanStates => {
+                TrainRole::Saved | TrainRole::ScanStates | TrainRole::DropoutMask => {
                     s += 1;
                     ro(&scratch.buffers[s - 1])
                 }

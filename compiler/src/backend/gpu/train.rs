@@ -166,6 +166,23 @@ impl GpuTraining {
         Ok(outputs)
     }
 
+    /// Uploads dropout mask `name` (a `dropout_mask` argument) for the next `forward_train`.
+    pub fn set_mask(&mut self, name: &str, mask: &[f32]) -> Result<(), String> {
+        let k = self
+            .forward_sig
+            .iter()
+            .position(|a| a.role == TrainRole::DropoutMask && a.name == name)
+            .ok_or_else(|| format!("{}: no dropout mask `{name}`", self.model))?;
+        if mask.len() != elements(&self.forward_sig[k]) {
+            return Err(self.mismatch(&self.forward_sig[k], mask.len()));
+        }
+        self.pair
+            .forward_buffer_mut(k)
+            .ok_or_else(|| format!("internal: no buffer for `{name}`"))?
+            .upload(mask)
+            .map_err(|e| e.to_string())
+    }
+
     /// A saved value of the last `forward_train` (by its name in the signature), e.g. a
     /// spike train for the driver's counts.
     pub fn saved(&self, name: &str) -> Result<Vec<f32>, String> {
