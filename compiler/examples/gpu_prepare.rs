@@ -10,9 +10,10 @@
 //! T=60, B=16.
 
 use ndarray::{ArrayD, IxDyn};
+use snn_runtime::gpu::LaunchManifest;
 use snn_runtime::gpu::manifest::ArgSpec;
 use snn_runtime::gpu::manifest::CheckCase;
-use snnc::backend::gpu::{GpuArtifact, GpuOptions, GpuTrainingArtifact, compile, compile_training};
+use snnc::backend::gpu::{GpuArtifact, GpuOptions, compile, compile_training};
 use snnc::interp::{Interpreter, Mode, Options, ParamStore, loss};
 use snnc::ir::Graph;
 use snnc::sema::{Compilation, compile_source};
@@ -127,18 +128,30 @@ fn case(name: &str, kind: &str, n_args: usize, reference: &str, iters: usize) ->
     }
 }
 
+/// A training build: the PTX and the manifests of both functions.
+struct TrainArtifact {
+    ptx: String,
+    forward_train: LaunchManifest,
+    backward: LaunchManifest,
+}
+
 /// Training PTX for sm_90 and the manifests of `forward_train` and `backward`.
 fn train_artifact(
     out: &Path,
     g: &Graph,
     batch: usize,
     case: &str,
-) -> Result<GpuTrainingArtifact, String> {
+) -> Result<TrainArtifact, String> {
     let opts = GpuOptions {
         chip: "sm_90".into(),
         batch,
     };
     let art = compile_training(g, &opts).map_err(|e| format!("{} (training): {e}", g.name))?;
+    let art = TrainArtifact {
+        backward: art.backward.ok_or("a training build without a backward")?,
+        ptx: art.ptx,
+        forward_train: art.forward_train,
+    };
     write(&out.join(format!("{case}.ptx")), art.ptx.as_bytes())?;
     for (m, which) in [
         (&art.forward_train, "forward_train"),
@@ -165,7 +178,7 @@ fn train_artifact(
 fn training_case(
     name: &str,
     kind: &str,
-    art: &GpuTrainingArtifact,
+    art: &TrainArtifact,
     reference: &str,
     iters: usize,
 ) -> CheckCase {

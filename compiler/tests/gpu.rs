@@ -245,7 +245,10 @@ fn check_training(g: &Graph, art: &GpuTrainingArtifact, batch: usize) {
     let opts = LowerOptions::with_batch(batch);
     for (manifest, sig) in [
         (&art.forward_train, forward_train_signature(g, &opts)),
-        (&art.backward, backward_signature(g, &opts)),
+        (
+            art.backward.as_ref().expect("a backward"),
+            backward_signature(g, &opts),
+        ),
     ] {
         let sig = sig.expect("signature");
         assert_eq!(manifest.args.len(), sig.len(), "{}", g.name);
@@ -266,6 +269,8 @@ fn check_training(g: &Graph, art: &GpuTrainingArtifact, batch: usize) {
         .collect();
     let bwd: Vec<&str> = art
         .backward
+        .as_ref()
+        .expect("a backward")
         .kernels
         .iter()
         .map(|k| k.name.as_str())
@@ -308,6 +313,20 @@ fn training_ptx_of_every_example() {
     eprintln!("training PTX snapshots skipped (over {MAX_SNAPSHOT_BYTES} bytes): {skipped:?}");
 }
 
+/// An evaluation build has no backward and no dropout masks.
+#[test]
+fn evaluation_builds_have_only_the_forward() {
+    let c = compile_file("examples/nmnist.snn");
+    let g = &c.graphs[0];
+    let opts = GpuOptions {
+        chip: "sm_90".into(),
+        batch: 2,
+    };
+    let art = snnc::backend::gpu::compile_training_with(g, &opts, true).expect("compiles");
+    assert!(art.backward.is_none());
+    assert_eq!(entries(&art.ptx), art.forward_train.kernels.len());
+}
+
 /// A learnable neuron scalar (PLIF's `w`) is read inside the kernels and its gradient summed
 /// there, and a dropout mask is one more argument: the host program never touches device
 /// memory.
@@ -323,7 +342,10 @@ fn learnable_neuron_scalars_train_on_the_gpu() {
     let g = &c.graphs[0];
     let art = gpu_training(g, 2);
     check_training(g, &art, 2);
-    for m in [&art.forward_train, &art.backward] {
+    for m in [
+        &art.forward_train,
+        art.backward.as_ref().expect("a backward"),
+    ] {
         assert!(m.args.iter().any(|a| a.role == "dropout_mask"));
     }
 }

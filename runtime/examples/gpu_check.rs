@@ -140,7 +140,8 @@ fn run_case(dev: &GpuDevice, dir: &Path, case: &CheckCase) -> Result<String, Str
             .as_deref()
             .ok_or("a training case without a backward manifest")?;
         let backward = read_manifest(dir, backward)?;
-        let pair = TrainingPair::load(dev, &ptx, manifest, backward).map_err(|e| e.to_string())?;
+        let pair =
+            TrainingPair::load(dev, &ptx, manifest, Some(backward)).map_err(|e| e.to_string())?;
         return run_training_case(dev, dir, case, pair);
     }
     let model = GpuModel::load(dev, &ptx, manifest).map_err(|e| e.to_string())?;

@@ -376,7 +376,8 @@ pub fn backward_signature(g: &Graph, opts: &LowerOptions) -> Result<Vec<TrainArg
     Ok(args)
 }
 
-/// Appends `@<model>_forward_train` and `@<model>_backward` of every graph to `module`.
+/// Appends `@<model>_forward_train` and `@<model>_backward` of every graph to `module`; with
+/// [`LowerOptions::eval`] only `_forward_train` (an evaluation pass that saves the spikes).
 pub fn lower_training<'c>(
     context: &'c Context,
     module: &Module<'c>,
@@ -410,7 +411,10 @@ pub fn lower_training_with<'c>(
             )));
         }
         kernels.extend(lower_forward_train(context, module, g, opts, form)?);
-        kernels.extend(lower_backward(context, module, g, opts, form)?);
+        // An evaluation build's backward would never run (no masks, running statistics).
+        if !opts.eval {
+            kernels.extend(lower_backward(context, module, g, opts, form)?);
+        }
     }
     declare_kernels(context, module, &kernels);
     Ok(())

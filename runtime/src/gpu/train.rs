@@ -39,7 +39,8 @@ enum Slot {
 /// `forward_train` and `backward` loaded, with their device buffers.
 pub struct TrainingPair {
     forward: GpuModel,
-    backward: GpuModel,
+    /// `None` for an evaluation build, which has no backward.
+    backward: Option<GpuModel>,
     forward_bufs: Vec<DeviceBuffer>,
     /// Per backward argument: a forward buffer or one of `backward_only`.
     slots: Vec<Slot>,
@@ -47,16 +48,19 @@ pub struct TrainingPair {
 }
 
 impl TrainingPair {
-    /// Loads `ptx` once and resolves both manifests' kernels in it; allocates zeroed buffers.
+    /// Loads `ptx` once and resolves both manifests' kernels in it (`backward`: `None` for an
+    /// evaluation build); allocates zeroed buffers.
     pub fn load(
         dev: &GpuDevice,
         ptx: &str,
         forward: LaunchManifest,
-        backward: LaunchManifest,
+        backward: Option<LaunchManifest>,
     ) -> Result<Self, GpuError> {
         let module = GpuModule::load(dev, ptx)?;
         let forward = GpuModel::in_module(&module, forward)?;
-        let backward = GpuModel::in_module(&module, backward)?;
+        let backward = backward
+            .map(|m| GpuModel::in_module(&module, m))
+            .transpose()?;
         let elements = |a: &ArgSpec| a.shape.iter().product::<usize>();
         let forward_bufs = forward
             .manifest()
@@ -66,10 +70,11 @@ impl TrainingPair {
             .collect::<Result<Vec<_>, _>>()?;
         let mut backward_only = Vec::new();
         let mut slots = Vec::new();
-        for (a, shared) in backward.manifest().args.iter().zip(shared_args(
-            &forward.manifest().args,
-            &backward.manifest().args,
-        )?) {
+        let backward_args: &[ArgSpec] = backward.as_ref().map_or(&[], |b| &b.manifest().args);
+        for (a, shared) in backward_args
+            .iter()
+            .zip(shared_args(&forward.manifest().args, backward_args)?)
+        {
             slots.push(match shared {
                 Some(k) => Slot::Forward(k),
                 None => {
@@ -92,9 +97,9 @@ impl TrainingPair {
         &self.forward.manifest().args
     }
 
-    /// `backward`'s arguments, in order.
+    /// `backward`'s arguments, in order (none in an evaluation build).
     pub fn backward_args(&self) -> &[ArgSpec] {
-        &self.backward.manifest().args
+        self.backward.as_ref().map_or(&[], |b| &b.manifest().args)
     }
 
     pub fn forward_buffer(&self, k: usize) -> Option<&DeviceBuffer> {
@@ -130,7 +135,10 @@ impl TrainingPair {
 
     /// Zeroes the backward's results, then runs it over what the last forward left.
     pub fn run_backward(&mut self) -> Result<RunStats, GpuError> {
-        for (a, slot) in self.backward.manifest().args.iter().zip(&self.slots) {
+        let backward = self.backward.as_ref().ok_or_else(|| {
+            GpuError::Usage("compiled for evaluation, which has no backward".into())
+        })?;
+        for (a, slot) in backward.manifest().args.iter().zip(&self.slots) {
             if let Slot::Own(o) = *slot
                 && RESULT_ROLES.contains(&a.role.as_str())
             {
@@ -145,7 +153,7 @@ impl TrainingPair {
                 Slot::Own(o) => &self.backward_only[o],
             })
             .collect();
-        self.backward.run(&bufs)
+        backward.run(&bufs)
     }
 }
 

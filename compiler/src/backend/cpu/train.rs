@@ -26,7 +26,8 @@ pub struct CompiledTraining {
     // `Option` so that `Drop` can hand the module to `free_memory`, which takes it by value.
     module: Option<JITModule>,
     forward_entry: Entry,
-    backward_entry: Entry,
+    /// `None` in an evaluation build ([`LowerOptions::eval`]), which has no backward.
+    backward_entry: Option<Entry>,
     model: String,
     batch: usize,
     forward_sig: Vec<TrainArg>,
@@ -103,10 +104,11 @@ impl CompiledTraining {
         let mut module = JITModule::new(builder);
         let translation = translate_module(&mlir, &mut module, false)?;
         let mut packed = Vec::new();
-        for (symbol, n_args) in [
-            (forward_train_symbol(g), forward_sig.len()),
-            (backward_symbol(g), backward_sig.len()),
-        ] {
+        let mut functions = vec![(forward_train_symbol(g), forward_sig.len())];
+        if !opts.eval {
+            functions.push((backward_symbol(g), backward_sig.len()));
+        }
+        for (symbol, n_args) in functions {
             let id = translation
                 .defined
                 .iter()
@@ -130,7 +132,8 @@ impl CompiledTraining {
             // pointer, no results) under the host's default calling convention, `extern "C"`.
             unsafe { std::mem::transmute::<*const u8, Entry>(code) }
         };
-        let (forward_entry, backward_entry) = (entry(packed[0]), entry(packed[1]));
+        let forward_entry = entry(packed[0]);
+        let backward_entry = packed.get(1).map(|id| entry(*id));
         Ok(CompiledTraining {
             module: Some(module),
             forward_entry,
@@ -290,6 +293,12 @@ impl CompiledTraining {
         scratch: &TrainScratch,
         d_outputs: &[&[f32]],
     ) -> Result<TrainGrads, BackendError> {
+        let backward_entry = self.backward_entry.ok_or_else(|| {
+            BackendError::new(format!(
+                "{}: compiled for evaluation, which has no backward",
+                self.model
+            ))
+        })?;
         let sig = &self.backward_sig;
         let n = |r: TrainRole| sig.iter().filter(|a| a.role == r).count();
         self.count("inputs", n(TrainRole::Input), inputs.len())?;
@@ -355,7 +364,7 @@ impl CompiledTraining {
         }
         // SAFETY: as in `forward_train`: every buffer has the compiled element count; the
         // function writes only the gradient buffers, which are owned here.
-        unsafe { (self.backward_entry)(ptrs.as_ptr()) };
+        unsafe { backward_entry(ptrs.as_ptr()) };
         Ok(grads)
     }
 }

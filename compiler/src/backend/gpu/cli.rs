@@ -50,7 +50,9 @@ pub fn build(
                 let json = |which| format!("{}.{which}.launch.json", a.model);
                 let (f, b) = (json("forward_train"), json("backward"));
                 let ptx_name = a.forward_train.ptx.clone();
-                (a.ptx, ptx_name, vec![(a.forward_train, f), (a.backward, b)])
+                let mut manifests = vec![(a.forward_train, f)];
+                manifests.extend(a.backward.map(|m| (m, b)));
+                (a.ptx, ptx_name, manifests)
             })
         } else {
             compile(g, opts).map(|a| {

@@ -193,7 +193,8 @@ pub struct GpuTrainingArtifact {
     /// One PTX module holding the kernels of both functions.
     pub ptx: String,
     pub forward_train: LaunchManifest,
-    pub backward: LaunchManifest,
+    /// `None` in an evaluation build, which has no backward.
+    pub backward: Option<LaunchManifest>,
     pub timings: GpuTimings,
 }
 
@@ -203,8 +204,9 @@ pub fn compile_training(g: &Graph, opts: &GpuOptions) -> Result<GpuTrainingArtif
     compile_training_with(g, opts, false)
 }
 
-/// [`compile_training`]; with `eval`, `forward_train` runs batchnorm on the running statistics
-/// (an evaluation pass that still saves the spikes the driver counts).
+/// [`compile_training`]; with `eval`, only `forward_train`, with batchnorm on the running
+/// statistics and no dropout (an evaluation pass that still saves the spikes the driver
+/// counts).
 pub fn compile_training_with(
     g: &Graph,
     opts: &GpuOptions,
@@ -215,11 +217,11 @@ pub fn compile_training_with(
         ..LowerOptions::with_batch(opts.batch)
     };
     let fsig = forward_train_signature(g, &lower_opts)?;
-    let bsig = backward_signature(g, &lower_opts)?;
-    let functions = [
-        (forward_train_symbol(g), train_arg_specs(&fsig)),
-        (backward_symbol(g), train_arg_specs(&bsig)),
-    ];
+    let mut functions = vec![(forward_train_symbol(g), train_arg_specs(&fsig))];
+    if !eval {
+        let bsig = backward_signature(g, &lower_opts)?;
+        functions.push((backward_symbol(g), train_arg_specs(&bsig)));
+    }
     let (ptx, mut manifests, timings) = compile_functions(g, opts, &functions, |context| {
         lower_training_module_with(context, &[g], &lower_opts, LoopForm::Flat)
     })?;
@@ -227,8 +229,11 @@ pub fn compile_training_with(
     for m in &mut manifests {
         m.ptx = format!("{}.train.ptx", g.name);
     }
-    let backward = manifests.remove(1);
-    let forward_train = manifests.remove(0);
+    let backward = if eval { None } else { manifests.pop() };
+    let forward_train = manifests
+        .into_iter()
+        .next()
+        .ok_or_else(|| LowerError::new("internal: no forward_train manifest"))?;
     Ok(GpuTrainingArtifact {
         model: g.name.clone(),
         ptx,
