@@ -199,23 +199,51 @@ impl Executor for InterpExecutor<'_> {
     }
 }
 
-/// One compiled batch size and its buffers, reused by every step of that size.
-struct Variant {
-    code: CompiledTraining,
-    scratch: TrainScratch,
+/// A compiled backend's training functions for one batch size, as [`CompiledExecutor`] drives
+/// them (f32; docs/abi.md).
+pub trait CompiledCode {
+    /// The arguments of `forward_train`, in order.
+    fn forward_signature(&self) -> &[TrainArg];
+    /// Sets dropout mask `name` for the next `forward_train`.
+    fn set_mask(&mut self, name: &str, mask: &[f32]) -> Result<(), String>;
+    /// `forward_train` on `inputs` and `params` (every parameter and running statistic in
+    /// `Graph::params` order; the running statistics are updated in place): the model outputs.
+    fn forward_train(
+        &mut self,
+        inputs: &[&[f32]],
+        params: &mut [Vec<f32>],
+    ) -> Result<Vec<Vec<f32>>, String>;
+    /// `backward` over what the last `forward_train` saw (the same `inputs` and `params`):
+    /// the trainable parameters' gradients in `Graph::params` order.
+    fn backward(
+        &mut self,
+        inputs: &[&[f32]],
+        params: &[Vec<f32>],
+        d_outputs: &[&[f32]],
+    ) -> Result<Vec<Vec<f32>>, String>;
+    /// The spike count and element count of saved spike train `name`.
+    fn spike_count(&self, name: &str) -> Result<(f64, usize), String>;
 }
 
-/// The CPU backend: `forward_train` + `backward` JIT-compiled per batch size (the full batch,
-/// and lazily the smaller last batch of an epoch), run in f32 on f64 parameters converted per
-/// step. Evaluation runs `forward_train` compiled with [`LowerOptions::eval`] (batchnorm on
-/// the running statistics, which it leaves unchanged; no dropout; the saved spikes give the
-/// counts) when the graph has batchnorm or dropout, and the training variant otherwise (the
-/// same code then). Dropout masks are drawn on the host per step, as the interpreter draws
-/// them.
-pub struct CpuExecutor<'g> {
+/// Where compiled training functions come from: the CPU JIT or a GPU.
+pub trait CompiledBackend {
+    type Code: CompiledCode;
+    /// `g`'s training functions at batch `batch` (`eval`: evaluation semantics, no backward).
+    fn compile(&mut self, g: &Graph, batch: usize, eval: bool) -> Result<Self::Code, RunError>;
+}
+
+/// A compiled backend behind the [`Executor`] trait: `forward_train` + `backward` compiled per
+/// batch size (the full batch, and lazily the smaller last batch of an epoch), run in f32 on
+/// f64 parameters converted per step. Evaluation runs `forward_train` compiled with
+/// [`LowerOptions::eval`] (batchnorm on the running statistics, which it leaves unchanged; no
+/// dropout; the saved spikes give the counts) when the graph has batchnorm or dropout, and the
+/// training variant otherwise (the same code then). Dropout masks are drawn on the host per
+/// step, as the interpreter draws them.
+pub struct CompiledExecutor<'g, B: CompiledBackend> {
     g: &'g Graph,
+    backend: B,
     /// Compiled code by (batch size, eval).
-    variants: HashMap<(usize, bool), Variant>,
+    variants: HashMap<(usize, bool), B::Code>,
     /// Spike-emitting scans in node order: (node, name of its `saved` buffer).
     spike_scans: Vec<(ValueId, String)>,
     /// The parameters in f32, rewritten from the store every step.
@@ -227,11 +255,99 @@ pub struct CpuExecutor<'g> {
     pub compile_seconds: f64,
 }
 
+/// The CPU backend's executor (Cranelift JIT).
+pub type CpuExecutor<'g> = CompiledExecutor<'g, CpuBackend>;
+
+/// [`CompiledBackend`] of the CPU JIT.
+pub struct CpuBackend;
+
+/// The CPU JIT's functions with the buffers that pass between them.
+pub struct CpuCode {
+    code: CompiledTraining,
+    scratch: TrainScratch,
+}
+
+impl CompiledBackend for CpuBackend {
+    type Code = CpuCode;
+
+    fn compile(&mut self, g: &Graph, batch: usize, eval: bool) -> Result<CpuCode, RunError> {
+        let opts = LowerOptions {
+            eval,
+            ..LowerOptions::with_batch(batch)
+        };
+        let code = CompiledTraining::compile(g, &opts).map_err(|e| {
+            run_err!(
+                "the CPU backend cannot compile `{}`: {e}\n  = help: train with `--backend interp`",
+                g.name
+            )
+        })?;
+        let scratch = code.scratch();
+        Ok(CpuCode { code, scratch })
+    }
+}
+
+impl CompiledCode for CpuCode {
+    fn forward_signature(&self) -> &[TrainArg] {
+        self.code.signatures().0
+    }
+
+    fn set_mask(&mut self, name: &str, mask: &[f32]) -> Result<(), String> {
+        let dst = self
+            .scratch
+            .get_mut(name)
+            .ok_or_else(|| format!("internal: no buffer for `{name}`"))?;
+        if dst.len() != mask.len() {
+            return Err(format!("internal: mask `{name}` has the wrong size"));
+        }
+        dst.copy_from_slice(mask);
+        Ok(())
+    }
+
+    fn forward_train(
+        &mut self,
+        inputs: &[&[f32]],
+        params: &mut [Vec<f32>],
+    ) -> Result<Vec<Vec<f32>>, String> {
+        self.code
+            .forward_train(inputs, params, &mut self.scratch)
+            .map_err(|e| e.to_string())
+    }
+
+    fn backward(
+        &mut self,
+        inputs: &[&[f32]],
+        params: &[Vec<f32>],
+        d_outputs: &[&[f32]],
+    ) -> Result<Vec<Vec<f32>>, String> {
+        self.code
+            .backward(inputs, params, &self.scratch, d_outputs)
+            .map(|g| g.params)
+            .map_err(|e| e.to_string())
+    }
+
+    fn spike_count(&self, name: &str) -> Result<(f64, usize), String> {
+        let y = self
+            .scratch
+            .get(name)
+            .ok_or_else(|| format!("internal: spikes of `{name}` are not saved"))?;
+        Ok((spike_sum(y), y.len()))
+    }
+}
+
 impl<'g> CpuExecutor<'g> {
     /// `seed`: the run's seed, which with the step gives the dropout masks.
     pub fn new(g: &'g Graph, seed: u64, run_dir: &Path) -> Result<Self, RunError> {
-        Ok(CpuExecutor {
+        Ok(CompiledExecutor::with_backend(g, CpuBackend, seed, run_dir))
+    }
+}
+
+impl<'g, B: CompiledBackend> CompiledExecutor<'g, B> {
+    /// An executor of `g` on `backend`; `seed`: the run's seed (with the step, the dropout
+    /// masks); `run_dir`: where error messages point.
+    pub fn with_backend(g: &'g Graph, backend: B, seed: u64, run_dir: &Path) -> Self {
+        CompiledExecutor {
             g,
+            backend,
             variants: HashMap::new(),
             spike_scans: spike_scans(g),
             params32: Vec::new(),
@@ -239,38 +355,34 @@ impl<'g> CpuExecutor<'g> {
             seed,
             run_dir: run_dir.to_path_buf(),
             compile_seconds: 0.0,
-        })
+        }
     }
 
     /// The compiled functions for batch size `b` (eval semantics when `eval`), compiled on
     /// first use.
-    fn variant(&mut self, b: usize, eval: bool) -> Result<&mut Variant, RunError> {
+    fn variant(&mut self, b: usize, eval: bool) -> Result<&mut B::Code, RunError> {
         let key = (b, eval);
         if !self.variants.contains_key(&key) {
             let started = std::time::Instant::now();
-            let opts = LowerOptions {
-                eval,
-                ..LowerOptions::with_batch(b)
-            };
-            let code = CompiledTraining::compile(self.g, &opts)
-                .map_err(|e| run_err!("the CPU backend cannot compile `{}`: {e}\n  = help: train with `--backend interp`", self.g.name))?;
+            let code = self.backend.compile(self.g, b, eval)?;
             self.compile_seconds += started.elapsed().as_secs_f64();
-            let scratch = code.scratch();
-            self.variants.insert(key, Variant { code, scratch });
+            self.variants.insert(key, code);
         }
         self.variants
             .get_mut(&key)
             .ok_or_else(|| run_err!("internal: batch {b} was not compiled"))
     }
 
-    fn spike_counts(&self, scratch: &TrainScratch) -> Result<Vec<(ValueId, f64, usize)>, RunError> {
+    fn spike_counts(&self, key: (usize, bool)) -> Result<Vec<(ValueId, f64, usize)>, RunError> {
+        let v = self
+            .variants
+            .get(&key)
+            .ok_or_else(|| run_err!("internal: batch {} was not compiled", key.0))?;
         self.spike_scans
             .iter()
             .map(|(id, name)| {
-                let y = scratch
-                    .get(name)
-                    .ok_or_else(|| run_err!("internal: spikes of `{name}` are not saved"))?;
-                Ok((*id, spike_sum(y), y.len()))
+                let (sum, n) = v.spike_count(name).map_err(|e| run_err!("{e}"))?;
+                Ok((*id, sum, n))
             })
             .collect()
     }
@@ -293,26 +405,66 @@ impl<'g> CpuExecutor<'g> {
             .ok_or_else(|| run_err!("internal: the batch is not contiguous"))?;
         let g: &Graph = self.g;
         // Taken out so that the variant (a borrow of `self`) and the parameters can be used
-        // together; `load_params` refills it on the next step if an error leaves it empty.
+        // together; `params_to_f32` refills it on the next step if an error leaves it empty.
         let mut params32 = std::mem::take(&mut self.params32);
         let v = self.variant(b, eval)?;
         if let Some(step) = step {
-            for (name, mask) in dropout_masks(g, v.code.signatures().0, seed, step)? {
-                let dst = v
-                    .scratch
-                    .get_mut(&name)
-                    .ok_or_else(|| run_err!("internal: no buffer for `{name}`"))?;
-                dst.copy_from_slice(&mask);
+            for (name, mask) in dropout_masks(g, v.forward_signature(), seed, step)? {
+                v.set_mask(&name, &mask).map_err(|e| run_err!("{e}"))?;
             }
         }
         let outputs = v
-            .code
-            .forward_train(&[x], &mut params32, &mut v.scratch)
+            .forward_train(&[x], &mut params32)
             .map_err(|e| run_err!("{e}"))?;
-        let (fsig, _) = v.code.signatures();
-        let readout = readout_array(g, fsig, outputs)?;
+        let readout = readout_array(g, v.forward_signature(), outputs)?;
         self.params32 = params32;
         Ok((b, readout))
+    }
+}
+
+impl<B: CompiledBackend> Executor for CompiledExecutor<'_, B> {
+    fn train_step(
+        &mut self,
+        params: &ParamStore,
+        batch: &Batch,
+        step: u64,
+        loss: &mut LossFn,
+    ) -> Result<Step, RunError> {
+        let (b, readout) = self.forward(params, batch, Some(step))?;
+        let (l, d_out) = loss(&readout)?;
+        let d_out: Vec<f32> = d_out.iter().map(|v| *v as f32).collect();
+        // The backward reads the parameters the forward saw: the running statistics the forward
+        // updated in `params32` are not read by it (docs/abi.md), so no copy is needed.
+        let frames = batch.frames.as_standard_layout();
+        let x = frames
+            .as_slice()
+            .ok_or_else(|| run_err!("internal: the batch is not contiguous"))?;
+        let v = self
+            .variants
+            .get_mut(&(b, false))
+            .ok_or_else(|| run_err!("internal: batch {b} was not compiled"))?;
+        let grads = v
+            .backward(&[x], &self.params32, &[&d_out])
+            .map_err(|e| run_err!("{e}"))?;
+        let spike_counts = self.spike_counts((b, false))?;
+        let (grads, running_updates) =
+            compiled_step_results(self.g, grads, &self.params32, &self.run_dir)?;
+        Ok(Step {
+            loss: l,
+            readout,
+            grads,
+            running_updates,
+            spike_counts,
+        })
+    }
+
+    fn eval_batch(&mut self, params: &ParamStore, batch: &Batch) -> Result<EvalOutput, RunError> {
+        let (b, readout) = self.forward(params, batch, None)?;
+        // Without batchnorm and dropout both variants are the same code: the training one.
+        Ok(EvalOutput {
+            spike_counts: self.spike_counts((b, self.eval_differs))?,
+            readout,
+        })
     }
 }
 
@@ -469,59 +621,6 @@ fn all_finite(what: &str, v: &[f32]) -> Result<(), String> {
     match v.iter().position(|x| !x.is_finite()) {
         None => Ok(()),
         Some(i) => Err(format!("`{what}` has a non-finite value ({}) at {i}", v[i])),
-    }
-}
-
-impl Executor for CpuExecutor<'_> {
-    fn train_step(
-        &mut self,
-        params: &ParamStore,
-        batch: &Batch,
-        step: u64,
-        loss: &mut LossFn,
-    ) -> Result<Step, RunError> {
-        let (b, readout) = self.forward(params, batch, Some(step))?;
-        let (l, d_out) = loss(&readout)?;
-        let d_out: Vec<f32> = d_out.iter().map(|v| *v as f32).collect();
-        // The backward reads the parameters the forward saw: the running statistics the forward
-        // updated in `params32` are not read by it (docs/abi.md), so no copy is needed.
-        let frames = batch.frames.as_standard_layout();
-        let x = frames
-            .as_slice()
-            .ok_or_else(|| run_err!("internal: the batch is not contiguous"))?;
-        let v = self
-            .variants
-            .get(&(b, false))
-            .ok_or_else(|| run_err!("internal: batch {b} was not compiled"))?;
-        let grads = v
-            .code
-            .backward(&[x], &self.params32, &v.scratch, &[&d_out])
-            .map_err(|e| run_err!("{e}"))?;
-        let spike_counts = self.spike_counts(&v.scratch)?;
-        let (out, running_updates) =
-            compiled_step_results(self.g, grads.params, &self.params32, &self.run_dir)?;
-        Ok(Step {
-            loss: l,
-            readout,
-            grads: out,
-            running_updates,
-            spike_counts,
-        })
-    }
-
-    fn eval_batch(&mut self, params: &ParamStore, batch: &Batch) -> Result<EvalOutput, RunError> {
-        // Without batchnorm and dropout both variants are the same code: reuse the training
-        // one.
-        let eval = self.eval_differs;
-        let (b, readout) = self.forward(params, batch, None)?;
-        let v = self
-            .variants
-            .get(&(b, eval))
-            .ok_or_else(|| run_err!("internal: batch {b} was not compiled"))?;
-        Ok(EvalOutput {
-            spike_counts: self.spike_counts(&v.scratch)?,
-            readout,
-        })
     }
 }
 
