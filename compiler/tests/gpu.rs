@@ -34,6 +34,19 @@ fn gpu(g: &Graph, chip: &str, batch: usize) -> snnc::backend::gpu::GpuArtifact {
     compile(g, &opts).unwrap_or_else(|e| panic!("{}: {e}", g.name))
 }
 
+/// Snapshots `ptx` as `<kind>__<file>__<model>` unless it is over [`MAX_SNAPSHOT_BYTES`]
+/// (then noted in `skipped`).
+fn snapshot_ptx(kind: &str, rel: &str, g: &Graph, ptx: &str, skipped: &mut Vec<String>) {
+    if ptx.len() > MAX_SNAPSHOT_BYTES {
+        skipped.push(format!("{}:{} ({} bytes)", rel, g.name, ptx.len()));
+        return;
+    }
+    insta::assert_snapshot!(
+        format!("{kind}__{}__{}", rel.replace(['/', '.'], "_"), g.name),
+        ptx
+    );
+}
+
 fn entries(ptx: &str) -> usize {
     ptx.matches(".visible .entry ").count()
 }
@@ -54,14 +67,7 @@ fn ptx_of_every_example() {
                 "{}: every entry is launched",
                 g.name
             );
-            if art.ptx.len() > MAX_SNAPSHOT_BYTES {
-                skipped.push(format!("{}:{} ({} bytes)", rel, g.name, art.ptx.len()));
-                continue;
-            }
-            insta::assert_snapshot!(
-                format!("ptx__{}__{}", rel.replace(['/', '.'], "_"), g.name),
-                art.ptx
-            );
+            snapshot_ptx("ptx", &rel, g, &art.ptx, &mut skipped);
         }
     }
     eprintln!("PTX snapshots skipped (over {MAX_SNAPSHOT_BYTES} bytes): {skipped:?}");
@@ -300,14 +306,7 @@ fn training_ptx_of_every_example() {
         for g in &c.graphs {
             let art = gpu_training(g, 1);
             check_training(g, &art, 1);
-            if art.ptx.len() > MAX_SNAPSHOT_BYTES {
-                skipped.push(format!("{}:{} ({} bytes)", rel, g.name, art.ptx.len()));
-                continue;
-            }
-            insta::assert_snapshot!(
-                format!("train_ptx__{}__{}", rel.replace(['/', '.'], "_"), g.name),
-                art.ptx
-            );
+            snapshot_ptx("train_ptx", &rel, g, &art.ptx, &mut skipped);
         }
     }
     eprintln!("training PTX snapshots skipped (over {MAX_SNAPSHOT_BYTES} bytes): {skipped:?}");

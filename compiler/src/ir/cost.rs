@@ -57,15 +57,7 @@ pub fn layer_counts(g: &Graph) -> Vec<LayerCounts> {
         .nodes
         .iter()
         .enumerate()
-        .filter(|(_, n)| {
-            matches!(
-                n.op,
-                Op::Scan {
-                    emit: ScanEmit::Spikes,
-                    ..
-                }
-            )
-        })
+        .filter(|(_, n)| n.emits_spikes())
         .map(|(i, _)| (ValueId(i), 0.0))
         .collect();
     let mut rows = Vec::new();

@@ -223,6 +223,19 @@ pub struct Node {
     pub group: Option<String>,
 }
 
+impl Node {
+    /// Whether this is a neuron scan that emits spikes (the values firing rates count).
+    pub fn emits_spikes(&self) -> bool {
+        matches!(
+            self.op,
+            Op::Scan {
+                emit: ScanEmit::Spikes,
+                ..
+            }
+        )
+    }
+}
+
 /// Training configuration from a model's `train { }` section, values already checked.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct TrainSetting {

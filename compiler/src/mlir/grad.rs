@@ -133,14 +133,7 @@ fn recomputed_values(g: &Graph, grad: &GradGraph) -> Vec<usize> {
 /// `saved` plus every spike-emitting scan output not among them, in node order.
 fn saved_spikes(g: &Graph, mut saved: Vec<usize>) -> Vec<usize> {
     for (i, n) in g.nodes.iter().enumerate() {
-        let spikes = matches!(
-            n.op,
-            Op::Scan {
-                emit: ScanEmit::Spikes,
-                ..
-            }
-        );
-        if spikes && !saved.contains(&i) {
+        if n.emits_spikes() && !saved.contains(&i) {
             saved.push(i);
         }
     }

@@ -4,8 +4,7 @@
 use super::{RunError, input_name, run_err};
 use crate::backend::cpu::{CompiledTraining, TrainScratch};
 use crate::interp::{Interpreter, Mode, Options, ParamStore};
-use crate::ir::graph::ScanEmit;
-use crate::ir::{Graph, Op, ParamRole, ValueId};
+use crate::ir::{Graph, ParamRole, ValueId};
 use crate::mlir::LowerOptions;
 use crate::mlir::grad::{TrainArg, TrainRole};
 use ndarray::{ArrayD, IxDyn};
@@ -473,15 +472,7 @@ pub(super) fn spike_scans(g: &Graph) -> Vec<(ValueId, String)> {
     g.nodes
         .iter()
         .enumerate()
-        .filter(|(_, n)| {
-            matches!(
-                n.op,
-                Op::Scan {
-                    emit: ScanEmit::Spikes,
-                    ..
-                }
-            )
-        })
+        .filter(|(_, n)| n.emits_spikes())
         .map(|(i, n)| (ValueId(i), n.name.clone()))
         .collect()
 }
