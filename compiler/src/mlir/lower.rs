@@ -795,8 +795,12 @@ impl<'c, 'e> Fx<'c, 'e> {
         terms: &SumTerms<'_, 'c>,
         finish: &SumFinish<'_, 'c>,
     ) {
-        let zeros = vec![self.cf(0.0); n];
-        let out_n: i64 = out.iter().product();
+        self.split_fold(out, red, &vec![0.0; n], "arith.addf", terms, finish);
+    }
+
+    /// How many leading axes of `red` [`Self::split_sums`] runs in parallel for `out_n`
+    /// outputs (0: none; always 0 outside the flat form).
+    fn split_axes(&self, out_n: i64, red: &[i64]) -> usize {
         let red_n: i64 = red.iter().product();
         let (mut lead, mut parts) = (0, 1i64);
         while self.flat && lead < red.len() && out_n < SPLIT_ENOUGH_OUTPUTS {
@@ -807,56 +811,78 @@ impl<'c, 'e> Fx<'c, 'e> {
             parts *= d;
             lead += 1;
         }
-        let add = |b: &Block<'c>, acc: &[V<'c>], vals: Vec<V<'c>>| -> Vec<V<'c>> {
+        lead
+    }
+
+    /// [`Self::split_sums`] for any associative and commutative `combine` (`arith.addf`,
+    /// `arith.maximumf`) from `inits` (its identities).
+    pub(super) fn split_fold(
+        &self,
+        out: &[i64],
+        red: &[i64],
+        inits: &[f64],
+        combine: &str,
+        terms: &SumTerms<'_, 'c>,
+        finish: &SumFinish<'_, 'c>,
+    ) {
+        let n = inits.len();
+        let inits: Vec<V<'c>> = inits.iter().map(|v| self.cf(*v)).collect();
+        let fold = |b: &Block<'c>, acc: &[V<'c>], vals: Vec<V<'c>>| -> Vec<V<'c>> {
             acc.iter()
                 .zip(vals)
-                .map(|(a, v)| self.addf(b, *a, v))
+                .map(|(a, v)| self.bin(b, combine, *a, v))
                 .collect()
         };
+        let lead = self.split_axes(out.iter().product(), red);
         if lead == 0 {
             self.par(self.entry, out, |b, o| {
-                let sums = self.carry_nest(b, red, &zeros, &[], &mut |b, r, acc| {
-                    add(b, acc, terms(b, o, r))
+                let sums = self.carry_nest(b, red, &inits, &[], &mut |b, r, acc| {
+                    fold(b, acc, terms(b, o, r))
                 });
                 finish(b, o, &sums);
             });
             return;
         }
         let (outer, inner) = red.split_at(lead);
-        let mut part_dims = vec![n as i64];
-        part_dims.extend_from_slice(out);
-        part_dims.extend_from_slice(outer);
-        let partials = self.alloc(&part_dims);
+        let partials = self.partials(n, out, outer);
+        let at = |k: usize, idx: &[V<'c>]| {
+            let mut at = vec![self.cidx(k as i64)];
+            at.extend_from_slice(idx);
+            at
+        };
         let mut dims = out.to_vec();
         dims.extend_from_slice(outer);
         self.par(self.entry, &dims, |b, idx| {
             let (o, l) = idx.split_at(out.len());
-            let sums = self.carry_nest(b, inner, &zeros, &[], &mut |b, r, acc| {
+            let sums = self.carry_nest(b, inner, &inits, &[], &mut |b, r, acc| {
                 let mut full = l.to_vec();
                 full.extend_from_slice(r);
-                add(b, acc, terms(b, o, &full))
+                fold(b, acc, terms(b, o, &full))
             });
             for (k, v) in sums.iter().enumerate() {
-                let mut at = vec![self.cidx(k as i64)];
-                at.extend_from_slice(idx);
-                self.store(b, *v, partials, &at);
+                self.store(b, *v, partials, &at(k, idx));
             }
         });
         self.par(self.entry, out, |b, o| {
-            let sums = self.carry_nest(b, outer, &zeros, &[], &mut |b, l, acc| {
+            let sums = self.carry_nest(b, outer, &inits, &[], &mut |b, l, acc| {
+                let mut idx = o.to_vec();
+                idx.extend_from_slice(l);
                 let vals = (0..n)
-                    .map(|k| {
-                        let mut at = vec![self.cidx(k as i64)];
-                        at.extend_from_slice(o);
-                        at.extend_from_slice(l);
-                        self.load(b, partials, &at)
-                    })
+                    .map(|k| self.load(b, partials, &at(k, &idx)))
                     .collect();
-                add(b, acc, vals)
+                fold(b, acc, vals)
             });
             finish(b, o, &sums);
         });
         self.stmt(self.entry, "memref.dealloc", &[partials]);
+    }
+
+    /// A `[n, out..., outer...]` buffer of partial results.
+    fn partials(&self, n: usize, out: &[i64], outer: &[i64]) -> V<'c> {
+        let mut dims = vec![n as i64];
+        dims.extend_from_slice(out);
+        dims.extend_from_slice(outer);
+        self.alloc(&dims)
     }
 
     /// `scf.parallel` over `[0, dims)`: iterations must write disjoint elements. In flat form
@@ -1961,6 +1987,9 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
             .filter(|(_, r)| **r)
             .map(|(d, _)| *d)
             .collect();
+        if fx.flat {
+            return self.reduce_flat(node, (&x, y), kind, (&reduced, &red_dims), keepdim);
+        }
         if kind == ReduceKind::Max
             && let Some(at) = self.train.aux_for(self.g, node, grad::Aux::Argmax)
         {
@@ -2051,6 +2080,95 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
         } else {
             fx.par_vec(fx.entry, &y.dims, body);
         }
+        Ok(())
+    }
+
+    /// [`Self::reduce`] in flat form: one thread per output, or with few outputs, the leading
+    /// reduced axes in parallel too ([`Fx::split_fold`]). A max reduction that saves its
+    /// argmax keeps each part's first maximum with its linear index over the reduced axes;
+    /// the parts are then combined in order with the same rule, so the first maximum overall
+    /// wins, as unsplit.
+    fn reduce_flat(
+        &self,
+        node: &Node,
+        (x, y): (&Buf<'c>, &Buf<'c>),
+        kind: ReduceKind,
+        (reduced, red_dims): (&[bool], &[i64]),
+        keepdim: bool,
+    ) -> Result<(), LowerError> {
+        let fx = &self.fx;
+        let x_index = |o: &[V<'c>], r: &[V<'c>]| reduce_index(reduced, keepdim, o, r);
+        let count: i64 = red_dims.iter().product();
+        let argmax = (kind == ReduceKind::Max)
+            .then(|| self.train.aux_for(self.g, node, grad::Aux::Argmax))
+            .flatten();
+        let Some(at) = argmax else {
+            let (init, combine) = match kind {
+                ReduceKind::Max => (f64::NEG_INFINITY, "arith.maximumf"),
+                ReduceKind::Mean | ReduceKind::Sum => (0.0, "arith.addf"),
+            };
+            let terms =
+                |b: &Block<'c>, o: &[V<'c>], r: &[V<'c>]| vec![fx.load(b, x.mem, &x_index(o, r))];
+            fx.split_fold(&y.dims, red_dims, &[init], combine, &terms, &|b, o, acc| {
+                let v = match kind {
+                    ReduceKind::Mean => fx.divf(b, acc[0], fx.cf(count as f64)),
+                    ReduceKind::Max | ReduceKind::Sum => acc[0],
+                };
+                fx.store(b, v, y.mem, o);
+            });
+            return Ok(());
+        };
+        let lead = fx.split_axes(y.dims.iter().product(), red_dims);
+        if lead == 0 {
+            fx.par(fx.entry, &y.dims, |b, o| {
+                let read = |b: &Block<'c>, r: &[V<'c>], _: bool| fx.load(b, x.mem, &x_index(o, r));
+                let (v, i) = first_max(fx, b, red_dims, MaxLanes::Scalar, &read);
+                fx.store(b, v, y.mem, o);
+                fx.store(b, i, at, o);
+            });
+            return Ok(());
+        }
+        let (outer, inner) = red_dims.split_at(lead);
+        let inner_n: i64 = inner.iter().product();
+        let partials = fx.partials(2, &y.dims, outer);
+        let at_part = |k: i64, idx: &[V<'c>]| {
+            let mut at = vec![fx.cidx(k)];
+            at.extend_from_slice(idx);
+            at
+        };
+        let mut dims = y.dims.clone();
+        dims.extend_from_slice(outer);
+        fx.par(fx.entry, &dims, |b, idx| {
+            let (o, l) = idx.split_at(y.dims.len());
+            let read = |b: &Block<'c>, r: &[V<'c>], _: bool| {
+                let mut full = l.to_vec();
+                full.extend_from_slice(r);
+                fx.load(b, x.mem, &x_index(o, &full))
+            };
+            let (v, i) = first_max(fx, b, inner, MaxLanes::Scalar, &read);
+            // The part's first index over all reduced axes (exact in f32 below 2^24).
+            let base = fx.ilin(b, linear(fx, b, l, outer), inner_n, None, 0);
+            let i = fx.addf(b, fx.index_to_f32(b, base), i);
+            fx.store(b, v, partials, &at_part(0, idx));
+            fx.store(b, i, partials, &at_part(1, idx));
+        });
+        fx.par(fx.entry, &y.dims, |b, o| {
+            let inits = [fx.cf(f64::NEG_INFINITY), fx.cf(0.0)];
+            let best = fx.carry_nest(b, outer, &inits, &[], &mut |b, l, carried| {
+                let mut idx = o.to_vec();
+                idx.extend_from_slice(l);
+                let v = fx.load(b, partials, &at_part(0, &idx));
+                let i = fx.load(b, partials, &at_part(1, &idx));
+                let wins = fx.first_max_wins(b, v, carried[0]);
+                vec![
+                    fx.select(b, wins, v, carried[0]),
+                    fx.select(b, wins, i, carried[1]),
+                ]
+            });
+            fx.store(b, best[0], y.mem, o);
+            fx.store(b, best[1], at, o);
+        });
+        fx.stmt(fx.entry, "memref.dealloc", &[partials]);
         Ok(())
     }
 
