@@ -1787,6 +1787,21 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
             .filter(|&k| dst.dims.get(k) == Some(&1) && ydims[k] != 1)
             .collect();
         let red_dims: Vec<i64> = red.iter().map(|&k| ydims[k]).collect();
+        if fx.flat {
+            // One thread per output, or with few outputs (a gate's gradient), the leading
+            // summed axes in parallel too.
+            let term = |b: &Block<'c>, di: &[V<'c>], r: &[V<'c>]| {
+                let mut yidx = di.to_vec();
+                for (j, &k) in red.iter().enumerate() {
+                    yidx[k] = r[j];
+                }
+                vec![value(b, &yidx, false)]
+            };
+            fx.split_sums(&dst.dims, &red_dims, 1, &term, &|b, di, s| {
+                self.acc(b, s[0], dst.mem, di)
+            });
+            return;
+        }
         let body = |b: &Block<'c>, di: &[V<'c>], vector: bool| {
             let init = fx.cf_w(0.0, vector);
             let acc = fx.acc_nest(b, &red_dims, init, &mut |b, r, acc| {
