@@ -366,7 +366,10 @@ impl<'c, 'm, M: ClifModule> FnTranslator<'_, '_, 'c, 'm, M> {
             n = self.b.ins().imul(n, trips);
         }
 
-        let sym = format!("{}__loop{}", self.sym, self.outlined.len());
+        // The node the loop computes (its location) in the name, so profiles say which op a
+        // loop is: `<function>__loop<k>_<node>`.
+        let node = loc_name(&parallel.location().to_string());
+        let sym = format!("{}__loop{}{node}", self.sym, self.outlined.len());
         let sig = body_signature(&*self.module);
         let id = self
             .module
@@ -516,5 +519,34 @@ impl<'c, 'm, M: ClifModule> FnTranslator<'_, '_, 'c, 'm, M> {
                 Val::Agg(fields.iter().map(|f| self.load_layout(ctx, f)).collect())
             }
         }
+    }
+}
+
+/// `_<name>` for the first quoted name of an MLIR location (`loc("bn0")` → `_bn0`), with
+/// anything but ASCII letters, digits and `_` dropped; empty without one.
+fn loc_name(loc: &str) -> String {
+    let name: String = loc
+        .split('"')
+        .nth(1)
+        .unwrap_or_default()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .collect();
+    if name.is_empty() {
+        name
+    } else {
+        format!("_{name}")
+    }
+}
+
+#[cfg(test)]
+mod loc_tests {
+    use super::loc_name;
+
+    #[test]
+    fn loop_names_carry_the_node() {
+        assert_eq!(loc_name("loc(\"bn0\")"), "_bn0");
+        assert_eq!(loc_name("loc(\"ta.fc-1\"(\"x.snn\":3:4))"), "_tafc1");
+        assert_eq!(loc_name("loc(unknown)"), "");
     }
 }
