@@ -1802,6 +1802,23 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
             });
             return;
         }
+        // Kept last axes (spatial attention's gate, summed over T and C): streaming order,
+        // adding each element into `dst`'s row as it is read.
+        let reduced: Vec<bool> = (0..ydims.len()).map(|k| red.contains(&k)).collect();
+        let dst_index = |idx: &[V<'c>]| -> Vec<V<'c>> {
+            idx.iter()
+                .zip(&reduced)
+                .map(|(v, r)| if *r { fx.cidx(0) } else { *v })
+                .collect()
+        };
+        let nothing = |_: &Block<'c>, _: &[V<'c>], _: bool| {};
+        let add = |b: &Block<'c>, idx: &[V<'c>], _: &[V<'c>], vector: bool| {
+            let v = value(b, idx, vector);
+            self.acc_w(b, v, dst.mem, &dst_index(idx), vector);
+        };
+        if fx.stream_reduce(ydims, &reduced, &nothing, &add, &nothing) {
+            return;
+        }
         let body = |b: &Block<'c>, di: &[V<'c>], vector: bool| {
             let init = fx.cf_w(0.0, vector);
             let acc = fx.acc_nest(b, &red_dims, init, &mut |b, r, acc| {

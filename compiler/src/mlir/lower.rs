@@ -1071,6 +1071,89 @@ impl<'c, 'e> Fx<'c, 'e> {
         results[0]
     }
 
+    /// Sequential loops over `dims` with the last axis in `vector<4xf32>` groups, then a
+    /// scalar tail: `body(block, ivs, vector)` gets the first lane's indices (the sequential
+    /// [`Self::par_vec`]).
+    fn for_vec(&self, b: &Block<'c>, dims: &[i64], body: &dyn Fn(&Block<'c>, &[V<'c>], bool)) {
+        let Some((&width, outer)) = dims.split_last() else {
+            return body(b, &[], false);
+        };
+        let (groups, tail) = (width / LANES, width % LANES);
+        for (count, lanes, start) in [(groups, LANES, 0), (tail, 1, groups * LANES)] {
+            if count == 0 {
+                continue;
+            }
+            let mut part = outer.to_vec();
+            part.push(count);
+            self.carry_nest(b, &part, &[], &[], &mut |b, ivs, _| {
+                let mut ivs = ivs.to_vec();
+                let last = ivs.len() - 1;
+                ivs[last] = self.ilin(b, ivs[last], lanes, None, start);
+                body(b, &ivs, lanes > 1);
+                vec![]
+            });
+        }
+    }
+
+    /// A reduction over the `reduced` axes of `dims` that keeps the last axes, in streaming
+    /// order: in parallel over the kept axes before the last reduced one (`outer`), then for
+    /// each reduced index in row-major order, one pass in vectors over the kept axes after it
+    /// (`tail`, contiguous in the input and the output alike). The running results live in the
+    /// output's `tail` row, in L1. Walking the reduced axes per output instead (spatial
+    /// attention's pooling over T and C) reads the input with a stride of a whole feature map.
+    ///
+    /// `before(block, idx, vector)` initialises, `body(block, idx, r, vector)` accumulates the
+    /// element at `idx` (reduced index `r`), `after` finishes; `idx` indexes `dims` (reduced
+    /// positions 0 in `before` and `after`). Returns false, emitting nothing, when the layout
+    /// does not suit (the last axis reduced, or no kept axis before the last reduced one to run
+    /// in parallel).
+    pub(super) fn stream_reduce(
+        &self,
+        dims: &[i64],
+        reduced: &[bool],
+        before: &dyn Fn(&Block<'c>, &[V<'c>], bool),
+        body: &dyn Fn(&Block<'c>, &[V<'c>], &[V<'c>], bool),
+        after: &dyn Fn(&Block<'c>, &[V<'c>], bool),
+    ) -> bool {
+        let Some(last_red) = reduced.iter().rposition(|r| *r) else {
+            return false;
+        };
+        let outer: Vec<usize> = (0..last_red).filter(|&k| !reduced[k]).collect();
+        let outer_dims: Vec<i64> = outer.iter().map(|&k| dims[k]).collect();
+        if self.flat || last_red + 1 == dims.len() || outer_dims.iter().product::<i64>() < 2 {
+            return false;
+        }
+        let red: Vec<usize> = (0..dims.len()).filter(|&k| reduced[k]).collect();
+        let red_dims: Vec<i64> = red.iter().map(|&k| dims[k]).collect();
+        let tail_dims = &dims[last_red + 1..];
+        let full = |o: &[V<'c>], r: &[V<'c>], t: &[V<'c>]| {
+            let mut idx = vec![self.cidx(0); dims.len()];
+            for (k, v) in outer.iter().zip(o) {
+                idx[*k] = *v;
+            }
+            for (k, v) in red.iter().zip(r) {
+                idx[*k] = *v;
+            }
+            idx[last_red + 1..].copy_from_slice(t);
+            idx
+        };
+        self.par(self.entry, &outer_dims, |b, o| {
+            self.for_vec(b, tail_dims, &|b, t, vector| {
+                before(b, &full(o, &[], t), vector)
+            });
+            self.carry_nest(b, &red_dims, &[], &[], &mut |b, r, _| {
+                self.for_vec(b, tail_dims, &|b, t, vector| {
+                    body(b, &full(o, r, t), r, vector)
+                });
+                vec![]
+            });
+            self.for_vec(b, tail_dims, &|b, t, vector| {
+                after(b, &full(o, &[], t), vector)
+            });
+        });
+        true
+    }
+
     /// Nested `scf.for`s over `dims` carrying several values; `body(block, ivs, carried)`
     /// returns the next ones. The dyn body keeps the recursion monomorphic.
     fn carry_nest(
@@ -1990,6 +2073,9 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
         if fx.flat {
             return self.reduce_flat(node, (&x, y), kind, (&reduced, &red_dims), keepdim);
         }
+        if self.reduce_streaming(node, (&x, y), kind, (&reduced, &red_dims), keepdim) {
+            return Ok(());
+        }
         if kind == ReduceKind::Max
             && let Some(at) = self.train.aux_for(self.g, node, grad::Aux::Argmax)
         {
@@ -2081,6 +2167,75 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
             fx.par_vec(fx.entry, &y.dims, body);
         }
         Ok(())
+    }
+
+    /// [`Self::reduce`] over axes followed by kept ones (spatial attention's mean and max
+    /// over T and C) in streaming order ([`Fx::stream_reduce`]); false when the layout does not
+    /// suit. A max keeps the first maximum: reduced indices arrive in row-major order and only
+    /// a strictly greater value (or a first NaN) replaces the running one.
+    fn reduce_streaming(
+        &self,
+        node: &Node,
+        (x, y): (&Buf<'c>, &Buf<'c>),
+        kind: ReduceKind,
+        (reduced, red_dims): (&[bool], &[i64]),
+        keepdim: bool,
+    ) -> bool {
+        let fx = &self.fx;
+        let argmax = (kind == ReduceKind::Max)
+            .then(|| self.train.aux_for(self.g, node, grad::Aux::Argmax))
+            .flatten();
+        // The output's index of input element `idx`.
+        let y_index = |idx: &[V<'c>]| -> Vec<V<'c>> {
+            idx.iter()
+                .zip(reduced)
+                .filter_map(|(v, r)| match (r, keepdim) {
+                    (false, _) => Some(*v),
+                    (true, true) => Some(fx.cidx(0)),
+                    (true, false) => None,
+                })
+                .collect()
+        };
+        let init = match kind {
+            ReduceKind::Max => f64::NEG_INFINITY,
+            ReduceKind::Mean | ReduceKind::Sum => 0.0,
+        };
+        let before = |b: &Block<'c>, idx: &[V<'c>], vector: bool| {
+            let yi = y_index(idx);
+            fx.store_w(b, fx.cf_w(init, vector), y.mem, &yi, vector);
+            if let Some(at) = argmax {
+                fx.store_w(b, fx.cf_w(0.0, vector), at, &yi, vector);
+            }
+        };
+        let body = |b: &Block<'c>, idx: &[V<'c>], r: &[V<'c>], vector: bool| {
+            let yi = y_index(idx);
+            let v = fx.load_w(b, x.mem, idx, vector);
+            let best = fx.load_w(b, y.mem, &yi, vector);
+            let next = match (kind, argmax) {
+                (ReduceKind::Max, Some(at)) => {
+                    let wins = fx.first_max_wins(b, v, best);
+                    let i = fx.index_to_f32(b, linear(fx, b, r, red_dims));
+                    let i = if vector { fx.splat(b, i) } else { i };
+                    let old = fx.load_w(b, at, &yi, vector);
+                    let i = fx.select(b, wins, i, old);
+                    fx.store_w(b, i, at, &yi, vector);
+                    fx.select(b, wins, v, best)
+                }
+                (ReduceKind::Max, None) => fx.bin(b, "arith.maximumf", best, v),
+                (ReduceKind::Mean | ReduceKind::Sum, _) => fx.addf(b, best, v),
+            };
+            fx.store_w(b, next, y.mem, &yi, vector);
+        };
+        let count: i64 = red_dims.iter().product();
+        let after = |b: &Block<'c>, idx: &[V<'c>], vector: bool| {
+            if kind == ReduceKind::Mean {
+                let yi = y_index(idx);
+                let v = fx.load_w(b, y.mem, &yi, vector);
+                let v = fx.divf(b, v, fx.cf_w(count as f64, vector));
+                fx.store_w(b, v, y.mem, &yi, vector);
+            }
+        };
+        fx.stream_reduce(&x.dims, reduced, &before, &body, &after)
     }
 
     /// [`Self::reduce`] in flat form: one thread per output, or with few outputs, the leading
