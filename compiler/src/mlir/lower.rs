@@ -63,6 +63,10 @@ impl Default for LowerOptions {
 pub(super) type SumTerms<'a, 'c> = dyn Fn(&Block<'c>, &[V<'c>], &[V<'c>]) -> Vec<V<'c>> + 'a;
 /// [`Fx::split_sums`]'s finish: `(block, output index, sums)`.
 pub(super) type SumFinish<'a, 'c> = dyn Fn(&Block<'c>, &[V<'c>], &[V<'c>]) + 'a;
+/// [`Fx::stream_reduce`]'s initialisation and finish: `(block, index, vector)`.
+pub(super) type RowStep<'a, 'c> = dyn Fn(&Block<'c>, &[V<'c>], bool) + 'a;
+/// [`Fx::stream_reduce`]'s accumulation: `(block, index, reduced index, vector)`.
+pub(super) type StreamStep<'a, 'c> = dyn Fn(&Block<'c>, &[V<'c>], &[V<'c>], bool) + 'a;
 /// [`Fx::split_sums`]: this many outputs keep one thread each (enough to fill a GPU).
 const SPLIT_ENOUGH_OUTPUTS: i64 = 1 << 16;
 /// [`Fx::split_sums`]: the most partial sums held per sum (16 MiB of f32).
@@ -1111,9 +1115,9 @@ impl<'c, 'e> Fx<'c, 'e> {
         &self,
         dims: &[i64],
         reduced: &[bool],
-        before: &dyn Fn(&Block<'c>, &[V<'c>], bool),
-        body: &dyn Fn(&Block<'c>, &[V<'c>], &[V<'c>], bool),
-        after: &dyn Fn(&Block<'c>, &[V<'c>], bool),
+        before: &RowStep<'_, 'c>,
+        body: &StreamStep<'_, 'c>,
+        after: &RowStep<'_, 'c>,
     ) -> bool {
         let Some(last_red) = reduced.iter().rposition(|r| *r) else {
             return false;
