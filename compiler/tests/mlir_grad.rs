@@ -51,7 +51,11 @@ fn with_training_jit(
     form: LoopForm,
     body: impl FnOnce(&dyn Fn(&str, &mut [Vec<f32>])),
 ) {
-    let opts = LowerOptions::with_batch(batch);
+    // Intermediate gradients start as NaN: one read before its first write would show.
+    let opts = LowerOptions {
+        poison_gradients: true,
+        ..LowerOptions::with_batch(batch)
+    };
     let context = new_context();
     let mut module = lower_training_module_with(&context, &[g], &opts, form).expect("lowers");
     verify(&context, &module).expect("verifies");

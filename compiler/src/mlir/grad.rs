@@ -19,13 +19,14 @@ use crate::autodiff::{GradGraph, ScanAdjoint, differentiate};
 use crate::ir::graph::{BinaryOp, Graph, Node, Op, PoolKind, ReduceKind, ScanEmit, UnaryOp};
 use crate::ir::scalar::{NeuronProgram, Target, Var};
 use crate::ir::types::Axis;
+use melior::ir::ValueLike as _;
 use melior::{
     Context,
     dialect::func,
     ir::{Block, BlockLike, Location, Module, Region, RegionLike, Type, r#type::MemRefType},
 };
-use std::cell::RefCell;
-use std::collections::{BTreeSet, HashMap};
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 /// `arith.cmpi` predicates (MLIR's enum order).
 const IEQ: i64 = 0;
@@ -600,6 +601,7 @@ fn lower_backward<'c>(
         let mut fx = Fx::new(context, entry, loc);
         fx.set_form(form);
         let mut bw = Backward::new(fx, g, opts.batch, &grad, &sig)?;
+        bw.poison = opts.poison_gradients;
         bw.run(&grad)?;
         used = bw.fx.used_kernels.take();
         Ok(())
@@ -713,9 +715,7 @@ impl<'c> ScanIo<'_, 'c> {
         vector: bool,
     ) {
         let fx = &bw.fx;
-        let old = fx.load_w(b, self.dx.mem, idx, vector);
-        let new = fx.addf(b, old, adj_input);
-        fx.store_w(b, new, self.dx.mem, idx, vector);
+        bw.acc_w(b, adj_input, self.dx.mem, idx, vector);
         if let (Some(v), Some(m)) = (dgate, self.dgate) {
             fx.store_w(b, v, m, idx, vector);
         }
@@ -745,6 +745,21 @@ struct Backward<'a, 'c, 'e> {
     d_outputs: Vec<V<'c>>,
     /// Dropout node → its mask argument.
     masks: HashMap<usize, V<'c>>,
+    /// Gradient buffers by [`key`] (views too) → their allocation and its shape.
+    roots: RefCell<HashMap<usize, (V<'c>, Vec<i64>)>>,
+    /// Allocations not written yet, by [`key`]: they hold garbage until the first claim
+    /// ([`Backward::claim`]) zeroes them, or lets its op store instead of add.
+    fresh: RefCell<HashSet<usize>>,
+    /// The buffer (by [`key`]) the current op writes once per element into a fresh
+    /// allocation: [`Backward::acc_w`] stores there instead of adding.
+    storing: Cell<Option<usize>>,
+    /// [`LowerOptions::poison_gradients`].
+    poison: bool,
+}
+
+/// A value's identity, for maps keyed by buffer.
+fn key(v: V<'_>) -> usize {
+    v.to_raw().ptr as usize
 }
 
 impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
@@ -837,6 +852,10 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
             states,
             aux,
             masks,
+            roots: RefCell::new(HashMap::new()),
+            fresh: RefCell::new(HashSet::new()),
+            storing: Cell::new(None),
+            poison: false,
             recomputed: recomputed_values(g, grad),
             temps: RefCell::new(Vec::new()),
             grads,
@@ -858,6 +877,7 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
         let g = self.g;
         for (k, out) in g.outputs.iter().enumerate() {
             let d = self.grad_of(out.0)?;
+            self.claim(&d, true);
             let seed = self.d_outputs[k];
             let fx = &self.fx;
             fx.par_vec(fx.entry, &d.dims, |b, ivs, vector| {
@@ -871,6 +891,7 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
             let Some((dy, owned)) = self.grads[i].clone() else {
                 continue;
             };
+            self.storing.set(None);
             self.fx.loc.set(Location::name(
                 self.fx.ctx,
                 &format!("{}.grad", node.name),
@@ -909,9 +930,33 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
 
     /// `mem[idx..idx + 4] += v` when `vector`, else [`Self::acc`].
     fn acc_w(&self, b: &Block<'c>, v: V<'c>, mem: V<'c>, idx: &[V<'c>], vector: bool) {
+        if self.storing.get() == Some(key(mem)) {
+            return self.fx.store_w(b, v, mem, idx, vector);
+        }
         let old = self.fx.load_w(b, mem, idx, vector);
         let new = self.fx.addf(b, old, v);
         self.fx.store_w(b, new, mem, idx, vector);
+    }
+
+    /// Prepares gradient buffer `buf` for the op about to contribute to it. `once`: the op's
+    /// next loop nest writes every element exactly once (through [`Self::acc`] /
+    /// [`Self::acc_w`]). The first contribution to an allocation then stores instead of adding
+    /// (no zeroing pass, no read); any other first contribution zeroes it first. Zeroing every
+    /// gradient at allocation cost a full write pass per feature map (85 M elements per
+    /// TCSA gesture step) plus a read in every first addition.
+    fn claim(&self, buf: &Buf<'c>, once: bool) {
+        self.storing.set(None);
+        let Some((root, dims)) = self.roots.borrow().get(&key(buf.mem)).cloned() else {
+            return;
+        };
+        if !self.fresh.borrow_mut().remove(&key(root)) {
+            return;
+        }
+        if once {
+            self.storing.set(Some(key(buf.mem)));
+        } else {
+            self.zero(root, &dims);
+        }
     }
 
     /// The gradient buffer of node `v`, allocated and zeroed at its first contribution.
@@ -932,11 +977,25 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
                 mem: view_of(&self.fx, node, &dx, &dims),
                 dims,
             };
+            let root = self.roots.borrow().get(&key(dx.mem)).cloned();
+            if let Some(root) = root {
+                self.roots.borrow_mut().insert(key(buf.mem), root);
+            }
             self.grads[v] = Some((buf.clone(), false));
             return Ok(buf);
         }
+        // Not zeroed: the first contribution decides how (see `claim`).
         let mem = self.alloc(&dims);
-        self.zero(mem, &dims);
+        if self.poison {
+            let fx = &self.fx;
+            fx.par_vec(fx.entry, &dims, |b, ivs, vector| {
+                fx.store_w(b, fx.cf_w(f64::NAN, vector), mem, ivs, vector)
+            });
+        }
+        self.roots
+            .borrow_mut()
+            .insert(key(mem), (mem, dims.clone()));
+        self.fresh.borrow_mut().insert(key(mem));
         let buf = Buf { mem, dims };
         self.grads[v] = Some((buf.clone(), true));
         Ok(buf)
@@ -988,7 +1047,23 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
         Ok(Buf { mem, dims })
     }
 
+    /// The gradient buffer of operand `k`, ready for contributions that may add to an element
+    /// more than once or leave some untouched (scatters, runtime kernels).
     fn input_grad(&mut self, node: &Node, k: usize) -> Result<Buf<'c>, LowerError> {
+        let buf = self.operand_grad(node, k)?;
+        self.claim(&buf, false);
+        Ok(buf)
+    }
+
+    /// [`Self::input_grad`] for an op whose next loop nest writes every element of the
+    /// operand's gradient exactly once.
+    fn input_grad_once(&mut self, node: &Node, k: usize) -> Result<Buf<'c>, LowerError> {
+        let buf = self.operand_grad(node, k)?;
+        self.claim(&buf, true);
+        Ok(buf)
+    }
+
+    fn operand_grad(&mut self, node: &Node, k: usize) -> Result<Buf<'c>, LowerError> {
         let id = node
             .inputs
             .get(k)
@@ -1191,7 +1266,7 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
         }
         // dx as a gather (a transposed conv): each input element sums the output taps that
         // read it, so parallel iterations write disjoint elements.
-        let dx = self.input_grad(node, 0)?;
+        let dx = self.input_grad_once(node, 0)?;
         let fx = &self.fx;
         let (oh_n, ow_n) = (dy.dims[ph], dy.dims[pw]);
         fx.par(fx.entry, &dx.dims, |b, xi| {
@@ -1289,7 +1364,7 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
                 self.acc(b, s[0], db, o)
             });
         }
-        let dx = self.input_grad(node, 0)?;
+        let dx = self.input_grad_once(node, 0)?;
         let fx = &self.fx;
         fx.par(fx.entry, &dx.dims, |b, xi| {
             let acc = fx.acc_nest(b, &[n_out], fx.cf(0.0), &mut |b, r, acc| {
@@ -1345,7 +1420,10 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
             PoolKind::Max => Some(self.saved(node, 0)?),
             PoolKind::Avg => None,
         };
-        let dx = self.input_grad(node, 0)?;
+        let dx = self.operand_grad(node, 0)?;
+        // Average windows that tile the input write each element once; max pooling scatters.
+        let tiles = s == k && dx.dims[ph] % k == 0 && dx.dims[pw] % k == 0;
+        self.claim(&dx, x.is_none() && tiles);
         let fx = &self.fx;
         let tap = |b: &Block<'c>, o: &[V<'c>], kh: V<'c>, kw: V<'c>| {
             let mut idx = o.to_vec();
@@ -1470,7 +1548,7 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
         let pa = self.position(node, 0, axis)?;
         let gamma = self.param(node, 0)?;
         let (dgamma, dbeta) = (self.dparam(node, 0), self.dparam(node, 1));
-        let dx = self.input_grad(node, 0)?;
+        let dx = self.input_grad_once(node, 0)?;
         let fx = &self.fx;
         let others = remove_at(&x.dims, pa);
         let m = fx.cf(others.iter().product::<i64>() as f64);
@@ -1580,7 +1658,7 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
         let mask = *self.masks.get(&i).ok_or_else(|| {
             LowerError::new(format!("internal: dropout `{}` has no mask", node.name))
         })?;
-        let dx = self.input_grad(node, 0)?;
+        let dx = self.input_grad_once(node, 0)?;
         let fx = &self.fx;
         let scale = dropout_scale(p);
         fx.par_vec(fx.entry, &dx.dims, |b, idx, vector| {
@@ -1610,7 +1688,7 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
                 xty.shape_string()
             )));
         }
-        let dx = self.input_grad(node, 0)?;
+        let dx = self.input_grad_once(node, 0)?;
         let fx = &self.fx;
         let (h, w) = (dx.dims[ph], dx.dims[pw]);
         // Consecutive W are consecutive N: vectors along W when it is the last axis.
@@ -1653,7 +1731,11 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
             ReduceKind::Max => Some(self.saved(node, 0)?),
             _ => None,
         };
-        let dx = self.input_grad(node, 0)?;
+        let dx = if x.is_none() {
+            self.input_grad_once(node, 0)?
+        } else {
+            self.input_grad(node, 0)?
+        };
         let fx = &self.fx;
         let red_dims: Vec<i64> = dx
             .dims
@@ -1730,7 +1812,7 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
         let pa = self.position(node, 0, axis)?;
         let mut offset = 0;
         for k in 0..node.inputs.len() {
-            let dx = self.input_grad(node, k)?;
+            let dx = self.input_grad_once(node, k)?;
             let fx = &self.fx;
             fx.par(fx.entry, &dx.dims, |b, xi| {
                 let mut yidx = xi.to_vec();
@@ -1750,7 +1832,7 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
         } else {
             self.saved(node, 0)?
         };
-        let dx = self.input_grad(node, 0)?;
+        let dx = self.input_grad_once(node, 0)?;
         let fx = &self.fx;
         fx.par_vec(fx.entry, &dx.dims, |b, xi, vector| {
             let v = fx.load_w(b, x.mem, xi, vector);
@@ -1811,14 +1893,24 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
                 .map(|(v, r)| if *r { fx.cidx(0) } else { *v })
                 .collect()
         };
+        // Streaming adds into each element many times: a buffer this op would store into
+        // (see `claim`) gets its rows zeroed first instead.
+        let storing = self.storing.take();
+        let fresh = storing == Some(key(dst.mem));
+        let init = |b: &Block<'c>, idx: &[V<'c>], vector: bool| {
+            if fresh {
+                fx.store_w(b, fx.cf_w(0.0, vector), dst.mem, &dst_index(idx), vector);
+            }
+        };
         let nothing = |_: &Block<'c>, _: &[V<'c>], _: bool| {};
         let add = |b: &Block<'c>, idx: &[V<'c>], _: &[V<'c>], vector: bool| {
             let v = value(b, idx, vector);
             self.acc_w(b, v, dst.mem, &dst_index(idx), vector);
         };
-        if fx.stream_reduce(ydims, &reduced, &nothing, &add, &nothing) {
+        if fx.stream_reduce(ydims, &reduced, &init, &add, &nothing) {
             return;
         }
+        self.storing.set(storing);
         let body = |b: &Block<'c>, di: &[V<'c>], vector: bool| {
             let init = fx.cf_w(0.0, vector);
             let acc = fx.acc_nest(b, &red_dims, init, &mut |b, r, acc| {
@@ -1866,7 +1958,7 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
             }
         };
         for k in 0..2 {
-            let dst = self.input_grad(node, k)?;
+            let dst = self.input_grad_once(node, k)?;
             let fx = &self.fx;
             let other = operands
                 .as_ref()
@@ -1929,7 +2021,7 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
         let others = remove_at(&x.dims, pt);
         let n_elems: i64 = others.iter().product();
         let nl = neuron.learns.len();
-        let dx = self.input_grad(node, 0)?;
+        let dx = self.input_grad_once(node, 0)?;
         // Loaded once on the host side in loop form; in flat form inside the kernel
         // ([`Self::scan_time_inner`]), since a GPU host never reads device memory.
         let learn_params = (0..nl)
@@ -1988,7 +2080,7 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
             fx.stmt(fx.entry, "memref.dealloc", &[tmp]);
         }
         if let Some(tmp) = dgate_tmp {
-            let dgate = self.input_grad(node, 1)?;
+            let dgate = self.input_grad_once(node, 1)?;
             let fx = &self.fx;
             self.sum_into(&dgate, &x.dims, &|b, yidx, vector| {
                 fx.load_w(b, tmp, yidx, vector)

@@ -41,21 +41,27 @@ pub struct LowerOptions {
     /// the running ones, as in training. Dropout is the identity in `@<model>_forward`; in
     /// `_forward_train` it applies the caller's masks unless `eval`.
     pub eval: bool,
+    /// Fill every intermediate gradient buffer of `_backward` with NaN when it is allocated.
+    /// Those buffers are not zeroed (the first contribution stores, or zeroes them first;
+    /// see `grad`); with this set, a contribution that wrongly assumes zeros shows in the
+    /// gradient tests instead of reading whatever memory was there.
+    pub poison_gradients: bool,
 }
 
 impl LowerOptions {
     /// Training semantics (batch statistics) at batch size `batch`.
     pub fn with_batch(batch: usize) -> Self {
-        LowerOptions { batch, eval: false }
+        LowerOptions {
+            batch,
+            eval: false,
+            poison_gradients: false,
+        }
     }
 }
 
 impl Default for LowerOptions {
     fn default() -> Self {
-        LowerOptions {
-            batch: 1,
-            eval: false,
-        }
+        LowerOptions::with_batch(1)
     }
 }
 
