@@ -528,7 +528,11 @@ pub(super) fn params_to_f32(
     params32.resize_with(params.values.len(), Vec::new);
     for (dst, src) in params32.iter_mut().zip(&params.values) {
         dst.clear();
-        dst.extend(src.iter().map(|v| *v as f32));
+        // A contiguous slice converts in vector lanes; ndarray's element iterator does not.
+        match src.as_slice() {
+            Some(s) => dst.extend(s.iter().map(|v| *v as f32)),
+            None => dst.extend(src.iter().map(|v| *v as f32)),
+        }
     }
     Ok(())
 }
