@@ -176,17 +176,23 @@ fn cli_emits_ptx_and_writes_a_directory() {
     assert!(text.contains(".target sm_90") && text.contains(".entry "));
 
     let dir = std::env::temp_dir().join(format!("snnc-gpu-test-{}", std::process::id()));
-    let out = Command::new(bin)
-        .args(["build", "--target", "gpu", "-o"])
-        .arg(&dir)
-        .arg(&file)
-        .output()
-        .expect("snnc runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // `snnc build ARGS -o dir file`, which must succeed.
+    let build_into = |args: &[&str]| {
+        let out = Command::new(bin)
+            .arg("build")
+            .args(args)
+            .arg("-o")
+            .arg(&dir)
+            .arg(&file)
+            .output()
+            .expect("snnc runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    build_into(&["--target", "gpu"]);
     let ptx = std::fs::read_to_string(dir.join("GoldenSmall.ptx")).expect("ptx written");
     let json = std::fs::read_to_string(dir.join("GoldenSmall.launch.json")).expect("manifest");
     let m = LaunchManifest::from_json(&json).expect("valid manifest");
@@ -196,17 +202,7 @@ fn cli_emits_ptx_and_writes_a_directory() {
     }
 
     // --train: the training PTX beside the forward's, one manifest per function.
-    let out = Command::new(bin)
-        .args(["build", "--target", "gpu", "--train", "--batch", "2", "-o"])
-        .arg(&dir)
-        .arg(&file)
-        .output()
-        .expect("snnc runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    build_into(&["--target", "gpu", "--train", "--batch", "2"]);
     let ptx = std::fs::read_to_string(dir.join("GoldenSmall.train.ptx")).expect("ptx written");
     let mut roles = Vec::new();
     for which in ["forward_train", "backward"] {
