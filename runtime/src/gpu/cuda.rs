@@ -4,6 +4,8 @@
 use super::GpuError;
 use super::manifest::{BufferKind, LaunchManifest, Step};
 use cudarc::driver::{CudaContext, CudaStream, DriverError, result, sys};
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::ffi::{CString, c_void};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -221,6 +223,10 @@ pub struct GpuModule {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     module: sys::CUmodule,
+    /// Freed temporaries by length, reused by later replays of this module's functions: every
+    /// step allocates the same sizes in the same order, so after the first one no temporary
+    /// costs a `cuMemAlloc`, a `cuMemFree` or the stream drain a free needs.
+    pool: RefCell<HashMap<usize, Vec<DeviceBuffer>>>,
 }
 
 impl GpuModule {
@@ -238,7 +244,27 @@ impl GpuModule {
             ctx: Arc::clone(&dev.ctx),
             stream: Arc::clone(&dev.stream),
             module,
+            pool: RefCell::new(HashMap::new()),
         }))
+    }
+
+    /// A zeroed temporary of `len` f32: a pooled one, or a new allocation. Zeroing is enqueued
+    /// on the default stream, after whatever last used the buffer.
+    fn take_temp(&self, len: usize) -> Result<DeviceBuffer, GpuError> {
+        let pooled = self.pool.borrow_mut().get_mut(&len).and_then(Vec::pop);
+        match pooled {
+            Some(mut b) => {
+                b.zero()?;
+                Ok(b)
+            }
+            None => DeviceBuffer::zeroed(&self.ctx, len),
+        }
+    }
+
+    /// Returns a temporary for reuse. Kernels still queued that read it finish before any
+    /// later use: every launch and memset goes to the one (default) stream, in order.
+    fn give_back(&self, b: DeviceBuffer) {
+        self.pool.borrow_mut().entry(b.len).or_default().push(b);
     }
 }
 
@@ -256,8 +282,8 @@ impl Drop for GpuModule {
 pub struct GpuModel {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
-    /// Keeps the module loaded while its functions may be launched.
-    _module: Rc<GpuModule>,
+    /// Keeps the module loaded while its functions may be launched; holds the temporaries.
+    module: Rc<GpuModule>,
     functions: Vec<(String, sys::CUfunction)>,
     manifest: LaunchManifest,
 }
@@ -289,7 +315,7 @@ impl GpuModel {
         Ok(GpuModel {
             ctx: Arc::clone(&module.ctx),
             stream: Arc::clone(&module.stream),
-            _module: Rc::clone(module),
+            module: Rc::clone(module),
             functions,
             manifest,
         })
@@ -350,17 +376,14 @@ impl GpuModel {
             match step {
                 Step::Alloc { buffer } => {
                     let n = m.buffers[*buffer].elements();
-                    temps[*buffer] = Some(DeviceBuffer::zeroed(&self.ctx, n)?);
+                    temps[*buffer] = Some(self.module.take_temp(n)?);
                     live += n * 4;
                     peak = peak.max(live);
                 }
                 Step::Free { buffer } => {
-                    // Kernels on the stream may still read it: drain before freeing.
-                    self.stream
-                        .synchronize()
-                        .map_err(driver("cuStreamSynchronize"))?;
                     if let Some(b) = temps[*buffer].take() {
                         live -= b.len * 4;
+                        self.module.give_back(b);
                     }
                 }
                 Step::Launch {
@@ -416,7 +439,10 @@ impl GpuModel {
                 .elapsed_ms(&end)
                 .map_err(driver("cuEventElapsedTime"))?,
         );
-        drop(temps);
+        // A manifest frees every temporary; any it did not goes back to the pool too.
+        for b in temps.into_iter().flatten() {
+            self.module.give_back(b);
+        }
         Ok(RunStats {
             launches,
             device_ms,
