@@ -1,5 +1,6 @@
 //! Execution backends of the training driver behind one trait: the reference interpreter (f64)
-//! and the CPU backend's JIT-compiled `forward_train` / `backward` (f32, docs/abi.md).
+//! and compiled `forward_train` / `backward` (f32, docs/abi.md) in one [`CompiledExecutor`],
+//! from the CPU JIT here or the GPU (`train::gpu`).
 
 use super::{RunError, input_name, run_err};
 use crate::backend::cpu::{CompiledTraining, TrainScratch};
@@ -112,7 +113,7 @@ fn batch_input(batch: &Batch) -> ArrayD<f64> {
     batch.frames.mapv(f64::from).into_dyn()
 }
 
-pub(super) fn nan_error(e: impl std::fmt::Display, run_dir: &Path) -> RunError {
+fn nan_error(e: impl std::fmt::Display, run_dir: &Path) -> RunError {
     run_err!(
         "training stopped: {e}\n  = note: the last good checkpoint in {} is kept\n  = help: lower the learning rate or check the input data",
         run_dir.display()
@@ -468,7 +469,7 @@ impl<B: CompiledBackend> Executor for CompiledExecutor<'_, B> {
 }
 
 /// Spike-emitting scans in node order: (node, name of its `saved` buffer).
-pub(super) fn spike_scans(g: &Graph) -> Vec<(ValueId, String)> {
+fn spike_scans(g: &Graph) -> Vec<(ValueId, String)> {
     g.nodes
         .iter()
         .enumerate()
@@ -478,7 +479,7 @@ pub(super) fn spike_scans(g: &Graph) -> Vec<(ValueId, String)> {
 }
 
 /// Whether evaluation differs from training: batchnorm on running statistics, no dropout.
-pub(super) fn eval_differs(g: &Graph) -> bool {
+fn eval_differs(g: &Graph) -> bool {
     !crate::mlir::grad::dropout_nodes(g).is_empty()
         || g.params
             .iter()
@@ -487,7 +488,7 @@ pub(super) fn eval_differs(g: &Graph) -> bool {
 
 /// Training step `step`'s dropout masks as f32, by argument name (`fsig`'s `dropout_mask`
 /// arguments): the interpreter's masks for the same run seed and step.
-pub(super) fn dropout_masks(
+fn dropout_masks(
     g: &Graph,
     fsig: &[TrainArg],
     seed: u64,
@@ -512,7 +513,7 @@ pub(super) fn dropout_masks(
 ///
 /// The store, the optimiser and the checkpoints stay f64 for every backend (one checkpoint
 /// format; runs can switch backends on resume); f32 exists only for the compiled code.
-pub(super) fn params_to_f32(
+fn params_to_f32(
     g: &Graph,
     params: &ParamStore,
     params32: &mut Vec<Vec<f32>>,
@@ -538,7 +539,7 @@ pub(super) fn params_to_f32(
 }
 
 /// The first model output of the compiled forward (`fsig`'s first `output`) as f64.
-pub(super) fn readout_array(
+fn readout_array(
     g: &Graph,
     fsig: &[TrainArg],
     outputs: Vec<Vec<f32>>,
@@ -554,12 +555,12 @@ pub(super) fn readout_array(
 }
 
 /// Per parameter its gradient (`None`: not trainable), and the new running statistics.
-pub(super) type StepResults = (Vec<Option<ArrayD<f64>>>, Vec<(usize, ArrayD<f64>)>);
+type StepResults = (Vec<Option<ArrayD<f64>>>, Vec<(usize, ArrayD<f64>)>);
 
 /// The driver's view of a compiled backward: trainable gradients (`grads`, `Graph::params`
 /// order) checked for non-finite values and widened to f64, and the running statistics the
 /// forward left in `params32`.
-pub(super) fn compiled_step_results(
+fn compiled_step_results(
     g: &Graph,
     grads: Vec<Vec<f32>>,
     params32: &[Vec<f32>],

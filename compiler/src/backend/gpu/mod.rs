@@ -172,7 +172,11 @@ pub struct GpuTimings {
 pub fn compile(g: &Graph, opts: &GpuOptions) -> Result<GpuArtifact, LowerError> {
     let lower_opts = LowerOptions::with_batch(opts.batch);
     let sig = forward_signature(g, &lower_opts)?;
-    let functions = [(crate::mlir::lower::forward_symbol(g), arg_specs(&sig))];
+    let args = arg_specs(
+        sig.iter()
+            .map(|a| (a.name.as_str(), a.role.as_str(), a.shape.as_slice())),
+    );
+    let functions = [(crate::mlir::lower::forward_symbol(g), args)];
     let (ptx, mut manifests, timings) = compile_functions(g, opts, &functions, |context| {
         lower_graphs_with(context, &[g], &lower_opts, LoopForm::Flat)
     })?;
@@ -243,30 +247,27 @@ pub fn compile_training_with(
     })
 }
 
-fn arg_specs(sig: &[crate::mlir::lower::ForwardArg]) -> Vec<ArgSpec> {
-    sig.iter()
-        .map(|a| ArgSpec {
-            name: a.name.clone(),
-            role: a.role.as_str().into(),
-            shape: a.shape.clone(),
-        })
-        .collect()
+/// A manifest's arguments from a signature's (name, role, shape) triples.
+fn arg_specs<'a>(sig: impl Iterator<Item = (&'a str, &'a str, &'a [usize])>) -> Vec<ArgSpec> {
+    sig.map(|(name, role, shape)| ArgSpec {
+        name: name.into(),
+        role: role.into(),
+        shape: shape.to_vec(),
+    })
+    .collect()
 }
 
 fn train_arg_specs(sig: &[TrainArg]) -> Vec<ArgSpec> {
-    sig.iter()
-        .map(|a| ArgSpec {
-            name: a.name.clone(),
-            role: a.role.as_str().into(),
-            shape: a.shape.clone(),
-        })
-        .collect()
+    arg_specs(
+        sig.iter()
+            .map(|a| (a.name.as_str(), a.role.as_str(), a.shape.as_slice())),
+    )
 }
 
 /// The shared pipeline: `lower` builds a module of flat-form functions; every host function
 /// is mapped to kernels, all kernels go into one PTX module, and each of `functions`
 /// (symbol, arguments) gets a launch manifest, in that order.
-fn compile_functions<'c>(
+fn compile_functions(
     g: &Graph,
     opts: &GpuOptions,
     functions: &[(String, Vec<ArgSpec>)],
