@@ -959,7 +959,8 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
         }
     }
 
-    /// The gradient buffer of node `v`, allocated and zeroed at its first contribution.
+    /// The gradient buffer of node `v`, allocated at its first contribution (not zeroed: see
+    /// [`Self::claim`]).
     /// The gradient of a view is the same view of its operand's gradient: what flows into it
     /// lands where the operand's gradient accumulates, and the view's own step does nothing.
     fn grad_of(&mut self, v: usize) -> Result<Buf<'c>, LowerError> {
