@@ -25,7 +25,7 @@ use melior::{
     dialect::func,
     ir::{Block, BlockLike, Location, Module, Region, RegionLike, Type, r#type::MemRefType},
 };
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap, HashSet};
 
 /// `arith.cmpi` predicates (MLIR's enum order).
@@ -752,7 +752,7 @@ struct Backward<'a, 'c, 'e> {
     fresh: RefCell<HashSet<usize>>,
     /// The buffer (by [`key`]) the current op writes once per element into a fresh
     /// allocation: [`Backward::acc_w`] stores there instead of adding.
-    storing: Cell<Option<usize>>,
+    storing: RefCell<Vec<usize>>,
     /// [`LowerOptions::poison_gradients`].
     poison: bool,
 }
@@ -854,7 +854,7 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
             masks,
             roots: RefCell::new(HashMap::new()),
             fresh: RefCell::new(HashSet::new()),
-            storing: Cell::new(None),
+            storing: RefCell::new(Vec::new()),
             poison: false,
             recomputed: recomputed_values(g, grad),
             temps: RefCell::new(Vec::new()),
@@ -891,7 +891,7 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
             let Some((dy, owned)) = self.grads[i].clone() else {
                 continue;
             };
-            self.storing.set(None);
+            self.storing.borrow_mut().clear();
             self.fx.loc.set(Location::name(
                 self.fx.ctx,
                 &format!("{}.grad", node.name),
@@ -930,7 +930,7 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
 
     /// `mem[idx..idx + 4] += v` when `vector`, else [`Self::acc`].
     fn acc_w(&self, b: &Block<'c>, v: V<'c>, mem: V<'c>, idx: &[V<'c>], vector: bool) {
-        if self.storing.get() == Some(key(mem)) {
+        if self.storing.borrow().contains(&key(mem)) {
             return self.fx.store_w(b, v, mem, idx, vector);
         }
         let old = self.fx.load_w(b, mem, idx, vector);
@@ -945,7 +945,12 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
     /// gradient at allocation cost a full write pass per feature map (85 M elements per
     /// TCSA gesture step) plus a read in every first addition.
     fn claim(&self, buf: &Buf<'c>, once: bool) {
-        self.storing.set(None);
+        self.storing.borrow_mut().clear();
+        self.claim_also(buf, once);
+    }
+
+    /// [`Self::claim`] for a second buffer the same loop nest writes (the first stays claimed).
+    fn claim_also(&self, buf: &Buf<'c>, once: bool) {
         let Some((root, dims)) = self.roots.borrow().get(&key(buf.mem)).cloned() else {
             return;
         };
@@ -953,7 +958,7 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
             return;
         }
         if once {
-            self.storing.set(Some(key(buf.mem)));
+            self.storing.borrow_mut().push(key(buf.mem));
         } else {
             self.zero(root, &dims);
         }
@@ -1896,8 +1901,11 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
         };
         // Streaming adds into each element many times: a buffer this op would store into
         // (see `claim`) gets its rows zeroed first instead.
-        let storing = self.storing.take();
-        let fresh = storing == Some(key(dst.mem));
+        let fresh = {
+            let mut storing = self.storing.borrow_mut();
+            let at = storing.iter().position(|k| *k == key(dst.mem));
+            at.map(|i| storing.remove(i)).is_some()
+        };
         let init = |b: &Block<'c>, idx: &[V<'c>], vector: bool| {
             if fresh {
                 fx.store_w(b, fx.cf_w(0.0, vector), dst.mem, &dst_index(idx), vector);
@@ -1911,7 +1919,9 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
         if fx.stream_reduce(ydims, &reduced, &init, &add, &nothing) {
             return;
         }
-        self.storing.set(storing);
+        if fresh {
+            self.storing.borrow_mut().push(key(dst.mem));
+        }
         let body = |b: &Block<'c>, di: &[V<'c>], vector: bool| {
             let init = fx.cf_w(0.0, vector);
             let acc = fx.acc_nest(b, &red_dims, init, &mut |b, r, acc| {
@@ -1958,6 +1968,11 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
                 Some((operand(0)?, operand(1)?))
             }
         };
+        if let Some((a, c)) = &operands
+            && let Some(full) = self.broadcast_product(node, &dy.dims)?
+        {
+            return self.gated_product(node, dy, full, [a, c]);
+        }
         for k in 0..2 {
             let dst = self.input_grad_once(node, k)?;
             let fx = &self.fx;
@@ -1975,6 +1990,63 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
                 }
             });
         }
+        Ok(())
+    }
+
+    /// For a product of a full-shape operand and a broadcast one (attention's `x · gate`) whose
+    /// gradients are different buffers: the full operand's position.
+    fn broadcast_product(
+        &mut self,
+        node: &Node,
+        ydims: &[i64],
+    ) -> Result<Option<usize>, LowerError> {
+        let dims = |k: usize| -> Result<Vec<i64>, LowerError> {
+            let id = node
+                .inputs
+                .get(k)
+                .ok_or_else(|| LowerError::new(format!("operand {k} is missing")))?;
+            let n = &self.g.nodes[id.0];
+            Ok(to_i64(&shape_of(&n.ty, self.batch, &n.name)?))
+        };
+        let full = match (dims(0)? == ydims, dims(1)? == ydims) {
+            (true, false) => 0,
+            (false, true) => 1,
+            _ => return Ok(None),
+        };
+        let (a, b) = (self.operand_grad(node, 0)?, self.operand_grad(node, 1)?);
+        let root = |buf: &Buf<'c>| {
+            self.roots
+                .borrow()
+                .get(&key(buf.mem))
+                .map_or(key(buf.mem), |(r, _)| key(*r))
+        };
+        Ok((root(&a) != root(&b)).then_some(full))
+    }
+
+    /// The gradients of `x · gate` (`x` the operand at `full`, `gate` broadcast) in the gate's
+    /// reduction loop: each element of dy is read once, for `dx = dy · gate` and for the
+    /// gate's sum of `dy · x` (two passes over dy otherwise).
+    fn gated_product(
+        &mut self,
+        node: &Node,
+        dy: &Buf<'c>,
+        full: usize,
+        operands: [&FwdValue<'c>; 2],
+    ) -> Result<(), LowerError> {
+        let dx = self.operand_grad(node, full)?;
+        let dgate = self.operand_grad(node, 1 - full)?;
+        self.claim(&dx, true);
+        self.claim_also(&dgate, true);
+        let (x, gate) = (operands[full], operands[1 - full]);
+        let fx = &self.fx;
+        self.sum_into(&dgate, &dy.dims, &|b, yidx, vector| {
+            let d = fx.load_w(b, dy.mem, yidx, vector);
+            let g = gate.load(fx, b, &dy.dims, yidx, vector);
+            let dxv = fx.mulf(b, d, g);
+            self.acc_w(b, dxv, dx.mem, yidx, vector);
+            let xv = x.load(fx, b, &dy.dims, yidx, vector);
+            fx.mulf(b, d, xv)
+        });
         Ok(())
     }
 
