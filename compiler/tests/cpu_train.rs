@@ -8,9 +8,7 @@ use snnc::interp::ParamStore;
 use snnc::ir::Graph;
 use snnc::mlir::LowerOptions;
 use snnc::sema::compile_source;
-use snnc::train::{
-    Backend, CpuExecutor, Executor, InterpExecutor, RunConfig, RunError, RunOverrides, Step,
-};
+use snnc::train::{Backend, CpuExecutor, Executor, InterpExecutor, RunConfig, RunOverrides, Step};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -38,36 +36,11 @@ fn max_abs(v: &[f64]) -> f64 {
 /// One step on each executor from the same parameters and batch.
 fn one_step(g: &Graph, batch_size: usize) -> (Step, Step) {
     common::split_every_parallel_loop();
-    // The model's `dataset` path is relative to the workspace; tests run in compiler/.
-    let dir = common::workspace();
-    let overrides = RunOverrides {
-        batch: Some(batch_size),
-        limit_train: Some(batch_size),
-        workers: Some(0),
-        ..Default::default()
-    };
     let run_dir = std::env::temp_dir().join("snnc-cpu-train-unused");
-    let cfg = RunConfig::resolve(g, run_dir.clone(), &dir, &overrides).expect("config");
-    let (train, _) = cfg.loaders(g).expect("loaders");
-    let batch = train
-        .epoch(0)
-        .next()
-        .expect("one batch")
-        .expect("readable batch");
-    assert_eq!(batch.labels.len(), batch_size);
-    let params = ParamStore::init(g, 7);
-    let targets: Vec<usize> = batch.labels.iter().map(|l| *l as usize).collect();
-    let mut loss = |r: &ndarray::ArrayD<f64>| {
-        snnc::interp::loss::cross_entropy(r, &targets).map_err(|e| RunError(e.to_string()))
-    };
     let mut interp = InterpExecutor::new(g, 0, &run_dir).expect("interp");
-    let want = interp
-        .train_step(&params, &batch, 0, &mut loss)
-        .expect("interpreter step");
+    let want = common::one_training_step(&mut interp, g, batch_size);
     let mut cpu = CpuExecutor::new(g, 0, &run_dir).expect("cpu");
-    let got = cpu
-        .train_step(&params, &batch, 0, &mut loss)
-        .expect("cpu step");
+    let got = common::one_training_step(&mut cpu, g, batch_size);
     (got, want)
 }
 

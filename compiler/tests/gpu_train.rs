@@ -5,10 +5,9 @@
 mod common;
 
 use snn_runtime::gpu::GpuDevice;
-use snnc::interp::ParamStore;
 use snnc::ir::Graph;
 use snnc::sema::compile_source;
-use snnc::train::{Backend, RunConfig, RunError, RunOverrides, Step, executor};
+use snnc::train::{Backend, Step, executor};
 use std::process::Command;
 
 fn nmnist(model: &str) -> Graph {
@@ -93,31 +92,11 @@ fn device_gpu_without_a_gpu_is_a_clear_error() {
     assert_eq!(both.status.code(), Some(2));
 }
 
-/// One step of each executor from the same parameters and batch.
+/// One step of `backend`'s executor (see `common::one_training_step`).
 fn step_on(backend: Backend, g: &Graph) -> Step {
-    let dir = common::workspace();
-    let overrides = RunOverrides {
-        batch: Some(2),
-        limit_train: Some(2),
-        workers: Some(0),
-        ..Default::default()
-    };
     let run_dir = std::env::temp_dir().join("snnc-gpu-train-unused");
-    let cfg = RunConfig::resolve(g, run_dir.clone(), &dir, &overrides).expect("config");
-    let (train, _) = cfg.loaders(g).expect("loaders");
-    let batch = train
-        .epoch(0)
-        .next()
-        .expect("one batch")
-        .expect("readable batch");
-    let params = ParamStore::init(g, 7);
-    let targets: Vec<usize> = batch.labels.iter().map(|l| *l as usize).collect();
-    let mut loss = |r: &ndarray::ArrayD<f64>| {
-        snnc::interp::loss::cross_entropy(r, &targets).map_err(|e| RunError(e.to_string()))
-    };
     let mut exec = executor(backend, g, 0, &run_dir).expect("executor");
-    exec.train_step(&params, &batch, 0, &mut loss)
-        .expect("training step")
+    common::one_training_step(exec.as_mut(), g, 2)
 }
 
 /// Runs where a GPU is present (bench/gpu.sh covers the same ground from a prepared bundle

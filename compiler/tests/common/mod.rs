@@ -14,6 +14,40 @@ pub fn split_every_parallel_loop() {
     snn_runtime::kernels::ffi::set_min_parallel_ns(0);
 }
 
+/// One training step of `exec` on the first batch of `batch_size` samples of `g`'s own dataset
+/// (seeded loader, no workers), from parameters seeded 7, with cross-entropy on the readout:
+/// every executor given the same graph sees the same batch and parameters.
+pub fn one_training_step(
+    exec: &mut dyn snnc::train::Executor,
+    g: &snnc::ir::Graph,
+    batch_size: usize,
+) -> snnc::train::Step {
+    use snnc::train::{RunConfig, RunError, RunOverrides};
+    let overrides = RunOverrides {
+        batch: Some(batch_size),
+        limit_train: Some(batch_size),
+        workers: Some(0),
+        ..Default::default()
+    };
+    // The model's `dataset` path is relative to the workspace; tests run in compiler/.
+    let run_dir = std::env::temp_dir().join("snnc-test-step-unused");
+    let cfg = RunConfig::resolve(g, run_dir, &workspace(), &overrides).expect("config");
+    let (train, _) = cfg.loaders(g).expect("loaders");
+    let batch = train
+        .epoch(0)
+        .next()
+        .expect("one batch")
+        .expect("readable batch");
+    assert_eq!(batch.labels.len(), batch_size);
+    let params = snnc::interp::ParamStore::init(g, 7);
+    let targets: Vec<usize> = batch.labels.iter().map(|l| *l as usize).collect();
+    let mut loss = |r: &ArrayD<f64>| {
+        snnc::interp::loss::cross_entropy(r, &targets).map_err(|e| RunError(e.to_string()))
+    };
+    exec.train_step(&params, &batch, 0, &mut loss)
+        .expect("training step")
+}
+
 /// The workspace root (parent of `compiler/`).
 pub fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
