@@ -11,6 +11,7 @@
 #     (made by target/release/examples/gpu_prepare, which this script runs if the bundle is
 #      missing and that binary is present)
 # Overrides: GPU_CHECK=path/to/gpu_check  GPU_PREPARE=path/to/gpu_prepare  BUNDLE=dir
+#            PYTHON=python with CUDA torch (peers)  GPU_PROFILE_CSV=file (every launch's time)
 set -u
 cd "$(dirname "$0")/.."
 
@@ -73,14 +74,16 @@ esac
 
 # Peers on the same card: the gesture step in PyTorch (official LIF loop) and with SpikingJelly's
 # neuron when it is importable (its wheels can be carried in .whl/, see docs/gpu.md).
-peer_status="not run (no python3 with CUDA torch)"
-if [ "$rc" = 0 ] && python3 -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
+# PYTHON: the interpreter with CUDA torch (default python3).
+PY=${PYTHON:-python3}
+peer_status="not run (no $PY with CUDA torch)"
+if [ "$rc" != 3 ] && "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
     if ls .whl/*.whl >/dev/null 2>&1; then
-        python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
             --target /tmp/snnc-peer-site .whl/*.whl && export PYTHONPATH=/tmp/snnc-peer-site
     fi
     echo "== peers: bench/gpu/peer_gesture_step.py --T 60 --B 16"
-    timeout 300 python3 bench/gpu/peer_gesture_step.py --T 60 --B 16 --runs 5 | tee "$LOG.peer"
+    timeout 300 "$PY" bench/gpu/peer_gesture_step.py --T 60 --B 16 --runs 5 | tee "$LOG.peer"
     peer_status="ran"
 fi
 
@@ -95,7 +98,7 @@ echo "peak GPU memory:     ${peak_mib} MiB (nvidia-smi, whole device, sampled ev
 echo "peers:               $peer_status"
 if [ -s "$LOG.peer" ]; then
     # Ratio of each peer's median step to ours (wall, with transfers, without the optimiser).
-    python3 - "$LOG.out" "$LOG.peer" <<'PY'
+    "$PY" - "$LOG.out" "$LOG.peer" <<'PY'
 import json, re, sys
 ours = None
 for line in open(sys.argv[1]):

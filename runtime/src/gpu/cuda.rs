@@ -4,7 +4,7 @@
 use super::GpuError;
 use super::manifest::{BufferKind, LaunchManifest, Step};
 use cudarc::driver::{CudaContext, CudaStream, DriverError, result, sys};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::ffi::{CString, c_void};
 use std::rc::Rc;
@@ -205,8 +205,18 @@ impl Drop for DeviceBuffer {
     }
 }
 
+/// Device time of one kernel launch, measured only while profiling is on.
+#[derive(Clone, Debug)]
+pub struct KernelTime {
+    pub kernel: String,
+    pub grid: [u32; 3],
+    /// Shapes of the kernel's buffer arguments, to tell which operation it is.
+    pub shapes: Vec<Vec<usize>>,
+    pub ms: f64,
+}
+
 /// Measurements of one replay.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct RunStats {
     pub launches: usize,
     /// Device time between the first and last launch (CUDA events), in ms.
@@ -215,6 +225,9 @@ pub struct RunStats {
     pub wall_ms: f64,
     /// Most bytes held at once by the arguments plus live temporaries.
     pub peak_bytes: usize,
+    /// Each launch's device time, in order, when the module profiles (else empty). Profiling
+    /// records an event after every launch, which itself costs a little device time.
+    pub kernels: Vec<KernelTime>,
 }
 
 /// A PTX module JIT-compiled by the driver into a device's context. Several manifests (a
@@ -227,6 +240,8 @@ pub struct GpuModule {
     /// step allocates the same sizes in the same order, so after the first one no temporary
     /// costs a `cuMemAlloc`, a `cuMemFree` or the stream drain a free needs.
     pool: RefCell<HashMap<usize, Vec<DeviceBuffer>>>,
+    /// Whether replays time every launch (`RunStats::kernels`).
+    profiling: Cell<bool>,
 }
 
 impl GpuModule {
@@ -245,7 +260,13 @@ impl GpuModule {
             stream: Arc::clone(&dev.stream),
             module,
             pool: RefCell::new(HashMap::new()),
+            profiling: Cell::new(false),
         }))
+    }
+
+    /// Makes later replays of this module's functions time each launch.
+    pub fn set_profiling(&self, on: bool) {
+        self.profiling.set(on);
     }
 
     /// A zeroed temporary of `len` f32: a pooled one, or a new allocation. Zeroing is enqueued
@@ -284,7 +305,7 @@ pub struct GpuModel {
     stream: Arc<CudaStream>,
     /// Keeps the module loaded while its functions may be launched; holds the temporaries.
     module: Rc<GpuModule>,
-    functions: Vec<(String, sys::CUfunction)>,
+    functions: HashMap<String, sys::CUfunction>,
     manifest: LaunchManifest,
 }
 
@@ -303,14 +324,14 @@ impl GpuModel {
             .ctx
             .bind_to_thread()
             .map_err(driver("cuCtxSetCurrent"))?;
-        let mut functions = Vec::with_capacity(manifest.kernels.len());
+        let mut functions = HashMap::with_capacity(manifest.kernels.len());
         for k in &manifest.kernels {
             let name = CString::new(k.name.as_str())
                 .map_err(|_| GpuError::Manifest(format!("kernel name `{}`", k.name)))?;
             // SAFETY: the module is loaded and kept alive by the `Rc` this model holds.
             let f = unsafe { result::module::get_function(module.module, name) }
                 .map_err(driver("cuModuleGetFunction"))?;
-            functions.push((k.name.clone(), f));
+            functions.insert(k.name.clone(), f);
         }
         Ok(GpuModel {
             ctx: Arc::clone(&module.ctx),
@@ -323,6 +344,11 @@ impl GpuModel {
 
     pub fn manifest(&self) -> &LaunchManifest {
         &self.manifest
+    }
+
+    /// The module this function's kernels live in.
+    pub fn module(&self) -> &Rc<GpuModule> {
+        &self.module
     }
 
     /// One zeroed device buffer per forward argument.
@@ -372,6 +398,8 @@ impl GpuModel {
             .record(&self.stream)
             .map_err(driver("cuEventRecord"))?;
         let mut launches = 0;
+        let profiling = self.module.profiling.get();
+        let mut marks = Vec::new();
         for step in &m.steps {
             match step {
                 Step::Alloc { buffer } => {
@@ -392,12 +420,10 @@ impl GpuModel {
                     block,
                     args: kargs,
                 } => {
-                    let f = self
-                        .functions
-                        .iter()
-                        .find(|(n, _)| n == kernel)
-                        .map(|(_, f)| *f)
-                        .ok_or_else(|| GpuError::Manifest(format!("unknown kernel `{kernel}`")))?;
+                    let f =
+                        self.functions.get(kernel).copied().ok_or_else(|| {
+                            GpuError::Manifest(format!("unknown kernel `{kernel}`"))
+                        })?;
                     let mut ptrs: Vec<u64> = Vec::with_capacity(kargs.len());
                     for a in kargs {
                         let root = m.root(a.buffer).map_err(GpuError::Manifest)?;
@@ -427,6 +453,16 @@ impl GpuModel {
                     }
                     .map_err(driver("cuLaunchKernel"))?;
                     launches += 1;
+                    if profiling {
+                        let mark = self
+                            .ctx
+                            .new_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))
+                            .map_err(driver("cuEventCreate"))?;
+                        mark.record(&self.stream).map_err(driver("cuEventRecord"))?;
+                        let shapes: Vec<Vec<usize>> =
+                            kargs.iter().map(|a| a.shape.clone()).collect();
+                        marks.push((kernel.clone(), *grid, shapes, mark));
+                    }
                 }
             }
         }
@@ -439,6 +475,20 @@ impl GpuModel {
                 .elapsed_ms(&end)
                 .map_err(driver("cuEventElapsedTime"))?,
         );
+        let mut kernels = Vec::with_capacity(marks.len());
+        let mut previous = &start;
+        for (kernel, grid, shapes, mark) in &marks {
+            let ms = previous
+                .elapsed_ms(mark)
+                .map_err(driver("cuEventElapsedTime"))?;
+            kernels.push(KernelTime {
+                kernel: kernel.clone(),
+                grid: *grid,
+                shapes: shapes.clone(),
+                ms: f64::from(ms),
+            });
+            previous = mark;
+        }
         // A manifest frees every temporary; any it did not goes back to the pool too.
         for b in temps.into_iter().flatten() {
             self.module.give_back(b);
@@ -448,6 +498,7 @@ impl GpuModel {
             device_ms,
             wall_ms: wall.elapsed().as_secs_f64() * 1e3,
             peak_bytes: peak,
+            kernels,
         })
     }
 

@@ -260,6 +260,37 @@ impl LaunchManifest {
 mod tests {
     use super::*;
 
+    #[test]
+    fn an_argument_is_a_file_or_a_generator() {
+        let args: Vec<Option<ArgSource>> =
+            serde_json::from_str(r#"["a.f32", {"seed": 3, "lo": -0.25, "hi": 0.25}, null]"#)
+                .expect("parses");
+        assert_eq!(args[0], Some(ArgSource::File("a.f32".into())));
+        assert_eq!(
+            args[1],
+            Some(ArgSource::Uniform {
+                seed: 3,
+                lo: -0.25,
+                hi: 0.25
+            })
+        );
+        assert_eq!(args[2], None);
+        let again: Vec<Option<ArgSource>> =
+            serde_json::from_str(&serde_json::to_string(&args).expect("writes")).expect("parses");
+        assert_eq!(again, args);
+    }
+
+    #[test]
+    fn generated_values_are_in_range_deterministic_and_constant_when_lo_is_hi() {
+        let v = uniform_f32(1000, 9, -0.5, 0.5);
+        assert!(v.iter().all(|x| (-0.5..0.5).contains(x)));
+        assert_eq!(v, uniform_f32(1000, 9, -0.5, 0.5));
+        assert_ne!(v, uniform_f32(1000, 10, -0.5, 0.5));
+        let mean = v.iter().map(|x| f64::from(*x)).sum::<f64>() / 1000.0;
+        assert!(mean.abs() < 0.05, "mean {mean}");
+        assert!(uniform_f32(5, 1, 0.1, 0.1).iter().all(|x| *x == 0.1));
+    }
+
     fn tiny() -> LaunchManifest {
         LaunchManifest {
             format: FORMAT.into(),
@@ -353,6 +384,33 @@ mod tests {
     }
 }
 
+/// Where the values of one argument of a bundle case come from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ArgSource {
+    /// A raw little-endian f32 file, relative to the bundle.
+    File(String),
+    /// [`uniform_f32`]`(n, seed, lo, hi)`, made again on the GPU machine: large parameters
+    /// need not travel with the bundle (`lo == hi` gives a constant).
+    Uniform { seed: u64, lo: f32, hi: f32 },
+}
+
+/// `n` deterministic values in `[lo, hi)` (a 64-bit LCG): the same on every machine, so a
+/// bundle can name values instead of carrying them.
+pub fn uniform_f32(n: usize, seed: u64, lo: f32, hi: f32) -> Vec<f32> {
+    let (lo, hi) = (f64::from(lo), f64::from(hi));
+    let mut s = seed;
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            let u = (s >> 11) as f64 / (1u64 << 53) as f64;
+            (lo + (hi - lo) * u) as f32
+        })
+        .collect()
+}
+
 /// One case of a GPU check bundle (`cases.json`, written by snnc's `gpu_prepare` example on
 /// any machine, replayed by the runtime's `gpu_check` example on a GPU machine).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -364,9 +422,9 @@ pub struct CheckCase {
     /// Paths relative to the bundle.
     pub ptx: String,
     pub manifest: String,
-    /// Per forward argument: a raw little-endian f32 file, or none (outputs; random event
-    /// frames for a timing case's inputs).
-    pub args: Vec<Option<String>>,
+    /// Per forward argument: its values, or none (outputs; random event frames for a timing
+    /// case's inputs).
+    pub args: Vec<Option<ArgSource>>,
     /// Per forward argument: the reference values (outputs and updated state) for `check`.
     pub expected: Vec<Option<String>>,
     /// Where the reference comes from, for the report.
@@ -377,10 +435,10 @@ pub struct CheckCase {
     /// this is `backward`'s (the same PTX).
     #[serde(default)]
     pub backward_manifest: Option<String>,
-    /// Per backward argument: a file for the output gradients (arguments shared with the
+    /// Per backward argument: the output gradients' values (arguments shared with the
     /// forward are the forward's buffers).
     #[serde(default)]
-    pub backward_args: Vec<Option<String>>,
+    pub backward_args: Vec<Option<ArgSource>>,
     /// Per backward argument: the reference gradients for `train`.
     #[serde(default)]
     pub backward_expected: Vec<Option<String>>,

@@ -8,7 +8,7 @@ mod cuda;
 #[cfg(feature = "gpu")]
 mod train;
 #[cfg(feature = "gpu")]
-pub use cuda::{DeviceBuffer, DeviceInfo, GpuDevice, GpuModel, GpuModule, RunStats};
+pub use cuda::{DeviceBuffer, DeviceInfo, GpuDevice, GpuModel, GpuModule, KernelTime, RunStats};
 #[cfg(feature = "gpu")]
 pub use train::TrainingPair;
 

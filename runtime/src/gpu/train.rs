@@ -127,6 +127,11 @@ impl TrainingPair {
         }
     }
 
+    /// Makes later runs of both functions time each kernel launch (`RunStats::kernels`).
+    pub fn set_profiling(&self, on: bool) {
+        self.forward.module().set_profiling(on);
+    }
+
     /// Runs `forward_train` over its buffers.
     pub fn run_forward(&self) -> Result<RunStats, GpuError> {
         self.forward
