@@ -73,10 +73,14 @@ pub(super) type SumFinish<'a, 'c> = dyn Fn(&Block<'c>, &[V<'c>], &[V<'c>]) + 'a;
 pub(super) type RowStep<'a, 'c> = dyn Fn(&Block<'c>, &[V<'c>], bool) + 'a;
 /// [`Fx::stream_reduce`]'s accumulation: `(block, index, reduced index, vector)`.
 pub(super) type StreamStep<'a, 'c> = dyn Fn(&Block<'c>, &[V<'c>], &[V<'c>], bool) + 'a;
-/// [`Fx::split_sums`]: this many outputs keep one thread each (enough to fill a GPU).
-const SPLIT_ENOUGH_OUTPUTS: i64 = 1 << 16;
-/// [`Fx::split_sums`]: the most partial sums held per sum (16 MiB of f32).
-const SPLIT_MAX_PARTIALS: i64 = 1 << 22;
+/// [`Fx::split_sums`]: this many threads fill a GPU (132 multiprocessors of 2048 threads,
+/// a few waves); outputs times partial sums stop growing here.
+const SPLIT_ENOUGH_THREADS: i64 = 1 << 20;
+/// [`Fx::split_sums`]: past this many threads a split stops once a second kernel would add
+/// more partials per output than each partial adds terms.
+const SPLIT_BALANCED_THREADS: i64 = 1 << 14;
+/// [`Fx::split_sums`]: the most partial sums held per sum (64 MiB of f32).
+const SPLIT_MAX_PARTIALS: i64 = 1 << 24;
 /// [`Fx::split_sums`]: the fewest terms one partial sum adds.
 const SPLIT_MIN_TERMS: i64 = 32;
 
@@ -790,13 +794,17 @@ impl<'c, 'e> Fx<'c, 'e> {
     /// the `n` values at reduced index `r`, and `finish(block, o, sums)` consumes the totals.
     ///
     /// In flat form a GPU runs one thread per output, so few outputs over many terms (batchnorm
-    /// statistics per channel, bias gradients) would leave the device idle. When there are
-    /// fewer than
-    /// [`SPLIT_ENOUGH_OUTPUTS`] outputs, the leading reduced axes become parallel too: one
-    /// kernel writes partial sums per (output, leading index) into a temporary, a second adds
-    /// them up and finishes. Each partial still sums at least [`SPLIT_MIN_TERMS`] terms, and
-    /// the temporary holds at most [`SPLIT_MAX_PARTIALS`] values per sum. The order of the
-    /// additions changes, within f32 rounding.
+    /// statistics per channel, bias and weight gradients) would leave the device idle, each
+    /// thread adding up a long chain of dependent loads. While there are fewer than
+    /// [`SPLIT_ENOUGH_THREADS`] threads, the leading reduced axes become parallel too: one
+    /// kernel writes partial sums per (leading index, output) into a temporary, a second adds
+    /// them up and finishes. Each partial still sums at least [`SPLIT_MIN_TERMS`] terms, the
+    /// temporary holds at most [`SPLIT_MAX_PARTIALS`] values per sum, and once there are
+    /// [`SPLIT_BALANCED_THREADS`] threads an axis is split only while the second kernel's
+    /// chain stays no longer than the first's. The leading index is the slowest thread index,
+    /// so neighbouring threads compute neighbouring outputs (coalesced loads of a weight
+    /// gradient's inputs and of the partials). The order of the additions changes, within f32
+    /// rounding.
     pub(super) fn split_sums(
         &self,
         out: &[i64],
@@ -813,12 +821,14 @@ impl<'c, 'e> Fx<'c, 'e> {
     fn split_axes(&self, out_n: i64, red: &[i64]) -> usize {
         let red_n: i64 = red.iter().product();
         let (mut lead, mut parts) = (0, 1i64);
-        while self.flat && lead < red.len() && out_n < SPLIT_ENOUGH_OUTPUTS {
-            let d = red[lead];
-            if out_n * parts * d > SPLIT_MAX_PARTIALS || red_n / (parts * d) < SPLIT_MIN_TERMS {
+        while self.flat && lead < red.len() && out_n * parts < SPLIT_ENOUGH_THREADS {
+            let next = parts * red[lead];
+            let terms = red_n / next;
+            let unbalanced = next > terms && out_n * parts >= SPLIT_BALANCED_THREADS;
+            if out_n * next > SPLIT_MAX_PARTIALS || terms < SPLIT_MIN_TERMS || unbalanced {
                 break;
             }
-            parts *= d;
+            parts = next;
             lead += 1;
         }
         lead
@@ -854,16 +864,16 @@ impl<'c, 'e> Fx<'c, 'e> {
             return;
         }
         let (outer, inner) = red.split_at(lead);
-        let partials = self.partials(n, out, outer);
+        let partials = self.partials(n, outer, out);
         let at = |k: usize, idx: &[V<'c>]| {
             let mut at = vec![self.cidx(k as i64)];
             at.extend_from_slice(idx);
             at
         };
-        let mut dims = out.to_vec();
-        dims.extend_from_slice(outer);
+        let mut dims = outer.to_vec();
+        dims.extend_from_slice(out);
         self.par(self.entry, &dims, |b, idx| {
-            let (o, l) = idx.split_at(out.len());
+            let (l, o) = idx.split_at(outer.len());
             let sums = self.carry_nest(b, inner, &inits, &[], &mut |b, r, acc| {
                 let mut full = l.to_vec();
                 full.extend_from_slice(r);
@@ -875,8 +885,8 @@ impl<'c, 'e> Fx<'c, 'e> {
         });
         self.par(self.entry, out, |b, o| {
             let sums = self.carry_nest(b, outer, &inits, &[], &mut |b, l, acc| {
-                let mut idx = o.to_vec();
-                idx.extend_from_slice(l);
+                let mut idx = l.to_vec();
+                idx.extend_from_slice(o);
                 let vals = (0..n)
                     .map(|k| self.load(b, partials, &at(k, &idx)))
                     .collect();
@@ -887,11 +897,11 @@ impl<'c, 'e> Fx<'c, 'e> {
         self.stmt(self.entry, "memref.dealloc", &[partials]);
     }
 
-    /// A `[n, out..., outer...]` buffer of partial results.
-    fn partials(&self, n: usize, out: &[i64], outer: &[i64]) -> V<'c> {
+    /// A `[n, outer..., out...]` buffer of partial results.
+    fn partials(&self, n: usize, outer: &[i64], out: &[i64]) -> V<'c> {
         let mut dims = vec![n as i64];
-        dims.extend_from_slice(out);
         dims.extend_from_slice(outer);
+        dims.extend_from_slice(out);
         self.alloc(&dims)
     }
 
@@ -2295,16 +2305,16 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
         }
         let (outer, inner) = red_dims.split_at(lead);
         let inner_n: i64 = inner.iter().product();
-        let partials = fx.partials(2, &y.dims, outer);
+        let partials = fx.partials(2, outer, &y.dims);
         let at_part = |k: i64, idx: &[V<'c>]| {
             let mut at = vec![fx.cidx(k)];
             at.extend_from_slice(idx);
             at
         };
-        let mut dims = y.dims.clone();
-        dims.extend_from_slice(outer);
+        let mut dims = outer.to_vec();
+        dims.extend_from_slice(&y.dims);
         fx.par(fx.entry, &dims, |b, idx| {
-            let (o, l) = idx.split_at(y.dims.len());
+            let (l, o) = idx.split_at(outer.len());
             let read = |b: &Block<'c>, r: &[V<'c>], _: bool| {
                 let mut full = l.to_vec();
                 full.extend_from_slice(r);
@@ -2320,8 +2330,8 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
         fx.par(fx.entry, &y.dims, |b, o| {
             let inits = [fx.cf(f64::NEG_INFINITY), fx.cf(0.0)];
             let best = fx.carry_nest(b, outer, &inits, &[], &mut |b, l, carried| {
-                let mut idx = o.to_vec();
-                idx.extend_from_slice(l);
+                let mut idx = l.to_vec();
+                idx.extend_from_slice(o);
                 let v = fx.load(b, partials, &at_part(0, &idx));
                 let i = fx.load(b, partials, &at_part(1, &idx));
                 let wins = fx.first_max_wins(b, v, carried[0]);
