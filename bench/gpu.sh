@@ -12,6 +12,7 @@
 #      missing and that binary is present)
 # Overrides: GPU_CHECK=path/to/gpu_check  GPU_PREPARE=path/to/gpu_prepare  BUNDLE=dir
 #            PYTHON=python with CUDA torch (peers)  GPU_PROFILE_CSV=file (every launch's time)
+#            SNNC_CUBLAS=path/to/libcublas.so.N (else found on the loader's path or searched)
 set -u
 cd "$(dirname "$0")/.."
 
@@ -48,6 +49,18 @@ if [ ! -x "$GPU_CHECK" ] || [ ! -f "$BUNDLE/cases.json" ]; then
     echo "missing $GPU_CHECK or $BUNDLE/cases.json: see docs/gpu.md (Running bench/gpu.sh)"
     exit 2
 fi
+
+# cuBLAS (convolutions and dense layers are its SGEMM): the loader's, else the first found under
+# the usual roots (a CUDA toolkit, or the nvidia-cublas wheel PyTorch brings).
+if [ -z "${SNNC_CUBLAS:-}" ] && ! ldconfig -p 2>/dev/null | grep -q 'libcublas\.so'; then
+    found=$(find /usr/local/cuda*/lib64 /usr/lib /usr/local/lib /opt -name 'libcublas.so*' \
+        -not -name '*Lt*' 2>/dev/null | sort | head -1)
+    if [ -n "$found" ]; then
+        export SNNC_CUBLAS=$found
+        export LD_LIBRARY_PATH=$(dirname "$found")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+    fi
+fi
+echo "== cuBLAS: ${SNNC_CUBLAS:-on the library path}"
 
 # Peak device memory as nvidia-smi sees it, sampled every 50 ms during the run.
 SAMPLER=""

@@ -103,7 +103,7 @@ fn golden_small_manifest_is_consistent() {
     let art = gpu(g, "sm_90", 2);
     let m = &art.manifest;
     m.check().expect("consistent");
-    assert_eq!(m.format, "snnc-launch-v1");
+    assert_eq!(m.format, "snnc-launch-v2");
     assert_eq!((m.batch, m.chip.as_str()), (2, "sm_90"));
     assert_eq!(m.args[0].role, "input");
     assert_eq!(m.args[0].shape[1], 2, "batch axis");

@@ -39,9 +39,10 @@ fn packed_wrapper(symbol: &str, n: usize) -> String {
     w
 }
 
-/// Both CPU loop forms, and the flat one-dimension-per-loop form the GPU backend compiles:
-/// running it here checks its index arithmetic without a GPU.
-const FORMS: [LoopForm; 2] = [LoopForm::Nested, LoopForm::Flat];
+/// Both CPU loop forms, and the flat one-dimension-per-loop forms the GPU backend compiles
+/// (with convolutions and dense layers as `snn_gemm_f32` products, bound here to the runtime's
+/// CPU kernel): running them here checks their index arithmetic without a GPU.
+const FORMS: [LoopForm; 3] = [LoopForm::Nested, LoopForm::Flat, LoopForm::FlatGemm];
 
 /// JIT-compiles the training functions of `g` (loops in `form`) and hands `body` a caller: `call(symbol, args)`
 /// runs one function over `args` (one buffer per argument, in signature order).
@@ -69,6 +70,10 @@ fn with_training_jit(
     text.insert_str(end, &packed_wrapper(&forward_train_symbol(g), fsig.len()));
     let module = Module::parse(&context, &text).expect("wrapped module parses");
     let engine = ExecutionEngine::new(&module, 2, &[], false, false);
+    for (name, f) in snnc::backend::cpu::jit::runtime_kernels() {
+        // SAFETY: each pointer is the `extern "C"` function the module declares under `name`.
+        unsafe { engine.register_symbol(name, f.cast_mut().cast()) };
+    }
     let sizes =
         |sig: &[TrainArg]| -> Vec<usize> { sig.iter().map(|a| a.shape.iter().product()).collect() };
     let (fsizes, bsizes) = (sizes(&fsig), sizes(&bsig));

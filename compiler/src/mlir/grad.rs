@@ -9,6 +9,7 @@
 //! and `smooth_fire` does not exist. Dropout masks are arguments, drawn by the caller as the
 //! interpreter draws them.
 
+use super::gemm::{ConvShape, Product};
 use super::{
     Buf, Env, Fx, LANES, LoopForm, LowerError, LowerOptions, Lowering, V, append_func, block_arg,
     check_program, declare_kernels, delinearise, dropout_scale, eval, forward_signature, fpred,
@@ -1146,35 +1147,6 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
     }
 
     /// `x[idx]` with zero padding: out-of-range taps read index 0 and are masked to 0.
-    fn load_padded(
-        &self,
-        b: &Block<'c>,
-        x: &Buf<'c>,
-        idx: &mut [V<'c>],
-        taps: [(usize, V<'c>); 2],
-    ) -> V<'c> {
-        let fx = &self.fx;
-        let c0 = fx.cidx(0);
-        let mut inb: Option<V<'c>> = None;
-        for (pos, i) in taps {
-            let lo = fx.cmpi(b, ISGE, i, c0);
-            let hi = fx.cmpi(b, ISLT, i, fx.cidx(x.dims[pos]));
-            let both = fx.bin(b, "arith.andi", lo, hi);
-            inb = Some(match inb {
-                Some(prev) => fx.bin(b, "arith.andi", prev, both),
-                None => both,
-            });
-        }
-        let Some(inb) = inb else {
-            return fx.load(b, x.mem, idx);
-        };
-        for (pos, i) in taps {
-            idx[pos] = fx.select(b, inb, i, c0);
-        }
-        let v = fx.load(b, x.mem, idx);
-        fx.select(b, inb, v, fx.cf(0.0))
-    }
-
     fn conv2d(
         &mut self,
         node: &Node,
@@ -1240,8 +1212,13 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
         }
         let fx = &self.fx;
         let y_wo_c = remove_at(&dy.dims, pc);
+        let gemm_shape = (fx.gemm && ph == pc + 1 && pw == pc + 2)
+            .then(|| ConvShape::of(&x.dims, &dy.dims, pc, (kh_n, kw_n), (sh, sw), (padh, padw)))
+            .flatten();
         // dW[oc, ic, kh, kw] = Σ dy[.., oc, oh, ow] · x[.., ic, oh·s + kh − p, ow·s + kw − p].
-        if let Some(dw) = self.dparam(node, 0) {
+        if let (Some(dw), Some(shape)) = (self.dparam(node, 0), &gemm_shape) {
+            fx.conv2d_weight_grad_gemm(&x, dy, dw, shape);
+        } else if let Some(dw) = self.dparam(node, 0) {
             let term = |b: &Block<'c>, wi: &[V<'c>], r: &[V<'c>]| {
                 let yidx = insert_at(r, pc, wi[0]);
                 let d = fx.load(b, dy.mem, &yidx);
@@ -1254,7 +1231,7 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
                 let xv = if padh == 0 && padw == 0 {
                     fx.load(b, x.mem, &xidx)
                 } else {
-                    self.load_padded(b, &x, &mut xidx, [(ph, ih), (pw, iw)])
+                    fx.load_padded(b, &x, &mut xidx, [(ph, ih), (pw, iw)])
                 };
                 vec![fx.mulf(b, d, xv)]
             };
@@ -1275,40 +1252,63 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
         let dx = self.input_grad_once(node, 0)?;
         let fx = &self.fx;
         let (oh_n, ow_n) = (dy.dims[ph], dy.dims[pw]);
+        // The output pixel (oh, ow) whose tap (kh, kw) reads input pixel xi, and whether
+        // there is one.
+        let source = |b: &Block<'c>, xi: &[V<'c>], kh: V<'c>, kw: V<'c>| {
+            let mut valid: Option<V<'c>> = None;
+            let mut outs = Vec::new();
+            for (pos, s, pad, k, n_out) in [(ph, sh, padh, kh, oh_n), (pw, sw, padw, kw, ow_n)] {
+                let shifted = fx.ilin(b, xi[pos], 1, None, pad);
+                let num = fx.bin(b, "arith.subi", shifted, k);
+                let o = if s == 1 {
+                    num
+                } else {
+                    fx.bin(b, "arith.divsi", num, fx.cidx(s))
+                };
+                let mut ok = fx.cmpi(b, ISGE, num, fx.cidx(0));
+                let lt = fx.cmpi(b, ISLT, o, fx.cidx(n_out));
+                ok = fx.bin(b, "arith.andi", ok, lt);
+                if s != 1 {
+                    let rem = fx.bin(b, "arith.remsi", num, fx.cidx(s));
+                    let exact = fx.cmpi(b, IEQ, rem, fx.cidx(0));
+                    ok = fx.bin(b, "arith.andi", ok, exact);
+                }
+                valid = Some(match valid {
+                    Some(v) => fx.bin(b, "arith.andi", v, ok),
+                    None => ok,
+                });
+                outs.push(o);
+            }
+            let valid = valid.unwrap_or_else(|| fx.cidx(0));
+            let c0 = fx.cidx(0);
+            let oh = fx.select(b, valid, outs[0], c0);
+            let ow = fx.select(b, valid, outs[1], c0);
+            (valid, oh, ow)
+        };
+        if let Some(shape) = &gemm_shape {
+            // col2im: each input pixel sums the im2col gradient entries of the taps reading it.
+            let dcols = fx.conv2d_cols_grad_gemm(w, dy, shape);
+            fx.par(fx.entry, &dx.dims, |b, xi| {
+                let acc = fx.acc_nest(b, &[kh_n, kw_n], fx.cf(0.0), &mut |b, r, acc| {
+                    let (valid, oh, ow) = source(b, xi, r[0], r[1]);
+                    let mut idx = xi[..pc + 1].to_vec();
+                    idx.extend([r[0], r[1], oh, ow]);
+                    let d = fx.load(b, dcols, &idx);
+                    let d = fx.select(b, valid, d, fx.cf(0.0));
+                    fx.addf(b, acc, d)
+                });
+                self.acc(b, acc, dx.mem, xi);
+            });
+            fx.stmt(fx.entry, "memref.dealloc", &[dcols]);
+            return Ok(());
+        }
         fx.par(fx.entry, &dx.dims, |b, xi| {
             let acc = fx.acc_nest(b, &[oc_n, kh_n, kw_n], fx.cf(0.0), &mut |b, r, acc| {
-                let mut valid: Option<V<'c>> = None;
-                let mut outs = Vec::new();
-                for (pos, s, pad, k, n_out) in
-                    [(ph, sh, padh, r[1], oh_n), (pw, sw, padw, r[2], ow_n)]
-                {
-                    let shifted = fx.ilin(b, xi[pos], 1, None, pad);
-                    let num = fx.bin(b, "arith.subi", shifted, k);
-                    let o = if s == 1 {
-                        num
-                    } else {
-                        fx.bin(b, "arith.divsi", num, fx.cidx(s))
-                    };
-                    let mut ok = fx.cmpi(b, ISGE, num, fx.cidx(0));
-                    let lt = fx.cmpi(b, ISLT, o, fx.cidx(n_out));
-                    ok = fx.bin(b, "arith.andi", ok, lt);
-                    if s != 1 {
-                        let rem = fx.bin(b, "arith.remsi", num, fx.cidx(s));
-                        let exact = fx.cmpi(b, IEQ, rem, fx.cidx(0));
-                        ok = fx.bin(b, "arith.andi", ok, exact);
-                    }
-                    valid = Some(match valid {
-                        Some(v) => fx.bin(b, "arith.andi", v, ok),
-                        None => ok,
-                    });
-                    outs.push(o);
-                }
-                let valid = valid.unwrap_or_else(|| fx.cidx(0));
-                let c0 = fx.cidx(0);
+                let (valid, oh, ow) = source(b, xi, r[1], r[2]);
                 let mut yidx = xi.to_vec();
                 yidx[pc] = r[0];
-                yidx[ph] = fx.select(b, valid, outs[0], c0);
-                yidx[pw] = fx.select(b, valid, outs[1], c0);
+                yidx[ph] = oh;
+                yidx[pw] = ow;
                 let d = fx.load(b, dy.mem, &yidx);
                 let wv = fx.load(b, w, &[r[0], xi[pc], r[1], r[2]]);
                 let p = fx.mulf(b, d, wv);
@@ -1352,7 +1352,17 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
             return Ok(());
         }
         let fx = &self.fx;
-        if let Some(dw) = self.dparam(node, 0) {
+        // The last axis: `dw += dyᵀ·x` and `dx (+)= dy·w` over `[outer, features]` rows.
+        let rows = (fx.gemm && pa + 1 == x.dims.len() && dy.dims.len() == x.dims.len())
+            .then(|| x.dims[..pa].iter().product::<i64>());
+        if let (Some(dw), Some(outer)) = (self.dparam(node, 0), rows) {
+            let product = Product {
+                trans_a: true,
+                accumulate: true,
+                ..Product::single(n_out, n_in, outer)
+            };
+            fx.gemm(dy.mem, x.mem, dw, product);
+        } else if let Some(dw) = self.dparam(node, 0) {
             let term = |b: &Block<'c>, oi: &[V<'c>], r: &[V<'c>]| {
                 let d = fx.load(b, dy.mem, &insert_at(r, pa, oi[0]));
                 let xv = fx.load(b, x.mem, &insert_at(r, pa, oi[1]));
@@ -1372,6 +1382,14 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
         }
         let dx = self.input_grad_once(node, 0)?;
         let fx = &self.fx;
+        if let Some(outer) = rows {
+            let product = Product {
+                accumulate: !self.storing.borrow().contains(&key(dx.mem)),
+                ..Product::single(outer, n_in, n_out)
+            };
+            fx.gemm(dy.mem, w, dx.mem, product);
+            return Ok(());
+        }
         fx.par(fx.entry, &dx.dims, |b, xi| {
             let acc = fx.acc_nest(b, &[n_out], fx.cf(0.0), &mut |b, r, acc| {
                 let mut yidx = xi.to_vec();

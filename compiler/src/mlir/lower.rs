@@ -24,6 +24,8 @@ use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 
 /// The backward program's lowering: a child module so that it reuses this file's builders.
+#[path = "gemm.rs"]
+mod gemm;
 #[path = "grad.rs"]
 pub mod grad;
 
@@ -99,12 +101,16 @@ pub enum LoopForm {
     /// kernels of [`RUNTIME_KERNELS`] (`snn_runtime::kernels::ffi`, pointers passed as
     /// `index`): for the CPU JIT, which binds those symbols.
     Kernels,
+    /// [`LoopForm::Flat`], except that conv2d and dense layers are matrix products: generated
+    /// kernels rearrange their operands around calls of `snn_gemm_f32` (see `gemm.rs`), which
+    /// the GPU backend turns into cuBLAS steps of the launch manifest.
+    FlatGemm,
 }
 
 /// The runtime kernels [`LoopForm::Kernels`] calls: name and number of `index` arguments.
 /// The `_spike_` variants take the same arguments; they are called for inputs typed `spike`
 /// (binary), and choose between accumulate-only and GEMM at run time by the firing rate.
-pub const RUNTIME_KERNELS: [(&str, usize); 8] = [
+pub const RUNTIME_KERNELS: [(&str, usize); 9] = [
     ("snn_conv2d_f32", 17),
     ("snn_dense_f32", 8),
     ("snn_conv2d_backward_f32", 19),
@@ -113,6 +119,7 @@ pub const RUNTIME_KERNELS: [(&str, usize); 8] = [
     ("snn_dense_spike_f32", 8),
     ("snn_conv2d_backward_spike_f32", 19),
     ("snn_dense_backward_spike_f32", 10),
+    ("snn_gemm_f32", 13),
 ];
 
 /// The kernel `dense` or `spike` (the input is binary spikes) names.
@@ -464,6 +471,8 @@ struct Fx<'c, 'e> {
     flat: bool,
     /// [`LoopForm::Kernels`]: conv2d and dense call the runtime.
     kernels: bool,
+    /// [`LoopForm::FlatGemm`]: conv2d and dense as `snn_gemm_f32` products.
+    gemm: bool,
     /// The runtime kernels called so far (declared in the module afterwards).
     used_kernels: RefCell<BTreeSet<&'static str>>,
     /// `vector<4xf32>` splats of constants, by bit pattern.
@@ -473,8 +482,9 @@ struct Fx<'c, 'e> {
 impl<'c, 'e> Fx<'c, 'e> {
     /// Flat loops and runtime kernel calls as `form` asks.
     pub(super) fn set_form(&mut self, form: LoopForm) {
-        self.flat = form == LoopForm::Flat;
+        self.flat = matches!(form, LoopForm::Flat | LoopForm::FlatGemm);
         self.kernels = form == LoopForm::Kernels;
+        self.gemm = form == LoopForm::FlatGemm;
     }
 
     fn new(ctx: &'c Context, entry: &'e Block<'c>, loc: Location<'c>) -> Self {
@@ -489,6 +499,7 @@ impl<'c, 'e> Fx<'c, 'e> {
             n_consts: Cell::new(0),
             flat: false,
             kernels: false,
+            gemm: false,
             used_kernels: RefCell::new(BTreeSet::new()),
             vconsts: RefCell::new(HashMap::new()),
         }
@@ -714,6 +725,36 @@ impl<'c, 'e> Fx<'c, 'e> {
     }
 
     /// `x * mul + y + add` on indices, omitting the trivial parts.
+    /// `x[idx]` with `idx[pos] = i` for each tap, or 0 where a tap falls outside its axis
+    /// (zero padding). No branches: out-of-range indices are clamped to 0 and the value masked.
+    fn load_padded(
+        &self,
+        b: &Block<'c>,
+        x: &Buf<'c>,
+        idx: &mut [V<'c>],
+        taps: [(usize, V<'c>); 2],
+    ) -> V<'c> {
+        let c0 = self.cidx(0);
+        let mut inb: Option<V<'c>> = None;
+        for (pos, i) in taps {
+            let lo = self.cmpi(b, ipred::SGE, i, c0);
+            let hi = self.cmpi(b, ipred::SLT, i, self.cidx(x.dims[pos]));
+            let both = self.bin(b, "arith.andi", lo, hi);
+            inb = Some(match inb {
+                Some(prev) => self.bin(b, "arith.andi", prev, both),
+                None => both,
+            });
+        }
+        let Some(inb) = inb else {
+            return self.load(b, x.mem, idx);
+        };
+        for (pos, i) in taps {
+            idx[pos] = self.select(b, inb, i, c0);
+        }
+        let v = self.load(b, x.mem, idx);
+        self.select(b, inb, v, self.cf(0.0))
+    }
+
     fn ilin(&self, b: &Block<'c>, x: V<'c>, mul: i64, y: Option<V<'c>>, add: i64) -> V<'c> {
         let mut v = if mul == 1 {
             x
@@ -1662,6 +1703,16 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
             );
             return Ok(());
         }
+        if fx.gemm && ph == pc + 1 && pw == pc + 2 {
+            let shape = gemm::ConvShape::of(&x.dims, &y.dims, pc, (kh, kw), (sh, sw), (padh, padw));
+            if let Some(shape) = shape {
+                fx.conv2d_gemm(&x, w, y, &shape);
+                if let Some(bias) = bias {
+                    fx.add_bias(y, bias, pc);
+                }
+                return Ok(());
+            }
+        }
         let red = [x.dims[pc], kh, kw];
         fx.par(fx.entry, &y.dims, |b, o| {
             let init = match bias {
@@ -1678,23 +1729,7 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
                     idx[pw] = iw;
                     fx.load(b, x.mem, &idx)
                 } else {
-                    // Zero padding without branches: clamp out-of-range taps to 0 and mask them.
-                    let c0 = fx.cidx(0);
-                    let mut inb: Option<V<'c>> = None;
-                    for (i, n) in [(ih, h), (iw, wd)] {
-                        let lo = fx.cmpi(b, ipred::SGE, i, c0);
-                        let hi = fx.cmpi(b, ipred::SLT, i, fx.cidx(n));
-                        let both = fx.bin(b, "arith.andi", lo, hi);
-                        inb = Some(match inb {
-                            Some(prev) => fx.bin(b, "arith.andi", prev, both),
-                            None => both,
-                        });
-                    }
-                    let inb = inb.unwrap_or(c0);
-                    idx[ph] = fx.select(b, inb, ih, c0);
-                    idx[pw] = fx.select(b, inb, iw, c0);
-                    let v = fx.load(b, x.mem, &idx);
-                    fx.select(b, inb, v, fx.cf(0.0))
+                    fx.load_padded(b, &x, &mut idx, [(ph, ih), (pw, iw)])
                 };
                 let wv = fx.load(b, w, &[o[pc], r[0], r[1], r[2]]);
                 let p = fx.mulf(b, v, wv);
@@ -1738,6 +1773,19 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
                 kernel_for(input, "snn_dense_f32", "snn_dense_spike_f32"),
                 &args,
             );
+            return Ok(());
+        }
+        // The last axis: `y[outer, n_out] = x[outer, n_in] · wᵀ`.
+        if fx.gemm && pa + 1 == x.dims.len() && y.dims.len() == x.dims.len() {
+            let outer: i64 = x.dims[..pa].iter().product();
+            let product = gemm::Product {
+                trans_b: true,
+                ..gemm::Product::single(outer, y.dims[pa], n_in)
+            };
+            fx.gemm(x.mem, w, y.mem, product);
+            if let Some(bias) = bias {
+                fx.add_bias(y, bias, pa);
+            }
             return Ok(());
         }
         fx.par(fx.entry, &y.dims, |b, o| {

@@ -2,6 +2,7 @@
 //! replay of a launch manifest's host sequence on one stream.
 
 use super::GpuError;
+use super::blas::Blas;
 use super::manifest::{BufferKind, LaunchManifest, Step};
 use cudarc::driver::{CudaContext, CudaStream, DriverError, result, sys};
 use std::cell::{Cell, RefCell};
@@ -242,6 +243,8 @@ pub struct GpuModule {
     pool: RefCell<HashMap<usize, Vec<DeviceBuffer>>>,
     /// Whether replays time every launch (`RunStats::kernels`).
     profiling: Cell<bool>,
+    /// cuBLAS, opened at the first matrix product step.
+    blas: RefCell<Option<Blas>>,
 }
 
 impl GpuModule {
@@ -261,7 +264,17 @@ impl GpuModule {
             module,
             pool: RefCell::new(HashMap::new()),
             profiling: Cell::new(false),
+            blas: RefCell::new(None),
         }))
+    }
+
+    /// cuBLAS bound to this module's stream, opened on first use.
+    fn blas(&self) -> Result<std::cell::Ref<'_, Option<Blas>>, GpuError> {
+        if self.blas.borrow().is_none() {
+            let blas = Blas::open(self.stream.cu_stream().cast())?;
+            *self.blas.borrow_mut() = Some(blas);
+        }
+        Ok(self.blas.borrow())
     }
 
     /// Makes later replays of this module's functions time each launch.
@@ -399,6 +412,17 @@ impl GpuModel {
             .map_err(driver("cuEventRecord"))?;
         let mut launches = 0;
         let profiling = self.module.profiling.get();
+        // Device address of buffer `id`: its argument, or its live temporary (views: the root).
+        let pointer = |id: usize, temps: &[Option<DeviceBuffer>]| -> Result<u64, GpuError> {
+            let root = m.root(id).map_err(GpuError::Manifest)?;
+            match &m.buffers[root].kind {
+                BufferKind::Arg { arg } => Ok(args[*arg].ptr),
+                _ => temps[root]
+                    .as_ref()
+                    .map(|b| b.ptr)
+                    .ok_or_else(|| GpuError::Manifest(format!("buffer {root} is not allocated"))),
+            }
+        };
         let mut marks = Vec::new();
         for step in &m.steps {
             match step {
@@ -424,17 +448,10 @@ impl GpuModel {
                         self.functions.get(kernel).copied().ok_or_else(|| {
                             GpuError::Manifest(format!("unknown kernel `{kernel}`"))
                         })?;
-                    let mut ptrs: Vec<u64> = Vec::with_capacity(kargs.len());
-                    for a in kargs {
-                        let root = m.root(a.buffer).map_err(GpuError::Manifest)?;
-                        let ptr = match &m.buffers[root].kind {
-                            BufferKind::Arg { arg } => args[*arg].ptr,
-                            _ => temps[root].as_ref().map(|b| b.ptr).ok_or_else(|| {
-                                GpuError::Manifest(format!("buffer {root} is not allocated"))
-                            })?,
-                        };
-                        ptrs.push(ptr);
-                    }
+                    let mut ptrs: Vec<u64> = kargs
+                        .iter()
+                        .map(|a| pointer(a.buffer, &temps))
+                        .collect::<Result<_, _>>()?;
                     let mut params: Vec<*mut c_void> = ptrs
                         .iter_mut()
                         .map(|p| (p as *mut u64).cast::<c_void>())
@@ -454,14 +471,31 @@ impl GpuModel {
                     .map_err(driver("cuLaunchKernel"))?;
                     launches += 1;
                     if profiling {
-                        let mark = self
-                            .ctx
-                            .new_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))
-                            .map_err(driver("cuEventCreate"))?;
-                        mark.record(&self.stream).map_err(driver("cuEventRecord"))?;
-                        let shapes: Vec<Vec<usize>> =
-                            kargs.iter().map(|a| a.shape.clone()).collect();
-                        marks.push((kernel.clone(), *grid, shapes, mark));
+                        let shapes = kargs.iter().map(|a| a.shape.clone()).collect();
+                        marks.push((kernel.clone(), *grid, shapes, self.mark()?));
+                    }
+                }
+                Step::Gemm { a, b, c, gemm } => {
+                    let (pa, pb, pc) = (
+                        pointer(*a, &temps)?,
+                        pointer(*b, &temps)?,
+                        pointer(*c, &temps)?,
+                    );
+                    let blas = self.module.blas()?;
+                    let blas = blas.as_ref().ok_or(GpuError::NoBlas(String::new()))?;
+                    // SAFETY: the manifest check bounds each extent by its buffer's length,
+                    // and the buffers are device memory of this context.
+                    unsafe { blas.sgemm(gemm, pa, pb, pc) }?;
+                    launches += 1;
+                    if profiling {
+                        let shapes = vec![vec![gemm.m, gemm.k], vec![gemm.k, gemm.n]];
+                        let name = format!(
+                            "cublasSgemmStridedBatched{}{}",
+                            if gemm.trans_a { "_TA" } else { "" },
+                            if gemm.trans_b { "_TB" } else { "" }
+                        );
+                        let grid = [u32::try_from(gemm.batch).unwrap_or(u32::MAX), 1, 1];
+                        marks.push((name, grid, shapes, self.mark()?));
                     }
                 }
             }
@@ -500,6 +534,16 @@ impl GpuModel {
             peak_bytes: peak,
             kernels,
         })
+    }
+
+    /// An event recorded on the stream now (profiling: the end of the last launch).
+    fn mark(&self) -> Result<cudarc::driver::CudaEvent, GpuError> {
+        let mark = self
+            .ctx
+            .new_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))
+            .map_err(driver("cuEventCreate"))?;
+        mark.record(&self.stream).map_err(driver("cuEventRecord"))?;
+        Ok(mark)
     }
 
     /// Uploads `host` (one vector per forward argument, in order), runs, and downloads the

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Value of [`LaunchManifest::format`]; bumped on incompatible changes.
-pub const FORMAT: &str = "snnc-launch-v1";
+pub const FORMAT: &str = "snnc-launch-v2";
 
 /// Everything a runtime needs to run one model's forward from its PTX.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -88,6 +88,81 @@ pub enum Step {
     Free {
         buffer: usize,
     },
+    /// A matrix product by the runtime's BLAS (cuBLAS): buffers `a`, `b` and `c` (ids) as
+    /// [`Gemm`] describes.
+    Gemm {
+        a: usize,
+        b: usize,
+        c: usize,
+        gemm: Gemm,
+    },
+}
+
+/// A row-major f32 matrix product over `batch` matrices, as strided batched SGEMM:
+/// `C[i] = op(A[i]) · op(B[i])`, or `C[i] += …` when `accumulate`, for `i < batch`, where
+/// `X[i]` starts `i · stride_x` elements into its buffer (stride 0: one matrix for all).
+/// `op(A)` is `m × k`: `A` stored `m × k`, or `k × m` when `trans_a`; `op(B)` is `k × n`: `B`
+/// stored `k × n`, or `n × k` when `trans_b`; `C` is `m × n`. All dense, no padding.
+///
+/// Generated code calls it as `snn_gemm_f32(a, b, c, batch, m, n, k, trans_a, trans_b,
+/// stride_a, stride_b, stride_c, accumulate)` (pointers and integers as `index`; see
+/// [`Gemm::from_abi`]); on a GPU the call is this step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Gemm {
+    pub batch: usize,
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub trans_a: bool,
+    pub trans_b: bool,
+    pub stride_a: usize,
+    pub stride_b: usize,
+    pub stride_c: usize,
+    pub accumulate: bool,
+}
+
+impl Gemm {
+    /// The integer arguments of `snn_gemm_f32` after its three pointers, in order.
+    pub const ABI_INTS: usize = 10;
+
+    /// Reads `snn_gemm_f32`'s integer arguments: `[batch, m, n, k, trans_a, trans_b,
+    /// stride_a, stride_b, stride_c, accumulate]`. Errs on negative sizes, flags other than
+    /// 0 or 1, and sizes cuBLAS's 32-bit dimensions cannot hold.
+    pub fn from_abi(v: [i64; Self::ABI_INTS]) -> Result<Gemm, String> {
+        let size = |i: usize| {
+            usize::try_from(v[i])
+                .ok()
+                .filter(|_| i >= 6 || v[i] <= i64::from(i32::MAX))
+                .ok_or_else(|| format!("gemm argument {i} is {}", v[i]))
+        };
+        let flag = |i: usize| match v[i] {
+            0 => Ok(false),
+            1 => Ok(true),
+            x => Err(format!("gemm flag {i} is {x}, not 0 or 1")),
+        };
+        Ok(Gemm {
+            batch: size(0)?,
+            m: size(1)?,
+            n: size(2)?,
+            k: size(3)?,
+            trans_a: flag(4)?,
+            trans_b: flag(5)?,
+            stride_a: size(6)?,
+            stride_b: size(7)?,
+            stride_c: size(8)?,
+            accumulate: flag(9)?,
+        })
+    }
+
+    /// Elements of `A`, `B` and `C` the product touches, from each buffer's start.
+    pub fn extents(&self) -> [usize; 3] {
+        let last = self.batch.saturating_sub(1);
+        [
+            last * self.stride_a + self.m * self.k,
+            last * self.stride_b + self.k * self.n,
+            last * self.stride_c + self.m * self.n,
+        ]
+    }
 }
 
 /// A kernel argument: a buffer and the shape the kernel sees it with.
@@ -205,6 +280,23 @@ impl LaunchManifest {
                         }
                     }
                 }
+                Step::Gemm { a, b, c, gemm } => {
+                    if gemm.batch == 0 || gemm.m * gemm.n * gemm.k == 0 {
+                        return Err(format!("step {k}: empty matrix product"));
+                    }
+                    for (id, extent) in [a, b, c].into_iter().zip(gemm.extents()) {
+                        let root = self.root(*id)?;
+                        if !live[root] {
+                            return Err(format!("step {k}: buffer {id} used while not allocated"));
+                        }
+                        if extent > self.buffers[*id].elements() {
+                            return Err(format!(
+                                "step {k}: the product reaches element {extent} of buffer {id}, which has {}",
+                                self.buffers[*id].elements()
+                            ));
+                        }
+                    }
+                }
             }
         }
         Ok(())
@@ -231,6 +323,11 @@ impl LaunchManifest {
             .filter(|s| matches!(s, Step::Launch { .. }))
     }
 
+    /// Matrix product steps, in order.
+    pub fn gemms(&self) -> impl Iterator<Item = &Step> {
+        self.steps.iter().filter(|s| matches!(s, Step::Gemm { .. }))
+    }
+
     /// Bytes of device memory held at once by temporaries at the worst point, and by the
     /// arguments (always held).
     pub fn peak_bytes(&self) -> (usize, usize) {
@@ -249,7 +346,7 @@ impl LaunchManifest {
                 Step::Free { buffer } => {
                     now = now.saturating_sub(self.buffers.get(*buffer).map_or(0, |b| b.elements()));
                 }
-                Step::Launch { .. } => {}
+                Step::Launch { .. } | Step::Gemm { .. } => {}
             }
         }
         (peak * 4, args * 4)

@@ -4,6 +4,8 @@
 pub mod manifest;
 
 #[cfg(feature = "gpu")]
+mod blas;
+#[cfg(feature = "gpu")]
 mod cuda;
 #[cfg(feature = "gpu")]
 mod train;
@@ -27,6 +29,10 @@ pub enum GpuError {
     NoDevice,
     #[error("snn-runtime was built without its `gpu` feature")]
     NotBuilt,
+    #[error(
+        "cuBLAS not found (tried {0}): install the CUDA toolkit's cuBLAS, or set SNNC_CUBLAS to its libcublas.so"
+    )]
+    NoBlas(String),
     #[error("CUDA {call} failed: {message}")]
     Driver { call: &'static str, message: String },
     #[error("{0}")]

@@ -1213,6 +1213,60 @@ pub unsafe extern "C" fn snn_dense_backward_f32(
     }
 }
 
+/// `snn_gemm_f32(a, b, c, batch, m, n, k, trans_a, trans_b, stride_a, stride_b, stride_c,
+/// accumulate)`: the matrix product [`Gemm`](crate::gpu::manifest::Gemm) describes, on the
+/// CPU. Code lowered for the GPU calls it for convolutions and dense layers (cuBLAS there);
+/// here it lets that code run under MLIR's ExecutionEngine in tests. Invalid arguments (a
+/// negative size, a flag not 0 or 1) do nothing: generated code never passes them.
+///
+/// # Safety
+/// `a`, `b` and `c` must address at least [`Gemm::extents`](crate::gpu::manifest::Gemm::extents)
+/// f32 elements each; `c` must not overlap `a` or `b`.
+#[unsafe(no_mangle)]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn snn_gemm_f32(
+    a: *const f32,
+    b: *const f32,
+    c: *mut f32,
+    batch: i64,
+    m: i64,
+    n: i64,
+    k: i64,
+    trans_a: i64,
+    trans_b: i64,
+    stride_a: i64,
+    stride_b: i64,
+    stride_c: i64,
+    accumulate: i64,
+) {
+    let Ok(g) = crate::gpu::manifest::Gemm::from_abi([
+        batch, m, n, k, trans_a, trans_b, stride_a, stride_b, stride_c, accumulate,
+    ]) else {
+        return;
+    };
+    let (a_rs, a_cs) = if g.trans_a { (1, g.m) } else { (g.k, 1) };
+    let (b_rs, b_cs) = if g.trans_b { (1, g.k) } else { (g.n, 1) };
+    for i in 0..g.batch {
+        // SAFETY: the caller vouches for the extents; each matrix lies inside them.
+        unsafe {
+            sgemm(
+                g.m,
+                g.n,
+                g.k,
+                c.add(i * g.stride_c),
+                g.n as isize,
+                g.accumulate,
+                a.add(i * g.stride_a),
+                a_rs as isize,
+                a_cs as isize,
+                b.add(i * g.stride_b),
+                b_rs as isize,
+                b_cs as isize,
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1525,6 +1579,70 @@ mod tests {
                         }
                         let got = f64::from(y[(a * n_out + j) * inner + i]);
                         assert!((got - acc).abs() < 1e-4, "{got} vs {acc}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Every combination of transpositions, a broadcast operand (stride 0) and accumulation,
+    /// against the definition.
+    #[test]
+    fn gemm_matches_its_definition() {
+        let (batch, m, n, k) = (3usize, 5usize, 7usize, 4usize);
+        let fill = |len: usize, seed: usize| -> Vec<f32> {
+            (0..len)
+                .map(|i| (((i * 37 + seed * 11) % 23) as f32 - 11.0) / 7.0)
+                .collect()
+        };
+        for (ta, tb, broadcast_a, acc) in
+            (0..16).map(|x| (x & 1, (x >> 1) & 1, x & 4 != 0, x & 8 != 0))
+        {
+            let stride_a = if broadcast_a { 0 } else { m * k };
+            let a = fill(m * k * batch, 1);
+            let b = fill(k * n * batch, 2);
+            let c0 = fill(m * n * batch, 3);
+            let mut c = c0.clone();
+            // SAFETY: each buffer holds the extents of these sizes and strides.
+            unsafe {
+                snn_gemm_f32(
+                    a.as_ptr(),
+                    b.as_ptr(),
+                    c.as_mut_ptr(),
+                    batch as i64,
+                    m as i64,
+                    n as i64,
+                    k as i64,
+                    ta as i64,
+                    tb as i64,
+                    stride_a as i64,
+                    (k * n) as i64,
+                    (m * n) as i64,
+                    i64::from(acc),
+                );
+            }
+            for bi in 0..batch {
+                for i in 0..m {
+                    for j in 0..n {
+                        let mut want = if acc { c0[bi * m * n + i * n + j] } else { 0.0 };
+                        for p in 0..k {
+                            let av = if ta == 1 {
+                                a[bi * stride_a + p * m + i]
+                            } else {
+                                a[bi * stride_a + i * k + p]
+                            };
+                            let bv = if tb == 1 {
+                                b[bi * k * n + j * k + p]
+                            } else {
+                                b[bi * k * n + p * n + j]
+                            };
+                            want += av * bv;
+                        }
+                        let got = c[bi * m * n + i * n + j];
+                        assert!(
+                            (got - want).abs() < 1e-4,
+                            "ta {ta} tb {tb} bcast {broadcast_a} acc {acc}: [{bi},{i},{j}] {got} vs {want}"
+                        );
                     }
                 }
             }

@@ -188,7 +188,7 @@ impl Drop for CompiledModel {
 
 /// The runtime kernels `LoopForm::Kernels` lowering calls, by symbol (also for MLIR's
 /// ExecutionEngine in tests).
-pub fn runtime_kernels() -> [(&'static str, *const u8); 8] {
+pub fn runtime_kernels() -> [(&'static str, *const u8); 9] {
     use snn_runtime::kernels::ffi;
     [
         ("snn_conv2d_f32", ffi::snn_conv2d_f32 as *const u8),
@@ -214,6 +214,7 @@ pub fn runtime_kernels() -> [(&'static str, *const u8); 8] {
             "snn_dense_backward_spike_f32",
             ffi::snn_dense_backward_spike_f32 as *const u8,
         ),
+        ("snn_gemm_f32", ffi::snn_gemm_f32 as *const u8),
     ]
 }
 

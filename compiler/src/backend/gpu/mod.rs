@@ -26,7 +26,7 @@ use melior::{
 };
 use mlir_sys::MlirOperation;
 use snn_runtime::gpu::manifest::{
-    ArgSpec, BufferKind, BufferSpec, FORMAT, KernelSpec, LaunchArg, LaunchManifest, Step,
+    ArgSpec, BufferKind, BufferSpec, FORMAT, Gemm, KernelSpec, LaunchArg, LaunchManifest, Step,
 };
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -178,7 +178,7 @@ pub fn compile(g: &Graph, opts: &GpuOptions) -> Result<GpuArtifact, LowerError> 
     );
     let functions = [(crate::mlir::lower::forward_symbol(g), args)];
     let (ptx, mut manifests, timings) = compile_functions(g, opts, &functions, |context| {
-        lower_graphs_with(context, &[g], &lower_opts, LoopForm::Flat)
+        lower_graphs_with(context, &[g], &lower_opts, LoopForm::FlatGemm)
     })?;
     let manifest = manifests.remove(0);
     Ok(GpuArtifact {
@@ -227,7 +227,7 @@ pub fn compile_training_with(
         functions.push((backward_symbol(g), train_arg_specs(&bsig)));
     }
     let (ptx, mut manifests, timings) = compile_functions(g, opts, &functions, |context| {
-        lower_training_module_with(context, &[g], &lower_opts, LoopForm::Flat)
+        lower_training_module_with(context, &[g], &lower_opts, LoopForm::FlatGemm)
     })?;
     // Both manifests name the training PTX, which sits beside the forward's `<model>.ptx`.
     for m in &mut manifests {
@@ -357,14 +357,17 @@ fn body_ops<'c, 'a>(op: &OperationRef<'c, 'a>) -> Vec<OperationRef<'c, 'a>> {
     ops
 }
 
-/// The host program may only allocate, view, free and launch: anything else (an
-/// `scf.parallel` the conversion refused, a load) would need the host to touch device memory.
+/// The host program may only allocate, view, free, launch and call the runtime's GEMM
+/// (`snn_gemm_f32` on buffer addresses): anything else (an `scf.parallel` the conversion
+/// refused, a load) would need the host to touch device memory.
 fn check_host_ops(module: &Module, launch_ops: &[&str]) -> Result<(), LowerError> {
     const HOST: &[&str] = &[
         "arith.constant",
         "memref.alloc",
         "memref.dealloc",
         "memref.collapse_shape",
+        "memref.extract_aligned_pointer_as_index",
+        "func.call",
         "func.return",
     ];
     for f in top_level(module) {
@@ -601,6 +604,48 @@ fn key(v: Value) -> usize {
     v.to_raw().ptr as usize
 }
 
+/// A host call of `snn_gemm_f32(a, b, c, ints..)` as a manifest step: the three operands
+/// must be buffer addresses and the integers constants.
+fn gemm_step(
+    op: &OperationRef,
+    addresses: &HashMap<usize, usize>,
+    ints: &HashMap<usize, i64>,
+) -> Result<Step, LowerError> {
+    let callee = op
+        .attribute("callee")
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    if callee != "@snn_gemm_f32" || op.operand_count() != 3 + Gemm::ABI_INTS {
+        return Err(LowerError::new(format!(
+            "unexpected host call {callee} with {} operands",
+            op.operand_count()
+        )));
+    }
+    let operand = |i: usize| {
+        op.operand(i)
+            .map(|v| key(v))
+            .map_err(|_| LowerError::new("gemm operand"))
+    };
+    let buffer = |i: usize| -> Result<usize, LowerError> {
+        addresses
+            .get(&operand(i)?)
+            .copied()
+            .ok_or_else(|| LowerError::new("a GEMM operand is not a buffer address"))
+    };
+    let mut abi = [0i64; Gemm::ABI_INTS];
+    for (j, v) in abi.iter_mut().enumerate() {
+        *v = *ints
+            .get(&operand(3 + j)?)
+            .ok_or_else(|| LowerError::new("a GEMM size is not a constant"))?;
+    }
+    Ok(Step::Gemm {
+        a: buffer(0)?,
+        b: buffer(1)?,
+        c: buffer(2)?,
+        gemm: Gemm::from_abi(abi).map_err(LowerError::new)?,
+    })
+}
+
 /// Reads the host function back into a manifest: arguments and allocations become buffers,
 /// views point at their source, and each `gpu.launch_func` becomes a launch with constant
 /// grid/block sizes and buffer arguments.
@@ -639,6 +684,8 @@ fn extract_manifest(
         });
     }
     let mut ints: HashMap<usize, i64> = HashMap::new();
+    // `index` addresses of buffers (the GEMM's operands) -> buffer id.
+    let mut addresses: HashMap<usize, usize> = HashMap::new();
     let mut kernels: Vec<KernelSpec> = Vec::new();
     let mut steps = Vec::new();
     let lookup = |ids: &HashMap<usize, usize>, v: Value| {
@@ -757,6 +804,16 @@ fn extract_manifest(
                     args,
                 });
             }
+            "memref.extract_aligned_pointer_as_index" => {
+                let src = op
+                    .operand(0)
+                    .map_err(|_| LowerError::new("pointer source"))?;
+                let r = op
+                    .result(0)
+                    .map_err(|_| LowerError::new("pointer result"))?;
+                addresses.insert(key(r.into()), lookup(&ids, src)?);
+            }
+            "func.call" => steps.push(gemm_step(&op, &addresses, &ints)?),
             "func.return" => {}
             other => {
                 return Err(LowerError::new(format!(
