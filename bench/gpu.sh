@@ -105,7 +105,7 @@ echo "================ snnc GPU summary ================"
 echo "nvidia-smi:          $status_smi"
 grep -E "^device:" "$LOG.out" | sed 's/^/                     /'
 echo "checks:              $status_check in ${elapsed}s"
-grep -E "^(PASS|FAIL|SKIP)" "$LOG.out" | sed 's/^/  /'
+grep -E "^(PASS|FAIL|SKIP|wall phases|tf32)" "$LOG.out" | sed 's/^/  /'
 grep -E "passed, .* failed" "$LOG.out" | sed 's/^/  /'
 echo "peak GPU memory:     ${peak_mib} MiB (nvidia-smi, whole device, sampled every 50 ms)"
 echo "peers:               $peer_status"
@@ -113,17 +113,21 @@ if [ -s "$LOG.peer" ]; then
     # Ratio of each peer's median step to ours (wall, with transfers, without the optimiser).
     "$PY" - "$LOG.out" "$LOG.peer" <<'PY'
 import json, re, sys
-ours = None
+ours, tf32 = None, None
 for line in open(sys.argv[1]):
     m = re.search(r"_train: training step: .*?step ([0-9.]+) ms wall", line)
     if m:
         ours = float(m.group(1))
-print(f"  snnc gesture step (T=60, B=16): {ours} ms wall")
+    m = re.search(r"^tf32 .*step ([0-9.]+) ms wall", line)
+    if m:
+        tf32 = float(m.group(1))
+print(f"  snnc gesture step (T=60, B=16): {ours} ms wall (f32), {tf32} ms wall (TF32 products)")
 for line in open(sys.argv[2]):
     r = json.loads(line)
     if "step_median_ms" in r:
-        ratio = f"{r['step_median_ms'] / ours:.2f}x" if ours else "?"
-        print(f"  {r['framework']}: {r['step_median_ms']} ms median, peak {r['peak_allocated_mib']} MiB; peer/snnc = {ratio}")
+        ratio = lambda x: f"{r['step_median_ms'] / x:.2f}x" if x else "?"
+        print(f"  {r['framework']}: {r['step_median_ms']} ms median, peak {r['peak_allocated_mib']} MiB; "
+              f"peer/snnc = {ratio(ours)} (f32), {ratio(tf32)} (TF32)")
     else:
         print(f"  {r.get('framework', 'peer')}: skipped ({r.get('skipped')})")
 PY

@@ -8,7 +8,8 @@ Adam. The input is what our gpu_check feeds: [T, B, 2, 32, 32] binary frames (th
 events already downsampled by 4), about 10 % active.
 
 Variants (one JSON line each):
-  plain  the neuron recurrence as a Python loop over T (autograd through every step)
+  plain  the neuron recurrence as a Python loop over T (autograd through every step),
+         PyTorch's defaults (TF32 convolutions)
   sj     the same network with SpikingJelly's multi-step LIF neuron (CuPy backend, or 2.x's own
          fused kernels) in place of that loop (SpikingJelly's LIF, not the official
          forget-gate LIF: the same cost class, the neuron fused over T); skipped with a reason
@@ -191,12 +192,19 @@ def main():
         print(json.dumps({"bench": "gesture_train_step_gpu", "framework": "SpikingJelly",
                           "skipped": f"{type(e).__name__}: {e}"}), flush=True)
         return
-    try:
-        row = time_step(a, lif, f"SpikingJelly LIFNode ({lif.backend})")
-    except Exception as e:  # a backend that imports but fails on this card still leaves a row
-        row = {"bench": "gesture_train_step_gpu", "framework": "SpikingJelly",
-               "skipped": f"{type(e).__name__}: {str(e)[:300]}"}
-    print(json.dumps(row), flush=True)
+    # PyTorch's default runs convolutions on the tensor cores in TF32
+    # (torch.backends.cudnn.allow_tf32); the second row keeps them in full f32, as snnc's
+    # default does.
+    for tf32 in (True, False):
+        torch.backends.cudnn.allow_tf32 = tf32
+        name = f"SpikingJelly LIFNode ({lif.backend}), {'TF32' if tf32 else 'f32'} convolutions"
+        try:
+            row = time_step(a, lif, name)
+        except Exception as e:  # a backend that imports but fails on this card leaves a row
+            row = {"bench": "gesture_train_step_gpu", "framework": "SpikingJelly",
+                   "skipped": f"{type(e).__name__}: {str(e)[:300]}"}
+        print(json.dumps(row), flush=True)
+    torch.backends.cudnn.allow_tf32 = True
 
 
 if __name__ == "__main__":

@@ -143,9 +143,12 @@ fn run_case(dev: &GpuDevice, dir: &Path, case: &CheckCase) -> Result<String, Str
         let backward = read_manifest(dir, backward)?;
         let pair =
             TrainingPair::load(dev, &ptx, manifest, Some(backward)).map_err(|e| e.to_string())?;
+        // Checks start every temporary as NaN: a read before the first write shows.
+        pair.module().set_poison_temporaries(case.kind == "train");
         return run_training_case(dev, dir, case, pair);
     }
     let model = GpuModel::load(dev, &ptx, manifest).map_err(|e| e.to_string())?;
+    model.module().set_poison_temporaries(case.kind == "check");
     let m = model.manifest();
     let mut host = host_args(dir, &m.args, &case.args)?;
     match case.kind.as_str() {
@@ -272,14 +275,25 @@ fn run_training_case(
     } else {
         case.iters.max(1) + 1
     };
-    let (mut runs, mut grads) = (Vec::new(), Vec::new());
+    let (mut runs, mut grads, mut phases) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..steps {
         let start = std::time::Instant::now();
+        let lap = |t: &mut std::time::Instant| {
+            let ms = t.elapsed().as_secs_f64() * 1e3;
+            *t = std::time::Instant::now();
+            ms
+        };
+        let mut t = start;
         upload_training(&mut pair, &host)?;
+        let upload = lap(&mut t);
         let f = pair.run_forward().map_err(|e| e.to_string())?;
+        let forward = lap(&mut t);
         let b = pair.run_backward().map_err(|e| e.to_string())?;
+        let backward = lap(&mut t);
         grads = download_gradients(&pair)?;
+        let download = lap(&mut t);
         runs.push((f, b, start.elapsed().as_secs_f64() * 1e3));
+        phases.push([upload, forward, backward, download]);
     }
     let (free1, _) = dev.mem_info().map_err(|e| e.to_string())?;
     let mut worst = (0f64, 0f64);
@@ -355,6 +369,44 @@ fn run_training_case(
         v.iter().sum::<f64>() / v.len().max(1) as f64
     };
     print_profile(&case.name, &mut pair)?;
+    let phase = |i: usize| {
+        let timed = &phases[1..];
+        timed.iter().map(|p| p[i]).sum::<f64>() / timed.len().max(1) as f64
+    };
+    println!(
+        "wall phases {}: upload {:.2} ms, forward_train {:.2} ms, backward {:.2} ms (with zeroing the gradients), gradient download {:.2} ms",
+        case.name,
+        phase(0),
+        phase(1),
+        phase(2),
+        phase(3)
+    );
+    // The same step with the matrix products on the tensor cores (TF32), as PyTorch runs
+    // convolutions by default.
+    pair.module().set_tf32(true);
+    let mut tf32 = Vec::new();
+    for _ in 0..steps {
+        let start = std::time::Instant::now();
+        upload_training(&mut pair, &host)?;
+        let f = pair.run_forward().map_err(|e| e.to_string())?;
+        let b = pair.run_backward().map_err(|e| e.to_string())?;
+        download_gradients(&pair)?;
+        tf32.push((
+            f.device_ms,
+            b.device_ms,
+            start.elapsed().as_secs_f64() * 1e3,
+        ));
+    }
+    pair.module().set_tf32(false);
+    let n = (tf32.len() - 1).max(1) as f64;
+    println!(
+        "tf32 {}: forward_train {:.2} ms + backward {:.2} ms device; step {:.2} ms wall (mean of {})",
+        case.name,
+        tf32[1..].iter().map(|r| r.0).sum::<f64>() / n,
+        tf32[1..].iter().map(|r| r.1).sum::<f64>() / n,
+        tf32[1..].iter().map(|r| r.2).sum::<f64>() / n,
+        tf32.len() - 1
+    );
     let fwd = mean(&mut timed.iter().map(|(f, _, _)| f.device_ms));
     let bwd = mean(&mut timed.iter().map(|(_, b, _)| b.device_ms));
     let wall = mean(&mut timed.iter().map(|(_, _, w)| *w));

@@ -1235,17 +1235,27 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
                 };
                 vec![fx.mulf(b, d, xv)]
             };
-            fx.split_sums(&wdims, &y_wo_c, 1, &term, &|b, wi, s| {
-                self.acc(b, s[0], dw, wi)
-            });
+            fx.split_sums(
+                &wdims,
+                &y_wo_c,
+                1,
+                pw + 1 == dy.dims.len(),
+                &term,
+                &|b, wi, s| self.acc(b, s[0], dw, wi),
+            );
         }
         if let Some(db) = self.dparam(node, 1) {
             let term = |b: &Block<'c>, oc: &[V<'c>], r: &[V<'c>]| {
                 vec![fx.load(b, dy.mem, &insert_at(r, pc, oc[0]))]
             };
-            fx.split_sums(&[oc_n], &y_wo_c, 1, &term, &|b, oc, s| {
-                self.acc(b, s[0], db, oc)
-            });
+            fx.split_sums(
+                &[oc_n],
+                &y_wo_c,
+                1,
+                pw + 1 == dy.dims.len(),
+                &term,
+                &|b, oc, s| self.acc(b, s[0], db, oc),
+            );
         }
         // dx as a gather (a transposed conv): each input element sums the output taps that
         // read it, so parallel iterations write disjoint elements.
@@ -1368,17 +1378,27 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
                 let xv = fx.load(b, x.mem, &insert_at(r, pa, oi[1]));
                 vec![fx.mulf(b, d, xv)]
             };
-            fx.split_sums(&[n_out, n_in], &others, 1, &term, &|b, oi, s| {
-                self.acc(b, s[0], dw, oi)
-            });
+            fx.split_sums(
+                &[n_out, n_in],
+                &others,
+                1,
+                pa + 1 != x.dims.len(),
+                &term,
+                &|b, oi, s| self.acc(b, s[0], dw, oi),
+            );
         }
         if let Some(db) = self.dparam(node, 1) {
             let term = |b: &Block<'c>, o: &[V<'c>], r: &[V<'c>]| {
                 vec![fx.load(b, dy.mem, &insert_at(r, pa, o[0]))]
             };
-            fx.split_sums(&[n_out], &others, 1, &term, &|b, o, s| {
-                self.acc(b, s[0], db, o)
-            });
+            fx.split_sums(
+                &[n_out],
+                &others,
+                1,
+                pa + 1 != x.dims.len(),
+                &term,
+                &|b, o, s| self.acc(b, s[0], db, o),
+            );
         }
         let dx = self.input_grad_once(node, 0)?;
         let fx = &self.fx;
@@ -1640,11 +1660,18 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
                 let xh = xhat(b, &idx, moments(b, o[0]), false);
                 vec![d, fx.mulf(b, d, xh)]
             };
-            fx.split_sums(&[x.dims[pa]], &others, 2, &terms, &|b, o, s| {
-                params(b, o[0], (s[0], s[1]));
-                fx.store(b, s[0], sums, &at(0, o[0]));
-                fx.store(b, s[1], sums, &at(1, o[0]));
-            });
+            fx.split_sums(
+                &[x.dims[pa]],
+                &others,
+                2,
+                pa + 1 != x.dims.len(),
+                &terms,
+                &|b, o, s| {
+                    params(b, o[0], (s[0], s[1]));
+                    fx.store(b, s[0], sums, &at(0, o[0]));
+                    fx.store(b, s[1], sums, &at(1, o[0]));
+                },
+            );
             fx.par(fx.entry, &x.dims, |b, idx| {
                 let c = idx[pa];
                 let s = (fx.load(b, sums, &at(0, c)), fx.load(b, sums, &at(1, c)));
@@ -1903,9 +1930,14 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
                 }
                 vec![value(b, &yidx, false)]
             };
-            fx.split_sums(&dst.dims, &red_dims, 1, &term, &|b, di, s| {
-                self.acc(b, s[0], dst.mem, di)
-            });
+            fx.split_sums(
+                &dst.dims,
+                &red_dims,
+                1,
+                red.contains(&(ydims.len() - 1)),
+                &term,
+                &|b, di, s| self.acc(b, s[0], dst.mem, di),
+            );
             return;
         }
         // Kept last axes (spatial attention's gate, summed over T and C): streaming order,
@@ -2163,7 +2195,7 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
                         let e = linear(fx, b, r, &others);
                         vec![fx.load(b, tmp, &[fx.cidx(l as i64), e])]
                     };
-                    fx.split_sums(&[1], &others, 1, &term, &|b, _, s| {
+                    fx.split_sums(&[1], &others, 1, true, &term, &|b, _, s| {
                         self.acc(b, s[0], dp, &[fx.cidx(0)])
                     });
                 }

@@ -78,13 +78,15 @@ pub(super) type StreamStep<'a, 'c> = dyn Fn(&Block<'c>, &[V<'c>], &[V<'c>], bool
 /// [`Fx::split_sums`]: this many threads fill a GPU (132 multiprocessors of 2048 threads,
 /// a few waves); outputs times partial sums stop growing here.
 const SPLIT_ENOUGH_THREADS: i64 = 1 << 20;
-/// [`Fx::split_sums`]: past this many threads a split stops once a second kernel would add
-/// more partials per output than each partial adds terms.
-const SPLIT_BALANCED_THREADS: i64 = 1 << 14;
 /// [`Fx::split_sums`]: the most partial sums held per sum (64 MiB of f32).
 const SPLIT_MAX_PARTIALS: i64 = 1 << 24;
 /// [`Fx::split_sums`]: the fewest terms one partial sum adds.
-const SPLIT_MIN_TERMS: i64 = 32;
+const SPLIT_MIN_TERMS: i64 = 2;
+/// The argmax reduction's split ([`Fx::split_axes`]) has one combining stage: each partial
+/// adds at least this many terms, and the split stops once the combining chain would be longer
+/// than each partial's (beyond [`SPLIT_BALANCED_THREADS`] threads).
+const SPLIT_ARGMAX_MIN_TERMS: i64 = 32;
+const SPLIT_BALANCED_THREADS: i64 = 1 << 14;
 
 /// How data-parallel loop nests are emitted. The CPU path keeps one `scf.parallel` dimension
 /// per tensor axis; the GPU path wants a single flat dimension per kernel so that tiling and
@@ -833,32 +835,62 @@ impl<'c, 'e> Fx<'c, 'e> {
 
     /// `n` sums over the nest `red` for every index `o` of `out`: `terms(block, o, r)` gives
     /// the `n` values at reduced index `r`, and `finish(block, o, sums)` consumes the totals.
+    /// `inner`: the last reduced axis is the terms' contiguous one in memory (a sum over an
+    /// image's pixels), rather than the last output axis (a sum over rows).
     ///
     /// In flat form a GPU runs one thread per output, so few outputs over many terms (batchnorm
-    /// statistics per channel, bias and weight gradients) would leave the device idle, each
-    /// thread adding up a long chain of dependent loads. While there are fewer than
-    /// [`SPLIT_ENOUGH_THREADS`] threads, the leading reduced axes become parallel too: one
-    /// kernel writes partial sums per (leading index, output) into a temporary, a second adds
-    /// them up and finishes. Each partial still sums at least [`SPLIT_MIN_TERMS`] terms, the
-    /// temporary holds at most [`SPLIT_MAX_PARTIALS`] values per sum, and once there are
-    /// [`SPLIT_BALANCED_THREADS`] threads an axis is split only while the second kernel's
-    /// chain stays no longer than the first's. The leading index is the slowest thread index,
-    /// so neighbouring threads compute neighbouring outputs (coalesced loads of a weight
-    /// gradient's inputs and of the partials). The order of the additions changes, within f32
-    /// rounding.
+    /// statistics per channel, bias and gate gradients) would leave the device idle, each
+    /// thread adding up a long chain of loads. Below [`SPLIT_ENOUGH_THREADS`] outputs, reduced
+    /// axes become parallel too (see [`Self::split_plan`]): one kernel writes partial sums into
+    /// a temporary `[n, lead.., out.., trail..]`, and the partials are then reduced the same
+    /// way (split again while they are many), the last stage finishing. Threads are ordered
+    /// leading axes slowest and the trailing (contiguous) axis fastest, so a warp reads
+    /// neighbouring elements: a warp-wide chain of strided single loads ran at a tenth of the
+    /// memory bandwidth. The order of the additions changes, within f32 rounding.
     pub(super) fn split_sums(
         &self,
         out: &[i64],
         red: &[i64],
         n: usize,
+        inner: bool,
         terms: &SumTerms<'_, 'c>,
         finish: &SumFinish<'_, 'c>,
     ) {
-        self.split_fold(out, red, &vec![0.0; n], "arith.addf", terms, finish);
+        self.split_fold(out, red, &vec![0.0; n], "arith.addf", inner, terms, finish);
     }
 
-    /// How many leading axes of `red` [`Self::split_sums`] runs in parallel for `out_n`
-    /// outputs (0: none; always 0 outside the flat form).
+    /// How many leading and trailing axes of `red` [`Self::split_sums`] runs in parallel for
+    /// `out_n` outputs ((0, 0): none; always outside the flat form). The trailing one is the
+    /// last axis when it is contiguous (`inner`); leading axes are added while there are fewer
+    /// than [`SPLIT_ENOUGH_THREADS`] threads, each partial adds at least [`SPLIT_MIN_TERMS`]
+    /// terms and the temporary holds at most [`SPLIT_MAX_PARTIALS`] values per sum.
+    fn split_plan(&self, out_n: i64, red: &[i64], inner: bool) -> (usize, usize) {
+        let red_n: i64 = red.iter().product();
+        if !self.flat || out_n >= SPLIT_ENOUGH_THREADS || red_n < 2 * SPLIT_MIN_TERMS {
+            return (0, 0);
+        }
+        let (mut trail, mut parts) = (0, 1i64);
+        if let (true, [_, .., last]) = (inner, red)
+            && out_n * last <= SPLIT_MAX_PARTIALS
+            && red_n / last >= SPLIT_MIN_TERMS
+        {
+            trail = 1;
+            parts = *last;
+        }
+        let mut lead = 0;
+        while lead + trail < red.len() && out_n * parts < SPLIT_ENOUGH_THREADS {
+            let next = parts * red[lead];
+            if out_n * next > SPLIT_MAX_PARTIALS || red_n / next < SPLIT_MIN_TERMS {
+                break;
+            }
+            parts = next;
+            lead += 1;
+        }
+        (lead, trail)
+    }
+
+    /// The argmax reduction's split: leading axes only, one combining stage (see
+    /// [`SPLIT_ARGMAX_MIN_TERMS`]).
     fn split_axes(&self, out_n: i64, red: &[i64]) -> usize {
         let red_n: i64 = red.iter().product();
         let (mut lead, mut parts) = (0, 1i64);
@@ -866,7 +898,7 @@ impl<'c, 'e> Fx<'c, 'e> {
             let next = parts * red[lead];
             let terms = red_n / next;
             let unbalanced = next > terms && out_n * parts >= SPLIT_BALANCED_THREADS;
-            if out_n * next > SPLIT_MAX_PARTIALS || terms < SPLIT_MIN_TERMS || unbalanced {
+            if out_n * next > SPLIT_MAX_PARTIALS || terms < SPLIT_ARGMAX_MIN_TERMS || unbalanced {
                 break;
             }
             parts = next;
@@ -877,64 +909,72 @@ impl<'c, 'e> Fx<'c, 'e> {
 
     /// [`Self::split_sums`] for any associative and commutative `combine` (`arith.addf`,
     /// `arith.maximumf`) from `inits` (its identities).
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn split_fold(
         &self,
         out: &[i64],
         red: &[i64],
         inits: &[f64],
         combine: &str,
+        inner: bool,
         terms: &SumTerms<'_, 'c>,
         finish: &SumFinish<'_, 'c>,
     ) {
         let n = inits.len();
-        let inits: Vec<V<'c>> = inits.iter().map(|v| self.cf(*v)).collect();
+        let init_values: Vec<V<'c>> = inits.iter().map(|v| self.cf(*v)).collect();
         let fold = |b: &Block<'c>, acc: &[V<'c>], vals: Vec<V<'c>>| -> Vec<V<'c>> {
             acc.iter()
                 .zip(vals)
                 .map(|(a, v)| self.bin(b, combine, *a, v))
                 .collect()
         };
-        let lead = self.split_axes(out.iter().product(), red);
-        if lead == 0 {
+        let (lead, trail) = self.split_plan(out.iter().product(), red, inner);
+        if lead + trail == 0 {
             self.par(self.entry, out, |b, o| {
-                let sums = self.carry_nest(b, red, &inits, &[], &mut |b, r, acc| {
+                let sums = self.carry_nest(b, red, &init_values, &[], &mut |b, r, acc| {
                     fold(b, acc, terms(b, o, r))
                 });
                 finish(b, o, &sums);
             });
             return;
         }
-        let (outer, inner) = red.split_at(lead);
-        let partials = self.partials(n, outer, out);
-        let at = |k: usize, idx: &[V<'c>]| {
-            let mut at = vec![self.cidx(k as i64)];
-            at.extend_from_slice(idx);
-            at
-        };
+        let (outer, rest) = red.split_at(lead);
+        let (middle, tail) = rest.split_at(rest.len() - trail);
+        // Thread index and partials' layout: [lead.., out.., trail..].
         let mut dims = outer.to_vec();
         dims.extend_from_slice(out);
+        dims.extend_from_slice(tail);
+        let partials = self.alloc(&[&[n as i64][..], &dims].concat());
+        let at = |k: usize, idx: &[V<'c>]| [&[self.cidx(k as i64)][..], idx].concat();
         self.par(self.entry, &dims, |b, idx| {
-            let (l, o) = idx.split_at(outer.len());
-            let sums = self.carry_nest(b, inner, &inits, &[], &mut |b, r, acc| {
-                let mut full = l.to_vec();
-                full.extend_from_slice(r);
-                fold(b, acc, terms(b, o, &full))
+            let (l, rest) = idx.split_at(lead);
+            let (o, t) = rest.split_at(out.len());
+            let sums = self.carry_nest(b, middle, &init_values, &[], &mut |b, r, acc| {
+                fold(b, acc, terms(b, o, &[l, r, t].concat()))
             });
             for (k, v) in sums.iter().enumerate() {
                 self.store(b, *v, partials, &at(k, idx));
             }
         });
-        self.par(self.entry, out, |b, o| {
-            let sums = self.carry_nest(b, outer, &inits, &[], &mut |b, l, acc| {
-                let mut idx = l.to_vec();
-                idx.extend_from_slice(o);
-                let vals = (0..n)
-                    .map(|k| self.load(b, partials, &at(k, &idx)))
-                    .collect();
-                fold(b, acc, vals)
-            });
-            finish(b, o, &sums);
-        });
+        // The partials, reduced over their leading and trailing axes (split again if many).
+        let mut red_next = outer.to_vec();
+        red_next.extend_from_slice(tail);
+        let load_partials = |b: &Block<'c>, o: &[V<'c>], r: &[V<'c>]| -> Vec<V<'c>> {
+            let (l, t) = r.split_at(lead);
+            let idx = [l, o, t].concat();
+            (0..n)
+                .map(|k| self.load(b, partials, &at(k, &idx)))
+                .collect()
+        };
+        self.split_fold(
+            out,
+            &red_next,
+            inits,
+            combine,
+            trail > 0,
+            &load_partials,
+            finish,
+        );
         self.stmt(self.entry, "memref.dealloc", &[partials]);
     }
 
@@ -2016,10 +2056,12 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
             let value = |b: &Block<'c>, o: &[V<'c>], r: &[V<'c>]| {
                 fx.load(b, x.mem, &insert_at(r, pa, o[0]))
             };
+            let inner = pa + 1 != x.dims.len();
             fx.split_sums(
                 &[x.dims[pa]],
                 &others,
                 1,
+                inner,
                 &|b, o, r| vec![value(b, o, r)],
                 &|b, o, s| {
                     let mean = fx.divf(b, s[0], fx.cf(m as f64));
@@ -2032,7 +2074,7 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
                 let d = fx.subf(b, value(b, o, r), mean);
                 vec![fx.mulf(b, d, d)]
             };
-            fx.split_sums(&[x.dims[pa]], &others, 1, &deviation, &|b, o, s| {
+            fx.split_sums(&[x.dims[pa]], &others, 1, inner, &deviation, &|b, o, s| {
                 let mean = fx.load(b, stats, &at(0, o[0]));
                 let inv_std = channel_stats(b, o[0], mean, s[0]);
                 fx.store(b, inv_std, stats, &at(1, o[0]));
@@ -2332,13 +2374,22 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
             };
             let terms =
                 |b: &Block<'c>, o: &[V<'c>], r: &[V<'c>]| vec![fx.load(b, x.mem, &x_index(o, r))];
-            fx.split_fold(&y.dims, red_dims, &[init], combine, &terms, &|b, o, acc| {
-                let v = match kind {
-                    ReduceKind::Mean => fx.divf(b, acc[0], fx.cf(count as f64)),
-                    ReduceKind::Max | ReduceKind::Sum => acc[0],
-                };
-                fx.store(b, v, y.mem, o);
-            });
+            let inner = reduced.last() == Some(&true);
+            fx.split_fold(
+                &y.dims,
+                red_dims,
+                &[init],
+                combine,
+                inner,
+                &terms,
+                &|b, o, acc| {
+                    let v = match kind {
+                        ReduceKind::Mean => fx.divf(b, acc[0], fx.cf(count as f64)),
+                        ReduceKind::Max | ReduceKind::Sum => acc[0],
+                    };
+                    fx.store(b, v, y.mem, o);
+                },
+            );
             return Ok(());
         };
         let lead = fx.split_axes(y.dims.iter().product(), red_dims);

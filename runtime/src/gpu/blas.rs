@@ -12,6 +12,7 @@ type Handle = *mut c_void;
 type CreateFn = unsafe extern "C" fn(*mut Handle) -> c_int;
 type DestroyFn = unsafe extern "C" fn(Handle) -> c_int;
 type SetStreamFn = unsafe extern "C" fn(Handle, *mut c_void) -> c_int;
+type SetMathModeFn = unsafe extern "C" fn(Handle, c_int) -> c_int;
 #[allow(clippy::type_complexity)]
 type SgemmStridedBatchedFn = unsafe extern "C" fn(
     Handle,
@@ -37,11 +38,17 @@ type SgemmStridedBatchedFn = unsafe extern "C" fn(
 /// `cublasOperation_t`.
 const OP_N: c_int = 0;
 const OP_T: c_int = 1;
+/// `cublasMath_t`: full f32, or f32 operands rounded to TF32 on the tensor cores.
+const DEFAULT_MATH: c_int = 0;
+const TF32_TENSOR_OP_MATH: c_int = 3;
 
 /// An open cuBLAS with one handle bound to a stream.
 pub(super) struct Blas {
     handle: Handle,
     sgemm: SgemmStridedBatchedFn,
+    set_math_mode: SetMathModeFn,
+    /// Whether the handle is in TF32 mode now.
+    tf32: std::cell::Cell<bool>,
     destroy: DestroyFn,
     /// Keeps the functions above loaded; dropped after the handle is destroyed.
     _lib: libloading::Library,
@@ -80,7 +87,7 @@ impl Blas {
             .find_map(|name| unsafe { libloading::Library::new(name) }.ok())
             .ok_or_else(|| GpuError::NoBlas(tried.join(", ")))?;
         // SAFETY: the symbols have the C signatures of cuBLAS's v2 API declared above.
-        let (create, set_stream, sgemm, destroy) = unsafe {
+        let (create, set_stream, sgemm, set_math_mode, destroy) = unsafe {
             let get = |name: &'static [u8]| {
                 lib.get::<*const c_void>(name)
                     .map_err(|e| GpuError::Driver {
@@ -94,6 +101,7 @@ impl Blas {
                 std::mem::transmute::<*const c_void, SgemmStridedBatchedFn>(*get(
                     b"cublasSgemmStridedBatched\0",
                 )?),
+                std::mem::transmute::<*const c_void, SetMathModeFn>(*get(b"cublasSetMathMode\0")?),
                 std::mem::transmute::<*const c_void, DestroyFn>(*get(b"cublasDestroy_v2\0")?),
             )
         };
@@ -106,6 +114,8 @@ impl Blas {
         let blas = Blas {
             handle,
             sgemm,
+            set_math_mode,
+            tf32: std::cell::Cell::new(false),
             destroy,
             _lib: lib,
         };
@@ -115,6 +125,26 @@ impl Blas {
             return Err(blas_error("cublasSetStream", status));
         }
         Ok(blas)
+    }
+
+    /// Full f32 products (the default), or TF32 tensor-core products (`tf32`): operands
+    /// rounded to a 10-bit mantissa, sums in f32, as PyTorch's convolutions by default.
+    pub(super) fn use_tf32(&self, tf32: bool) -> Result<(), GpuError> {
+        if self.tf32.get() == tf32 {
+            return Ok(());
+        }
+        let mode = if tf32 {
+            TF32_TENSOR_OP_MATH
+        } else {
+            DEFAULT_MATH
+        };
+        // SAFETY: a live handle; the mode is a valid `cublasMath_t`.
+        let status = unsafe { (self.set_math_mode)(self.handle, mode) };
+        if status != 0 {
+            return Err(blas_error("cublasSetMathMode", status));
+        }
+        self.tf32.set(tf32);
+        Ok(())
     }
 
     /// Enqueues `g` on the handle's stream over device pointers `a`, `b`, `c`.

@@ -125,19 +125,30 @@ pub struct DeviceBuffer {
 }
 
 impl DeviceBuffer {
-    fn zeroed(ctx: &Arc<CudaContext>, len: usize) -> Result<Self, GpuError> {
+    /// `len` f32 of device memory with whatever it held.
+    fn uninit(ctx: &Arc<CudaContext>, len: usize) -> Result<Self, GpuError> {
         ctx.bind_to_thread().map_err(driver("cuCtxSetCurrent"))?;
-        let bytes = len.max(1) * 4;
-        // SAFETY: a fresh allocation of `bytes`, zeroed before anyone reads it.
-        let ptr = unsafe { result::malloc_sync(bytes) }.map_err(driver("cuMemAlloc"))?;
-        let buf = DeviceBuffer {
+        // SAFETY: a fresh allocation; callers write it before any kernel reads it.
+        let ptr = unsafe { result::malloc_sync(len.max(1) * 4) }.map_err(driver("cuMemAlloc"))?;
+        Ok(DeviceBuffer {
             ptr,
             len,
             ctx: Arc::clone(ctx),
-        };
-        // SAFETY: `ptr` holds `bytes` bytes.
-        unsafe { result::memset_d8_sync(ptr, 0, bytes) }.map_err(driver("cuMemsetD8"))?;
+        })
+    }
+
+    fn zeroed(ctx: &Arc<CudaContext>, len: usize) -> Result<Self, GpuError> {
+        let mut buf = Self::uninit(ctx, len)?;
+        buf.zero()?;
         Ok(buf)
+    }
+
+    /// Fills the buffer with NaN (a check that nothing reads it before writing).
+    fn poison(&mut self) -> Result<(), GpuError> {
+        // SAFETY: `ptr` holds at least `len.max(1)` 32-bit words.
+        unsafe { sys::cuMemsetD32_v2(self.ptr, f32::NAN.to_bits(), self.len.max(1)) }
+            .result()
+            .map_err(driver("cuMemsetD32"))
     }
 
     pub fn len(&self) -> usize {
@@ -243,6 +254,12 @@ pub struct GpuModule {
     pool: RefCell<HashMap<usize, Vec<DeviceBuffer>>>,
     /// Whether replays time every launch (`RunStats::kernels`).
     profiling: Cell<bool>,
+    /// Whether temporaries start as NaN (checks) rather than as whatever they held: generated
+    /// code writes a temporary before reading it, so filling one is wasted bandwidth (the
+    /// gesture step allocates gigabytes of im2col matrices).
+    poison: Cell<bool>,
+    /// Whether matrix products run on the tensor cores in TF32 (off: full f32).
+    tf32: Cell<bool>,
     /// cuBLAS, opened at the first matrix product step.
     blas: RefCell<Option<Blas>>,
 }
@@ -264,6 +281,8 @@ impl GpuModule {
             module,
             pool: RefCell::new(HashMap::new()),
             profiling: Cell::new(false),
+            poison: Cell::new(false),
+            tf32: Cell::new(false),
             blas: RefCell::new(None),
         }))
     }
@@ -282,17 +301,31 @@ impl GpuModule {
         self.profiling.set(on);
     }
 
-    /// A zeroed temporary of `len` f32: a pooled one, or a new allocation. Zeroing is enqueued
-    /// on the default stream, after whatever last used the buffer.
+    /// A temporary of `len` f32: a pooled one, or a new allocation; NaN-filled when
+    /// poisoning (enqueued on the default stream, after whatever last used the buffer).
     fn take_temp(&self, len: usize) -> Result<DeviceBuffer, GpuError> {
         let pooled = self.pool.borrow_mut().get_mut(&len).and_then(Vec::pop);
-        match pooled {
-            Some(mut b) => {
-                b.zero()?;
-                Ok(b)
-            }
-            None => DeviceBuffer::zeroed(&self.ctx, len),
+        let mut b = match pooled {
+            Some(b) => b,
+            None => DeviceBuffer::uninit(&self.ctx, len)?,
+        };
+        if self.poison.get() {
+            b.poison()?;
         }
+        Ok(b)
+    }
+
+    /// Runs later matrix products (convolutions, dense layers) on the tensor cores with
+    /// TF32 operands (10-bit mantissa, f32 sums), as PyTorch does for convolutions by
+    /// default; off: full f32, which the differential checks need.
+    pub fn set_tf32(&self, on: bool) {
+        self.tf32.set(on);
+    }
+
+    /// Makes later temporaries start as NaN, so that a read before the first write shows in
+    /// the results (checks; off by default).
+    pub fn set_poison_temporaries(&self, on: bool) {
+        self.poison.set(on);
     }
 
     /// Returns a temporary for reuse. Kernels still queued that read it finish before any
@@ -483,6 +516,7 @@ impl GpuModel {
                     );
                     let blas = self.module.blas()?;
                     let blas = blas.as_ref().ok_or(GpuError::NoBlas(String::new()))?;
+                    blas.use_tf32(self.module.tf32.get())?;
                     // SAFETY: the manifest check bounds each extent by its buffer's length,
                     // and the buffers are device memory of this context.
                     unsafe { blas.sgemm(gemm, pa, pb, pc) }?;

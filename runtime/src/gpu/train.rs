@@ -127,6 +127,11 @@ impl TrainingPair {
         }
     }
 
+    /// The module both functions' kernels live in (profiling, poisoning).
+    pub fn module(&self) -> &std::rc::Rc<super::GpuModule> {
+        self.forward.module()
+    }
+
     /// Makes later runs of both functions time each kernel launch (`RunStats::kernels`).
     pub fn set_profiling(&self, on: bool) {
         self.forward.module().set_profiling(on);
