@@ -247,6 +247,7 @@ fn compiled_training_checks_buffer_sizes() {
     );
     assert_eq!("cpu".parse::<Backend>().ok(), Some(Backend::Cpu));
     assert_eq!("gpu".parse::<Backend>().ok(), Some(Backend::Gpu));
+    assert_eq!("gpu-tf32".parse::<Backend>().ok(), Some(Backend::GpuTf32));
     assert!("tpu".parse::<Backend>().is_err());
 }
 

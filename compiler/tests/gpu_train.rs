@@ -46,36 +46,39 @@ fn device_gpu_without_a_gpu_is_a_clear_error() {
     }
     let run = std::env::temp_dir().join(format!("snnc-gpu-train-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&run);
-    let out = Command::new(env!("CARGO_BIN_EXE_snnc"))
-        .current_dir(common::workspace())
-        .args([
-            "train",
-            "examples/nmnist.snn:NMNISTVanilla",
-            "--device",
-            "gpu",
-            "--set",
-            "T=4",
-            "--limit-train",
-            "4",
-            "--run-dir",
-        ])
-        .arg(&run)
-        .output()
-        .expect("snnc runs");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "an error, not a panic:\n{stderr}"
-    );
-    assert!(
-        stderr.contains("cannot run `NMNISTVanilla` on the GPU") && stderr.contains("--device cpu"),
-        "{stderr}"
-    );
-    assert!(
-        !run.exists(),
-        "a failed start must not create the run directory"
-    );
+    for device in ["gpu", "gpu-tf32"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_snnc"))
+            .current_dir(common::workspace())
+            .args([
+                "train",
+                "examples/nmnist.snn:NMNISTVanilla",
+                "--device",
+                device,
+                "--set",
+                "T=4",
+                "--limit-train",
+                "4",
+                "--run-dir",
+            ])
+            .arg(&run)
+            .output()
+            .expect("snnc runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{device}: an error, not a panic:\n{stderr}"
+        );
+        assert!(
+            stderr.contains("cannot run `NMNISTVanilla` on the GPU")
+                && stderr.contains("--device cpu"),
+            "{device}: {stderr}"
+        );
+        assert!(
+            !run.exists(),
+            "{device}: a failed start must not create the run directory"
+        );
+    }
     // `--device` and `--backend` name the same choice: both at once is a usage error.
     let both = Command::new(env!("CARGO_BIN_EXE_snnc"))
         .current_dir(common::workspace())

@@ -34,12 +34,13 @@ pub struct Budget {
     #[arg(long)]
     workers: Option<usize>,
     /// Execution backend: `interp` (reference interpreter, f64), `cpu` (forward_train and
-    /// backward JIT-compiled by Cranelift, f32) or `gpu` (the same functions as PTX kernels on
-    /// CUDA device 0, f32).
-    #[arg(long, default_value = "interp", value_parser = ["interp", "cpu", "gpu"])]
+    /// backward JIT-compiled by Cranelift, f32), `gpu` (the same functions as PTX kernels on
+    /// CUDA device 0, f32; convolutions and dense layers through cuBLAS) or `gpu-tf32` (those
+    /// matrix products on the tensor cores in TF32, as PyTorch runs convolutions by default).
+    #[arg(long, default_value = "interp", value_parser = ["interp", "cpu", "gpu", "gpu-tf32"])]
     backend: String,
-    /// Where the compiled code runs: `cpu` or `gpu` (the same as `--backend cpu|gpu`).
-    #[arg(long, value_parser = ["cpu", "gpu"], conflicts_with = "backend")]
+    /// Where the compiled code runs: `cpu`, `gpu` or `gpu-tf32` (the same as `--backend`).
+    #[arg(long, value_parser = ["cpu", "gpu", "gpu-tf32"], conflicts_with = "backend")]
     device: Option<String>,
     #[arg(long = "set", value_name = "NAME=EXPR", value_parser = super::parse_override)]
     overrides: Vec<Override>,

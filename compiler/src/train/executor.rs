@@ -23,6 +23,10 @@ pub enum Backend {
     Cpu,
     /// The GPU backend: forward_train and backward as PTX kernels on CUDA device 0, in f32.
     Gpu,
+    /// [`Backend::Gpu`] with the matrix products (convolutions, dense layers) on the tensor
+    /// cores in TF32: operands rounded to a 10-bit mantissa, sums in f32, as PyTorch runs
+    /// convolutions by default.
+    GpuTf32,
 }
 
 impl std::str::FromStr for Backend {
@@ -32,7 +36,10 @@ impl std::str::FromStr for Backend {
             "interp" => Ok(Backend::Interp),
             "cpu" => Ok(Backend::Cpu),
             "gpu" => Ok(Backend::Gpu),
-            _ => Err(run_err!("unknown backend `{s}` (interp, cpu, gpu)")),
+            "gpu-tf32" => Ok(Backend::GpuTf32),
+            _ => Err(run_err!(
+                "unknown backend `{s}` (interp, cpu, gpu, gpu-tf32)"
+            )),
         }
     }
 }
@@ -83,7 +90,8 @@ pub fn executor<'g>(
     Ok(match backend {
         Backend::Interp => Box::new(InterpExecutor::new(g, seed, run_dir)?),
         Backend::Cpu => Box::new(CpuExecutor::new(g, seed, run_dir)?),
-        Backend::Gpu => gpu_executor(g, seed, run_dir)?,
+        Backend::Gpu => gpu_executor(g, seed, run_dir, false)?,
+        Backend::GpuTf32 => gpu_executor(g, seed, run_dir, true)?,
     })
 }
 
@@ -92,8 +100,11 @@ fn gpu_executor<'g>(
     g: &'g Graph,
     seed: u64,
     run_dir: &Path,
+    tf32: bool,
 ) -> Result<Box<dyn Executor + 'g>, RunError> {
-    Ok(Box::new(super::gpu::GpuExecutor::new(g, seed, run_dir)?))
+    Ok(Box::new(super::gpu::GpuExecutor::new(
+        g, seed, run_dir, tf32,
+    )?))
 }
 
 #[cfg(not(feature = "gpu"))]
@@ -101,6 +112,7 @@ fn gpu_executor<'g>(
     g: &'g Graph,
     _seed: u64,
     _run_dir: &Path,
+    _tf32: bool,
 ) -> Result<Box<dyn Executor + 'g>, RunError> {
     Err(run_err!(
         "cannot run `{}` on the GPU: this snnc was built without its `gpu` feature\n  = help: rebuild with `cargo build --release --features gpu`, or run it on the CPU with `--device cpu`",

@@ -17,12 +17,15 @@ pub type GpuExecutor<'g> = CompiledExecutor<'g, GpuBackend>;
 /// [`CompiledBackend`] on one GPU.
 pub struct GpuBackend {
     device: GpuDevice,
+    /// Matrix products on the tensor cores in TF32 ([`super::Backend::GpuTf32`]).
+    tf32: bool,
 }
 
 impl<'g> GpuExecutor<'g> {
     /// Opens GPU 0; without a driver or a device, an error that says how to run instead.
-    /// `seed`: the run's seed, which with the step gives the dropout masks.
-    pub fn new(g: &'g Graph, seed: u64, run_dir: &Path) -> Result<Self, RunError> {
+    /// `seed`: the run's seed, which with the step gives the dropout masks. `tf32`: matrix
+    /// products on the tensor cores in TF32 rather than in full f32.
+    pub fn new(g: &'g Graph, seed: u64, run_dir: &Path, tf32: bool) -> Result<Self, RunError> {
         let device = GpuDevice::open(0).map_err(|e| {
             run_err!(
                 "cannot run `{}` on the GPU: {e}\n  = help: run it on the CPU with `--device cpu`",
@@ -31,7 +34,7 @@ impl<'g> GpuExecutor<'g> {
         })?;
         Ok(CompiledExecutor::with_backend(
             g,
-            GpuBackend { device },
+            GpuBackend { device, tf32 },
             seed,
             run_dir,
         ))
@@ -42,12 +45,14 @@ impl CompiledBackend for GpuBackend {
     type Code = GpuTraining;
 
     fn compile(&mut self, g: &Graph, batch: usize, eval: bool) -> Result<GpuTraining, RunError> {
-        GpuTraining::compile(&self.device, g, batch, eval).map_err(|e| {
+        let code = GpuTraining::compile(&self.device, g, batch, eval).map_err(|e| {
             run_err!(
                 "the GPU backend cannot compile `{}`: {e}\n  = help: train with `--device cpu`",
                 g.name
             )
-        })
+        })?;
+        code.set_tf32(self.tf32);
+        Ok(code)
     }
 }
 

@@ -75,6 +75,11 @@ impl GpuTraining {
         })
     }
 
+    /// Matrix products on the tensor cores in TF32 (`true`) or in full f32 (the default).
+    pub fn set_tf32(&self, on: bool) {
+        self.pair.module().set_tf32(on);
+    }
+
     pub fn batch(&self) -> usize {
         self.batch
     }
