@@ -105,6 +105,17 @@ impl<'c> Fx<'c, '_> {
         self.call_kernel("snn_gemm_f32", &args);
     }
 
+    /// `body(kh, kw)` for every tap of the kernel window, as constants: one thread writes all
+    /// of a pixel's taps, so its index arithmetic (a div/rem per axis in flat form) is done
+    /// once rather than per tap, which had made im2col compute-bound.
+    fn each_tap(&self, s: &ConvShape, mut body: impl FnMut(V<'c>, V<'c>)) {
+        for kh in 0..s.kh {
+            for kw in 0..s.kw {
+                body(self.cidx(kh), self.cidx(kw));
+            }
+        }
+    }
+
     /// The input value convolution tap `(c, kh, kw)` of output pixel `(oh, ow)` reads in image
     /// `lead` (0 in the padding).
     #[allow(clippy::too_many_arguments)]
@@ -133,16 +144,14 @@ impl<'c> Fx<'c, '_> {
     pub(super) fn conv2d_gemm(&self, x: &Buf<'c>, w: V<'c>, y: &Buf<'c>, s: &ConvShape) {
         let cols = self.alloc(&s.cols());
         let lead_n = s.lead.len();
-        self.par(self.entry, &s.cols(), |b, i| {
-            let v = self.conv_tap(
-                b,
-                x,
-                s,
-                &i[..lead_n],
-                (i[lead_n], i[lead_n + 1], i[lead_n + 2]),
-                (i[lead_n + 3], i[lead_n + 4]),
-            );
-            self.store(b, v, cols, i);
+        let mut pixels = s.lead.clone();
+        pixels.extend([s.c, s.oh, s.ow]);
+        self.par(self.entry, &pixels, |b, i| {
+            let (lead, c, oh, ow) = (&i[..lead_n], i[lead_n], i[lead_n + 1], i[lead_n + 2]);
+            self.each_tap(s, |kh, kw| {
+                let v = self.conv_tap(b, x, s, lead, (c, kh, kw), (oh, ow));
+                self.store(b, v, cols, &[lead, &[c, kh, kw, oh, ow]].concat());
+            });
         });
         self.gemm(
             w,
@@ -182,16 +191,15 @@ impl<'c> Fx<'c, '_> {
         taps_dims.extend(&s.lead);
         taps_dims.extend([s.oh, s.ow]);
         let taps = self.alloc(&taps_dims);
-        self.par(self.entry, &taps_dims, |b, i| {
-            let v = self.conv_tap(
-                b,
-                x,
-                s,
-                &i[3..3 + lead_n],
-                (i[0], i[1], i[2]),
-                (i[3 + lead_n], i[4 + lead_n]),
-            );
-            self.store(b, v, taps, i);
+        let mut pixels = vec![s.c];
+        pixels.extend(&s.lead);
+        pixels.extend([s.oh, s.ow]);
+        self.par(self.entry, &pixels, |b, i| {
+            let (c, lead, oh, ow) = (i[0], &i[1..=lead_n], i[lead_n + 1], i[lead_n + 2]);
+            self.each_tap(s, |kh, kw| {
+                let v = self.conv_tap(b, x, s, lead, (c, kh, kw), (oh, ow));
+                self.store(b, v, taps, &[&[c, kh, kw][..], lead, &[oh, ow]].concat());
+            });
         });
         self.gemm(
             dy_t,
