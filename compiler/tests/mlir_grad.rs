@@ -458,6 +458,16 @@ fn mixed_model_gradients_agree_with_the_interpreter() {
     gradients_agree_with_interpreter("mixed", &c.graphs[0], 2, 3, 1e-4);
 }
 
+/// Temporal attention on 64 dense features: its pooling sums a contiguous axis of 64, which
+/// the flat forms split into warp-wide rows (`Fx::split_fold`).
+const WIDE: &str = "import std.neurons.{LIF}\nimport std.attention.{TA}\nmodel Wide(T: int = 4) {\n    input x: image(channels = 2, height = 4, width = 4, T = T)\n    x -> flatten -> linear(64) -> bn -> attend(TA(r_t = 2)) -> LIF -> linear(3) -> readout.rate\n}\n";
+
+#[test]
+fn wide_attention_gradients_agree_with_the_interpreter() {
+    let c = compile_text(Path::new("wide.snn"), WIDE.to_string(), &[]);
+    gradients_agree_with_interpreter("wide", &c.graphs[0], 2, 5, 1e-4);
+}
+
 #[test]
 fn mlir_grad_snapshot_of_a_tiny_model() {
     let (text, _) = emit(&[&tiny()], &LowerOptions::with_batch(1), Stage::MlirGrad).expect("emits");

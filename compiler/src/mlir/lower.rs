@@ -82,6 +82,8 @@ const SPLIT_ENOUGH_THREADS: i64 = 1 << 20;
 const SPLIT_MAX_PARTIALS: i64 = 1 << 24;
 /// [`Fx::split_sums`]: the fewest terms one partial sum adds.
 const SPLIT_MIN_TERMS: i64 = 2;
+/// Threads of a GPU warp: a split's contiguous axis is cut into rows this long.
+const WARP: i64 = 32;
 /// The argmax reduction's split ([`Fx::split_axes`]) has one combining stage: each partial
 /// adds at least this many terms, and the split stops once the combining chain would be longer
 /// than each partial's (beyond [`SPLIT_BALANCED_THREADS`] threads).
@@ -920,6 +922,24 @@ impl<'c, 'e> Fx<'c, 'e> {
         terms: &SumTerms<'_, 'c>,
         finish: &SumFinish<'_, 'c>,
     ) {
+        let out_n: i64 = out.iter().product();
+        // A long contiguous last axis (a flattened image) is split into rows of a warp's width,
+        // so that the rows' index can be the fastest thread index.
+        if let (true, true, Some(&last)) = (self.flat, inner, red.last())
+            && last >= 2 * WARP
+            && last % WARP == 0
+            && out_n < SPLIT_ENOUGH_THREADS
+        {
+            let k = red.len() - 1;
+            let mut rows = red[..k].to_vec();
+            rows.extend([last / WARP, WARP]);
+            let joined = |b: &Block<'c>, o: &[V<'c>], r: &[V<'c>]| {
+                let mut r1 = r[..k].to_vec();
+                r1.push(self.ilin(b, r[k], WARP, Some(r[k + 1]), 0));
+                terms(b, o, &r1)
+            };
+            return self.split_fold(out, &rows, inits, combine, inner, &joined, finish);
+        }
         let n = inits.len();
         let init_values: Vec<V<'c>> = inits.iter().map(|v| self.cf(*v)).collect();
         let fold = |b: &Block<'c>, acc: &[V<'c>], vals: Vec<V<'c>>| -> Vec<V<'c>> {
@@ -928,7 +948,7 @@ impl<'c, 'e> Fx<'c, 'e> {
                 .map(|(a, v)| self.bin(b, combine, *a, v))
                 .collect()
         };
-        let (lead, trail) = self.split_plan(out.iter().product(), red, inner);
+        let (lead, trail) = self.split_plan(out_n, red, inner);
         if lead + trail == 0 {
             self.par(self.entry, out, |b, o| {
                 let sums = self.carry_nest(b, red, &init_values, &[], &mut |b, r, acc| {
