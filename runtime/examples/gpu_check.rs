@@ -81,18 +81,9 @@ fn read_f32(path: &Path) -> Result<Vec<f32>, String> {
 
 /// Event frames with about 10 % of pixels active, deterministic.
 fn random_spikes(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed;
-    (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            if (s >> 11).is_multiple_of(10) {
-                1.0
-            } else {
-                0.0
-            }
-        })
+    uniform_f32(n, seed, 0.0, 1.0)
+        .into_iter()
+        .map(|u| if u < 0.1 { 1.0 } else { 0.0 })
         .collect()
 }
 

@@ -139,18 +139,10 @@ pub fn read_npy_f64(path: &Path) -> (Vec<usize>, Vec<f64>) {
     (a.shape().to_vec(), a.iter().copied().collect())
 }
 
-/// Deterministic f32 values in [lo, hi) from a 64-bit LCG, so failures reproduce from the seed.
+/// Deterministic f32 values in [lo, hi) from a 64-bit LCG, so failures reproduce from the seed
+/// (the GPU check bundle's generator).
 pub fn random_f32(n: usize, seed: u64, lo: f64, hi: f64) -> Vec<f32> {
-    let mut s = seed;
-    (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            let u = (s >> 11) as f64 / (1u64 << 53) as f64;
-            (lo + (hi - lo) * u) as f32
-        })
-        .collect()
+    snn_runtime::gpu::manifest::uniform_f32(n, seed, lo as f32, hi as f32)
 }
 
 /// `mlir-opt-22` on PATH or in the Debian LLVM 22 prefix, if installed.
