@@ -250,6 +250,41 @@ fn download_gradients(pair: &TrainingPair) -> Result<Vec<(usize, String, Vec<f32
     Ok(out)
 }
 
+/// One training step as the executor runs it, timed: what it ran and downloaded.
+struct TimedStep {
+    forward: snn_runtime::gpu::RunStats,
+    backward: snn_runtime::gpu::RunStats,
+    grads: Vec<(usize, String, Vec<f32>)>,
+    wall_ms: f64,
+    /// Wall ms of the upload, forward, backward (with zeroing the gradients) and download.
+    phases: [f64; 4],
+}
+
+fn training_step(pair: &mut TrainingPair, host: &TrainingHost) -> Result<TimedStep, String> {
+    let start = std::time::Instant::now();
+    let mut t = start;
+    let mut lap = || {
+        let ms = t.elapsed().as_secs_f64() * 1e3;
+        t = std::time::Instant::now();
+        ms
+    };
+    upload_training(pair, host)?;
+    let upload = lap();
+    let forward = pair.run_forward().map_err(|e| e.to_string())?;
+    let forward_ms = lap();
+    let backward = pair.run_backward().map_err(|e| e.to_string())?;
+    let backward_ms = lap();
+    let grads = download_gradients(pair)?;
+    let download = lap();
+    Ok(TimedStep {
+        forward,
+        backward,
+        grads,
+        wall_ms: start.elapsed().as_secs_f64() * 1e3,
+        phases: [upload, forward_ms, backward_ms, download],
+    })
+}
+
 /// `train`: one forward_train + backward, outputs, running statistics and gradients checked;
 /// `train_time`: the step timed over `iters` runs after a warm-up (each run uploads the
 /// parameters and output gradients and downloads the gradients, as the executor does),
@@ -270,23 +305,10 @@ fn run_training_case(
     };
     let (mut runs, mut grads, mut phases) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..steps {
-        let start = std::time::Instant::now();
-        let lap = |t: &mut std::time::Instant| {
-            let ms = t.elapsed().as_secs_f64() * 1e3;
-            *t = std::time::Instant::now();
-            ms
-        };
-        let mut t = start;
-        upload_training(&mut pair, &host)?;
-        let upload = lap(&mut t);
-        let f = pair.run_forward().map_err(|e| e.to_string())?;
-        let forward = lap(&mut t);
-        let b = pair.run_backward().map_err(|e| e.to_string())?;
-        let backward = lap(&mut t);
-        grads = download_gradients(&pair)?;
-        let download = lap(&mut t);
-        runs.push((f, b, start.elapsed().as_secs_f64() * 1e3));
-        phases.push([upload, forward, backward, download]);
+        let step = training_step(&mut pair, &host)?;
+        runs.push((step.forward, step.backward, step.wall_ms));
+        phases.push(step.phases);
+        grads = step.grads;
     }
     let (free1, _) = dev.mem_info().map_err(|e| e.to_string())?;
     let mut worst = (0f64, 0f64);
@@ -379,15 +401,11 @@ fn run_training_case(
     pair.module().set_tf32(true);
     let mut tf32 = Vec::new();
     for _ in 0..steps {
-        let start = std::time::Instant::now();
-        upload_training(&mut pair, &host)?;
-        let f = pair.run_forward().map_err(|e| e.to_string())?;
-        let b = pair.run_backward().map_err(|e| e.to_string())?;
-        download_gradients(&pair)?;
+        let step = training_step(&mut pair, &host)?;
         tf32.push((
-            f.device_ms,
-            b.device_ms,
-            start.elapsed().as_secs_f64() * 1e3,
+            step.forward.device_ms,
+            step.backward.device_ms,
+            step.wall_ms,
         ));
     }
     pair.module().set_tf32(false);

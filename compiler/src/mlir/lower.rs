@@ -964,7 +964,7 @@ impl<'c, 'e> Fx<'c, 'e> {
         let mut dims = outer.to_vec();
         dims.extend_from_slice(out);
         dims.extend_from_slice(tail);
-        let partials = self.alloc(&[&[n as i64][..], &dims].concat());
+        let partials = self.partials(n, &dims);
         let at = |k: usize, idx: &[V<'c>]| [&[self.cidx(k as i64)][..], idx].concat();
         self.par(self.entry, &dims, |b, idx| {
             let (l, rest) = idx.split_at(lead);
@@ -998,12 +998,9 @@ impl<'c, 'e> Fx<'c, 'e> {
         self.stmt(self.entry, "memref.dealloc", &[partials]);
     }
 
-    /// A `[n, outer..., out...]` buffer of partial results.
-    fn partials(&self, n: usize, outer: &[i64], out: &[i64]) -> V<'c> {
-        let mut dims = vec![n as i64];
-        dims.extend_from_slice(outer);
-        dims.extend_from_slice(out);
-        self.alloc(&dims)
+    /// A `[n, dims...]` buffer of partial results: `n` per thread of a split reduction.
+    fn partials(&self, n: usize, dims: &[i64]) -> V<'c> {
+        self.alloc(&[&[n as i64][..], dims].concat())
     }
 
     /// `scf.parallel` over `[0, dims)`: iterations must write disjoint elements. In flat form
@@ -2424,7 +2421,7 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
         }
         let (outer, inner) = red_dims.split_at(lead);
         let inner_n: i64 = inner.iter().product();
-        let partials = fx.partials(2, outer, &y.dims);
+        let partials = fx.partials(2, &[outer, &y.dims[..]].concat());
         let at_part = |k: i64, idx: &[V<'c>]| {
             let mut at = vec![fx.cidx(k)];
             at.extend_from_slice(idx);

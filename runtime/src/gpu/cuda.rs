@@ -288,12 +288,17 @@ impl GpuModule {
     }
 
     /// cuBLAS bound to this module's stream, opened on first use.
-    fn blas(&self) -> Result<std::cell::Ref<'_, Option<Blas>>, GpuError> {
+    fn blas(&self) -> Result<std::cell::Ref<'_, Blas>, GpuError> {
         if self.blas.borrow().is_none() {
             let blas = Blas::open(self.stream.cu_stream().cast())?;
             *self.blas.borrow_mut() = Some(blas);
         }
-        Ok(self.blas.borrow())
+        std::cell::Ref::filter_map(self.blas.borrow(), Option::as_ref).map_err(|_| {
+            GpuError::Driver {
+                call: "cuBLAS",
+                message: "the handle was not kept".into(),
+            }
+        })
     }
 
     /// Makes later replays of this module's functions time each launch.
@@ -515,7 +520,6 @@ impl GpuModel {
                         pointer(*c, &temps)?,
                     );
                     let blas = self.module.blas()?;
-                    let blas = blas.as_ref().ok_or(GpuError::NoBlas(String::new()))?;
                     blas.use_tf32(self.module.tf32.get())?;
                     // SAFETY: the manifest check bounds each extent by its buffer's length,
                     // and the buffers are device memory of this context.
