@@ -26,7 +26,13 @@ fn main() {
     };
     let params = ParamStore::init(g, 1);
     let interp = Interpreter::new(g, Options::default());
-    let (_, node) = g.inputs().next().expect("input");
+    let Some((_, node)) = g.inputs().next() else {
+        eprintln!("{model} has no input");
+        std::process::exit(1);
+    };
+    let snnc::ir::graph::Op::Input { name, .. } = &node.op else {
+        unreachable!("inputs() yields input nodes")
+    };
     let shape: Vec<usize> = node
         .ty
         .dims
@@ -39,12 +45,25 @@ fn main() {
     let targets: Vec<usize> = (0..batch).map(|b| b % 10).collect();
     for _ in 0..3 {
         let t0 = Instant::now();
-        let fwd = interp
-            .forward(&params, &[("x", x.clone())])
-            .expect("forward");
-        let t1 = Instant::now();
-        let (_, d) = loss::cross_entropy(&fwd.outputs[0], &targets).expect("loss");
-        let _ = interp.backward(&params, &fwd, &[d]).expect("backward");
+        let step = || -> Result<_, String> {
+            let fwd = interp
+                .forward(&params, &[(name.as_str(), x.clone())])
+                .map_err(|e| format!("forward: {e}"))?;
+            let t1 = Instant::now();
+            let (_, d) =
+                loss::cross_entropy(&fwd.outputs[0], &targets).map_err(|e| format!("loss: {e}"))?;
+            interp
+                .backward(&params, &fwd, &[d])
+                .map_err(|e| format!("backward: {e}"))?;
+            Ok((fwd, t1))
+        };
+        let (fwd, t1) = match step() {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("{model}: {e}");
+                std::process::exit(1);
+            }
+        };
         let t2 = Instant::now();
         println!(
             "forward {:?} backward {:?} saved {} MB",

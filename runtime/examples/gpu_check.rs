@@ -330,6 +330,8 @@ fn run_training_case(
     let mut wanted = Vec::new();
     for (k, name, got) in &grads {
         if let Some(want) = case.backward_expected.get(*k).and_then(Option::as_ref) {
+            let stride = case.backward_stride.get(*k).copied().unwrap_or(1).max(1);
+            let got: Vec<f32> = got.iter().step_by(stride).copied().collect();
             wanted.push((name, got, read_f32(&dir.join(want))?));
         } else if got.iter().any(|x| !x.is_finite()) {
             failures.push(format!("gradient `{name}` is not finite"));

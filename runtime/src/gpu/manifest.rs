@@ -378,6 +378,19 @@ mod tests {
     }
 
     #[test]
+    fn a_check_case_without_training_fields_reads_as_forward_only() {
+        let case: CheckCase = serde_json::from_str(
+            r#"{"name": "m", "kind": "check", "ptx": "m.ptx", "manifest": "m.launch.json",
+                "args": [null], "expected": ["m.want0.f32"], "reference": "r",
+                "tolerance": 1e-4, "iters": 1}"#,
+        )
+        .expect("parses");
+        assert!(case.backward_manifest.is_none());
+        assert!(case.backward_args.is_empty() && case.backward_stride.is_empty());
+        assert_eq!(case.grad_tolerance, None);
+    }
+
+    #[test]
     fn generated_values_are_in_range_deterministic_and_constant_when_lo_is_hi() {
         let v = uniform_f32(1000, 9, -0.5, 0.5);
         assert!(v.iter().all(|x| (-0.5..0.5).contains(x)));
@@ -539,6 +552,10 @@ pub struct CheckCase {
     /// Per backward argument: the reference gradients for `train`.
     #[serde(default)]
     pub backward_expected: Vec<Option<String>>,
+    /// Per backward argument: the reference file holds every `stride`-th value only (large
+    /// gradients, so that a ResNet's fit the bundle); absent or 1: every value.
+    #[serde(default)]
+    pub backward_stride: Vec<usize>,
     /// The tolerance for gradients (`tolerance` when absent).
     #[serde(default)]
     pub grad_tolerance: Option<f64>,
