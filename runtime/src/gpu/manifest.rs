@@ -46,9 +46,15 @@ pub struct BufferSpec {
 }
 
 impl BufferSpec {
+    /// The element count ([`LaunchManifest::check`] has made sure it fits a `usize`).
     pub fn elements(&self) -> usize {
         self.shape.iter().product()
     }
+}
+
+/// The element count of `shape`, or `None` when it overflows (a corrupt manifest).
+fn checked_elements(shape: &[usize]) -> Option<usize> {
+    shape.iter().try_fold(1usize, |n, d| n.checked_mul(*d))
 }
 
 /// Where a buffer's memory comes from.
@@ -154,14 +160,18 @@ impl Gemm {
         })
     }
 
-    /// Elements of `A`, `B` and `C` the product touches, from each buffer's start.
-    pub fn extents(&self) -> [usize; 3] {
-        let last = self.batch.saturating_sub(1);
-        [
-            last * self.stride_a + self.m * self.k,
-            last * self.stride_b + self.k * self.n,
-            last * self.stride_c + self.m * self.n,
-        ]
+    /// Elements of `A`, `B` and `C` the product touches, from each buffer's start; `None` when
+    /// that overflows a `usize` (no buffer is that large).
+    pub fn extents(&self) -> Option<[usize; 3]> {
+        let last = self.batch.checked_sub(1)?;
+        let span = |stride: usize, rows: usize, cols: usize| {
+            last.checked_mul(stride)?.checked_add(rows.checked_mul(cols)?)
+        };
+        Some([
+            span(self.stride_a, self.m, self.k)?,
+            span(self.stride_b, self.k, self.n)?,
+            span(self.stride_c, self.m, self.n)?,
+        ])
     }
 }
 
@@ -195,9 +205,17 @@ impl LaunchManifest {
                 self.format
             ));
         }
+        for (i, a) in self.args.iter().enumerate() {
+            if checked_elements(&a.shape).is_none() {
+                return Err(format!("argument {i} (`{}`): its shape overflows", a.name));
+            }
+        }
         for (i, b) in self.buffers.iter().enumerate() {
             if b.id != i {
                 return Err(format!("buffer {i} has id {}", b.id));
+            }
+            if checked_elements(&b.shape).is_none() {
+                return Err(format!("buffer {i}: its shape overflows"));
             }
             match b.kind {
                 BufferKind::Arg { arg } => {
@@ -281,10 +299,13 @@ impl LaunchManifest {
                     }
                 }
                 Step::Gemm { a, b, c, gemm } => {
-                    if gemm.batch == 0 || gemm.m * gemm.n * gemm.k == 0 {
+                    if [gemm.batch, gemm.m, gemm.n, gemm.k].contains(&0) {
                         return Err(format!("step {k}: empty matrix product"));
                     }
-                    for (id, extent) in [a, b, c].into_iter().zip(gemm.extents()) {
+                    let extents = gemm
+                        .extents()
+                        .ok_or_else(|| format!("step {k}: the product's extent overflows"))?;
+                    for (id, extent) in [a, b, c].into_iter().zip(extents) {
                         let root = self.root(*id)?;
                         if !live[root] {
                             return Err(format!("step {k}: buffer {id} used while not allocated"));
@@ -331,16 +352,14 @@ impl LaunchManifest {
     /// Bytes of device memory held at once by temporaries at the worst point, and by the
     /// arguments (always held).
     pub fn peak_bytes(&self) -> (usize, usize) {
-        let args: usize = self
-            .args
-            .iter()
-            .map(|a| a.shape.iter().product::<usize>())
-            .sum();
+        let args = self.args.iter().fold(0usize, |sum, a| {
+            sum.saturating_add(checked_elements(&a.shape).unwrap_or(usize::MAX))
+        });
         let (mut now, mut peak) = (0usize, 0usize);
         for step in &self.steps {
             match step {
                 Step::Alloc { buffer } => {
-                    now += self.buffers.get(*buffer).map_or(0, |b| b.elements());
+                    now = now.saturating_add(self.buffers.get(*buffer).map_or(0, |b| b.elements()));
                     peak = peak.max(now);
                 }
                 Step::Free { buffer } => {
@@ -349,7 +368,7 @@ impl LaunchManifest {
                 Step::Launch { .. } | Step::Gemm { .. } => {}
             }
         }
-        (peak * 4, args * 4)
+        (peak.saturating_mul(4), args.saturating_mul(4))
     }
 }
 
@@ -375,6 +394,34 @@ mod tests {
         let again: Vec<Option<ArgSource>> =
             serde_json::from_str(&serde_json::to_string(&args).expect("writes")).expect("parses");
         assert_eq!(again, args);
+    }
+
+    #[test]
+    fn products_and_shapes_that_overflow_are_errors_not_panics() {
+        let mut m = tiny();
+        m.steps.push(Step::Gemm {
+            a: 0,
+            b: 0,
+            c: 0,
+            gemm: Gemm {
+                batch: usize::MAX,
+                m: 1,
+                n: 1,
+                k: 1,
+                trans_a: false,
+                trans_b: false,
+                stride_a: 2,
+                stride_b: 0,
+                stride_c: 0,
+                accumulate: false,
+            },
+        });
+        assert!(m.check().unwrap_err().contains("overflows"));
+        let mut m = tiny();
+        m.buffers[0].shape = vec![usize::MAX, 3];
+        m.args[0].shape = vec![usize::MAX, 3];
+        assert!(m.check().unwrap_err().contains("overflows"));
+        let _ = m.peak_bytes();
     }
 
     #[test]
