@@ -165,7 +165,8 @@ impl Gemm {
     pub fn extents(&self) -> Option<[usize; 3]> {
         let last = self.batch.checked_sub(1)?;
         let span = |stride: usize, rows: usize, cols: usize| {
-            last.checked_mul(stride)?.checked_add(rows.checked_mul(cols)?)
+            last.checked_mul(stride)?
+                .checked_add(rows.checked_mul(cols)?)
         };
         Some([
             span(self.stride_a, self.m, self.k)?,
@@ -416,11 +417,11 @@ mod tests {
                 accumulate: false,
             },
         });
-        assert!(m.check().unwrap_err().contains("overflows"));
+        assert!(m.check().is_err_and(|e| e.contains("overflows")));
         let mut m = tiny();
         m.buffers[0].shape = vec![usize::MAX, 3];
         m.args[0].shape = vec![usize::MAX, 3];
-        assert!(m.check().unwrap_err().contains("overflows"));
+        assert!(m.check().is_err_and(|e| e.contains("overflows")));
         let _ = m.peak_bytes();
     }
 
