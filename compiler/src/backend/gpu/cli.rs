@@ -83,10 +83,11 @@ pub fn build(
                     }
                 }
                 let launches: usize = manifests.iter().map(|(m, _)| m.launches().count()).sum();
+                let gemms: usize = manifests.iter().map(|(m, _)| m.gemms().count()).sum();
                 let names: Vec<String> =
                     files.iter().map(|(p, _)| p.display().to_string()).collect();
                 eprintln!(
-                    "{}: {kernels} kernels, {launches} launches -> {}",
+                    "{}: {kernels} kernels, {launches} launches, {gemms} cuBLAS products -> {}",
                     g.name,
                     names.join(", ")
                 );
