@@ -397,6 +397,46 @@ mod tests {
         assert_eq!(again, args);
     }
 
+    /// [`tiny`] with a product `C[1×n] = A[1×2]·B[2×n]`, A and B in buffer 0, C in buffer `c`.
+    fn with_product(n: usize, c: usize) -> LaunchManifest {
+        let mut m = tiny();
+        m.steps.push(Step::Gemm {
+            a: 0,
+            b: 0,
+            c,
+            gemm: Gemm {
+                batch: 1,
+                m: 1,
+                n,
+                k: 2,
+                trans_a: false,
+                trans_b: false,
+                stride_a: 0,
+                stride_b: 0,
+                stride_c: 0,
+                accumulate: false,
+            },
+        });
+        m
+    }
+
+    #[test]
+    fn a_product_must_stay_inside_live_buffers() {
+        // B is k × n = 2 × 3 = the whole of buffer 0; C is 1 × 3 inside buffer 1 (6 values).
+        assert_eq!(with_product(3, 1).check(), Ok(()));
+        // n = 4 reads 2 × 4 = 8 values of a 6-value buffer.
+        let e = with_product(4, 1).check().err().unwrap_or_default();
+        assert!(e.contains("reaches element 8 of buffer 0"), "{e}");
+        // C in the temporary after it was freed.
+        let e = with_product(3, 2).check().err().unwrap_or_default();
+        assert!(e.contains("not allocated"), "{e}");
+        let mut m = with_product(3, 1);
+        if let Some(Step::Gemm { gemm, .. }) = m.steps.last_mut() {
+            gemm.k = 0;
+        }
+        assert!(m.check().is_err_and(|e| e.contains("empty")));
+    }
+
     #[test]
     fn products_and_shapes_that_overflow_are_errors_not_panics() {
         let mut m = tiny();
