@@ -357,6 +357,32 @@ fn run_training_case(
         }
         checked += 1;
     }
+    // The executor counts spikes on the device (`GpuModule::sum_abs`): each saved value's sum
+    // must match the host's, exactly for 0/1 values.
+    let (mut sums, mut exact) = (0, 0);
+    for (k, a) in pair.forward_args().iter().enumerate() {
+        if a.role != "saved" {
+            continue;
+        }
+        let buf = pair.forward_buffer(k).ok_or("buffer")?;
+        let device = pair.module().sum_abs(buf).map_err(|e| e.to_string())?;
+        let values = buf.download().map_err(|e| e.to_string())?;
+        let host: f64 = values.iter().map(|v| f64::from(v.abs())).sum();
+        let binary = values.iter().all(|v| *v == 0.0 || *v == 1.0);
+        let ok = if binary {
+            device == host
+        } else {
+            (device - host).abs() <= 1e-5 * host.max(1.0)
+        };
+        if !ok {
+            failures.push(format!(
+                "Σ|{}| on the device {device} vs {host} on the host",
+                a.name
+            ));
+        }
+        sums += 1;
+        exact += usize::from(binary);
+    }
     if !failures.is_empty() {
         // Every tensor that is off, not only the first: one GPU run has to tell all.
         return Err(format!(
@@ -368,7 +394,7 @@ fn run_training_case(
     let (f, b, first_wall) = runs[0].clone();
     if case.kind == "train" {
         return Ok(format!(
-            "vs {}: forward_train {} + backward {} launches, {:.3} + {:.3} ms device; {checked} tensors checked; max rel err {:.2e} values (tol {:.0e}), {:.2e} gradients (tol {:.0e})",
+            "vs {}: forward_train {} + backward {} launches, {:.3} + {:.3} ms device; {checked} tensors checked; max rel err {:.2e} values (tol {:.0e}), {:.2e} gradients (tol {:.0e}); {sums} saved sums on the device match ({exact} spike counts exactly)",
             case.reference,
             f.launches,
             b.launches,

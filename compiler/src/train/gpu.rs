@@ -3,7 +3,7 @@
 //! `snnc train --device gpu` runs the same loop: loss, optimiser, logs and checkpoints stay on
 //! the host.
 
-use super::executor::{CompiledBackend, CompiledCode, CompiledExecutor, spike_sum};
+use super::executor::{CompiledBackend, CompiledCode, CompiledExecutor};
 use super::{RunError, run_err};
 use crate::backend::gpu::train::GpuTraining;
 use crate::ir::Graph;
@@ -84,7 +84,6 @@ impl CompiledCode for GpuTraining {
     }
 
     fn spike_count(&self, name: &str) -> Result<(f64, usize), String> {
-        let y = self.saved(name)?;
-        Ok((spike_sum(&y), y.len()))
+        self.saved_sum(name)
     }
 }

@@ -1,8 +1,9 @@
 //! cuBLAS, opened at run time: the strided batched SGEMM behind a manifest's
-//! [`Step::Gemm`](super::manifest::Step::Gemm) (convolutions as im2col + GEMM, dense layers).
+//! [`Step::Gemm`](super::manifest::Step::Gemm) (convolutions as im2col + GEMM, dense layers),
+//! and the sums that count spikes on the device.
 //!
 //! Found as `$SNNC_CUBLAS` (a path), else `libcublas.so`, `libcublas.so.13`, `.12`, `.11` on
-//! the loader's path. Only four symbols are used, all stable across cuBLAS 11–13.
+//! the loader's path. Only six symbols are used, all stable across cuBLAS 11–13.
 
 use super::GpuError;
 use super::manifest::Gemm;
@@ -13,6 +14,7 @@ type CreateFn = unsafe extern "C" fn(*mut Handle) -> c_int;
 type DestroyFn = unsafe extern "C" fn(Handle) -> c_int;
 type SetStreamFn = unsafe extern "C" fn(Handle, *mut c_void) -> c_int;
 type SetMathModeFn = unsafe extern "C" fn(Handle, c_int) -> c_int;
+type SasumFn = unsafe extern "C" fn(Handle, c_int, u64, c_int, *mut f32) -> c_int;
 #[allow(clippy::type_complexity)]
 type SgemmStridedBatchedFn = unsafe extern "C" fn(
     Handle,
@@ -47,6 +49,7 @@ pub(super) struct Blas {
     handle: Handle,
     sgemm: SgemmStridedBatchedFn,
     set_math_mode: SetMathModeFn,
+    sasum: SasumFn,
     /// Whether the handle is in TF32 mode now.
     tf32: std::cell::Cell<bool>,
     destroy: DestroyFn,
@@ -87,7 +90,7 @@ impl Blas {
             .find_map(|name| unsafe { libloading::Library::new(name) }.ok())
             .ok_or_else(|| GpuError::NoBlas(tried.join(", ")))?;
         // SAFETY: the symbols have the C signatures of cuBLAS's v2 API declared above.
-        let (create, set_stream, sgemm, set_math_mode, destroy) = unsafe {
+        let (create, set_stream, sgemm, set_math_mode, sasum, destroy) = unsafe {
             let get = |name: &'static [u8]| {
                 lib.get::<*const c_void>(name)
                     .map_err(|e| GpuError::Driver {
@@ -102,6 +105,7 @@ impl Blas {
                     b"cublasSgemmStridedBatched\0",
                 )?),
                 std::mem::transmute::<*const c_void, SetMathModeFn>(*get(b"cublasSetMathMode\0")?),
+                std::mem::transmute::<*const c_void, SasumFn>(*get(b"cublasSasum_v2\0")?),
                 std::mem::transmute::<*const c_void, DestroyFn>(*get(b"cublasDestroy_v2\0")?),
             )
         };
@@ -115,6 +119,7 @@ impl Blas {
             handle,
             sgemm,
             set_math_mode,
+            sasum,
             tf32: std::cell::Cell::new(false),
             destroy,
             _lib: lib,
@@ -145,6 +150,37 @@ impl Blas {
         }
         self.tf32.set(tf32);
         Ok(())
+    }
+
+    /// Σ|x| over `len` f32 at device address `x`, after the stream's earlier work; blocks
+    /// until it is known. Summed by cuBLAS in chunks of 2^24 values added in f64, so a count
+    /// of 0/1 values (spikes) is exact: every partial sum is an integer below 2^24.
+    ///
+    /// # Safety
+    /// `x` must be device memory of the handle's context holding `len` f32.
+    pub(super) unsafe fn sum_abs(&self, x: u64, len: usize) -> Result<f64, GpuError> {
+        const CHUNK: usize = 1 << 24;
+        let mut total = 0f64;
+        for start in (0..len).step_by(CHUNK) {
+            let n = (len - start).min(CHUNK);
+            let mut part = 0f32;
+            // SAFETY: `start + n <= len` values from `x`; the result is a host scalar
+            // (cuBLAS's default pointer mode), written before the call returns.
+            let status = unsafe {
+                (self.sasum)(
+                    self.handle,
+                    n as c_int,
+                    x + (start * 4) as u64,
+                    1,
+                    &mut part,
+                )
+            };
+            if status != 0 {
+                return Err(blas_error("cublasSasum", status));
+            }
+            total += f64::from(part);
+        }
+        Ok(total)
     }
 
     /// Enqueues `g` on the handle's stream over device pointers `a`, `b`, `c`.

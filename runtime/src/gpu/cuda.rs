@@ -301,6 +301,14 @@ impl GpuModule {
         })
     }
 
+    /// Σ|x| of `buf` (a spike count for 0/1 values, exact), computed on the device after the
+    /// work already queued: only the sum crosses the bus.
+    pub fn sum_abs(&self, buf: &DeviceBuffer) -> Result<f64, GpuError> {
+        let blas = self.blas()?;
+        // SAFETY: `buf` holds `len` f32 of this context's memory.
+        unsafe { blas.sum_abs(buf.ptr, buf.len) }
+    }
+
     /// Makes later replays of this module's functions time each launch.
     pub fn set_profiling(&self, on: bool) {
         self.profiling.set(on);
