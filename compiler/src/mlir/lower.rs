@@ -2365,9 +2365,10 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
         fx.stream_reduce(&x.dims, reduced, &before, &body, &after)
     }
 
-    /// [`Self::reduce`] in flat form: one thread per output, or with few outputs, the leading
-    /// reduced axes in parallel too ([`Fx::split_fold`]). A max reduction that saves its
-    /// argmax keeps each part's first maximum with its linear index over the reduced axes;
+    /// [`Self::reduce`] in flat form: one thread per output, or with few outputs, reduced axes
+    /// in parallel too ([`Fx::split_fold`]). A max reduction that saves its argmax splits only
+    /// leading axes ([`Fx::split_axes`]) and keeps each part's first maximum with its linear
+    /// index over the reduced axes;
     /// the parts are then combined in order with the same rule, so the first maximum overall
     /// wins, as unsplit.
     fn reduce_flat(
