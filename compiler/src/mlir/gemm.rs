@@ -10,7 +10,7 @@
 //! Layouts are those of the runtime's CPU kernels: images `[lead.., C, H, W]` with every axis
 //! before the channel folded into `N` images, weights `[OC, C, KH, KW]`.
 //!
-//! [`LoopForm::FlatGemm`]: super::LoopForm::FlatGemm
+//! [`LoopForm::FlatGemm`]: crate::mlir::lower::LoopForm::FlatGemm
 
 use super::{Buf, Fx, V};
 use melior::ir::Block;
