@@ -84,7 +84,7 @@ pub enum Op {
         name: String,
         source: InputSource,
     },
-    /// 2-d convolution over H, W of each (T, B) slice; params: weight [O, C, kh, kw], bias [O]?
+    /// 2-d convolution over H, W of each (T, B) slice; params: weight `[O, C, kh, kw]`, bias `[O]`?
     Conv2d {
         out_channels: usize,
         kernel: (usize, usize),

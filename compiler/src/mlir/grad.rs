@@ -2264,7 +2264,7 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
 
     /// The reverse scan with the time loop outermost, the last axis in `vector<4xf32>` groups
     /// (the forward's [`vector_parts`]) and the adjoints in buffers: like the forward scan,
-    /// every step streams x[t], dy[t], dx[t] and the saved states of step t contiguously
+    /// every step streams `x[t]`, `dy[t]`, `dx[t]` and the saved states of step t contiguously
     /// (T innermost strides B·N floats per step, a new page per load).
     fn scan_time_outer(
         &self,

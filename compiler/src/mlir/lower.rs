@@ -2515,8 +2515,8 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
     /// `scf.for` over T, the state variables carried as `iter_args`. Otherwise the innermost
     /// axis is vectorised in groups of [`SCAN_COPIES`] `vector<4xf32>`, then single vectors,
     /// then a scalar tail; with [`SCAN_TIME_OUTER`] the time loop is outermost and the states
-    /// live in buffers (x[t] and y[t] stream contiguously: measured 1.3× faster on the LIF
-    /// bench than T innermost with the states in registers, whose x[t] loads stride B·N).
+    /// live in buffers (`x[t]` and `y[t]` stream contiguously: measured 1.3× faster on the LIF
+    /// bench than T innermost with the states in registers, whose `x[t]` loads stride B·N).
     fn scan(
         &self,
         node: &Node,

@@ -1,4 +1,4 @@
-//! Turns source text into an [`ast::File`] with the pest grammar in `snn.pest`; syntax errors
+//! Turns source text into an [`ast::File`](super::ast::File) with the pest grammar in `snn.pest`; syntax errors
 //! become [`Diagnostic`]s that say, in words, what was expected where.
 
 use super::ast::*;
