@@ -212,32 +212,20 @@ fn clif_of_golden_small() {
 fn cli_emits_clif_and_builds_artifacts() {
     let bin = env!("CARGO_BIN_EXE_snnc");
     let file = common::workspace().join("tests/reference/golden_small.snn");
-    let out = Command::new(bin)
-        .args(["build", "--emit", "clif", "--batch", "2"])
-        .arg(&file)
-        .output()
-        .expect("snnc runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = common::snnc_ok(|c| {
+        c.args(["build", "--emit", "clif", "--batch", "2"])
+            .arg(&file)
+    });
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("; @GoldenSmall_forward\nfunction"), "{text}");
 
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cpu_cli_aot");
     let _ = std::fs::remove_dir_all(&dir);
-    let out = Command::new(bin)
-        .args(["build", "--target", "cpu", "--batch", "2", "-o"])
-        .arg(&dir)
-        .arg(&file)
-        .output()
-        .expect("snnc runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::snnc_ok(|c| {
+        c.args(["build", "--target", "cpu", "--batch", "2", "-o"])
+            .arg(&dir)
+            .arg(&file)
+    });
     for f in ["GoldenSmall.o", "GoldenSmall.h", "GoldenSmall.json"] {
         assert!(dir.join(f).exists(), "{f} missing");
     }

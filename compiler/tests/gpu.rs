@@ -162,35 +162,17 @@ fn sm_80_and_bad_chips() {
 fn cli_emits_ptx_and_writes_a_directory() {
     let bin = env!("CARGO_BIN_EXE_snnc");
     let file = common::workspace().join("tests/reference/golden_small.snn");
-    let out = Command::new(bin)
-        .args(["build", "--target", "gpu", "--emit", "ptx", "--batch", "2"])
-        .arg(&file)
-        .output()
-        .expect("snnc runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = common::snnc_ok(|c| {
+        c.args(["build", "--target", "gpu", "--emit", "ptx", "--batch", "2"])
+            .arg(&file)
+    });
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains(".target sm_90") && text.contains(".entry "));
 
     let dir = std::env::temp_dir().join(format!("snnc-gpu-test-{}", std::process::id()));
     // `snnc build ARGS -o dir file`, which must succeed.
     let build_into = |args: &[&str]| {
-        let out = Command::new(bin)
-            .arg("build")
-            .args(args)
-            .arg("-o")
-            .arg(&dir)
-            .arg(&file)
-            .output()
-            .expect("snnc runs");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        common::snnc_ok(|c| c.arg("build").args(args).arg("-o").arg(&dir).arg(&file));
     };
     build_into(&["--target", "gpu"]);
     let ptx = std::fs::read_to_string(dir.join("GoldenSmall.ptx")).expect("ptx written");

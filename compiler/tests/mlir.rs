@@ -151,16 +151,10 @@ fn batch_size_is_baked_into_static_shapes() {
 fn cli_emits_mlir_and_reports_errors() {
     let bin = env!("CARGO_BIN_EXE_snnc");
     let file = common::workspace().join("tests/reference/golden_small.snn");
-    let out = Command::new(bin)
-        .args(["build", "--emit", "llvm-mlir", "--batch", "2"])
-        .arg(&file)
-        .output()
-        .expect("snnc runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = common::snnc_ok(|c| {
+        c.args(["build", "--emit", "llvm-mlir", "--batch", "2"])
+            .arg(&file)
+    });
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("llvm.func @GoldenSmall_forward("), "{text}");
     assert!(!text.contains("func.func"));

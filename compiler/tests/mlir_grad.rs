@@ -19,7 +19,6 @@ use snnc::mlir::lower::LoopForm;
 use snnc::mlir::pipeline::{check_llvm_only, run_pipeline, verify};
 use snnc::mlir::{LLVM_PIPELINE, LowerOptions, Stage, emit};
 use std::path::Path;
-use std::process::Command;
 
 /// A packed entry point `@<symbol>_packed(ptr)` taking one array of `n` buffer pointers, so
 /// the Rust side does not depend on the argument count.
@@ -569,18 +568,11 @@ fn mlir_opt_accepts_the_training_functions_of_every_example() {
 
 #[test]
 fn cli_emits_mlir_grad_and_llvm_mlir_includes_the_backward() {
-    let bin = env!("CARGO_BIN_EXE_snnc");
     let file = common::workspace().join("tests/reference/golden_small.snn");
-    let out = Command::new(bin)
-        .args(["build", "--emit", "mlir-grad", "--batch", "2"])
-        .arg(&file)
-        .output()
-        .expect("snnc runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = common::snnc_ok(|c| {
+        c.args(["build", "--emit", "mlir-grad", "--batch", "2"])
+            .arg(&file)
+    });
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.contains("func.func @GoldenSmall_forward_train("),
@@ -588,16 +580,7 @@ fn cli_emits_mlir_grad_and_llvm_mlir_includes_the_backward() {
     );
     assert!(text.contains("func.func @GoldenSmall_backward("));
     assert!(text.contains("snnc.role = \"d_param\""));
-    let out = Command::new(bin)
-        .args(["build", "--emit", "llvm-mlir"])
-        .arg(&file)
-        .output()
-        .expect("snnc runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = common::snnc_ok(|c| c.args(["build", "--emit", "llvm-mlir"]).arg(&file));
     let text = String::from_utf8_lossy(&out.stdout);
     for f in ["forward", "forward_train", "backward"] {
         assert!(

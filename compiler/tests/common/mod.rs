@@ -145,6 +145,19 @@ pub fn random_f32(n: usize, seed: u64, lo: f64, hi: f64) -> Vec<f32> {
     snn_runtime::gpu::manifest::uniform_f32(n, seed, lo as f32, hi as f32)
 }
 
+/// Runs the `snnc` binary with the arguments `args` adds and returns its output, failing the
+/// test with snnc's stderr unless it succeeded.
+pub fn snnc_ok(args: impl FnOnce(&mut Command) -> &mut Command) -> std::process::Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_snnc"));
+    let out = args(&mut cmd).output().expect("snnc runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// `mlir-opt-22` on PATH or in the Debian LLVM 22 prefix, if installed.
 pub fn mlir_opt() -> Option<PathBuf> {
     let on_path = Command::new("mlir-opt-22")
