@@ -14,38 +14,12 @@
 
 use super::{Buf, Fx, V};
 use melior::ir::Block;
+use snn_runtime::gpu::manifest::Gemm;
 
-/// A row-major product `C[i] (=|+=) op(A[i])·op(B[i])` (the runtime's `Gemm`).
-#[derive(Clone, Copy)]
-pub(super) struct Product {
-    pub batch: i64,
-    pub m: i64,
-    pub n: i64,
-    pub k: i64,
-    pub trans_a: bool,
-    pub trans_b: bool,
-    pub stride_a: i64,
-    pub stride_b: i64,
-    pub stride_c: i64,
-    pub accumulate: bool,
-}
-
-impl Product {
-    /// One `m × n` product of depth `k`, both operands stored as used.
-    pub(super) fn single(m: i64, n: i64, k: i64) -> Self {
-        Product {
-            batch: 1,
-            m,
-            n,
-            k,
-            trans_a: false,
-            trans_b: false,
-            stride_a: 0,
-            stride_b: 0,
-            stride_c: 0,
-            accumulate: false,
-        }
-    }
+/// A static size as the runtime's [`Gemm`] takes it (shapes are never negative; a zero size
+/// is refused by the manifest check and does nothing on the CPU).
+pub(super) fn size(v: i64) -> usize {
+    usize::try_from(v).unwrap_or(0)
 }
 
 /// A convolution's geometry over `[lead.., C, H, W]` images.
@@ -63,17 +37,21 @@ pub(super) struct ConvShape {
 }
 
 impl ConvShape {
-    fn images(&self) -> i64 {
-        self.lead.iter().product()
+    fn images(&self) -> usize {
+        size(self.lead.iter().product())
     }
 
     /// Rows of the im2col matrix: `C·KH·KW`.
-    fn taps(&self) -> i64 {
-        self.c * self.kh * self.kw
+    fn taps(&self) -> usize {
+        size(self.c * self.kh * self.kw)
     }
 
-    fn pixels(&self) -> i64 {
-        self.oh * self.ow
+    fn pixels(&self) -> usize {
+        size(self.oh * self.ow)
+    }
+
+    fn out_channels(&self) -> usize {
+        size(self.oc)
     }
 
     /// `[lead.., C, KH, KW, OH, OW]`: the im2col matrix of every image.
@@ -86,22 +64,9 @@ impl ConvShape {
 
 impl<'c> Fx<'c, '_> {
     /// `snn_gemm_f32` on the first elements of `a`, `b` and `c`.
-    pub(super) fn gemm(&self, a: V<'c>, b: V<'c>, c: V<'c>, p: Product) {
+    pub(super) fn gemm(&self, a: V<'c>, b: V<'c>, c: V<'c>, g: Gemm) {
         let mut args = vec![self.base_ptr(a), self.base_ptr(b), self.base_ptr(c)];
-        for v in [
-            p.batch,
-            p.m,
-            p.n,
-            p.k,
-            i64::from(p.trans_a),
-            i64::from(p.trans_b),
-            p.stride_a,
-            p.stride_b,
-            p.stride_c,
-            i64::from(p.accumulate),
-        ] {
-            args.push(self.cidx(v));
-        }
+        args.extend(g.to_abi().map(|v| self.cidx(v)));
         self.call_kernel("snn_gemm_f32", &args);
     }
 
@@ -157,11 +122,11 @@ impl<'c> Fx<'c, '_> {
             w,
             cols,
             y.mem,
-            Product {
+            Gemm {
                 batch: s.images(),
                 stride_b: s.taps() * s.pixels(),
-                stride_c: s.oc * s.pixels(),
-                ..Product::single(s.oc, s.pixels(), s.taps())
+                stride_c: s.out_channels() * s.pixels(),
+                ..Gemm::single(s.out_channels(), s.pixels(), s.taps())
             },
         );
         self.stmt(self.entry, "memref.dealloc", &[cols]);
@@ -205,10 +170,10 @@ impl<'c> Fx<'c, '_> {
             dy_t,
             taps,
             dw,
-            Product {
+            Gemm {
                 trans_b: true,
                 accumulate: true,
-                ..Product::single(s.oc, s.taps(), s.images() * s.pixels())
+                ..Gemm::single(s.out_channels(), s.taps(), s.images() * s.pixels())
             },
         );
         self.stmt(self.entry, "memref.dealloc", &[dy_t]);
@@ -223,12 +188,12 @@ impl<'c> Fx<'c, '_> {
             w,
             dy.mem,
             dcols,
-            Product {
+            Gemm {
                 batch: s.images(),
                 trans_a: true,
-                stride_b: s.oc * s.pixels(),
+                stride_b: s.out_channels() * s.pixels(),
                 stride_c: s.taps() * s.pixels(),
-                ..Product::single(s.taps(), s.pixels(), s.oc)
+                ..Gemm::single(s.taps(), s.pixels(), s.out_channels())
             },
         );
         dcols

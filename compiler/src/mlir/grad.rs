@@ -9,7 +9,7 @@
 //! and `smooth_fire` does not exist. Dropout masks are arguments, drawn by the caller as the
 //! interpreter draws them.
 
-use super::gemm::{ConvShape, Product};
+use super::gemm::{ConvShape, size};
 use super::{
     Buf, Env, Fx, LANES, LoopForm, LowerError, LowerOptions, Lowering, V, append_func, block_arg,
     check_program, declare_kernels, delinearise, dropout_scale, eval, forward_signature, fpred,
@@ -26,6 +26,7 @@ use melior::{
     dialect::func,
     ir::{Block, BlockLike, Location, Module, Region, RegionLike, Type, r#type::MemRefType},
 };
+use snn_runtime::gpu::manifest::Gemm;
 use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap, HashSet};
 
@@ -1366,10 +1367,10 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
         let rows = (fx.gemm && pa + 1 == x.dims.len() && dy.dims.len() == x.dims.len())
             .then(|| x.dims[..pa].iter().product::<i64>());
         if let (Some(dw), Some(outer)) = (self.dparam(node, 0), rows) {
-            let product = Product {
+            let product = Gemm {
                 trans_a: true,
                 accumulate: true,
-                ..Product::single(n_out, n_in, outer)
+                ..Gemm::single(size(n_out), size(n_in), size(outer))
             };
             fx.gemm(dy.mem, x.mem, dw, product);
         } else if let Some(dw) = self.dparam(node, 0) {
@@ -1403,9 +1404,9 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
         let dx = self.input_grad_once(node, 0)?;
         let fx = &self.fx;
         if let Some(outer) = rows {
-            let product = Product {
+            let product = Gemm {
                 accumulate: !self.storing.borrow().contains(&key(dx.mem)),
-                ..Product::single(outer, n_in, n_out)
+                ..Gemm::single(size(outer), size(n_in), size(n_out))
             };
             fx.gemm(dy.mem, w, dx.mem, product);
             return Ok(());

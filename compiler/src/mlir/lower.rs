@@ -19,6 +19,7 @@ use melior::{
         r#type::{FunctionType, IntegerType, MemRefType, TypeLike},
     },
 };
+use snn_runtime::gpu::manifest::Gemm;
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
@@ -1835,9 +1836,9 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
         // The last axis: `y[outer, n_out] = x[outer, n_in] · wᵀ`.
         if fx.gemm && pa + 1 == x.dims.len() && y.dims.len() == x.dims.len() {
             let outer: i64 = x.dims[..pa].iter().product();
-            let product = gemm::Product {
+            let product = Gemm {
                 trans_b: true,
-                ..gemm::Product::single(outer, y.dims[pa], n_in)
+                ..Gemm::single(gemm::size(outer), gemm::size(y.dims[pa]), gemm::size(n_in))
             };
             fx.gemm(x.mem, w, y.mem, product);
             if let Some(bias) = bias {

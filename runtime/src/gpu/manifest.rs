@@ -160,6 +160,39 @@ impl Gemm {
         })
     }
 
+    /// One `m × n` product of depth `k`, both operands stored as used, overwriting `C`.
+    pub fn single(m: usize, n: usize, k: usize) -> Gemm {
+        Gemm {
+            batch: 1,
+            m,
+            n,
+            k,
+            trans_a: false,
+            trans_b: false,
+            stride_a: 0,
+            stride_b: 0,
+            stride_c: 0,
+            accumulate: false,
+        }
+    }
+
+    /// `snn_gemm_f32`'s integer arguments, the inverse of [`Gemm::from_abi`].
+    pub fn to_abi(&self) -> [i64; Self::ABI_INTS] {
+        let int = |v: usize| i64::try_from(v).unwrap_or(i64::MAX);
+        [
+            int(self.batch),
+            int(self.m),
+            int(self.n),
+            int(self.k),
+            i64::from(self.trans_a),
+            i64::from(self.trans_b),
+            int(self.stride_a),
+            int(self.stride_b),
+            int(self.stride_c),
+            i64::from(self.accumulate),
+        ]
+    }
+
     /// Elements of `A`, `B` and `C` the product touches, from each buffer's start; `None` when
     /// that overflows a `usize` (no buffer is that large).
     pub fn extents(&self) -> Option<[usize; 3]> {
@@ -404,20 +437,22 @@ mod tests {
             a: 0,
             b: 0,
             c,
-            gemm: Gemm {
-                batch: 1,
-                m: 1,
-                n,
-                k: 2,
-                trans_a: false,
-                trans_b: false,
-                stride_a: 0,
-                stride_b: 0,
-                stride_c: 0,
-                accumulate: false,
-            },
+            gemm: Gemm::single(1, n, 2),
         });
         m
+    }
+
+    #[test]
+    fn the_abi_arguments_read_back_as_the_product() {
+        let g = Gemm {
+            batch: 960,
+            trans_a: true,
+            stride_b: 1152,
+            stride_c: 256,
+            accumulate: true,
+            ..Gemm::single(4, 64, 18)
+        };
+        assert_eq!(Gemm::from_abi(g.to_abi()), Ok(g));
     }
 
     #[test]
