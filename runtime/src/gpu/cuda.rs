@@ -117,6 +117,67 @@ impl GpuDevice {
     }
 }
 
+/// Page-locked host memory that large copies go through. The driver copies pageable memory
+/// through a small bounce buffer of its own: the gesture network's gradients came down at
+/// 1.5 GB/s that way on an H200 (docs/gpu.md), a sixth of the step. One block serves the
+/// process (allocated portable: every context may use it), allocated on the first large copy.
+struct Staging {
+    ptr: *mut f32,
+}
+
+// SAFETY: the block is plain host memory, only touched under `STAGING`'s lock.
+unsafe impl Send for Staging {}
+
+/// The staging block (`None` until first needed; `Some(None)` when pinning failed, after which
+/// copies stay pageable).
+static STAGING: std::sync::Mutex<Option<Option<Staging>>> = std::sync::Mutex::new(None);
+
+/// f32 in the staging block (4 MiB): large enough that a copy's fixed cost is amortised, small
+/// enough to pin anywhere.
+const STAGING_LEN: usize = 1 << 20;
+
+/// Copies shorter than this (64 KiB) go direct: staging would add a host copy to little gain.
+const STAGED_MIN_LEN: usize = 1 << 14;
+
+/// Runs a copy of `len` f32: `copy(at, Some(chunk))` for consecutive chunks of the staging
+/// block (the caller moves data between it and its own memory at offset `at`), or once
+/// `copy(0, None)` (direct, pageable) when the copy is short or no memory could be pinned.
+fn staged(
+    len: usize,
+    mut copy: impl FnMut(usize, Option<&mut [f32]>) -> Result<(), DriverError>,
+) -> Result<(), DriverError> {
+    if len < STAGED_MIN_LEN {
+        return copy(0, None);
+    }
+    // A poisoned lock only means another thread panicked mid-copy; the block is still valid.
+    let mut guard = STAGING.lock().unwrap_or_else(|e| e.into_inner());
+    let block = guard.get_or_insert_with(|| {
+        // SAFETY: a fresh host allocation of STAGING_LEN f32, freed never (process lifetime).
+        unsafe { result::malloc_host(STAGING_LEN * 4, sys::CU_MEMHOSTALLOC_PORTABLE) }
+            .ok()
+            .map(|p| Staging { ptr: p.cast() })
+    });
+    let Some(block) = block else {
+        return copy(0, None);
+    };
+    // SAFETY: the block holds STAGING_LEN f32 and the lock makes this its only user.
+    let staging = unsafe { std::slice::from_raw_parts_mut(block.ptr, STAGING_LEN) };
+    in_chunks(len, staging, |at, chunk| copy(at, Some(chunk)))
+}
+
+/// `copy(at, chunk)` for consecutive chunks of `staging` covering `len` values.
+fn in_chunks<E>(
+    len: usize,
+    staging: &mut [f32],
+    mut copy: impl FnMut(usize, &mut [f32]) -> Result<(), E>,
+) -> Result<(), E> {
+    let step = staging.len().max(1);
+    for at in (0..len).step_by(step) {
+        copy(at, &mut staging[..step.min(len - at)])?;
+    }
+    Ok(())
+}
+
 /// `len` f32 of device memory, freed on drop.
 pub struct DeviceBuffer {
     ptr: sys::CUdeviceptr,
@@ -170,8 +231,16 @@ impl DeviceBuffer {
         self.ctx
             .bind_to_thread()
             .map_err(driver("cuCtxSetCurrent"))?;
-        // SAFETY: lengths checked above; the copy is synchronous.
-        unsafe { result::memcpy_htod_sync(self.ptr, data) }.map_err(driver("cuMemcpyHtoD"))
+        staged(data.len(), |at, staging| match staging {
+            Some(staging) => {
+                staging.copy_from_slice(&data[at..at + staging.len()]);
+                // SAFETY: `at + staging.len()` ≤ len (checked above); synchronous.
+                unsafe { result::memcpy_htod_sync(self.ptr + 4 * at as u64, &*staging) }
+            }
+            // SAFETY: lengths checked above; the copy is synchronous.
+            None => unsafe { result::memcpy_htod_sync(self.ptr, data) },
+        })
+        .map_err(driver("cuMemcpyHtoD"))
     }
 
     pub fn download(&self) -> Result<Vec<f32>, GpuError> {
@@ -192,8 +261,18 @@ impl DeviceBuffer {
         self.ctx
             .bind_to_thread()
             .map_err(driver("cuCtxSetCurrent"))?;
-        // SAFETY: lengths checked above; the copy is synchronous.
-        unsafe { result::memcpy_dtoh_sync(out, self.ptr) }.map_err(driver("cuMemcpyDtoH"))
+        staged(out.len(), |at, staging| match staging {
+            Some(staging) => {
+                let n = staging.len();
+                // SAFETY: `at + n` ≤ len (checked above); synchronous.
+                unsafe { result::memcpy_dtoh_sync(&mut *staging, self.ptr + 4 * at as u64) }?;
+                out[at..at + n].copy_from_slice(staging);
+                Ok(())
+            }
+            // SAFETY: lengths checked above; the copy is synchronous.
+            None => unsafe { result::memcpy_dtoh_sync(&mut *out, self.ptr) },
+        })
+        .map_err(driver("cuMemcpyDtoH"))
     }
 
     /// Sets every value to zero.
@@ -634,6 +713,38 @@ mod tests {
                     assert!(text.contains("libcuda.so") && text.contains("--device gpu"));
                 }
             }
+        }
+    }
+
+    /// Staged copies cover every value once, in order, whatever the lengths' remainders.
+    #[test]
+    fn staged_chunks_cover_the_copy_exactly() {
+        for (len, block) in [(0, 4), (1, 4), (4, 4), (5, 4), (11, 4), (12, 4), (7, 1)] {
+            let host: Vec<f32> = (0..len).map(|v| v as f32).collect();
+            let (mut device, mut staging) = (vec![f32::NAN; len], vec![0f32; block]);
+            // Upload: host → staging → device.
+            in_chunks::<()>(len, &mut staging, |at, chunk| {
+                chunk.copy_from_slice(&host[at..at + chunk.len()]);
+                device[at..at + chunk.len()].copy_from_slice(chunk);
+                Ok(())
+            })
+            .unwrap();
+            assert_eq!(device, host, "len {len}, block {block}");
+            // Download: device → staging → host, and an error stops the copy.
+            let mut back = vec![f32::NAN; len];
+            in_chunks::<()>(len, &mut staging, |at, chunk| {
+                chunk.copy_from_slice(&device[at..at + chunk.len()]);
+                back[at..at + chunk.len()].copy_from_slice(chunk);
+                Ok(())
+            })
+            .unwrap();
+            assert_eq!(back, host);
+            let mut calls = 0;
+            let failed = in_chunks(len, &mut staging, |_, _| {
+                calls += 1;
+                Err("driver")
+            });
+            assert_eq!((failed.is_err(), calls), (len > 0, usize::from(len > 0)));
         }
     }
 }
