@@ -728,7 +728,7 @@ mod tests {
                 device[at..at + chunk.len()].copy_from_slice(chunk);
                 Ok(())
             })
-            .unwrap();
+            .expect("the copy cannot fail");
             assert_eq!(device, host, "len {len}, block {block}");
             // Download: device → staging → host, and an error stops the copy.
             let mut back = vec![f32::NAN; len];
@@ -737,7 +737,7 @@ mod tests {
                 back[at..at + chunk.len()].copy_from_slice(chunk);
                 Ok(())
             })
-            .unwrap();
+            .expect("the copy cannot fail");
             assert_eq!(back, host);
             let mut calls = 0;
             let failed = in_chunks(len, &mut staging, |_, _| {
