@@ -757,6 +757,9 @@ struct Backward<'a, 'c, 'e> {
     storing: RefCell<Vec<usize>>,
     /// [`LowerOptions::poison_gradients`].
     poison: bool,
+    /// Batchnorms whose gradient is their average pool's, read window by window (see
+    /// [`pooled_batch_norm`]); the pool's own step is skipped.
+    pooled: HashSet<usize>,
 }
 
 /// A value's identity, for maps keyed by buffer.
@@ -857,6 +860,7 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
             roots: RefCell::new(HashMap::new()),
             fresh: RefCell::new(HashSet::new()),
             storing: RefCell::new(Vec::new()),
+            pooled: HashSet::new(),
             poison: false,
             recomputed: recomputed_values(g, grad),
             temps: RefCell::new(Vec::new()),
@@ -893,6 +897,13 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
             let Some((dy, owned)) = self.grads[i].clone() else {
                 continue;
             };
+            if let Some(bn) = pooled_batch_norm(g, &self.fx, node) {
+                // The pool's gradient becomes the batchnorm's, spread as it reads it.
+                self.grads[i] = None;
+                self.grads[bn] = Some((dy, owned));
+                self.pooled.insert(bn);
+                continue;
+            }
             self.storing.borrow_mut().clear();
             self.fx.loc.set(Location::name(
                 self.fx.ctx,
@@ -1126,7 +1137,7 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
                 kernel,
                 stride,
             } => self.pool(node, dy, *kind, *kernel as i64, *stride as i64),
-            Op::BatchNorm { axis, .. } => self.batch_norm(node, dy, *axis),
+            Op::BatchNorm { axis, .. } => self.batch_norm(i, node, dy, *axis),
             // Views (dropout with p = 0 is one): their gradient is a view of the operand's
             // (see `grad_of`).
             _ if is_view(self.g, node) => Ok(()),
@@ -1588,7 +1599,16 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
         (r[0], r[1])
     }
 
-    fn batch_norm(&mut self, node: &Node, dy: &Buf<'c>, axis: Axis) -> Result<(), LowerError> {
+    /// `dy` is the gradient of the batchnorm's output, or for a [`pooled_batch_norm`] that of
+    /// its pool's: each pooled value then stands for its 2×2 window, a quarter each.
+    fn batch_norm(
+        &mut self,
+        i: usize,
+        node: &Node,
+        dy: &Buf<'c>,
+        axis: Axis,
+    ) -> Result<(), LowerError> {
+        let pooled = self.pooled.contains(&i);
         let x = self.saved(node, 0)?;
         let pa = self.position(node, 0, axis)?;
         let gamma = self.param(node, 0)?;
@@ -1625,14 +1645,14 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
             let g_inv = fx.mulf(b, g, inv_std);
             (mean, inv_std, fx.divf(b, g_inv, m))
         };
-        // dx = γ/(σ·M) · (M·dy − Σdy − x̂·Σ(dy·x̂)).
+        // dx = γ/(σ·M) · (M·dy − Σdy − x̂·Σ(dy·x̂)), `d` the dy at `idx`.
         let apply = |b: &Block<'c>,
                      idx: &[V<'c>],
+                     d: V<'c>,
                      (mean, inv_std, scale): (V<'c>, V<'c>, V<'c>),
                      (sum_dy, sum_dy_xhat): (V<'c>, V<'c>),
                      vector: bool| {
             let w = |s: V<'c>| if vector { fx.splat(b, s) } else { s };
-            let d = fx.load_w(b, dy.mem, idx, vector);
             let md = fx.mulf(b, w(m), d);
             let t = fx.subf(b, md, w(sum_dy));
             let xh = xhat(b, idx, (mean, inv_std), vector);
@@ -1676,30 +1696,69 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
             fx.par(fx.entry, &x.dims, |b, idx| {
                 let c = idx[pa];
                 let s = (fx.load(b, sums, &at(0, c)), fx.load(b, sums, &at(1, c)));
-                apply(b, idx, channel(b, c), s, false);
+                let d = fx.load(b, dy.mem, idx);
+                apply(b, idx, d, channel(b, c), s, false);
             });
             fx.stmt(fx.entry, "memref.dealloc", &[sums]);
             return Ok(());
         }
+        // The dy values of the element(s) that `r` (an index of dy without the channel axis)
+        // stands for: that element, or for a pooled dy the 2×2 window of each lane, a quarter
+        // of the pooled value at each.
+        let ph_pw = (x.dims.len() - 2, x.dims.len() - 1);
+        let each_dy = |b: &Block<'c>,
+                       c: V<'c>,
+                       r: &[V<'c>],
+                       vector: bool,
+                       f: &mut dyn FnMut(&Block<'c>, &[V<'c>], V<'c>)| {
+            let o = insert_at(r, pa, c);
+            let d = fx.load_w(b, dy.mem, &o, vector);
+            if !pooled {
+                return f(b, &o, d);
+            }
+            let (ph, pw) = ph_pw;
+            let share = fx.mulf(b, d, fx.cf_w(0.25, vector));
+            let columns: Vec<(V<'c>, i64)> = if vector {
+                vec![
+                    (fx.shuffle(b, share, share, [0, 0, 1, 1]), 0),
+                    (fx.shuffle(b, share, share, [2, 2, 3, 3]), LANES),
+                ]
+            } else {
+                vec![(share, 0), (share, 1)]
+            };
+            for kh in 0..2 {
+                for &(v, kw) in &columns {
+                    let mut idx = o.clone();
+                    idx[ph] = fx.ilin(b, o[ph], 2, None, kh);
+                    idx[pw] = fx.ilin(b, o[pw], 2, None, kw);
+                    f(b, &idx, v);
+                }
+            }
+        };
+        let dy_others = remove_at(&dy.dims, pa);
         fx.par(fx.entry, &[x.dims[pa]], |b, c| {
             let c = c[0];
             let ch = channel(b, c);
-            let sums = fx.sum_nest(b, &others, 2, lanes_ok, &mut |b, r, acc, vector| {
-                let idx = insert_at(r, pa, c);
-                let d = fx.load_w(b, dy.mem, &idx, vector);
-                let xh = xhat(b, &idx, (ch.0, ch.1), vector);
-                let dxh = fx.mulf(b, d, xh);
-                vec![fx.addf(b, acc[0], d), fx.addf(b, acc[1], dxh)]
+            let sums = fx.sum_nest(b, &dy_others, 2, lanes_ok, &mut |b, r, acc, vector| {
+                let mut acc = acc.to_vec();
+                each_dy(b, c, r, vector, &mut |b, idx, d| {
+                    let xh = xhat(b, idx, (ch.0, ch.1), vector);
+                    let dxh = fx.mulf(b, d, xh);
+                    acc = vec![fx.addf(b, acc[0], d), fx.addf(b, acc[1], dxh)];
+                });
+                acc
             });
             let sums = (sums[0], sums[1]);
             params(b, c, sums);
             let apply = |b: &Block<'c>, r: &[V<'c>], vector: bool| {
-                apply(b, &insert_at(r, pa, c), ch, sums, vector)
+                each_dy(b, c, r, vector, &mut |b, idx, d| {
+                    apply(b, idx, d, ch, sums, vector)
+                });
             };
             if lanes_ok {
-                fx.par_vec(b, &others, apply);
+                fx.par_vec(b, &dy_others, apply);
             } else {
-                fx.par(b, &others, |b, r| apply(b, r, false));
+                fx.par(b, &dy_others, |b, r| apply(b, r, false));
             }
         });
         Ok(())
@@ -2421,4 +2480,38 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
         adj_states.extend(dlearn);
         Ok((adj_states, adj_input, dgate))
     }
+}
+
+/// The batchnorm that average-pool `pool` reads, when the pool's gradient can stand in for the
+/// batchnorm's (the MA-SNN conv layers' `bn -> pool.avg(2)`): 2×2 windows at stride 2 tiling
+/// the last two axes, the batchnorm's output read by nothing else, loops not flat. The
+/// batchnorm's backward then reads each pooled value for its window instead of a full-size
+/// gradient the pool's backward would write first (a write and two reads of the largest
+/// feature maps per step).
+fn pooled_batch_norm(g: &Graph, fx: &Fx<'_, '_>, pool: &Node) -> Option<usize> {
+    let Op::Pool {
+        kind: PoolKind::Avg,
+        kernel: 2,
+        stride: 2,
+    } = pool.op
+    else {
+        return None;
+    };
+    let x = pool.inputs.first()?.0;
+    let ty = &g.nodes[x].ty;
+    let rank = ty.rank();
+    let spatial = (ty.position(Axis::H)?, ty.position(Axis::W)?);
+    let tiles = rank >= 3
+        && spatial == (rank - 2, rank - 1)
+        && ty.dims[rank - 2].1 % 2 == 0
+        && ty.dims[rank - 1].1 % 2 == 0;
+    let only_reader = g.outputs.iter().all(|o| o.0 != x)
+        && g.nodes
+            .iter()
+            .flat_map(|n| &n.inputs)
+            .filter(|v| v.0 == x)
+            .count()
+            == 1;
+    let is_bn = matches!(g.nodes[x].op, Op::BatchNorm { axis, .. } if ty.position(axis).is_some_and(|a| a + 2 < rank));
+    (!fx.flat && tiles && only_reader && is_bn).then_some(x)
 }
