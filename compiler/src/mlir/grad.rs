@@ -2503,8 +2503,8 @@ fn pooled_batch_norm(g: &Graph, fx: &Fx<'_, '_>, pool: &Node) -> Option<usize> {
     let spatial = (ty.position(Axis::H)?, ty.position(Axis::W)?);
     let tiles = rank >= 3
         && spatial == (rank - 2, rank - 1)
-        && ty.dims[rank - 2].1 % 2 == 0
-        && ty.dims[rank - 1].1 % 2 == 0;
+        && ty.dims[rank - 2].1.is_multiple_of(2)
+        && ty.dims[rank - 1].1.is_multiple_of(2);
     let only_reader = g.outputs.iter().all(|o| o.0 != x)
         && g.nodes
             .iter()
