@@ -13,8 +13,8 @@ use super::gemm::{ConvShape, size};
 use super::{
     Buf, Env, Fx, LANES, LoopForm, LowerError, LowerOptions, Lowering, V, append_func, block_arg,
     check_program, declare_kernels, delinearise, dropout_scale, eval, forward_signature, fpred,
-    insert_at, is_view, kernel_for, lane_base, linear, pairs_in_lanes, reduce_index, remove_at,
-    shape_of, to_i64, vector_parts, view_of,
+    insert_at, is_view, kernel_for, lane_base, linear, pairs_in_lanes, pooled_batch_norm,
+    reduce_index, remove_at, shape_of, to_i64, vector_parts, view_of,
 };
 use crate::autodiff::{GradGraph, ScanAdjoint, differentiate};
 use crate::ir::graph::{BinaryOp, Graph, Node, Op, PoolKind, ReduceKind, ScanEmit, UnaryOp};
@@ -2480,38 +2480,4 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
         adj_states.extend(dlearn);
         Ok((adj_states, adj_input, dgate))
     }
-}
-
-/// The batchnorm that average-pool `pool` reads, when the pool's gradient can stand in for the
-/// batchnorm's (the MA-SNN conv layers' `bn -> pool.avg(2)`): 2×2 windows at stride 2 tiling
-/// the last two axes, the batchnorm's output read by nothing else, loops not flat. The
-/// batchnorm's backward then reads each pooled value for its window instead of a full-size
-/// gradient the pool's backward would write first (a write and two reads of the largest
-/// feature maps per step).
-fn pooled_batch_norm(g: &Graph, fx: &Fx<'_, '_>, pool: &Node) -> Option<usize> {
-    let Op::Pool {
-        kind: PoolKind::Avg,
-        kernel: 2,
-        stride: 2,
-    } = pool.op
-    else {
-        return None;
-    };
-    let x = pool.inputs.first()?.0;
-    let ty = &g.nodes[x].ty;
-    let rank = ty.rank();
-    let spatial = (ty.position(Axis::H)?, ty.position(Axis::W)?);
-    let tiles = rank >= 3
-        && spatial == (rank - 2, rank - 1)
-        && ty.dims[rank - 2].1.is_multiple_of(2)
-        && ty.dims[rank - 1].1.is_multiple_of(2);
-    let only_reader = g.outputs.iter().all(|o| o.0 != x)
-        && g.nodes
-            .iter()
-            .flat_map(|n| &n.inputs)
-            .filter(|v| v.0 == x)
-            .count()
-            == 1;
-    let is_bn = matches!(g.nodes[x].op, Op::BatchNorm { axis, .. } if ty.position(axis).is_some_and(|a| a + 2 < rank));
-    (!fx.flat && tiles && only_reader && is_bn).then_some(x)
 }

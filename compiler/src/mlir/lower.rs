@@ -1613,6 +1613,29 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
             && self.train.saved_buffer(r).is_none()
     }
 
+    /// Whether training batchnorm `bn` leaves its normalisation to the 2×2 average pool that
+    /// alone reads it ([`pooled_batch_norm`]), which then averages the batchnorm's input: the
+    /// full-size normalised map is never written (one write and one read of the largest
+    /// feature maps saved per step). Needs the input kept until the pool (the training
+    /// forward saves it for the backward) and the batchnorm's own output unneeded.
+    fn pool_normalises(&self, bn: usize) -> bool {
+        if self.eval || self.live.direct_out[bn].is_some() || self.train.saved_buffer(bn).is_some()
+        {
+            return false;
+        }
+        let g = self.g;
+        let Some(pool) =
+            (bn + 1..g.nodes.len()).find(|&j| g.nodes[j].inputs.iter().any(|v| v.0 == bn))
+        else {
+            return false;
+        };
+        let Some(x) = g.nodes[bn].inputs.first().map(|v| self.live.root[v.0]) else {
+            return false;
+        };
+        pooled_batch_norm(g, &self.fx, &g.nodes[pool]) == Some(bn)
+            && (!self.allocated(x) || self.live.last_use[x] >= pool)
+    }
+
     fn buf(&self, id: ValueId) -> Result<Buf<'c>, LowerError> {
         self.bufs
             .get(id.0)
@@ -1662,6 +1685,13 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
         }
         // A value the backward needs is computed straight into its saved-value argument
         // (no copy, no second buffer).
+        // A batchnorm its pool normalises holds only its statistics, [2, C].
+        let dims = match &node.op {
+            Op::BatchNorm { axis, .. } if self.pool_normalises(i) => {
+                vec![2, dims[self.position(node, 0, *axis)?]]
+            }
+            _ => dims,
+        };
         let out = match (self.live.direct_out[i], self.train.saved_buffer(i)) {
             (Some(k), _) => self.outputs[k],
             (None, Some(saved)) => saved,
@@ -1696,7 +1726,7 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
                 axis,
                 eps,
                 momentum,
-            } => self.batch_norm(node, &y, *axis, *eps, *momentum),
+            } => self.batch_norm(i, node, &y, *axis, *eps, *momentum),
             Op::Flatten => self.flatten_copy(node, &y),
             Op::Reduce {
                 kind,
@@ -1873,9 +1903,39 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
         s: i64,
     ) -> Result<(), LowerError> {
         let fx = &self.fx;
-        let x = self.input(node, 0)?;
         let ph = self.position(node, 0, Axis::H)?;
         let pw = self.position(node, 0, Axis::W)?;
+        // A batchnorm left to this pool (`pool_normalises`) passed its statistics: the windows
+        // average the batchnorm's input, then normalise (an affine map per channel commutes
+        // with the average).
+        let bn = node
+            .inputs
+            .first()
+            .map(|v| v.0)
+            .filter(|&v| self.pool_normalises(v));
+        let (x, norm) = match bn {
+            Some(v) => {
+                let bn_node = &self.g.nodes[v];
+                let Op::BatchNorm { axis, .. } = bn_node.op else {
+                    return Err(LowerError::new("internal: fused batchnorm is not one"));
+                };
+                let stats = self.buf(ValueId(v))?.mem;
+                let pc = self.position(bn_node, 0, axis)?;
+                let affine = (self.param(bn_node, 0)?, self.param(bn_node, 1)?);
+                (self.input(bn_node, 0)?, Some((stats, pc, affine)))
+            }
+            None => (self.input(node, 0)?, None),
+        };
+        let finish = |b: &Block<'c>, o: &[V<'c>], v: V<'c>, vector: bool| -> V<'c> {
+            let Some((stats, pc, (gamma, beta))) = norm else {
+                return v;
+            };
+            let c = o[pc];
+            let mean = fx.load(b, stats, &[fx.cidx(0), c]);
+            let inv_std = fx.load(b, stats, &[fx.cidx(1), c]);
+            let (g, be) = (fx.load(b, gamma, &[c]), fx.load(b, beta, &[c]));
+            bn_affine(fx, b, v, (mean, inv_std, g, be), vector)
+        };
         let combine = |b: &Block<'c>, acc: V<'c>, v: V<'c>| match kind {
             PoolKind::Avg => fx.addf(b, acc, v),
             PoolKind::Max => fx.bin(b, "arith.maximumf", acc, v),
@@ -1886,7 +1946,8 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
             // output at a time.
             fx.par_vec(fx.entry, &y.dims, |b, o, vector| {
                 if !vector {
-                    return self.pool_one(b, &x, y, o, (ph, pw), kind, (k, s));
+                    let v = self.pool_one(b, &x, o, (ph, pw), kind, (k, s));
+                    return fx.store(b, finish(b, o, v, false), y.mem, o);
                 }
                 let mut acc = fx.cf_w(
                     match kind {
@@ -1911,28 +1972,29 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
                     PoolKind::Avg => fx.divf(b, acc, fx.cf_w(4.0, true)),
                     PoolKind::Max => acc,
                 };
-                fx.vstore(b, v, y.mem, o);
+                fx.vstore(b, finish(b, o, v, true), y.mem, o);
             });
             return Ok(());
         }
         fx.par(fx.entry, &y.dims, |b, o| {
-            self.pool_one(b, &x, y, o, (ph, pw), kind, (k, s))
+            let v = self.pool_one(b, &x, o, (ph, pw), kind, (k, s));
+            fx.store(b, finish(b, o, v, false), y.mem, o);
         });
         Ok(())
     }
 
     /// One output of a pooling window.
     #[allow(clippy::too_many_arguments)]
+    /// One output of a pooling window at `o`.
     fn pool_one(
         &self,
         b: &Block<'c>,
         x: &Buf<'c>,
-        y: &Buf<'c>,
         o: &[V<'c>],
         (ph, pw): (usize, usize),
         kind: PoolKind,
         (k, s): (i64, i64),
-    ) {
+    ) -> V<'c> {
         let fx = &self.fx;
         {
             let init = match kind {
@@ -1949,11 +2011,10 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
                     PoolKind::Max => fx.bin(b, "arith.maximumf", acc, v),
                 }
             });
-            let v = match kind {
+            match kind {
                 PoolKind::Avg => fx.divf(b, acc, fx.cf((k * k) as f64)),
                 PoolKind::Max => acc,
-            };
-            fx.store(b, v, y.mem, o);
+            }
         }
     }
 
@@ -2016,8 +2077,12 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
         Ok(())
     }
 
+    /// Training batchnorm (batch statistics, running statistics updated). Left to its pool
+    /// when [`Self::pool_normalises`]: then only the statistics, into `y` = [2, C].
+    #[allow(clippy::too_many_arguments)]
     fn batch_norm(
         &self,
+        i: usize,
         node: &Node,
         y: &Buf<'c>,
         axis: Axis,
@@ -2034,6 +2099,7 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
         // Vectors along the last axis need it to be one of `others`.
         let lanes_ok = pa + 1 != x.dims.len();
         let saved_stats = self.train.aux_for(self.g, node, grad::Aux::BatchStats);
+        let for_pool = self.pool_normalises(i);
         // From a channel's mean and Σ(x − mean)²: the running statistics' update, the saved
         // batch statistics; returns 1/std.
         let channel_stats = |b: &Block<'c>, c: V<'c>, mean: V<'c>, sq: V<'c>| {
@@ -2123,6 +2189,12 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
                 vec![fx.addf(b, acc[0], d2)]
             })[0];
             let inv_std = channel_stats(b, c, mean, sq);
+            if for_pool {
+                // `y` is [2, C]: the pool that reads it normalises (`pool_normalises`).
+                fx.store(b, mean, y.mem, &[fx.cidx(0), c]);
+                fx.store(b, inv_std, y.mem, &[fx.cidx(1), c]);
+                return;
+            }
             let g = fx.load(b, gamma, &[c]);
             let be = fx.load(b, beta, &[c]);
             let normalise = |b: &Block<'c>, r: &[V<'c>], vector: bool| {
@@ -2835,15 +2907,26 @@ fn bn_apply<'c>(
     (mean, inv_std, g, be): (V<'c>, V<'c>, V<'c>, V<'c>),
     vector: bool,
 ) {
-    let w = |s: V<'c>| if vector { fx.splat(b, s) } else { s };
     let v = fx.load_w(b, x.mem, idx, vector);
+    let out = bn_affine(fx, b, v, (mean, inv_std, g, be), vector);
+    fx.store_w(b, out, y.mem, idx, vector);
+}
+
+/// `(v − mean) · inv_std · γ + β`: batchnorm's map of one value (or lane vector).
+fn bn_affine<'c>(
+    fx: &Fx<'c, '_>,
+    b: &Block<'c>,
+    v: V<'c>,
+    (mean, inv_std, g, be): (V<'c>, V<'c>, V<'c>, V<'c>),
+    vector: bool,
+) -> V<'c> {
+    let w = |s: V<'c>| if vector { fx.splat(b, s) } else { s };
     let d = fx.subf(b, v, w(mean));
     // A product with the reciprocal, as PyTorch's kernels do: a vector division per element
     // cost more than the rest of the pass.
     let n = fx.mulf(b, d, w(inv_std));
     let s = fx.mulf(b, n, w(g));
-    let out = fx.addf(b, s, w(be));
-    fx.store_w(b, out, y.mem, idx, vector);
+    fx.addf(b, s, w(be))
 }
 
 /// How a vectorised scan covers `width` elements of its last axis: `(start, count, lanes,
@@ -2882,6 +2965,41 @@ fn lane_base<'c>(
 /// Row-major linear index of `ivs` over `dims` (0 for no dims).
 /// Whether a `k`×`k` pooling with stride `s` over the width axis `pw` (of `rank` axes) runs
 /// four outputs per vector: 2×2 windows at stride 2 along the last axis, with vectors.
+/// The batchnorm that average-pool `pool` reads, when the pool's gradient can stand in for the
+/// batchnorm's (the MA-SNN conv layers' `bn -> pool.avg(2)`): 2×2 windows at stride 2 tiling
+/// the last two axes, the batchnorm's output read by nothing else, loops not flat. The
+/// batchnorm's backward then reads each pooled value for its window instead of a full-size
+/// gradient the pool's backward would write first (a write and two reads of the largest
+/// feature maps per step); in the training forward the pool normalises
+/// ([`Lowering::pool_normalises`]).
+fn pooled_batch_norm(g: &Graph, fx: &Fx<'_, '_>, pool: &Node) -> Option<usize> {
+    let Op::Pool {
+        kind: PoolKind::Avg,
+        kernel: 2,
+        stride: 2,
+    } = pool.op
+    else {
+        return None;
+    };
+    let x = pool.inputs.first()?.0;
+    let ty = &g.nodes[x].ty;
+    let rank = ty.rank();
+    let spatial = (ty.position(Axis::H)?, ty.position(Axis::W)?);
+    let tiles = rank >= 3
+        && spatial == (rank - 2, rank - 1)
+        && ty.dims[rank - 2].1.is_multiple_of(2)
+        && ty.dims[rank - 1].1.is_multiple_of(2);
+    let only_reader = g.outputs.iter().all(|o| o.0 != x)
+        && g.nodes
+            .iter()
+            .flat_map(|n| &n.inputs)
+            .filter(|v| v.0 == x)
+            .count()
+            == 1;
+    let is_bn = matches!(g.nodes[x].op, Op::BatchNorm { axis, .. } if ty.position(axis).is_some_and(|a| a + 2 < rank));
+    (!fx.flat && tiles && only_reader && is_bn).then_some(x)
+}
+
 fn pairs_in_lanes(fx: &Fx<'_, '_>, k: i64, s: i64, pw: usize, rank: usize) -> bool {
     k == 2 && s == 2 && pw + 1 == rank && !fx.flat
 }
