@@ -2,8 +2,11 @@
 # Crossover firing rate of the spike-sparse (accumulate-only) kernels: the GEMM conv/dense
 # kernels vs the sparse path of their *_spike variants at the MA-SNN gesture network's shapes,
 # forward and backward, over input densities 0.5 %..50 % (runtime/examples/sparse_crossover.rs).
-# The dispatch thresholds in runtime/src/kernels/ffi/spike.rs come from this; results in
-# bench/RESULTS.md, "Spike-sparse kernels: crossover firing rate".
+# Also the masked conv input gradient (snn_conv2d_backward_dx_masked_f32's masked path) vs the
+# dense dx at the gesture convs' dx shapes over mask densities 5 %..80 % (FILTER dx_masked for
+# only those). The dispatch thresholds in runtime/src/kernels/ffi/spike.rs and masked.rs come
+# from this; results in bench/RESULTS.md, "Spike-sparse kernels: crossover firing rate" and
+# "Masked conv input gradient".
 #
 #   bench/cpu/sparse.sh [RUNS [FILTER]]   # best of RUNS calls per point (default 3)
 #

@@ -1,7 +1,10 @@
 //! Where the spike-sparse (accumulate-only) kernels stop paying: times the GEMM kernels against
 //! the sparse path of the spike kernels (`snn_runtime::kernels::ffi::*_spike`, sparse path
 //! forced) at the MA-SNN gesture network's shapes over firing rates 0.5 %..50 %, forward and
-//! backward (dx + dW + db; the spike backward's dx stays GEMM).
+//! backward (dx + dW + db; the spike backward's dx stays GEMM). Likewise the masked conv input
+//! gradient (`conv2d_backward_dx_masked`, masked path forced) against its dense path (the dense
+//! dx, overwriting) at the gesture convs' dx shapes over mask densities 5 %..80 % (kernel
+//! `conv2d_dx_masked`, "sparse" meaning masked).
 //!
 //!   cargo run --release -p snn-runtime --example sparse_crossover [RUNS [FILTER]]
 //!
@@ -13,22 +16,28 @@
 //! taskset). bench/cpu/sparse.sh runs it; bench/RESULTS.md has the figures.
 
 use snn_runtime::kernels::ffi::{
-    SpikeDispatch, conv2d_backward_spike, conv2d_spike, dense_backward_spike, dense_spike,
-    kernel_threads, snn_conv2d_backward_f32, snn_conv2d_f32, snn_dense_backward_f32, snn_dense_f32,
+    SpikeDispatch, conv2d_backward_dx_masked, conv2d_backward_spike, conv2d_spike,
+    dense_backward_spike, dense_spike, kernel_threads, snn_conv2d_backward_f32, snn_conv2d_f32,
+    snn_dense_backward_f32, snn_dense_f32,
 };
 use std::time::Instant;
 
 const DENSITIES: [f64; 11] = [0.005, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5];
+/// Mask densities for the masked dx: the surrogate derivative is nonzero at 15–40 % of positions;
+/// the crossover lies above 60 %.
+const MASK_DENSITIES: [f64; 9] = [0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8];
 
-fn best_of(runs: usize, mut f: impl FnMut()) -> f64 {
+/// The best of `runs` times (ms) that `f` reports for itself, after one untimed call.
+fn best_of(runs: usize, mut f: impl FnMut() -> f64) -> f64 {
     f();
-    (0..runs)
-        .map(|_| {
-            let t = Instant::now();
-            f();
-            t.elapsed().as_secs_f64() * 1e3
-        })
-        .fold(f64::INFINITY, f64::min)
+    (0..runs).map(|_| f()).fold(f64::INFINITY, f64::min)
+}
+
+/// How long `f` took, in ms.
+fn timed(f: impl FnOnce()) -> f64 {
+    let t = Instant::now();
+    f();
+    t.elapsed().as_secs_f64() * 1e3
 }
 
 /// xorshift values in [-1, 1), and 0/1 spikes with the given density from the same stream.
@@ -58,15 +67,17 @@ fn forced() -> SpikeDispatch {
     }
 }
 
-/// One call of a case's kernel on spikes `x`: the GEMM kernel, or the spike kernel's sparse
-/// path when `sparse`.
-type Run = Box<dyn FnMut(&[f32], bool)>;
+/// One call of a case's kernel on spikes (or a mask) `x`: the GEMM kernel, or the spike
+/// kernel's sparse path when `sparse`; returns the call's time in ms (what it must do first
+/// to start from `x` not included).
+type Run = Box<dyn FnMut(&[f32], bool) -> f64>;
 
 /// A kernel at one shape.
 struct Case {
     kernel: &'static str,
     shape: String,
     x_len: usize,
+    densities: &'static [f64],
     run: Run,
 }
 
@@ -83,7 +94,7 @@ fn conv_case(backward: bool, [n, c, hw, o]: [usize; 4]) -> Case {
     );
     let g = [n, c, hw, hw, o, 3, 3, 1, 1, 1, 1, hw, hw].map(|v| v as i64);
     let [n_, c_, h_, w_, o_, kh, kw, sh, sw, ph, pw, oh, ow] = g;
-    let run = move |x: &[f32], sparse: bool| unsafe {
+    let mut run = move |x: &[f32], sparse: bool| unsafe {
         match (backward, sparse) {
             (false, false) => snn_conv2d_f32(
                 x.as_ptr(),
@@ -181,6 +192,54 @@ fn conv_case(backward: bool, [n, c, hw, o]: [usize; 4]) -> Case {
         },
         shape: format!("{c}->{o} 3x3 pad 1, {hw}x{hw}, n={n}"),
         x_len: n * c * hw * hw,
+        densities: &DENSITIES,
+        run: Box::new(move |x, sparse| timed(|| run(x, sparse))),
+    }
+}
+
+/// The masked input gradient of the conv `c → o` at `[n, c, hw, o]`: `x` is the mask; its
+/// masked path (forced) or its dense path (the dense dx).
+fn masked_dx_case([n, c, hw, o]: [usize; 4]) -> Case {
+    let mut r = Rng(13);
+    let w = r.values(o * c * 9);
+    let dy = r.values(n * o * hw * hw);
+    let mut dx = vec![0f32; n * c * hw * hw];
+    let g = [n, c, hw, hw, o, 3, 3, 1, 1, 1, 1, hw, hw].map(|v| v as i64);
+    let [n_, c_, h_, w_, o_, kh, kw, sh, sw, ph, pw, oh, ow] = g;
+    let run = move |mask: &[f32], sparse: bool| {
+        // The kernel overwrites its mask: a fresh copy per call, outside the timing.
+        dx.copy_from_slice(mask);
+        let d = SpikeDispatch {
+            max_density: if sparse { f64::INFINITY } else { 0.0 },
+            threads: kernel_threads(),
+        };
+        timed(|| unsafe {
+            conv2d_backward_dx_masked(
+                d,
+                w.as_ptr(),
+                dy.as_ptr(),
+                dx.as_mut_ptr(),
+                n_,
+                c_,
+                h_,
+                w_,
+                o_,
+                kh,
+                kw,
+                sh,
+                sw,
+                ph,
+                pw,
+                oh,
+                ow,
+            );
+        })
+    };
+    Case {
+        kernel: "conv2d_dx_masked",
+        shape: format!("{c}->{o} 3x3 pad 1, {hw}x{hw}, n={n}"),
+        x_len: n * c * hw * hw,
+        densities: &MASK_DENSITIES,
         run: Box::new(run),
     }
 }
@@ -196,7 +255,7 @@ fn dense_case(backward: bool, [rows, n_in, n_out]: [usize; 3]) -> Case {
         vec![0f32; n_out],
     );
     let [o, k, j] = [rows, n_in, n_out].map(|v| v as i64);
-    let run = move |x: &[f32], sparse: bool| unsafe {
+    let mut run = move |x: &[f32], sparse: bool| unsafe {
         let (xp, wp) = (x.as_ptr(), w.as_ptr());
         match (backward, sparse) {
             (false, false) => snn_dense_f32(xp, wp, b.as_ptr(), y.as_mut_ptr(), o, k, 1, j),
@@ -236,7 +295,8 @@ fn dense_case(backward: bool, [rows, n_in, n_out]: [usize; 3]) -> Case {
         kernel: if backward { "dense_backward" } else { "dense" },
         shape: format!("{n_in}->{n_out}, {rows} rows"),
         x_len: rows * n_in,
-        run: Box::new(run),
+        densities: &DENSITIES,
+        run: Box::new(move |x, sparse| timed(|| run(x, sparse))),
     }
 }
 
@@ -256,6 +316,9 @@ fn main() {
         cases.push(dense_case(backward, [80, 8192, 256]));
         cases.push(dense_case(backward, [400, 4096, 4096]));
     }
+    // The input gradients of the same convs where the surrogate derivative needs them.
+    cases.push(masked_dx_case([80, 64, 32, 128]));
+    cases.push(masked_dx_case([80, 128, 16, 128]));
     let filter = std::env::args().nth(2).unwrap_or_default();
     cases.retain(|c| format!("{} {}", c.kernel, c.shape).contains(&filter));
     for case in &mut cases {
@@ -266,7 +329,7 @@ fn main() {
         let x = rng.spikes(case.x_len, 0.1);
         let dense_before = best_of(runs, || (case.run)(&x, false));
         let mut points = Vec::new();
-        for &density in &DENSITIES {
+        for &density in case.densities {
             let x = rng.spikes(case.x_len, density);
             points.push((density, best_of(runs, || (case.run)(&x, true))));
         }

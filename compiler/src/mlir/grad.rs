@@ -683,6 +683,32 @@ struct StepValues<'c> {
     d: V<'c>,
 }
 
+/// The forward's values of one scan step at input indices `idx` (element `e` of the states
+/// buffer `states`), and the gradient arriving at the output from `dy` (0 without).
+#[allow(clippy::too_many_arguments)]
+fn step_inputs<'c>(
+    fx: &Fx<'c, '_>,
+    b: &Block<'c>,
+    (x, gate, states): (&Buf<'c>, Option<&Buf<'c>>, V<'c>),
+    ns: usize,
+    (t, e): (V<'c>, V<'c>),
+    idx: &[V<'c>],
+    vector: bool,
+    dy: Option<&Buf<'c>>,
+) -> StepValues<'c> {
+    StepValues {
+        input: fx.load_w(b, x.mem, idx, vector),
+        states: (0..ns)
+            .map(|s| fx.load_w(b, states, &[t, fx.cidx(s as i64), e], vector))
+            .collect(),
+        gate: gate.map(|g| fx.load_bcast(b, g.mem, &g.dims, &x.dims, idx, vector)),
+        d: match dy {
+            Some(dy) => fx.load_w(b, dy.mem, idx, vector),
+            None => fx.cf_w(0.0, vector),
+        },
+    }
+}
+
 impl<'c> ScanIo<'_, 'c> {
     /// The step-t values at input indices `idx` (element `e` of the states buffer).
     fn step_values(
@@ -694,16 +720,8 @@ impl<'c> ScanIo<'_, 'c> {
         idx: &[V<'c>],
         vector: bool,
     ) -> StepValues<'c> {
-        StepValues {
-            input: fx.load_w(b, self.x.mem, idx, vector),
-            states: (0..ns)
-                .map(|s| fx.load_w(b, self.states, &[t, fx.cidx(s as i64), e], vector))
-                .collect(),
-            gate: self
-                .gate
-                .map(|g| fx.load_bcast(b, g.mem, &g.dims, &self.x.dims, idx, vector)),
-            d: fx.load_w(b, self.dy.mem, idx, vector),
-        }
+        let io = (self.x, self.gate, self.states);
+        step_inputs(fx, b, io, ns, (t, e), idx, vector, Some(self.dy))
     }
 
     /// Accumulates the input's adjoint into dx and stores the gate's.
@@ -760,6 +778,9 @@ struct Backward<'a, 'c, 'e> {
     /// Batchnorms whose gradient is their average pool's, read window by window (see
     /// [`pooled_batch_norm`]); the pool's own step is skipped.
     pooled: HashSet<usize>,
+    /// Scan node → its adjoint equations (for [`Backward::fire_support_into`], which runs
+    /// before the scan's own step).
+    adjoints: HashMap<usize, ScanAdjoint>,
 }
 
 /// A value's identity, for maps keyed by buffer.
@@ -861,6 +882,7 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
             fresh: RefCell::new(HashSet::new()),
             storing: RefCell::new(Vec::new()),
             pooled: HashSet::new(),
+            adjoints: HashMap::new(),
             poison: false,
             recomputed: recomputed_values(g, grad),
             temps: RefCell::new(Vec::new()),
@@ -871,6 +893,11 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
     }
 
     fn run(&mut self, grad: &GradGraph) -> Result<(), LowerError> {
+        self.adjoints = grad
+            .steps
+            .iter()
+            .filter_map(|step| Some((step.node.0, step.scan.clone()?)))
+            .collect();
         // Results are accumulated into: start from zero.
         for (p, d) in self.dparams.iter().enumerate() {
             if let Some(d) = d {
@@ -1158,6 +1185,123 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
         }
     }
 
+    /// For a conv whose input is the spike train of a neuron layer read by nothing else:
+    /// writes into that layer's (fresh) gradient buffer, per element and step, 1 where the
+    /// surrogate lets the spike's gradient through (some partial derivative of the `fire`
+    /// equation is nonzero) and 0 where it does not, and returns the buffer. Elsewhere the
+    /// scan's backward multiplies the spike gradient by zero, so the conv's dx is only needed
+    /// where the buffer holds 1 (`snn_conv2d_backward_dx_masked_f32`). For the rectangular
+    /// surrogate of the MA-SNN neurons that is 15–40 % of the gesture network's positions.
+    /// The pass replaces the zeroing a fresh gradient buffer needs before an accumulating
+    /// kernel; `None` when the pattern does not hold (the dx kernel then computes every
+    /// element).
+    fn fire_support_into(&mut self, conv: &Node) -> Result<Option<Buf<'c>>, LowerError> {
+        let g = self.g;
+        let Some(s) = conv.inputs.first().map(|v| v.0) else {
+            return Ok(None);
+        };
+        let scan = &g.nodes[s];
+        let Op::Scan {
+            neuron,
+            emit: ScanEmit::Spikes,
+        } = &scan.op
+        else {
+            return Ok(None);
+        };
+        let readers = g
+            .nodes
+            .iter()
+            .flat_map(|n| &n.inputs)
+            .filter(|v| v.0 == s)
+            .count();
+        let Some(adj) = self.adjoints.get(&s).cloned() else {
+            return Ok(None);
+        };
+        let Some(&states) = self.states.get(&s) else {
+            return Ok(None);
+        };
+        if readers != 1 || g.outputs.iter().any(|o| o.0 == s) || self.grads[s].is_some() {
+            return Ok(None);
+        }
+        let dx = self.grad_of(s)?;
+        let root = self.roots.borrow().get(&key(dx.mem)).cloned();
+        let Some((root, dims)) = root else {
+            return Ok(None);
+        };
+        if key(root) != key(dx.mem)
+            || dims != dx.dims
+            || !self.fresh.borrow_mut().remove(&key(root))
+        {
+            return Ok(None);
+        }
+        check_program(neuron)?;
+        let x = self.saved(scan, 0)?;
+        let gate = if scan.inputs.len() > 1 {
+            Some(self.saved(scan, 1)?)
+        } else {
+            None
+        };
+        let pt = self.position(scan, 0, Axis::T)?;
+        let others = remove_at(&x.dims, pt);
+        let fx = &self.fx;
+        let learns: Vec<V<'c>> = (0..neuron.learns.len())
+            .map(|k| {
+                self.param(scan, k)
+                    .map(|p| fx.load(fx.entry, p, &[fx.cidx(0)]))
+            })
+            .collect::<Result<_, _>>()?;
+        let vec_learns: Vec<V<'c>> = learns.iter().map(|v| fx.splat(fx.entry, *v)).collect();
+        let fire = neuron.fire_step;
+        let partials = adj
+            .steps
+            .get(fire)
+            .map(|step| step.partials.as_slice())
+            .unwrap_or_default();
+        let ns = neuron.states.len();
+        let r = RefCell::new(Ok(()));
+        fx.par_vec(fx.entry, &x.dims, |b, idx, vector| {
+            let t = idx[pt];
+            let mut rest = idx.to_vec();
+            rest.remove(pt);
+            let e = linear(fx, b, &rest, &others);
+            let zero = fx.cf_w(0.0, vector);
+            let io = (&x, gate.as_ref(), states);
+            let at = step_inputs(fx, b, io, ns, (t, e), idx, vector, None);
+            let learns = if vector { &vec_learns } else { &learns };
+            let support = (|| {
+                let (before, _) = self.replay_step(b, neuron, &at, learns, fire + 1)?;
+                let Some((states, locals)) = before.get(fire) else {
+                    return Ok(zero);
+                };
+                let env = Env {
+                    input: at.input,
+                    states: states.clone(),
+                    learns,
+                    locals: locals.clone(),
+                };
+                let mut any = None;
+                for (_, dexpr) in partials {
+                    let dv = eval(fx, b, dexpr, &env)?;
+                    let nonzero = fx.cmpf(b, fpred::UNE, dv, zero);
+                    any = Some(match any {
+                        None => nonzero,
+                        Some(a) => fx.bin(b, "arith.ori", a, nonzero),
+                    });
+                }
+                Ok::<_, LowerError>(match any {
+                    Some(any) => fx.select(b, any, fx.cf_w(1.0, vector), zero),
+                    None => zero,
+                })
+            })();
+            match support {
+                Ok(v) => fx.store_w(b, v, dx.mem, idx, vector),
+                Err(e) => *r.borrow_mut() = Err(e),
+            }
+        });
+        r.into_inner()?;
+        Ok(Some(dx))
+    }
+
     /// `x[idx]` with zero padding: out-of-range taps read index 0 and are masked to 0.
     fn conv2d(
         &mut self,
@@ -1185,19 +1329,15 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
         // Runtime kernel (CPU JIT): im2col/GEMM for dW, GEMM + col2im for dx, on [N, C, H, W].
         if self.fx.kernels && pc + 3 == rank && ph + 2 == rank && pw + 1 == rank {
             let (dw, db) = (self.dparam(node, 0), self.dparam(node, 1));
-            let dx = self.input_grad(node, 0)?;
+            // dx where it is read, when its reader says where (see `fire_support_into`).
+            let masked = self.fire_support_into(node)?;
+            let dx = match &masked {
+                Some(dx) => dx.clone(),
+                None => self.input_grad(node, 0)?,
+            };
             let fx = &self.fx;
-            let opt = |p: Option<V<'c>>| p.map_or_else(|| fx.cidx(0), |p| fx.base_ptr(p));
-            let mut args = vec![
-                fx.base_ptr(x.mem),
-                fx.base_ptr(w),
-                fx.base_ptr(dy.mem),
-                fx.base_ptr(dx.mem),
-                opt(dw),
-                opt(db),
-            ];
             let n: i64 = x.dims[..pc].iter().product();
-            for v in [
+            let shape: Vec<V<'c>> = [
                 n,
                 x.dims[pc],
                 x.dims[ph],
@@ -1211,9 +1351,33 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
                 padw,
                 dy.dims[ph],
                 dy.dims[pw],
-            ] {
-                args.push(fx.cidx(v));
+            ]
+            .iter()
+            .map(|v| fx.cidx(*v))
+            .collect();
+            if masked.is_some() {
+                let mut args = vec![fx.base_ptr(w), fx.base_ptr(dy.mem), fx.base_ptr(dx.mem)];
+                args.extend(&shape);
+                fx.call_kernel("snn_conv2d_backward_dx_masked_f32", &args);
             }
+            if masked.is_some() && dw.is_none() && db.is_none() {
+                return Ok(());
+            }
+            let opt = |p: Option<V<'c>>| p.map_or_else(|| fx.cidx(0), |p| fx.base_ptr(p));
+            let mut args = vec![
+                fx.base_ptr(x.mem),
+                fx.base_ptr(w),
+                fx.base_ptr(dy.mem),
+                // Null: the masked kernel wrote dx.
+                if masked.is_some() {
+                    fx.cidx(0)
+                } else {
+                    fx.base_ptr(dx.mem)
+                },
+                opt(dw),
+                opt(db),
+            ];
+            args.extend(shape);
             let name = kernel_for(
                 self.g.ty(node.inputs[0]),
                 "snn_conv2d_backward_f32",
@@ -1696,8 +1860,9 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
             fx.par(fx.entry, &x.dims, |b, idx| {
                 let c = idx[pa];
                 let s = (fx.load(b, sums, &at(0, c)), fx.load(b, sums, &at(1, c)));
+                let ch = channel(b, c);
                 let d = fx.load(b, dy.mem, idx);
-                apply(b, idx, d, channel(b, c), s, false);
+                apply(b, idx, d, ch, s, false);
             });
             fx.stmt(fx.entry, "memref.dealloc", &[sums]);
             return Ok(());
@@ -2390,6 +2555,43 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
         Ok(())
     }
 
+    /// Recomputes the first `upto` equations of a scan's forward step from the values `at`
+    /// holds: the environment (states, locals) before each, and the membrane before the gate.
+    #[allow(clippy::type_complexity)]
+    fn replay_step(
+        &self,
+        b: &Block<'c>,
+        neuron: &NeuronProgram,
+        at: &StepValues<'c>,
+        learns: &[V<'c>],
+        upto: usize,
+    ) -> Result<(Vec<(Vec<V<'c>>, Vec<Option<V<'c>>>)>, V<'c>), LowerError> {
+        let fx = &self.fx;
+        let mut env = Env {
+            input: at.input,
+            states: at.states.clone(),
+            learns,
+            locals: vec![None; neuron.locals.len()],
+        };
+        let mut before = Vec::with_capacity(upto);
+        let mut membrane_before_gate = fx.cf_as(0.0, at.input);
+        for (j, (target, expr)) in neuron.steps.iter().enumerate().take(upto) {
+            if j == neuron.fire_step
+                && let Some(g) = at.gate
+            {
+                membrane_before_gate = env.states[0];
+                env.states[0] = fx.mulf(b, env.states[0], g);
+            }
+            before.push((env.states.clone(), env.locals.clone()));
+            let v = eval(fx, b, expr, &env)?;
+            match target {
+                Target::State(s) => env.states[*s] = v,
+                Target::Local(l) => env.locals[*l] = Some(v),
+            }
+        }
+        Ok((before, membrane_before_gate))
+    }
+
     /// One reverse step of a scan: recomputes the forward step from the states saved at its
     /// start, then pushes the adjoints back through its equations, last first. `carried`:
     /// the state adjoints, then the learnables' partial sums. Returns their next values, the
@@ -2408,29 +2610,8 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
         let fx = &self.fx;
         let ns = neuron.states.len();
         let zero = fx.cf_as(0.0, at.input);
-        let mut env = Env {
-            input: at.input,
-            states: at.states,
-            learns,
-            locals: vec![None; neuron.locals.len()],
-        };
-        // Recompute the step, remembering the environment before each equation.
-        let mut before = Vec::with_capacity(neuron.steps.len());
-        let mut membrane_before_gate = zero;
-        for (j, (target, expr)) in neuron.steps.iter().enumerate() {
-            if j == neuron.fire_step
-                && let Some(g) = at.gate
-            {
-                membrane_before_gate = env.states[0];
-                env.states[0] = fx.mulf(b, env.states[0], g);
-            }
-            before.push((env.states.clone(), env.locals.clone()));
-            let v = eval(fx, b, expr, &env)?;
-            match target {
-                Target::State(s) => env.states[*s] = v,
-                Target::Local(l) => env.locals[*l] = Some(v),
-            }
-        }
+        let (before, membrane_before_gate) =
+            self.replay_step(b, neuron, &at, learns, neuron.steps.len())?;
         let mut adj_states: Vec<V<'c>> = carried[..ns].to_vec();
         let mut dlearn: Vec<V<'c>> = carried[ns..].to_vec();
         let mut adj_locals = vec![zero; neuron.locals.len()];

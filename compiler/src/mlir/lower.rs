@@ -115,10 +115,11 @@ pub enum LoopForm {
 /// The runtime kernels [`LoopForm::Kernels`] calls: name and number of `index` arguments.
 /// The `_spike_` variants take the same arguments; they are called for inputs typed `spike`
 /// (binary), and choose between accumulate-only and GEMM at run time by the firing rate.
-pub const RUNTIME_KERNELS: [(&str, usize); 9] = [
+pub const RUNTIME_KERNELS: [(&str, usize); 10] = [
     ("snn_conv2d_f32", 17),
     ("snn_dense_f32", 8),
     ("snn_conv2d_backward_f32", 19),
+    ("snn_conv2d_backward_dx_masked_f32", 16),
     ("snn_dense_backward_f32", 10),
     ("snn_conv2d_spike_f32", 17),
     ("snn_dense_spike_f32", 8),
@@ -2962,9 +2963,6 @@ fn lane_base<'c>(
     base
 }
 
-/// Row-major linear index of `ivs` over `dims` (0 for no dims).
-/// Whether a `k`×`k` pooling with stride `s` over the width axis `pw` (of `rank` axes) runs
-/// four outputs per vector: 2×2 windows at stride 2 along the last axis, with vectors.
 /// The batchnorm that average-pool `pool` reads, when the pool's gradient can stand in for the
 /// batchnorm's (the MA-SNN conv layers' `bn -> pool.avg(2)`): 2×2 windows at stride 2 tiling
 /// the last two axes, the batchnorm's output read by nothing else, loops not flat. The
@@ -3000,6 +2998,8 @@ fn pooled_batch_norm(g: &Graph, fx: &Fx<'_, '_>, pool: &Node) -> Option<usize> {
     (!fx.flat && tiles && only_reader && is_bn).then_some(x)
 }
 
+/// Whether a `k`×`k` pooling with stride `s` over the width axis `pw` (of `rank` axes) runs
+/// four outputs per vector: 2×2 windows at stride 2 along the last axis, with vectors.
 fn pairs_in_lanes(fx: &Fx<'_, '_>, k: i64, s: i64, pw: usize, rank: usize) -> bool {
     k == 2 && s == 2 && pw + 1 == rank && !fx.flat
 }
@@ -3125,6 +3125,7 @@ fn first_max<'c>(
     (bv, bi)
 }
 
+/// Row-major linear index of `ivs` over `dims` (0 for no dims).
 fn linear<'c>(fx: &Fx<'c, '_>, b: &Block<'c>, ivs: &[V<'c>], dims: &[i64]) -> V<'c> {
     let mut acc = fx.cidx(0);
     for (k, (iv, d)) in ivs.iter().zip(dims).enumerate() {

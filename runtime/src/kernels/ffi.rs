@@ -20,15 +20,24 @@
 //! binary (spike) input, accumulate-only and zero-skipping below a measured crossover density,
 //! these GEMM kernels above it.
 //!
+//! [`snn_conv2d_backward_dx_masked_f32`]: a convolution's input gradient only where a mask says
+//! it is needed (the spiking layers' surrogate derivative is zero at most positions), as dot
+//! products over the needed positions below a measured crossover density, the dense dx above it.
+//!
 //! [`snn_parallel_for`]: the generated code's own parallel loops (outlined by the CPU backend),
 //! on the same number of threads.
 
 use std::sync::OnceLock;
 
 mod gemm;
+mod masked;
 mod parallel;
 mod spike;
 use gemm::{BSrc, DEPTH_BLOCK, Init, MR, NR, Pooled, Scratch, View, pack, packed_len, tiles};
+pub use masked::{
+    CONV_DX_MASKED_MAX_DENSITY, CONV_DX_MASKED_MAX_DENSITY_PORTABLE, conv2d_backward_dx_masked,
+    snn_conv2d_backward_dx_masked_f32,
+};
 pub use parallel::{LoopBody, set_min_parallel_ns, snn_parallel_for};
 pub use spike::{
     CONV_BACKWARD_SPIKE_MAX_DENSITY, CONV_SPIKE_MAX_DENSITY, DENSE_BACKWARD_SPIKE_MAX_DENSITY,
@@ -805,7 +814,8 @@ pub unsafe extern "C" fn snn_dense_f32(
     });
 }
 
-/// The dx part of [`snn_conv2d_backward_f32`]: `dx += ∂L/∂x` for `n` images.
+/// The dx part of [`snn_conv2d_backward_f32`]: `dx += ∂L/∂x` for `n` images (`dx = ∂L/∂x`
+/// when `overwrite`: what dx held is never read).
 ///
 /// At stride 1 (padding under the kernel size) dx is itself a convolution of dy, with the
 /// weights transposed (`c` outputs from `o` inputs) and flipped, and padding `k − 1 − p`: the
@@ -820,13 +830,13 @@ pub unsafe extern "C" fn snn_dense_f32(
 unsafe fn conv_backward_dx(
     g: Conv,
     n: usize,
-    xs: &[f32],
     ws: &[f32],
     dys: &[f32],
     dx: *mut f32,
     threads: usize,
+    overwrite: bool,
 ) {
-    let (in_len, out_len, taps, px) = (xs.len() / n, dys.len() / n, g.taps(), g.pixels());
+    let (in_len, out_len, taps, px) = (g.c * g.h * g.w, dys.len() / n, g.taps(), g.pixels());
     if in_len == 0 {
         return;
     }
@@ -855,7 +865,7 @@ unsafe fn conv_backward_dx(
                 }
             }
         }
-        let fwd = ConvForward::new(t, wt, None, true);
+        let fwd = ConvForward::new(t, wt, None, !overwrite);
         let dxp = SendPtr(dx);
         split(n * t.strips(), threads, |u0, u1| {
             // SAFETY: strips u0..u1 of dx are this thread's.
@@ -889,6 +899,10 @@ unsafe fn conv_backward_dx(
             // SAFETY: image `img` of dx is written by this thread only.
             let dxi =
                 unsafe { std::slice::from_raw_parts_mut(dxp.get().add(img * in_len), in_len) };
+            if overwrite {
+                // col2im only adds.
+                dxi.fill(0.0);
+            }
             // dy packed whole, row by row: strip by strip, its rows (often 4 KiB apart) would
             // be read as many short streams sharing L1 sets.
             let dy_image = View {
@@ -911,7 +925,9 @@ unsafe fn conv_backward_dx(
 }
 
 /// Backward of [`snn_conv2d_f32`], accumulating: `dx += ∂L/∂x`, `dw += ∂L/∂w` and
-/// `db += ∂L/∂bias` from `dy` (`dw`, `db` may be null when not wanted). Same layouts and sizes.
+/// `db += ∂L/∂bias` from `dy` (`dx`, `dw`, `db` may each be null when not wanted: a null `dx`
+/// skips the input gradient, which the compiler then computes only where it is needed with
+/// [`snn_conv2d_backward_dx_masked_f32`]). Same layouts and sizes.
 ///
 /// dx: per image, `dcols[taps][px] = wᵀ · dy` strip by strip, scattered into dx (threads over
 /// images: neighbouring strips' scatters overlap). dW: `dw[o][taps] += Σ_images dy · colsᵀ`
@@ -960,8 +976,10 @@ pub unsafe extern "C" fn snn_conv2d_backward_f32(
         )
     };
     let macs = n * out_len * taps;
-    // SAFETY: dx holds n·c·h·w (the rest as documented).
-    unsafe { conv_backward_dx(g, n, xs, ws, dys, dx, threads_for(macs)) };
+    if !dx.is_null() {
+        // SAFETY: dx holds n·c·h·w (the rest as documented).
+        unsafe { conv_backward_dx(g, n, ws, dys, dx, threads_for(macs), false) };
+    }
     if dw.is_null() && db.is_null() {
         return;
     }

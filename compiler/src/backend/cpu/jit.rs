@@ -188,7 +188,7 @@ impl Drop for CompiledModel {
 
 /// The runtime kernels `LoopForm::Kernels` lowering calls, by symbol (also for MLIR's
 /// ExecutionEngine in tests).
-pub fn runtime_kernels() -> [(&'static str, *const u8); 9] {
+pub fn runtime_kernels() -> [(&'static str, *const u8); 10] {
     use snn_runtime::kernels::ffi;
     [
         ("snn_conv2d_f32", ffi::snn_conv2d_f32 as *const u8),
@@ -196,6 +196,10 @@ pub fn runtime_kernels() -> [(&'static str, *const u8); 9] {
         (
             "snn_conv2d_backward_f32",
             ffi::snn_conv2d_backward_f32 as *const u8,
+        ),
+        (
+            "snn_conv2d_backward_dx_masked_f32",
+            ffi::snn_conv2d_backward_dx_masked_f32 as *const u8,
         ),
         (
             "snn_dense_backward_f32",

@@ -85,7 +85,7 @@ pub struct SpikeDispatch {
 
 impl SpikeDispatch {
     /// The C kernels' dispatch: `max_density` and [`kernel_threads`].
-    fn with(max_density: f64) -> SpikeDispatch {
+    pub(super) fn with(max_density: f64) -> SpikeDispatch {
         SpikeDispatch {
             max_density,
             threads: kernel_threads(),
@@ -93,11 +93,11 @@ impl SpikeDispatch {
     }
 
     /// Whether `nnz` ones in `total` inputs (None: not binary) take the sparse path.
-    fn sparse(&self, nnz: Option<usize>, total: usize) -> bool {
+    pub(super) fn sparse(&self, nnz: Option<usize>, total: usize) -> bool {
         nnz.is_some_and(|nnz| (nnz as f64) < self.max_density * total as f64)
     }
 
-    fn threads_for(&self, work: usize) -> usize {
+    pub(super) fn threads_for(&self, work: usize) -> usize {
         threads_capped(self.threads, work)
     }
 
@@ -143,6 +143,7 @@ macro_rules! multiversion {
         }
     };
 }
+pub(super) use multiversion;
 
 multiversion! {
     /// Nonzero elements of `x`, or None when one is neither 0 nor 1 (the sparse paths add
@@ -226,7 +227,7 @@ multiversion! {
 
 /// Calls `f(i)` for every `i` with `xs[i] ≠ 0`, in increasing order.
 #[inline(always)]
-fn for_each_nonzero(xs: &[f32], mut f: impl FnMut(usize)) {
+pub(super) fn for_each_nonzero(xs: &[f32], mut f: impl FnMut(usize)) {
     let (chunks, tail) = xs.as_chunks::<16>();
     for (ci, ch) in chunks.iter().enumerate() {
         let mut m = ch
@@ -347,7 +348,7 @@ fn conv_image(
 const L1_TABLE: usize = 32 << 10;
 
 /// Whether the CPU runs [`conv_image_avx512`].
-fn avx512() -> bool {
+pub(super) fn avx512() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         std::arch::is_x86_feature_detected!("avx512f")
@@ -489,7 +490,8 @@ unsafe fn conv_image_avx512(
 /// The 16 × 16 transpose of `r` (`out[l]` lane `k` = `r[k]` lane `l`).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-fn transpose16(r: [std::arch::x86_64::__m512; 16]) -> [std::arch::x86_64::__m512; 16] {
+#[inline]
+pub(super) fn transpose16(r: [std::arch::x86_64::__m512; 16]) -> [std::arch::x86_64::__m512; 16] {
     use std::arch::x86_64::*;
     // Pairs of rows interleaved by 32-bit, then by 64-bit elements: each 128-bit lane of u[4m + n]
     // holds element n of rows 4m..4m + 4, per lane.
@@ -1239,8 +1241,10 @@ unsafe fn conv_dw_wide(
 }
 
 /// [`snn_conv2d_backward_f32`](super::snn_conv2d_backward_f32) for binary `x`: dx and db as
-/// there; dW accumulate-only below [`CONV_BACKWARD_SPIKE_MAX_DENSITY`] (density over the whole
-/// call), else the GEMM one.
+/// there (each may be null: a null `dx` skips the input gradient, for a caller that computes it
+/// with [`snn_conv2d_backward_dx_masked_f32`](super::snn_conv2d_backward_dx_masked_f32)); dW
+/// accumulate-only below [`CONV_BACKWARD_SPIKE_MAX_DENSITY`] (density over the whole call), else
+/// the GEMM one.
 ///
 /// # Safety
 /// As [`snn_conv2d_backward_f32`](super::snn_conv2d_backward_f32).
