@@ -492,13 +492,18 @@ fn adam_step(
         };
         for_blocks(n, PARALLEL_UPDATE_MIN / 2, |start, end| {
             let cells = &cells;
-            for i in start..end {
-                // SAFETY: blocks are disjoint ranges of 0..n, and each of the four slices
-                // holds n elements.
-                unsafe {
-                    let [p, m, v] = cells.pmv.map(|c| &mut *c.add(i));
-                    update(p, *cells.g.add(i), m, v);
-                }
+            // SAFETY: blocks are disjoint ranges of 0..n, and each of the four slices holds n
+            // elements. As slices (not per-element pointers) the loop runs in vector lanes.
+            let ([p, m, v], g) = unsafe {
+                (
+                    cells
+                        .pmv
+                        .map(|c| std::slice::from_raw_parts_mut(c.add(start), end - start)),
+                    std::slice::from_raw_parts(cells.g.add(start), end - start),
+                )
+            };
+            for (((p, m), v), g) in p.iter_mut().zip(m).zip(v).zip(g) {
+                update(p, *g, m, v);
             }
         });
         return;
