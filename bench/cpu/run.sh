@@ -15,6 +15,8 @@
 #   step     MA-SNN gesture training step, T=20, B=4, vanilla and TCSA: bench_cpu --step (the
 #            `snnc train --backend cpu` step: forward_train, MSE, backward, Adam) vs
 #            masnn_gesture_step.py's "step" figure; peak RSS of both processes (GNU time)
+#   paper    the same step at the paper's configuration, T=60, B=16 (PAPER_RUNS steps each,
+#            default 3: PyTorch's step takes about 5 s here)
 #   peak     this machine's FMA peak and the conv/dense runtime kernels' GFLOP/s at the
 #            gesture network's shapes (bench/cpu/peak_flops.rs)
 # Environment (defaults in brackets)
@@ -23,7 +25,7 @@
 #   PEERS_PY  python with torch (+ snntorch, norse) [/work/peers-venv/bin/python]
 #   SJ_PATH   PYTHONPATH for SpikingJelly [/work/bench-sj]
 #   PEERS_DIR the peer scripts [/work/shared/bench/peers]
-#   CASES     [lif gesture]
+#   CASES     [lif gesture step paper peak]
 #   CARGO_TARGET_DIR  [target-cpu]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -33,7 +35,7 @@ NCPU=$(awk -F, '{print NF}' <<<"$CPUS")
 PEERS_PY=${PEERS_PY:-/work/peers-venv/bin/python}
 SJ_PATH=${SJ_PATH:-/work/bench-sj}
 PEERS_DIR=${PEERS_DIR:-/work/shared/bench/peers}
-CASES=${CASES:-lif gesture step peak}
+CASES=${CASES:-lif gesture step paper peak}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target-cpu}
 export OMP_NUM_THREADS=$NCPU MKL_NUM_THREADS=$NCPU OPENBLAS_NUM_THREADS=$NCPU SNN_THREADS=$NCPU
 export MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=4294967296
@@ -63,16 +65,17 @@ for case in $CASES; do
           --attention "$att" --runs "$RUNS" --threads "$NCPU" | tee -a "$out"
       done
       ;;
-    step)
+    step|paper)
+      if [ $case = step ]; then t=20 b=4 runs=$RUNS; else t=60 b=16 runs=${PAPER_RUNS:-3}; fi
       for m in Vanilla TCSA; do
         rss=$(mktemp)
-        /usr/bin/time -f '%M' -o "$rss" taskset -c "$CPUS" "$BENCH" examples/gesture.snn "Gesture$m" 4 "$RUNS" --step T=20 \
+        /usr/bin/time -f '%M' -o "$rss" taskset -c "$CPUS" "$BENCH" examples/gesture.snn "Gesture$m" $b "$runs" --step T=$t \
           | sed "s/}\$/, \"peak_rss_mb\": PEAK}/" > "$rss.json"
         sed "s/PEAK/$(awk '{printf "%.1f", $1/1024}' "$rss")/" "$rss.json" | tee -a "$out"
         rm -f "$rss" "$rss.json"
         att=$([ $m = TCSA ] && echo TCSA || echo no)
-        pin "$PEERS_PY" -W ignore "$PEERS_DIR/masnn_gesture_step.py" --single --T 20 --B 4 \
-          --attention "$att" --runs "$RUNS" --threads "$NCPU" | sed 's/^/STEP /' | tee -a "$out"
+        pin "$PEERS_PY" -W ignore "$PEERS_DIR/masnn_gesture_step.py" --single --T $t --B $b \
+          --attention "$att" --runs "$runs" --threads "$NCPU" | sed 's/^/STEP /' | tee -a "$out"
       done
       ;;
     peak)
@@ -104,13 +107,16 @@ for att, model in (("no", "GestureVanilla"), ("TCSA", "GestureTCSA")):
         print(f"| gesture {model[7:]} T=20 B=4 fwd | snnc (Cranelift JIT) | {o['threads']} | {o['median_ms']:.1f} | 1.00 |")
     if o and p:
         print(f"| gesture {model[7:]} T=20 B=4 fwd | torch {p['torch']} (eval) | {p['threads']} | {p['infer_fwd_median_ms']:.1f} | {o['median_ms'] / p['infer_fwd_median_ms']:.2f} |")
-for att, model in (("no", "GestureVanilla"), ("TCSA", "GestureTCSA")):
-    o = next((r for r in ours if r["model"] == model and r["bench"] == "cpu_train_step"), None)
-    p = next((r for r in peer_steps if r["attention"] == att), None)
-    if o:
-        print(f"| gesture {model[7:]} T=20 B=4 train step | snnc (Cranelift JIT) | {o['threads']} | {o['median_ms']:.1f} | 1.00 | peak RSS {o['peak_rss_mb']} MB |")
-    if o and p:
-        print(f"| gesture {model[7:]} T=20 B=4 train step | torch {p['torch']} | {p['threads']} | {p['step_median_ms']:.1f} | {o['median_ms'] / p['step_median_ms']:.2f} | peak RSS {p['peak_rss_mb']} MB ({o['peak_rss_mb'] / p['peak_rss_mb']:.2f}x) |")
+for t, b in ((20, 4), (60, 16)):
+    for att, model in (("no", "GestureVanilla"), ("TCSA", "GestureTCSA")):
+        o = next((r for r in ours if r["model"] == model and r["bench"] == "cpu_train_step"
+                  and r["T"] == t and r["batch"] == b), None)
+        p = next((r for r in peer_steps if r["attention"] == att and r["T"] == t and r["B"] == b), None)
+        case = f"gesture {model[7:]} T={t} B={b} train step"
+        if o:
+            print(f"| {case} | snnc (Cranelift JIT) | {o['threads']} | {o['median_ms']:.1f} | 1.00 | peak RSS {o['peak_rss_mb']} MB |")
+        if o and p:
+            print(f"| {case} | torch {p['torch']} | {p['threads']} | {p['step_median_ms']:.1f} | {o['median_ms'] / p['step_median_ms']:.2f} | peak RSS {p['peak_rss_mb']} MB ({o['peak_rss_mb'] / p['peak_rss_mb']:.2f}x) |")
 probes = [r for r in rows if "probe" in r]
 if probes:
     print("\n| probe | shape | threads | GFLOP/s | of peak |")
