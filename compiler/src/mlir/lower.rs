@@ -1684,8 +1684,6 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
             self.bufs[i] = Some(Buf { mem, dims });
             return Ok(());
         }
-        // A value the backward needs is computed straight into its saved-value argument
-        // (no copy, no second buffer).
         // A batchnorm its pool normalises holds only its statistics, [2, C].
         let dims = match &node.op {
             Op::BatchNorm { axis, .. } if self.pool_normalises(i) => {
@@ -1693,6 +1691,8 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
             }
             _ => dims,
         };
+        // A value the backward needs is computed straight into its saved-value argument
+        // (no copy, no second buffer).
         let out = match (self.live.direct_out[i], self.train.saved_buffer(i)) {
             (Some(k), _) => self.outputs[k],
             (None, Some(saved)) => saved,
@@ -1984,9 +1984,7 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
         Ok(())
     }
 
-    /// One output of a pooling window.
-    #[allow(clippy::too_many_arguments)]
-    /// One output of a pooling window at `o`.
+    /// One output of a pooling window, at `o`.
     fn pool_one(
         &self,
         b: &Block<'c>,
