@@ -3063,36 +3063,68 @@ fn first_max<'c>(
     };
     let block = lanes == MaxLanes::Block;
     let mut part = dims.to_vec();
+    // Blocks run several independent chains over interleaved groups (a single chain of
+    // compare-and-select waits its latency every 4 elements): chain k reads groups k, k + copies…
+    let copies = if block {
+        let groups = dims[last] / LANES;
+        let copies = [FOLD_COPIES, 2, 1]
+            .into_iter()
+            .find(|c| groups % c == 0)
+            .unwrap_or(1);
+        part[last] = groups / copies;
+        copies
+    } else {
+        1
+    };
     // Lane k of a block reads element 4g + k: its index is the group's plus k.
     let offsets = block.then(|| {
-        part[last] /= LANES;
         let lanes: Vec<V<'c>> = (0..LANES).map(|k| fx.cf(k as f64)).collect();
         fx.val(b, "vector.from_elements", &lanes, fx.vec_type(fx.f32), &[])
     });
-    let inits = [fx.cf_w(f64::NEG_INFINITY, vector), fx.cf_w(0.0, vector)];
+    let inits: Vec<V<'c>> = (0..copies)
+        .flat_map(|_| [fx.cf_w(f64::NEG_INFINITY, vector), fx.cf_w(0.0, vector)])
+        .collect();
     let best = fx.carry_nest(b, &part, &inits, &[], &mut |b, r, carried| {
-        let mut r = r.to_vec();
-        if block {
-            r[last] = fx.ilin(b, r[last], LANES, None, 0);
+        let mut next = Vec::with_capacity(carried.len());
+        for (k, chain) in carried.chunks(2).enumerate() {
+            let mut r = r.to_vec();
+            if block {
+                r[last] = fx.ilin(b, r[last], LANES * copies, None, k as i64 * LANES);
+            }
+            let v = value(b, &r, vector);
+            let i = fx.index_to_f32(b, linear(fx, b, &r, dims));
+            let i = if vector { fx.splat(b, i) } else { i };
+            let i = match offsets {
+                Some(o) => fx.addf(b, i, o),
+                None => i,
+            };
+            let wins = fx.first_max_wins(b, v, chain[0]);
+            next.push(fx.select(b, wins, v, chain[0]));
+            next.push(fx.select(b, wins, i, chain[1]));
         }
-        let v = value(b, &r, vector);
-        let i = fx.index_to_f32(b, linear(fx, b, &r, dims));
-        let i = if vector { fx.splat(b, i) } else { i };
-        let i = match offsets {
-            Some(o) => fx.addf(b, i, o),
-            None => i,
-        };
-        let wins = fx.first_max_wins(b, v, carried[0]);
-        vec![
-            fx.select(b, wins, v, carried[0]),
-            fx.select(b, wins, i, carried[1]),
-        ]
+        next
     });
     if !block {
         return (best[0], best[1]);
     }
-    // Each lane holds the first maximum of its own subsequence: the winner is the greatest
-    // (a NaN first), and of equals the one with the smallest index.
+    // Each chain's lane holds the first maximum of its own subsequence: the winner is the
+    // greatest (a NaN first), and of equals the one with the smallest index.
+    let pick = |(v, i): (V<'c>, V<'c>), (bv, bi): (V<'c>, V<'c>)| {
+        let wins = fx.first_max_wins(b, v, bv);
+        let equal = fx.cmpf(b, fpred::OEQ, v, bv);
+        let v_nan = fx.cmpf(b, fpred::UNO, v, v);
+        let best_nan = fx.cmpf(b, fpred::UNO, bv, bv);
+        let both_nan = fx.bin(b, "arith.andi", v_nan, best_nan);
+        let tie = fx.bin(b, "arith.ori", equal, both_nan);
+        let earlier = fx.cmpf(b, fpred::OLT, i, bi);
+        let tie_earlier = fx.bin(b, "arith.andi", tie, earlier);
+        let take = fx.bin(b, "arith.ori", wins, tie_earlier);
+        (fx.select(b, take, v, bv), fx.select(b, take, i, bi))
+    };
+    let mut chains = (best[0], best[1]);
+    for chain in best.chunks(2).skip(1) {
+        chains = pick((chain[0], chain[1]), chains);
+    }
     let lane = |v: V<'c>, k: i64| {
         fx.val(
             b,
@@ -3105,22 +3137,11 @@ fn first_max<'c>(
             )],
         )
     };
-    let (mut bv, mut bi) = (lane(best[0], 0), lane(best[1], 0));
+    let mut winner = (lane(chains.0, 0), lane(chains.1, 0));
     for k in 1..LANES {
-        let (v, i) = (lane(best[0], k), lane(best[1], k));
-        let wins = fx.first_max_wins(b, v, bv);
-        let equal = fx.cmpf(b, fpred::OEQ, v, bv);
-        let v_nan = fx.cmpf(b, fpred::UNO, v, v);
-        let best_nan = fx.cmpf(b, fpred::UNO, bv, bv);
-        let both_nan = fx.bin(b, "arith.andi", v_nan, best_nan);
-        let tie = fx.bin(b, "arith.ori", equal, both_nan);
-        let earlier = fx.cmpf(b, fpred::OLT, i, bi);
-        let tie_earlier = fx.bin(b, "arith.andi", tie, earlier);
-        let take = fx.bin(b, "arith.ori", wins, tie_earlier);
-        bv = fx.select(b, take, v, bv);
-        bi = fx.select(b, take, i, bi);
+        winner = pick((lane(chains.0, k), lane(chains.1, k)), winner);
     }
-    (bv, bi)
+    winner
 }
 
 /// Row-major linear index of `ivs` over `dims` (0 for no dims).
