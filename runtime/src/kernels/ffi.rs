@@ -249,6 +249,18 @@ pub(crate) fn for_blocks<F: Fn(usize, usize) + Sync>(items: usize, min_block: us
     split(items, threads, f);
 }
 
+/// The sum of `xs` in 16 independent lanes (so that it runs in vectors), then across them.
+fn lane_sum(xs: &[f32]) -> f32 {
+    let (chunks, tail) = xs.as_chunks::<16>();
+    let mut lanes = [0f32; 16];
+    for chunk in chunks {
+        for (l, v) in lanes.iter_mut().zip(chunk) {
+            *l += v;
+        }
+    }
+    lanes.iter().sum::<f32>() + tail.iter().sum::<f32>()
+}
+
 fn threads_for(macs: usize) -> usize {
     threads_capped(kernel_threads(), macs)
 }
@@ -981,6 +993,25 @@ pub unsafe extern "C" fn snn_conv2d_backward_f32(
         unsafe { conv_backward_dx(g, n, ws, dys, dx, threads_for(macs), false) };
     }
     if dw.is_null() && db.is_null() {
+        return;
+    }
+    if dw.is_null() {
+        // db alone (dW took the spike kernels' sparse path): each channel's dy rows summed
+        // where they lie, rather than packed as for the product (a transpose of all of dy).
+        let dbp = SendPtr(db);
+        split(
+            g.o,
+            threads_capped(kernel_threads(), n * out_len),
+            |o0, o1| {
+                for oc in o0..o1 {
+                    let sum: f32 = (0..n)
+                        .map(|img| lane_sum(&dys[img * out_len + oc * px..][..px]))
+                        .sum();
+                    // SAFETY: db holds o elements; channels o0..o1 are this block's.
+                    unsafe { *dbp.get().add(oc) += sum };
+                }
+            },
+        );
         return;
     }
     // Threads own dw's column strips (taps) when there are enough of them, else row strips
