@@ -933,11 +933,10 @@ pub unsafe extern "C" fn snn_conv2d_backward_dx_masked_f32(
     oh: i64,
     ow: i64,
 ) {
-    let d = SpikeDispatch::with(if avx512() {
-        CONV_DX_MASKED_MAX_DENSITY
-    } else {
-        CONV_DX_MASKED_MAX_DENSITY_PORTABLE
-    });
+    let d = SpikeDispatch::by_isa(
+        CONV_DX_MASKED_MAX_DENSITY,
+        CONV_DX_MASKED_MAX_DENSITY_PORTABLE,
+    );
     // SAFETY: forwarded.
     unsafe {
         conv2d_backward_dx_masked(d, w, dy, dx, n, c, h, wd, o, kh, kw, sh, sw, ph, pw, oh, ow)

@@ -92,6 +92,12 @@ impl SpikeDispatch {
         }
     }
 
+    /// [`Self::with`] `avx512_max` on a CPU with AVX-512F, `portable_max` on others (the two
+    /// crossovers measured for each kernel).
+    pub(super) fn by_isa(avx512_max: f64, portable_max: f64) -> SpikeDispatch {
+        SpikeDispatch::with(if avx512() { avx512_max } else { portable_max })
+    }
+
     /// Whether `nnz` ones in `total` inputs (None: not binary) take the sparse path.
     pub(super) fn sparse(&self, nnz: Option<usize>, total: usize) -> bool {
         nnz.is_some_and(|nnz| (nnz as f64) < self.max_density * total as f64)
@@ -931,11 +937,7 @@ pub unsafe extern "C" fn snn_conv2d_spike_f32(
     oh: i64,
     ow: i64,
 ) {
-    let d = SpikeDispatch::with(if avx512() {
-        CONV_SPIKE_MAX_DENSITY
-    } else {
-        CONV_SPIKE_MAX_DENSITY_PORTABLE
-    });
+    let d = SpikeDispatch::by_isa(CONV_SPIKE_MAX_DENSITY, CONV_SPIKE_MAX_DENSITY_PORTABLE);
     // SAFETY: forwarded.
     unsafe {
         conv2d_spike(
