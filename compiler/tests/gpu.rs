@@ -8,6 +8,7 @@ use snnc::backend::gpu::{GpuOptions, GpuTrainingArtifact, compile, compile_train
 use snnc::ir::Graph;
 use snnc::mlir::LowerOptions;
 use snnc::mlir::grad::{backward_signature, forward_train_signature};
+use snnc::mlir::optim::optimizer_signature;
 use snnc::sema::{Compilation, compile_source};
 use std::process::Command;
 
@@ -227,12 +228,14 @@ fn gpu_training(g: &Graph, batch: usize) -> GpuTrainingArtifact {
 /// the manifests follow the training ABI (docs/abi.md).
 fn check_training(g: &Graph, art: &GpuTrainingArtifact, batch: usize) {
     let opts = LowerOptions::with_batch(batch);
+    let optimizer = art.optimizer.as_ref().expect("an optimiser step");
     for (manifest, sig) in [
         (&art.forward_train, forward_train_signature(g, &opts)),
         (
             art.backward.as_ref().expect("a backward"),
             backward_signature(g, &opts),
         ),
+        (optimizer, Ok(optimizer_signature(g))),
     ] {
         let sig = sig.expect("signature");
         assert_eq!(manifest.args.len(), sig.len(), "{}", g.name);
@@ -259,14 +262,19 @@ fn check_training(g: &Graph, art: &GpuTrainingArtifact, batch: usize) {
         .iter()
         .map(|k| k.name.as_str())
         .collect();
+    let opt: Vec<&str> = optimizer.kernels.iter().map(|k| k.name.as_str()).collect();
     assert!(
-        fwd.iter().all(|k| !bwd.contains(k)),
-        "{}: a kernel in both",
+        fwd.iter().all(|k| !bwd.contains(k) && !opt.contains(k))
+            && bwd.iter().all(|k| !opt.contains(k)),
+        "{}: a kernel in two functions",
         g.name
     );
+    // One update kernel per trainable parameter.
+    let trainable = g.params.iter().filter(|p| p.role.trainable()).count();
+    assert_eq!(optimizer.launches().count(), trainable, "{}", g.name);
     assert_eq!(
         entries(&art.ptx),
-        fwd.len() + bwd.len(),
+        fwd.len() + bwd.len() + opt.len(),
         "{}: every entry is launched",
         g.name
     );
@@ -300,7 +308,7 @@ fn evaluation_builds_have_only_the_forward() {
         batch: 2,
     };
     let art = snnc::backend::gpu::compile_training_with(g, &opts, true).expect("compiles");
-    assert!(art.backward.is_none());
+    assert!(art.backward.is_none() && art.optimizer.is_none());
     assert_eq!(entries(&art.ptx), art.forward_train.kernels.len());
 }
 

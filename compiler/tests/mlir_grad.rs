@@ -16,6 +16,7 @@ use snnc::mlir::grad::{
     forward_train_signature, forward_train_symbol, lower_training_module_with,
 };
 use snnc::mlir::lower::LoopForm;
+use snnc::mlir::optim::{lower_optimizer, optimizer_signature, optimizer_symbol};
 use snnc::mlir::pipeline::{check_llvm_only, run_pipeline, verify};
 use snnc::mlir::{LLVM_PIPELINE, LowerOptions, Stage, emit};
 use std::path::Path;
@@ -497,6 +498,7 @@ fn signatures_follow_the_documented_abi() {
         TrainRole::DParam => 6,
         TrainRole::DInput => 7,
         TrainRole::Output => 8,
+        TrainRole::OptimizerState | TrainRole::OptimizerScalars => 9,
     };
     sorted.sort_by_key(rank);
     assert_eq!(roles, sorted, "backward arguments are grouped in ABI order");
@@ -587,5 +589,108 @@ fn cli_emits_mlir_grad_and_llvm_mlir_includes_the_backward() {
             text.contains(&format!("llvm.func @GoldenSmall_{f}(")),
             "{f}"
         );
+    }
+}
+
+/// `@<model>_optimizer`, run here through MLIR's ExecutionEngine (its loops sequential), takes
+/// the steps of the driver's f64 optimiser for Adam with L2 decay and AdamW, on every trainable
+/// parameter of a model with parameters of rank 1, 2 and 4 (and running statistics, which it
+/// leaves alone). The GPU backend maps the same loops to kernels.
+#[test]
+fn generated_optimizer_steps_match_the_host_optimizer() {
+    use snn_runtime::train::{Optimizer, OptimizerConfig};
+    let g = tiny();
+    let ranks: Vec<usize> = g.params.iter().map(|p| p.shape.len()).collect();
+    assert!([1, 2, 4].iter().all(|r| ranks.contains(r)), "{ranks:?}");
+    let context = new_context();
+    let mut module = Module::new(melior::ir::Location::unknown(&context));
+    lower_optimizer(&context, &module, &g).expect("lowers");
+    verify(&context, &module).expect("verifies");
+    run_pipeline(&context, &mut module, LLVM_PIPELINE).expect("pipeline");
+    check_llvm_only(&module).expect("llvm only");
+    let sig = optimizer_signature(&g);
+    let mut text = module.as_operation().to_string();
+    let end = text.rfind('}').expect("module end");
+    text.insert_str(end, &packed_wrapper(&optimizer_symbol(&g), sig.len()));
+    let module = Module::parse(&context, &text).expect("wrapped module parses");
+    let engine = ExecutionEngine::new(&module, 2, &[], false, false);
+    let f = engine.lookup(&format!("{}_packed", optimizer_symbol(&g)));
+    assert!(!f.is_null());
+    // SAFETY: the wrapper takes one pointer to `sig.len()` buffer pointers.
+    let f: unsafe extern "C" fn(*mut *mut f32) = unsafe { std::mem::transmute(f) };
+
+    let trainable: Vec<bool> = g.params.iter().map(|p| p.role.trainable()).collect();
+    let shapes: Vec<Vec<usize>> = g.params.iter().map(|p| p.shape.clone()).collect();
+    let adam_l2 = OptimizerConfig::Adam {
+        lr: 0.01,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: 0.05,
+    };
+    for config in [adam_l2, OptimizerConfig::adamw(0.01)] {
+        let mut host = Optimizer::new(config, &shapes).expect("config");
+        let mut params: Vec<ArrayD<f64>> = shapes
+            .iter()
+            .enumerate()
+            .map(|(k, s)| {
+                let n = s.iter().product();
+                let v = random_f32(n, 100 + k as u64, -1.0, 1.0);
+                ArrayD::from_shape_vec(IxDyn(s), v.iter().map(|x| f64::from(*x)).collect())
+                    .expect("shape")
+            })
+            .collect();
+        // The device's buffers, in the signature's order.
+        let mut bufs: Vec<Vec<f32>> = sig
+            .iter()
+            .map(|a| vec![0f32; a.shape.iter().product()])
+            .collect();
+        let trainable_ids: Vec<usize> = (0..shapes.len()).filter(|k| trainable[*k]).collect();
+        let n = trainable_ids.len();
+        for (j, &k) in trainable_ids.iter().enumerate() {
+            bufs[j] = params[k].iter().map(|v| *v as f32).collect();
+        }
+        for step in 0..3u64 {
+            let lr = 0.01 / (1.0 + step as f64);
+            let mut grads = vec![None; shapes.len()];
+            for (j, &k) in trainable_ids.iter().enumerate() {
+                // Away from zero, where Adam's update is a sign and f32 rounding could flip it.
+                let gv: Vec<f32> = random_f32(bufs[j].len(), 7 * step + k as u64, 0.2, 1.0);
+                grads[k] = Some(
+                    ArrayD::from_shape_vec(
+                        IxDyn(&shapes[k]),
+                        gv.iter().map(|x| f64::from(*x)).collect(),
+                    )
+                    .expect("shape"),
+                );
+                bufs[n + j] = gv;
+            }
+            let scalars = host
+                .device_scalars(lr, &trainable)
+                .expect("scalars")
+                .expect("adam");
+            bufs[4 * n] = scalars.to_vec();
+            let mut ptrs: Vec<*mut f32> = bufs.iter_mut().map(|b| b.as_mut_ptr()).collect();
+            // SAFETY: one buffer per argument, each of its signature's size.
+            unsafe { f(ptrs.as_mut_ptr()) };
+            host.step(&mut params, &grads, lr).expect("host step");
+        }
+        for (j, &k) in trainable_ids.iter().enumerate() {
+            let name = &g.params[k].name;
+            let (m, v) = host.moments(k).expect("moments");
+            for (what, got, want) in [
+                ("parameter", &bufs[j], &params[k]),
+                ("exp_avg", &bufs[2 * n + j], m),
+                ("exp_avg_sq", &bufs[3 * n + j], v),
+            ] {
+                for (a, b) in got.iter().zip(want.iter()) {
+                    let (a, b) = (f64::from(*a), *b);
+                    assert!(
+                        (a - b).abs() <= 2e-6 * b.abs().max(0.1),
+                        "{config:?}: {what} of `{name}`: {a} vs {b}"
+                    );
+                }
+            }
+        }
     }
 }

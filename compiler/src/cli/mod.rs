@@ -64,9 +64,10 @@ enum Command {
         /// PTX target architecture for `--target gpu` (sm_90 or sm_80).
         #[arg(long, default_value = "sm_90")]
         chip: String,
-        /// `--target gpu`: the training functions (forward_train and backward) instead of the
-        /// forward; with `-o DIR`: DIR/<model>.train.ptx, DIR/<model>.forward_train.launch.json
-        /// and DIR/<model>.backward.launch.json.
+        /// `--target gpu`: the training functions (forward_train, backward and the Adam
+        /// optimiser step) instead of the forward; with `-o DIR`: DIR/<model>.train.ptx,
+        /// DIR/<model>.forward_train.launch.json, DIR/<model>.backward.launch.json and
+        /// DIR/<model>.optimizer.launch.json.
         #[arg(long)]
         train: bool,
     },

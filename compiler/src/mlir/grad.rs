@@ -56,6 +56,12 @@ pub enum TrainRole {
     /// A dropout node's keep mask (1 kept, 0 dropped), written by the caller before
     /// `forward_train`, read by both functions; absent from evaluation builds.
     DropoutMask,
+    /// A trainable parameter's Adam moment, read and written by `@<model>_optimizer`
+    /// ([`crate::mlir::optim`]); zero before the first step.
+    OptimizerState,
+    /// The scalars of one optimiser step (`snn_runtime::train::DeviceScalar` order), written
+    /// by the driver before each `@<model>_optimizer`.
+    OptimizerScalars,
 }
 
 impl TrainRole {
@@ -71,6 +77,8 @@ impl TrainRole {
             TrainRole::DParam => "d_param",
             TrainRole::DInput => "d_input",
             TrainRole::DropoutMask => "dropout_mask",
+            TrainRole::OptimizerState => "optimizer_state",
+            TrainRole::OptimizerScalars => "optimizer_scalars",
         }
     }
 

@@ -3,6 +3,7 @@
 
 pub mod context;
 pub mod lower;
+pub mod optim;
 pub mod pipeline;
 
 pub use lower::grad;

@@ -13,6 +13,8 @@ pub use checkpoint::{TrainState, hash_ir, load, match_params, save};
 pub use error::TrainError;
 pub use exact::ExactArray;
 pub use log::{LogContents, LogRecord, RunLog, read_log};
-pub use optim::{Optimizer, OptimizerConfig, OptimizerState, ParamState};
+pub use optim::{
+    DEVICE_SCALARS, DeviceScalar, Optimizer, OptimizerConfig, OptimizerState, ParamState,
+};
 pub use plot::plot_run;
 pub use schedule::{Schedule, ScheduleState};

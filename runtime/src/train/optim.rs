@@ -172,6 +172,33 @@ impl OptimizerConfig {
     }
 }
 
+/// The scalars of one Adam or AdamW step run on a device ([`Optimizer::device_scalars`]), by
+/// position. The update they drive, per element, in f32 (PyTorch's, term by term):
+///
+/// ```text
+/// p ← p · decay_mul                      (AdamW's decoupled decay; 1 for Adam)
+/// g ← g + l2 · p                         (Adam's L2 decay; 0 for AdamW)
+/// m ← m + (1 − β1) · (g − m)
+/// v ← β2 · v + (1 − β2) · g²
+/// p ← p − step_size · m / (√v · inv_sqrt_bias_correction2 + eps)
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceScalar {
+    DecayMul,
+    L2,
+    OneMinusBeta1,
+    Beta2,
+    OneMinusBeta2,
+    /// lr / (1 − β1^t).
+    StepSize,
+    /// 1 / √(1 − β2^t).
+    InvSqrtBiasCorrection2,
+    Eps,
+}
+
+/// How many [`DeviceScalar`]s a step has.
+pub const DEVICE_SCALARS: usize = 8;
+
 /// Per-parameter optimiser state, as PyTorch keeps it in `optimizer.state[p]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ParamState {
@@ -317,6 +344,125 @@ impl Optimizer {
 
     pub fn config(&self) -> &OptimizerConfig {
         &self.config
+    }
+
+    /// The scalars of the next Adam or AdamW step at learning rate `lr`, for a device that
+    /// runs the update itself (the GPU backend's generated `@<model>_optimizer`, which reads
+    /// them in [`DeviceScalar`] order). One set serves every parameter, so every `trainable`
+    /// one must have taken the same number of steps. `None` for SGD, which stays on the host.
+    pub fn device_scalars(
+        &self,
+        lr: f64,
+        trainable: &[bool],
+    ) -> Result<Option<[f32; DEVICE_SCALARS]>, TrainError> {
+        let (beta1, beta2, eps, weight_decay, decoupled) = match self.config {
+            OptimizerConfig::Sgd { .. } => return Ok(None),
+            OptimizerConfig::Adam {
+                beta1,
+                beta2,
+                eps,
+                weight_decay,
+                ..
+            } => (beta1, beta2, eps, weight_decay, false),
+            OptimizerConfig::AdamW {
+                beta1,
+                beta2,
+                eps,
+                weight_decay,
+                ..
+            } => (beta1, beta2, eps, weight_decay, true),
+        };
+        if !(lr.is_finite() && lr >= 0.0) {
+            return Err(TrainError::Invalid(format!(
+                "optimizer step: lr must be finite and ≥ 0, got {lr}"
+            )));
+        }
+        let step = self.shared_step(trainable)? + 1;
+        // As `adam_step` computes them, in f64, rounded once to f32.
+        let t = step as f64;
+        let bias_correction1 = 1.0 - beta1.powf(t);
+        let bias_correction2 = 1.0 - beta2.powf(t);
+        let mut s = [0f32; DEVICE_SCALARS];
+        s[DeviceScalar::DecayMul as usize] = if decoupled {
+            (1.0 - lr * weight_decay) as f32
+        } else {
+            1.0
+        };
+        s[DeviceScalar::L2 as usize] = if decoupled { 0.0 } else { weight_decay as f32 };
+        s[DeviceScalar::OneMinusBeta1 as usize] = (1.0 - beta1) as f32;
+        s[DeviceScalar::Beta2 as usize] = beta2 as f32;
+        s[DeviceScalar::OneMinusBeta2 as usize] = (1.0 - beta2) as f32;
+        s[DeviceScalar::StepSize as usize] = (lr / bias_correction1) as f32;
+        s[DeviceScalar::InvSqrtBiasCorrection2 as usize] = (1.0 / bias_correction2.sqrt()) as f32;
+        s[DeviceScalar::Eps as usize] = eps as f32;
+        Ok(Some(s))
+    }
+
+    /// The step count every `trainable` parameter shares.
+    fn shared_step(&self, trainable: &[bool]) -> Result<u64, TrainError> {
+        if trainable.len() != self.params.len() {
+            return Err(TrainError::Invalid(format!(
+                "optimizer: built for {} parameters, {} flags given",
+                self.params.len(),
+                trainable.len()
+            )));
+        }
+        let mut steps = self
+            .params
+            .iter()
+            .zip(trainable)
+            .filter(|(_, t)| **t)
+            .map(|(s, _)| s.step);
+        let first = steps.next().unwrap_or(self.step);
+        if steps.any(|s| s != first) {
+            return Err(TrainError::Invalid(
+                "optimizer: the trainable parameters have taken different numbers of steps, so one device update cannot serve them all".into(),
+            ));
+        }
+        Ok(first)
+    }
+
+    /// Counts one update a device applied to every `trainable` parameter (see
+    /// [`Self::device_scalars`]); its moments come back through [`Self::set_moments`].
+    pub fn record_device_step(&mut self, trainable: &[bool]) -> Result<(), TrainError> {
+        self.shared_step(trainable)?;
+        self.step += 1;
+        for (slot, _) in self.params.iter_mut().zip(trainable).filter(|(_, t)| **t) {
+            slot.step += 1;
+        }
+        Ok(())
+    }
+
+    /// Adam's first and second moments of parameter `k` (`None` before its first step, and
+    /// for SGD).
+    pub fn moments(&self, k: usize) -> Option<(&ArrayD<f64>, &ArrayD<f64>)> {
+        let slot = self.params.get(k)?;
+        Some((slot.exp_avg.as_ref()?, slot.exp_avg_sq.as_ref()?))
+    }
+
+    /// Replaces parameter `k`'s Adam moments (from a device that ran the update).
+    pub fn set_moments(
+        &mut self,
+        k: usize,
+        exp_avg: ArrayD<f64>,
+        exp_avg_sq: ArrayD<f64>,
+    ) -> Result<(), TrainError> {
+        let n = self.params.len();
+        let slot = self.params.get_mut(k).ok_or_else(|| {
+            TrainError::Invalid(format!("optimizer: no parameter {k} (of {n})"))
+        })?;
+        for (name, a) in [("exp_avg", &exp_avg), ("exp_avg_sq", &exp_avg_sq)] {
+            if a.shape() != slot.shape.as_slice() {
+                return Err(TrainError::Invalid(format!(
+                    "optimizer: {name} of parameter {k} has shape {:?}, expected {:?}",
+                    a.shape(),
+                    slot.shape
+                )));
+            }
+        }
+        slot.exp_avg = Some(exp_avg);
+        slot.exp_avg_sq = Some(exp_avg_sq);
+        Ok(())
     }
 
     /// Calls to `step` so far (including those before a resume).
@@ -819,5 +965,79 @@ mod tests {
             serde_json::from_str::<OptimizerConfig>(r#"{"kind": "adam", "lr": 1, "betas": 1}"#)
                 .is_err()
         );
+    }
+
+    /// The device update of [`DeviceScalar`]'s doc, in f64, over the scalars
+    /// [`Optimizer::device_scalars`] gives.
+    fn device_update(s: &[f32; DEVICE_SCALARS], p: &mut f64, g: f64, m: &mut f64, v: &mut f64) {
+        let at = |k: DeviceScalar| f64::from(s[k as usize]);
+        *p *= at(DeviceScalar::DecayMul);
+        let g = g + at(DeviceScalar::L2) * *p;
+        *m += at(DeviceScalar::OneMinusBeta1) * (g - *m);
+        *v = at(DeviceScalar::Beta2) * *v + at(DeviceScalar::OneMinusBeta2) * g * g;
+        *p -= at(DeviceScalar::StepSize) * *m
+            / (v.sqrt() * at(DeviceScalar::InvSqrtBiasCorrection2) + at(DeviceScalar::Eps));
+    }
+
+    #[test]
+    fn device_scalars_drive_the_same_adam_and_adamw_steps() {
+        let adam_l2 = OptimizerConfig::Adam {
+            lr: 0.01,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.1,
+        };
+        for config in [OptimizerConfig::adam(0.01), adam_l2, OptimizerConfig::adamw(0.01)] {
+            // Parameter 1 is frozen (a running statistic): the device skips it.
+            let shapes = [vec![3], vec![2]];
+            let trainable = [true, false];
+            let mut host = Optimizer::new(config, &shapes).expect("config");
+            let mut device = host.clone();
+            let mut params = vec![arr1(&[0.5, -1.0, 2.0]).into_dyn(), arr1(&[1.0, 1.0]).into_dyn()];
+            let mut dev_p = params[0].clone();
+            let (mut m, mut v) = (ArrayD::zeros(IxDyn(&[3])), ArrayD::zeros(IxDyn(&[3])));
+            for step in 0..4 {
+                let lr = 0.01 * (1.0 + f64::from(step));
+                let g = params[0].mapv(|p| p * p + 0.5);
+                let dev_g = dev_p.mapv(|p: f64| p * p + 0.5);
+                host.step(&mut params, &[Some(g), None], lr).expect("host step");
+                let s = device
+                    .device_scalars(lr, &trainable)
+                    .expect("scalars")
+                    .expect("adam runs on the device");
+                for i in 0..3 {
+                    device_update(&s, &mut dev_p[i], dev_g[i], &mut m[i], &mut v[i]);
+                }
+                device.record_device_step(&trainable).expect("record");
+            }
+            device.set_moments(0, m, v).expect("moments");
+            for i in 0..3 {
+                // The scalars are f32: agreement to f32 rounding, not bit for bit.
+                let (a, b) = (dev_p[i], params[0][i]);
+                assert!((a - b).abs() <= 1e-6 * b.abs().max(1.0), "{config:?}: {a} vs {b}");
+            }
+            let (hs, ds) = (host.state(), device.state());
+            assert_eq!((hs.step, hs.params[0].step, hs.params[1].step), (4, 4, 0));
+            assert_eq!((ds.step, ds.params[0].step, ds.params[1].step), (4, 4, 0));
+            let (hm, dm) = (host.moments(0).expect("host"), device.moments(0).expect("device"));
+            for (a, b) in dm.0.iter().zip(hm.0).chain(dm.1.iter().zip(hm.1)) {
+                assert!((a - b).abs() <= 1e-6 * b.abs().max(1e-3), "{config:?}: {a} vs {b}");
+            }
+        }
+        let sgd = Optimizer::new(OptimizerConfig::sgd(0.1), &[vec![1]]).expect("sgd");
+        assert_eq!(sgd.device_scalars(0.1, &[true]).expect("sgd"), None);
+        let mut uneven = Optimizer::new(OptimizerConfig::adam(0.1), &[vec![1], vec![1]]).expect("");
+        uneven
+            .step(
+                &mut [scalar(1.0), scalar(1.0)],
+                &[Some(scalar(1.0)), None],
+                0.1,
+            )
+            .expect("step");
+        let err = uneven.device_scalars(0.1, &[true, true]).expect_err("uneven");
+        assert!(err.to_string().contains("different numbers of steps"), "{err}");
+        assert!(uneven.device_scalars(0.1, &[true]).is_err());
+        assert!(uneven.set_moments(0, ArrayD::zeros(IxDyn(&[2])), ArrayD::zeros(IxDyn(&[1]))).is_err());
     }
 }

@@ -352,10 +352,11 @@ impl CompiledTraining {
                     let b = &mut grads.inputs[di - 1];
                     (b.len(), b.as_mut_ptr())
                 }
-                TrainRole::Output => {
+                TrainRole::Output | TrainRole::OptimizerState | TrainRole::OptimizerScalars => {
                     return Err(BackendError::new(format!(
-                        "{}: unexpected `output` argument in backward",
-                        self.model
+                        "{}: unexpected `{}` argument in backward",
+                        self.model,
+                        a.role.as_str()
                     )));
                 }
             };

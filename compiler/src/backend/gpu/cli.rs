@@ -48,10 +48,10 @@ pub fn build(
         let built = if train {
             compile_training(g, opts).map(|a| {
                 let json = |which| format!("{}.{which}.launch.json", a.model);
-                let (f, b) = (json("forward_train"), json("backward"));
                 let ptx_name = a.forward_train.ptx.clone();
-                let mut manifests = vec![(a.forward_train, f)];
-                manifests.extend(a.backward.map(|m| (m, b)));
+                let mut manifests = vec![(a.forward_train, json("forward_train"))];
+                manifests.extend(a.backward.map(|m| (m, json("backward"))));
+                manifests.extend(a.optimizer.map(|m| (m, json("optimizer"))));
                 (a.ptx, ptx_name, manifests)
             })
         } else {

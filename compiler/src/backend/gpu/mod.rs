@@ -14,6 +14,7 @@ use crate::mlir::grad::{
 use crate::mlir::lower::{
     LoopForm, LowerError, LowerOptions, forward_signature, lower_graphs_with,
 };
+use crate::mlir::optim::{has_optimizer, lower_optimizer, optimizer_signature, optimizer_symbol};
 use crate::mlir::pipeline::{run_pipeline, verify, with_diagnostics};
 use melior::{
     Context,
@@ -189,8 +190,8 @@ pub fn compile(g: &Graph, opts: &GpuOptions) -> Result<GpuArtifact, LowerError> 
     })
 }
 
-/// One model's training functions compiled for the GPU: `forward_train` and `backward`
-/// (docs/abi.md) share one PTX module.
+/// One model's training functions compiled for the GPU: `forward_train`, `backward` and the
+/// optimiser step (docs/abi.md) share one PTX module.
 #[derive(Clone, Debug)]
 pub struct GpuTrainingArtifact {
     pub model: String,
@@ -199,6 +200,9 @@ pub struct GpuTrainingArtifact {
     pub forward_train: LaunchManifest,
     /// `None` in an evaluation build, which has no backward.
     pub backward: Option<LaunchManifest>,
+    /// `@<model>_optimizer` (one Adam/AdamW step on the device, [`crate::mlir::optim`]):
+    /// `None` in an evaluation build and for a model with nothing to train.
+    pub optimizer: Option<LaunchManifest>,
     pub timings: GpuTimings,
 }
 
@@ -222,27 +226,41 @@ pub fn compile_training_with(
     };
     let fsig = forward_train_signature(g, &lower_opts)?;
     let mut functions = vec![(forward_train_symbol(g), train_arg_specs(&fsig))];
+    let with_optimizer = !eval && has_optimizer(g);
     if !eval {
         let bsig = backward_signature(g, &lower_opts)?;
         functions.push((backward_symbol(g), train_arg_specs(&bsig)));
     }
-    let (ptx, mut manifests, timings) = compile_functions(g, opts, &functions, |context| {
-        lower_training_module_with(context, &[g], &lower_opts, LoopForm::FlatGemm)
-    })?;
-    // Both manifests name the training PTX, which sits beside the forward's `<model>.ptx`.
-    for m in &mut manifests {
-        m.ptx = format!("{}.train.ptx", g.name);
+    if with_optimizer {
+        functions.push((optimizer_symbol(g), train_arg_specs(&optimizer_signature(g))));
     }
-    let backward = if eval { None } else { manifests.pop() };
+    let (ptx, manifests, timings) = compile_functions(g, opts, &functions, |context| {
+        let module = lower_training_module_with(context, &[g], &lower_opts, LoopForm::FlatGemm)?;
+        if with_optimizer {
+            lower_optimizer(context, &module, g)?;
+        }
+        Ok(module)
+    })?;
+    // Every manifest names the training PTX, which sits beside the forward's `<model>.ptx`.
+    let mut manifests = manifests.into_iter().map(|mut m| {
+        m.ptx = format!("{}.train.ptx", g.name);
+        m
+    });
     let forward_train = manifests
-        .into_iter()
         .next()
         .ok_or_else(|| LowerError::new("internal: no forward_train manifest"))?;
+    let backward = if eval { None } else { manifests.next() };
+    let optimizer = if with_optimizer {
+        manifests.next()
+    } else {
+        None
+    };
     Ok(GpuTrainingArtifact {
         model: g.name.clone(),
         ptx,
         forward_train,
         backward,
+        optimizer,
         timings,
     })
 }
