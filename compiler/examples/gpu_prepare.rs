@@ -137,6 +137,7 @@ fn case(name: &str, kind: &str, n_args: usize, reference: &str, iters: usize) ->
         backward_expected: Vec::new(),
         backward_stride: Vec::new(),
         grad_tolerance: None,
+        optimizer_manifest: None,
     }
 }
 
@@ -145,9 +146,10 @@ struct TrainArtifact {
     ptx: String,
     forward_train: LaunchManifest,
     backward: LaunchManifest,
+    optimizer: LaunchManifest,
 }
 
-/// Training PTX for sm_90 and the manifests of `forward_train` and `backward`.
+/// Training PTX for sm_90 and the manifests of `forward_train`, `backward` and `optimizer`.
 fn train_artifact(
     out: &Path,
     g: &Graph,
@@ -161,6 +163,7 @@ fn train_artifact(
     let art = compile_training(g, &opts).map_err(|e| format!("{} (training): {e}", g.name))?;
     let art = TrainArtifact {
         backward: art.backward.ok_or("a training build without a backward")?,
+        optimizer: art.optimizer.ok_or("a training build without an optimiser step")?,
         ptx: art.ptx,
         forward_train: art.forward_train,
     };
@@ -168,6 +171,7 @@ fn train_artifact(
     for (m, which) in [
         (&art.forward_train, "forward_train"),
         (&art.backward, "backward"),
+        (&art.optimizer, "optimizer"),
     ] {
         write(
             &out.join(format!("{case}.{which}.launch.json")),
@@ -175,11 +179,13 @@ fn train_artifact(
         )?;
     }
     eprintln!(
-        "{case}: {} + {} kernels, {} + {} launches, PTX {} KB",
+        "{case}: {} + {} + {} kernels, {} + {} + {} launches, PTX {} KB",
         art.forward_train.kernels.len(),
         art.backward.kernels.len(),
+        art.optimizer.kernels.len(),
         art.forward_train.launches().count(),
         art.backward.launches().count(),
+        art.optimizer.launches().count(),
         art.ptx.len() / 1024
     );
     Ok(art)
@@ -197,6 +203,7 @@ fn training_case(
     let mut k = case(name, kind, art.forward_train.args.len(), reference, iters);
     k.manifest = format!("{name}.forward_train.launch.json");
     k.backward_manifest = Some(format!("{name}.backward.launch.json"));
+    k.optimizer_manifest = Some(format!("{name}.optimizer.launch.json"));
     k.backward_args = vec![None; art.backward.args.len()];
     k.backward_expected = vec![None; art.backward.args.len()];
     k.backward_stride = vec![1; art.backward.args.len()];

@@ -1,12 +1,14 @@
 //! Replays a GPU check bundle (see snnc's `examples/gpu_prepare.rs`) on the first GPU:
-//! differential checks of the forward and of one training step (forward_train + backward)
-//! against the bundled references, and timings of both.
+//! differential checks of the forward and of training steps (forward_train + backward against
+//! the bundled references, the optimiser step against the host's Adam), and timings of both.
 //!
 //! `gpu_check BUNDLE_DIR` — exit 0 all pass, 1 a failure, 2 usage, 3 no GPU (skipped).
 
 use snn_runtime::gpu::manifest::ArgSpec;
 use snn_runtime::gpu::manifest::{ArgSource, CheckCase, LaunchManifest, uniform_f32};
-use snn_runtime::gpu::{GpuDevice, GpuError, GpuModel, TrainingPair};
+use snn_runtime::gpu::{GpuDevice, GpuError, GpuModel, RunStats, TrainingFunctions};
+use snn_runtime::train::{Optimizer, OptimizerConfig};
+use ndarray::{ArrayD, IxDyn};
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -134,8 +136,13 @@ fn run_case(dev: &GpuDevice, dir: &Path, case: &CheckCase) -> Result<String, Str
             .as_deref()
             .ok_or("a training case without a backward manifest")?;
         let backward = read_manifest(dir, backward)?;
-        let pair =
-            TrainingPair::load(dev, &ptx, manifest, Some(backward)).map_err(|e| e.to_string())?;
+        let optimizer = case
+            .optimizer_manifest
+            .as_deref()
+            .map(|m| read_manifest(dir, m))
+            .transpose()?;
+        let pair = TrainingFunctions::load(dev, &ptx, manifest, Some(backward), optimizer)
+            .map_err(|e| e.to_string())?;
         // Checks start every temporary as NaN: a read before the first write shows.
         pair.module().set_poison_temporaries(case.kind == "train");
         return run_training_case(dev, dir, case, pair);
@@ -206,7 +213,7 @@ type TrainingHost = (Vec<Vec<f32>>, Vec<Vec<f32>>);
 fn training_host(
     dir: &Path,
     case: &CheckCase,
-    pair: &TrainingPair,
+    pair: &TrainingFunctions,
 ) -> Result<TrainingHost, String> {
     Ok((
         host_args(dir, pair.forward_args(), &case.args)?,
@@ -214,22 +221,25 @@ fn training_host(
     ))
 }
 
-/// What a training step sends to the device: the forward's inputs, parameters and running
-/// statistics, and the backward's output gradients.
-fn upload_training(pair: &mut TrainingPair, (fwd, bwd): &TrainingHost) -> Result<(), String> {
-    let roles: Vec<String> = pair.forward_args().iter().map(|a| a.role.clone()).collect();
-    for (k, (h, role)) in fwd.iter().zip(&roles).enumerate() {
-        if matches!(role.as_str(), "input" | "param" | "state") {
+/// Uploads the forward arguments of `roles` and the backward's output gradients.
+fn upload(
+    pair: &mut TrainingFunctions,
+    (fwd, bwd): &TrainingHost,
+    roles: &[&str],
+) -> Result<(), String> {
+    let forward: Vec<String> = pair.forward_args().iter().map(|a| a.role.clone()).collect();
+    for (k, (h, role)) in fwd.iter().zip(&forward).enumerate() {
+        if roles.contains(&role.as_str()) {
             let b = pair.forward_buffer_mut(k).ok_or("forward buffer")?;
             b.upload(h).map_err(|e| e.to_string())?;
         }
     }
-    let roles: Vec<String> = pair
+    let backward: Vec<String> = pair
         .backward_args()
         .iter()
         .map(|a| a.role.clone())
         .collect();
-    for (k, (h, role)) in bwd.iter().zip(&roles).enumerate() {
+    for (k, (h, role)) in bwd.iter().zip(&backward).enumerate() {
         if role == "d_output" {
             let b = pair.backward_buffer_mut(k).ok_or("backward buffer")?;
             b.upload(h).map_err(|e| e.to_string())?;
@@ -238,8 +248,15 @@ fn upload_training(pair: &mut TrainingPair, (fwd, bwd): &TrainingHost) -> Result
     Ok(())
 }
 
+/// What stays on the device between steps: parameters and running statistics.
+const RESIDENT: &[&str] = &["param", "state"];
+/// What a step sends: the batch (the output gradients go with it).
+const BATCH: &[&str] = &["input"];
+
 /// The backward's results: (index, name, values) of every parameter and input gradient.
-fn download_gradients(pair: &TrainingPair) -> Result<Vec<(usize, String, Vec<f32>)>, String> {
+fn download_gradients(
+    pair: &TrainingFunctions,
+) -> Result<Vec<(usize, String, Vec<f32>)>, String> {
     let mut out = Vec::new();
     for (k, a) in pair.backward_args().iter().enumerate() {
         if matches!(a.role.as_str(), "d_param" | "d_input") {
@@ -250,17 +267,44 @@ fn download_gradients(pair: &TrainingPair) -> Result<Vec<(usize, String, Vec<f32
     Ok(out)
 }
 
-/// One training step as the executor runs it, timed: what it ran and downloaded.
-struct TimedStep {
-    forward: snn_runtime::gpu::RunStats,
-    backward: snn_runtime::gpu::RunStats,
-    grads: Vec<(usize, String, Vec<f32>)>,
-    wall_ms: f64,
-    /// Wall ms of the upload, forward, backward (with zeroing the gradients) and download.
-    phases: [f64; 4],
+/// The model outputs (the driver computes the loss from them on the host).
+fn download_outputs(pair: &TrainingFunctions) -> Result<usize, String> {
+    let mut n = 0;
+    for (k, a) in pair.forward_args().iter().enumerate() {
+        if a.role == "output" {
+            let v = pair
+                .forward_buffer(k)
+                .ok_or("forward buffer")?
+                .download()
+                .map_err(|e| e.to_string())?;
+            if v.iter().any(|x| !x.is_finite()) {
+                return Err(format!("output `{}` is not finite", a.name));
+            }
+            n += v.len();
+        }
+    }
+    Ok(n)
 }
 
-fn training_step(pair: &mut TrainingPair, host: &TrainingHost) -> Result<TimedStep, String> {
+/// One training step as `snnc train --device gpu` runs it with Adam on the device, timed.
+struct TimedStep {
+    forward: RunStats,
+    backward: RunStats,
+    optimizer: RunStats,
+    wall_ms: f64,
+    /// Wall ms of the batch upload, forward, backward (with zeroing the gradients),
+    /// optimiser step (with its scalars' upload) and the outputs' download.
+    phases: [f64; 5],
+}
+
+/// Uploads the batch and output gradients, runs forward_train, backward and the optimiser
+/// step with `adam`'s next scalars, and downloads the outputs. Parameters, gradients and
+/// moments stay on the device.
+fn training_step(
+    pair: &mut TrainingFunctions,
+    host: &TrainingHost,
+    adam: &mut Optimizer,
+) -> Result<TimedStep, String> {
     let start = std::time::Instant::now();
     let mut t = start;
     let mut lap = || {
@@ -268,49 +312,154 @@ fn training_step(pair: &mut TrainingPair, host: &TrainingHost) -> Result<TimedSt
         t = std::time::Instant::now();
         ms
     };
-    upload_training(pair, host)?;
-    let upload = lap();
+    upload(pair, host, BATCH)?;
+    let upload_ms = lap();
     let forward = pair.run_forward().map_err(|e| e.to_string())?;
     let forward_ms = lap();
     let backward = pair.run_backward().map_err(|e| e.to_string())?;
     let backward_ms = lap();
-    let grads = download_gradients(pair)?;
-    let download = lap();
+    let all = vec![true; pair.optimizer_args().len().saturating_sub(1) / 4];
+    let scalars = adam
+        .device_scalars(ADAM_LR, &all)
+        .map_err(|e| e.to_string())?
+        .ok_or("Adam's update runs on the device")?;
+    let optimizer = pair.run_optimizer(&scalars).map_err(|e| e.to_string())?;
+    adam.record_device_step(&all).map_err(|e| e.to_string())?;
+    let optimizer_ms = lap();
+    download_outputs(pair)?;
+    let download_ms = lap();
     Ok(TimedStep {
         forward,
         backward,
-        grads,
+        optimizer,
         wall_ms: start.elapsed().as_secs_f64() * 1e3,
-        phases: [upload, forward_ms, backward_ms, download],
+        phases: [upload_ms, forward_ms, backward_ms, optimizer_ms, download_ms],
     })
 }
 
-/// `train`: one forward_train + backward, outputs, running statistics and gradients checked;
-/// `train_time`: the step timed over `iters` runs after a warm-up (each run uploads the
-/// parameters and output gradients and downloads the gradients, as the executor does),
-/// gradients finite.
+/// The learning rate of the steps here (the gesture network's, docs/gpu.md).
+const ADAM_LR: f64 = 1e-3;
+
+/// A fresh Adam over the optimiser step's parameters.
+fn adam_for(pair: &TrainingFunctions) -> Result<Optimizer, String> {
+    let shapes: Vec<Vec<usize>> = pair
+        .optimizer_args()
+        .iter()
+        .filter(|a| a.role == "param")
+        .map(|a| a.shape.clone())
+        .collect();
+    if shapes.is_empty() {
+        return Err("the case has no optimiser step".into());
+    }
+    Optimizer::new(OptimizerConfig::adam(ADAM_LR), &shapes).map_err(|e| e.to_string())
+}
+
+/// Downloads the optimiser arguments of `role` as f64 arrays.
+fn optimizer_values(pair: &TrainingFunctions, role: &str) -> Result<Vec<ArrayD<f64>>, String> {
+    pair.optimizer_args()
+        .iter()
+        .enumerate()
+        .filter(|(_, a)| a.role == role)
+        .map(|(k, a)| {
+            let v = pair
+                .optimizer_buffer(k)
+                .ok_or("optimizer buffer")?
+                .download()
+                .map_err(|e| e.to_string())?;
+            ArrayD::from_shape_vec(IxDyn(&a.shape), v.into_iter().map(f64::from).collect())
+                .map_err(|e| e.to_string())
+        })
+        .collect()
+}
+
+/// Two optimiser steps on the device against the host's Adam (f64) from the same parameters
+/// and gradients: parameters and both moments after each. Returns the worst relative error.
+fn check_optimizer(pair: &mut TrainingFunctions, host: &TrainingHost) -> Result<f64, String> {
+    let mut adam = adam_for(pair)?;
+    let mut params = optimizer_values(pair, "param")?;
+    let all = vec![true; params.len()];
+    let mut worst = 0f64;
+    for step in 0..2 {
+        if step > 0 {
+            upload(pair, host, BATCH)?;
+            pair.run_forward().map_err(|e| e.to_string())?;
+            pair.run_backward().map_err(|e| e.to_string())?;
+        }
+        let grads: Vec<Option<ArrayD<f64>>> = optimizer_values(pair, "d_param")?
+            .into_iter()
+            .map(Some)
+            .collect();
+        let scalars = adam
+            .device_scalars(ADAM_LR, &all)
+            .map_err(|e| e.to_string())?
+            .ok_or("Adam runs on the device")?;
+        pair.run_optimizer(&scalars).map_err(|e| e.to_string())?;
+        adam.step(&mut params, &grads, ADAM_LR)
+            .map_err(|e| e.to_string())?;
+        let got_params = optimizer_values(pair, "param")?;
+        let moments = optimizer_values(pair, "optimizer_state")?;
+        let (m, v) = moments.split_at(params.len());
+        for (k, p) in params.iter().enumerate() {
+            let (hm, hv) = adam.moments(k).ok_or("host moments")?;
+            for (what, got, want) in [
+                ("parameter", &got_params[k], p),
+                ("exp_avg", &m[k], hm),
+                ("exp_avg_sq", &v[k], hv),
+            ] {
+                // Relative to the tensor's scale: a moment of a gradient that is zero by
+                // construction is f32 noise squared.
+                let scale = want.iter().fold(0f64, |a, x| a.max(x.abs()));
+                for (i, (g, w)) in got.iter().zip(want.iter()).enumerate() {
+                    let err = (g - w).abs() / w.abs().max(1e-3 * scale).max(1e-30);
+                    let err = if err.is_nan() { f64::INFINITY } else { err };
+                    if err > 1e-5 {
+                        return Err(format!(
+                            "optimiser step {}: {what} {k} at {i}: device {g}, host {w} (rel err {err:e})",
+                            step + 1
+                        ));
+                    }
+                    worst = worst.max(err);
+                }
+            }
+        }
+        // The host's parameters continue from the device's, so that each step compares one
+        // update, not f32 drift.
+        params = got_params;
+    }
+    Ok(worst)
+}
+
+/// `train`: one forward_train + backward, outputs, running statistics and gradients checked,
+/// then two optimiser steps against the host's Adam; `train_time`: the step timed over
+/// `iters` runs after a warm-up, as the executor runs it with Adam on the device (parameters
+/// uploaded once; each step uploads the batch and output gradients and downloads the
+/// outputs), gradients finite.
 fn run_training_case(
     dev: &GpuDevice,
     dir: &Path,
     case: &CheckCase,
-    mut pair: TrainingPair,
+    mut pair: TrainingFunctions,
 ) -> Result<String, String> {
     let host = training_host(dir, case, &pair)?;
-    let grad_tol = case.grad_tolerance.unwrap_or(case.tolerance);
-    let (free0, total) = dev.mem_info().map_err(|e| e.to_string())?;
-    let steps = if case.kind == "train" {
-        1
+    upload(&mut pair, &host, RESIDENT)?;
+    if case.kind == "train" {
+        check_training(dir, case, &mut pair, &host)
     } else {
-        case.iters.max(1) + 1
-    };
-    let (mut runs, mut grads, mut phases) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..steps {
-        let step = training_step(&mut pair, &host)?;
-        runs.push((step.forward, step.backward, step.wall_ms));
-        phases.push(step.phases);
-        grads = step.grads;
+        time_training(dev, case, &mut pair, &host)
     }
-    let (free1, _) = dev.mem_info().map_err(|e| e.to_string())?;
+}
+
+fn check_training(
+    dir: &Path,
+    case: &CheckCase,
+    pair: &mut TrainingFunctions,
+    host: &TrainingHost,
+) -> Result<String, String> {
+    let grad_tol = case.grad_tolerance.unwrap_or(case.tolerance);
+    upload(pair, host, BATCH)?;
+    let f = pair.run_forward().map_err(|e| e.to_string())?;
+    let b = pair.run_backward().map_err(|e| e.to_string())?;
+    let grads = download_gradients(pair)?;
     let mut worst = (0f64, 0f64);
     let (mut checked, mut failures) = (0, Vec::new());
     for (k, (a, want)) in pair.forward_args().iter().zip(&case.expected).enumerate() {
@@ -383,6 +532,17 @@ fn run_training_case(
         sums += 1;
         exact += usize::from(binary);
     }
+    let optimizer = if pair.optimizer_args().is_empty() {
+        "no optimiser step".to_string()
+    } else {
+        match check_optimizer(pair, host) {
+            Ok(w) => format!("2 Adam steps on the device match the host's (max rel err {w:.1e})"),
+            Err(e) => {
+                failures.push(e);
+                String::new()
+            }
+        }
+    };
     if !failures.is_empty() {
         // Every tensor that is off, not only the first: one GPU run has to tell all.
         return Err(format!(
@@ -391,67 +551,81 @@ fn run_training_case(
             failures.join("; ")
         ));
     }
-    let (f, b, first_wall) = runs[0].clone();
-    if case.kind == "train" {
-        return Ok(format!(
-            "vs {}: forward_train {} + backward {} launches, {:.3} + {:.3} ms device; {checked} tensors checked; max rel err {:.2e} values (tol {:.0e}), {:.2e} gradients (tol {:.0e}); {sums} saved sums on the device match ({exact} spike counts exactly)",
-            case.reference,
-            f.launches,
-            b.launches,
-            f.device_ms,
-            b.device_ms,
-            worst.0,
-            case.tolerance,
-            worst.1,
-            grad_tol
-        ));
+    Ok(format!(
+        "vs {}: forward_train {} + backward {} launches, {:.3} + {:.3} ms device; {checked} tensors checked; max rel err {:.2e} values (tol {:.0e}), {:.2e} gradients (tol {:.0e}); {sums} saved sums on the device match ({exact} spike counts exactly); {optimizer}",
+        case.reference,
+        f.launches,
+        b.launches,
+        f.device_ms,
+        b.device_ms,
+        worst.0,
+        case.tolerance,
+        worst.1,
+        grad_tol
+    ))
+}
+
+fn time_training(
+    dev: &GpuDevice,
+    case: &CheckCase,
+    pair: &mut TrainingFunctions,
+    host: &TrainingHost,
+) -> Result<String, String> {
+    let (free0, total) = dev.mem_info().map_err(|e| e.to_string())?;
+    let mut adam = adam_for(pair)?;
+    // The first step pays for lazy loading of the kernels; the rest are timed.
+    let steps = case.iters.max(1) + 1;
+    let mut runs = Vec::new();
+    for _ in 0..steps {
+        runs.push(training_step(pair, host, &mut adam)?);
     }
+    let (free1, _) = dev.mem_info().map_err(|e| e.to_string())?;
+    let grads = download_gradients(pair)?;
+    if let Some((_, name, _)) = grads
+        .iter()
+        .find(|(_, _, g)| g.iter().any(|x| !x.is_finite()))
+    {
+        return Err(format!("gradient `{name}` is not finite"));
+    }
+    let first_wall = runs[0].wall_ms;
     let timed = &runs[1..];
-    let mean = |v: &mut dyn Iterator<Item = f64>| {
-        let v: Vec<f64> = v.collect();
-        v.iter().sum::<f64>() / v.len().max(1) as f64
+    let mean = |f: &dyn Fn(&TimedStep) -> f64| {
+        timed.iter().map(f).sum::<f64>() / timed.len().max(1) as f64
     };
-    print_profile(&case.name, &mut pair)?;
-    let phase = |i: usize| {
-        let timed = &phases[1..];
-        timed.iter().map(|p| p[i]).sum::<f64>() / timed.len().max(1) as f64
-    };
+    print_profile(&case.name, pair, &mut adam)?;
+    let phase = |i: usize| mean(&|s: &TimedStep| s.phases[i]);
     println!(
-        "wall phases {}: upload {:.2} ms, forward_train {:.2} ms, backward {:.2} ms (with zeroing the gradients), gradient download {:.2} ms",
+        "wall phases {}: batch upload {:.2} ms, forward_train {:.2} ms, backward {:.2} ms (with zeroing the gradients), Adam {:.2} ms, output download {:.2} ms",
         case.name,
         phase(0),
         phase(1),
         phase(2),
-        phase(3)
+        phase(3),
+        phase(4)
     );
     // The same step with the matrix products on the tensor cores (TF32), as PyTorch runs
     // convolutions by default.
     pair.module().set_tf32(true);
     let mut tf32 = Vec::new();
     for _ in 0..steps {
-        let step = training_step(&mut pair, &host)?;
-        tf32.push((
-            step.forward.device_ms,
-            step.backward.device_ms,
-            step.wall_ms,
-        ));
+        tf32.push(training_step(pair, host, &mut adam)?);
     }
     pair.module().set_tf32(false);
-    let n = (tf32.len() - 1).max(1) as f64;
+    let tf = &tf32[1..];
+    let tmean = |f: &dyn Fn(&TimedStep) -> f64| tf.iter().map(f).sum::<f64>() / tf.len() as f64;
     println!(
-        "tf32 {}: forward_train {:.2} ms + backward {:.2} ms device; step {:.2} ms wall (mean of {})",
+        "tf32 {}: forward_train {:.2} ms + backward {:.2} ms + Adam {:.2} ms device; step {:.2} ms wall, {:.2} ms without the batch upload (mean of {})",
         case.name,
-        tf32[1..].iter().map(|r| r.0).sum::<f64>() / n,
-        tf32[1..].iter().map(|r| r.1).sum::<f64>() / n,
-        tf32[1..].iter().map(|r| r.2).sum::<f64>() / n,
-        tf32.len() - 1
+        tmean(&|s| s.forward.device_ms),
+        tmean(&|s| s.backward.device_ms),
+        tmean(&|s| s.optimizer.device_ms),
+        tmean(&|s| s.wall_ms),
+        tmean(&|s| s.wall_ms - s.phases[0]),
+        tf.len()
     );
-    let fwd = mean(&mut timed.iter().map(|(f, _, _)| f.device_ms));
-    let bwd = mean(&mut timed.iter().map(|(_, b, _)| b.device_ms));
-    let wall = mean(&mut timed.iter().map(|(_, _, w)| *w));
     let peak = timed
         .iter()
-        .map(|(f, b, _)| f.peak_bytes.max(b.peak_bytes))
+        .map(|s| s.forward.peak_bytes.max(s.backward.peak_bytes))
         .max()
         .unwrap_or(0);
     let args_bytes: usize = pair
@@ -462,13 +636,24 @@ fn run_training_case(
                 .iter()
                 .filter(|a| a.role.starts_with("d_")),
         )
+        .chain(
+            pair.optimizer_args()
+                .iter()
+                .filter(|a| a.role == "optimizer_state"),
+        )
         .map(|a| a.shape.iter().product::<usize>() * 4)
         .sum();
     Ok(format!(
-        "training step: forward_train {fwd:.2} ms + backward {bwd:.2} ms device (mean of {}); step {wall:.2} ms wall with uploads and gradient downloads, no optimiser; {} + {} launches (first step {first_wall:.2} ms wall); {} gradients finite; peak {:.1} MiB in one function's buffers (all arguments {:.1} MiB), device used {:.0}/{:.0} MiB (before {:.0})",
+        "training step: forward_train {:.2} ms + backward {:.2} ms + Adam {:.2} ms device (mean of {}); step {:.2} ms wall, {:.2} ms without the batch upload (parameters and Adam's state stay on the device); {} + {} + {} launches (first step {first_wall:.2} ms wall); {} gradients finite; peak {:.1} MiB in one function's buffers (all arguments {:.1} MiB), device used {:.0}/{:.0} MiB (before {:.0})",
+        mean(&|s| s.forward.device_ms),
+        mean(&|s| s.backward.device_ms),
+        mean(&|s| s.optimizer.device_ms),
         timed.len(),
-        f.launches,
-        b.launches,
+        mean(&|s| s.wall_ms),
+        mean(&|s| s.wall_ms - s.phases[0]),
+        timed[0].forward.launches,
+        timed[0].backward.launches,
+        timed[0].optimizer.launches,
         grads.len(),
         peak as f64 / 1048576.0,
         args_bytes as f64 / 1048576.0,
@@ -480,16 +665,28 @@ fn run_training_case(
 
 /// One more step with every launch timed: the slowest kernels on stdout, every launch in the
 /// CSV file named by `GPU_PROFILE_CSV` when set.
-fn print_profile(case: &str, pair: &mut TrainingPair) -> Result<(), String> {
+fn print_profile(
+    case: &str,
+    pair: &mut TrainingFunctions,
+    adam: &mut Optimizer,
+) -> Result<(), String> {
     pair.set_profiling(true);
     let f = pair.run_forward().map_err(|e| e.to_string())?;
     let b = pair.run_backward().map_err(|e| e.to_string())?;
+    let all = vec![true; pair.optimizer_args().len().saturating_sub(1) / 4];
+    let scalars = adam
+        .device_scalars(ADAM_LR, &all)
+        .map_err(|e| e.to_string())?
+        .ok_or("Adam runs on the device")?;
+    let o = pair.run_optimizer(&scalars).map_err(|e| e.to_string())?;
+    adam.record_device_step(&all).map_err(|e| e.to_string())?;
     pair.set_profiling(false);
     let mut rows: Vec<(&str, &snn_runtime::gpu::KernelTime)> = f
         .kernels
         .iter()
         .map(|k| ("forward_train", k))
         .chain(b.kernels.iter().map(|k| ("backward", k)))
+        .chain(o.kernels.iter().map(|k| ("optimizer", k)))
         .collect();
     let total: f64 = rows.iter().map(|(_, k)| k.ms).sum();
     if let Ok(path) = std::env::var("GPU_PROFILE_CSV") {
@@ -507,11 +704,12 @@ fn print_profile(case: &str, pair: &mut TrainingPair) -> Result<(), String> {
     }
     rows.sort_by(|a, b| b.1.ms.total_cmp(&a.1.ms));
     println!(
-        "profile {case}: {:.2} ms in {} launches (forward_train {:.2}, backward {:.2}; timed one by one)",
+        "profile {case}: {:.2} ms in {} launches (forward_train {:.2}, backward {:.2}, optimizer {:.2}; timed one by one)",
         total,
         rows.len(),
         f.kernels.iter().map(|k| k.ms).sum::<f64>(),
-        b.kernels.iter().map(|k| k.ms).sum::<f64>()
+        b.kernels.iter().map(|k| k.ms).sum::<f64>(),
+        o.kernels.iter().map(|k| k.ms).sum::<f64>()
     );
     for (func, k) in rows.iter().take(25) {
         println!(

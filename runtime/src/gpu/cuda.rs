@@ -275,6 +275,22 @@ impl DeviceBuffer {
         .map_err(driver("cuMemcpyDtoH"))
     }
 
+    /// Copies `src` (same length) into this buffer, on the device.
+    pub fn copy_from(&mut self, src: &DeviceBuffer) -> Result<(), GpuError> {
+        if src.len != self.len {
+            return Err(GpuError::Usage(format!(
+                "device copy of {} values into a buffer of {}",
+                src.len, self.len
+            )));
+        }
+        self.ctx
+            .bind_to_thread()
+            .map_err(driver("cuCtxSetCurrent"))?;
+        // SAFETY: both allocations hold `len.max(1) * 4` bytes; the copy is synchronous.
+        unsafe { result::memcpy_dtod_sync(self.ptr, src.ptr, self.len * 4) }
+            .map_err(driver("cuMemcpyDtoD"))
+    }
+
     /// Sets every value to zero.
     pub fn zero(&mut self) -> Result<(), GpuError> {
         self.ctx

@@ -682,4 +682,8 @@ pub struct CheckCase {
     /// The tolerance for gradients (`tolerance` when absent).
     #[serde(default)]
     pub grad_tolerance: Option<f64>,
+    /// Training cases: the optimiser step's manifest (the same PTX), run after the backward
+    /// (`train`: checked against the host's Adam; `train_time`: part of the timed step).
+    #[serde(default)]
+    pub optimizer_manifest: Option<String>,
 }

@@ -12,7 +12,7 @@ mod train;
 #[cfg(feature = "gpu")]
 pub use cuda::{DeviceBuffer, DeviceInfo, GpuDevice, GpuModel, GpuModule, KernelTime, RunStats};
 #[cfg(feature = "gpu")]
-pub use train::TrainingPair;
+pub use train::TrainingFunctions;
 
 pub use manifest::LaunchManifest;
 

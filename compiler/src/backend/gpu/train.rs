@@ -8,13 +8,13 @@ use super::{GpuOptions, GpuTimings, compile_training_with};
 use crate::ir::Graph;
 use crate::mlir::LowerOptions;
 use crate::mlir::grad::{TrainArg, TrainRole, backward_signature, forward_train_signature};
-use snn_runtime::gpu::{GpuDevice, RunStats, TrainingPair};
+use snn_runtime::gpu::{GpuDevice, RunStats, TrainingFunctions};
 
 /// A model's training functions loaded on a GPU, with their device buffers.
 pub struct GpuTraining {
     model: String,
     batch: usize,
-    pair: TrainingPair,
+    pair: TrainingFunctions,
     forward_sig: Vec<TrainArg>,
     backward_sig: Vec<TrainArg>,
     pub timings: GpuTimings,
@@ -61,7 +61,7 @@ impl GpuTraining {
         let forward_sig =
             forward_train_signature(g, &lower).map_err(|e| format!("{}: {e}", g.name))?;
         let backward_sig = backward_signature(g, &lower).map_err(|e| format!("{}: {e}", g.name))?;
-        let pair = TrainingPair::load(dev, &art.ptx, art.forward_train, art.backward)
+        let pair = TrainingFunctions::load(dev, &art.ptx, art.forward_train, art.backward, None)
             .map_err(|e| e.to_string())?;
         Ok(GpuTraining {
             model: g.name.clone(),
