@@ -337,6 +337,77 @@ fn training_step(
     })
 }
 
+/// Puts the parameters back to the case's and Adam's moments to zero.
+fn reset_state(pair: &mut TrainingFunctions, host: &TrainingHost) -> Result<(), String> {
+    upload(pair, host, RESIDENT)?;
+    let moments: Vec<usize> = (0..pair.optimizer_args().len())
+        .filter(|&k| pair.optimizer_args()[k].role == "optimizer_state")
+        .collect();
+    for k in moments {
+        let b = pair.optimizer_buffer_mut(k).ok_or("optimizer buffer")?;
+        b.zero().map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// One step with Adam from the case's state, launch by launch or as graphs: every gradient
+/// and updated parameter, in argument order.
+fn step_values(
+    pair: &mut TrainingFunctions,
+    host: &TrainingHost,
+    graphs: bool,
+) -> Result<Vec<Vec<f32>>, String> {
+    reset_state(pair, host)?;
+    pair.module().set_graphs(graphs);
+    let mut adam = adam_for(pair)?;
+    training_step(pair, host, &mut adam)?;
+    let mut values: Vec<Vec<f32>> = download_gradients(pair)?
+        .into_iter()
+        .map(|(_, _, v)| v)
+        .collect();
+    for p in optimizer_values(pair, "param")? {
+        values.push(p.iter().map(|v| *v as f32).collect());
+    }
+    Ok(values)
+}
+
+/// The step replayed as CUDA graphs computes what it does launch by launch: gradients and
+/// updated parameters to f32 rounding (cuBLAS may pick other kernels under capture), checked
+/// from the same state. Leaves the state reset and graphs on (unless capturing failed).
+fn graphs_match_launches(
+    pair: &mut TrainingFunctions,
+    host: &TrainingHost,
+) -> Result<String, String> {
+    let direct = step_values(pair, host, false)?;
+    let graph = step_values(pair, host, true)?;
+    reset_state(pair, host)?;
+    if let Some(e) = pair.module().graph_error() {
+        return Ok(format!("launch by launch: capturing a graph failed ({e})"));
+    }
+    let (mut worst, mut identical) = (0f64, true);
+    for (d, g) in direct.iter().zip(&graph) {
+        let scale = d.iter().fold(0f64, |m, x| m.max(f64::from(x.abs())));
+        for (a, b) in d.iter().zip(g) {
+            identical &= a.to_bits() == b.to_bits();
+            let err = f64::from((a - b).abs()) / scale.max(1e-30);
+            worst = worst.max(if err.is_nan() { f64::INFINITY } else { err });
+        }
+    }
+    if worst > 1e-5 {
+        return Err(format!(
+            "the step as CUDA graphs differs from launch by launch: max error {worst:e} of a tensor's largest value"
+        ));
+    }
+    Ok(format!(
+        "replayed as CUDA graphs ({}, checked against launch by launch)",
+        if identical {
+            "bit-identical gradients and parameters".to_string()
+        } else {
+            format!("gradients and parameters within {worst:.1e}")
+        }
+    ))
+}
+
 /// The learning rate of the steps here (the gesture network's, docs/gpu.md).
 const ADAM_LR: f64 = 1e-3;
 
@@ -572,8 +643,10 @@ fn time_training(
     host: &TrainingHost,
 ) -> Result<String, String> {
     let (free0, total) = dev.mem_info().map_err(|e| e.to_string())?;
+    let graphs = graphs_match_launches(pair, host)?;
     let mut adam = adam_for(pair)?;
-    // The first step pays for lazy loading of the kernels; the rest are timed.
+    // The first step pays for lazy loading of the kernels (and capturing the graphs); the
+    // rest are timed.
     let steps = case.iters.max(1) + 1;
     let mut runs = Vec::new();
     for _ in 0..steps {
@@ -644,7 +717,7 @@ fn time_training(
         .map(|a| a.shape.iter().product::<usize>() * 4)
         .sum();
     Ok(format!(
-        "training step: forward_train {:.2} ms + backward {:.2} ms + Adam {:.2} ms device (mean of {}); step {:.2} ms wall, {:.2} ms without the batch upload (parameters and Adam's state stay on the device); {} + {} + {} launches (first step {first_wall:.2} ms wall); {} gradients finite; peak {:.1} MiB in one function's buffers (all arguments {:.1} MiB), device used {:.0}/{:.0} MiB (before {:.0})",
+        "training step: forward_train {:.2} ms + backward {:.2} ms + Adam {:.2} ms device (mean of {}); step {:.2} ms wall, {:.2} ms without the batch upload (parameters and Adam's state stay on the device); {graphs}; {} + {} + {} launches (first step {first_wall:.2} ms wall); {} gradients finite; peak {:.1} MiB in one function's buffers (all arguments {:.1} MiB), device used {:.0}/{:.0} MiB (before {:.0})",
         mean(&|s| s.forward.device_ms),
         mean(&|s| s.backward.device_ms),
         mean(&|s| s.optimizer.device_ms),

@@ -1844,12 +1844,25 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
         if fx.flat {
             // Flat form: Σdy and Σdy·x̂ per channel (split over the leading axes by
             // `split_sums`) into a [2, C] buffer, then one kernel applies dx, as the forward
-            // does its statistics.
+            // does its statistics. Each element reads its dy: for a pooled dy, a quarter of
+            // its window's pooled value.
+            let (ph, pw) = (x.dims.len() - 2, x.dims.len() - 1);
+            let dy_at = |b: &Block<'c>, idx: &[V<'c>]| {
+                if !pooled {
+                    return fx.load(b, dy.mem, idx);
+                }
+                let mut o = idx.to_vec();
+                for p in [ph, pw] {
+                    o[p] = fx.bin(b, "arith.divui", idx[p], fx.cidx(2));
+                }
+                let d = fx.load(b, dy.mem, &o);
+                fx.mulf(b, d, fx.cf(0.25))
+            };
             let sums = self.alloc(&[2, x.dims[pa]]);
             let at = |k: i64, c: V<'c>| [fx.cidx(k), c];
             let terms = |b: &Block<'c>, o: &[V<'c>], r: &[V<'c>]| {
                 let idx = insert_at(r, pa, o[0]);
-                let d = fx.load(b, dy.mem, &idx);
+                let d = dy_at(b, &idx);
                 let xh = xhat(b, &idx, moments(b, o[0]), false);
                 vec![d, fx.mulf(b, d, xh)]
             };
@@ -1869,7 +1882,7 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
                 let c = idx[pa];
                 let s = (fx.load(b, sums, &at(0, c)), fx.load(b, sums, &at(1, c)));
                 let ch = channel(b, c);
-                let d = fx.load(b, dy.mem, idx);
+                let d = dy_at(b, idx);
                 apply(b, idx, d, ch, s, false);
             });
             fx.stmt(fx.entry, "memref.dealloc", &[sums]);

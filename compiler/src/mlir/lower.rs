@@ -2133,8 +2133,13 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
         if fx.flat {
             // Flat form: mean and 1/std per channel in a [2, C] buffer between kernels (a
             // nested parallel loop after side effects cannot be one GPU launch), each sum
-            // split over the leading axes (`split_sums`), then one kernel normalises.
-            let stats = fx.alloc(&[2, x.dims[pa]]);
+            // split over the leading axes (`split_sums`), then one kernel normalises; left to
+            // its pool, the statistics go straight to `y`.
+            let stats = if for_pool {
+                y.mem
+            } else {
+                fx.alloc(&[2, x.dims[pa]])
+            };
             let at = |k: i64, c: V<'c>| [fx.cidx(k), c];
             let value = |b: &Block<'c>, o: &[V<'c>], r: &[V<'c>]| {
                 fx.load(b, x.mem, &insert_at(r, pa, o[0]))
@@ -2162,6 +2167,9 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
                 let inv_std = channel_stats(b, o[0], mean, s[0]);
                 fx.store(b, inv_std, stats, &at(1, o[0]));
             });
+            if for_pool {
+                return Ok(());
+            }
             fx.par(fx.entry, &x.dims, |b, idx| {
                 let c = idx[pa];
                 let mean = fx.load(b, stats, &at(0, c));
@@ -2963,7 +2971,7 @@ fn lane_base<'c>(
 
 /// The batchnorm that average-pool `pool` reads, when the pool's gradient can stand in for the
 /// batchnorm's (the MA-SNN conv layers' `bn -> pool.avg(2)`): 2×2 windows at stride 2 tiling
-/// the last two axes, the batchnorm's output read by nothing else, loops not flat. The
+/// the last two axes, the batchnorm's output read by nothing else (in every loop form). The
 /// batchnorm's backward then reads each pooled value for its window instead of a full-size
 /// gradient the pool's backward would write first (a write and two reads of the largest
 /// feature maps per step); in the training forward the pool normalises
@@ -2993,7 +3001,7 @@ fn pooled_batch_norm(g: &Graph, fx: &Fx<'_, '_>, pool: &Node) -> Option<usize> {
             .count()
             == 1;
     let is_bn = matches!(g.nodes[x].op, Op::BatchNorm { axis, .. } if ty.position(axis).is_some_and(|a| a + 2 < rank));
-    (!fx.flat && tiles && only_reader && is_bn).then_some(x)
+    (tiles && only_reader && is_bn).then_some(x)
 }
 
 /// Whether a `k`×`k` pooling with stride `s` over the width axis `pw` (of `rank` axes) runs

@@ -47,6 +47,7 @@ const TF32_TENSOR_OP_MATH: c_int = 3;
 /// An open cuBLAS with one handle bound to a stream.
 pub(super) struct Blas {
     handle: Handle,
+    set_stream: SetStreamFn,
     sgemm: SgemmStridedBatchedFn,
     set_math_mode: SetMathModeFn,
     sasum: SasumFn,
@@ -117,6 +118,7 @@ impl Blas {
         }
         let blas = Blas {
             handle,
+            set_stream,
             sgemm,
             set_math_mode,
             sasum,
@@ -124,12 +126,19 @@ impl Blas {
             destroy,
             _lib: lib,
         };
+        blas.bind(stream)?;
+        Ok(blas)
+    }
+
+    /// Sends later work to `stream` (a `CUstream` of the handle's context; null is the
+    /// default stream).
+    pub(super) fn bind(&self, stream: *mut c_void) -> Result<(), GpuError> {
         // SAFETY: a live handle and a stream of the current context.
-        let status = unsafe { set_stream(blas.handle, stream) };
+        let status = unsafe { (self.set_stream)(self.handle, stream) };
         if status != 0 {
             return Err(blas_error("cublasSetStream", status));
         }
-        Ok(blas)
+        Ok(())
     }
 
     /// Full f32 products (the default), or TF32 tensor-core products (`tf32`): operands

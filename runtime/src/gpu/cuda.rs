@@ -357,6 +357,13 @@ pub struct GpuModule {
     tf32: Cell<bool>,
     /// cuBLAS, opened at the first matrix product step.
     blas: RefCell<Option<Blas>>,
+    /// Whether replays run as CUDA graphs (see [`GpuModel::run`]); off after a capture
+    /// failed, with the reason in `graph_error`.
+    graphs: Cell<bool>,
+    graph_error: RefCell<Option<String>>,
+    /// The stream graphs are captured on and launched on (a graph cannot be captured on the
+    /// default stream), created on first use.
+    graph_stream: RefCell<Option<Arc<CudaStream>>>,
 }
 
 impl GpuModule {
@@ -379,7 +386,35 @@ impl GpuModule {
             poison: Cell::new(false),
             tf32: Cell::new(false),
             blas: RefCell::new(None),
+            graphs: Cell::new(std::env::var("SNNC_GPU_GRAPHS").map_or(true, |v| v != "0")),
+            graph_error: RefCell::new(None),
+            graph_stream: RefCell::new(None),
         }))
+    }
+
+    /// Replays as CUDA graphs (on, the default; `SNNC_GPU_GRAPHS=0` starts with them off) or
+    /// launch by launch.
+    pub fn set_graphs(&self, on: bool) {
+        self.graphs.set(on);
+    }
+
+    /// Whether replays run as graphs now.
+    pub fn graphs(&self) -> bool {
+        self.graphs.get()
+    }
+
+    /// Why graphs were turned off, if a capture failed.
+    pub fn graph_error(&self) -> Option<String> {
+        self.graph_error.borrow().clone()
+    }
+
+    fn graph_stream(&self) -> Result<Arc<CudaStream>, GpuError> {
+        if let Some(s) = self.graph_stream.borrow().as_ref() {
+            return Ok(Arc::clone(s));
+        }
+        let s = self.ctx.new_stream().map_err(driver("cuStreamCreate"))?;
+        *self.graph_stream.borrow_mut() = Some(Arc::clone(&s));
+        Ok(s)
     }
 
     /// cuBLAS bound to this module's stream, opened on first use.
@@ -402,6 +437,21 @@ impl GpuModule {
         let blas = self.blas()?;
         // SAFETY: `buf` holds `len` f32 of this context's memory.
         unsafe { blas.sum_abs(buf.ptr, buf.len) }
+    }
+
+    /// Zeroes `buf` after the work already queued on this module's stream, without waiting
+    /// (the backward's results before each run: one call per gradient, each a host round trip
+    /// when synchronous).
+    pub fn zero_queued(&self, buf: &mut DeviceBuffer) -> Result<(), GpuError> {
+        self.ctx
+            .bind_to_thread()
+            .map_err(driver("cuCtxSetCurrent"))?;
+        // SAFETY: `buf` holds at least `len.max(1) * 4` bytes of this context's memory; later
+        // work on the stream runs after the memset.
+        unsafe {
+            result::memset_d8_async(buf.ptr, 0, buf.len.max(1) * 4, self.stream.cu_stream())
+        }
+        .map_err(driver("cuMemsetD8Async"))
     }
 
     /// Makes later replays of this module's functions time each launch.
@@ -461,7 +511,37 @@ pub struct GpuModel {
     module: Rc<GpuModule>,
     functions: HashMap<String, sys::CUfunction>,
     manifest: LaunchManifest,
+    /// The replay captured as a CUDA graph, for the buffers and precision it was captured with.
+    graph: RefCell<Option<Captured>>,
 }
+
+/// What a graph was captured for: the device addresses of the arguments (temporaries come
+/// from the module's pool, which keeps every buffer it ever allocated) and the precision of
+/// the matrix products.
+#[derive(PartialEq, Eq)]
+struct GraphKey {
+    args: Vec<u64>,
+    tf32: bool,
+}
+
+/// A replay captured once and launched as one graph: a launch each for hundreds of small
+/// kernels costs more host time and more device idle time between kernels than they run.
+struct Captured {
+    key: GraphKey,
+    graph: cudarc::driver::CudaGraph,
+    launches: usize,
+    peak_bytes: usize,
+}
+
+/// A replay's launches enqueued on a stream.
+struct Enqueued {
+    launches: usize,
+    peak_bytes: usize,
+    /// Profiling: (kernel, grid, argument shapes, an event recorded after it).
+    marks: Vec<Mark>,
+}
+
+type Mark = (String, [u32; 3], Vec<Vec<usize>>, cudarc::driver::CudaEvent);
 
 impl GpuModel {
     /// JIT-compiles `ptx` with the driver and resolves every kernel of `manifest`.
@@ -493,6 +573,7 @@ impl GpuModel {
             module: Rc::clone(module),
             functions,
             manifest,
+            graph: RefCell::new(None),
         })
     }
 
@@ -514,7 +595,10 @@ impl GpuModel {
             .collect()
     }
 
-    /// Replays the host sequence over `args` (one buffer per argument) and waits.
+    /// Replays the host sequence over `args` (one buffer per argument) and waits. Unless
+    /// profiling or poisoning, the sequence is captured as a CUDA graph on the first replay
+    /// with these buffers and launched as one; should capturing fail, graphs stay off for the
+    /// module ([`GpuModule::graph_error`]) and replays go launch by launch.
     pub fn run(&self, args: &[&DeviceBuffer]) -> Result<RunStats, GpuError> {
         let m = &self.manifest;
         if args.len() != m.args.len() {
@@ -536,23 +620,181 @@ impl GpuModel {
         self.ctx
             .bind_to_thread()
             .map_err(driver("cuCtxSetCurrent"))?;
+        let module = &self.module;
+        if module.graphs.get() && !module.profiling.get() && !module.poison.get() {
+            match self.run_graph(args) {
+                Ok(stats) => return Ok(stats),
+                Err(e) => {
+                    *self.graph.borrow_mut() = None;
+                    module.graphs.set(false);
+                    *module.graph_error.borrow_mut() = Some(e.to_string());
+                }
+            }
+        }
+        self.run_direct(args)
+    }
+
+    fn event(&self) -> Result<cudarc::driver::CudaEvent, GpuError> {
+        self.ctx
+            .new_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))
+            .map_err(driver("cuEventCreate"))
+    }
+
+    /// The replay launch by launch on the module's stream.
+    fn run_direct(&self, args: &[&DeviceBuffer]) -> Result<RunStats, GpuError> {
         let wall = Instant::now();
-        let mut temps: Vec<Option<DeviceBuffer>> = (0..m.buffers.len()).map(|_| None).collect();
-        let arg_bytes: usize = args.iter().map(|b| b.len * 4).sum();
-        let (mut live, mut peak) = (arg_bytes, arg_bytes);
-        let start = self
-            .ctx
-            .new_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))
-            .map_err(driver("cuEventCreate"))?;
-        let end = self
-            .ctx
-            .new_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))
-            .map_err(driver("cuEventCreate"))?;
+        let (start, end) = (self.event()?, self.event()?);
         start
             .record(&self.stream)
             .map_err(driver("cuEventRecord"))?;
+        let q = self.enqueue(args, &self.stream, self.module.profiling.get())?;
+        end.record(&self.stream).map_err(driver("cuEventRecord"))?;
+        self.stream
+            .synchronize()
+            .map_err(driver("cuStreamSynchronize"))?;
+        let device_ms = f64::from(
+            start
+                .elapsed_ms(&end)
+                .map_err(driver("cuEventElapsedTime"))?,
+        );
+        let mut kernels = Vec::with_capacity(q.marks.len());
+        let mut previous = &start;
+        for (kernel, grid, shapes, mark) in &q.marks {
+            let ms = previous
+                .elapsed_ms(mark)
+                .map_err(driver("cuEventElapsedTime"))?;
+            kernels.push(KernelTime {
+                kernel: kernel.clone(),
+                grid: *grid,
+                shapes: shapes.clone(),
+                ms: f64::from(ms),
+            });
+            previous = mark;
+        }
+        Ok(RunStats {
+            launches: q.launches,
+            device_ms,
+            wall_ms: wall.elapsed().as_secs_f64() * 1e3,
+            peak_bytes: q.peak_bytes,
+            kernels,
+        })
+    }
+
+    /// The replay as one graph launch on the module's graph stream, captured first when
+    /// there is none for these buffers and this precision.
+    fn run_graph(&self, args: &[&DeviceBuffer]) -> Result<RunStats, GpuError> {
+        let wall = Instant::now();
+        let gs = self.module.graph_stream()?;
+        // The graph runs after everything already queued on the module's stream (uploads,
+        // zeroing).
+        let ready = self.event()?;
+        ready
+            .record(&self.stream)
+            .map_err(driver("cuEventRecord"))?;
+        gs.wait(&ready).map_err(driver("cuStreamWaitEvent"))?;
+        let key = GraphKey {
+            args: args.iter().map(|b| b.ptr).collect(),
+            tf32: self.module.tf32.get(),
+        };
+        let mut cache = self.graph.borrow_mut();
+        if cache.as_ref().is_none_or(|c| c.key != key) {
+            *cache = None;
+            *cache = Some(self.capture(args, &gs, key)?);
+        }
+        let captured = cache
+            .as_ref()
+            .ok_or_else(|| GpuError::Manifest("internal: no captured graph".into()))?;
+        let (start, end) = (self.event()?, self.event()?);
+        start.record(&gs).map_err(driver("cuEventRecord"))?;
+        captured.graph.launch().map_err(driver("cuGraphLaunch"))?;
+        end.record(&gs).map_err(driver("cuEventRecord"))?;
+        gs.synchronize().map_err(driver("cuStreamSynchronize"))?;
+        let device_ms = f64::from(
+            start
+                .elapsed_ms(&end)
+                .map_err(driver("cuEventElapsedTime"))?,
+        );
+        Ok(RunStats {
+            launches: captured.launches,
+            device_ms,
+            wall_ms: wall.elapsed().as_secs_f64() * 1e3,
+            peak_bytes: captured.peak_bytes,
+            kernels: Vec::new(),
+        })
+    }
+
+    /// Captures the replay on `gs` (cuBLAS's work goes there meanwhile). Temporaries are
+    /// taken from the module's pool as in a direct replay and given back; the pool never
+    /// frees a buffer, so the graph's addresses stay valid, and replays never overlap, so
+    /// other functions may use the same temporaries in between.
+    fn capture(
+        &self,
+        args: &[&DeviceBuffer],
+        gs: &Arc<CudaStream>,
+        key: GraphKey,
+    ) -> Result<Captured, GpuError> {
+        let gemm = self
+            .manifest
+            .steps
+            .iter()
+            .any(|s| matches!(s, Step::Gemm { .. }));
+        if gemm {
+            self.module.blas()?.bind(gs.cu_stream().cast())?;
+        }
+        gs.begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED)
+            .map_err(driver("cuStreamBeginCapture"))?;
+        let enqueued = self.enqueue(args, gs, false);
+        // Ended whatever happened, so that the stream leaves capture mode.
+        let graph = gs.end_capture(sys::CUgraphInstantiate_flags(0));
+        if gemm {
+            self.module.blas()?.bind(self.stream.cu_stream().cast())?;
+        }
+        let enqueued = enqueued?;
+        let graph = graph
+            .map_err(driver("cuStreamEndCapture"))?
+            .ok_or_else(|| GpuError::Driver {
+                call: "cuStreamEndCapture",
+                message: "no graph was captured".into(),
+            })?;
+        Ok(Captured {
+            key,
+            graph,
+            launches: enqueued.launches,
+            peak_bytes: enqueued.peak_bytes,
+        })
+    }
+
+    /// Enqueues the host sequence on `stream`: temporaries from the module's pool (given
+    /// back at the end, kernels still queued finish before any later use: see
+    /// [`GpuModule::give_back`]), kernel launches and cuBLAS products. With `profiling`, an
+    /// event after every launch.
+    fn enqueue(
+        &self,
+        args: &[&DeviceBuffer],
+        stream: &Arc<CudaStream>,
+        profiling: bool,
+    ) -> Result<Enqueued, GpuError> {
+        let m = &self.manifest;
+        let mut temps: Vec<Option<DeviceBuffer>> = (0..m.buffers.len()).map(|_| None).collect();
+        let result = self.enqueue_steps(args, stream, profiling, &mut temps);
+        // A manifest frees every temporary; any it did not (or an error left) goes back too.
+        for b in temps.into_iter().flatten() {
+            self.module.give_back(b);
+        }
+        result
+    }
+
+    fn enqueue_steps(
+        &self,
+        args: &[&DeviceBuffer],
+        stream: &Arc<CudaStream>,
+        profiling: bool,
+        temps: &mut [Option<DeviceBuffer>],
+    ) -> Result<Enqueued, GpuError> {
+        let m = &self.manifest;
+        let arg_bytes: usize = args.iter().map(|b| b.len * 4).sum();
+        let (mut live, mut peak) = (arg_bytes, arg_bytes);
         let mut launches = 0;
-        let profiling = self.module.profiling.get();
         // Device address of buffer `id`: its argument, or its live temporary (views: the root).
         let pointer = |id: usize, temps: &[Option<DeviceBuffer>]| -> Result<u64, GpuError> {
             let root = m.root(id).map_err(GpuError::Manifest)?;
@@ -591,7 +833,7 @@ impl GpuModel {
                         })?;
                     let mut ptrs: Vec<u64> = kargs
                         .iter()
-                        .map(|a| pointer(a.buffer, &temps))
+                        .map(|a| pointer(a.buffer, temps))
                         .collect::<Result<_, _>>()?;
                     let mut params: Vec<*mut c_void> = ptrs
                         .iter_mut()
@@ -605,7 +847,7 @@ impl GpuModel {
                             (grid[0], grid[1], grid[2]),
                             (block[0], block[1], block[2]),
                             0,
-                            self.stream.cu_stream(),
+                            stream.cu_stream(),
                             &mut params,
                         )
                     }
@@ -613,14 +855,14 @@ impl GpuModel {
                     launches += 1;
                     if profiling {
                         let shapes = kargs.iter().map(|a| a.shape.clone()).collect();
-                        marks.push((kernel.clone(), *grid, shapes, self.mark()?));
+                        marks.push((kernel.clone(), *grid, shapes, self.mark(stream)?));
                     }
                 }
                 Step::Gemm { a, b, c, gemm } => {
                     let (pa, pb, pc) = (
-                        pointer(*a, &temps)?,
-                        pointer(*b, &temps)?,
-                        pointer(*c, &temps)?,
+                        pointer(*a, temps)?,
+                        pointer(*b, temps)?,
+                        pointer(*c, temps)?,
                     );
                     let blas = self.module.blas()?;
                     blas.use_tf32(self.module.tf32.get())?;
@@ -636,54 +878,22 @@ impl GpuModel {
                             if gemm.trans_b { "_TB" } else { "" }
                         );
                         let grid = [u32::try_from(gemm.batch).unwrap_or(u32::MAX), 1, 1];
-                        marks.push((name, grid, shapes, self.mark()?));
+                        marks.push((name, grid, shapes, self.mark(stream)?));
                     }
                 }
             }
         }
-        end.record(&self.stream).map_err(driver("cuEventRecord"))?;
-        self.stream
-            .synchronize()
-            .map_err(driver("cuStreamSynchronize"))?;
-        let device_ms = f64::from(
-            start
-                .elapsed_ms(&end)
-                .map_err(driver("cuEventElapsedTime"))?,
-        );
-        let mut kernels = Vec::with_capacity(marks.len());
-        let mut previous = &start;
-        for (kernel, grid, shapes, mark) in &marks {
-            let ms = previous
-                .elapsed_ms(mark)
-                .map_err(driver("cuEventElapsedTime"))?;
-            kernels.push(KernelTime {
-                kernel: kernel.clone(),
-                grid: *grid,
-                shapes: shapes.clone(),
-                ms: f64::from(ms),
-            });
-            previous = mark;
-        }
-        // A manifest frees every temporary; any it did not goes back to the pool too.
-        for b in temps.into_iter().flatten() {
-            self.module.give_back(b);
-        }
-        Ok(RunStats {
+        Ok(Enqueued {
             launches,
-            device_ms,
-            wall_ms: wall.elapsed().as_secs_f64() * 1e3,
             peak_bytes: peak,
-            kernels,
+            marks,
         })
     }
 
     /// An event recorded on the stream now (profiling: the end of the last launch).
-    fn mark(&self) -> Result<cudarc::driver::CudaEvent, GpuError> {
-        let mark = self
-            .ctx
-            .new_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))
-            .map_err(driver("cuEventCreate"))?;
-        mark.record(&self.stream).map_err(driver("cuEventRecord"))?;
+    fn mark(&self, stream: &CudaStream) -> Result<cudarc::driver::CudaEvent, GpuError> {
+        let mark = self.event()?;
+        mark.record(stream).map_err(driver("cuEventRecord"))?;
         Ok(mark)
     }
 

@@ -217,9 +217,10 @@ impl TrainingFunctions {
         let backward = self.backward.as_ref().ok_or_else(|| {
             GpuError::Usage("compiled for evaluation, which has no backward".into())
         })?;
+        let module = backward.model.module();
         for (a, &slot) in backward.args().iter().zip(&backward.slots) {
             if RESULT_ROLES.contains(&a.role.as_str()) {
-                self.pool[slot].zero()?;
+                module.zero_queued(&mut self.pool[slot])?;
             }
         }
         self.run(backward)
