@@ -4,11 +4,13 @@
 //!
 //! `gpu_check BUNDLE_DIR` — exit 0 all pass, 1 a failure, 2 usage, 3 no GPU (skipped).
 
+use ndarray::{ArrayD, IxDyn};
 use snn_runtime::gpu::manifest::ArgSpec;
-use snn_runtime::gpu::manifest::{ArgSource, CheckCase, LaunchManifest, uniform_f32};
+use snn_runtime::gpu::manifest::{
+    ArgSource, CheckCase, LaunchManifest, SPIKE_COUNT_TOLERANCE, uniform_f32,
+};
 use snn_runtime::gpu::{GpuDevice, GpuError, GpuModel, RunStats, TrainingFunctions};
 use snn_runtime::train::{Optimizer, OptimizerConfig};
-use ndarray::{ArrayD, IxDyn};
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -254,9 +256,7 @@ const RESIDENT: &[&str] = &["param", "state"];
 const BATCH: &[&str] = &["input"];
 
 /// The backward's results: (index, name, values) of every parameter and input gradient.
-fn download_gradients(
-    pair: &TrainingFunctions,
-) -> Result<Vec<(usize, String, Vec<f32>)>, String> {
+fn download_gradients(pair: &TrainingFunctions) -> Result<Vec<(usize, String, Vec<f32>)>, String> {
     let mut out = Vec::new();
     for (k, a) in pair.backward_args().iter().enumerate() {
         if matches!(a.role.as_str(), "d_param" | "d_input") {
@@ -333,7 +333,13 @@ fn training_step(
         backward,
         optimizer,
         wall_ms: start.elapsed().as_secs_f64() * 1e3,
-        phases: [upload_ms, forward_ms, backward_ms, optimizer_ms, download_ms],
+        phases: [
+            upload_ms,
+            forward_ms,
+            backward_ms,
+            optimizer_ms,
+            download_ms,
+        ],
     })
 }
 
@@ -582,6 +588,9 @@ fn check_training(
     // The executor counts spikes on the device (`GpuModule::sum_abs`): each saved value's sum
     // must match the host's, exactly for 0/1 values.
     let (mut sums, mut exact) = (0, 0);
+    // Layers compared with the reference's spike counts, the largest relative difference, and
+    // the spikes that differ in all.
+    let mut spikes = (0usize, 0f64, 0f64);
     for (k, a) in pair.forward_args().iter().enumerate() {
         if a.role != "saved" {
             continue;
@@ -604,7 +613,30 @@ fn check_training(
         }
         sums += 1;
         exact += usize::from(binary);
+        if let Some(want) = case.expected_spikes.get(k).copied().flatten() {
+            let diff = (device - want).abs();
+            spikes.0 += 1;
+            spikes.1 = spikes.1.max(diff / want.max(1.0));
+            spikes.2 += diff;
+            if diff > SPIKE_COUNT_TOLERANCE * want.max(1.0) {
+                failures.push(format!(
+                    "`{}` fired {device} spikes, the reference {want}",
+                    a.name
+                ));
+            }
+        }
     }
+    let spike_report = if spikes.0 == 0 {
+        String::new()
+    } else {
+        format!(
+            "; spike counts of {} layers within {:.2}% of the reference ({} spikes differ in all, f32 rounding at thresholds; tolerance {}%)",
+            spikes.0,
+            100.0 * spikes.1,
+            spikes.2,
+            100.0 * SPIKE_COUNT_TOLERANCE
+        )
+    };
     let optimizer = if pair.optimizer_args().is_empty() {
         "no optimiser step".to_string()
     } else {
@@ -625,7 +657,7 @@ fn check_training(
         ));
     }
     Ok(format!(
-        "vs {}: forward_train {} + backward {} launches, {:.3} + {:.3} ms device; {checked} tensors checked; max rel err {:.2e} values (tol {:.0e}), {:.2e} gradients (tol {:.0e}); {sums} saved sums on the device match ({exact} spike counts exactly); {optimizer}",
+        "vs {}: forward_train {} + backward {} launches, {:.3} + {:.3} ms device; {checked} tensors checked; max rel err {:.2e} values (tol {:.0e}), {:.2e} gradients (tol {:.0e}); {sums} saved sums on the device match ({exact} spike counts exactly){spike_report}; {optimizer}",
         case.reference,
         f.launches,
         b.launches,

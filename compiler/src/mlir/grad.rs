@@ -932,7 +932,7 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
             let Some((dy, owned)) = self.grads[i].clone() else {
                 continue;
             };
-            if let Some(bn) = pooled_batch_norm(g, &self.fx, node) {
+            if let Some(bn) = pooled_batch_norm(g, node) {
                 // The pool's gradient becomes the batchnorm's, spread as it reads it.
                 self.grads[i] = None;
                 self.grads[bn] = Some((dy, owned));

@@ -1633,7 +1633,7 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
         let Some(x) = g.nodes[bn].inputs.first().map(|v| self.live.root[v.0]) else {
             return false;
         };
-        pooled_batch_norm(g, &self.fx, &g.nodes[pool]) == Some(bn)
+        pooled_batch_norm(g, &g.nodes[pool]) == Some(bn)
             && (!self.allocated(x) || self.live.last_use[x] >= pool)
     }
 
@@ -2976,7 +2976,7 @@ fn lane_base<'c>(
 /// gradient the pool's backward would write first (a write and two reads of the largest
 /// feature maps per step); in the training forward the pool normalises
 /// ([`Lowering::pool_normalises`]).
-fn pooled_batch_norm(g: &Graph, fx: &Fx<'_, '_>, pool: &Node) -> Option<usize> {
+fn pooled_batch_norm(g: &Graph, pool: &Node) -> Option<usize> {
     let Op::Pool {
         kind: PoolKind::Avg,
         kernel: 2,

@@ -109,10 +109,7 @@ fn optimizer_text(g: &Graph) -> String {
             views.push(format!("%v{j}_{b}"));
         }
         let _ = writeln!(t, "  %n{j} = arith.constant {len} : index");
-        let _ = writeln!(
-            t,
-            "  scf.parallel (%i) = (%k0) to (%n{j}) step (%c1) {{"
-        );
+        let _ = writeln!(t, "  scf.parallel (%i) = (%k0) to (%n{j}) step (%c1) {{");
         let scalar = |t: &mut String, name: &str, s: DeviceScalar| {
             let _ = writeln!(
                 t,
@@ -151,7 +148,10 @@ fn optimizer_text(g: &Graph) -> String {
     %p2 = arith.subf %p1, %dp : f32
 ",
         );
-        for (name, view) in ["p2", "m1", "v1"].iter().zip([&views[0], &views[2], &views[3]]) {
+        for (name, view) in ["p2", "m1", "v1"]
+            .iter()
+            .zip([&views[0], &views[2], &views[3]])
+        {
             let _ = writeln!(t, "    memref.store %{name}, {view}[%i] : {flat_ty}");
         }
         t.push_str("    scf.reduce\n  }\n");

@@ -10,6 +10,7 @@ use crate::mlir::LowerOptions;
 use crate::mlir::grad::{TrainArg, TrainRole};
 use ndarray::{ArrayD, IxDyn};
 use snn_runtime::data::Batch;
+use snn_runtime::train::Optimizer;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -78,6 +79,34 @@ pub trait Executor {
     ) -> Result<Step, RunError>;
 
     fn eval_batch(&mut self, params: &ParamStore, batch: &Batch) -> Result<EvalOutput, RunError>;
+
+    /// A training step with the optimiser on the executor's device, where it has one that can
+    /// run `optimizer` (the GPU with Adam or AdamW): forward, `loss`, backward and the update
+    /// at learning rate `lr`, with parameters, running statistics and moments kept on the
+    /// device (the step is counted in `optimizer`; `params` is stale until
+    /// [`Self::sync_to_host`]). `Ok(None)`: not here, run [`Self::train_step`] and the host's
+    /// optimiser instead.
+    fn train_step_on_device(
+        &mut self,
+        _params: &ParamStore,
+        _optimizer: &mut Optimizer,
+        _lr: f64,
+        _batch: &Batch,
+        _step: u64,
+        _loss: &mut LossFn,
+    ) -> Result<Option<Step>, RunError> {
+        Ok(None)
+    }
+
+    /// Brings what device steps changed (parameters, running statistics, the optimiser's
+    /// moments) into `params` and `optimizer`, before the driver evaluates or checkpoints.
+    fn sync_to_host(
+        &mut self,
+        _params: &mut ParamStore,
+        _optimizer: &mut Optimizer,
+    ) -> Result<(), RunError> {
+        Ok(())
+    }
 }
 
 /// The executor `backend` names, for `g` (`run_dir`: where the error messages point).
@@ -235,7 +264,56 @@ pub trait CompiledCode {
     ) -> Result<Vec<Vec<f32>>, String>;
     /// The spike count and element count of saved spike train `name`.
     fn spike_count(&self, name: &str) -> Result<(f64, usize), String>;
+
+    /// Whether this code runs the optimiser step on its device; the methods below are then
+    /// available (they fail elsewhere).
+    fn device_optimizer(&self) -> bool {
+        false
+    }
+
+    /// Uploads every parameter and running statistic (`Graph::params` order) and Adam's
+    /// moments (per trainable parameter), to stay on the device.
+    fn upload_state(
+        &mut self,
+        _params: &[Vec<f32>],
+        _moments: &[(Vec<f32>, Vec<f32>)],
+    ) -> Result<(), String> {
+        Err(NO_DEVICE_OPTIMIZER.into())
+    }
+
+    /// Downloads what `upload_state` uploads, as the device has it now.
+    fn download_state(
+        &self,
+        _params: &mut [Vec<f32>],
+        _moments: &mut Vec<(Vec<f32>, Vec<f32>)>,
+    ) -> Result<(), String> {
+        Err(NO_DEVICE_OPTIMIZER.into())
+    }
+
+    /// Takes over the device state of the same model compiled for another batch size.
+    fn copy_state_from(&mut self, _other: &Self) -> Result<(), String>
+    where
+        Self: Sized,
+    {
+        Err(NO_DEVICE_OPTIMIZER.into())
+    }
+
+    /// `forward_train` on the parameters on the device: the model outputs.
+    fn forward_resident(&mut self, _inputs: &[&[f32]]) -> Result<Vec<Vec<f32>>, String> {
+        Err(NO_DEVICE_OPTIMIZER.into())
+    }
+
+    /// `backward`, then the optimiser step with `scalars` (`Optimizer::device_scalars`).
+    fn backward_and_update(
+        &mut self,
+        _d_outputs: &[&[f32]],
+        _scalars: &[f32],
+    ) -> Result<(), String> {
+        Err(NO_DEVICE_OPTIMIZER.into())
+    }
 }
+
+const NO_DEVICE_OPTIMIZER: &str = "internal: this backend runs the optimiser on the host";
 
 /// Where compiled training functions come from: the CPU JIT or a GPU.
 pub trait CompiledBackend {
@@ -260,6 +338,9 @@ pub struct CompiledExecutor<'g, B: CompiledBackend> {
     spike_scans: Vec<(ValueId, String)>,
     /// The parameters in f32, rewritten from the store every step.
     params32: Vec<Vec<f32>>,
+    /// The variant holding the training state when steps run on the device
+    /// (`train_step_on_device`); `None` while the host's store is the state.
+    resident: Option<(usize, bool)>,
     eval_differs: bool,
     seed: u64,
     run_dir: PathBuf,
@@ -363,6 +444,7 @@ impl<'g, B: CompiledBackend> CompiledExecutor<'g, B> {
             variants: HashMap::new(),
             spike_scans: spike_scans(g),
             params32: Vec::new(),
+            resident: None,
             eval_differs: eval_differs(g),
             seed,
             run_dir: run_dir.to_path_buf(),
@@ -383,6 +465,65 @@ impl<'g, B: CompiledBackend> CompiledExecutor<'g, B> {
         self.variants
             .get_mut(&key)
             .ok_or_else(|| run_err!("internal: batch {b} was not compiled"))
+    }
+
+    /// Puts the training state into variant `key` (compiled): from the host's store and
+    /// optimiser the first time, else from the variant that holds it now, on the device.
+    fn make_resident(
+        &mut self,
+        key: (usize, bool),
+        params: &ParamStore,
+        optimizer: &Optimizer,
+    ) -> Result<(), RunError> {
+        match self.resident {
+            Some(k) if k == key => return Ok(()),
+            Some(k) => {
+                let from = self
+                    .variants
+                    .remove(&k)
+                    .ok_or_else(|| run_err!("internal: batch {} was not compiled", k.0))?;
+                let copied = self
+                    .variants
+                    .get_mut(&key)
+                    .ok_or_else(|| run_err!("internal: batch {} was not compiled", key.0))
+                    .and_then(|to| to.copy_state_from(&from).map_err(|e| run_err!("{e}")));
+                self.variants.insert(k, from);
+                copied?;
+            }
+            None => {
+                params_to_f32(self.g, params, &mut self.params32)?;
+                let moments: Vec<(Vec<f32>, Vec<f32>)> = self
+                    .g
+                    .params
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, p)| p.role.trainable())
+                    .map(|(k, p)| match optimizer.moments(k) {
+                        Some((m, v)) => (
+                            m.iter().map(|x| *x as f32).collect(),
+                            v.iter().map(|x| *x as f32).collect(),
+                        ),
+                        None => {
+                            let n = p.shape.iter().product();
+                            (vec![0.0; n], vec![0.0; n])
+                        }
+                    })
+                    .collect();
+                let params32 = std::mem::take(&mut self.params32);
+                let uploaded = self
+                    .variants
+                    .get_mut(&key)
+                    .ok_or_else(|| run_err!("internal: batch {} was not compiled", key.0))
+                    .and_then(|v| {
+                        v.upload_state(&params32, &moments)
+                            .map_err(|e| run_err!("{e}"))
+                    });
+                self.params32 = params32;
+                uploaded?;
+            }
+        }
+        self.resident = Some(key);
+        Ok(())
     }
 
     fn spike_counts(&self, key: (usize, bool)) -> Result<Vec<(ValueId, f64, usize)>, RunError> {
@@ -468,6 +609,105 @@ impl<B: CompiledBackend> Executor for CompiledExecutor<'_, B> {
             running_updates,
             spike_counts,
         })
+    }
+
+    fn train_step_on_device(
+        &mut self,
+        params: &ParamStore,
+        optimizer: &mut Optimizer,
+        lr: f64,
+        batch: &Batch,
+        step: u64,
+        loss: &mut LossFn,
+    ) -> Result<Option<Step>, RunError> {
+        let g: &Graph = self.g;
+        let trainable: Vec<bool> = g.params.iter().map(|p| p.role.trainable()).collect();
+        let Some(scalars) = optimizer
+            .device_scalars(lr, &trainable)
+            .map_err(|e| run_err!("{e}"))?
+        else {
+            return Ok(None);
+        };
+        let b = batch.labels.len();
+        let key = (b, false);
+        if !self.variant(b, false)?.device_optimizer() {
+            return Ok(None);
+        }
+        self.make_resident(key, params, optimizer)?;
+        let frames = batch.frames.as_standard_layout();
+        let x = frames
+            .as_slice()
+            .ok_or_else(|| run_err!("internal: the batch is not contiguous"))?;
+        let seed = self.seed;
+        let v = self.variant(b, false)?;
+        for (name, mask) in dropout_masks(g, v.forward_signature(), seed, step)? {
+            v.set_mask(&name, &mask).map_err(|e| run_err!("{e}"))?;
+        }
+        let outputs = v.forward_resident(&[x]).map_err(|e| run_err!("{e}"))?;
+        let readout = readout_array(g, v.forward_signature(), outputs)?;
+        let (l, d_out) = loss(&readout)?;
+        let d_out: Vec<f32> = d_out.iter().map(|v| *v as f32).collect();
+        v.backward_and_update(&[&d_out], &scalars)
+            .map_err(|e| run_err!("{e}"))?;
+        optimizer
+            .record_device_step(&trainable)
+            .map_err(|e| run_err!("{e}"))?;
+        Ok(Some(Step {
+            loss: l,
+            readout,
+            grads: vec![None; g.params.len()],
+            running_updates: Vec::new(),
+            spike_counts: self.spike_counts(key)?,
+        }))
+    }
+
+    fn sync_to_host(
+        &mut self,
+        params: &mut ParamStore,
+        optimizer: &mut Optimizer,
+    ) -> Result<(), RunError> {
+        let Some(key) = self.resident else {
+            return Ok(());
+        };
+        let v = self
+            .variants
+            .get(&key)
+            .ok_or_else(|| run_err!("internal: batch {} was not compiled", key.0))?;
+        let mut params32 = std::mem::take(&mut self.params32);
+        params32.resize_with(self.g.params.len(), Vec::new);
+        let mut moments = Vec::new();
+        v.download_state(&mut params32, &mut moments)
+            .map_err(|e| run_err!("{e}"))?;
+        // The device has no NaN check of its own between syncs: a non-finite value stops the
+        // run here (or at the next loss), before it reaches a checkpoint.
+        let mut trainable = 0;
+        let mut values = Vec::with_capacity(params32.len());
+        for (p, v) in self.g.params.iter().zip(&params32) {
+            all_finite(&p.name, v).map_err(|e| nan_error(e, &self.run_dir))?;
+            values.push(
+                ArrayD::from_shape_vec(IxDyn(&p.shape), v.iter().map(|x| f64::from(*x)).collect())
+                    .map_err(|e| run_err!("internal: shape of `{}`: {e}", p.name))?,
+            );
+        }
+        for (k, p) in self.g.params.iter().enumerate() {
+            if !p.role.trainable() {
+                continue;
+            }
+            let (m, v) = moments
+                .get(trainable)
+                .ok_or_else(|| run_err!("internal: no moments of `{}`", p.name))?;
+            trainable += 1;
+            let widen = |a: &[f32]| {
+                ArrayD::from_shape_vec(IxDyn(&p.shape), a.iter().map(|x| f64::from(*x)).collect())
+                    .map_err(|e| run_err!("internal: moment shape of `{}`: {e}", p.name))
+            };
+            optimizer
+                .set_moments(k, widen(m)?, widen(v)?)
+                .map_err(|e| run_err!("{e}"))?;
+        }
+        params.values = values;
+        self.params32 = params32;
+        Ok(())
     }
 
     fn eval_batch(&mut self, params: &ParamStore, batch: &Batch) -> Result<EvalOutput, RunError> {

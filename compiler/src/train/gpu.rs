@@ -1,7 +1,8 @@
-//! The GPU executor: `forward_train` and `backward` as PTX kernels on CUDA device 0 (the GPU
-//! backend's [`GpuTraining`]) in the same [`CompiledExecutor`] as the CPU backend's code, so
-//! `snnc train --device gpu` runs the same loop: loss, optimiser, logs and checkpoints stay on
-//! the host.
+//! The GPU executor: `forward_train`, `backward` and the Adam step as PTX kernels on CUDA
+//! device 0 (the GPU backend's [`GpuTraining`]) in the same [`CompiledExecutor`] as the CPU
+//! backend's code, so `snnc train --device gpu` runs the same loop. With Adam or AdamW the
+//! update runs on the device and parameters stay there between steps
+//! (`Executor::train_step_on_device`); loss, logs, evaluation and checkpoints stay on the host.
 
 use super::executor::{CompiledBackend, CompiledCode, CompiledExecutor};
 use super::{RunError, run_err};
@@ -85,5 +86,37 @@ impl CompiledCode for GpuTraining {
 
     fn spike_count(&self, name: &str) -> Result<(f64, usize), String> {
         self.saved_sum(name)
+    }
+
+    fn device_optimizer(&self) -> bool {
+        GpuTraining::device_optimizer(self)
+    }
+
+    fn upload_state(
+        &mut self,
+        params: &[Vec<f32>],
+        moments: &[(Vec<f32>, Vec<f32>)],
+    ) -> Result<(), String> {
+        GpuTraining::upload_state(self, params, moments)
+    }
+
+    fn download_state(
+        &self,
+        params: &mut [Vec<f32>],
+        moments: &mut Vec<(Vec<f32>, Vec<f32>)>,
+    ) -> Result<(), String> {
+        GpuTraining::download_state(self, params, moments)
+    }
+
+    fn copy_state_from(&mut self, other: &Self) -> Result<(), String> {
+        GpuTraining::copy_state_from(self, other)
+    }
+
+    fn forward_resident(&mut self, inputs: &[&[f32]]) -> Result<Vec<Vec<f32>>, String> {
+        GpuTraining::forward_resident(self, inputs)
+    }
+
+    fn backward_and_update(&mut self, d_outputs: &[&[f32]], scalars: &[f32]) -> Result<(), String> {
+        GpuTraining::backward_and_update(self, d_outputs, scalars)
     }
 }

@@ -302,13 +302,27 @@ pub fn train(g: &Graph, cfg: &RunConfig, resume: bool) -> Result<RunResult, RunE
                 }
                 Ok((l, d_out))
             };
-            let step = exec.train_step(&params, &batch, step_no, &mut loss_fn)?;
-            optimizer
-                .step(&mut params.values, &step.grads, lr)
-                .map_err(|e| run_err!("{e}"))?;
-            for (k, v) in step.running_updates {
-                params.values[k] = v;
-            }
+            let on_device = exec.train_step_on_device(
+                &params,
+                &mut optimizer,
+                lr,
+                &batch,
+                step_no,
+                &mut loss_fn,
+            )?;
+            let step = match on_device {
+                Some(step) => step,
+                None => {
+                    let mut step = exec.train_step(&params, &batch, step_no, &mut loss_fn)?;
+                    optimizer
+                        .step(&mut params.values, &step.grads, lr)
+                        .map_err(|e| run_err!("{e}"))?;
+                    for (k, v) in std::mem::take(&mut step.running_updates) {
+                        params.values[k] = v;
+                    }
+                    step
+                }
+            };
             state.global_step += 1;
             let l = step.loss;
             loss_sum += l * targets.len() as f64;
@@ -340,6 +354,9 @@ pub fn train(g: &Graph, cfg: &RunConfig, resume: bool) -> Result<RunResult, RunE
             energy: energy_report(&layer_counts(g), &stats, samples as u64).ok(),
             stats,
         };
+        // Steps on a device leave the parameters there: evaluation and the checkpoint read
+        // them here.
+        exec.sync_to_host(&mut params, &mut optimizer)?;
         cfg.schedule
             .observe(&mut state.schedule, cfg.optimizer.lr(), train_metrics.loss);
         let test = match &test_loader {

@@ -448,10 +448,8 @@ impl GpuModule {
             .map_err(driver("cuCtxSetCurrent"))?;
         // SAFETY: `buf` holds at least `len.max(1) * 4` bytes of this context's memory; later
         // work on the stream runs after the memset.
-        unsafe {
-            result::memset_d8_async(buf.ptr, 0, buf.len.max(1) * 4, self.stream.cu_stream())
-        }
-        .map_err(driver("cuMemsetD8Async"))
+        unsafe { result::memset_d8_async(buf.ptr, 0, buf.len.max(1) * 4, self.stream.cu_stream()) }
+            .map_err(driver("cuMemsetD8Async"))
     }
 
     /// Makes later replays of this module's functions time each launch.

@@ -92,8 +92,8 @@ impl TrainingFunctions {
         };
         // Per argument: a buffer of an earlier function, or a new one in the pool.
         let place = |args: &[ArgSpec],
-                         shared: Vec<Option<usize>>,
-                         pool: &mut Vec<DeviceBuffer>|
+                     shared: Vec<Option<usize>>,
+                     pool: &mut Vec<DeviceBuffer>|
          -> Result<Vec<usize>, GpuError> {
             args.iter()
                 .zip(shared)
@@ -129,8 +129,7 @@ impl TrainingFunctions {
                 let args = &model.manifest().args;
                 let from_forward =
                     shared_args(forward.args(), args, "forward and the optimiser step")?;
-                let from_backward =
-                    shared_args(b.args(), args, "backward and the optimiser step")?;
+                let from_backward = shared_args(b.args(), args, "backward and the optimiser step")?;
                 let shared = from_forward
                     .into_iter()
                     .zip(from_backward)
@@ -230,9 +229,10 @@ impl TrainingFunctions {
     /// `optimizer_scalars` argument (`snn_runtime::train::Optimizer::device_scalars`), then
     /// every parameter and moment is updated in place.
     pub fn run_optimizer(&mut self, scalars: &[f32]) -> Result<RunStats, GpuError> {
-        let optimizer = self.optimizer.as_ref().ok_or_else(|| {
-            GpuError::Usage("this build runs the optimiser on the host".into())
-        })?;
+        let optimizer = self
+            .optimizer
+            .as_ref()
+            .ok_or_else(|| GpuError::Usage("this build runs the optimiser on the host".into()))?;
         let k = optimizer
             .args()
             .iter()

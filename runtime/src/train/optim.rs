@@ -448,9 +448,10 @@ impl Optimizer {
         exp_avg_sq: ArrayD<f64>,
     ) -> Result<(), TrainError> {
         let n = self.params.len();
-        let slot = self.params.get_mut(k).ok_or_else(|| {
-            TrainError::Invalid(format!("optimizer: no parameter {k} (of {n})"))
-        })?;
+        let slot = self
+            .params
+            .get_mut(k)
+            .ok_or_else(|| TrainError::Invalid(format!("optimizer: no parameter {k} (of {n})")))?;
         for (name, a) in [("exp_avg", &exp_avg), ("exp_avg_sq", &exp_avg_sq)] {
             if a.shape() != slot.shape.as_slice() {
                 return Err(TrainError::Invalid(format!(
@@ -988,20 +989,28 @@ mod tests {
             eps: 1e-8,
             weight_decay: 0.1,
         };
-        for config in [OptimizerConfig::adam(0.01), adam_l2, OptimizerConfig::adamw(0.01)] {
+        for config in [
+            OptimizerConfig::adam(0.01),
+            adam_l2,
+            OptimizerConfig::adamw(0.01),
+        ] {
             // Parameter 1 is frozen (a running statistic): the device skips it.
             let shapes = [vec![3], vec![2]];
             let trainable = [true, false];
             let mut host = Optimizer::new(config, &shapes).expect("config");
             let mut device = host.clone();
-            let mut params = vec![arr1(&[0.5, -1.0, 2.0]).into_dyn(), arr1(&[1.0, 1.0]).into_dyn()];
+            let mut params = vec![
+                arr1(&[0.5, -1.0, 2.0]).into_dyn(),
+                arr1(&[1.0, 1.0]).into_dyn(),
+            ];
             let mut dev_p = params[0].clone();
             let (mut m, mut v) = (ArrayD::zeros(IxDyn(&[3])), ArrayD::zeros(IxDyn(&[3])));
             for step in 0..4 {
                 let lr = 0.01 * (1.0 + f64::from(step));
                 let g = params[0].mapv(|p| p * p + 0.5);
                 let dev_g = dev_p.mapv(|p: f64| p * p + 0.5);
-                host.step(&mut params, &[Some(g), None], lr).expect("host step");
+                host.step(&mut params, &[Some(g), None], lr)
+                    .expect("host step");
                 let s = device
                     .device_scalars(lr, &trainable)
                     .expect("scalars")
@@ -1015,14 +1024,23 @@ mod tests {
             for i in 0..3 {
                 // The scalars are f32: agreement to f32 rounding, not bit for bit.
                 let (a, b) = (dev_p[i], params[0][i]);
-                assert!((a - b).abs() <= 1e-6 * b.abs().max(1.0), "{config:?}: {a} vs {b}");
+                assert!(
+                    (a - b).abs() <= 1e-6 * b.abs().max(1.0),
+                    "{config:?}: {a} vs {b}"
+                );
             }
             let (hs, ds) = (host.state(), device.state());
             assert_eq!((hs.step, hs.params[0].step, hs.params[1].step), (4, 4, 0));
             assert_eq!((ds.step, ds.params[0].step, ds.params[1].step), (4, 4, 0));
-            let (hm, dm) = (host.moments(0).expect("host"), device.moments(0).expect("device"));
+            let (hm, dm) = (
+                host.moments(0).expect("host"),
+                device.moments(0).expect("device"),
+            );
             for (a, b) in dm.0.iter().zip(hm.0).chain(dm.1.iter().zip(hm.1)) {
-                assert!((a - b).abs() <= 1e-6 * b.abs().max(1e-3), "{config:?}: {a} vs {b}");
+                assert!(
+                    (a - b).abs() <= 1e-6 * b.abs().max(1e-3),
+                    "{config:?}: {a} vs {b}"
+                );
             }
         }
         let sgd = Optimizer::new(OptimizerConfig::sgd(0.1), &[vec![1]]).expect("sgd");
@@ -1035,9 +1053,18 @@ mod tests {
                 0.1,
             )
             .expect("step");
-        let err = uneven.device_scalars(0.1, &[true, true]).expect_err("uneven");
-        assert!(err.to_string().contains("different numbers of steps"), "{err}");
+        let err = uneven
+            .device_scalars(0.1, &[true, true])
+            .expect_err("uneven");
+        assert!(
+            err.to_string().contains("different numbers of steps"),
+            "{err}"
+        );
         assert!(uneven.device_scalars(0.1, &[true]).is_err());
-        assert!(uneven.set_moments(0, ArrayD::zeros(IxDyn(&[2])), ArrayD::zeros(IxDyn(&[1]))).is_err());
+        assert!(
+            uneven
+                .set_moments(0, ArrayD::zeros(IxDyn(&[2])), ArrayD::zeros(IxDyn(&[1])))
+                .is_err()
+        );
     }
 }

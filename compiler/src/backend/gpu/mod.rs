@@ -232,7 +232,10 @@ pub fn compile_training_with(
         functions.push((backward_symbol(g), train_arg_specs(&bsig)));
     }
     if with_optimizer {
-        functions.push((optimizer_symbol(g), train_arg_specs(&optimizer_signature(g))));
+        functions.push((
+            optimizer_symbol(g),
+            train_arg_specs(&optimizer_signature(g)),
+        ));
     }
     let (ptx, manifests, timings) = compile_functions(g, opts, &functions, |context| {
         let module = lower_training_module_with(context, &[g], &lower_opts, LoopForm::FlatGemm)?;

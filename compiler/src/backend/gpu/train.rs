@@ -1,8 +1,11 @@
-//! Training on the GPU: one model's `forward_train` and `backward` compiled to one PTX module
-//! and loaded as the runtime's [`TrainingPair`], with every buffer of the training ABI
-//! (docs/abi.md) resident on the device. Only the batch, the parameters and the output
-//! gradients go up; only the outputs, the updated running statistics, the spikes the driver
-//! counts and the gradients come down. The optimiser runs on the host, as on the CPU.
+//! Training on the GPU: one model's `forward_train`, `backward` and Adam step compiled to one
+//! PTX module and loaded as the runtime's [`TrainingFunctions`], with every buffer of the
+//! training ABI (docs/abi.md) resident on the device. With Adam or AdamW on the device
+//! ([`GpuTraining::forward_resident`], [`GpuTraining::backward_and_update`]) only the batch and
+//! the output gradients go up and only the outputs and the spike counts come down; parameters,
+//! running statistics and moments cross the bus when the driver evaluates or checkpoints.
+//! Otherwise (SGD) parameters go up and gradients come down every step and the optimiser runs
+//! on the host, as on the CPU.
 
 use super::{GpuOptions, GpuTimings, compile_training_with};
 use crate::ir::Graph;
@@ -61,8 +64,14 @@ impl GpuTraining {
         let forward_sig =
             forward_train_signature(g, &lower).map_err(|e| format!("{}: {e}", g.name))?;
         let backward_sig = backward_signature(g, &lower).map_err(|e| format!("{}: {e}", g.name))?;
-        let pair = TrainingFunctions::load(dev, &art.ptx, art.forward_train, art.backward, None)
-            .map_err(|e| e.to_string())?;
+        let pair = TrainingFunctions::load(
+            dev,
+            &art.ptx,
+            art.forward_train,
+            art.backward,
+            art.optimizer,
+        )
+        .map_err(|e| e.to_string())?;
         Ok(GpuTraining {
             model: g.name.clone(),
             batch,
@@ -109,66 +118,206 @@ impl GpuTraining {
         inputs: &[&[f32]],
         params: &mut [Vec<f32>],
     ) -> Result<Vec<Vec<f32>>, String> {
-        let n = |r: &[TrainRole]| {
-            self.forward_sig
-                .iter()
-                .filter(|a| r.contains(&a.role))
-                .count()
-        };
-        let (n_in, n_par) = (
-            n(&[TrainRole::Input]),
-            n(&[TrainRole::Param, TrainRole::State]),
-        );
-        if inputs.len() != n_in || params.len() != n_par {
+        self.upload_params(params)?;
+        let outputs = self.forward_resident(inputs)?;
+        self.download_params(params, &[TrainRole::State])?;
+        Ok(outputs)
+    }
+
+    /// The forward's buffers of `roles`, in order, with their indices.
+    fn forward_of(&self, roles: &[TrainRole]) -> Vec<(usize, &TrainArg)> {
+        self.forward_sig
+            .iter()
+            .enumerate()
+            .filter(|(_, a)| roles.contains(&a.role))
+            .collect()
+    }
+
+    /// Uploads every parameter and running statistic (`Graph::params` order).
+    fn upload_params(&mut self, params: &[Vec<f32>]) -> Result<(), String> {
+        let slots: Vec<(usize, TrainArg)> = self
+            .forward_of(&[TrainRole::Param, TrainRole::State])
+            .into_iter()
+            .map(|(k, a)| (k, a.clone()))
+            .collect();
+        if params.len() != slots.len() {
             return Err(format!(
-                "{}: {} inputs and {} parameters given, {n_in} and {n_par} expected",
+                "{}: {} parameters given, {} expected",
                 self.model,
-                inputs.len(),
-                params.len()
+                params.len(),
+                slots.len()
             ));
         }
-        let (mut i, mut p) = (0, 0);
-        for (k, a) in self.forward_sig.iter().enumerate() {
-            let host: &[f32] = match a.role {
-                TrainRole::Input => {
-                    i += 1;
-                    inputs[i - 1]
-                }
-                TrainRole::Param | TrainRole::State => {
-                    p += 1;
-                    &params[p - 1]
-                }
-                _ => continue,
-            };
+        for ((k, a), host) in slots.iter().zip(params) {
             if host.len() != elements(a) {
                 return Err(self.mismatch(a, host.len()));
             }
-            let buf = self
-                .pair
-                .forward_buffer_mut(k)
-                .ok_or_else(|| format!("internal: no buffer for `{}`", a.name))?;
-            buf.upload(host).map_err(|e| e.to_string())?;
+            self.pair
+                .forward_buffer_mut(*k)
+                .ok_or_else(|| format!("internal: no buffer for `{}`", a.name))?
+                .upload(host)
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Downloads the parameters and running statistics whose role is in `roles` into their
+    /// places in `params` (`Graph::params` order, every one present).
+    fn download_params(&self, params: &mut [Vec<f32>], roles: &[TrainRole]) -> Result<(), String> {
+        let slots = self.forward_of(&[TrainRole::Param, TrainRole::State]);
+        if params.len() != slots.len() {
+            return Err(format!(
+                "{}: {} parameters given, {} expected",
+                self.model,
+                params.len(),
+                slots.len()
+            ));
+        }
+        for ((k, a), host) in slots.into_iter().zip(params) {
+            if !roles.contains(&a.role) {
+                continue;
+            }
+            host.resize(elements(a), 0.0);
+            self.pair
+                .forward_buffer(k)
+                .ok_or_else(|| format!("internal: no buffer for `{}`", a.name))?
+                .download_into(host)
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Runs `forward_train` on the parameters already on the device: uploads `inputs`
+    /// (declaration order) and returns the model outputs; the running statistics stay there.
+    pub fn forward_resident(&mut self, inputs: &[&[f32]]) -> Result<Vec<Vec<f32>>, String> {
+        let slots: Vec<(usize, TrainArg)> = self
+            .forward_of(&[TrainRole::Input])
+            .into_iter()
+            .map(|(k, a)| (k, a.clone()))
+            .collect();
+        if inputs.len() != slots.len() {
+            return Err(format!(
+                "{}: {} inputs given, {} expected",
+                self.model,
+                inputs.len(),
+                slots.len()
+            ));
+        }
+        for ((k, a), host) in slots.iter().zip(inputs) {
+            if host.len() != elements(a) {
+                return Err(self.mismatch(a, host.len()));
+            }
+            self.pair
+                .forward_buffer_mut(*k)
+                .ok_or_else(|| format!("internal: no buffer for `{}`", a.name))?
+                .upload(host)
+                .map_err(|e| e.to_string())?;
         }
         self.last_forward = self.pair.run_forward().map_err(|e| e.to_string())?;
-        let mut outputs = Vec::new();
-        let mut p = 0;
-        for (k, a) in self.forward_sig.iter().enumerate() {
-            let buf = self
-                .pair
-                .forward_buffer(k)
-                .ok_or_else(|| format!("internal: no buffer for `{}`", a.name))?;
-            match a.role {
-                TrainRole::Param => p += 1,
-                TrainRole::State => {
-                    p += 1;
-                    buf.download_into(&mut params[p - 1])
-                        .map_err(|e| e.to_string())?;
-                }
-                TrainRole::Output => outputs.push(buf.download().map_err(|e| e.to_string())?),
-                _ => {}
+        self.forward_of(&[TrainRole::Output])
+            .into_iter()
+            .map(|(k, a)| {
+                self.pair
+                    .forward_buffer(k)
+                    .ok_or_else(|| format!("internal: no buffer for `{}`", a.name))?
+                    .download()
+                    .map_err(|e| e.to_string())
+            })
+            .collect()
+    }
+
+    /// Whether the optimiser step (Adam/AdamW) runs on the device.
+    pub fn device_optimizer(&self) -> bool {
+        !self.pair.optimizer_args().is_empty()
+    }
+
+    /// The optimiser step's buffers of Adam's moments: (first, second) per trainable
+    /// parameter, `Graph::params` order.
+    fn moment_slots(&self) -> Vec<(usize, usize)> {
+        let states: Vec<usize> = self
+            .pair
+            .optimizer_args()
+            .iter()
+            .enumerate()
+            .filter(|(_, a)| a.role == TrainRole::OptimizerState.as_str())
+            .map(|(k, _)| k)
+            .collect();
+        let (first, second) = states.split_at(states.len() / 2);
+        first.iter().copied().zip(second.iter().copied()).collect()
+    }
+
+    /// Uploads every parameter and running statistic (`Graph::params` order) and Adam's
+    /// moments (per trainable parameter), which then stay on the device.
+    pub fn upload_state(
+        &mut self,
+        params: &[Vec<f32>],
+        moments: &[(Vec<f32>, Vec<f32>)],
+    ) -> Result<(), String> {
+        self.upload_params(params)?;
+        let slots = self.moment_slots();
+        if moments.len() != slots.len() {
+            return Err(format!(
+                "{}: moments of {} parameters given, {} trainable",
+                self.model,
+                moments.len(),
+                slots.len()
+            ));
+        }
+        for ((m, v), (km, kv)) in moments.iter().zip(slots) {
+            for (host, k) in [(m, km), (v, kv)] {
+                self.pair
+                    .optimizer_buffer_mut(k)
+                    .ok_or("internal: no moment buffer")?
+                    .upload(host)
+                    .map_err(|e| e.to_string())?;
             }
         }
-        Ok(outputs)
+        Ok(())
+    }
+
+    /// Downloads what [`Self::upload_state`] uploads, as the device has it now.
+    pub fn download_state(
+        &self,
+        params: &mut [Vec<f32>],
+        moments: &mut Vec<(Vec<f32>, Vec<f32>)>,
+    ) -> Result<(), String> {
+        self.download_params(params, &[TrainRole::Param, TrainRole::State])?;
+        let slots = self.moment_slots();
+        moments.resize_with(slots.len(), Default::default);
+        for ((m, v), (km, kv)) in moments.iter_mut().zip(slots) {
+            for (host, k) in [(m, km), (v, kv)] {
+                let buf = self
+                    .pair
+                    .optimizer_buffer(k)
+                    .ok_or("internal: no moment buffer")?;
+                host.resize(buf.len(), 0.0);
+                buf.download_into(host).map_err(|e| e.to_string())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes over the device state of the same model built for another batch size.
+    pub fn copy_state_from(&mut self, other: &GpuTraining) -> Result<(), String> {
+        self.pair
+            .copy_state_from(&other.pair)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Runs `backward` over what the last `forward_train` left (`d_outputs`: the loss
+    /// gradient of each output), then the optimiser step with `scalars`
+    /// (`Optimizer::device_scalars`): the parameters on the device are updated in place and
+    /// no gradient leaves it.
+    pub fn backward_and_update(
+        &mut self,
+        d_outputs: &[&[f32]],
+        scalars: &[f32],
+    ) -> Result<(), String> {
+        self.run_backward(d_outputs)?;
+        self.pair
+            .run_optimizer(scalars)
+            .map_err(|e| e.to_string())?;
+        Ok(())
     }
 
     /// Uploads dropout mask `name` (a `dropout_mask` argument) for the next `forward_train`.
@@ -211,6 +360,22 @@ impl GpuTraining {
     /// `d_outputs`: the loss gradient of each output. Returns the trainable parameters'
     /// gradients in `Graph::params` order.
     pub fn backward(&mut self, d_outputs: &[&[f32]]) -> Result<Vec<Vec<f32>>, String> {
+        self.run_backward(d_outputs)?;
+        let mut grads = Vec::new();
+        for (k, a) in self.backward_sig.iter().enumerate() {
+            if a.role == TrainRole::DParam {
+                let buf = self
+                    .pair
+                    .backward_buffer(k)
+                    .ok_or_else(|| format!("internal: no buffer for `{}`", a.name))?;
+                grads.push(buf.download().map_err(|e| e.to_string())?);
+            }
+        }
+        Ok(grads)
+    }
+
+    /// Uploads the output gradients and runs `backward`.
+    fn run_backward(&mut self, d_outputs: &[&[f32]]) -> Result<(), String> {
         let want = self
             .backward_sig
             .iter()
@@ -240,16 +405,6 @@ impl GpuTraining {
             buf.upload(host).map_err(|e| e.to_string())?;
         }
         self.last_backward = self.pair.run_backward().map_err(|e| e.to_string())?;
-        let mut grads = Vec::new();
-        for (k, a) in self.backward_sig.iter().enumerate() {
-            if a.role == TrainRole::DParam {
-                let buf = self
-                    .pair
-                    .backward_buffer(k)
-                    .ok_or_else(|| format!("internal: no buffer for `{}`", a.name))?;
-                grads.push(buf.download().map_err(|e| e.to_string())?);
-            }
-        }
-        Ok(grads)
+        Ok(())
     }
 }
