@@ -52,6 +52,16 @@ fn main() -> ExitCode {
         }
     };
     let (mut passed, mut failed) = (0, 0);
+    match copies_round_trip(&dev) {
+        Ok(line) => {
+            passed += 1;
+            println!("PASS copies: {line}");
+        }
+        Err(e) => {
+            failed += 1;
+            println!("FAIL copies: {e}");
+        }
+    }
     for case in &cases {
         match run_case(&dev, dir, case) {
             Ok(line) => {
@@ -70,6 +80,38 @@ fn main() -> ExitCode {
     } else {
         ExitCode::FAILURE
     }
+}
+
+/// Uploads and downloads of every size class (direct, one staged chunk, many alternating
+/// halves) come back bit for bit, and how fast the large ones go.
+fn copies_round_trip(dev: &GpuDevice) -> Result<String, String> {
+    let mut report = Vec::new();
+    for n in [1000usize, 300_000, 5_000_011] {
+        let host: Vec<f32> = (0..n).map(|i| (i as f32).sqrt() - 7.0).collect();
+        let mut buf = dev.alloc(n).map_err(|e| e.to_string())?;
+        let mut back = vec![0f32; n];
+        // Warm: the first staged copy pins the block.
+        buf.upload(&host).map_err(|e| e.to_string())?;
+        let t = std::time::Instant::now();
+        buf.upload(&host).map_err(|e| e.to_string())?;
+        let up = t.elapsed().as_secs_f64();
+        let t = std::time::Instant::now();
+        buf.download_into(&mut back).map_err(|e| e.to_string())?;
+        let down = t.elapsed().as_secs_f64();
+        if let Some(i) = (0..n).find(|&i| back[i].to_bits() != host[i].to_bits()) {
+            return Err(format!(
+                "{n} values: {} came back at {i} instead of {}",
+                back[i], host[i]
+            ));
+        }
+        let gbs = |s: f64| n as f64 * 4.0 / s / 1e9;
+        report.push(format!(
+            "{n} values up {:.1} GB/s, down {:.1} GB/s",
+            gbs(up),
+            gbs(down)
+        ));
+    }
+    Ok(format!("bit-exact round trips: {}", report.join("; ")))
 }
 
 fn read_f32(path: &Path) -> Result<Vec<f32>, String> {

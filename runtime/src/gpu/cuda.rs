@@ -151,18 +151,48 @@ fn staged(
     }
     // A poisoned lock only means another thread panicked mid-copy; the block is still valid.
     let mut guard = STAGING.lock().unwrap_or_else(|e| e.into_inner());
-    let block = guard.get_or_insert_with(|| {
-        // SAFETY: a fresh host allocation of STAGING_LEN f32, freed never (process lifetime).
-        unsafe { result::malloc_host(STAGING_LEN * 4, sys::CU_MEMHOSTALLOC_PORTABLE) }
-            .ok()
-            .map(|p| Staging { ptr: p.cast() })
-    });
-    let Some(block) = block else {
+    let Some(block) = staging_block(&mut guard) else {
         return copy(0, None);
     };
     // SAFETY: the block holds STAGING_LEN f32 and the lock makes this its only user.
     let staging = unsafe { std::slice::from_raw_parts_mut(block.ptr, STAGING_LEN) };
     in_chunks(len, staging, |at, chunk| copy(at, Some(chunk)))
+}
+
+/// The staging block, allocated on first use (`None` when pinning failed).
+fn staging_block(slot: &mut Option<Option<Staging>>) -> Option<&Staging> {
+    slot.get_or_insert_with(|| {
+        // SAFETY: a fresh host allocation of STAGING_LEN f32, freed never (process lifetime).
+        unsafe { result::malloc_host(STAGING_LEN * 4, sys::CU_MEMHOSTALLOC_PORTABLE) }
+            .ok()
+            .map(|p| Staging { ptr: p.cast() })
+    })
+    .as_ref()
+}
+
+/// `copy(at, half, chunk)` for consecutive chunks covering `len` values, alternating between
+/// the two halves of `staging` (`half` 0 or 1), so that the host fills one while the other is
+/// still being copied.
+fn in_halves<E>(
+    len: usize,
+    staging: &mut [f32],
+    mut copy: impl FnMut(usize, usize, &mut [f32]) -> Result<(), E>,
+) -> Result<(), E> {
+    let step = (staging.len() / 2).max(1);
+    let (first, second) = staging.split_at_mut(step);
+    // A one-value block has no second half: it then serves every chunk.
+    let halves = if second.is_empty() { 1 } else { 2 };
+    for (i, at) in (0..len).step_by(step).enumerate() {
+        let half = i % halves;
+        let chunk = if half == 0 {
+            &mut first[..]
+        } else {
+            &mut second[..]
+        };
+        let n = step.min(len - at);
+        copy(at, half, &mut chunk[..n])?;
+    }
+    Ok(())
 }
 
 /// `copy(at, chunk)` for consecutive chunks of `staging` covering `len` values.
@@ -231,16 +261,51 @@ impl DeviceBuffer {
         self.ctx
             .bind_to_thread()
             .map_err(driver("cuCtxSetCurrent"))?;
-        staged(data.len(), |at, staging| match staging {
-            Some(staging) => {
-                staging.copy_from_slice(&data[at..at + staging.len()]);
-                // SAFETY: `at + staging.len()` ≤ len (checked above); synchronous.
-                unsafe { result::memcpy_htod_sync(self.ptr + 4 * at as u64, &*staging) }
-            }
+        if data.len() < STAGED_MIN_LEN {
             // SAFETY: lengths checked above; the copy is synchronous.
-            None => unsafe { result::memcpy_htod_sync(self.ptr, data) },
-        })
-        .map_err(driver("cuMemcpyHtoD"))
+            return unsafe { result::memcpy_htod_sync(self.ptr, data) }
+                .map_err(driver("cuMemcpyHtoD"));
+        }
+        // A poisoned lock only means another thread panicked mid-copy; the block is still valid.
+        let mut guard = STAGING.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(block) = staging_block(&mut guard) else {
+            // SAFETY: lengths checked above; the copy is synchronous.
+            return unsafe { result::memcpy_htod_sync(self.ptr, data) }
+                .map_err(driver("cuMemcpyHtoD"));
+        };
+        // SAFETY: the block holds STAGING_LEN f32 and the lock makes this its only user.
+        let staging = unsafe { std::slice::from_raw_parts_mut(block.ptr, STAGING_LEN) };
+        let stream = self.ctx.default_stream();
+        let events = [self.copy_event()?, self.copy_event()?];
+        let mut pending = [false; 2];
+        let copied = in_halves(data.len(), staging, |at, half, chunk| {
+            if pending[half] {
+                events[half].synchronize()?;
+            }
+            chunk.copy_from_slice(&data[at..at + chunk.len()]);
+            // SAFETY: `at + chunk.len()` ≤ len (checked above); the chunk is page-locked and
+            // not written again before its event completes (below, or at the end).
+            unsafe {
+                result::memcpy_htod_async(self.ptr + 4 * at as u64, &*chunk, stream.cu_stream())
+            }?;
+            events[half].record(&stream)?;
+            pending[half] = true;
+            Ok(())
+        });
+        // Whatever happened, no copy may still read the block once the lock is released.
+        for (e, p) in events.iter().zip(pending) {
+            if p {
+                e.synchronize().map_err(driver("cuEventSynchronize"))?;
+            }
+        }
+        copied.map_err(driver("cuMemcpyHtoDAsync"))
+    }
+
+    /// An event that only orders (no timing), for the staged upload's halves.
+    fn copy_event(&self) -> Result<cudarc::driver::CudaEvent, GpuError> {
+        self.ctx
+            .new_event(Some(sys::CUevent_flags::CU_EVENT_DISABLE_TIMING))
+            .map_err(driver("cuEventCreate"))
     }
 
     pub fn download(&self) -> Result<Vec<f32>, GpuError> {
@@ -937,6 +1002,35 @@ mod tests {
                     assert!(text.contains("libcuda.so") && text.contains("--device gpu"));
                 }
             }
+        }
+    }
+
+    /// Uploads alternate halves and cover every value once, in order.
+    #[test]
+    fn staged_halves_cover_the_upload_exactly() {
+        for (len, block) in [
+            (0, 4),
+            (1, 4),
+            (2, 4),
+            (5, 4),
+            (11, 4),
+            (12, 6),
+            (7, 1),
+            (3, 2),
+        ] {
+            let host: Vec<f32> = (0..len).map(|v| v as f32).collect();
+            let (mut device, mut staging) = (vec![f32::NAN; len], vec![0f32; block]);
+            let mut halves = Vec::new();
+            in_halves::<()>(len, &mut staging, |at, half, chunk| {
+                chunk.copy_from_slice(&host[at..at + chunk.len()]);
+                device[at..at + chunk.len()].copy_from_slice(chunk);
+                halves.push(half);
+                Ok(())
+            })
+            .expect("the copy cannot fail");
+            assert_eq!(device, host, "len {len}, block {block}");
+            let n = if block < 2 { 1 } else { 2 };
+            assert!(halves.iter().enumerate().all(|(i, h)| *h == i % n));
         }
     }
 
