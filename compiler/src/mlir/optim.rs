@@ -33,19 +33,17 @@ pub fn moment_name(param: &str, second: bool) -> String {
 pub fn optimizer_signature(g: &Graph) -> Vec<TrainArg> {
     let trainable: Vec<_> = g.params.iter().filter(|p| p.role.trainable()).collect();
     let mut args = Vec::with_capacity(4 * trainable.len() + 1);
-    let groups: [(TrainRole, &dyn Fn(&str) -> String); 4] = [
-        (TrainRole::Param, &|n| n.to_string()),
-        (TrainRole::DParam, &|n| format!("d{n}")),
-        (TrainRole::OptimizerState, &|n| moment_name(n, false)),
-        (TrainRole::OptimizerState, &|n| moment_name(n, true)),
-    ];
-    for (role, name) in groups {
-        args.extend(trainable.iter().map(|p| TrainArg {
+    let group = |role: TrainRole, name: fn(&str) -> String| {
+        trainable.iter().map(move |p| TrainArg {
             name: name(&p.name),
             role,
             shape: p.shape.clone(),
-        }));
-    }
+        })
+    };
+    args.extend(group(TrainRole::Param, |n| n.to_string()));
+    args.extend(group(TrainRole::DParam, |n| format!("d{n}")));
+    args.extend(group(TrainRole::OptimizerState, |n| moment_name(n, false)));
+    args.extend(group(TrainRole::OptimizerState, |n| moment_name(n, true)));
     args.push(TrainArg {
         name: "scalars".into(),
         role: TrainRole::OptimizerScalars,
@@ -88,8 +86,8 @@ fn optimizer_text(g: &Graph) -> String {
     let _ = writeln!(t, "  %c1 = arith.constant 1 : index");
     let scalars = format!("%a{}", sig.len() - 1);
     let scalars_ty = memref(&[DEVICE_SCALARS]);
-    for j in 0..n {
-        let shape = &sig[j].shape;
+    for (j, param) in sig[..n].iter().enumerate() {
+        let shape = &param.shape;
         let len: usize = shape.iter().product();
         let flat_ty = memref(&[len]);
         // Parameter, gradient, first and second moment, each as a 1-D view.
