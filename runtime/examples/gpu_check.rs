@@ -426,9 +426,13 @@ fn graphs_match_launches(
     pair: &mut TrainingFunctions,
     host: &TrainingHost,
 ) -> Result<String, String> {
+    let initial = pair.module().graphs();
     let direct = step_values(pair, host, false)?;
     let graph = step_values(pair, host, true)?;
     reset_state(pair, host)?;
+    // Timed as the environment asks (`SNNC_GPU_GRAPHS=0`: launch by launch).
+    pair.module()
+        .set_graphs(initial && pair.module().graph_error().is_none());
     if let Some(e) = pair.module().graph_error() {
         return Ok(format!("launch by launch: capturing a graph failed ({e})"));
     }
@@ -447,7 +451,12 @@ fn graphs_match_launches(
         ));
     }
     Ok(format!(
-        "replayed as CUDA graphs ({}, checked against launch by launch)",
+        "{} (graphs: {}, checked against launch by launch)",
+        if initial {
+            "replayed as CUDA graphs"
+        } else {
+            "launch by launch (SNNC_GPU_GRAPHS=0)"
+        },
         if identical {
             "bit-identical gradients and parameters".to_string()
         } else {

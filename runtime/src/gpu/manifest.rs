@@ -695,6 +695,9 @@ pub struct CheckCase {
 }
 
 /// Relative difference allowed between a layer's spike count and the reference's when f32
-/// rounding flips some spikes: a flip is a membrane within rounding of its threshold, rare
-/// enough that a wrong kernel (which moves whole firing rates) cannot hide below it.
-pub const SPIKE_COUNT_TOLERANCE: f64 = 1e-2;
+/// rounding flips some spikes. A flip is a membrane within rounding of its threshold; it
+/// perturbs every membrane it feeds, so flips cascade down the layers: the Att-Res-SNN-18 at
+/// T = 1, B = 2 (a few thousand spikes per layer) differed by up to 5 % in its deepest
+/// layers on an H200. A kernel error moves firing rates by far more; each op's exact results
+/// are checked on the small models, which flip nothing.
+pub const SPIKE_COUNT_TOLERANCE: f64 = 0.1;
