@@ -360,13 +360,7 @@ fn training_step(
     let forward_ms = lap();
     let backward = pair.run_backward().map_err(|e| e.to_string())?;
     let backward_ms = lap();
-    let all = vec![true; pair.optimizer_args().len().saturating_sub(1) / 4];
-    let scalars = adam
-        .device_scalars(ADAM_LR, &all)
-        .map_err(|e| e.to_string())?
-        .ok_or("Adam's update runs on the device")?;
-    let optimizer = pair.run_optimizer(&scalars).map_err(|e| e.to_string())?;
-    adam.record_device_step(&all).map_err(|e| e.to_string())?;
+    let optimizer = adam_step(pair, adam)?;
     let optimizer_ms = lap();
     download_outputs(pair)?;
     let download_ms = lap();
@@ -463,6 +457,18 @@ fn graphs_match_launches(
             format!("gradients and parameters within {worst:.1e}")
         }
     ))
+}
+
+/// `adam`'s next step on the device, counted.
+fn adam_step(pair: &mut TrainingFunctions, adam: &mut Optimizer) -> Result<RunStats, String> {
+    let all = vec![true; pair.optimizer_args().len().saturating_sub(1) / 4];
+    let scalars = adam
+        .device_scalars(ADAM_LR, &all)
+        .map_err(|e| e.to_string())?
+        .ok_or("Adam's update runs on the device")?;
+    let stats = pair.run_optimizer(&scalars).map_err(|e| e.to_string())?;
+    adam.record_device_step(&all).map_err(|e| e.to_string())?;
+    Ok(stats)
 }
 
 /// The learning rate of the steps here (the gesture network's, docs/gpu.md).
@@ -831,13 +837,7 @@ fn print_profile(
     pair.set_profiling(true);
     let f = pair.run_forward().map_err(|e| e.to_string())?;
     let b = pair.run_backward().map_err(|e| e.to_string())?;
-    let all = vec![true; pair.optimizer_args().len().saturating_sub(1) / 4];
-    let scalars = adam
-        .device_scalars(ADAM_LR, &all)
-        .map_err(|e| e.to_string())?
-        .ok_or("Adam runs on the device")?;
-    let o = pair.run_optimizer(&scalars).map_err(|e| e.to_string())?;
-    adam.record_device_step(&all).map_err(|e| e.to_string())?;
+    let o = adam_step(pair, adam)?;
     pair.set_profiling(false);
     let mut rows: Vec<(&str, &snn_runtime::gpu::KernelTime)> = f
         .kernels

@@ -550,7 +550,8 @@ impl GpuModule {
     }
 
     /// Returns a temporary for reuse. Kernels still queued that read it finish before any
-    /// later use: every launch and memset goes to the one (default) stream, in order.
+    /// later use: a replay's launches go to one stream, and every replay waits for its stream
+    /// before it returns, so replays never overlap.
     fn give_back(&self, b: DeviceBuffer) {
         self.pool.borrow_mut().entry(b.len).or_default().push(b);
     }

@@ -135,20 +135,32 @@ impl GpuTraining {
 
     /// Uploads every parameter and running statistic (`Graph::params` order).
     fn upload_params(&mut self, params: &[Vec<f32>]) -> Result<(), String> {
+        let host: Vec<&[f32]> = params.iter().map(Vec::as_slice).collect();
+        self.upload_forward(&[TrainRole::Param, TrainRole::State], "parameters", &host)
+    }
+
+    /// Uploads `host` into the forward's arguments of `roles`, in order (`what` names them in
+    /// errors).
+    fn upload_forward(
+        &mut self,
+        roles: &[TrainRole],
+        what: &str,
+        host: &[&[f32]],
+    ) -> Result<(), String> {
         let slots: Vec<(usize, TrainArg)> = self
-            .forward_of(&[TrainRole::Param, TrainRole::State])
+            .forward_of(roles)
             .into_iter()
             .map(|(k, a)| (k, a.clone()))
             .collect();
-        if params.len() != slots.len() {
+        if host.len() != slots.len() {
             return Err(format!(
-                "{}: {} parameters given, {} expected",
+                "{}: {} {what} given, {} expected",
                 self.model,
-                params.len(),
+                host.len(),
                 slots.len()
             ));
         }
-        for ((k, a), host) in slots.iter().zip(params) {
+        for ((k, a), host) in slots.iter().zip(host) {
             if host.len() != elements(a) {
                 return Err(self.mismatch(a, host.len()));
             }
@@ -190,29 +202,7 @@ impl GpuTraining {
     /// Runs `forward_train` on the parameters already on the device: uploads `inputs`
     /// (declaration order) and returns the model outputs; the running statistics stay there.
     pub fn forward_resident(&mut self, inputs: &[&[f32]]) -> Result<Vec<Vec<f32>>, String> {
-        let slots: Vec<(usize, TrainArg)> = self
-            .forward_of(&[TrainRole::Input])
-            .into_iter()
-            .map(|(k, a)| (k, a.clone()))
-            .collect();
-        if inputs.len() != slots.len() {
-            return Err(format!(
-                "{}: {} inputs given, {} expected",
-                self.model,
-                inputs.len(),
-                slots.len()
-            ));
-        }
-        for ((k, a), host) in slots.iter().zip(inputs) {
-            if host.len() != elements(a) {
-                return Err(self.mismatch(a, host.len()));
-            }
-            self.pair
-                .forward_buffer_mut(*k)
-                .ok_or_else(|| format!("internal: no buffer for `{}`", a.name))?
-                .upload(host)
-                .map_err(|e| e.to_string())?;
-        }
+        self.upload_forward(&[TrainRole::Input], "inputs", inputs)?;
         self.last_forward = self.pair.run_forward().map_err(|e| e.to_string())?;
         self.forward_of(&[TrainRole::Output])
             .into_iter()
