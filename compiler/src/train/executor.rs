@@ -889,3 +889,260 @@ mod tests {
         assert_eq!(spike_sum(&[1.0, 0.0, 1.0]), 2.0);
     }
 }
+
+/// The driver's side of training on a device (`train_step_on_device`, `sync_to_host`, the
+/// state moving between batch sizes), run on the CPU backend with the device's state and
+/// optimiser step emulated on the host: its steps must match the host optimiser's.
+#[cfg(test)]
+mod device_steps {
+    use super::*;
+    use snn_runtime::train::{DeviceScalar, OptimizerConfig};
+
+    /// The CPU's functions, with "device" parameters and moments kept here and Adam applied
+    /// as the generated `@<model>_optimizer` does (docs/abi.md), in f32.
+    struct EmulatedCode {
+        cpu: CpuCode,
+        trainable: Vec<bool>,
+        params: Vec<Vec<f32>>,
+        moments: Vec<(Vec<f32>, Vec<f32>)>,
+        last_input: Vec<f32>,
+    }
+
+    struct EmulatedBackend;
+
+    impl CompiledBackend for EmulatedBackend {
+        type Code = EmulatedCode;
+        fn compile(
+            &mut self,
+            g: &Graph,
+            batch: usize,
+            eval: bool,
+        ) -> Result<EmulatedCode, RunError> {
+            Ok(EmulatedCode {
+                cpu: CpuBackend.compile(g, batch, eval)?,
+                trainable: g.params.iter().map(|p| p.role.trainable()).collect(),
+                params: Vec::new(),
+                moments: Vec::new(),
+                last_input: Vec::new(),
+            })
+        }
+    }
+
+    impl CompiledCode for EmulatedCode {
+        fn forward_signature(&self) -> &[TrainArg] {
+            self.cpu.forward_signature()
+        }
+        fn set_mask(&mut self, name: &str, mask: &[f32]) -> Result<(), String> {
+            self.cpu.set_mask(name, mask)
+        }
+        fn forward_train(
+            &mut self,
+            inputs: &[&[f32]],
+            params: &mut [Vec<f32>],
+        ) -> Result<Vec<Vec<f32>>, String> {
+            self.cpu.forward_train(inputs, params)
+        }
+        fn backward(
+            &mut self,
+            inputs: &[&[f32]],
+            params: &[Vec<f32>],
+            d_outputs: &[&[f32]],
+        ) -> Result<Vec<Vec<f32>>, String> {
+            self.cpu.backward(inputs, params, d_outputs)
+        }
+        fn spike_count(&self, name: &str) -> Result<(f64, usize), String> {
+            self.cpu.spike_count(name)
+        }
+        fn device_optimizer(&self) -> bool {
+            true
+        }
+        fn upload_state(
+            &mut self,
+            params: &[Vec<f32>],
+            moments: &[(Vec<f32>, Vec<f32>)],
+        ) -> Result<(), String> {
+            self.params = params.to_vec();
+            self.moments = moments.to_vec();
+            Ok(())
+        }
+        fn download_state(
+            &self,
+            params: &mut [Vec<f32>],
+            moments: &mut Vec<(Vec<f32>, Vec<f32>)>,
+        ) -> Result<(), String> {
+            params.clone_from_slice(&self.params);
+            moments.clone_from(&self.moments);
+            Ok(())
+        }
+        fn copy_state_from(&mut self, other: &Self) -> Result<(), String> {
+            self.params.clone_from(&other.params);
+            self.moments.clone_from(&other.moments);
+            Ok(())
+        }
+        fn forward_resident(&mut self, inputs: &[&[f32]]) -> Result<Vec<Vec<f32>>, String> {
+            self.last_input = inputs[0].to_vec();
+            let mut params = std::mem::take(&mut self.params);
+            let outputs = self.cpu.forward_train(inputs, &mut params);
+            self.params = params;
+            outputs
+        }
+        fn backward_and_update(&mut self, d_outputs: &[&[f32]], s: &[f32]) -> Result<(), String> {
+            let grads = self
+                .cpu
+                .backward(&[&self.last_input], &self.params, d_outputs)?;
+            let at = |k: DeviceScalar| s[k as usize];
+            let trained = self
+                .params
+                .iter_mut()
+                .zip(&self.trainable)
+                .filter(|(_, t)| **t);
+            for (((p, _), g), (m, v)) in trained.zip(grads).zip(&mut self.moments) {
+                for i in 0..p.len() {
+                    let x = p[i] * at(DeviceScalar::DecayMul);
+                    let g = g[i] + at(DeviceScalar::L2) * x;
+                    m[i] += at(DeviceScalar::OneMinusBeta1) * (g - m[i]);
+                    v[i] = at(DeviceScalar::Beta2) * v[i] + at(DeviceScalar::OneMinusBeta2) * g * g;
+                    let denom = v[i].sqrt() * at(DeviceScalar::InvSqrtBiasCorrection2)
+                        + at(DeviceScalar::Eps);
+                    p[i] = x - at(DeviceScalar::StepSize) * m[i] / denom;
+                }
+            }
+            Ok(())
+        }
+    }
+
+    /// Batchnorm (running statistics), a learnable neuron scalar, a conv and a dense layer. The
+    /// conv has no bias: before a batchnorm its gradient is zero up to rounding, and Adam's
+    /// update of rounding noise is its sign, which f32 and f64 parameters need not share.
+    const TINY: &str = "import std.neurons.{LIF, PLIF}\nmodel Tiny(T: int = 2) {\n    input x: image(channels = 1, height = 4, width = 4, T = T)\n    x -> conv(2, 3, bias = false) -> bn -> LIF -> pool.max(2) -> flatten -> linear(3) -> PLIF -> readout.rate\n}\n";
+
+    fn batch(b: usize, seed: u64) -> Batch {
+        let frames = snn_runtime::gpu::manifest::uniform_f32(2 * b * 16, seed, 0.0, 2.0);
+        Batch {
+            frames: ndarray::Array5::from_shape_vec((2, b, 1, 4, 4), frames).expect("shape"),
+            labels: (0..b as u32).map(|l| l % 3).collect(),
+            indices: (0..b).collect(),
+        }
+    }
+
+    fn close(what: &str, got: &ArrayD<f64>, want: &ArrayD<f64>) {
+        for (a, b) in got.iter().zip(want) {
+            assert!(
+                (a - b).abs() <= 1e-4 * b.abs().max(1.0),
+                "{what}: device {a} vs host {b}"
+            );
+        }
+    }
+
+    #[test]
+    fn device_steps_match_host_steps_across_batch_sizes() {
+        let c = crate::sema::compile_source(Path::new("tiny.snn"), TINY.to_string(), &[]);
+        let g = c.graphs.into_iter().next().expect("one model");
+        let run_dir = std::env::temp_dir().join("snnc-device-steps-unused");
+        let shapes: Vec<Vec<usize>> = g.params.iter().map(|p| p.shape.clone()).collect();
+        let adam_l2 = OptimizerConfig::Adam {
+            lr: 0.05,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.01,
+        };
+        for config in [adam_l2, OptimizerConfig::adamw(0.05)] {
+            let mut host = CompiledExecutor::with_backend(&g, CpuBackend, 0, &run_dir);
+            let mut device = CompiledExecutor::with_backend(&g, EmulatedBackend, 0, &run_dir);
+            let mut host_opt = Optimizer::new(config, &shapes).expect("config");
+            let mut device_opt = host_opt.clone();
+            let mut host_params = ParamStore::init(&g, 3);
+            let mut device_params = host_params.clone();
+            // 3 → 2 → 3 images: the state moves to the smaller batch's code and back.
+            for (step, b) in [3usize, 3, 2, 3, 3].into_iter().enumerate() {
+                let batch = batch(b, 40 + step as u64);
+                let targets: Vec<usize> = batch.labels.iter().map(|l| *l as usize).collect();
+                let mut loss = |r: &ArrayD<f64>| {
+                    crate::interp::loss::cross_entropy(r, &targets)
+                        .map_err(|e| RunError(e.to_string()))
+                };
+                let lr = 0.05 / (1.0 + step as f64);
+                let mut s = host
+                    .train_step(&host_params, &batch, step as u64, &mut loss)
+                    .expect("host step");
+                host_opt
+                    .step(&mut host_params.values, &s.grads, lr)
+                    .expect("host update");
+                for (k, v) in std::mem::take(&mut s.running_updates) {
+                    host_params.values[k] = v;
+                }
+                let d = device
+                    .train_step_on_device(
+                        &device_params,
+                        &mut device_opt,
+                        lr,
+                        &batch,
+                        step as u64,
+                        &mut loss,
+                    )
+                    .expect("device step")
+                    .expect("Adam runs on the device");
+                assert!(
+                    (d.loss - s.loss).abs() <= 1e-4 * s.loss.abs().max(1.0),
+                    "step {step}: loss {} vs {}",
+                    d.loss,
+                    s.loss
+                );
+                assert_eq!(d.spike_counts, s.spike_counts, "step {step}");
+                if step == 1 {
+                    // A sync in the middle (an evaluation) leaves the run where it was.
+                    device
+                        .sync_to_host(&mut device_params, &mut device_opt)
+                        .expect("sync");
+                }
+            }
+            device
+                .sync_to_host(&mut device_params, &mut device_opt)
+                .expect("sync");
+            for (p, (a, b)) in g
+                .params
+                .iter()
+                .zip(device_params.values.iter().zip(&host_params.values))
+            {
+                close(&p.name, a, b);
+            }
+            let (hs, ds) = (host_opt.state(), device_opt.state());
+            assert_eq!(hs.step, ds.step);
+            for (k, (h, d)) in hs.params.iter().zip(&ds.params).enumerate() {
+                assert_eq!(h.step, d.step, "parameter {k}");
+                if !g.params[k].role.trainable() {
+                    continue;
+                }
+                let (hm, hv) = host_opt.moments(k).expect("host moments");
+                let (dm, dv) = device_opt
+                    .moments(k)
+                    .expect("moments synced from the device");
+                close("exp_avg", dm, hm);
+                close("exp_avg_sq", dv, hv);
+            }
+            // A non-finite parameter on the device stops the run at the sync.
+            if let Some(v) = device.variants.get_mut(&(3, false)) {
+                v.params[0][0] = f32::NAN;
+            }
+            let err = device
+                .sync_to_host(&mut device_params, &mut device_opt)
+                .expect_err("NaN");
+            assert!(err.to_string().contains("training stopped"), "{err}");
+        }
+        // SGD's update stays on the host.
+        let mut device = CompiledExecutor::with_backend(&g, EmulatedBackend, 0, &run_dir);
+        let mut sgd = Optimizer::new(OptimizerConfig::sgd(0.1), &shapes).expect("sgd");
+        let batch = batch(3, 1);
+        let mut loss = |r: &ArrayD<f64>| {
+            crate::interp::loss::cross_entropy(r, &[0, 1, 2]).map_err(|e| RunError(e.to_string()))
+        };
+        let params = ParamStore::init(&g, 3);
+        assert!(
+            device
+                .train_step_on_device(&params, &mut sgd, 0.1, &batch, 0, &mut loss)
+                .expect("no error")
+                .is_none()
+        );
+    }
+}
