@@ -664,6 +664,12 @@ impl GpuModel {
     /// with these buffers and launched as one; should capturing fail, graphs stay off for the
     /// module ([`GpuModule::graph_error`]) and replays go launch by launch.
     pub fn run(&self, args: &[&DeviceBuffer]) -> Result<RunStats, GpuError> {
+        self.replay(args, true)
+    }
+
+    /// [`Self::run`]; `graphs`: whether these buffers may be worth capturing (not for one
+    /// replay over fresh buffers, which a graph would cost more than it saves).
+    fn replay(&self, args: &[&DeviceBuffer], graphs: bool) -> Result<RunStats, GpuError> {
         let m = &self.manifest;
         if args.len() != m.args.len() {
             return Err(GpuError::Usage(format!(
@@ -685,7 +691,7 @@ impl GpuModel {
             .bind_to_thread()
             .map_err(driver("cuCtxSetCurrent"))?;
         let module = &self.module;
-        if module.graphs.get() && !module.profiling.get() && !module.poison.get() {
+        if graphs && module.graphs.get() && !module.profiling.get() && !module.poison.get() {
             match self.run_graph(args) {
                 Ok(stats) => return Ok(stats),
                 Err(e) => {
@@ -976,7 +982,7 @@ impl GpuModel {
         for (b, h) in bufs.iter_mut().zip(host.iter()) {
             b.upload(h)?;
         }
-        let stats = self.run(&bufs.iter().collect::<Vec<_>>())?;
+        let stats = self.replay(&bufs.iter().collect::<Vec<_>>(), false)?;
         for ((a, b), h) in self.manifest.args.iter().zip(&bufs).zip(host.iter_mut()) {
             if a.role == "output" || a.role == "state" {
                 *h = b.download()?;
