@@ -139,9 +139,10 @@ const STAGING_LEN: usize = 1 << 20;
 /// Copies shorter than this (64 KiB) go direct: staging would add a host copy to little gain.
 const STAGED_MIN_LEN: usize = 1 << 14;
 
-/// Runs a copy of `len` f32: `copy(at, Some(chunk))` for consecutive chunks of the staging
-/// block (the caller moves data between it and its own memory at offset `at`), or once
+/// Runs a download of `len` f32: `copy(at, Some(chunk))` for consecutive chunks of the staging
+/// block (the caller moves the chunk into its own memory at offset `at`), or once
 /// `copy(0, None)` (direct, pageable) when the copy is short or no memory could be pinned.
+/// Uploads alternate the block's halves instead (`DeviceBuffer::upload`).
 fn staged(
     len: usize,
     mut copy: impl FnMut(usize, Option<&mut [f32]>) -> Result<(), DriverError>,
