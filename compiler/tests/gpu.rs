@@ -188,7 +188,7 @@ fn cli_emits_ptx_and_writes_a_directory() {
     build_into(&["--target", "gpu", "--train", "--batch", "2"]);
     let ptx = std::fs::read_to_string(dir.join("GoldenSmall.train.ptx")).expect("ptx written");
     let mut roles = Vec::new();
-    for which in ["forward_train", "backward"] {
+    for which in ["forward_train", "backward", "optimizer"] {
         let json = std::fs::read_to_string(dir.join(format!("GoldenSmall.{which}.launch.json")))
             .expect("manifest");
         let m = LaunchManifest::from_json(&json).expect("valid manifest");
@@ -198,7 +198,15 @@ fn cli_emits_ptx_and_writes_a_directory() {
         }
         roles.extend(m.args.iter().map(|a| a.role.clone()));
     }
-    for role in ["saved", "scan_states", "d_output", "d_param", "d_input"] {
+    for role in [
+        "saved",
+        "scan_states",
+        "d_output",
+        "d_param",
+        "d_input",
+        "optimizer_state",
+        "optimizer_scalars",
+    ] {
         assert!(roles.iter().any(|r| r == role), "no `{role}` argument");
     }
     assert!(
