@@ -11,9 +11,9 @@
 
 use super::gemm::{ConvShape, size};
 use super::{
-    Buf, Env, Fx, LANES, LoopForm, LowerError, LowerOptions, Lowering, V, append_func, block_arg,
-    check_program, declare_kernels, delinearise, dropout_scale, eval, forward_signature, fpred,
-    insert_at, is_view, kernel_for, lane_base, linear, pairs_in_lanes, pooled_batch_norm,
+    Buf, Env, FwdValue, Fx, LANES, LoopForm, LowerError, LowerOptions, Lowering, V, append_func,
+    block_arg, check_program, declare_kernels, delinearise, dropout_scale, eval, forward_signature,
+    fpred, insert_at, is_view, kernel_for, lane_base, linear, pairs_in_lanes, pooled_batch_norm,
     reduce_index, remove_at, shape_of, to_i64, vector_parts, view_of,
 };
 use crate::autodiff::{GradGraph, ScanAdjoint, differentiate};
@@ -617,38 +617,6 @@ fn lower_backward<'c>(
         Ok(())
     })?;
     Ok(used)
-}
-
-/// A forward value the backward reads: a buffer, or a product it recomputes where it reads it
-/// (see [`rematerialized`]).
-#[derive(Clone)]
-enum FwdValue<'c> {
-    Stored(Buf<'c>),
-    Product(Box<(FwdValue<'c>, FwdValue<'c>)>),
-}
-
-impl<'c> FwdValue<'c> {
-    /// The element(s) at `idx` of a `dims`-shaped loop, broadcasting size-1 axes: for a
-    /// product, the same multiply the forward did.
-    fn load(
-        &self,
-        fx: &Fx<'c, '_>,
-        b: &Block<'c>,
-        dims: &[i64],
-        idx: &[V<'c>],
-        vector: bool,
-    ) -> V<'c> {
-        match self {
-            FwdValue::Stored(buf) => fx.load_bcast(b, buf.mem, &buf.dims, dims, idx, vector),
-            FwdValue::Product(p) => {
-                let (a, c) = (
-                    p.0.load(fx, b, dims, idx, vector),
-                    p.1.load(fx, b, dims, idx, vector),
-                );
-                fx.mulf(b, a, c)
-            }
-        }
-    }
 }
 
 /// The position of `node` in `g` (nodes are handed around by reference; lowering state is
@@ -2024,11 +1992,14 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
             .iter()
             .map(|(a, _)| axes.contains(a))
             .collect();
-        let x = match kind {
-            ReduceKind::Max => Some(self.saved(node, 0)?),
+        // A max with a saved argmax never reads its operand: fetching it would recompute a
+        // rematerialised product (a full feature map) for nothing.
+        let argmax = self.aux_of(node, Aux::Argmax);
+        let x = match (kind, argmax) {
+            (ReduceKind::Max, None) => Some(self.saved(node, 0)?),
             _ => None,
         };
-        let dx = if x.is_none() {
+        let dx = if kind != ReduceKind::Max {
             self.input_grad_once(node, 0)?
         } else {
             self.input_grad(node, 0)?
@@ -2043,8 +2014,8 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
             .collect();
         let count: i64 = red_dims.iter().product();
         let x_index = |o: &[V<'c>], r: &[V<'c>]| reduce_index(&reduced, keepdim, o, r);
-        match x {
-            None => {
+        match (x, argmax) {
+            (None, None) => {
                 let last_reduced = reduced.last() == Some(&true);
                 fx.par_vec(fx.entry, &dx.dims, |b, xi, vector| {
                     let mut yidx = Vec::new();
@@ -2069,7 +2040,7 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
                     self.acc_w(b, d, dx.mem, xi, vector);
                 });
             }
-            Some(_) if let Some(ab) = self.aux_of(node, Aux::Argmax) => {
+            (_, Some(ab)) => {
                 // The forward saved where each output's maximum is: one add per output.
                 fx.par(fx.entry, &dy.dims, |b, o| {
                     let at = fx.load(b, ab, o);
@@ -2079,7 +2050,7 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
                     self.acc(b, d, dx.mem, &x_index(o, &r));
                 });
             }
-            Some(x) => {
+            (Some(x), None) => {
                 let scalar = |b: &Block<'c>, o: &[V<'c>]| {
                     let (best, _) =
                         self.argmax(b, &red_dims, &|b, r| fx.load(b, x.mem, &x_index(o, r)));

@@ -68,6 +68,8 @@ impl Default for LowerOptions {
     }
 }
 
+/// Loads the element(s) of an operand at an index: `(block, index, vector)`.
+type ElemLoad<'a, 'c> = dyn Fn(&Block<'c>, &[V<'c>], bool) -> V<'c> + 'a;
 /// [`Fx::split_sums`]'s terms: `(block, output index, reduced index)` to the values to add.
 pub(super) type SumTerms<'a, 'c> = dyn Fn(&Block<'c>, &[V<'c>], &[V<'c>]) -> Vec<V<'c>> + 'a;
 /// [`Fx::split_sums`]'s finish: `(block, output index, sums)`.
@@ -1434,6 +1436,39 @@ struct Buf<'c> {
     dims: Vec<i64>,
 }
 
+/// A forward value as its readers see it: a buffer, or a broadcast product recomputed element by
+/// element where it is read (the backward's rematerialised products, `grad::rematerialized`,
+/// and the training forward's inlined ones, [`Lowering::inline_products`]).
+#[derive(Clone)]
+enum FwdValue<'c> {
+    Stored(Buf<'c>),
+    Product(Box<(FwdValue<'c>, FwdValue<'c>)>),
+}
+
+impl<'c> FwdValue<'c> {
+    /// The element(s) at `idx` of a `dims`-shaped loop, broadcasting size-1 axes: for a
+    /// product, the same multiply the forward did.
+    fn load(
+        &self,
+        fx: &Fx<'c, '_>,
+        b: &Block<'c>,
+        dims: &[i64],
+        idx: &[V<'c>],
+        vector: bool,
+    ) -> V<'c> {
+        match self {
+            FwdValue::Stored(buf) => fx.load_bcast(b, buf.mem, &buf.dims, dims, idx, vector),
+            FwdValue::Product(p) => {
+                let (a, c) = (
+                    p.0.load(fx, b, dims, idx, vector),
+                    p.1.load(fx, b, dims, idx, vector),
+                );
+                fx.mulf(b, a, c)
+            }
+        }
+    }
+}
+
 /// Where each node's value lives and when allocated buffers die.
 struct Liveness {
     /// The node whose storage a value shares (itself unless it is a view).
@@ -1546,6 +1581,8 @@ struct Lowering<'a, 'c, 'e> {
     train: grad::TrainSinks<'c>,
     /// [`LowerOptions::eval`].
     eval: bool,
+    /// Products never written to memory, recomputed by each reader ([`Self::inline_products`]).
+    inlined: Vec<bool>,
 }
 
 impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
@@ -1574,12 +1611,17 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
             live: liveness(g),
             train: grad::TrainSinks::default(),
             eval: false,
+            inlined: vec![false; g.nodes.len()],
         })
     }
 
     fn run(&mut self) -> Result<(), LowerError> {
         let g = self.g;
+        self.inlined = self.inline_products();
         for (i, node) in g.nodes.iter().enumerate() {
+            if self.inlined[i] {
+                continue;
+            }
             self.fx.loc.set(Location::name(
                 self.fx.ctx,
                 &node.name,
@@ -1605,10 +1647,71 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
         Ok(())
     }
 
+    /// The training forward's broadcast products (attention's `x · gate`) that are never
+    /// written: each reader multiplies the operands itself, as the backward does for the same
+    /// products. A gated map costs a write and a read per reader otherwise, for one multiply
+    /// (or a few, along a chain of gates) per element. Only where every operand stays in
+    /// memory until the end (a model input, a saved value or itself inlined), every reader
+    /// reads element by element (a reduction, an elementwise op), and nothing else wants the
+    /// buffer (an output, a saved value, a view). Not in flat (GPU) forms.
+    fn inline_products(&self) -> Vec<bool> {
+        let g = self.g;
+        let mut inlined = vec![false; g.nodes.len()];
+        if self.fx.flat {
+            return inlined;
+        }
+        for (i, node) in g.nodes.iter().enumerate() {
+            if !matches!(node.op, Op::Binary(BinaryOp::Mul))
+                || self.live.direct_out[i].is_some()
+                || self.train.saved_buffer(i).is_some()
+            {
+                continue;
+            }
+            let resident = |v: ValueId| {
+                let r = self.live.root[v.0];
+                matches!(g.nodes[r].op, Op::Input { .. })
+                    || self.train.saved_buffer(r).is_some()
+                    || inlined[r]
+            };
+            let mut readers = g
+                .nodes
+                .iter()
+                .filter(|n| n.inputs.iter().any(|v| v.0 == i))
+                .peekable();
+            let reads_elementwise = readers.peek().is_some()
+                && readers.all(|n| {
+                    !is_view(g, n)
+                        && matches!(n.op, Op::Reduce { .. } | Op::Unary(_) | Op::Binary(_))
+                });
+            inlined[i] = reads_elementwise && node.inputs.iter().all(|&v| resident(v));
+        }
+        inlined
+    }
+
+    /// Operand `k` of `node` as its readers load it: stored, or an inlined product.
+    fn operand(&self, node: &Node, k: usize) -> Result<FwdValue<'c>, LowerError> {
+        let id = node.inputs.get(k).ok_or_else(|| {
+            LowerError::new(format!("`{}` needs operand {k}", node.op.mnemonic()))
+        })?;
+        self.value(*id)
+    }
+
+    fn value(&self, id: ValueId) -> Result<FwdValue<'c>, LowerError> {
+        if !self.inlined.get(id.0).copied().unwrap_or(false) {
+            return self.buf(id).map(FwdValue::Stored);
+        }
+        let node = &self.g.nodes[id.0];
+        Ok(FwdValue::Product(Box::new((
+            self.operand(node, 0)?,
+            self.operand(node, 1)?,
+        ))))
+    }
+
     /// Whether node `r` owns a `memref.alloc` (not an argument, not a view).
     fn allocated(&self, r: usize) -> bool {
         let node = &self.g.nodes[r];
         self.live.root[r] == r
+            && !self.inlined[r]
             && !matches!(node.op, Op::Input { .. })
             && self.live.direct_out[r].is_none()
             && self.train.saved_buffer(r).is_none()
@@ -2267,20 +2370,28 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
         keepdim: bool,
     ) -> Result<(), LowerError> {
         let fx = &self.fx;
-        let x = self.input(node, 0)?;
+        let x = self.operand(node, 0)?;
         let xty = self.g.ty(node.inputs[0]);
+        let x_dims = to_i64(&shape_of(xty, self.batch, &node.name)?);
         let reduced: Vec<bool> = xty.dims.iter().map(|(a, _)| axes.contains(a)).collect();
-        let red_dims: Vec<i64> = x
-            .dims
+        let red_dims: Vec<i64> = x_dims
             .iter()
             .zip(&reduced)
             .filter(|(_, r)| **r)
             .map(|(d, _)| *d)
             .collect();
         if fx.flat {
+            let x = self.input(node, 0)?;
             return self.reduce_flat(node, (&x, y), kind, (&reduced, &red_dims), keepdim);
         }
-        if self.reduce_streaming(node, (&x, y), kind, (&reduced, &red_dims), keepdim) {
+        let load = |b: &Block<'c>, idx: &[V<'c>], vector: bool| x.load(fx, b, &x_dims, idx, vector);
+        if self.reduce_streaming(
+            node,
+            (&x_dims, &load, y),
+            kind,
+            (&reduced, &red_dims),
+            keepdim,
+        ) {
             return Ok(());
         }
         if kind == ReduceKind::Max
@@ -2295,7 +2406,7 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
                         MaxLanes::Scalar
                     };
                     let (v, i) = first_max(fx, b, &red_dims, lanes, &|b, r, vector| {
-                        fx.load_w(b, x.mem, &x_index(o, r), vector)
+                        load(b, &x_index(o, r), vector)
                     });
                     fx.store_w(b, v, y.mem, o, vector);
                     fx.store_w(b, i, at, o, vector);
@@ -2311,7 +2422,7 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
                 };
                 fx.par(fx.entry, &y.dims, |b, o| {
                     let (v, i) = first_max(fx, b, &red_dims, lanes, &|b, r, vector| {
-                        fx.load_w(b, x.mem, &x_index(o, r), vector)
+                        load(b, &x_index(o, r), vector)
                     });
                     fx.store(b, v, y.mem, o);
                     fx.store(b, i, at, o);
@@ -2336,7 +2447,7 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
                     true,
                     &mut |b, r, acc, vector| {
                         let idx = reduce_index(&reduced, keepdim, o, r);
-                        let v = fx.load_w(b, x.mem, &idx, vector);
+                        let v = load(b, &idx, vector);
                         vec![fx.bin(b, combine, acc[0], v)]
                     },
                 )[0];
@@ -2355,7 +2466,7 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
             };
             let acc = fx.acc_nest(b, &red_dims, init, &mut |b, r, acc| {
                 let idx = reduce_index(&reduced, keepdim, o, r);
-                let v = fx.load_w(b, x.mem, &idx, vector);
+                let v = load(b, &idx, vector);
                 match kind {
                     ReduceKind::Max => fx.bin(b, "arith.maximumf", acc, v),
                     ReduceKind::Mean | ReduceKind::Sum => fx.addf(b, acc, v),
@@ -2383,7 +2494,7 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
     fn reduce_streaming(
         &self,
         node: &Node,
-        (x, y): (&Buf<'c>, &Buf<'c>),
+        (x_dims, load, y): (&[i64], &ElemLoad<'_, 'c>, &Buf<'c>),
         kind: ReduceKind,
         (reduced, red_dims): (&[bool], &[i64]),
         keepdim: bool,
@@ -2416,7 +2527,7 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
         };
         let body = |b: &Block<'c>, idx: &[V<'c>], r: &[V<'c>], vector: bool| {
             let yi = y_index(idx);
-            let v = fx.load_w(b, x.mem, idx, vector);
+            let v = load(b, idx, vector);
             let best = fx.load_w(b, y.mem, &yi, vector);
             let next = match (kind, argmax) {
                 (ReduceKind::Max, Some(at)) => {
@@ -2442,7 +2553,7 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
                 fx.store_w(b, v, y.mem, &yi, vector);
             }
         };
-        fx.stream_reduce(&x.dims, reduced, &before, &body, &after)
+        fx.stream_reduce(x_dims, reduced, &before, &body, &after)
     }
 
     /// [`Self::reduce`] in flat form: one thread per output, or with few outputs, reduced axes
@@ -2563,9 +2674,9 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
 
     fn unary(&self, node: &Node, y: &Buf<'c>, op: UnaryOp) -> Result<(), LowerError> {
         let fx = &self.fx;
-        let x = self.input(node, 0)?;
+        let x = self.operand(node, 0)?;
         fx.par_vec(fx.entry, &y.dims, |b, o, vector| {
-            let v = fx.load_w(b, x.mem, o, vector);
+            let v = x.load(fx, b, &y.dims, o, vector);
             let r = match op {
                 UnaryOp::Relu => fx.bin(b, "arith.maximumf", v, fx.cf_as(0.0, v)),
                 UnaryOp::Sigmoid => fx.sigmoid(b, v),
@@ -2577,11 +2688,11 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
 
     fn binary(&self, node: &Node, y: &Buf<'c>, op: BinaryOp) -> Result<(), LowerError> {
         let fx = &self.fx;
-        let a = self.input(node, 0)?;
-        let c = self.input(node, 1)?;
+        let a = self.operand(node, 0)?;
+        let c = self.operand(node, 1)?;
         fx.par_vec(fx.entry, &y.dims, |b, o, vector| {
-            let va = fx.load_bcast(b, a.mem, &a.dims, &y.dims, o, vector);
-            let vc = fx.load_bcast(b, c.mem, &c.dims, &y.dims, o, vector);
+            let va = a.load(fx, b, &y.dims, o, vector);
+            let vc = c.load(fx, b, &y.dims, o, vector);
             let r = match op {
                 BinaryOp::Add => fx.addf(b, va, vc),
                 BinaryOp::Mul => fx.mulf(b, va, vc),
