@@ -1860,12 +1860,11 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
         // stands for: that element, or for a pooled dy the 2×2 window of each lane, a quarter
         // of the pooled value at each.
         let ph_pw = (x.dims.len() - 2, x.dims.len() - 1);
-        let each_dy = |b: &Block<'c>,
-                       c: V<'c>,
-                       r: &[V<'c>],
-                       vector: bool,
-                       f: &mut dyn FnMut(&Block<'c>, &[V<'c>], V<'c>)| {
-            let o = insert_at(r, pa, c);
+        let each_dy_at = |b: &Block<'c>,
+                          o: &[V<'c>],
+                          vector: bool,
+                          f: &mut dyn FnMut(&Block<'c>, &[V<'c>], V<'c>)| {
+            let o = o.to_vec();
             let d = fx.load_w(b, dy.mem, &o, vector);
             if !pooled {
                 return f(b, &o, d);
@@ -1889,6 +1888,57 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
                 }
             }
         };
+        let each_dy = |b: &Block<'c>,
+                       c: V<'c>,
+                       r: &[V<'c>],
+                       vector: bool,
+                       f: &mut dyn FnMut(&Block<'c>, &[V<'c>], V<'c>)| {
+            each_dy_at(b, &insert_at(r, pa, c), vector, f)
+        };
+        if lanes_ok {
+            // Channels before the contiguous axes (feature maps): the sums, then dx, in
+            // memory order (`Fx::channel_sums`), through a [2, C] buffer of the sums.
+            let sums = self.alloc(&[2, x.dims[pa]]);
+            let at = |k: i64, c: V<'c>| [fx.cidx(k), c];
+            fx.channel_sums(
+                &dy.dims,
+                pa,
+                2,
+                &|b, o, vector| {
+                    let ch = moments(b, o[pa]);
+                    let mut acc: Option<(V<'c>, V<'c>)> = None;
+                    each_dy_at(b, o, vector, &mut |b, idx, d| {
+                        let xh = xhat(b, idx, ch, vector);
+                        let dxh = fx.mulf(b, d, xh);
+                        acc = Some(match acc {
+                            None => (d, dxh),
+                            Some((s, t)) => (fx.addf(b, s, d), fx.addf(b, t, dxh)),
+                        });
+                    });
+                    let (s, t) =
+                        acc.unwrap_or_else(|| (fx.cf_w(0.0, vector), fx.cf_w(0.0, vector)));
+                    vec![s, t]
+                },
+                &|b, c, s| {
+                    params(b, c, (s[0], s[1]));
+                    fx.store(b, s[0], sums, &at(0, c));
+                    fx.store(b, s[1], sums, &at(1, c));
+                },
+            );
+            let (planes, rest) = dy.dims.split_at(pa + 1);
+            fx.par(fx.entry, planes, |b, plane| {
+                let c = plane[pa];
+                let ch = channel(b, c);
+                let s = (fx.load(b, sums, &at(0, c)), fx.load(b, sums, &at(1, c)));
+                fx.for_vec(b, rest, &|b, r, vector| {
+                    each_dy_at(b, &[plane, r].concat(), vector, &mut |b, idx, d| {
+                        apply(b, idx, d, ch, s, vector)
+                    });
+                });
+            });
+            fx.stmt(fx.entry, "memref.dealloc", &[sums]);
+            return Ok(());
+        }
         let dy_others = remove_at(&dy.dims, pa);
         fx.par(fx.entry, &[x.dims[pa]], |b, c| {
             let c = c[0];
@@ -2188,6 +2238,39 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
         }
         if fresh {
             self.storing.borrow_mut().push(key(dst.mem));
+        }
+        if let Some(last_kept) = fx.plane_split(ydims, &reduced) {
+            // Summed axes around kept ones (channel attention's gate over T, H, W): in memory
+            // order, each plane's sum, then per output its planes' in order.
+            let rest = &ydims[last_kept + 1..];
+            fx.by_planes(
+                ydims,
+                &reduced,
+                last_kept,
+                &[fx.cf(0.0)],
+                &|b, p| {
+                    fx.sum_nest(b, rest, 1, true, &mut |b, r, acc, vector| {
+                        let v = value(b, &[p, r].concat(), vector);
+                        vec![fx.addf(b, acc[0], v)]
+                    })
+                },
+                &|b, _, _, acc, part| vec![fx.addf(b, acc[0], part[0])],
+                &|b, kept, acc| {
+                    let mut k = kept.iter();
+                    let di: Vec<V<'c>> = reduced
+                        .iter()
+                        .map(|&r| {
+                            if r {
+                                fx.cidx(0)
+                            } else {
+                                k.next().copied().unwrap_or_else(|| fx.cidx(0))
+                            }
+                        })
+                        .collect();
+                    self.acc(b, acc[0], dst.mem, &di);
+                },
+            );
+            return;
         }
         let body = |b: &Block<'c>, di: &[V<'c>], vector: bool| {
             let init = fx.cf_w(0.0, vector);

@@ -142,6 +142,12 @@ fn kernel_for(node_input: &TensorType, dense: &'static str, spike: &'static str)
 /// A loop-nest body: (block, induction variables, carried values) → the next carried values.
 type CarryBody<'f, 'c> = dyn FnMut(&Block<'c>, &[V<'c>], &[V<'c>]) -> Vec<V<'c>> + 'f;
 
+/// The values summed at an index: `(block, index, vector)`.
+pub(super) type ElemTerms<'a, 'c> = dyn Fn(&Block<'c>, &[V<'c>], bool) -> Vec<V<'c>> + 'a;
+/// [`Fx::by_planes`]'s fold: `(block, kept index, reduced index, acc, partials)` to the next
+/// `acc`.
+pub(super) type PlaneFold<'a, 'c> =
+    dyn Fn(&Block<'c>, &[V<'c>], &[V<'c>], &[V<'c>], &[V<'c>]) -> Vec<V<'c>> + 'a;
 /// A fold body: (block, induction variables, carried values, vector?) → the next carried
 /// values (see `Fx::fold_nest`).
 type FoldBody<'f, 'c> = dyn FnMut(&Block<'c>, &[V<'c>], &[V<'c>], bool) -> Vec<V<'c>> + 'f;
@@ -1002,6 +1008,112 @@ impl<'c, 'e> Fx<'c, 'e> {
         self.stmt(self.entry, "memref.dealloc", &[partials]);
     }
 
+    /// Where a CPU reduction over the `reduced` axes of `dims` splits into planes for
+    /// [`Self::by_planes`]: the last kept axis, when only reduced axes follow it and some
+    /// reduced axis (of more than one index) precedes it (a channel's statistics over T, B,
+    /// H, W; channel attention's pooling over T, H, W). Reducing such an output by itself
+    /// reads one plane (the contiguous axes after the last kept one), skips the other
+    /// outputs' planes and reads the next: about half the memory bandwidth of reading in
+    /// order, measured on the gesture network's batchnorms.
+    pub(super) fn plane_split(&self, dims: &[i64], reduced: &[bool]) -> Option<usize> {
+        if self.flat {
+            return None;
+        }
+        let last_kept = (0..dims.len()).rev().find(|&k| !reduced[k])?;
+        let before = (0..last_kept).any(|k| reduced[k] && dims[k] > 1);
+        (last_kept + 1 < dims.len() && before).then_some(last_kept)
+    }
+
+    /// A reduction in memory order (see [`Self::plane_split`], whose `last_kept` it takes):
+    /// in parallel over the planes (indices of the axes up to `last_kept`), `plane(block,
+    /// index)` gives `n` partial results of a plane, kept in a `[n, planes..]` buffer; then
+    /// in parallel over the outputs (the kept axes' indices, in order), `fold(block, kept,
+    /// r, acc, partials)` folds each of the output's planes (`r`: their reduced indices, in
+    /// row-major order) into `acc` (from `inits`), and `finish(block, kept, acc)` consumes
+    /// the result.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn by_planes(
+        &self,
+        dims: &[i64],
+        reduced: &[bool],
+        last_kept: usize,
+        inits: &[V<'c>],
+        plane: &dyn Fn(&Block<'c>, &[V<'c>]) -> Vec<V<'c>>,
+        fold: &PlaneFold<'_, 'c>,
+        finish: &SumFinish<'_, 'c>,
+    ) {
+        let n = inits.len();
+        let planes = &dims[..=last_kept];
+        let partials = self.partials(n, planes);
+        let at = |k: usize, idx: &[V<'c>]| [&[self.cidx(k as i64)][..], idx].concat();
+        self.par(self.entry, planes, |b, p| {
+            for (k, v) in plane(b, p).iter().enumerate() {
+                self.store(b, *v, partials, &at(k, p));
+            }
+        });
+        let kept: Vec<i64> = (0..=last_kept)
+            .filter(|&k| !reduced[k])
+            .map(|k| dims[k])
+            .collect();
+        let outer: Vec<i64> = (0..=last_kept)
+            .filter(|&k| reduced[k])
+            .map(|k| dims[k])
+            .collect();
+        self.par(self.entry, &kept, |b, o| {
+            let acc = self.carry_nest(b, &outer, inits, &[], &mut |b, r, acc| {
+                let (mut ko, mut ro) = (o.iter(), r.iter());
+                let p: Vec<V<'c>> = (0..=last_kept)
+                    .filter_map(|k| if reduced[k] { ro.next() } else { ko.next() })
+                    .copied()
+                    .collect();
+                let values: Vec<V<'c>> =
+                    (0..n).map(|k| self.load(b, partials, &at(k, &p))).collect();
+                fold(b, o, r, acc, &values)
+            });
+            finish(b, o, &acc);
+        });
+        self.stmt(self.entry, "memref.dealloc", &[partials]);
+    }
+
+    /// `n` sums per channel (axis `pc` of `dims`, followed by at least one more axis) in
+    /// memory order ([`Self::by_planes`]): each plane's contiguous rest is summed in vectors.
+    /// `terms(block, idx, vector)` gives the `n` values at `idx` (four lanes when `vector`);
+    /// `finish(block, c, sums)` consumes channel `c`'s totals.
+    pub(super) fn channel_sums(
+        &self,
+        dims: &[i64],
+        pc: usize,
+        n: usize,
+        terms: &ElemTerms<'_, 'c>,
+        finish: &dyn Fn(&Block<'c>, V<'c>, &[V<'c>]),
+    ) {
+        let reduced: Vec<bool> = (0..dims.len()).map(|k| k != pc).collect();
+        let rest = &dims[pc + 1..];
+        let zeros = vec![self.cf(0.0); n];
+        self.by_planes(
+            dims,
+            &reduced,
+            pc,
+            &zeros,
+            &|b, p| {
+                self.sum_nest(b, rest, n, true, &mut |b, r, acc, vector| {
+                    let idx = [p, r].concat();
+                    acc.iter()
+                        .zip(terms(b, &idx, vector))
+                        .map(|(a, v)| self.addf(b, *a, v))
+                        .collect()
+                })
+            },
+            &|b, _, _, acc, values| {
+                acc.iter()
+                    .zip(values)
+                    .map(|(a, v)| self.addf(b, *a, *v))
+                    .collect()
+            },
+            &|b, c, sums| finish(b, c[0], sums),
+        );
+    }
+
     /// A `[n, dims...]` buffer of partial results: `n` per thread of a split reduction.
     fn partials(&self, n: usize, dims: &[i64]) -> V<'c> {
         self.alloc(&[&[n as i64][..], dims].concat())
@@ -1583,6 +1695,8 @@ struct Lowering<'a, 'c, 'e> {
     eval: bool,
     /// Products never written to memory, recomputed by each reader ([`Self::inline_products`]).
     inlined: Vec<bool>,
+    /// Nodes already lowered in an earlier node's loop ([`Self::max_sibling`]).
+    early: Vec<bool>,
 }
 
 impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
@@ -1612,6 +1726,7 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
             train: grad::TrainSinks::default(),
             eval: false,
             inlined: vec![false; g.nodes.len()],
+            early: vec![false; g.nodes.len()],
         })
     }
 
@@ -1627,8 +1742,10 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
                 &node.name,
                 Location::unknown(self.fx.ctx),
             ));
-            self.lower_node(i, node)
-                .map_err(|e| LowerError::new(format!("cannot lower `{}`: {e}", node.name)))?;
+            if !self.early[i] {
+                self.lower_node(i, node)
+                    .map_err(|e| LowerError::new(format!("cannot lower `{}`: {e}", node.name)))?;
+            }
             let here = self.buf(ValueId(i))?;
             for (k, out) in g.outputs.iter().enumerate() {
                 if out.0 == i && self.live.direct_out[i] != Some(k) {
@@ -1686,6 +1803,32 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
             inlined[i] = reads_elementwise && node.inputs.iter().all(|&v| resident(v));
         }
         inlined
+    }
+
+    /// For mean reduction `i`, a later max reduction of the same operand over the same axes
+    /// (attention's average and max pooling): lowered in the mean's loop, which loads each
+    /// element once for both. Not in flat (GPU) forms.
+    fn max_sibling(&self, i: usize) -> Option<usize> {
+        let g = self.g;
+        let node = &g.nodes[i];
+        let Op::Reduce {
+            kind: ReduceKind::Mean,
+            axes,
+            keepdim,
+        } = &node.op
+        else {
+            return None;
+        };
+        if self.fx.flat {
+            return None;
+        }
+        let x = node.inputs.first()?;
+        (i + 1..g.nodes.len()).find(|&j| {
+            let other = &g.nodes[j];
+            other.inputs.first() == Some(x)
+                && matches!(&other.op, Op::Reduce { kind: ReduceKind::Max, axes: a, keepdim: k }
+                    if a == axes && k == keepdim)
+        })
     }
 
     /// Operand `k` of `node` as its readers load it: stored, or an inlined product.
@@ -1794,18 +1937,7 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
             }
             _ => dims,
         };
-        // A value the backward needs is computed straight into its saved-value argument
-        // (no copy, no second buffer).
-        let out = match (self.live.direct_out[i], self.train.saved_buffer(i)) {
-            (Some(k), _) => self.outputs[k],
-            (None, Some(saved)) => saved,
-            (None, None) => self.fx.alloc(&dims),
-        };
-        self.bufs[i] = Some(Buf {
-            mem: out,
-            dims: dims.clone(),
-        });
-        let y = Buf { mem: out, dims };
+        let y = self.output_buf(i, dims);
         match &node.op {
             Op::Input { .. } => Ok(()),
             Op::Dropout { p } => self.dropout(node, &y, *p),
@@ -1836,12 +1968,55 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
                 kind,
                 axes,
                 keepdim,
-            } => self.reduce(node, &y, *kind, axes, *keepdim),
+            } => {
+                let max = match self.max_sibling(i) {
+                    Some(j) => {
+                        let node_j = &self.g.nodes[j];
+                        let dims_j = to_i64(&shape_of(&node_j.ty, self.batch, &node_j.name)?);
+                        self.early[j] = true;
+                        let argmax = self.train.aux_for(self.g, node_j, grad::Aux::Argmax);
+                        Some((self.output_buf(j, dims_j), argmax))
+                    }
+                    None => None,
+                };
+                self.reduce(node, &y, *kind, axes, *keepdim, max.as_ref())
+            }
             Op::Concat { axis } => self.concat(node, &y, *axis),
             Op::Unary(op) => self.unary(node, &y, *op),
             Op::Binary(op) => self.binary(node, &y, *op),
             Op::Scan { neuron, emit } => self.scan(node, &y, neuron, *emit),
         }
+    }
+
+    /// Node `i`'s output buffer, recorded as its value: a model output or a saved value the
+    /// backward reads is computed straight into its argument (no copy, no second buffer).
+    fn output_buf(&mut self, i: usize, dims: Vec<i64>) -> Buf<'c> {
+        let mem = match (self.live.direct_out[i], self.train.saved_buffer(i)) {
+            (Some(k), _) => self.outputs[k],
+            (None, Some(saved)) => saved,
+            (None, None) => self.fx.alloc(&dims),
+        };
+        let buf = Buf { mem, dims };
+        self.bufs[i] = Some(buf.clone());
+        buf
+    }
+
+    /// Training batchnorm `node`'s running statistics and saved batch statistics.
+    fn batch_stats(
+        &self,
+        node: &Node,
+        m: i64,
+        eps: f64,
+        momentum: f64,
+    ) -> Result<BatchStats<'c>, LowerError> {
+        Ok(BatchStats {
+            run_mean: self.param(node, 2)?,
+            run_var: self.param(node, 3)?,
+            saved: self.train.aux_for(self.g, node, grad::Aux::BatchStats),
+            m,
+            eps,
+            momentum,
+        })
     }
 
     fn conv2d(
@@ -2017,6 +2192,11 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
             .first()
             .map(|v| v.0)
             .filter(|&v| self.pool_normalises(v));
+        if let Some(v) = bn
+            && !fx.flat
+        {
+            return self.pool_with_batch_norm(y, v);
+        }
         let (x, norm) = match bn {
             Some(v) => {
                 let bn_node = &self.g.nodes[v];
@@ -2088,6 +2268,108 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
     }
 
     /// One output of a pooling window, at `o`.
+    /// A 2×2 average pool (stride 2) of the input of training batchnorm `bn`, which left its
+    /// work to the pool ([`Self::pool_normalises`]): per channel, one pass over the input
+    /// averages each window into `y` and sums the batchnorm's statistics
+    /// ([`shifted_moments`]), then the channel's pooled values (a quarter of the input, still
+    /// in cache) are normalised in place, an affine map per channel commuting with the
+    /// average. The largest feature maps are read once instead of twice.
+    fn pool_with_batch_norm(&self, y: &Buf<'c>, bn: usize) -> Result<(), LowerError> {
+        let fx = &self.fx;
+        let node = &self.g.nodes[bn];
+        let Op::BatchNorm {
+            axis,
+            eps,
+            momentum,
+        } = node.op
+        else {
+            return Err(LowerError::new("internal: fused batchnorm is not one"));
+        };
+        let x = self.input(node, 0)?;
+        let pc = self.position(node, 0, axis)?;
+        let (gamma, beta) = (self.param(node, 0)?, self.param(node, 1)?);
+        let rank = x.dims.len();
+        let (ph, pw) = (rank - 2, rank - 1);
+        let m = x.dims.iter().product::<i64>() / x.dims[pc];
+        let st = self.batch_stats(node, m, eps, momentum)?;
+        // The window of output `o` (vector: four outputs from two rows of eight inputs):
+        // the window sum, and the sums of d and d² over its inputs.
+        let window = |b: &Block<'c>, o: &[V<'c>], shift: V<'c>, vector: bool| {
+            let k = if vector { fx.splat(b, shift) } else { shift };
+            let mut rows = Vec::new();
+            for kh in 0..2 {
+                let mut idx = o.to_vec();
+                idx[ph] = fx.ilin(b, o[ph], 2, None, kh);
+                if vector {
+                    idx[pw] = fx.ilin(b, o[pw], 2, None, 0);
+                    let lo = fx.vload(b, x.mem, &idx);
+                    idx[pw] = fx.ilin(b, o[pw], 2, None, LANES);
+                    let hi = fx.vload(b, x.mem, &idx);
+                    let even = fx.shuffle(b, lo, hi, [0, 2, 4, 6]);
+                    let odd = fx.shuffle(b, lo, hi, [1, 3, 5, 7]);
+                    rows.push((even, odd, fx.subf(b, lo, k), fx.subf(b, hi, k)));
+                } else {
+                    idx[pw] = fx.ilin(b, o[pw], 2, None, 0);
+                    let left = fx.load(b, x.mem, &idx);
+                    idx[pw] = fx.ilin(b, o[pw], 2, None, 1);
+                    let right = fx.load(b, x.mem, &idx);
+                    rows.push((left, right, fx.subf(b, left, k), fx.subf(b, right, k)));
+                }
+            }
+            // The pool's own order: the even then the odd column of each row.
+            let mut acc = fx.cf_w(0.0, vector);
+            for &(even, odd, _, _) in &rows {
+                acc = fx.addf(b, acc, even);
+                acc = fx.addf(b, acc, odd);
+            }
+            // Tree sums: the carried sums wait one add per window, not four.
+            let pair = |(_, _, lo, hi): (V<'c>, V<'c>, V<'c>, V<'c>)| {
+                (
+                    fx.addf(b, lo, hi),
+                    fx.addf(b, fx.mulf(b, lo, lo), fx.mulf(b, hi, hi)),
+                )
+            };
+            let (d0, q0) = pair(rows[0]);
+            let (d1, q1) = pair(rows[1]);
+            (acc, fx.addf(b, d0, d1), fx.addf(b, q0, q1))
+        };
+        // The shift of `shifted_moments`: the channel's first value.
+        let first = vec![fx.cidx(0); rank - 1];
+        let shift = |b: &Block<'c>, c: V<'c>| fx.load(b, x.mem, &insert_at(&first, pc, c));
+        let stats = self.buf(ValueId(bn))?.mem;
+        let at = |k: i64, c: V<'c>| [fx.cidx(k), c];
+        fx.channel_sums(
+            &y.dims,
+            pc,
+            2,
+            &|b, o, vector| {
+                let (total, d, q) = window(b, o, shift(b, o[pc]), vector);
+                let avg = fx.divf(b, total, fx.cf_w(4.0, vector));
+                fx.store_w(b, avg, y.mem, o, vector);
+                vec![d, q]
+            },
+            &|b, c, sums| {
+                let (mean, sq) = shifted_moments(fx, b, shift(b, c), (sums[0], sums[1]), m);
+                let inv_std = st.update(fx, b, c, mean, sq);
+                fx.store(b, mean, stats, &at(0, c));
+                fx.store(b, inv_std, stats, &at(1, c));
+            },
+        );
+        let (planes, rest) = y.dims.split_at(pc + 1);
+        fx.par(fx.entry, planes, |b, plane| {
+            let c = plane[pc];
+            let (mean, inv_std) = (fx.load(b, stats, &at(0, c)), fx.load(b, stats, &at(1, c)));
+            let (g, be) = (fx.load(b, gamma, &[c]), fx.load(b, beta, &[c]));
+            fx.for_vec(b, rest, &|b, r, vector| {
+                let o = [plane, r].concat();
+                let v = fx.load_w(b, y.mem, &o, vector);
+                let v = bn_affine(fx, b, v, (mean, inv_std, g, be), vector);
+                fx.store_w(b, v, y.mem, &o, vector);
+            });
+        });
+        Ok(())
+    }
+
     fn pool_one(
         &self,
         b: &Block<'c>,
@@ -2195,44 +2477,18 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
         let x = self.input(node, 0)?;
         let pa = self.position(node, 0, axis)?;
         let (gamma, beta) = (self.param(node, 0)?, self.param(node, 1)?);
-        let (run_mean, run_var) = (self.param(node, 2)?, self.param(node, 3)?);
         let others = remove_at(&x.dims, pa);
         let m: i64 = others.iter().product();
         // Vectors along the last axis need it to be one of `others`.
         let lanes_ok = pa + 1 != x.dims.len();
-        let saved_stats = self.train.aux_for(self.g, node, grad::Aux::BatchStats);
         let for_pool = self.pool_normalises(i);
-        // From a channel's mean and Σ(x − mean)²: the running statistics' update, the saved
-        // batch statistics; returns 1/std.
-        let channel_stats = |b: &Block<'c>, c: V<'c>, mean: V<'c>, sq: V<'c>| {
-            let var = fx.divf(b, sq, fx.cf(m as f64));
-            let keep = fx.cf(1.0 - momentum);
-            let mom = fx.cf(momentum);
-            let rm = fx.load(b, run_mean, &[c]);
-            let rm_keep = fx.mulf(b, keep, rm);
-            let rm_new = fx.mulf(b, mom, mean);
-            let rm_new = fx.addf(b, rm_keep, rm_new);
-            fx.store(b, rm_new, run_mean, &[c]);
-            // PyTorch keeps the unbiased variance in the running statistics.
-            let unbiased = if m > 1 {
-                fx.divf(b, sq, fx.cf((m - 1) as f64))
-            } else {
-                var
-            };
-            let rv = fx.load(b, run_var, &[c]);
-            let rv_keep = fx.mulf(b, keep, rv);
-            let rv_new = fx.mulf(b, mom, unbiased);
-            let rv_new = fx.addf(b, rv_keep, rv_new);
-            fx.store(b, rv_new, run_var, &[c]);
-            let var_eps = fx.addf(b, var, fx.cf(eps));
-            let std = fx.unary(b, "math.sqrt", var_eps);
-            let inv_std = fx.divf(b, fx.cf(1.0), std);
-            if let Some(saved) = saved_stats {
-                fx.store(b, mean, saved, &[fx.cidx(0), c]);
-                fx.store(b, inv_std, saved, &[fx.cidx(1), c]);
-            }
-            inv_std
-        };
+        if for_pool && !fx.flat {
+            // The pool computes the statistics in its own pass (`pool_with_batch_norm`).
+            return Ok(());
+        }
+        let st = self.batch_stats(node, m, eps, momentum)?;
+        let channel_stats =
+            |b: &Block<'c>, c: V<'c>, mean: V<'c>, sq: V<'c>| st.update(fx, b, c, mean, sq);
         if fx.flat {
             // Flat form: mean and 1/std per channel in a [2, C] buffer between kernels (a
             // nested parallel loop after side effects cannot be one GPU launch), each sum
@@ -2283,28 +2539,59 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
             fx.stmt(fx.entry, "memref.dealloc", &[stats]);
             return Ok(());
         }
+        // The shift of `shifted_moments`: the channel's first value.
+        let first = vec![fx.cidx(0); others.len()];
+        let shift = |b: &Block<'c>, c: V<'c>| fx.load(b, x.mem, &insert_at(&first, pa, c));
+        if lanes_ok {
+            // Channels before the contiguous axes (feature maps): statistics and normalisation
+            // in memory order, through a [2, C] buffer of mean and 1/std.
+            let stats = fx.alloc(&[2, x.dims[pa]]);
+            let at = |k: i64, c: V<'c>| [fx.cidx(k), c];
+            fx.channel_sums(
+                &x.dims,
+                pa,
+                2,
+                &|b, idx, vector| {
+                    let v = fx.load_w(b, x.mem, idx, vector);
+                    let k = shift(b, idx[pa]);
+                    let k = if vector { fx.splat(b, k) } else { k };
+                    let d = fx.subf(b, v, k);
+                    vec![d, fx.mulf(b, d, d)]
+                },
+                &|b, c, sums| {
+                    let k = shift(b, c);
+                    let (mean, sq) = shifted_moments(fx, b, k, (sums[0], sums[1]), m);
+                    let inv_std = channel_stats(b, c, mean, sq);
+                    fx.store(b, mean, stats, &at(0, c));
+                    fx.store(b, inv_std, stats, &at(1, c));
+                },
+            );
+            let (planes, rest) = x.dims.split_at(pa + 1);
+            fx.par(fx.entry, planes, |b, plane| {
+                let c = plane[pa];
+                let (mean, inv_std) = (fx.load(b, stats, &at(0, c)), fx.load(b, stats, &at(1, c)));
+                let (g, be) = (fx.load(b, gamma, &[c]), fx.load(b, beta, &[c]));
+                fx.for_vec(b, rest, &|b, r, vector| {
+                    let idx = [plane, r].concat();
+                    bn_apply(fx, b, (&x, y), &idx, (mean, inv_std, g, be), vector);
+                });
+            });
+            fx.stmt(fx.entry, "memref.dealloc", &[stats]);
+            return Ok(());
+        }
         fx.par(fx.entry, &[x.dims[pa]], |b, c| {
             let c = c[0];
-            let sum = fx.sum_nest(b, &others, 1, lanes_ok, &mut |b, r, acc, vector| {
+            // One pass for the statistics (`shifted_moments`).
+            let shift = shift(b, c);
+            let sums = fx.sum_nest(b, &others, 2, lanes_ok, &mut |b, r, acc, vector| {
                 let v = fx.load_w(b, x.mem, &insert_at(r, pa, c), vector);
-                vec![fx.addf(b, acc[0], v)]
-            })[0];
-            let mean = fx.divf(b, sum, fx.cf(m as f64));
-            // Two passes (mean, then squared deviations): the one-pass formula cancels badly.
-            let sq = fx.sum_nest(b, &others, 1, lanes_ok, &mut |b, r, acc, vector| {
-                let v = fx.load_w(b, x.mem, &insert_at(r, pa, c), vector);
-                let mean = if vector { fx.splat(b, mean) } else { mean };
-                let d = fx.subf(b, v, mean);
+                let k = if vector { fx.splat(b, shift) } else { shift };
+                let d = fx.subf(b, v, k);
                 let d2 = fx.mulf(b, d, d);
-                vec![fx.addf(b, acc[0], d2)]
-            })[0];
+                vec![fx.addf(b, acc[0], d), fx.addf(b, acc[1], d2)]
+            });
+            let (mean, sq) = shifted_moments(fx, b, shift, (sums[0], sums[1]), m);
             let inv_std = channel_stats(b, c, mean, sq);
-            if for_pool {
-                // `y` is [2, C]: the pool that reads it normalises (`pool_normalises`).
-                fx.store(b, mean, y.mem, &[fx.cidx(0), c]);
-                fx.store(b, inv_std, y.mem, &[fx.cidx(1), c]);
-                return;
-            }
             let g = fx.load(b, gamma, &[c]);
             let be = fx.load(b, beta, &[c]);
             let normalise = |b: &Block<'c>, r: &[V<'c>], vector: bool| {
@@ -2368,6 +2655,7 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
         kind: ReduceKind,
         axes: &[Axis],
         keepdim: bool,
+        max: Option<&(Buf<'c>, Option<V<'c>>)>,
     ) -> Result<(), LowerError> {
         let fx = &self.fx;
         let x = self.operand(node, 0)?;
@@ -2385,13 +2673,23 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
             return self.reduce_flat(node, (&x, y), kind, (&reduced, &red_dims), keepdim);
         }
         let load = |b: &Block<'c>, idx: &[V<'c>], vector: bool| x.load(fx, b, &x_dims, idx, vector);
-        if self.reduce_streaming(
-            node,
-            (&x_dims, &load, y),
-            kind,
-            (&reduced, &red_dims),
-            keepdim,
-        ) {
+        let own_argmax = (kind == ReduceKind::Max)
+            .then(|| self.train.aux_for(self.g, node, grad::Aux::Argmax))
+            .flatten();
+        let mut outs = vec![(kind, y, own_argmax)];
+        if let Some((y_max, argmax)) = max {
+            outs.push((ReduceKind::Max, y_max, *argmax));
+        }
+        if self.reduce_streaming((&x_dims, &load), &outs, (&reduced, &red_dims), keepdim) {
+            return Ok(());
+        }
+        if let Some((y_max, argmax)) = max {
+            self.mean_and_max(
+                (&x_dims, &load),
+                (y, y_max, *argmax),
+                (&reduced, &red_dims),
+                keepdim,
+            );
             return Ok(());
         }
         if kind == ReduceKind::Max
@@ -2491,18 +2789,123 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
     /// over T and C) in streaming order ([`Fx::stream_reduce`]); false when the layout does not
     /// suit. A max keeps the first maximum: reduced indices arrive in row-major order and only
     /// a strictly greater value (or a first NaN) replaces the running one.
+    /// [`Self::reduce`] of a mean together with its sibling max ([`Self::max_sibling`]) and
+    /// that max's argmax if saved: one [`first_max_and_sum`] per output (or per four outputs
+    /// along a kept last axis).
+    fn mean_and_max(
+        &self,
+        (x_dims, load): (&[i64], &ElemLoad<'_, 'c>),
+        (y, y_max, argmax): (&Buf<'c>, &Buf<'c>, Option<V<'c>>),
+        (reduced, red_dims): (&[bool], &[i64]),
+        keepdim: bool,
+    ) {
+        let fx = &self.fx;
+        let count = red_dims.iter().product::<i64>() as f64;
+        let x_index = |o: &[V<'c>], r: &[V<'c>]| reduce_index(reduced, keepdim, o, r);
+        if let Some(last_kept) = fx.plane_split(x_dims, reduced) {
+            // In memory order: each plane's first maximum (index within the plane) and sum,
+            // then per output its planes in order, an earlier plane's maximum kept on ties.
+            let rest = &x_dims[last_kept + 1..];
+            let plane_size: i64 = rest.iter().product();
+            let outer: Vec<i64> = (0..=last_kept)
+                .filter(|&k| reduced[k])
+                .map(|k| x_dims[k])
+                .collect();
+            let lanes = if rest.last().is_some_and(|&w| w % LANES == 0) {
+                MaxLanes::Block
+            } else {
+                MaxLanes::Scalar
+            };
+            let inits = [fx.cf(f64::NEG_INFINITY), fx.cf(0.0), fx.cf(0.0)];
+            // The output's index from the kept axes' indices.
+            let y_index = |kept: &[V<'c>]| -> Vec<V<'c>> {
+                let mut k = kept.iter();
+                reduced
+                    .iter()
+                    .filter_map(|&r| match (r, keepdim) {
+                        (false, _) => k.next().copied(),
+                        (true, true) => Some(fx.cidx(0)),
+                        (true, false) => None,
+                    })
+                    .collect()
+            };
+            fx.by_planes(
+                x_dims,
+                reduced,
+                last_kept,
+                &inits,
+                &|b, p| {
+                    let (v, i, sum) =
+                        first_max_and_sum(fx, b, rest, lanes, true, &|b, r, vector| {
+                            load(b, &[p, r].concat(), vector)
+                        });
+                    vec![v, i, sum.unwrap_or(v)]
+                },
+                &|b, _, r, acc, part| {
+                    let base = fx.index_to_f32(b, linear(fx, b, r, &outer));
+                    let at = fx.mulf(b, base, fx.cf(plane_size as f64));
+                    let i = fx.addf(b, at, part[1]);
+                    let wins = fx.first_max_wins(b, part[0], acc[0]);
+                    vec![
+                        fx.select(b, wins, part[0], acc[0]),
+                        fx.select(b, wins, i, acc[1]),
+                        fx.addf(b, acc[2], part[2]),
+                    ]
+                },
+                &|b, kept, acc| {
+                    let o = y_index(kept);
+                    fx.store(b, acc[0], y_max.mem, &o);
+                    if let Some(at) = argmax {
+                        fx.store(b, acc[1], at, &o);
+                    }
+                    let mean = fx.divf(b, acc[2], fx.cf(count));
+                    fx.store(b, mean, y.mem, &o);
+                },
+            );
+            return;
+        }
+        let per_output = |b: &Block<'c>, o: &[V<'c>], lanes: MaxLanes, vector: bool| {
+            let (v, i, sum) = first_max_and_sum(fx, b, red_dims, lanes, true, &|b, r, vector| {
+                load(b, &x_index(o, r), vector)
+            });
+            fx.store_w(b, v, y_max.mem, o, vector);
+            if let Some(at) = argmax {
+                fx.store_w(b, i, at, o, vector);
+            }
+            if let Some(sum) = sum {
+                let mean = fx.divf(b, sum, fx.cf_w(count, vector));
+                fx.store_w(b, mean, y.mem, o, vector);
+            }
+        };
+        if reduced.last() == Some(&false) && y.dims.last().is_some_and(|&w| w >= LANES) {
+            fx.par_vec(fx.entry, &y.dims, |b, o, vector| {
+                let lanes = if vector {
+                    MaxLanes::Outputs
+                } else {
+                    MaxLanes::Scalar
+                };
+                per_output(b, o, lanes, vector);
+            });
+        } else {
+            let contiguous =
+                reduced.last() == Some(&true) && red_dims.last().is_some_and(|&w| w % LANES == 0);
+            let lanes = if contiguous {
+                MaxLanes::Block
+            } else {
+                MaxLanes::Scalar
+            };
+            fx.par(fx.entry, &y.dims, |b, o| per_output(b, o, lanes, false));
+        }
+    }
+
     fn reduce_streaming(
         &self,
-        node: &Node,
-        (x_dims, load, y): (&[i64], &ElemLoad<'_, 'c>, &Buf<'c>),
-        kind: ReduceKind,
+        (x_dims, load): (&[i64], &ElemLoad<'_, 'c>),
+        outs: &[(ReduceKind, &Buf<'c>, Option<V<'c>>)],
         (reduced, red_dims): (&[bool], &[i64]),
         keepdim: bool,
     ) -> bool {
         let fx = &self.fx;
-        let argmax = (kind == ReduceKind::Max)
-            .then(|| self.train.aux_for(self.g, node, grad::Aux::Argmax))
-            .flatten();
         // The output's index of input element `idx`.
         let y_index = |idx: &[V<'c>]| -> Vec<V<'c>> {
             idx.iter()
@@ -2514,43 +2917,49 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
                 })
                 .collect()
         };
-        let init = match kind {
-            ReduceKind::Max => f64::NEG_INFINITY,
-            ReduceKind::Mean | ReduceKind::Sum => 0.0,
-        };
         let before = |b: &Block<'c>, idx: &[V<'c>], vector: bool| {
             let yi = y_index(idx);
-            fx.store_w(b, fx.cf_w(init, vector), y.mem, &yi, vector);
-            if let Some(at) = argmax {
-                fx.store_w(b, fx.cf_w(0.0, vector), at, &yi, vector);
+            for &(kind, y, argmax) in outs {
+                let init = match kind {
+                    ReduceKind::Max => f64::NEG_INFINITY,
+                    ReduceKind::Mean | ReduceKind::Sum => 0.0,
+                };
+                fx.store_w(b, fx.cf_w(init, vector), y.mem, &yi, vector);
+                if let Some(at) = argmax {
+                    fx.store_w(b, fx.cf_w(0.0, vector), at, &yi, vector);
+                }
             }
         };
         let body = |b: &Block<'c>, idx: &[V<'c>], r: &[V<'c>], vector: bool| {
             let yi = y_index(idx);
             let v = load(b, idx, vector);
-            let best = fx.load_w(b, y.mem, &yi, vector);
-            let next = match (kind, argmax) {
-                (ReduceKind::Max, Some(at)) => {
-                    let wins = fx.first_max_wins(b, v, best);
-                    let i = fx.index_to_f32(b, linear(fx, b, r, red_dims));
-                    let i = if vector { fx.splat(b, i) } else { i };
-                    let old = fx.load_w(b, at, &yi, vector);
-                    let i = fx.select(b, wins, i, old);
-                    fx.store_w(b, i, at, &yi, vector);
-                    fx.select(b, wins, v, best)
-                }
-                (ReduceKind::Max, None) => fx.bin(b, "arith.maximumf", best, v),
-                (ReduceKind::Mean | ReduceKind::Sum, _) => fx.addf(b, best, v),
-            };
-            fx.store_w(b, next, y.mem, &yi, vector);
+            for &(kind, y, argmax) in outs {
+                let best = fx.load_w(b, y.mem, &yi, vector);
+                let next = match (kind, argmax) {
+                    (ReduceKind::Max, Some(at)) => {
+                        let wins = fx.first_max_wins(b, v, best);
+                        let i = fx.index_to_f32(b, linear(fx, b, r, red_dims));
+                        let i = if vector { fx.splat(b, i) } else { i };
+                        let old = fx.load_w(b, at, &yi, vector);
+                        let i = fx.select(b, wins, i, old);
+                        fx.store_w(b, i, at, &yi, vector);
+                        fx.select(b, wins, v, best)
+                    }
+                    (ReduceKind::Max, None) => fx.bin(b, "arith.maximumf", best, v),
+                    (ReduceKind::Mean | ReduceKind::Sum, _) => fx.addf(b, best, v),
+                };
+                fx.store_w(b, next, y.mem, &yi, vector);
+            }
         };
         let count: i64 = red_dims.iter().product();
         let after = |b: &Block<'c>, idx: &[V<'c>], vector: bool| {
-            if kind == ReduceKind::Mean {
-                let yi = y_index(idx);
-                let v = fx.load_w(b, y.mem, &yi, vector);
-                let v = fx.divf(b, v, fx.cf_w(count as f64, vector));
-                fx.store_w(b, v, y.mem, &yi, vector);
+            let yi = y_index(idx);
+            for &(kind, y, _) in outs {
+                if kind == ReduceKind::Mean {
+                    let v = fx.load_w(b, y.mem, &yi, vector);
+                    let v = fx.divf(b, v, fx.cf_w(count as f64, vector));
+                    fx.store_w(b, v, y.mem, &yi, vector);
+                }
             }
         };
         fx.stream_reduce(x_dims, reduced, &before, &body, &after)
@@ -3031,6 +3440,72 @@ fn bn_apply<'c>(
 }
 
 /// `(v − mean) · inv_std · γ + β`: batchnorm's map of one value (or lane vector).
+/// A training batchnorm's per-channel bookkeeping once its batch statistics are known.
+struct BatchStats<'c> {
+    run_mean: V<'c>,
+    run_var: V<'c>,
+    /// The backward's `[2, C]` batch mean and 1/std, when training.
+    saved: Option<V<'c>>,
+    /// Elements per channel.
+    m: i64,
+    eps: f64,
+    momentum: f64,
+}
+
+impl<'c> BatchStats<'c> {
+    /// From channel `c`'s batch mean and Σ(x − mean)²: the running statistics' update and
+    /// the saved batch statistics; returns 1/std.
+    fn update(&self, fx: &Fx<'c, '_>, b: &Block<'c>, c: V<'c>, mean: V<'c>, sq: V<'c>) -> V<'c> {
+        let m = self.m;
+        let var = fx.divf(b, sq, fx.cf(m as f64));
+        let keep = fx.cf(1.0 - self.momentum);
+        let mom = fx.cf(self.momentum);
+        let rm = fx.load(b, self.run_mean, &[c]);
+        let rm_keep = fx.mulf(b, keep, rm);
+        let rm_new = fx.mulf(b, mom, mean);
+        let rm_new = fx.addf(b, rm_keep, rm_new);
+        fx.store(b, rm_new, self.run_mean, &[c]);
+        // PyTorch keeps the unbiased variance in the running statistics.
+        let unbiased = if m > 1 {
+            fx.divf(b, sq, fx.cf((m - 1) as f64))
+        } else {
+            var
+        };
+        let rv = fx.load(b, self.run_var, &[c]);
+        let rv_keep = fx.mulf(b, keep, rv);
+        let rv_new = fx.mulf(b, mom, unbiased);
+        let rv_new = fx.addf(b, rv_keep, rv_new);
+        fx.store(b, rv_new, self.run_var, &[c]);
+        let var_eps = fx.addf(b, var, fx.cf(self.eps));
+        let std = fx.unary(b, "math.sqrt", var_eps);
+        let inv_std = fx.divf(b, fx.cf(1.0), std);
+        if let Some(saved) = self.saved {
+            fx.store(b, mean, saved, &[fx.cidx(0), c]);
+            fx.store(b, inv_std, saved, &[fx.cidx(1), c]);
+        }
+        inv_std
+    }
+}
+
+/// A channel's mean and Σ(x − mean)² from the sums of d = x − `shift` and of d² over its `m`
+/// elements. One pass for both sums: Σ(x − mean)² = Σd² − (Σd)²/m cancels only as far as
+/// (mean − shift)² exceeds the variance, which a shift taken from the channel's own values
+/// rarely does by much (unshifted, E[x²] − E[x]² loses everything to a large mean); a second
+/// pass over the largest feature maps for the exact deviations costs more than the rounding
+/// it saves.
+fn shifted_moments<'c>(
+    fx: &Fx<'c, '_>,
+    b: &Block<'c>,
+    shift: V<'c>,
+    (sum_d, sum_d2): (V<'c>, V<'c>),
+    m: i64,
+) -> (V<'c>, V<'c>) {
+    let mean_d = fx.divf(b, sum_d, fx.cf(m as f64));
+    let mean = fx.addf(b, shift, mean_d);
+    let sq = fx.subf(b, sum_d2, fx.mulf(b, sum_d, mean_d));
+    (mean, fx.bin(b, "arith.maximumf", sq, fx.cf(0.0)))
+}
+
 fn bn_affine<'c>(
     fx: &Fx<'c, '_>,
     b: &Block<'c>,
@@ -3176,9 +3651,24 @@ fn first_max<'c>(
     lanes: MaxLanes,
     value: &dyn Fn(&Block<'c>, &[V<'c>], bool) -> V<'c>,
 ) -> (V<'c>, V<'c>) {
+    let (v, i, _) = first_max_and_sum(fx, b, dims, lanes, false, value);
+    (v, i)
+}
+
+/// [`first_max`], and with `sum` also the sum of the same elements from the same loads
+/// (attention's average and max pooling of one map: one pass instead of two).
+fn first_max_and_sum<'c>(
+    fx: &Fx<'c, '_>,
+    b: &Block<'c>,
+    dims: &[i64],
+    lanes: MaxLanes,
+    sum: bool,
+    value: &dyn Fn(&Block<'c>, &[V<'c>], bool) -> V<'c>,
+) -> (V<'c>, V<'c>, Option<V<'c>>) {
     let vector = lanes != MaxLanes::Scalar;
     let Some(last) = dims.len().checked_sub(1) else {
-        return (value(b, &[], vector), fx.cf_w(0.0, vector));
+        let v = value(b, &[], vector);
+        return (v, fx.cf_w(0.0, vector), sum.then_some(v));
     };
     let block = lanes == MaxLanes::Block;
     let mut part = dims.to_vec();
@@ -3200,12 +3690,20 @@ fn first_max<'c>(
         let lanes: Vec<V<'c>> = (0..LANES).map(|k| fx.cf(k as f64)).collect();
         fx.val(b, "vector.from_elements", &lanes, fx.vec_type(fx.f32), &[])
     });
+    // Each chain carries (max, index) and, with `sum`, its running sum.
+    let width = if sum { 3 } else { 2 };
     let inits: Vec<V<'c>> = (0..copies)
-        .flat_map(|_| [fx.cf_w(f64::NEG_INFINITY, vector), fx.cf_w(0.0, vector)])
+        .flat_map(|_| {
+            let mut init = vec![fx.cf_w(f64::NEG_INFINITY, vector), fx.cf_w(0.0, vector)];
+            if sum {
+                init.push(fx.cf_w(0.0, vector));
+            }
+            init
+        })
         .collect();
     let best = fx.carry_nest(b, &part, &inits, &[], &mut |b, r, carried| {
         let mut next = Vec::with_capacity(carried.len());
-        for (k, chain) in carried.chunks(2).enumerate() {
+        for (k, chain) in carried.chunks(width).enumerate() {
             let mut r = r.to_vec();
             if block {
                 r[last] = fx.ilin(b, r[last], LANES * copies, None, k as i64 * LANES);
@@ -3220,11 +3718,26 @@ fn first_max<'c>(
             let wins = fx.first_max_wins(b, v, chain[0]);
             next.push(fx.select(b, wins, v, chain[0]));
             next.push(fx.select(b, wins, i, chain[1]));
+            if sum {
+                next.push(fx.addf(b, chain[2], v));
+            }
         }
         next
     });
+    let total = sum.then(|| {
+        let chains = best
+            .chunks(width)
+            .map(|c| c[2])
+            .reduce(|acc, s| fx.addf(b, acc, s));
+        let total = chains.unwrap_or_else(|| fx.cf_w(0.0, vector));
+        if block {
+            fx.across_lanes(b, total, "arith.addf")
+        } else {
+            total
+        }
+    });
     if !block {
-        return (best[0], best[1]);
+        return (best[0], best[1], total);
     }
     // Each chain's lane holds the first maximum of its own subsequence: the winner is the
     // greatest (a NaN first), and of equals the one with the smallest index.
@@ -3241,7 +3754,7 @@ fn first_max<'c>(
         (fx.select(b, take, v, bv), fx.select(b, take, i, bi))
     };
     let mut chains = (best[0], best[1]);
-    for chain in best.chunks(2).skip(1) {
+    for chain in best.chunks(width).skip(1) {
         chains = pick((chain[0], chain[1]), chains);
     }
     let lane = |v: V<'c>, k: i64| {
@@ -3260,7 +3773,7 @@ fn first_max<'c>(
     for k in 1..LANES {
         winner = pick((lane(chains.0, k), lane(chains.1, k)), winner);
     }
-    winner
+    (winner.0, winner.1, total)
 }
 
 /// Row-major linear index of `ivs` over `dims` (0 for no dims).
@@ -3533,7 +4046,27 @@ mod tests {
             })
             .sum();
         assert!(state_bufs > 0, "golden_small has vectorised scans");
-        assert_eq!(allocs.len(), computed - g.outputs.len() + state_bufs);
+        // A training batchnorm over feature maps also allocates its statistics and its
+        // partial sums (`Fx::channel_sums`).
+        let bn_bufs = 2 * g
+            .nodes
+            .iter()
+            .filter(|n| {
+                matches!(n.op, Op::BatchNorm { axis, .. }
+                if n.inputs.first().is_some_and(|x| {
+                    let ty = g.ty(*x);
+                    ty.position(axis).is_some_and(|p| p + 1 < ty.rank())
+                }))
+            })
+            .count();
+        assert!(
+            bn_bufs > 0,
+            "golden_small has a batchnorm over feature maps"
+        );
+        assert_eq!(
+            allocs.len(),
+            computed - g.outputs.len() + state_bufs + bn_bufs
+        );
         for a in &allocs {
             let uses = |l: &&str| {
                 l.split(|c: char| !(c.is_alphanumeric() || c == '%' || c == '_'))
