@@ -4063,9 +4063,37 @@ mod tests {
             bn_bufs > 0,
             "golden_small has a batchnorm over feature maps"
         );
+        // So does a pooling whose reduced axes surround kept ones (channel attention's mean
+        // and max over T, H, W: `Fx::plane_split`), for its partial results.
+        let plane_bufs = g
+            .nodes
+            .iter()
+            .filter(|n| {
+                let Op::Reduce {
+                    kind: ReduceKind::Mean,
+                    axes,
+                    ..
+                } = &n.op
+                else {
+                    return false;
+                };
+                let Some(x) = n.inputs.first() else {
+                    return false;
+                };
+                let reduced: Vec<bool> = g
+                    .ty(*x)
+                    .dims
+                    .iter()
+                    .map(|(a, _)| axes.contains(a))
+                    .collect();
+                let last_kept = reduced.iter().rposition(|r| !r);
+                last_kept.is_some_and(|k| k + 1 < reduced.len() && reduced[..k].contains(&true))
+            })
+            .count();
+        assert!(plane_bufs > 0, "golden_small has channel attention");
         assert_eq!(
             allocs.len(),
-            computed - g.outputs.len() + state_bufs + bn_bufs
+            computed - g.outputs.len() + state_bufs + bn_bufs + plane_bufs
         );
         for a in &allocs {
             let uses = |l: &&str| {

@@ -996,22 +996,27 @@ pub unsafe extern "C" fn snn_conv2d_backward_f32(
         return;
     }
     if dw.is_null() {
-        // db alone (dW took the spike kernels' sparse path): each channel's dy rows summed
-        // where they lie, rather than packed as for the product (a transpose of all of dy).
-        let dbp = SendPtr(db);
-        split(
-            g.o,
+        // db alone (dW took the spike kernels' sparse path): each (image, channel) plane of
+        // dy summed where it lies, rather than packed as for the product (a transpose of all
+        // of dy); threads take whole images, reading dy in memory order (a channel at a time
+        // would skip from plane to plane), then each channel adds its images' sums in order.
+        let planes: Vec<f32> = split_map(
+            n,
             threads_capped(kernel_threads(), n * out_len),
-            |o0, o1| {
-                for oc in o0..o1 {
-                    let sum: f32 = (0..n)
-                        .map(|img| lane_sum(&dys[img * out_len + oc * px..][..px]))
-                        .sum();
-                    // SAFETY: db holds o elements; channels o0..o1 are this block's.
-                    unsafe { *dbp.get().add(oc) += sum };
-                }
+            |i0, i1| {
+                (i0..i1)
+                    .flat_map(|img| {
+                        (0..g.o).map(move |oc| lane_sum(&dys[img * out_len + oc * px..][..px]))
+                    })
+                    .collect::<Vec<f32>>()
             },
-        );
+        )
+        .concat();
+        // SAFETY: db holds o elements.
+        let db = unsafe { std::slice::from_raw_parts_mut(db, g.o) };
+        for (oc, d) in db.iter_mut().enumerate() {
+            *d += (0..n).map(|img| planes[img * g.o + oc]).sum::<f32>();
+        }
         return;
     }
     // Threads own dw's column strips (taps) when there are enough of them, else row strips
