@@ -27,7 +27,7 @@ use melior::{
     ir::{Block, BlockLike, Location, Module, Region, RegionLike, Type, r#type::MemRefType},
 };
 use snn_runtime::gpu::manifest::Gemm;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeSet, HashMap, HashSet};
 
 /// `arith.cmpi` predicates (MLIR's enum order).
@@ -757,6 +757,53 @@ struct Backward<'a, 'c, 'e> {
     /// Scan node → its adjoint equations (for [`Backward::fire_support_into`], which runs
     /// before the scan's own step).
     adjoints: HashMap<usize, ScanAdjoint>,
+    /// Node → what the step that reads its gradient applies on the fly ([`LazyGrad`]).
+    lazy: HashMap<usize, LazyGrad<'c>>,
+    /// Nodes with a step of their own (a [`LazyGrad`] waits only for those).
+    stepped: HashSet<usize>,
+    /// The current step's [`LazyGrad`], applied by [`Backward::dy_load`].
+    dy_lazy: RefCell<Option<LazyGrad<'c>>>,
+    /// Set by a step that keeps its own gradient buffer alive (a deferred mean-reduction
+    /// term reads it later).
+    keep_dy: Cell<bool>,
+}
+
+/// What the step that reads a node's gradient applies to each element it loads, instead of
+/// a pass over the gradient buffer beforehand (CPU forms): the broadcast gradients of mean
+/// reductions of the node (attention's average pooling), and the mask of a ReLU that alone
+/// read the node (`x > 0` of its output), in that order. Each such pass read and wrote a
+/// whole feature map (about 4 % of a TCSA gesture step).
+#[derive(Clone, Default)]
+struct LazyGrad<'c> {
+    /// Broadcast gradients (a mean reduction's `dy`) and their scale, added in order.
+    terms: Vec<(Buf<'c>, f64)>,
+    /// The ReLU output whose positive elements pass the gradient.
+    mask: Option<Buf<'c>>,
+}
+
+impl<'c> LazyGrad<'c> {
+    /// `d`, the stored gradient at `idx` of a `dims`-shaped buffer, with the terms and the mask
+    /// applied.
+    fn apply(
+        &self,
+        fx: &Fx<'c, '_>,
+        b: &Block<'c>,
+        mut d: V<'c>,
+        (dims, idx): (&[i64], &[V<'c>]),
+        vector: bool,
+    ) -> V<'c> {
+        for (t, scale) in &self.terms {
+            let v = fx.load_bcast(b, t.mem, &t.dims, dims, idx, vector);
+            let v = fx.mulf(b, v, fx.cf_as(*scale, v));
+            d = fx.addf(b, d, v);
+        }
+        if let Some(y) = &self.mask {
+            let v = fx.load_w(b, y.mem, idx, vector);
+            let pos = fx.cmpf(b, fpred::OGT, v, fx.cf_as(0.0, v));
+            d = fx.mulf(b, d, fx.bool_to_f32(b, pos));
+        }
+        d
+    }
 }
 
 /// A value's identity, for maps keyed by buffer.
@@ -859,6 +906,10 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
             storing: RefCell::new(Vec::new()),
             pooled: HashSet::new(),
             adjoints: HashMap::new(),
+            lazy: HashMap::new(),
+            stepped: HashSet::new(),
+            dy_lazy: RefCell::new(None),
+            keep_dy: Cell::new(false),
             poison: false,
             recomputed: recomputed_values(g, grad),
             temps: RefCell::new(Vec::new()),
@@ -873,6 +924,12 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
             .steps
             .iter()
             .filter_map(|step| Some((step.node.0, step.scan.clone()?)))
+            .collect();
+        self.stepped = grad
+            .steps
+            .iter()
+            .map(|step| step.node.0)
+            .filter(|&v| !matches!(self.g.nodes[v].op, Op::Input { .. }))
             .collect();
         // Results are accumulated into: start from zero.
         for (p, d) in self.dparams.iter().enumerate() {
@@ -904,28 +961,124 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
                 // The pool's gradient becomes the batchnorm's, spread as it reads it.
                 self.grads[i] = None;
                 self.grads[bn] = Some((dy, owned));
+                if let Some(lazy) = self.lazy.remove(&i) {
+                    self.lazy.insert(bn, lazy);
+                }
                 self.pooled.insert(bn);
                 continue;
             }
-            self.storing.borrow_mut().clear();
             self.fx.loc.set(Location::name(
                 self.fx.ctx,
                 &format!("{}.grad", node.name),
                 Location::unknown(self.fx.ctx),
             ));
+            if self.relu_passes_through(i, node, owned) {
+                continue;
+            }
+            let lazy = self.lazy.remove(&i);
+            if let Some(lazy) = &lazy {
+                if self.reads_lazily(node) {
+                    *self.dy_lazy.borrow_mut() = Some(lazy.clone());
+                } else {
+                    self.apply_lazy(&dy, lazy);
+                }
+            }
+            self.storing.borrow_mut().clear();
+            self.keep_dy.set(false);
             self.step(i, node, &dy, step.scan.as_ref()).map_err(|e| {
                 LowerError::new(format!("cannot differentiate `{}`: {e}", node.name))
             })?;
+            *self.dy_lazy.borrow_mut() = None;
             // Every reader of this gradient came before it in the reverse walk.
             self.grads[i] = None;
-            if owned {
+            if owned && !self.keep_dy.get() {
                 self.fx.stmt(self.fx.entry, "memref.dealloc", &[dy.mem]);
+            }
+            // The terms' buffers (mean reductions' gradients) were kept for this read.
+            for (t, _) in lazy.iter().flat_map(|l| &l.terms) {
+                self.fx.stmt(self.fx.entry, "memref.dealloc", &[t.mem]);
             }
             for t in self.temps.borrow_mut().drain(..) {
                 self.fx.stmt(self.fx.entry, "memref.dealloc", &[t]);
             }
         }
         Ok(())
+    }
+
+    /// Whether `node`'s step reads its gradient through [`Self::dy_load`], so that a
+    /// [`LazyGrad`] need not be applied first.
+    fn reads_lazily(&self, node: &Node) -> bool {
+        !self.fx.flat && matches!(node.op, Op::Binary(_) | Op::BatchNorm { .. })
+    }
+
+    /// Applies `lazy` to gradient buffer `dy` in place (for a step that loads `dy` itself).
+    fn apply_lazy(&self, dy: &Buf<'c>, lazy: &LazyGrad<'c>) {
+        let fx = &self.fx;
+        fx.par_vec(fx.entry, &dy.dims, |b, idx, vector| {
+            let d = fx.load_w(b, dy.mem, idx, vector);
+            let d = lazy.apply(fx, b, d, (&dy.dims, idx), vector);
+            fx.store_w(b, d, dy.mem, idx, vector);
+        });
+    }
+
+    /// The gradient `dy` of the current step at `idx`, with its [`LazyGrad`] applied.
+    fn dy_load(&self, b: &Block<'c>, dy: &Buf<'c>, idx: &[V<'c>], vector: bool) -> V<'c> {
+        let d = self.fx.load_w(b, dy.mem, idx, vector);
+        match &*self.dy_lazy.borrow() {
+            Some(lazy) => lazy.apply(&self.fx, b, d, (&dy.dims, idx), vector),
+            None => d,
+        }
+    }
+
+    /// Whether gradient buffer `buf` is an allocation of its own (not a view) that already
+    /// holds a contribution, so that a [`LazyGrad`] term can wait for its reader.
+    fn written_allocation(&self, buf: &Buf<'c>) -> bool {
+        let roots = self.roots.borrow();
+        roots
+            .get(&key(buf.mem))
+            .is_some_and(|(root, _)| key(*root) == key(buf.mem))
+            && !self.fresh.borrow().contains(&key(buf.mem))
+    }
+
+    /// A ReLU (node `i`) that alone reads its operand passes its gradient through: the
+    /// operand's gradient is the ReLU's buffer under the mask of the ReLU's output, applied by
+    /// the operand's reader ([`LazyGrad`]); no pass of its own. CPU forms only.
+    fn relu_passes_through(&mut self, i: usize, node: &Node, owned: bool) -> bool {
+        let g = self.g;
+        let Some(x) = node.inputs.first().map(|x| x.0) else {
+            return false;
+        };
+        let alone = g
+            .nodes
+            .iter()
+            .flat_map(|n| &n.inputs)
+            .filter(|v| v.0 == x)
+            .count()
+            == 1;
+        let Some((dy, _)) = self.grads[i].clone() else {
+            return false;
+        };
+        if self.fx.flat
+            || node.op != Op::Unary(UnaryOp::Relu)
+            || !owned
+            || !alone
+            || g.outputs.iter().any(|o| o.0 == x)
+            || is_view(g, &g.nodes[x])
+            || self.grads[x].is_some()
+            || !self.stepped.contains(&x)
+            || !self.written_allocation(&dy)
+        {
+            return false;
+        }
+        let Ok(y) = self.own_value(node) else {
+            return false;
+        };
+        let mut lazy = self.lazy.remove(&i).unwrap_or_default();
+        lazy.mask = Some(y);
+        self.lazy.insert(x, lazy);
+        self.grads[i] = None;
+        self.grads[x] = Some((dy, true));
+        true
     }
 
     fn zero(&self, mem: V<'c>, dims: &[i64]) {
@@ -1865,7 +2018,7 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
                           vector: bool,
                           f: &mut dyn FnMut(&Block<'c>, &[V<'c>], V<'c>)| {
             let o = o.to_vec();
-            let d = fx.load_w(b, dy.mem, &o, vector);
+            let d = self.dy_load(b, dy, &o, vector);
             if !pooled {
                 return f(b, &o, d);
             }
@@ -2042,6 +2195,37 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
             .iter()
             .map(|(a, _)| axes.contains(a))
             .collect();
+        // A mean or sum's gradient is `dy` broadcast: left to the reader of the operand's
+        // gradient ([`LazyGrad`]) when that buffer already holds a contribution and `dy` is a
+        // buffer of its own, kept until then.
+        if kind != ReduceKind::Max && !self.fx.flat && keepdim && self.stepped.contains(&xid.0) {
+            let dx = self.grad_of(xid.0)?;
+            let own_dy = self
+                .roots
+                .borrow()
+                .get(&key(dy.mem))
+                .is_some_and(|(root, _)| key(*root) == key(dy.mem));
+            if own_dy && self.written_allocation(&dx) {
+                let count: i64 = dx
+                    .dims
+                    .iter()
+                    .zip(&reduced)
+                    .filter(|(_, r)| **r)
+                    .map(|(d, _)| *d)
+                    .product();
+                let scale = match kind {
+                    ReduceKind::Mean => 1.0 / count as f64,
+                    _ => 1.0,
+                };
+                self.lazy
+                    .entry(xid.0)
+                    .or_default()
+                    .terms
+                    .push((dy.clone(), scale));
+                self.keep_dy.set(true);
+                return Ok(());
+            }
+        }
         // A max with a saved argmax never reads its operand: fetching it would recompute a
         // rematerialised product (a full feature map) for nothing.
         let argmax = self.aux_of(node, Aux::Argmax);
@@ -2330,7 +2514,7 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
                 .as_ref()
                 .map(|(a, c)| if k == 0 { c.clone() } else { a.clone() });
             self.sum_into(&dst, &dy.dims, &|b, yidx, vector| {
-                let d = fx.load_w(b, dy.mem, yidx, vector);
+                let d = self.dy_load(b, dy, yidx, vector);
                 match &other {
                     None => d,
                     Some(o) => {
@@ -2390,7 +2574,7 @@ impl<'a, 'c, 'e> Backward<'a, 'c, 'e> {
         let (x, gate) = (operands[full], operands[1 - full]);
         let fx = &self.fx;
         self.sum_into(&dgate, &dy.dims, &|b, yidx, vector| {
-            let d = fx.load_w(b, dy.mem, yidx, vector);
+            let d = self.dy_load(b, dy, yidx, vector);
             let g = gate.load(fx, b, &dy.dims, yidx, vector);
             let dxv = fx.mulf(b, d, g);
             self.acc_w(b, dxv, dx.mem, yidx, vector);
