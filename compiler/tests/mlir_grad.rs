@@ -271,18 +271,30 @@ fn golden_small_gradients_match_pytorch() {
 /// same f32-representable data; compares outputs, then every parameter and input gradient
 /// within `rel` (see the callers for why it differs per model).
 fn gradients_agree_with_interpreter(what: &str, g: &Graph, batch: usize, seed: u64, rel: f64) {
-    gradients_agree_with_interpreter_on(what, g, batch, seed, rel, false);
+    gradients_agree_with_interpreter_on(what, g, batch, seed, rel, Inputs::Uniform);
 }
 
-/// [`gradients_agree_with_interpreter`]; with `integers`, the inputs are rounded to 0, 1 or 2,
-/// so that maxima are tied all over (the first in row-major order must win on both sides).
+/// The model inputs of [`gradients_agree_with_interpreter_on`].
+#[derive(Clone, Copy)]
+enum Inputs {
+    /// Uniform in [0, 2).
+    Uniform,
+    /// Rounded to 0, 1 or 2, so that maxima are tied all over (the first in row-major order
+    /// must win on both sides).
+    Integers,
+    /// Uniform in [offset, offset + 2): feature maps whose mean dwarfs their spread, where
+    /// one-pass batchnorm statistics would cancel.
+    Offset(f32),
+}
+
+/// [`gradients_agree_with_interpreter`] on the given kind of inputs.
 fn gradients_agree_with_interpreter_on(
     what: &str,
     g: &Graph,
     batch: usize,
     seed: u64,
     rel: f64,
-    integers: bool,
+    kind: Inputs,
 ) {
     let opts = LowerOptions::with_batch(batch);
     let fsig = forward_train_signature(g, &opts).expect("signature");
@@ -298,7 +310,11 @@ fn gradients_agree_with_interpreter_on(
         .map(|(k, a)| {
             let size = a.shape.iter().product();
             let data = random_f32(size, seed * 31 + k as u64, 0.0, 2.0);
-            let value = |v: f32| if integers { v.round() } else { v };
+            let value = |v: f32| match kind {
+                Inputs::Uniform => v,
+                Inputs::Integers => v.round(),
+                Inputs::Offset(offset) => v + offset,
+            };
             let arr = ArrayD::from_shape_vec(
                 IxDyn(&a.shape),
                 data.iter().map(|v| f64::from(value(*v))).collect(),
@@ -355,6 +371,13 @@ fn gradients_agree_with_interpreter_on(
             for (k, want) in fwd.outputs.iter().enumerate() {
                 let want: Vec<f64> = want.iter().copied().collect();
                 assert_close(&format!("{what} output {k}"), outs[k], &want, 1e-4);
+            }
+            // Batchnorm's running statistics, updated in place from the batch's.
+            for (p, want) in &fwd.running_updates {
+                let name = &g.params[p.0].name;
+                let got = buffer(&fsig, &fargs, TrainRole::State, name);
+                let want: Vec<f64> = want.iter().copied().collect();
+                assert_close(&format!("{what} {name}"), got, &want, 1e-4);
             }
             let d_out: Vec<Vec<f32>> = d_outputs.iter().map(to_f32).collect();
             let mut bargs = backward_args(&fsig, &fargs, &bsig, &d_out);
@@ -430,7 +453,30 @@ fn tied_maxima_route_gradients_like_the_interpreter() {
     let c = compile_text(Path::new("ties.snn"), TIES.to_string(), &[]);
     assert_eq!(c.graphs.len(), 2);
     for g in &c.graphs {
-        gradients_agree_with_interpreter_on(&format!("ties:{}", g.name), g, 2, 11, 1e-4, true);
+        gradients_agree_with_interpreter_on(
+            &format!("ties:{}", g.name),
+            g,
+            2,
+            11,
+            1e-4,
+            Inputs::Integers,
+        );
+    }
+}
+
+/// Batchnorm straight on inputs whose mean (about 100) dwarfs their spread (0.58), plain and
+/// left to its 2×2 average pool: the one-pass statistics, shifted by each channel's first
+/// value, must agree with the interpreter's two-pass f64 ones (outputs, running statistics and
+/// gradients) as closely as on centred inputs.
+const OFFSET: &str = "import std.neurons.{LIF}\nmodel OffsetPlain(T: int = 3) {\n    input x: image(channels = 2, height = 8, width = 8, T = T)\n    x -> bn -> LIF(v_th = 0.5) -> flatten -> linear(3) -> readout.rate\n}\nmodel OffsetPooled(T: int = 3) {\n    input x: image(channels = 2, height = 8, width = 8, T = T)\n    x -> bn -> pool.avg(2) -> LIF(v_th = 0.5) -> flatten -> linear(3) -> readout.rate\n}\n";
+
+#[test]
+fn batchnorm_statistics_hold_on_offset_inputs() {
+    let c = compile_text(Path::new("offset.snn"), OFFSET.to_string(), &[]);
+    assert_eq!(c.graphs.len(), 2);
+    for g in &c.graphs {
+        let what = format!("offset:{}", g.name);
+        gradients_agree_with_interpreter_on(&what, g, 2, 13, 1e-4, Inputs::Offset(100.0));
     }
 }
 

@@ -2504,26 +2504,18 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
                 fx.load(b, x.mem, &insert_at(r, pa, o[0]))
             };
             let inner = pa + 1 != x.dims.len();
-            fx.split_sums(
-                &[x.dims[pa]],
-                &others,
-                1,
-                inner,
-                &|b, o, r| vec![value(b, o, r)],
-                &|b, o, s| {
-                    let mean = fx.divf(b, s[0], fx.cf(m as f64));
-                    fx.store(b, mean, stats, &at(0, o[0]));
-                },
-            );
-            // Two passes (mean, then squared deviations): the one-pass formula cancels badly.
+            // One pass for both moments, shifted by the channel's first value
+            // (`shifted_moments`).
+            let first = vec![fx.cidx(0); others.len()];
+            let shift = |b: &Block<'c>, c: V<'c>| fx.load(b, x.mem, &insert_at(&first, pa, c));
             let deviation = |b: &Block<'c>, o: &[V<'c>], r: &[V<'c>]| {
-                let mean = fx.load(b, stats, &at(0, o[0]));
-                let d = fx.subf(b, value(b, o, r), mean);
-                vec![fx.mulf(b, d, d)]
+                let d = fx.subf(b, value(b, o, r), shift(b, o[0]));
+                vec![d, fx.mulf(b, d, d)]
             };
-            fx.split_sums(&[x.dims[pa]], &others, 1, inner, &deviation, &|b, o, s| {
-                let mean = fx.load(b, stats, &at(0, o[0]));
-                let inv_std = channel_stats(b, o[0], mean, s[0]);
+            fx.split_sums(&[x.dims[pa]], &others, 2, inner, &deviation, &|b, o, s| {
+                let (mean, sq) = shifted_moments(fx, b, shift(b, o[0]), (s[0], s[1]), m);
+                let inv_std = channel_stats(b, o[0], mean, sq);
+                fx.store(b, mean, stats, &at(0, o[0]));
                 fx.store(b, inv_std, stats, &at(1, o[0]));
             });
             if for_pool {

@@ -1948,5 +1948,64 @@ mod tests {
             )
         };
         assert_eq!(sparse, 1, "one sparse and one dense image");
+
+        // The counting pass that dispatches also checks binarity: a graded value or a NaN in
+        // the sparse image sends it to the GEMM path too, forward and weight gradient alike.
+        for bad in [0.5, f32::NAN] {
+            let mut graded = x.clone();
+            graded[5] = bad;
+            let sparse = unsafe {
+                conv2d_spike(
+                    d,
+                    graded.as_ptr(),
+                    w.as_ptr(),
+                    std::ptr::null(),
+                    y.as_mut_ptr(),
+                    n,
+                    c,
+                    h,
+                    wd,
+                    o,
+                    3,
+                    3,
+                    1,
+                    1,
+                    1,
+                    1,
+                    h,
+                    wd,
+                )
+            };
+            assert_eq!(sparse, 0, "{bad}: a non-binary image stays dense");
+            let low = spikes(x.len(), CONV_BACKWARD_SPIKE_MAX_DENSITY / 4.0, 7);
+            let dy = values(y.len(), 8);
+            let (mut dx, mut dw, mut db) =
+                (vec![0f32; x.len()], vec![0f32; w.len()], vec![0f32; 4]);
+            let a = [n, c, h, wd, o, 3, 3, 1, 1, 1, 1, h, wd];
+            let d = SpikeDispatch::with(CONV_BACKWARD_SPIKE_MAX_DENSITY);
+            let run = |x: &[f32], dx: &mut [f32], dw: &mut [f32], db: &mut [f32]| unsafe {
+                conv_backward_spike(
+                    d,
+                    false,
+                    x.as_ptr(),
+                    w.as_ptr(),
+                    dy.as_ptr(),
+                    dx.as_mut_ptr(),
+                    dw.as_mut_ptr(),
+                    db.as_mut_ptr(),
+                    a,
+                )
+            };
+            assert!(
+                run(&low, &mut dx, &mut dw, &mut db),
+                "sparse weight gradient"
+            );
+            let mut graded = low.clone();
+            graded[5] = bad;
+            assert!(
+                !run(&graded, &mut dx, &mut dw, &mut db),
+                "{bad}: a non-binary input's weight gradient stays dense"
+            );
+        }
     }
 }
