@@ -2241,14 +2241,7 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
                     true,
                 );
                 for kh in 0..2 {
-                    let mut idx = o.to_vec();
-                    idx[ph] = fx.ilin(b, o[ph], 2, None, kh);
-                    idx[pw] = fx.ilin(b, o[pw], 2, None, 0);
-                    let lo = fx.vload(b, x.mem, &idx);
-                    idx[pw] = fx.ilin(b, o[pw], 2, None, LANES);
-                    let hi = fx.vload(b, x.mem, &idx);
-                    let even = fx.shuffle(b, lo, hi, [0, 2, 4, 6]);
-                    let odd = fx.shuffle(b, lo, hi, [1, 3, 5, 7]);
+                    let (_, _, even, odd) = window_row(fx, b, x.mem, o, (ph, pw), kh);
                     acc = combine(b, acc, even);
                     acc = combine(b, acc, odd);
                 }
@@ -2298,17 +2291,12 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
             let k = if vector { fx.splat(b, shift) } else { shift };
             let mut rows = Vec::new();
             for kh in 0..2 {
-                let mut idx = o.to_vec();
-                idx[ph] = fx.ilin(b, o[ph], 2, None, kh);
                 if vector {
-                    idx[pw] = fx.ilin(b, o[pw], 2, None, 0);
-                    let lo = fx.vload(b, x.mem, &idx);
-                    idx[pw] = fx.ilin(b, o[pw], 2, None, LANES);
-                    let hi = fx.vload(b, x.mem, &idx);
-                    let even = fx.shuffle(b, lo, hi, [0, 2, 4, 6]);
-                    let odd = fx.shuffle(b, lo, hi, [1, 3, 5, 7]);
+                    let (lo, hi, even, odd) = window_row(fx, b, x.mem, o, (ph, pw), kh);
                     rows.push((even, odd, fx.subf(b, lo, k), fx.subf(b, hi, k)));
                 } else {
+                    let mut idx = o.to_vec();
+                    idx[ph] = fx.ilin(b, o[ph], 2, None, kh);
                     idx[pw] = fx.ilin(b, o[pw], 2, None, 0);
                     let left = fx.load(b, x.mem, &idx);
                     idx[pw] = fx.ilin(b, o[pw], 2, None, 1);
@@ -2337,7 +2325,6 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
         let first = vec![fx.cidx(0); rank - 1];
         let shift = |b: &Block<'c>, c: V<'c>| fx.load(b, x.mem, &insert_at(&first, pc, c));
         let stats = self.buf(ValueId(bn))?.mem;
-        let at = |k: i64, c: V<'c>| [fx.cidx(k), c];
         fx.channel_sums(
             &y.dims,
             pc,
@@ -2348,25 +2335,20 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
                 fx.store_w(b, avg, y.mem, o, vector);
                 vec![d, q]
             },
-            &|b, c, sums| {
-                let (mean, sq) = shifted_moments(fx, b, shift(b, c), (sums[0], sums[1]), m);
-                let inv_std = st.update(fx, b, c, mean, sq);
-                fx.store(b, mean, stats, &at(0, c));
-                fx.store(b, inv_std, stats, &at(1, c));
+            &|b, c, sums| st.finish(fx, b, c, (shift(b, c), sums), stats),
+        );
+        normalise_planes(
+            fx,
+            &y.dims,
+            pc,
+            stats,
+            (gamma, beta),
+            &|b, o, ch, vector| {
+                let v = fx.load_w(b, y.mem, o, vector);
+                let v = bn_affine(fx, b, v, ch, vector);
+                fx.store_w(b, v, y.mem, o, vector);
             },
         );
-        let (planes, rest) = y.dims.split_at(pc + 1);
-        fx.par(fx.entry, planes, |b, plane| {
-            let c = plane[pc];
-            let (mean, inv_std) = (fx.load(b, stats, &at(0, c)), fx.load(b, stats, &at(1, c)));
-            let (g, be) = (fx.load(b, gamma, &[c]), fx.load(b, beta, &[c]));
-            fx.for_vec(b, rest, &|b, r, vector| {
-                let o = [plane, r].concat();
-                let v = fx.load_w(b, y.mem, &o, vector);
-                let v = bn_affine(fx, b, v, (mean, inv_std, g, be), vector);
-                fx.store_w(b, v, y.mem, &o, vector);
-            });
-        });
         Ok(())
     }
 
@@ -2513,10 +2495,7 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
                 vec![d, fx.mulf(b, d, d)]
             };
             fx.split_sums(&[x.dims[pa]], &others, 2, inner, &deviation, &|b, o, s| {
-                let (mean, sq) = shifted_moments(fx, b, shift(b, o[0]), (s[0], s[1]), m);
-                let inv_std = channel_stats(b, o[0], mean, sq);
-                fx.store(b, mean, stats, &at(0, o[0]));
-                fx.store(b, inv_std, stats, &at(1, o[0]));
+                st.finish(fx, b, o[0], (shift(b, o[0]), s), stats)
             });
             if for_pool {
                 return Ok(());
@@ -2538,7 +2517,6 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
             // Channels before the contiguous axes (feature maps): statistics and normalisation
             // in memory order, through a [2, C] buffer of mean and 1/std.
             let stats = fx.alloc(&[2, x.dims[pa]]);
-            let at = |k: i64, c: V<'c>| [fx.cidx(k), c];
             fx.channel_sums(
                 &x.dims,
                 pa,
@@ -2550,24 +2528,16 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
                     let d = fx.subf(b, v, k);
                     vec![d, fx.mulf(b, d, d)]
                 },
-                &|b, c, sums| {
-                    let k = shift(b, c);
-                    let (mean, sq) = shifted_moments(fx, b, k, (sums[0], sums[1]), m);
-                    let inv_std = channel_stats(b, c, mean, sq);
-                    fx.store(b, mean, stats, &at(0, c));
-                    fx.store(b, inv_std, stats, &at(1, c));
-                },
+                &|b, c, sums| st.finish(fx, b, c, (shift(b, c), sums), stats),
             );
-            let (planes, rest) = x.dims.split_at(pa + 1);
-            fx.par(fx.entry, planes, |b, plane| {
-                let c = plane[pa];
-                let (mean, inv_std) = (fx.load(b, stats, &at(0, c)), fx.load(b, stats, &at(1, c)));
-                let (g, be) = (fx.load(b, gamma, &[c]), fx.load(b, beta, &[c]));
-                fx.for_vec(b, rest, &|b, r, vector| {
-                    let idx = [plane, r].concat();
-                    bn_apply(fx, b, (&x, y), &idx, (mean, inv_std, g, be), vector);
-                });
-            });
+            normalise_planes(
+                fx,
+                &x.dims,
+                pa,
+                stats,
+                (gamma, beta),
+                &|b, idx, ch, vector| bn_apply(fx, b, (&x, y), idx, ch, vector),
+            );
             fx.stmt(fx.entry, "memref.dealloc", &[stats]);
             return Ok(());
         }
@@ -3445,6 +3415,22 @@ struct BatchStats<'c> {
 }
 
 impl<'c> BatchStats<'c> {
+    /// From channel `c`'s shifted sums (Σd, Σd², d = x − `shift`): [`Self::update`], and the
+    /// mean and 1/std stored into `stats` ([2, C]).
+    fn finish(
+        &self,
+        fx: &Fx<'c, '_>,
+        b: &Block<'c>,
+        c: V<'c>,
+        (shift, sums): (V<'c>, &[V<'c>]),
+        stats: V<'c>,
+    ) {
+        let (mean, sq) = shifted_moments(fx, b, shift, (sums[0], sums[1]), self.m);
+        let inv_std = self.update(fx, b, c, mean, sq);
+        fx.store(b, mean, stats, &[fx.cidx(0), c]);
+        fx.store(b, inv_std, stats, &[fx.cidx(1), c]);
+    }
+
     /// From channel `c`'s batch mean and Σ(x − mean)²: the running statistics' update and
     /// the saved batch statistics; returns 1/std.
     fn update(&self, fx: &Fx<'c, '_>, b: &Block<'c>, c: V<'c>, mean: V<'c>, sq: V<'c>) -> V<'c> {
@@ -3477,6 +3463,34 @@ impl<'c> BatchStats<'c> {
         }
         inv_std
     }
+}
+
+/// A batchnorm channel's mean, 1/std, γ and β.
+type BnChannel<'c> = (V<'c>, V<'c>, V<'c>, V<'c>);
+/// [`normalise_planes`]'s body: `(block, index, channel, vector)`.
+type PlaneApply<'a, 'c> = dyn Fn(&Block<'c>, &[V<'c>], BnChannel<'c>, bool) + 'a;
+
+/// Per plane of `dims` (the indices up to the channel axis `pc`), in memory order: channel
+/// `c`'s mean and 1/std from `stats` ([2, C]) and its γ and β, then `apply(block, index,
+/// (mean, 1/std, γ, β), vector)` along the plane's contiguous rest.
+fn normalise_planes<'c>(
+    fx: &Fx<'c, '_>,
+    dims: &[i64],
+    pc: usize,
+    stats: V<'c>,
+    (gamma, beta): (V<'c>, V<'c>),
+    apply: &PlaneApply<'_, 'c>,
+) {
+    let (planes, rest) = dims.split_at(pc + 1);
+    fx.par(fx.entry, planes, |b, plane| {
+        let c = plane[pc];
+        let mean = fx.load(b, stats, &[fx.cidx(0), c]);
+        let inv_std = fx.load(b, stats, &[fx.cidx(1), c]);
+        let (g, be) = (fx.load(b, gamma, &[c]), fx.load(b, beta, &[c]));
+        fx.for_vec(b, rest, &|b, r, vector| {
+            apply(b, &[plane, r].concat(), (mean, inv_std, g, be), vector)
+        });
+    });
 }
 
 /// A channel's mean and Σ(x − mean)² from the sums of d = x − `shift` and of d² over its `m`
@@ -3580,6 +3594,27 @@ fn pooled_batch_norm(g: &Graph, pool: &Node) -> Option<usize> {
             == 1;
     let is_bn = matches!(g.nodes[x].op, Op::BatchNorm { axis, .. } if ty.position(axis).is_some_and(|a| a + 2 < rank));
     (tiles && only_reader && is_bn).then_some(x)
+}
+
+/// Row `kh` of the 2×2 windows (stride 2) of four consecutive outputs at `o` of `x`: the two
+/// vectors of eight inputs, and their even and odd columns (each window's left and right).
+fn window_row<'c>(
+    fx: &Fx<'c, '_>,
+    b: &Block<'c>,
+    x: V<'c>,
+    o: &[V<'c>],
+    (ph, pw): (usize, usize),
+    kh: i64,
+) -> (V<'c>, V<'c>, V<'c>, V<'c>) {
+    let mut idx = o.to_vec();
+    idx[ph] = fx.ilin(b, o[ph], 2, None, kh);
+    idx[pw] = fx.ilin(b, o[pw], 2, None, 0);
+    let lo = fx.vload(b, x, &idx);
+    idx[pw] = fx.ilin(b, o[pw], 2, None, LANES);
+    let hi = fx.vload(b, x, &idx);
+    let even = fx.shuffle(b, lo, hi, [0, 2, 4, 6]);
+    let odd = fx.shuffle(b, lo, hi, [1, 3, 5, 7]);
+    (lo, hi, even, odd)
 }
 
 /// Whether a `k`×`k` pooling with stride `s` over the width axis `pw` (of `rank` axes) runs

@@ -1925,7 +1925,7 @@ mod tests {
         let mut y = vec![0f32; n * o * h * wd];
         let d = SpikeDispatch::with(CONV_SPIKE_MAX_DENSITY);
         let [n, c, h, wd, o] = [n, c, h, wd, o].map(|v| v as i64);
-        let sparse = unsafe {
+        let forward = |x: &[f32], y: &mut [f32]| unsafe {
             conv2d_spike(
                 d,
                 x.as_ptr(),
@@ -1947,63 +1947,44 @@ mod tests {
                 wd,
             )
         };
-        assert_eq!(sparse, 1, "one sparse and one dense image");
+        assert_eq!(forward(&x, &mut y), 1, "one sparse and one dense image");
 
         // The counting pass that dispatches also checks binarity: a graded value or a NaN in
         // the sparse image sends it to the GEMM path too, forward and weight gradient alike.
-        for bad in [0.5, f32::NAN] {
-            let mut graded = x.clone();
-            graded[5] = bad;
-            let sparse = unsafe {
-                conv2d_spike(
-                    d,
-                    graded.as_ptr(),
-                    w.as_ptr(),
-                    std::ptr::null(),
-                    y.as_mut_ptr(),
-                    n,
-                    c,
-                    h,
-                    wd,
-                    o,
-                    3,
-                    3,
-                    1,
-                    1,
-                    1,
-                    1,
-                    h,
-                    wd,
-                )
-            };
-            assert_eq!(sparse, 0, "{bad}: a non-binary image stays dense");
-            let low = spikes(x.len(), CONV_BACKWARD_SPIKE_MAX_DENSITY / 4.0, 7);
-            let dy = values(y.len(), 8);
-            let (mut dx, mut dw, mut db) =
-                (vec![0f32; x.len()], vec![0f32; w.len()], vec![0f32; 4]);
-            let a = [n, c, h, wd, o, 3, 3, 1, 1, 1, 1, h, wd];
-            let d = SpikeDispatch::with(CONV_BACKWARD_SPIKE_MAX_DENSITY);
-            let run = |x: &[f32], dx: &mut [f32], dw: &mut [f32], db: &mut [f32]| unsafe {
+        let low = spikes(x.len(), CONV_BACKWARD_SPIKE_MAX_DENSITY / 4.0, 7);
+        let dy = values(y.len(), 8);
+        let a = [n, c, h, wd, o, 3, 3, 1, 1, 1, 1, h, wd];
+        let db = SpikeDispatch::with(CONV_BACKWARD_SPIKE_MAX_DENSITY);
+        let weight_gradient = |x: &[f32]| {
+            let (mut dx, mut dw, mut dbias) = (vec![0f32; x.len()], vec![0f32; w.len()], [0f32; 4]);
+            let (pdx, pdw, pdb) = (dx.as_mut_ptr(), dw.as_mut_ptr(), dbias.as_mut_ptr());
+            unsafe {
                 conv_backward_spike(
-                    d,
+                    db,
                     false,
                     x.as_ptr(),
                     w.as_ptr(),
                     dy.as_ptr(),
-                    dx.as_mut_ptr(),
-                    dw.as_mut_ptr(),
-                    db.as_mut_ptr(),
+                    pdx,
+                    pdw,
+                    pdb,
                     a,
                 )
-            };
-            assert!(
-                run(&low, &mut dx, &mut dw, &mut db),
-                "sparse weight gradient"
+            }
+        };
+        assert!(weight_gradient(&low), "sparse weight gradient");
+        for bad in [0.5, f32::NAN] {
+            let mut graded = x.clone();
+            graded[5] = bad;
+            assert_eq!(
+                forward(&graded, &mut y),
+                0,
+                "{bad}: a non-binary image stays dense"
             );
             let mut graded = low.clone();
             graded[5] = bad;
             assert!(
-                !run(&graded, &mut dx, &mut dw, &mut db),
+                !weight_gradient(&graded),
                 "{bad}: a non-binary input's weight gradient stays dense"
             );
         }
