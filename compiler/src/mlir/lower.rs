@@ -2645,49 +2645,14 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
         if self.reduce_streaming((&x_dims, &load), &outs, (&reduced, &red_dims), keepdim) {
             return Ok(());
         }
-        if let Some((y_max, argmax)) = max {
-            self.mean_and_max(
-                (&x_dims, &load),
-                (y, y_max, *argmax),
-                (&reduced, &red_dims),
-                keepdim,
-            );
-            return Ok(());
-        }
-        if kind == ReduceKind::Max
-            && let Some(at) = self.train.aux_for(self.g, node, grad::Aux::Argmax)
-        {
-            let x_index = |o: &[V<'c>], r: &[V<'c>]| reduce_index(&reduced, keepdim, o, r);
-            if reduced.last() == Some(&false) && y.dims.last().is_some_and(|&w| w >= LANES) {
-                fx.par_vec(fx.entry, &y.dims, |b, o, vector| {
-                    let lanes = if vector {
-                        MaxLanes::Outputs
-                    } else {
-                        MaxLanes::Scalar
-                    };
-                    let (v, i) = first_max(fx, b, &red_dims, lanes, &|b, r, vector| {
-                        load(b, &x_index(o, r), vector)
-                    });
-                    fx.store_w(b, v, y.mem, o, vector);
-                    fx.store_w(b, i, at, o, vector);
-                });
-            } else {
-                let contiguous = reduced.last() == Some(&true)
-                    && !fx.flat
-                    && red_dims.last().is_some_and(|&w| w % LANES == 0);
-                let lanes = if contiguous {
-                    MaxLanes::Block
-                } else {
-                    MaxLanes::Scalar
-                };
-                fx.par(fx.entry, &y.dims, |b, o| {
-                    let (v, i) = first_max(fx, b, &red_dims, lanes, &|b, r, vector| {
-                        load(b, &x_index(o, r), vector)
-                    });
-                    fx.store(b, v, y.mem, o);
-                    fx.store(b, i, at, o);
-                });
-            }
+        // A max with its argmax saved, and the mean of the same elements if lowered together.
+        let argmax_max = match (max, own_argmax) {
+            (Some((y_max, argmax)), _) => Some((Some(y), y_max, *argmax)),
+            (None, Some(at)) => Some((None, y, Some(at))),
+            (None, None) => None,
+        };
+        if let Some(outs) = argmax_max {
+            self.max_and_mean((&x_dims, &load), outs, (&reduced, &red_dims), keepdim);
             return Ok(());
         }
         let count: i64 = red_dims.iter().product();
@@ -2751,16 +2716,18 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
     /// over T and C) in streaming order ([`Fx::stream_reduce`]); false when the layout does not
     /// suit. A max keeps the first maximum: reduced indices arrive in row-major order and only
     /// a strictly greater value (or a first NaN) replaces the running one.
-    /// [`Self::reduce`] of a mean together with its sibling max ([`Self::max_sibling`]) and
-    /// that max's argmax if saved: one [`first_max_and_sum`] per output (or per four outputs
-    /// along a kept last axis).
-    fn mean_and_max(
+    /// [`Self::reduce`] of a max and its argmax if saved, with the mean of the same elements
+    /// when `y_mean` (a mean with its sibling max, [`Self::max_sibling`]): one
+    /// [`first_max_and_sum`] per output (or per four outputs along a kept last axis), or in
+    /// memory order by planes ([`Fx::plane_split`]).
+    fn max_and_mean(
         &self,
         (x_dims, load): (&[i64], &ElemLoad<'_, 'c>),
-        (y, y_max, argmax): (&Buf<'c>, &Buf<'c>, Option<V<'c>>),
+        (y_mean, y_max, argmax): (Option<&Buf<'c>>, &Buf<'c>, Option<V<'c>>),
         (reduced, red_dims): (&[bool], &[i64]),
         keepdim: bool,
     ) {
+        let with_sum = y_mean.is_some();
         let fx = &self.fx;
         let count = red_dims.iter().product::<i64>() as f64;
         let x_index = |o: &[V<'c>], r: &[V<'c>]| reduce_index(reduced, keepdim, o, r);
@@ -2798,7 +2765,7 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
                 &inits,
                 &|b, p| {
                     let (v, i, sum) =
-                        first_max_and_sum(fx, b, rest, lanes, true, &|b, r, vector| {
+                        first_max_and_sum(fx, b, rest, lanes, with_sum, &|b, r, vector| {
                             load(b, &[p, r].concat(), vector)
                         });
                     vec![v, i, sum.unwrap_or(v)]
@@ -2820,27 +2787,30 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
                     if let Some(at) = argmax {
                         fx.store(b, acc[1], at, &o);
                     }
-                    let mean = fx.divf(b, acc[2], fx.cf(count));
-                    fx.store(b, mean, y.mem, &o);
+                    if let Some(y) = y_mean {
+                        let mean = fx.divf(b, acc[2], fx.cf(count));
+                        fx.store(b, mean, y.mem, &o);
+                    }
                 },
             );
             return;
         }
         let per_output = |b: &Block<'c>, o: &[V<'c>], lanes: MaxLanes, vector: bool| {
-            let (v, i, sum) = first_max_and_sum(fx, b, red_dims, lanes, true, &|b, r, vector| {
-                load(b, &x_index(o, r), vector)
-            });
+            let (v, i, sum) =
+                first_max_and_sum(fx, b, red_dims, lanes, with_sum, &|b, r, vector| {
+                    load(b, &x_index(o, r), vector)
+                });
             fx.store_w(b, v, y_max.mem, o, vector);
             if let Some(at) = argmax {
                 fx.store_w(b, i, at, o, vector);
             }
-            if let Some(sum) = sum {
+            if let (Some(y), Some(sum)) = (y_mean, sum) {
                 let mean = fx.divf(b, sum, fx.cf_w(count, vector));
                 fx.store_w(b, mean, y.mem, o, vector);
             }
         };
-        if reduced.last() == Some(&false) && y.dims.last().is_some_and(|&w| w >= LANES) {
-            fx.par_vec(fx.entry, &y.dims, |b, o, vector| {
+        if reduced.last() == Some(&false) && y_max.dims.last().is_some_and(|&w| w >= LANES) {
+            fx.par_vec(fx.entry, &y_max.dims, |b, o, vector| {
                 let lanes = if vector {
                     MaxLanes::Outputs
                 } else {
@@ -2856,7 +2826,7 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
             } else {
                 MaxLanes::Scalar
             };
-            fx.par(fx.entry, &y.dims, |b, o| per_output(b, o, lanes, false));
+            fx.par(fx.entry, &y_max.dims, |b, o| per_output(b, o, lanes, false));
         }
     }
 
