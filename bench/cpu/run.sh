@@ -20,8 +20,8 @@
 #   peak     this machine's FMA peak and the conv/dense runtime kernels' GFLOP/s at the
 #            gesture network's shapes (bench/cpu/peak_flops.rs)
 # Environment (defaults in brackets)
-#   CPUS      CPUs to pin to with taskset [0,1]; torch and our conv/dense kernels (SNN_THREADS)
-#             get that many threads; the rest of the generated code runs on one
+#   CPUS      CPUs to pin to with taskset [0,1]; torch, our conv/dense kernels and the generated
+#             code's parallel loops (SNN_THREADS) get that many threads
 #   PEERS_PY  python with torch (+ snntorch, norse) [/work/peers-venv/bin/python]
 #   SJ_PATH   PYTHONPATH for SpikingJelly [/work/bench-sj]
 #   PEERS_DIR the peer scripts [/work/shared/bench/peers]
