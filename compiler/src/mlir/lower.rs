@@ -2469,8 +2469,6 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
             return Ok(());
         }
         let st = self.batch_stats(node, m, eps, momentum)?;
-        let channel_stats =
-            |b: &Block<'c>, c: V<'c>, mean: V<'c>, sq: V<'c>| st.update(fx, b, c, mean, sq);
         if fx.flat {
             // Flat form: mean and 1/std per channel in a [2, C] buffer between kernels (a
             // nested parallel loop after side effects cannot be one GPU launch), each sum
@@ -2553,7 +2551,7 @@ impl<'a, 'c, 'e> Lowering<'a, 'c, 'e> {
                 vec![fx.addf(b, acc[0], d), fx.addf(b, acc[1], d2)]
             });
             let (mean, sq) = shifted_moments(fx, b, shift, (sums[0], sums[1]), m);
-            let inv_std = channel_stats(b, c, mean, sq);
+            let inv_std = st.update(fx, b, c, mean, sq);
             let g = fx.load(b, gamma, &[c]);
             let be = fx.load(b, beta, &[c]);
             let normalise = |b: &Block<'c>, r: &[V<'c>], vector: bool| {
